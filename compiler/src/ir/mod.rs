@@ -1,0 +1,19 @@
+//! The graph IR: ops, types, the graph, shape inference, the verifier and the text form.
+
+mod dot;
+mod graph;
+mod ops;
+mod parse;
+mod print;
+mod shape;
+mod types;
+mod verify;
+
+pub use dot::to_dot;
+pub use graph::{Graph, Loc, Node, NodeId, Output, SourcePos};
+pub use ops::{escape, format_float, Attr, Op, OpParseError, ParamKind, Reduction};
+pub use parse::{parse_graph, ParseError};
+pub use print::print_graph;
+pub use shape::{infer, window_out, ShapeError};
+pub use types::{DType, TensorType};
+pub use verify::{verify, VerifyError};

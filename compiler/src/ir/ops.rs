@@ -1,0 +1,408 @@
+//! The operations of the graph IR and their attributes.
+//!
+//! Every op has one result. Its printed name is `rfn.<mnemonic>`; its attributes are listed
+//! by [`Op::attrs`] in alphabetical order (the order `mlir-opt` prints them) and read back by
+//! [`Op::from_parts`], so that print -> parse -> print is the identity.
+
+use std::fmt;
+
+/// An attribute value in the text form.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attr {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    Ints(Vec<i64>),
+    Strs(Vec<String>),
+}
+
+impl Attr {
+    fn kind(&self) -> &'static str {
+        match self {
+            Attr::Int(_) => "an integer",
+            Attr::Float(_) => "a float",
+            Attr::Bool(_) => "a boolean",
+            Attr::Str(_) => "a string",
+            Attr::Ints(_) => "an integer array",
+            Attr::Strs(_) => "a string array",
+        }
+    }
+}
+
+/// Formats a float so that MLIR's lexer reads it back as a float: always with a `.`.
+pub fn format_float(v: f64) -> String {
+    let s = format!("{v:?}");
+    if s.contains('.') || s.contains("inf") || s.contains("NaN") {
+        return s;
+    }
+    match s.find('e') {
+        Some(e) => format!("{}.0{}", &s[..e], &s[e..]),
+        None => format!("{s}.0"),
+    }
+}
+
+impl fmt::Display for Attr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attr::Int(v) => write!(f, "{v}"),
+            Attr::Float(v) => write!(f, "{}", format_float(*v)),
+            Attr::Bool(v) => write!(f, "{v}"),
+            Attr::Str(s) => write!(f, "\"{}\"", escape(s)),
+            Attr::Ints(vs) => {
+                let parts: Vec<String> = vs.iter().map(|v| v.to_string()).collect();
+                write!(f, "[{}]", parts.join(", "))
+            }
+            Attr::Strs(vs) => {
+                let parts: Vec<String> = vs.iter().map(|v| format!("\"{}\"", escape(v))).collect();
+                write!(f, "[{}]", parts.join(", "))
+            }
+        }
+    }
+}
+
+/// Escapes a string for an MLIR string literal.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What a parameter tensor is; decides its initialisation and whether training updates it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParamKind {
+    ConvWeight,
+    ConvBias,
+    BnMean,
+    BnVar,
+    BnGamma,
+    BnBeta,
+}
+
+impl ParamKind {
+    pub const ALL: [ParamKind; 6] = [
+        ParamKind::ConvWeight,
+        ParamKind::ConvBias,
+        ParamKind::BnMean,
+        ParamKind::BnVar,
+        ParamKind::BnGamma,
+        ParamKind::BnBeta,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamKind::ConvWeight => "conv_weight",
+            ParamKind::ConvBias => "conv_bias",
+            ParamKind::BnMean => "bn_mean",
+            ParamKind::BnVar => "bn_var",
+            ParamKind::BnGamma => "bn_gamma",
+            ParamKind::BnBeta => "bn_beta",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<ParamKind> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Running statistics of batch norm are buffers, not learnable parameters
+    /// (PyTorch's `parameters()` leaves them out, and so does the parameter count).
+    pub fn is_statistic(self) -> bool {
+        matches!(self, ParamKind::BnMean | ParamKind::BnVar)
+    }
+}
+
+/// How a loss reduces over the pixels that count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// Sum over valid pixels divided by their number (0 when there are none).
+    Mean,
+    /// Plain sum over valid pixels.
+    Sum,
+}
+
+impl Reduction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reduction::Mean => "mean",
+            Reduction::Sum => "sum",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Reduction> {
+        match s {
+            "mean" => Some(Reduction::Mean),
+            "sum" => Some(Reduction::Sum),
+            _ => None,
+        }
+    }
+}
+
+/// One operation of the graph IR. Operands are edges of the graph; see [`crate::ir::Graph`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A network input (image, labels), fed at run time.
+    Input { name: String },
+    /// A learned or frozen parameter with a stable hierarchical name.
+    Param { name: String, kind: ParamKind },
+    /// `conv2d(x, w[, b])`: NCHW input, OIHW weight, optional per-channel bias.
+    Conv2d { stride: [u64; 2], pad: [u64; 4], dilation: [u64; 2], groups: u64 },
+    /// Frozen batch norm `(x - mean) / sqrt(var + eps) * gamma + beta`; operands x, mean, var, gamma, beta.
+    BatchNorm { eps: f64 },
+    Relu,
+    /// Elementwise sum of two tensors of the same type.
+    Add,
+    /// Max pooling; padding is -inf, so padded cells never win.
+    MaxPool2d { kernel: [u64; 2], stride: [u64; 2], pad: [u64; 4] },
+    /// Bilinear resize of the two spatial dimensions to `size`.
+    ResizeBilinear { size: [u64; 2], align_corners: bool },
+    /// Inverted dropout with drop probability `rate`; identity at inference.
+    /// `stream` keys its random numbers (with seed, step and element index).
+    Dropout { rate: f64, stream: u64 },
+    /// Per-pixel softmax cross-entropy of logits NxCxHxW against labels NxHxW (i32).
+    SoftmaxCrossEntropy { ignore_index: i64, reduction: Reduction },
+    /// Squared error of prediction Nx1xHxW against target Nx1xHxW; pixels whose target
+    /// equals `ignore_value` contribute nothing.
+    LeastSquares { ignore_value: f64, reduction: Reduction },
+}
+
+/// Error from reading an op back from its text form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpParseError(pub String);
+
+impl Op {
+    /// The mnemonic after `rfn.`.
+    pub fn mnemonic(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Param { .. } => "param",
+            Op::Conv2d { .. } => "conv2d",
+            Op::BatchNorm { .. } => "batch_norm",
+            Op::Relu => "relu",
+            Op::Add => "add",
+            Op::MaxPool2d { .. } => "max_pool2d",
+            Op::ResizeBilinear { .. } => "resize_bilinear",
+            Op::Dropout { .. } => "dropout",
+            Op::SoftmaxCrossEntropy { .. } => "softmax_cross_entropy",
+            Op::LeastSquares { .. } => "least_squares",
+        }
+    }
+
+    /// Ops whose value is supplied from outside rather than computed.
+    pub fn is_leaf(&self) -> bool {
+        matches!(self, Op::Input { .. } | Op::Param { .. })
+    }
+
+    pub fn is_loss(&self) -> bool {
+        matches!(self, Op::SoftmaxCrossEntropy { .. } | Op::LeastSquares { .. })
+    }
+
+    /// Allowed operand counts, inclusive.
+    pub fn arity(&self) -> (usize, usize) {
+        match self {
+            Op::Input { .. } | Op::Param { .. } => (0, 0),
+            Op::Conv2d { .. } => (2, 3),
+            Op::BatchNorm { .. } => (5, 5),
+            Op::Relu | Op::MaxPool2d { .. } | Op::ResizeBilinear { .. } | Op::Dropout { .. } => {
+                (1, 1)
+            }
+            Op::Add | Op::SoftmaxCrossEntropy { .. } | Op::LeastSquares { .. } => (2, 2),
+        }
+    }
+
+    /// Attributes in alphabetical order.
+    pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        let ints = |v: &[u64]| Attr::Ints(v.iter().map(|&x| x as i64).collect());
+        match self {
+            Op::Input { name } => vec![("name", Attr::Str(name.clone()))],
+            Op::Param { name, kind } => vec![
+                ("kind", Attr::Str(kind.name().into())),
+                ("name", Attr::Str(name.clone())),
+            ],
+            Op::Conv2d { stride, pad, dilation, groups } => vec![
+                ("dilation", ints(dilation)),
+                ("groups", Attr::Int(*groups as i64)),
+                ("pad", ints(pad)),
+                ("stride", ints(stride)),
+            ],
+            Op::BatchNorm { eps } => vec![("eps", Attr::Float(*eps))],
+            Op::Relu | Op::Add => vec![],
+            Op::MaxPool2d { kernel, stride, pad } => vec![
+                ("kernel", ints(kernel)),
+                ("pad", ints(pad)),
+                ("stride", ints(stride)),
+            ],
+            Op::ResizeBilinear { size, align_corners } => vec![
+                ("align_corners", Attr::Bool(*align_corners)),
+                ("size", ints(size)),
+            ],
+            Op::Dropout { rate, stream } => vec![
+                ("rate", Attr::Float(*rate)),
+                ("stream", Attr::Int(*stream as i64)),
+            ],
+            Op::SoftmaxCrossEntropy { ignore_index, reduction } => vec![
+                ("ignore_index", Attr::Int(*ignore_index)),
+                ("reduction", Attr::Str(reduction.name().into())),
+            ],
+            Op::LeastSquares { ignore_value, reduction } => vec![
+                ("ignore_value", Attr::Float(*ignore_value)),
+                ("reduction", Attr::Str(reduction.name().into())),
+            ],
+        }
+    }
+
+    /// Rebuilds an op from its mnemonic and attributes (the inverse of [`Op::attrs`]).
+    pub fn from_parts(mnemonic: &str, attrs: &[(String, Attr)]) -> Result<Op, OpParseError> {
+        let mut reader = AttrReader { op: mnemonic, attrs, used: vec![false; attrs.len()] };
+        let op = match mnemonic {
+            "input" => Op::Input { name: reader.string("name")? },
+            "param" => {
+                let kind = reader.string("kind")?;
+                let kind = ParamKind::from_name(&kind).ok_or_else(|| {
+                    OpParseError(format!("unknown parameter kind \"{kind}\" on rfn.param"))
+                })?;
+                Op::Param { name: reader.string("name")?, kind }
+            }
+            "conv2d" => Op::Conv2d {
+                dilation: reader.array("dilation")?,
+                groups: reader.positive("groups")?,
+                pad: reader.array("pad")?,
+                stride: reader.array("stride")?,
+            },
+            "batch_norm" => Op::BatchNorm { eps: reader.float("eps")? },
+            "relu" => Op::Relu,
+            "add" => Op::Add,
+            "max_pool2d" => Op::MaxPool2d {
+                kernel: reader.array("kernel")?,
+                pad: reader.array("pad")?,
+                stride: reader.array("stride")?,
+            },
+            "resize_bilinear" => Op::ResizeBilinear {
+                align_corners: reader.boolean("align_corners")?,
+                size: reader.array("size")?,
+            },
+            "dropout" => Op::Dropout {
+                rate: reader.float("rate")?,
+                stream: reader.non_negative("stream")?,
+            },
+            "softmax_cross_entropy" => Op::SoftmaxCrossEntropy {
+                ignore_index: reader.int("ignore_index")?,
+                reduction: reader.reduction()?,
+            },
+            "least_squares" => Op::LeastSquares {
+                ignore_value: reader.float("ignore_value")?,
+                reduction: reader.reduction()?,
+            },
+            other => return Err(OpParseError(format!("unknown operation \"rfn.{other}\""))),
+        };
+        reader.finish()?;
+        Ok(op)
+    }
+}
+
+struct AttrReader<'a> {
+    op: &'a str,
+    attrs: &'a [(String, Attr)],
+    used: Vec<bool>,
+}
+
+impl AttrReader<'_> {
+    fn get(&mut self, key: &str) -> Result<&Attr, OpParseError> {
+        match self.attrs.iter().position(|(k, _)| k == key) {
+            Some(i) => {
+                self.used[i] = true;
+                Ok(&self.attrs[i].1)
+            }
+            None => Err(OpParseError(format!("rfn.{} needs the attribute `{key}`", self.op))),
+        }
+    }
+
+    fn wrong(&self, key: &str, want: &str, got: &Attr) -> OpParseError {
+        OpParseError(format!(
+            "attribute `{key}` of rfn.{} must be {want}, found {}",
+            self.op,
+            got.kind()
+        ))
+    }
+
+    fn string(&mut self, key: &str) -> Result<String, OpParseError> {
+        match self.get(key)?.clone() {
+            Attr::Str(s) => Ok(s),
+            other => Err(self.wrong(key, "a string", &other)),
+        }
+    }
+
+    fn int(&mut self, key: &str) -> Result<i64, OpParseError> {
+        match self.get(key)?.clone() {
+            Attr::Int(v) => Ok(v),
+            other => Err(self.wrong(key, "an integer", &other)),
+        }
+    }
+
+    fn non_negative(&mut self, key: &str) -> Result<u64, OpParseError> {
+        let v = self.int(key)?;
+        u64::try_from(v).map_err(|_| OpParseError(format!("attribute `{key}` must not be negative")))
+    }
+
+    fn positive(&mut self, key: &str) -> Result<u64, OpParseError> {
+        match self.non_negative(key)? {
+            0 => Err(OpParseError(format!("attribute `{key}` must be positive"))),
+            v => Ok(v),
+        }
+    }
+
+    fn float(&mut self, key: &str) -> Result<f64, OpParseError> {
+        match self.get(key)?.clone() {
+            Attr::Float(v) => Ok(v),
+            Attr::Int(v) => Ok(v as f64),
+            other => Err(self.wrong(key, "a float", &other)),
+        }
+    }
+
+    fn boolean(&mut self, key: &str) -> Result<bool, OpParseError> {
+        match self.get(key)?.clone() {
+            Attr::Bool(v) => Ok(v),
+            other => Err(self.wrong(key, "a boolean", &other)),
+        }
+    }
+
+    fn array<const N: usize>(&mut self, key: &str) -> Result<[u64; N], OpParseError> {
+        let got = self.get(key)?.clone();
+        let Attr::Ints(vs) = &got else {
+            return Err(self.wrong(key, &format!("an array of {N} integers"), &got));
+        };
+        if vs.len() != N || vs.iter().any(|&v| v < 0) {
+            return Err(self.wrong(key, &format!("an array of {N} non-negative integers"), &got));
+        }
+        let mut out = [0u64; N];
+        for (o, v) in out.iter_mut().zip(vs) {
+            *o = *v as u64;
+        }
+        Ok(out)
+    }
+
+    fn reduction(&mut self) -> Result<Reduction, OpParseError> {
+        let s = self.string("reduction")?;
+        Reduction::from_name(&s).ok_or_else(|| {
+            OpParseError(format!("reduction must be \"mean\" or \"sum\", found \"{s}\""))
+        })
+    }
+
+    fn finish(self) -> Result<(), OpParseError> {
+        match self.used.iter().position(|u| !u) {
+            Some(i) => Err(OpParseError(format!(
+                "rfn.{} has no attribute `{}`",
+                self.op, self.attrs[i].0
+            ))),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Shape inference: the result type of every op from its operand types and attributes.
+//!
+//! Invariant: `infer` is total over well-formed inputs and returns a [`ShapeError`] naming
+//! the offending operand for everything else; it never panics. Elaboration calls it as each
+//! op is built (so errors point at `.rfn` source), and the verifier calls it again to check
+//! that every recorded type is the inferred one.
+
+use super::{DType, Op, TensorType};
+
+/// Why an op's operands do not fit together.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShapeError {
+    pub message: String,
+    /// Operand indices the message is about, for pointing at where they came from.
+    pub operands: Vec<usize>,
+}
+
+impl ShapeError {
+    fn new(message: impl Into<String>, operands: impl Into<Vec<usize>>) -> Self {
+        ShapeError { message: message.into(), operands: operands.into() }
+    }
+}
+
+fn expect_rank(op: &str, what: &str, ty: &TensorType, rank: usize, i: usize) -> Result<(), ShapeError> {
+    if ty.rank() != rank {
+        return Err(ShapeError::new(
+            format!("{op} expects {what} of rank {rank}, found {}", ty.shape_string()),
+            [i],
+        ));
+    }
+    Ok(())
+}
+
+fn expect_dtype(op: &str, what: &str, ty: &TensorType, dtype: DType, i: usize) -> Result<(), ShapeError> {
+    if ty.dtype != dtype {
+        return Err(ShapeError::new(
+            format!("{op} expects {what} of element type {}, found {}", dtype.name(), ty.shape_string()),
+            [i],
+        ));
+    }
+    Ok(())
+}
+
+/// Output extent of a sliding window: `floor((in + pads - dilation*(k-1) - 1) / stride) + 1`.
+pub fn window_out(input: u64, pad_lo: u64, pad_hi: u64, kernel: u64, stride: u64, dilation: u64) -> Option<u64> {
+    let span = dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)?;
+    let padded = input.checked_add(pad_lo)?.checked_add(pad_hi)?;
+    if stride == 0 || padded < span {
+        return None;
+    }
+    Some((padded - span) / stride + 1)
+}
+
+/// Infers the result type of `op` applied to operands of types `inputs`.
+pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
+    let name = op.mnemonic();
+    let (lo, hi) = op.arity();
+    if inputs.len() < lo || inputs.len() > hi {
+        let want = if lo == hi { lo.to_string() } else { format!("{lo} or {hi}") };
+        return Err(ShapeError::new(
+            format!("{name} takes {want} operands, found {}", inputs.len()),
+            Vec::new(),
+        ));
+    }
+    match op {
+        Op::Input { .. } | Op::Param { .. } => Err(ShapeError::new(
+            format!("the type of {name} is declared, not inferred"),
+            Vec::new(),
+        )),
+        Op::Conv2d { stride, pad, dilation, groups } => {
+            let (x, w) = (inputs[0], inputs[1]);
+            expect_rank(name, "an input", x, 4, 0)?;
+            expect_rank(name, "a weight", w, 4, 1)?;
+            expect_dtype(name, "an input", x, DType::F32, 0)?;
+            expect_dtype(name, "a weight", w, DType::F32, 1)?;
+            let (cin, cout) = (x.dims[1], w.dims[0]);
+            if *groups == 0 || cout % groups != 0 || w.dims[1] * groups != cin {
+                return Err(ShapeError::new(
+                    format!(
+                        "{name}: input has {cin} channels but the weight {} with groups = {groups} expects {}",
+                        w.shape_string(),
+                        w.dims[1] * groups
+                    ),
+                    [0, 1],
+                ));
+            }
+            if let Some(b) = inputs.get(2) {
+                expect_dtype(name, "a bias", b, DType::F32, 2)?;
+                if b.dims != [cout] {
+                    return Err(ShapeError::new(
+                        format!("{name}: bias {} does not match {cout} output channels", b.shape_string()),
+                        [1, 2],
+                    ));
+                }
+            }
+            let mut out = vec![x.dims[0], cout, 0, 0];
+            for a in 0..2 {
+                out[2 + a] = window_out(x.dims[2 + a], pad[a], pad[2 + a], w.dims[2 + a], stride[a], dilation[a])
+                    .filter(|&v| v > 0)
+                    .ok_or_else(|| {
+                        ShapeError::new(
+                            format!(
+                                "{name}: a {}x{} kernel (dilation {:?}) does not fit the input {} with padding {:?}",
+                                w.dims[2], w.dims[3], dilation, x.shape_string(), pad
+                            ),
+                            [0, 1],
+                        )
+                    })?;
+            }
+            Ok(TensorType::f32(out))
+        }
+        Op::BatchNorm { eps } => {
+            let x = inputs[0];
+            expect_rank(name, "an input", x, 4, 0)?;
+            expect_dtype(name, "an input", x, DType::F32, 0)?;
+            if !(*eps > 0.0) {
+                return Err(ShapeError::new(format!("{name}: eps must be positive, found {eps}"), Vec::new()));
+            }
+            for (i, p) in inputs.iter().enumerate().skip(1) {
+                if p.dims != [x.dims[1]] || p.dtype != DType::F32 {
+                    return Err(ShapeError::new(
+                        format!(
+                            "{name}: statistic {} does not match the input's {} channels",
+                            p.shape_string(),
+                            x.dims[1]
+                        ),
+                        [0, i],
+                    ));
+                }
+            }
+            Ok(x.clone())
+        }
+        Op::Relu => {
+            expect_dtype(name, "an input", inputs[0], DType::F32, 0)?;
+            Ok(inputs[0].clone())
+        }
+        Op::Dropout { rate, .. } => {
+            expect_dtype(name, "an input", inputs[0], DType::F32, 0)?;
+            if !(0.0..1.0).contains(rate) {
+                return Err(ShapeError::new(
+                    format!("{name}: rate must be in [0, 1), found {rate}"),
+                    Vec::new(),
+                ));
+            }
+            Ok(inputs[0].clone())
+        }
+        Op::Add => {
+            let (a, b) = (inputs[0], inputs[1]);
+            if a != b {
+                return Err(ShapeError::new(
+                    format!("cannot add {} and {}: shapes must be equal", a.shape_string(), b.shape_string()),
+                    [0, 1],
+                ));
+            }
+            expect_dtype(name, "operands", a, DType::F32, 0)?;
+            Ok(a.clone())
+        }
+        Op::MaxPool2d { kernel, stride, pad } => {
+            let x = inputs[0];
+            expect_rank(name, "an input", x, 4, 0)?;
+            expect_dtype(name, "an input", x, DType::F32, 0)?;
+            for a in 0..2 {
+                if pad[a] > kernel[a] / 2 || pad[2 + a] > kernel[a] / 2 {
+                    return Err(ShapeError::new(
+                        format!("{name}: padding {:?} is more than half the {}x{} window", pad, kernel[0], kernel[1]),
+                        Vec::new(),
+                    ));
+                }
+            }
+            let mut out = x.dims.clone();
+            for a in 0..2 {
+                out[2 + a] = window_out(x.dims[2 + a], pad[a], pad[2 + a], kernel[a], stride[a], 1)
+                    .filter(|&v| v > 0)
+                    .ok_or_else(|| {
+                        ShapeError::new(
+                            format!(
+                                "{name}: a {}x{} window with stride {:?} does not fit the input {}",
+                                kernel[0],
+                                kernel[1],
+                                stride,
+                                x.shape_string()
+                            ),
+                            [0],
+                        )
+                    })?;
+            }
+            Ok(TensorType::f32(out))
+        }
+        Op::ResizeBilinear { size, .. } => {
+            let x = inputs[0];
+            expect_rank(name, "an input", x, 4, 0)?;
+            expect_dtype(name, "an input", x, DType::F32, 0)?;
+            if size.contains(&0) {
+                return Err(ShapeError::new(format!("{name}: target size {size:?} is empty"), Vec::new()));
+            }
+            Ok(TensorType::f32([x.dims[0], x.dims[1], size[0], size[1]]))
+        }
+        Op::SoftmaxCrossEntropy { .. } => {
+            let (logits, labels) = (inputs[0], inputs[1]);
+            expect_rank(name, "scores", logits, 4, 0)?;
+            expect_dtype(name, "scores", logits, DType::F32, 0)?;
+            expect_rank(name, "labels", labels, 3, 1)?;
+            expect_dtype(name, "labels", labels, DType::I32, 1)?;
+            let want = [logits.dims[0], logits.dims[2], logits.dims[3]];
+            if labels.dims != want {
+                return Err(ShapeError::new(
+                    format!(
+                        "{name}: scores {} need labels of shape [{}, {}, {}], found {}",
+                        logits.shape_string(),
+                        want[0],
+                        want[1],
+                        want[2],
+                        labels.shape_string()
+                    ),
+                    [0, 1],
+                ));
+            }
+            Ok(TensorType::scalar_f32())
+        }
+        Op::LeastSquares { .. } => {
+            let (pred, target) = (inputs[0], inputs[1]);
+            expect_dtype(name, "a prediction", pred, DType::F32, 0)?;
+            expect_dtype(name, "a target", target, DType::F32, 1)?;
+            if pred.dims != target.dims {
+                return Err(ShapeError::new(
+                    format!(
+                        "{name}: prediction {} and target {} must have the same shape",
+                        pred.shape_string(),
+                        target.shape_string()
+                    ),
+                    [0, 1],
+                ));
+            }
+            Ok(TensorType::scalar_f32())
+        }
+    }
+}

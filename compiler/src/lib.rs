@@ -1,0 +1,11 @@
+//! The rfnc compiler core: the graph IR (on petgraph), its MLIR-generic text form,
+//! shape inference, the verifier and cost statistics.
+//!
+//! Nothing in this crate links LLVM or MLIR, so the language and IR tests build fast.
+
+pub mod ir;
+pub mod stats;
+
+pub use ir::{
+    Attr, DType, Graph, Loc, NodeId, Op, ParamKind, Reduction, ShapeError, TensorType,
+};

@@ -1,0 +1,80 @@
+//! Cost statistics of a graph, per component and in total: parameter count,
+//! multiply-accumulates and the naive feature memory.
+//!
+//! Definitions (see docs/ir.md):
+//! - params: elements of every `rfn.param` except batch-norm running statistics;
+//! - macs: for each conv, `kh*kw*Cin*Cout*Hout*Wout/groups` per image times the batch;
+//!   other ops count no multiply-accumulates;
+//! - naive feature bytes: every computed op's output as its own buffer (no reuse);
+//!   inputs and parameters are not features.
+//!
+//! A component is the first segment of an op's scope (`backbone`, `refine4`, `head`);
+//! ops made at the top level of the network belong to the component `network`.
+
+use std::collections::BTreeMap;
+
+use crate::ir::{Graph, Op};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Cost {
+    pub params: u64,
+    pub macs: u64,
+    pub naive_feature_bytes: u64,
+}
+
+impl Cost {
+    fn add(&mut self, other: &Cost) {
+        self.params += other.params;
+        self.macs += other.macs;
+        self.naive_feature_bytes += other.naive_feature_bytes;
+    }
+}
+
+/// Costs per component, in order of first appearance, and their total.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    pub components: Vec<(String, Cost)>,
+    pub total: Cost,
+}
+
+pub const TOP_LEVEL_COMPONENT: &str = "network";
+
+/// Computes the statistics of a verified graph.
+pub fn stats(graph: &Graph) -> Stats {
+    let order = graph.topo_order().unwrap_or_else(|| graph.node_ids().collect());
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    let mut result = Stats::default();
+    for id in order {
+        let node = graph.node(id);
+        let mut cost = Cost::default();
+        match &node.op {
+            Op::Input { .. } => continue,
+            Op::Param { kind, .. } => {
+                if !kind.is_statistic() {
+                    cost.params = node.ty.elements();
+                }
+            }
+            op => {
+                cost.naive_feature_bytes = node.ty.bytes();
+                if let Op::Conv2d { groups, .. } = op {
+                    let w = &graph.node(graph.operands(id)[1]).ty.dims;
+                    let (kh, kw, cin_per_group) = (w[2], w[3], w[1]);
+                    // Output elements times the work of one output: kh*kw*Cin/groups.
+                    cost.macs = node.ty.elements() * kh * kw * cin_per_group;
+                    debug_assert!(*groups >= 1);
+                }
+            }
+        }
+        let component = match node.loc.component() {
+            "" => TOP_LEVEL_COMPONENT,
+            c => c,
+        };
+        let slot = *index.entry(component.to_string()).or_insert_with(|| {
+            result.components.push((component.to_string(), Cost::default()));
+            result.components.len() - 1
+        });
+        result.components[slot].1.add(&cost);
+        result.total.add(&cost);
+    }
+    result
+}

@@ -1,0 +1,346 @@
+//! Built-in operations: the tensor ops that map onto graph IR ops, shape queries and a few
+//! compile-time helpers. Each has one signature (used for argument binding and messages)
+//! and one case in [`apply`].
+
+use rfnc_compiler::ir::{Op, ParamKind, Reduction};
+
+use super::{Elab, Value};
+use crate::ast::{BaseType, Span};
+use crate::diagnostic::{Diagnostic, Result};
+
+#[derive(Clone, Copy)]
+pub(crate) enum Default {
+    Required,
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(&'static str),
+}
+
+impl Default {
+    pub fn value(self) -> Option<Value> {
+        match self {
+            Default::Required => None,
+            Default::Int(v) => Some(Value::Int(v)),
+            Default::Float(v) => Some(Value::Float(v)),
+            Default::Bool(v) => Some(Value::Bool(v)),
+            Default::Str(v) => Some(Value::Str(v.into())),
+        }
+    }
+}
+
+pub(crate) struct BuiltinParam {
+    pub name: &'static str,
+    pub base: BaseType,
+    pub optional: bool,
+    pub default: Default,
+}
+
+pub(crate) struct Builtin {
+    pub name: &'static str,
+    pub params: &'static [BuiltinParam],
+    /// Whether calls create parameters (and so take a scope name with `as`).
+    pub creates_params: bool,
+}
+
+impl Builtin {
+    pub fn signature(&self) -> String {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|p| {
+                let ty = format!("{}{}", p.base.name(), if p.optional { "?" } else { "" });
+                match p.default {
+                    Default::Required => format!("{}: {ty}", p.name),
+                    Default::Int(v) => format!("{}: {ty} = {v}", p.name),
+                    Default::Float(v) => format!("{}: {ty} = {v:?}", p.name),
+                    Default::Bool(v) => format!("{}: {ty} = {v}", p.name),
+                    Default::Str(v) => format!("{}: {ty} = \"{v}\"", p.name),
+                }
+            })
+            .collect();
+        format!("{}({})", self.name, params.join(", "))
+    }
+}
+
+const fn req(name: &'static str, base: BaseType) -> BuiltinParam {
+    BuiltinParam { name, base, optional: false, default: Default::Required }
+}
+
+const fn opt(name: &'static str, base: BaseType, default: Default) -> BuiltinParam {
+    BuiltinParam { name, base, optional: false, default }
+}
+
+use BaseType::{Bool, Float, Int, List, Str, Tensor};
+
+const fn b(name: &'static str, params: &'static [BuiltinParam], creates_params: bool) -> Builtin {
+    Builtin { name, params, creates_params }
+}
+
+static BUILTINS: &[Builtin] = &[
+    b(
+        "conv",
+        &[
+            req("x", Tensor),
+            req("out", Int),
+            opt("k", Int, Default::Int(3)),
+            opt("stride", Int, Default::Int(1)),
+            opt("pad", Int, Default::Int(-1)),
+            opt("dilation", Int, Default::Int(1)),
+            opt("groups", Int, Default::Int(1)),
+            opt("bias", Bool, Default::Bool(false)),
+        ],
+        true,
+    ),
+    b("batchnorm", &[req("x", Tensor), opt("eps", Float, Default::Float(1e-5))], true),
+    b("relu", &[req("x", Tensor)], false),
+    b("dropout", &[req("x", Tensor), opt("p", Float, Default::Float(0.5))], false),
+    b(
+        "maxpool",
+        &[req("x", Tensor), req("k", Int), opt("stride", Int, Default::Int(-1)), opt("pad", Int, Default::Int(0))],
+        false,
+    ),
+    b(
+        "resize",
+        &[req("x", Tensor), req("h", Int), req("w", Int), opt("align_corners", Bool, Default::Bool(false))],
+        false,
+    ),
+    b(
+        "rescale",
+        &[req("x", Tensor), req("factor", Float), opt("align_corners", Bool, Default::Bool(false))],
+        false,
+    ),
+    b(
+        "softmax_cross_entropy",
+        &[
+            req("scores", Tensor),
+            req("labels", Tensor),
+            opt("ignore", Int, Default::Int(255)),
+            opt("reduction", Str, Default::Str("mean")),
+        ],
+        false,
+    ),
+    b(
+        "least_squares",
+        &[
+            req("pred", Tensor),
+            req("target", Tensor),
+            opt("ignore", Float, Default::Float(0.0)),
+            opt("reduction", Str, Default::Str("sum")),
+        ],
+        false,
+    ),
+    b("channels", &[req("x", Tensor)], false),
+    b("height", &[req("x", Tensor)], false),
+    b("width", &[req("x", Tensor)], false),
+    b("batch", &[req("x", Tensor)], false),
+    b("len", &[req("xs", List)], false),
+    b("min", &[req("a", Int), req("b", Int)], false),
+    b("max", &[req("a", Int), req("b", Int)], false),
+];
+
+pub(crate) fn lookup(name: &str) -> Option<&'static Builtin> {
+    BUILTINS.iter().find(|b| b.name == name)
+}
+
+pub(crate) fn names() -> impl Iterator<Item = &'static str> {
+    BUILTINS.iter().map(|b| b.name)
+}
+
+fn positive(name: &str, v: i64, span: Span) -> Result<u64> {
+    if v >= 1 {
+        Ok(v as u64)
+    } else {
+        Diagnostic::new(format!("`{name}` must be at least 1")).label(span, format!("this is {v}")).err()
+    }
+}
+
+fn tensor_of(v: &Value) -> rfnc_compiler::ir::NodeId {
+    match v {
+        Value::Tensor(id) => *id,
+        _ => unreachable!("argument conformed to tensor"),
+    }
+}
+
+fn int_of(v: &Value) -> i64 {
+    match v {
+        Value::Int(i) => *i,
+        _ => unreachable!("argument conformed to int"),
+    }
+}
+
+fn float_of(v: &Value) -> f64 {
+    match v {
+        Value::Float(f) => *f,
+        Value::Int(i) => *i as f64,
+        _ => unreachable!("argument conformed to float"),
+    }
+}
+
+fn bool_of(v: &Value) -> bool {
+    matches!(v, Value::Bool(true))
+}
+
+fn reduction(v: &(Value, Span)) -> Result<Reduction> {
+    let Value::Str(s) = &v.0 else { unreachable!("argument conformed to str") };
+    Reduction::from_name(s).map_or_else(
+        || Diagnostic::new(format!("unknown reduction \"{s}\"")).label(v.1, "use \"mean\" or \"sum\"").err(),
+        Ok,
+    )
+}
+
+/// Runs a built-in on conformed arguments (one per parameter, defaults filled in).
+pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segment: &str, span: Span) -> Result<Value> {
+    let spans: Vec<Span> = args.iter().map(|(_, s)| *s).collect();
+    let dims = |el: &Elab, i: usize| el.graph.node(tensor_of(&args[i].0)).ty.dims.clone();
+    let need_rank = |el: &Elab, i: usize, rank: usize, what: &str| -> Result<Vec<u64>> {
+        let d = dims(el, i);
+        if d.len() == rank {
+            Ok(d)
+        } else {
+            Diagnostic::new(format!("`{}` needs {what}", b.name))
+                .label(spans[i], format!("this is {}", args[i].0.describe(&el.graph)))
+                .err()
+        }
+    };
+    let out = match b.name {
+        "conv" => {
+            let x = tensor_of(&args[0].0);
+            let xd = need_rank(el, 0, 4, "an NxCxHxW tensor")?;
+            let out = positive("out", int_of(&args[1].0), spans[1])?;
+            let k = positive("k", int_of(&args[2].0), spans[2])?;
+            let stride = positive("stride", int_of(&args[3].0), spans[3])?;
+            let dilation = positive("dilation", int_of(&args[5].0), spans[5])?;
+            let groups = positive("groups", int_of(&args[6].0), spans[6])?;
+            let pad = match int_of(&args[4].0) {
+                -1 => dilation.saturating_mul(k - 1) / 2,
+                p if p >= 0 => p as u64,
+                p => {
+                    return Diagnostic::new("`pad` must be -1 (same) or at least 0")
+                        .label(spans[4], format!("this is {p}"))
+                        .err()
+                }
+            };
+            if xd[1] % groups != 0 || out % groups != 0 {
+                return Diagnostic::new(format!(
+                    "groups = {groups} must divide both the input channels ({}) and `out` ({out})",
+                    xd[1]
+                ))
+                .label(spans[6], "groups")
+                .label(spans[0], format!("this is {}", args[0].0.describe(&el.graph)))
+                .err();
+            }
+            let w = el.param(segment, "weight", ParamKind::ConvWeight, vec![out, xd[1] / groups, k, k], span)?;
+            let mut operands = vec![x, w];
+            let mut operand_spans = vec![spans[0], span];
+            if bool_of(&args[7].0) {
+                operands.push(el.param(segment, "bias", ParamKind::ConvBias, vec![out], span)?);
+                operand_spans.push(span);
+            }
+            let op = Op::Conv2d { stride: [stride; 2], pad: [pad; 4], dilation: [dilation; 2], groups };
+            Value::Tensor(el.emit_scoped(op, &operands, span, &operand_spans, Some(segment))?)
+        }
+        "batchnorm" => {
+            let x = tensor_of(&args[0].0);
+            let c = need_rank(el, 0, 4, "an NxCxHxW tensor")?[1];
+            let eps = float_of(&args[1].0);
+            if !(eps > 0.0) {
+                return Diagnostic::new("`eps` must be positive").label(spans[1], format!("this is {eps}")).err();
+            }
+            let mut operands = vec![x];
+            for (suffix, kind) in [
+                ("running_mean", ParamKind::BnMean),
+                ("running_var", ParamKind::BnVar),
+                ("weight", ParamKind::BnGamma),
+                ("bias", ParamKind::BnBeta),
+            ] {
+                operands.push(el.param(segment, suffix, kind, vec![c], span)?);
+            }
+            let operand_spans = [spans[0], span, span, span, span];
+            Value::Tensor(el.emit_scoped(Op::BatchNorm { eps }, &operands, span, &operand_spans, Some(segment))?)
+        }
+        "relu" => Value::Tensor(el.emit(Op::Relu, &[tensor_of(&args[0].0)], span, &spans)?),
+        "dropout" => {
+            let p = float_of(&args[1].0);
+            if !(0.0..1.0).contains(&p) {
+                return Diagnostic::new("dropout probability must be in [0, 1)")
+                    .label(spans[1], format!("this is {p}"))
+                    .err();
+            }
+            let stream = el.next_stream();
+            Value::Tensor(el.emit(Op::Dropout { rate: p, stream }, &[tensor_of(&args[0].0)], span, &spans)?)
+        }
+        "maxpool" => {
+            need_rank(el, 0, 4, "an NxCxHxW tensor")?;
+            let k = positive("k", int_of(&args[1].0), spans[1])?;
+            let stride = match int_of(&args[2].0) {
+                -1 => k,
+                s => positive("stride", s, spans[2])?,
+            };
+            let pad = int_of(&args[3].0);
+            if pad < 0 || pad as u64 > k / 2 {
+                return Diagnostic::new(format!("max-pool padding must be between 0 and half the window ({})", k / 2))
+                    .label(spans[3], format!("this is {pad}"))
+                    .err();
+            }
+            let pad = pad as u64;
+            let op = Op::MaxPool2d { kernel: [k; 2], stride: [stride; 2], pad: [pad; 4] };
+            Value::Tensor(el.emit(op, &[tensor_of(&args[0].0)], span, &spans)?)
+        }
+        "resize" | "rescale" => {
+            let x = tensor_of(&args[0].0);
+            let d = need_rank(el, 0, 4, "an NxCxHxW tensor")?;
+            let (size, align_corners) = if b.name == "resize" {
+                let h = positive("h", int_of(&args[1].0), spans[1])?;
+                let w = positive("w", int_of(&args[2].0), spans[2])?;
+                ([h, w], bool_of(&args[3].0))
+            } else {
+                let f = float_of(&args[1].0);
+                let scaled = |v: u64| (v as f64 * f).floor();
+                if !(f > 0.0) || scaled(d[2]) < 1.0 || scaled(d[3]) < 1.0 || scaled(d[2]) > 1e9 || scaled(d[3]) > 1e9 {
+                    return Diagnostic::new(format!("cannot rescale {}x{} by {f}", d[2], d[3]))
+                        .label(spans[1], "the result must be at least 1x1")
+                        .err();
+                }
+                ([scaled(d[2]) as u64, scaled(d[3]) as u64], bool_of(&args[2].0))
+            };
+            if size == [d[2], d[3]] {
+                // Resizing to the same size is the identity: no op.
+                return Ok(Value::Tensor(x));
+            }
+            Value::Tensor(el.emit(Op::ResizeBilinear { size, align_corners }, &[x], span, &spans)?)
+        }
+        "softmax_cross_entropy" => {
+            let ignore_index = int_of(&args[2].0);
+            let op = Op::SoftmaxCrossEntropy { ignore_index, reduction: reduction(&args[3])? };
+            Value::Tensor(el.emit(op, &[tensor_of(&args[0].0), tensor_of(&args[1].0)], span, &spans)?)
+        }
+        "least_squares" => {
+            let op = Op::LeastSquares { ignore_value: float_of(&args[2].0), reduction: reduction(&args[3])? };
+            Value::Tensor(el.emit(op, &[tensor_of(&args[0].0), tensor_of(&args[1].0)], span, &spans)?)
+        }
+        "channels" => Value::Int(need_rank(el, 0, 4, "an NxCxHxW tensor")?[1] as i64),
+        "batch" | "height" | "width" => {
+            let d = dims(el, 0);
+            if d.len() < 3 {
+                return Diagnostic::new(format!("`{}` needs a tensor with batch and spatial dimensions", b.name))
+                    .label(spans[0], format!("this is {}", args[0].0.describe(&el.graph)))
+                    .err();
+            }
+            let v = match b.name {
+                "batch" => d[0],
+                "height" => d[d.len() - 2],
+                _ => d[d.len() - 1],
+            };
+            Value::Int(v as i64)
+        }
+        "len" => match &args[0].0 {
+            Value::List(items) => Value::Int(items.len() as i64),
+            _ => unreachable!("argument conformed to list"),
+        },
+        "min" => Value::Int(int_of(&args[0].0).min(int_of(&args[1].0))),
+        "max" => Value::Int(int_of(&args[0].0).max(int_of(&args[1].0))),
+        other => unreachable!("builtin `{other}` has no implementation"),
+    };
+    Ok(out)
+}

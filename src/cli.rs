@@ -1,0 +1,246 @@
+//! Command-line interface: argument parsing (clap) and the subcommands.
+//!
+//! Exit codes: 0 success; 1 a user error (bad program, bad flag, unreadable file), reported
+//! as a diagnostic; 70 an internal compiler error (a bug: please report it).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rfnc_compiler::ir::{print_graph, to_dot, verify, Graph};
+use rfnc_dsl::{ast_print, elaborate, load_file, Diagnostic, Options, Program, SourceMap};
+
+use crate::output::write_output;
+use crate::stats_report;
+
+const ABOUT: &str = "Compiler for RefineNet-style dense-prediction networks written in .rfn";
+
+const LONG_ABOUT: &str = "\
+Compiler for RefineNet-style dense-prediction networks written in .rfn.
+
+A .rfn program imports building blocks from the standard library (std.resnet,
+std.refinenet, ...) and declares one `network` with typed inputs, outputs and a training
+objective. rfnc elaborates it into a verified graph IR with static shapes and prints any
+stage of the lowering.
+
+Examples:
+  rfnc check examples/refinenet4.rfn -D depth=152
+  rfnc compile examples/tiny.rfn --input 1x3x64x64 --emit graph -o build/tiny.mlir
+  rfnc stats examples/refinenet4.rfn -D depth=101 --json
+
+Exit status: 0 on success, 1 on a user error (reported with its source location),
+70 on an internal compiler error.";
+
+#[derive(Parser)]
+#[command(name = "rfnc", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse, elaborate and verify a program; report errors or a one-line summary
+    Check(Common),
+    /// Compile a program and print a stage of the lowering
+    Compile {
+        #[command(flatten)]
+        common: Common,
+        /// The stage to print: `ast` (syntax tree of every module), `graph` (the verified
+        /// graph IR in MLIR generic syntax), `dot` (the graph for Graphviz)
+        #[arg(long, value_enum, default_value_t = Emit::Graph)]
+        emit: Emit,
+        /// Write to this file (atomically) instead of standard output
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
+    /// Report parameters, multiply-accumulates and naive feature memory per component
+    Stats {
+        #[command(flatten)]
+        common: Common,
+        /// Print one JSON object: {"network", "input", "components": {NAME: {params, macs,
+        /// naive_feature_bytes}}, "total": {...}}
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// The .rfn program (its `network` is compiled)
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Shape of the network's first input, NxCxHxW; fixes the symbolic sizes (N, H, W)
+    #[arg(long, value_name = "NxCxHxW", default_value = "1x3x512x512")]
+    input: String,
+    /// Override a `config` value of the program, e.g. -D depth=152 (repeatable)
+    #[arg(short = 'D', value_name = "NAME=VALUE")]
+    define: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    Ast,
+    Graph,
+    Dot,
+}
+
+/// A failure to report: a diagnostic with the sources it points into, or an internal error.
+enum Failure {
+    User(Box<Diagnostic>, SourceMap),
+    Internal(String),
+}
+
+impl Failure {
+    fn plain(d: Diagnostic) -> Self {
+        Failure::User(Box::new(d), SourceMap::new())
+    }
+}
+
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::User(d, sources)) => {
+            eprint!("{}", d.render(&sources));
+            ExitCode::from(1)
+        }
+        Err(Failure::Internal(message)) => {
+            eprintln!("internal compiler error: {message}");
+            eprintln!("This is a bug in rfnc; please report it with the program that caused it.");
+            ExitCode::from(70)
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Check(common) => {
+            let graph = build_graph(&common)?;
+            let stats = rfnc_compiler::stats::stats(&graph);
+            println!(
+                "{}: ok ({} ops, {} parameters, {:.2} GMACs at {})",
+                graph.name,
+                graph.len(),
+                stats.total.params,
+                stats.total.macs as f64 / 1e9,
+                common.input
+            );
+            Ok(())
+        }
+        Command::Compile { common, emit, output } => {
+            let text = match emit {
+                Emit::Ast => {
+                    let program = load(&common)?;
+                    ast_print::print_modules(&program.modules, &program.sources)
+                }
+                Emit::Graph => print_graph(&build_graph(&common)?),
+                Emit::Dot => to_dot(&build_graph(&common)?),
+            };
+            emit_text(&text, output.as_deref())
+        }
+        Command::Stats { common, json } => {
+            let graph = build_graph(&common)?;
+            let stats = rfnc_compiler::stats::stats(&graph);
+            let text = if json {
+                stats_report::json(&graph.name, &common.input, &stats)
+            } else {
+                stats_report::table(&graph.name, &common.input, &stats)
+            };
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+fn emit_text(text: &str, output: Option<&Path>) -> Result<(), Failure> {
+    match output {
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+        Some(path) => write_output(path, text.as_bytes()).map_err(|e| {
+            Failure::plain(Diagnostic::new(format!("cannot write `{}`: {e}", path.display())))
+        }),
+    }
+}
+
+fn load(common: &Common) -> Result<Program, Failure> {
+    load_file(&common.file).map_err(|(d, sources)| Failure::User(d, sources))
+}
+
+/// Loads, elaborates and verifies the program's graph.
+fn build_graph(common: &Common) -> Result<Graph, Failure> {
+    let options = options(common)?;
+    let program = load(common)?;
+    let graph = match elaborate(&program, &options) {
+        Ok(g) => g,
+        Err(d) => return Err(Failure::User(d, program.sources)),
+    };
+    let errors = verify(&graph);
+    if let Some(first) = errors.first() {
+        return Err(Failure::Internal(format!(
+            "the elaborated graph fails verification ({} problems); first: {} at {}",
+            errors.len(),
+            first.message,
+            first.loc
+        )));
+    }
+    Ok(graph)
+}
+
+fn options(common: &Common) -> Result<Options, Failure> {
+    let input = parse_input(&common.input).map_err(Failure::plain)?;
+    let mut defines = Vec::new();
+    for d in &common.define {
+        match d.split_once('=') {
+            Some((name, value)) if !name.trim().is_empty() => {
+                defines.push((name.trim().to_string(), value.trim().to_string()))
+            }
+            _ => {
+                return Err(Failure::plain(
+                    Diagnostic::new(format!("-D {d}: expected NAME=VALUE"))
+                        .hint("for example -D depth=152 or -D crp_order=conv_pool"),
+                ))
+            }
+        }
+    }
+    Ok(Options { input, defines })
+}
+
+/// Parses `NxCxHxW` (any number of positive sizes separated by `x`).
+fn parse_input(text: &str) -> Result<Vec<u64>, Diagnostic> {
+    let bad = |why: String| {
+        Diagnostic::new(format!("--input {text}: {why}"))
+            .hint("give the first input's sizes separated by `x`, e.g. --input 1x3x512x512")
+    };
+    let mut dims = Vec::new();
+    for part in text.split(['x', 'X']) {
+        match part.trim().parse::<u64>() {
+            Ok(0) => return Err(bad("sizes must be at least 1".into())),
+            Ok(v) if v > (1 << 31) => return Err(bad(format!("{v} is too large"))),
+            Ok(v) => dims.push(v),
+            Err(_) => return Err(bad(format!("`{part}` is not a size"))),
+        }
+    }
+    Ok(dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_input;
+
+    #[test]
+    fn input_shapes_parse_and_reject_bad_sizes() {
+        assert_eq!(parse_input("1x3x64x64").unwrap(), vec![1, 3, 64, 64]);
+        assert!(parse_input("1x3x0x64").is_err());
+        assert!(parse_input("1x3xx64").is_err());
+        assert!(parse_input("abc").is_err());
+    }
+}

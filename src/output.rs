@@ -1,0 +1,18 @@
+//! Atomic output files: write to a temporary file in the same folder, then rename, so an
+//! interrupted write never leaves a half-written file in place of a good one.
+
+use std::io::Write;
+use std::path::Path;
+
+pub fn write_output(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
