@@ -178,11 +178,14 @@ impl<'p> Elab<'p> {
             if !decls.iter().any(|d| d.name.name == *name) {
                 let names: Vec<&str> = decls.iter().map(|d| d.name.name.as_str()).collect();
                 let mut d = Diagnostic::new(format!("-D {name}: the program has no config `{name}`"));
-                d = match did_you_mean(name, names.iter().copied()) {
-                    Some(s) => d.hint(format!("did you mean `{s}`?")),
-                    None if names.is_empty() => d.hint("this program declares no `config` values"),
-                    None => d.hint(format!("the configs are: {}", names.join(", "))),
-                };
+                if names.is_empty() {
+                    d = d.hint("this program declares no `config` values");
+                } else {
+                    d = d.note(format!("the configs are: {}", names.join(", ")));
+                    if let Some(s) = did_you_mean(name, names.iter().copied()) {
+                        d = d.hint(format!("did you mean `{s}`?"));
+                    }
+                }
                 return d.err();
             }
         }

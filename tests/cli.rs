@@ -1,0 +1,120 @@
+//! The `rfnc` command line: subcommands, output files, exit codes and error reporting.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn check_reports_a_summary() {
+    let out = rfnc(&["check", "examples/tiny.rfn", "--input", "1x3x64x64"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("tiny: ok ("), "{}", stdout(&out));
+}
+
+#[test]
+fn compile_emits_each_stage() {
+    let graph = rfnc(&["compile", "examples/tiny.rfn", "--input", "1x3x64x64"]);
+    assert!(graph.status.success());
+    assert!(stdout(&graph).starts_with("\"rfn.graph\"() ({"));
+    let ast = rfnc(&["compile", "examples/tiny.rfn", "--emit", "ast"]);
+    assert!(stdout(&ast).starts_with("module std/"), "dependencies first: {}", &stdout(&ast)[..80]);
+    assert!(stdout(&ast).contains("module examples/tiny.rfn"));
+    let dot = rfnc(&["compile", "examples/tiny.rfn", "--input", "1x3x64x64", "--emit", "dot"]);
+    assert!(stdout(&dot).starts_with("digraph \"tiny\" {"));
+    assert!(stdout(&dot).trim_end().ends_with('}'));
+}
+
+#[test]
+fn output_file_matches_stdout_and_creates_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/out.mlir");
+    let out = rfnc(&["compile", "examples/tiny.rfn", "--input", "1x3x64x64", "-o", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+    let printed = stdout(&rfnc(&["compile", "examples/tiny.rfn", "--input", "1x3x64x64"]));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), printed);
+    // Only the output itself is left behind (the temporary file was renamed).
+    assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_failed_compile_leaves_an_existing_output_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.mlir");
+    std::fs::write(&path, "previous good output").unwrap();
+    let out = rfnc(&["compile", "examples/tiny.rfn", "-D", "classes=abc", "-o", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "previous good output");
+}
+
+#[test]
+fn stats_json_has_components_and_total() {
+    let out = rfnc(&["stats", "examples/refinenet4.rfn", "-D", "depth=50", "--input", "1x3x128x128", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("valid JSON");
+    for component in ["backbone", "refine4", "refine3", "refine2", "refine1", "head"] {
+        for key in ["params", "macs", "naive_feature_bytes"] {
+            assert!(v["components"][component][key].is_u64(), "{component}.{key}");
+        }
+    }
+    let total_macs: u64 = v["components"].as_object().unwrap().values().map(|c| c["macs"].as_u64().unwrap()).sum();
+    assert_eq!(v["total"]["macs"].as_u64().unwrap(), total_macs);
+    assert_eq!(v["network"], "refinenet4");
+}
+
+#[test]
+fn stats_table_lists_components() {
+    let out = rfnc(&["stats", "examples/refinenet2.rfn", "--input", "1x3x64x64"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for row in ["backbone", "refine_a", "refine_b", "head", "total"] {
+        assert!(text.lines().any(|l| l.starts_with(row)), "row {row} in\n{text}");
+    }
+}
+
+#[test]
+fn user_errors_exit_1_with_a_diagnostic() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["check", "examples/nope.rfn"], "cannot read `examples/nope.rfn`"),
+        (&["check", "examples/tiny.rfn", "--input", "1x3x0x64"], "--input 1x3x0x64"),
+        (&["check", "examples/tiny.rfn", "--input", "1x3x64"], "--input has 3 dimensions"),
+        (&["check", "examples/tiny.rfn", "-D", "depth"], "expected NAME=VALUE"),
+        (&["check", "examples/tiny.rfn", "-D", "depht=50"], "did you mean `depth`?"),
+        (&["check", "examples/refinenet4.rfn", "-D", "depth=42"], "ResNet depth must be 50, 101 or 152"),
+        (&["check", "examples/tiny.rfn", "--input", "1x4x64x64"], "--input gives 4 for dimension 1"),
+        (&["compile", "examples/tiny.rfn", "--emit", "ptx"], "invalid value 'ptx'"),
+        (&["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, needle) in cases {
+        let out = rfnc(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: expected `{needle}` in\n{}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{args:?}");
+    }
+}
+
+#[test]
+fn syntax_errors_point_into_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.rfn");
+    std::fs::write(&path, "network n {\n    input image: f32[1, 3, H, W]\n    output y = image;\n}\n").unwrap();
+    let out = rfnc(&["check", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("syntax error: expected `;`") || err.contains("syntax error"), "{err}");
+    assert!(err.contains("broken.rfn:2:"), "location in the message: {err}");
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let out = rfnc(&["--help"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for word in ["check", "compile", "stats", "Exit status"] {
+        assert!(text.contains(word), "{word} in --help");
+    }
+    let compile = stdout(&rfnc(&["compile", "--help"]));
+    for word in ["--emit", "ast", "graph", "dot", "--input", "-D", "-o, --output"] {
+        assert!(compile.contains(word), "{word} in compile --help:\n{compile}");
+    }
+}

@@ -1,0 +1,81 @@
+//! Helpers shared by the end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rfnc_compiler::ir::{verify, Graph};
+use rfnc_dsl::{elaborate, load_file, Options, Program};
+
+pub const EXAMPLES: &[&str] =
+    &["tiny", "refinenet1", "refinenet2", "refinenet4", "refinenet4_2scale", "refinenet4_depth"];
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Relative path of an example, as users type it (tests run from the workspace root).
+pub fn example_path(name: &str) -> PathBuf {
+    PathBuf::from("examples").join(format!("{name}.rfn"))
+}
+
+pub fn load(path: &Path) -> Program {
+    match load_file(path) {
+        Ok(p) => p,
+        Err((d, sources)) => panic!("{}", d.render(&sources)),
+    }
+}
+
+/// Elaborates and verifies an example with the given input and `-D` settings.
+pub fn graph(name: &str, input: &[u64], defines: &[(&str, &str)]) -> Graph {
+    let program = load(&example_path(name));
+    let options = Options {
+        input: input.to_vec(),
+        defines: defines.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    };
+    let graph = match elaborate(&program, &options) {
+        Ok(g) => g,
+        Err(d) => panic!("{}", d.render(&program.sources)),
+    };
+    let errors = verify(&graph);
+    assert!(errors.is_empty(), "{name}: verifier: {errors:?}");
+    graph
+}
+
+/// Runs the rfnc binary from the workspace root.
+pub fn rfnc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rfnc")).args(args).current_dir(root()).output().expect("rfnc runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `mlir-opt-22` if installed: $RFNC_MLIR_OPT, then PATH, then the Debian location.
+/// With RFNC_REQUIRE_TOOLS=1 (set by `./dev test`) a missing tool fails the test.
+pub fn mlir_opt() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var("RFNC_MLIR_OPT").ok().map(PathBuf::from),
+        Some(PathBuf::from("/usr/lib/llvm-22/bin/mlir-opt")),
+        which("mlir-opt-22"),
+    ];
+    let found = candidates.into_iter().flatten().find(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("RFNC_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("mlir-opt-22 is required (RFNC_REQUIRE_TOOLS=1) but was not found; run scripts/setup.sh");
+        }
+        eprintln!("SKIPPED: mlir-opt-22 not found (install mlir-22-tools, or run scripts/setup.sh)");
+    }
+    found
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())
+    })
+}
