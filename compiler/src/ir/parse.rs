@@ -35,6 +35,23 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+/// Grammar rules in words, for syntax errors.
+fn describe_rule(rule: &Rule) -> String {
+    match rule {
+        Rule::op_name => "an op name such as \"rfn.relu\"",
+        Rule::value | Rule::values => "a value such as %3",
+        Rule::tensor_type | Rule::types => "a tensor type such as tensor<1x3x8x8xf32>",
+        Rule::attr_dict => "an attribute dictionary `{...}`",
+        Rule::attr | Rule::ident => "an attribute name",
+        Rule::loc => "`loc(...)`",
+        Rule::op => "an operation",
+        Rule::ret => "\"rfn.return\"",
+        Rule::EOI => "end of input",
+        other => return format!("{other:?}"),
+    }
+    .to_string()
+}
+
 fn error_at(pair: &Pair<Rule>, message: impl Into<String>) -> ParseError {
     let (line, col) = pair.as_span().start_pos().line_col();
     ParseError { line, col, message: message.into() }
@@ -43,6 +60,7 @@ fn error_at(pair: &Pair<Rule>, message: impl Into<String>) -> ParseError {
 /// Parses a whole graph.
 pub fn parse_graph(text: &str) -> Result<Graph, ParseError> {
     let mut pairs = IrParser::parse(Rule::file, text).map_err(|e| {
+        let e = e.renamed_rules(describe_rule);
         let (line, col) = match e.line_col {
             pest::error::LineColLocation::Pos(p) | pest::error::LineColLocation::Span(p, _) => p,
         };

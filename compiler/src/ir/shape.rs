@@ -235,3 +235,74 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Reduction;
+
+    fn conv(stride: u64, pad: u64, dilation: u64, groups: u64) -> Op {
+        Op::Conv2d { stride: [stride; 2], pad: [pad; 4], dilation: [dilation; 2], groups }
+    }
+
+    #[test]
+    fn conv_output_sizes_follow_the_window_formula() {
+        let x = TensorType::f32([2, 8, 17, 17]);
+        let w3 = TensorType::f32([16, 8, 3, 3]);
+        let same = infer(&conv(1, 1, 1, 1), &[&x, &w3]).unwrap();
+        assert_eq!(same.dims, [2, 16, 17, 17]);
+        // floor((17 + 2 - 3) / 2) + 1 = 9
+        assert_eq!(infer(&conv(2, 1, 1, 1), &[&x, &w3]).unwrap().dims, [2, 16, 9, 9]);
+        // dilation 2: effective window 5; floor((17 + 4 - 5) / 1) + 1 = 17
+        assert_eq!(infer(&conv(1, 2, 2, 1), &[&x, &w3]).unwrap().dims, [2, 16, 17, 17]);
+        // stem of ResNet: 7x7/2 pad 3 on 512 -> 256
+        let img = TensorType::f32([1, 3, 512, 512]);
+        let w7 = TensorType::f32([64, 3, 7, 7]);
+        assert_eq!(infer(&conv(2, 3, 1, 1), &[&img, &w7]).unwrap().dims, [1, 64, 256, 256]);
+        // grouped: weight has Cin/groups input channels
+        let wg = TensorType::f32([16, 2, 3, 3]);
+        assert_eq!(infer(&conv(1, 1, 1, 4), &[&x, &wg]).unwrap().dims, [2, 16, 17, 17]);
+    }
+
+    #[test]
+    fn conv_rejects_mismatched_channels_bias_and_windows() {
+        let x = TensorType::f32([1, 8, 4, 4]);
+        let e = infer(&conv(1, 1, 1, 1), &[&x, &TensorType::f32([16, 4, 3, 3])]).unwrap_err();
+        assert_eq!(e.operands, vec![0, 1]);
+        assert!(e.message.contains("input has 8 channels"));
+        let bias = TensorType::f32([15]);
+        let e = infer(&conv(1, 1, 1, 1), &[&x, &TensorType::f32([16, 8, 3, 3]), &bias]).unwrap_err();
+        assert!(e.message.contains("does not match 16 output channels"));
+        let e = infer(&conv(1, 0, 1, 1), &[&x, &TensorType::f32([16, 8, 5, 5])]).unwrap_err();
+        assert!(e.message.contains("does not fit"));
+    }
+
+    #[test]
+    fn pooling_resize_and_losses() {
+        let x = TensorType::f32([1, 4, 256, 256]);
+        let pool = Op::MaxPool2d { kernel: [3, 3], stride: [2, 2], pad: [1, 1, 1, 1] };
+        assert_eq!(infer(&pool, &[&x]).unwrap().dims, [1, 4, 128, 128]);
+        let crp = Op::MaxPool2d { kernel: [5, 5], stride: [1, 1], pad: [2, 2, 2, 2] };
+        assert_eq!(infer(&crp, &[&x]).unwrap().dims, [1, 4, 256, 256]);
+        let too_much_pad = Op::MaxPool2d { kernel: [3, 3], stride: [1, 1], pad: [2, 2, 2, 2] };
+        assert!(infer(&too_much_pad, &[&x]).is_err());
+        let up = Op::ResizeBilinear { size: [300, 200], align_corners: false };
+        assert_eq!(infer(&up, &[&x]).unwrap().dims, [1, 4, 300, 200]);
+        let labels = TensorType::new(DType::I32, [1, 256, 256]);
+        let ce = Op::SoftmaxCrossEntropy { ignore_index: 255, reduction: Reduction::Mean };
+        assert_eq!(infer(&ce, &[&x, &labels]).unwrap(), TensorType::scalar_f32());
+        let wrong = TensorType::new(DType::I32, [1, 128, 256]);
+        assert_eq!(infer(&ce, &[&x, &wrong]).unwrap_err().operands, vec![0, 1]);
+        let float_labels = TensorType::f32([1, 256, 256]);
+        assert!(infer(&ce, &[&x, &float_labels]).unwrap_err().message.contains("element type i32"));
+        let add = infer(&Op::Add, &[&x, &TensorType::f32([1, 4, 256, 255])]).unwrap_err();
+        assert!(add.message.contains("cannot add f32[1, 4, 256, 256] and f32[1, 4, 256, 255]"));
+    }
+
+    #[test]
+    fn window_out_never_overflows() {
+        assert_eq!(window_out(u64::MAX, 1, 1, 3, 1, 1), None);
+        assert_eq!(window_out(4, 0, 0, u64::MAX, 1, 2), None);
+        assert_eq!(window_out(4, 0, 0, 3, 0, 1), None);
+    }
+}
