@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rfnc_compiler::ir::{print_graph, to_dot, verify, Graph};
@@ -76,6 +77,9 @@ struct Common {
     /// Override a `config` value of the program, e.g. -D depth=152 (repeatable)
     #[arg(short = 'D', value_name = "NAME=VALUE")]
     define: Vec<String>,
+    /// Print the time of each stage (load, elaborate, verify) on standard error
+    #[arg(long)]
+    timings: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -172,18 +176,31 @@ fn emit_text(text: &str, output: Option<&Path>) -> Result<(), Failure> {
 }
 
 fn load(common: &Common) -> Result<Program, Failure> {
-    load_file(&common.file).map_err(|(d, sources)| Failure::User(d, sources))
+    let start = Instant::now();
+    let program = load_file(&common.file).map_err(|(d, sources)| Failure::User(d, sources));
+    report_time(common, "load (parse + imports)", start);
+    program
+}
+
+fn report_time(common: &Common, stage: &str, start: Instant) {
+    if common.timings {
+        eprintln!("timing: {stage:<24} {:>9.3} ms", start.elapsed().as_secs_f64() * 1e3);
+    }
 }
 
 /// Loads, elaborates and verifies the program's graph.
 fn build_graph(common: &Common) -> Result<Graph, Failure> {
     let options = options(common)?;
     let program = load(common)?;
+    let start = Instant::now();
     let graph = match elaborate(&program, &options) {
         Ok(g) => g,
         Err(d) => return Err(Failure::User(d, program.sources)),
     };
+    report_time(common, "elaborate + shapes", start);
+    let start = Instant::now();
     let errors = verify(&graph);
+    report_time(common, "verify", start);
     if let Some(first) = errors.first() {
         return Err(Failure::Internal(format!(
             "the elaborated graph fails verification ({} problems); first: {} at {}",

@@ -118,3 +118,14 @@ fn help_explains_the_commands() {
         assert!(compile.contains(word), "{word} in compile --help:\n{compile}");
     }
 }
+
+#[test]
+fn timings_go_to_stderr() {
+    let out = rfnc(&["check", "examples/tiny.rfn", "--input", "1x3x64x64", "--timings"]);
+    assert!(out.status.success());
+    let err = stderr(&out);
+    for stage in ["load (parse + imports)", "elaborate + shapes", "verify"] {
+        assert!(err.lines().any(|l| l.starts_with("timing: ") && l.contains(stage)), "{stage} in {err}");
+    }
+    assert!(!stdout(&out).contains("timing:"));
+}
