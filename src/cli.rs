@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rfnc_compiler::ir::{print_graph, to_dot, verify, Graph};
+use rfnc_compiler::output::write_atomically;
+use rfnc_runtime::{check_weights, init_weights, load_weights, save_weights, WeightsError};
 use rfnc_dsl::{ast_print, elaborate, load_file, Diagnostic, Options, Program, SourceMap};
 
-use crate::output::write_output;
 use crate::stats_report;
 
 const ABOUT: &str = "Compiler for RefineNet-style dense-prediction networks written in .rfn";
@@ -42,7 +43,26 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Parse, elaborate and verify a program; report errors or a one-line summary
-    Check(Common),
+    Check {
+        #[command(flatten)]
+        common: Common,
+        /// Also check a safetensors weights file: every parameter present, with its shape,
+        /// and nothing extra
+        #[arg(long, value_name = "W.safetensors")]
+        weights: Option<PathBuf>,
+    },
+    /// Write deterministic random initial weights for the program's parameters (He-normal
+    /// conv weights, zero biases, identity batch norm) as safetensors
+    Weights {
+        #[command(flatten)]
+        common: Common,
+        /// The weights file to write (atomically)
+        #[arg(short, long, value_name = "PATH")]
+        output: PathBuf,
+        /// Seed of the random generator; the same seed gives the same weights
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Compile a program and print a stage of the lowering
     Compile {
         #[command(flatten)]
@@ -125,8 +145,18 @@ pub fn run() -> ExitCode {
 
 fn execute(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Check(common) => {
+        Command::Check { common, weights } => {
             let graph = build_graph(&common)?;
+            if let Some(path) = weights {
+                let loaded = load_weights(&path).map_err(weights_failure)?;
+                check_weights(&graph, &loaded).map_err(|e| {
+                    weights_failure(e).with_title(format!(
+                        "`{}` does not fit network `{}`",
+                        path.display(),
+                        graph.name
+                    ))
+                })?;
+            }
             let stats = rfnc_compiler::stats::stats(&graph);
             println!(
                 "{}: ok ({} ops, {} parameters, {:.2} GMACs at {})",
@@ -149,6 +179,13 @@ fn execute(command: Command) -> Result<(), Failure> {
             };
             emit_text(&text, output.as_deref())
         }
+        Command::Weights { common, output, seed } => {
+            let graph = build_graph(&common)?;
+            let weights = init_weights(&graph, seed);
+            save_weights(&output, &weights).map_err(weights_failure)?;
+            println!("wrote {} tensors to {}", weights.tensors.len(), output.display());
+            Ok(())
+        }
         Command::Stats { common, json } => {
             let graph = build_graph(&common)?;
             let stats = rfnc_compiler::stats::stats(&graph);
@@ -163,13 +200,44 @@ fn execute(command: Command) -> Result<(), Failure> {
     }
 }
 
+/// A weights problem as a diagnostic: the file in the title, one note per problem.
+fn weights_failure(e: WeightsError) -> Failure {
+    let d = match e {
+        WeightsError::Mismatch { problems } => {
+            let mut d = Diagnostic::new("the weights do not match the network's parameters");
+            const SHOWN: usize = 20;
+            for p in problems.iter().take(SHOWN) {
+                d = d.note(p.clone());
+            }
+            if problems.len() > SHOWN {
+                d = d.note(format!("... and {} more", problems.len() - SHOWN));
+            }
+            d.hint("weights are named by the parameter names of `rfnc compile --emit graph`; `rfnc weights` writes a matching file")
+        }
+        other => Diagnostic::new(other.to_string()),
+    };
+    Failure::plain(d)
+}
+
+impl Failure {
+    fn with_title(self, title: String) -> Self {
+        match self {
+            Failure::User(mut d, s) => {
+                d.title = title;
+                Failure::User(d, s)
+            }
+            other => other,
+        }
+    }
+}
+
 fn emit_text(text: &str, output: Option<&Path>) -> Result<(), Failure> {
     match output {
         None => {
             print!("{text}");
             Ok(())
         }
-        Some(path) => write_output(path, text.as_bytes()).map_err(|e| {
+        Some(path) => write_atomically(path, text.as_bytes()).map_err(|e| {
             Failure::plain(Diagnostic::new(format!("cannot write `{}`: {e}", path.display())))
         }),
     }

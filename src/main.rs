@@ -1,7 +1,6 @@
 //! `rfnc`: the command-line compiler for RefineNet-style `.rfn` programs.
 
 mod cli;
-mod output;
 mod stats_report;
 
 use std::process::ExitCode;

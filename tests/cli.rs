@@ -129,3 +129,24 @@ fn timings_go_to_stderr() {
     }
     assert!(!stdout(&out).contains("timing:"));
 }
+
+#[test]
+fn weights_are_written_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.safetensors");
+    let p = path.to_str().unwrap();
+    let out = rfnc(&["weights", "examples/tiny.rfn", "-o", p, "--seed", "5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(rfnc(&["check", "examples/tiny.rfn", "--weights", p]).status.success());
+    // A different network shape: every mismatch is named, exit 1.
+    let out = rfnc(&["check", "examples/tiny.rfn", "--weights", p, "-D", "classes=5"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("does not fit network `tiny`"), "{err}");
+    assert!(err.contains("tensor `head.classifier.weight` has shape [3, 8, 3, 3], the network needs [5, 8, 3, 3]"), "{err}");
+    // A file that is not safetensors.
+    std::fs::write(&path, "not weights").unwrap();
+    let out = rfnc(&["check", "examples/tiny.rfn", "--weights", p]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not a usable safetensors weights file"));
+}

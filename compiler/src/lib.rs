@@ -4,6 +4,7 @@
 //! Nothing in this crate links LLVM or MLIR, so the language and IR tests build fast.
 
 pub mod ir;
+pub mod output;
 pub mod stats;
 
 pub use ir::{

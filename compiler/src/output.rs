@@ -1,10 +1,11 @@
-//! Atomic output files: write to a temporary file in the same folder, then rename, so an
-//! interrupted write never leaves a half-written file in place of a good one.
+//! Atomic file output: write to a temporary file in the same folder, flush it to disk, then
+//! rename it over the target, so an interrupted write never leaves a half-written file in
+//! place of a good one. Missing parent folders are created.
 
 use std::io::Write;
 use std::path::Path;
 
-pub fn write_output(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
