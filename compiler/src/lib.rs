@@ -4,7 +4,10 @@
 //! Nothing in this crate links LLVM or MLIR, so the language and IR tests build fast.
 
 pub mod ir;
+pub mod interp;
 pub mod output;
+pub mod passes;
+pub mod rng;
 pub mod stats;
 
 pub use ir::{

@@ -132,7 +132,7 @@ fn normal(seed: u64, name: &str, index: u64) -> f32 {
 }
 
 /// Deterministic initial weights: conv weights He-normal (std = sqrt(2 / fan_in)), conv
-/// biases 0, batch norm as the identity (mean 0, var 1, gamma 1, beta 0).
+/// biases 0, batch norm as the identity (mean 0, var 1, gamma 1, beta 0), momentum 0.
 pub fn init_weights(graph: &Graph, seed: u64) -> Weights {
     let mut weights = Weights::default();
     for (name, (dims, kind)) in parameters(graph) {
@@ -143,7 +143,9 @@ pub fn init_weights(graph: &Graph, seed: u64) -> Weights {
                 let std = (2.0 / fan_in).sqrt();
                 (0..count).map(|i| std * normal(seed, name, i)).collect()
             }
-            ParamKind::ConvBias | ParamKind::BnMean | ParamKind::BnBeta => vec![0.0; count as usize],
+            ParamKind::ConvBias | ParamKind::BnMean | ParamKind::BnBeta | ParamKind::Momentum => {
+                vec![0.0; count as usize]
+            }
             ParamKind::BnVar | ParamKind::BnGamma => vec![1.0; count as usize],
         };
         weights.tensors.insert(name.to_string(), (dims.to_vec(), data));

@@ -112,6 +112,17 @@ impl Graph {
         &self.graph[id]
     }
 
+    /// Replaces a node's op (a pass's rewrite); the verifier checks the result.
+    pub fn set_op(&mut self, id: NodeId, op: Op) {
+        self.graph[id].op = op;
+    }
+
+    /// Appends an operand to a node, in the next operand slot.
+    pub fn push_operand(&mut self, id: NodeId, operand: NodeId) {
+        let slot = self.graph.edges_directed(id, Direction::Incoming).count() as u32;
+        self.graph.add_edge(operand, id, slot);
+    }
+
     pub fn contains(&self, id: NodeId) -> bool {
         self.graph.contains_node(id)
     }

@@ -86,16 +86,20 @@ pub enum ParamKind {
     BnVar,
     BnGamma,
     BnBeta,
+    /// Optimizer state: the momentum buffer of the parameter with the same name minus
+    /// `.momentum`. Starts at zero.
+    Momentum,
 }
 
 impl ParamKind {
-    pub const ALL: [ParamKind; 6] = [
+    pub const ALL: [ParamKind; 7] = [
         ParamKind::ConvWeight,
         ParamKind::ConvBias,
         ParamKind::BnMean,
         ParamKind::BnVar,
         ParamKind::BnGamma,
         ParamKind::BnBeta,
+        ParamKind::Momentum,
     ];
 
     pub fn name(self) -> &'static str {
@@ -106,6 +110,7 @@ impl ParamKind {
             ParamKind::BnVar => "bn_var",
             ParamKind::BnGamma => "bn_gamma",
             ParamKind::BnBeta => "bn_beta",
+            ParamKind::Momentum => "momentum",
         }
     }
 
@@ -117,6 +122,11 @@ impl ParamKind {
     /// (PyTorch's `parameters()` leaves them out, and so does the parameter count).
     pub fn is_statistic(self) -> bool {
         matches!(self, ParamKind::BnMean | ParamKind::BnVar)
+    }
+
+    /// Frozen batch norm is never trained; optimizer state is not a parameter to train.
+    pub fn is_trainable(self) -> bool {
+        matches!(self, ParamKind::ConvWeight | ParamKind::ConvBias)
     }
 }
 
@@ -164,14 +174,46 @@ pub enum Op {
     MaxPool2d { kernel: [u64; 2], stride: [u64; 2], pad: [u64; 4] },
     /// Bilinear resize of the two spatial dimensions to `size`.
     ResizeBilinear { size: [u64; 2], align_corners: bool },
-    /// Inverted dropout with drop probability `rate`; identity at inference.
-    /// `stream` keys its random numbers (with seed, step and element index).
-    Dropout { rate: f64, stream: u64 },
+    /// Inverted dropout with drop probability `rate`. With one operand (inference) it is the
+    /// identity; with a second operand, the training step counter (i32 scalar), it keeps an
+    /// element with probability 1 - rate and scales it by 1 / (1 - rate). The keep decision
+    /// is a pure function of (seed, step, stream, element index), so applying the same op to
+    /// the upstream gradient reproduces the forward mask exactly.
+    Dropout { rate: f64, seed: u64, stream: u64 },
     /// Per-pixel softmax cross-entropy of logits NxCxHxW against labels NxHxW (i32).
     SoftmaxCrossEntropy { ignore_index: i64, reduction: Reduction },
     /// Squared error of prediction Nx1xHxW against target Nx1xHxW; pixels whose target
     /// equals `ignore_value` contribute nothing.
     LeastSquares { ignore_value: f64, reduction: Reduction },
+    /// A scalar f32 constant (`tensor<f32>`).
+    Constant { value: f64 },
+
+    // ----- gradients (made by autodiff) --------------------------------------------------
+    /// Gradient of conv2d with respect to its input: `(dy, w) -> dx` of size `input_size`.
+    Conv2dGradInput { stride: [u64; 2], pad: [u64; 4], dilation: [u64; 2], groups: u64, input_size: [u64; 2] },
+    /// Gradient of conv2d with respect to its weight: `(x, dy) -> dw` with a `kernel` window.
+    Conv2dGradWeight { stride: [u64; 2], pad: [u64; 4], dilation: [u64; 2], groups: u64, kernel: [u64; 2] },
+    /// Sum over batch and space per channel: `dy (NxCxHxW) -> C` (the gradient of a bias).
+    ChannelSum,
+    /// Gradient of frozen batch norm w.r.t. its input: `(dy, var, gamma) -> dy * gamma / sqrt(var + eps)`.
+    BatchNormGrad { eps: f64 },
+    /// Gradient of relu from its output: `(dy, y) -> dy where y > 0, else 0`.
+    ReluGrad,
+    /// Gradient of max pooling: `(dy, x) -> dx`; each window's gradient goes to its first
+    /// maximal element in row-major order (PyTorch's rule).
+    MaxPool2dGrad { kernel: [u64; 2], stride: [u64; 2], pad: [u64; 4] },
+    /// Adjoint of bilinear resize: `dy -> dx` of spatial size `input_size`.
+    ResizeBilinearGrad { align_corners: bool, input_size: [u64; 2] },
+    /// `(logits, labels, dloss) -> dlogits` of softmax cross-entropy.
+    SoftmaxCrossEntropyGrad { ignore_index: i64, reduction: Reduction },
+    /// `(pred, target, dloss) -> dpred` of least squares.
+    LeastSquaresGrad { ignore_value: f64, reduction: Reduction },
+
+    // ----- optimizer (made by the training step) ---------------------------------------
+    /// SGD momentum buffer update: `(v, g, p) -> momentum * v + g + weight_decay * p`.
+    SgdMomentum { momentum: f64, weight_decay: f64 },
+    /// SGD parameter update: `(p, v) -> p - lr * v`.
+    SgdStep { lr: f64 },
 }
 
 /// Error from reading an op back from its text form.
@@ -193,12 +235,24 @@ impl Op {
             Op::Dropout { .. } => "dropout",
             Op::SoftmaxCrossEntropy { .. } => "softmax_cross_entropy",
             Op::LeastSquares { .. } => "least_squares",
+            Op::Constant { .. } => "constant",
+            Op::Conv2dGradInput { .. } => "conv2d_grad_input",
+            Op::Conv2dGradWeight { .. } => "conv2d_grad_weight",
+            Op::ChannelSum => "channel_sum",
+            Op::BatchNormGrad { .. } => "batch_norm_grad",
+            Op::ReluGrad => "relu_grad",
+            Op::MaxPool2dGrad { .. } => "max_pool2d_grad",
+            Op::ResizeBilinearGrad { .. } => "resize_bilinear_grad",
+            Op::SoftmaxCrossEntropyGrad { .. } => "softmax_cross_entropy_grad",
+            Op::LeastSquaresGrad { .. } => "least_squares_grad",
+            Op::SgdMomentum { .. } => "sgd_momentum",
+            Op::SgdStep { .. } => "sgd_step",
         }
     }
 
     /// Ops whose value is supplied from outside rather than computed.
     pub fn is_leaf(&self) -> bool {
-        matches!(self, Op::Input { .. } | Op::Param { .. })
+        matches!(self, Op::Input { .. } | Op::Param { .. } | Op::Constant { .. })
     }
 
     pub fn is_loss(&self) -> bool {
@@ -208,13 +262,27 @@ impl Op {
     /// Allowed operand counts, inclusive.
     pub fn arity(&self) -> (usize, usize) {
         match self {
-            Op::Input { .. } | Op::Param { .. } => (0, 0),
+            Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } => (0, 0),
             Op::Conv2d { .. } => (2, 3),
             Op::BatchNorm { .. } => (5, 5),
-            Op::Relu | Op::MaxPool2d { .. } | Op::ResizeBilinear { .. } | Op::Dropout { .. } => {
-                (1, 1)
-            }
-            Op::Add | Op::SoftmaxCrossEntropy { .. } | Op::LeastSquares { .. } => (2, 2),
+            Op::Dropout { .. } => (1, 2),
+            Op::Relu
+            | Op::MaxPool2d { .. }
+            | Op::ResizeBilinear { .. }
+            | Op::ChannelSum
+            | Op::ResizeBilinearGrad { .. } => (1, 1),
+            Op::Add
+            | Op::SoftmaxCrossEntropy { .. }
+            | Op::LeastSquares { .. }
+            | Op::Conv2dGradInput { .. }
+            | Op::Conv2dGradWeight { .. }
+            | Op::ReluGrad
+            | Op::MaxPool2dGrad { .. }
+            | Op::SgdStep { .. } => (2, 2),
+            Op::BatchNormGrad { .. }
+            | Op::SoftmaxCrossEntropyGrad { .. }
+            | Op::LeastSquaresGrad { .. }
+            | Op::SgdMomentum { .. } => (3, 3),
         }
     }
 
@@ -233,6 +301,45 @@ impl Op {
                 ("pad", ints(pad)),
                 ("stride", ints(stride)),
             ],
+            Op::Conv2dGradInput { stride, pad, dilation, groups, input_size } => vec![
+                ("dilation", ints(dilation)),
+                ("groups", Attr::Int(*groups as i64)),
+                ("input_size", ints(input_size)),
+                ("pad", ints(pad)),
+                ("stride", ints(stride)),
+            ],
+            Op::Conv2dGradWeight { stride, pad, dilation, groups, kernel } => vec![
+                ("dilation", ints(dilation)),
+                ("groups", Attr::Int(*groups as i64)),
+                ("kernel", ints(kernel)),
+                ("pad", ints(pad)),
+                ("stride", ints(stride)),
+            ],
+            Op::Constant { value } => vec![("value", Attr::Float(*value))],
+            Op::ChannelSum | Op::ReluGrad => vec![],
+            Op::BatchNormGrad { eps } => vec![("eps", Attr::Float(*eps))],
+            Op::MaxPool2dGrad { kernel, stride, pad } => vec![
+                ("kernel", ints(kernel)),
+                ("pad", ints(pad)),
+                ("stride", ints(stride)),
+            ],
+            Op::ResizeBilinearGrad { align_corners, input_size } => vec![
+                ("align_corners", Attr::Bool(*align_corners)),
+                ("input_size", ints(input_size)),
+            ],
+            Op::SoftmaxCrossEntropyGrad { ignore_index, reduction } => vec![
+                ("ignore_index", Attr::Int(*ignore_index)),
+                ("reduction", Attr::Str(reduction.name().into())),
+            ],
+            Op::LeastSquaresGrad { ignore_value, reduction } => vec![
+                ("ignore_value", Attr::Float(*ignore_value)),
+                ("reduction", Attr::Str(reduction.name().into())),
+            ],
+            Op::SgdMomentum { momentum, weight_decay } => vec![
+                ("momentum", Attr::Float(*momentum)),
+                ("weight_decay", Attr::Float(*weight_decay)),
+            ],
+            Op::SgdStep { lr } => vec![("lr", Attr::Float(*lr))],
             Op::BatchNorm { eps } => vec![("eps", Attr::Float(*eps))],
             Op::Relu | Op::Add => vec![],
             Op::MaxPool2d { kernel, stride, pad } => vec![
@@ -244,8 +351,9 @@ impl Op {
                 ("align_corners", Attr::Bool(*align_corners)),
                 ("size", ints(size)),
             ],
-            Op::Dropout { rate, stream } => vec![
+            Op::Dropout { rate, seed, stream } => vec![
                 ("rate", Attr::Float(*rate)),
+                ("seed", Attr::Int(*seed as i64)),
                 ("stream", Attr::Int(*stream as i64)),
             ],
             Op::SoftmaxCrossEntropy { ignore_index, reduction } => vec![
@@ -291,8 +399,49 @@ impl Op {
             },
             "dropout" => Op::Dropout {
                 rate: reader.float("rate")?,
+                seed: reader.non_negative("seed")?,
                 stream: reader.non_negative("stream")?,
             },
+            "constant" => Op::Constant { value: reader.float("value")? },
+            "conv2d_grad_input" => Op::Conv2dGradInput {
+                dilation: reader.array("dilation")?,
+                groups: reader.positive("groups")?,
+                input_size: reader.array("input_size")?,
+                pad: reader.array("pad")?,
+                stride: reader.array("stride")?,
+            },
+            "conv2d_grad_weight" => Op::Conv2dGradWeight {
+                dilation: reader.array("dilation")?,
+                groups: reader.positive("groups")?,
+                kernel: reader.array("kernel")?,
+                pad: reader.array("pad")?,
+                stride: reader.array("stride")?,
+            },
+            "channel_sum" => Op::ChannelSum,
+            "batch_norm_grad" => Op::BatchNormGrad { eps: reader.float("eps")? },
+            "relu_grad" => Op::ReluGrad,
+            "max_pool2d_grad" => Op::MaxPool2dGrad {
+                kernel: reader.array("kernel")?,
+                pad: reader.array("pad")?,
+                stride: reader.array("stride")?,
+            },
+            "resize_bilinear_grad" => Op::ResizeBilinearGrad {
+                align_corners: reader.boolean("align_corners")?,
+                input_size: reader.array("input_size")?,
+            },
+            "softmax_cross_entropy_grad" => Op::SoftmaxCrossEntropyGrad {
+                ignore_index: reader.int("ignore_index")?,
+                reduction: reader.reduction()?,
+            },
+            "least_squares_grad" => Op::LeastSquaresGrad {
+                ignore_value: reader.float("ignore_value")?,
+                reduction: reader.reduction()?,
+            },
+            "sgd_momentum" => Op::SgdMomentum {
+                momentum: reader.float("momentum")?,
+                weight_decay: reader.float("weight_decay")?,
+            },
+            "sgd_step" => Op::SgdStep { lr: reader.float("lr")? },
             "softmax_cross_entropy" => Op::SoftmaxCrossEntropy {
                 ignore_index: reader.int("ignore_index")?,
                 reduction: reader.reduction()?,

@@ -63,6 +63,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
         ));
     }
     match op {
+        Op::Constant { .. } => Ok(TensorType::scalar_f32()),
         Op::Input { .. } | Op::Param { .. } => Err(ShapeError::new(
             format!("the type of {name} is declared, not inferred"),
             Vec::new(),
@@ -136,6 +137,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
         }
         Op::Dropout { rate, .. } => {
             expect_dtype(name, "an input", inputs[0], DType::F32, 0)?;
+            if let Some(step) = inputs.get(1) {
+                expect_rank(name, "a step counter", step, 0, 1)?;
+                expect_dtype(name, "a step counter", step, DType::I32, 1)?;
+            }
             if !(0.0..1.0).contains(rate) {
                 return Err(ShapeError::new(
                     format!("{name}: rate must be in [0, 1), found {rate}"),
@@ -233,7 +238,100 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
             }
             Ok(TensorType::scalar_f32())
         }
+        Op::Conv2dGradInput { stride, pad, dilation, groups, input_size } => {
+            let (dy, w) = (inputs[0], inputs[1]);
+            expect_rank(name, "an output gradient", dy, 4, 0)?;
+            expect_rank(name, "a weight", w, 4, 1)?;
+            let x = TensorType::f32([dy.dims[0], w.dims[1] * groups, input_size[0], input_size[1]]);
+            let forward = Op::Conv2d { stride: *stride, pad: *pad, dilation: *dilation, groups: *groups };
+            same_as_forward(name, &forward, &[&x, w], dy)?;
+            Ok(x)
+        }
+        Op::Conv2dGradWeight { stride, pad, dilation, groups, kernel } => {
+            let (x, dy) = (inputs[0], inputs[1]);
+            expect_rank(name, "an input", x, 4, 0)?;
+            expect_rank(name, "an output gradient", dy, 4, 1)?;
+            if *groups == 0 || x.dims[1] % groups != 0 {
+                return Err(ShapeError::new(format!("{name}: groups must divide {} channels", x.dims[1]), [0]));
+            }
+            let w = TensorType::f32([dy.dims[1], x.dims[1] / groups, kernel[0], kernel[1]]);
+            let forward = Op::Conv2d { stride: *stride, pad: *pad, dilation: *dilation, groups: *groups };
+            same_as_forward(name, &forward, &[x, &w], dy)?;
+            Ok(w)
+        }
+        Op::ChannelSum => {
+            expect_rank(name, "a gradient", inputs[0], 4, 0)?;
+            expect_dtype(name, "a gradient", inputs[0], DType::F32, 0)?;
+            Ok(TensorType::f32([inputs[0].dims[1]]))
+        }
+        Op::BatchNormGrad { .. } => {
+            let dy = inputs[0];
+            expect_rank(name, "a gradient", dy, 4, 0)?;
+            for (i, p) in inputs.iter().enumerate().skip(1) {
+                if p.dims != [dy.dims[1]] {
+                    return Err(ShapeError::new(
+                        format!("{name}: {} does not match {} channels", p.shape_string(), dy.dims[1]),
+                        [0, i],
+                    ));
+                }
+            }
+            Ok(dy.clone())
+        }
+        Op::ReluGrad => same_shapes(name, inputs),
+        Op::MaxPool2dGrad { kernel, stride, pad } => {
+            let (dy, x) = (inputs[0], inputs[1]);
+            let forward = Op::MaxPool2d { kernel: *kernel, stride: *stride, pad: *pad };
+            same_as_forward(name, &forward, &[x], dy)?;
+            Ok(x.clone())
+        }
+        Op::ResizeBilinearGrad { input_size, .. } => {
+            let dy = inputs[0];
+            expect_rank(name, "a gradient", dy, 4, 0)?;
+            if input_size.contains(&0) {
+                return Err(ShapeError::new(format!("{name}: input size {input_size:?} is empty"), Vec::new()));
+            }
+            Ok(TensorType::f32([dy.dims[0], dy.dims[1], input_size[0], input_size[1]]))
+        }
+        Op::SoftmaxCrossEntropyGrad { ignore_index, reduction } => {
+            let forward = Op::SoftmaxCrossEntropy { ignore_index: *ignore_index, reduction: *reduction };
+            same_as_forward(name, &forward, &inputs[..2], inputs[2])?;
+            Ok(inputs[0].clone())
+        }
+        Op::LeastSquaresGrad { ignore_value, reduction } => {
+            let forward = Op::LeastSquares { ignore_value: *ignore_value, reduction: *reduction };
+            same_as_forward(name, &forward, &inputs[..2], inputs[2])?;
+            Ok(inputs[0].clone())
+        }
+        Op::SgdMomentum { .. } | Op::SgdStep { .. } => same_shapes(name, inputs),
     }
+}
+
+/// Checks that the forward op applied to `forward_inputs` produces `dy`'s type (for the
+/// gradient ops, whose attributes describe the forward op they differentiate).
+fn same_as_forward(name: &str, forward: &Op, forward_inputs: &[&TensorType], dy: &TensorType) -> Result<(), ShapeError> {
+    let y = infer(forward, forward_inputs)
+        .map_err(|e| ShapeError::new(format!("{name}: the forward op does not fit: {}", e.message), [0]))?;
+    if &y != dy {
+        return Err(ShapeError::new(
+            format!("{name}: gradient {} does not match the forward result {}", dy.shape_string(), y.shape_string()),
+            [0],
+        ));
+    }
+    Ok(())
+}
+
+/// All operands f32 with one shape; the result has it too.
+fn same_shapes(name: &str, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
+    for (i, t) in inputs.iter().enumerate() {
+        expect_dtype(name, "operands", t, DType::F32, i)?;
+        if t.dims != inputs[0].dims {
+            return Err(ShapeError::new(
+                format!("{name}: operands {} and {} differ in shape", inputs[0].shape_string(), t.shape_string()),
+                [0, i],
+            ));
+        }
+    }
+    Ok(inputs[0].clone())
 }
 
 #[cfg(test)]

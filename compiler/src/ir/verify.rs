@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::{infer, Graph, Loc, Op, ParamKind};
+use super::{infer, DType, Graph, Loc, Op, ParamKind};
 
 /// One violated invariant, with the location of the op that violates it.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,8 +52,12 @@ pub fn verify(graph: &Graph) -> Vec<VerifyError> {
                 if name.is_empty() || param_names.insert(name, ()).is_some() {
                     err(format!("parameter name \"{name}\" is empty or used twice"), &node.loc);
                 }
-                let rank = if *kind == ParamKind::ConvWeight { 4 } else { 1 };
-                if node.ty.rank() != rank || node.ty.elements() == 0 {
+                let rank_ok = match kind {
+                    ParamKind::ConvWeight => node.ty.rank() == 4,
+                    ParamKind::Momentum => node.ty.rank() >= 1,
+                    _ => node.ty.rank() == 1,
+                };
+                if !rank_ok || node.ty.elements() == 0 || node.ty.dtype != DType::F32 {
                     err(
                         format!("parameter \"{name}\" of kind {} cannot have type {}", kind.name(), node.ty),
                         &node.loc,

@@ -268,7 +268,7 @@ pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segmen
                     .err();
             }
             let stream = el.next_stream();
-            Value::Tensor(el.emit(Op::Dropout { rate: p, stream }, &[tensor_of(&args[0].0)], span, &spans)?)
+            Value::Tensor(el.emit(Op::Dropout { rate: p, seed: 0, stream }, &[tensor_of(&args[0].0)], span, &spans)?)
         }
         "maxpool" => {
             need_rank(el, 0, 4, "an NxCxHxW tensor")?;
