@@ -32,12 +32,30 @@ pub fn gradients(graph: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<
     if !graph.node(loss).ty.dims.is_empty() {
         return Err(AutodiffError(format!("the loss must be a scalar, not {}", graph.node(loss).ty)));
     }
-    let order = graph.topo_order().ok_or_else(|| AutodiffError("the graph has a cycle".into()))?;
-    let marked = on_paths(graph, &order, loss, wrt);
-    let mut adjoint: HashMap<NodeId, NodeId> = HashMap::new();
     let seed_loc = graph.node(loss).loc.clone();
     let one = graph.add_inferred(Op::Constant { value: 1.0 }, &[], seed_loc)?;
-    adjoint.insert(loss, one);
+    vector_jacobian(graph, loss, one, wrt)
+}
+
+/// The vector-Jacobian product: given `output` and a value `adjoint` of its type, adds the
+/// gradients of `sum(output * adjoint)` with respect to each of `wrt`.
+pub fn vector_jacobian(
+    graph: &mut Graph,
+    output: NodeId,
+    adjoint_of_output: NodeId,
+    wrt: &[NodeId],
+) -> Result<Vec<Option<NodeId>>, AutodiffError> {
+    if graph.node(output).ty != graph.node(adjoint_of_output).ty {
+        return Err(AutodiffError(format!(
+            "the adjoint {} does not match the output {}",
+            graph.node(adjoint_of_output).ty,
+            graph.node(output).ty
+        )));
+    }
+    let order = graph.topo_order().ok_or_else(|| AutodiffError("the graph has a cycle".into()))?;
+    let marked = on_paths(graph, &order, output, wrt);
+    let mut adjoint: HashMap<NodeId, NodeId> = HashMap::new();
+    adjoint.insert(output, adjoint_of_output);
     for &id in order.iter().rev() {
         if !marked.contains(&id) || graph.node(id).op.is_leaf() {
             continue;

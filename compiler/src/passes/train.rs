@@ -1,1 +1,158 @@
+//! The training step: one graph for a whole step of SGD with momentum.
+//!
+//! Stages: (1) copy the forward graph and add the `step` input (i32 scalar); every dropout
+//! gets it as a second operand (so it is active, keyed by seed and step) and the configured
+//! seed; (2) choose the trainable parameters (conv weights and biases; frozen batch norm is
+//! never trained) minus those matched by a `freeze` pattern; (3) differentiate the
+//! objective with respect to them ([`super::autodiff`]); (4) for each, add a momentum
+//! buffer `NAME.momentum` (a parameter of kind momentum) and the updates
+//! `v' = momentum * v + g + weight_decay * p`, `p' = p - lr * scale * v'`.
+//!
+//! Invariants: the result takes the forward graph's inputs and parameters, the momentum
+//! buffers and `step`; it returns the objective (under its own name) first, then for each
+//! trained parameter its new value under the parameter's name and its new momentum under
+//! `NAME.momentum`. Parameters the objective does not depend on are left out (unchanged).
+//! Every `freeze` and `lr_scale` pattern must match some trainable parameter, so that a
+//! typo is an error rather than a silently different run.
 
+use std::collections::HashMap;
+
+use super::autodiff::{gradients, AutodiffError};
+use crate::ir::{DType, Graph, Loc, NodeId, Op, Output, ParamKind, TensorType};
+
+/// Hyper-parameters of the SGD training step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Seed of the dropout masks.
+    pub seed: u64,
+    /// `(pattern, factor)`: parameters matching `pattern` train at `lr * factor`; when
+    /// several match, the last one listed wins (command-line entries come after the source's).
+    pub lr_scales: Vec<(String, f64)>,
+    /// Patterns of parameters that are not trained.
+    pub frozen: Vec<String>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { lr: 5e-4, momentum: 0.9, weight_decay: 5e-4, seed: 0, lr_scales: Vec::new(), frozen: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainError(pub String);
+
+impl From<AutodiffError> for TrainError {
+    fn from(e: AutodiffError) -> Self {
+        TrainError(e.0)
+    }
+}
+
+/// Whether parameter `name` matches `pattern`: `*` matches any run of characters; a
+/// pattern without `*` matches the name itself and everything under it (`backbone` matches
+/// `backbone.conv1.weight`).
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    if !pattern.contains('*') {
+        return name == pattern || name.strip_prefix(pattern).is_some_and(|rest| rest.starts_with('.'));
+    }
+    glob(pattern.as_bytes(), name.as_bytes())
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
+}
+
+/// Builds the training-step graph of `forward`.
+pub fn train_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, TrainError> {
+    let objective = forward.objective.clone().ok_or_else(|| {
+        TrainError(format!("network `{}` has no objective to train: add `objective NAME = LOSS;`", forward.name))
+    })?;
+    let loss = forward.output(&objective).ok_or_else(|| TrainError(format!("objective `{objective}` is not an output")))?;
+    for (name, value) in [("lr", config.lr), ("momentum", config.momentum), ("weight decay", config.weight_decay)] {
+        if !value.is_finite() || value < 0.0 {
+            return Err(TrainError(format!("the {name} must be a finite non-negative number, not {value}")));
+        }
+    }
+    let mut g = forward.clone();
+    g.name = format!("{}_train", forward.name);
+    let step = g.add(Op::Input { name: "step".into() }, &[], TensorType::new(DType::I32, vec![]), Loc::default());
+    let dropouts: Vec<NodeId> = g.node_ids().filter(|&id| matches!(g.node(id).op, Op::Dropout { .. })).collect();
+    for id in dropouts {
+        if let Op::Dropout { rate, stream, .. } = g.node(id).op {
+            g.set_op(id, Op::Dropout { rate, seed: config.seed, stream });
+            g.push_operand(id, step);
+        }
+    }
+
+    let mut trainable: Vec<(String, NodeId)> = Vec::new();
+    let mut used_patterns: HashMap<&str, bool> = config
+        .frozen
+        .iter()
+        .chain(config.lr_scales.iter().map(|(p, _)| p))
+        .map(|p| (p.as_str(), false))
+        .collect();
+    let order = g.topo_order().ok_or_else(|| TrainError("the graph has a cycle".into()))?;
+    for &id in &order {
+        let Op::Param { name, kind } = &g.node(id).op else { continue };
+        if !kind.is_trainable() {
+            continue;
+        }
+        for (p, _) in &config.lr_scales {
+            if pattern_matches(p, name) {
+                used_patterns.insert(p, true);
+            }
+        }
+        let frozen = config.frozen.iter().filter(|p| pattern_matches(p, name)).inspect(|p| {
+            used_patterns.insert(p, true);
+        }).count() > 0;
+        if !frozen {
+            trainable.push((name.clone(), id));
+        }
+    }
+    let mut unused: Vec<&str> = used_patterns.iter().filter(|(_, used)| !**used).map(|(p, _)| *p).collect();
+    unused.sort_unstable();
+    if let Some(p) = unused.first() {
+        return Err(TrainError(format!("the pattern `{p}` matches no trainable parameter")));
+    }
+
+    let ids: Vec<NodeId> = trainable.iter().map(|(_, id)| *id).collect();
+    let grads = gradients(&mut g, loss, &ids)?;
+    let mut outputs = vec![Output { name: objective.clone(), value: loss }];
+    for ((name, p), grad) in trainable.iter().zip(grads) {
+        let Some(grad) = grad else { continue };
+        let scale = config.lr_scales.iter().rev().find(|(pat, _)| pattern_matches(pat, name)).map_or(1.0, |(_, f)| *f);
+        let loc = g.node(*p).loc.clone();
+        let ty = g.node(*p).ty.clone();
+        let momentum_name = format!("{name}.momentum");
+        let v = g.add(Op::Param { name: momentum_name.clone(), kind: ParamKind::Momentum }, &[], ty, loc.clone());
+        let update = Op::SgdMomentum { momentum: config.momentum, weight_decay: config.weight_decay };
+        let v_new = g.add_inferred(update, &[v, grad, *p], loc.clone()).map_err(|e| TrainError(e.message))?;
+        let p_new = g.add_inferred(Op::SgdStep { lr: config.lr * scale }, &[*p, v_new], loc).map_err(|e| TrainError(e.message))?;
+        outputs.push(Output { name: name.clone(), value: p_new });
+        outputs.push(Output { name: momentum_name, value: v_new });
+    }
+    g.outputs = outputs;
+    g.objective = Some(objective);
+    Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pattern_matches;
+
+    #[test]
+    fn patterns_match_scopes_and_globs() {
+        assert!(pattern_matches("backbone", "backbone.conv1.weight"));
+        assert!(!pattern_matches("backbone", "backbone_large.conv1.weight"));
+        assert!(pattern_matches("backbone*", "backbone_large.conv1.weight"));
+        assert!(pattern_matches("*.bias", "refine1.crp.conv1.bias"));
+        assert!(!pattern_matches("*.bias", "refine1.crp.conv1.weight"));
+        assert!(pattern_matches("refine?.x", "refine?.x"));
+    }
+}
