@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rfnc_compiler::ir::{print_graph, to_dot, verify, Graph};
 use rfnc_compiler::output::write_atomically;
 use rfnc_runtime::{check_weights, init_weights, load_weights, save_weights, WeightsError};
-use rfnc_dsl::{ast_print, elaborate, load_file, Diagnostic, Options, Program, SourceMap};
+use rfnc_compiler::passes::train::{train_step, TrainConfig};
+use rfnc_dsl::{ast_print, elaborate_with_training, load_file, Diagnostic, Options, Program, SourceMap};
 
 use crate::stats_report;
 
@@ -74,6 +75,8 @@ enum Command {
         /// Write to this file (atomically) instead of standard output
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        train: TrainArgs,
     },
     /// Report parameters, multiply-accumulates and naive feature memory per component
     Stats {
@@ -100,6 +103,36 @@ struct Common {
     /// Print the time of each stage (load, elaborate, verify) on standard error
     #[arg(long)]
     timings: bool,
+}
+
+/// The training step: one graph for forward, loss, gradients and the SGD update. Values
+/// given here override the network's `sgd(...)`; patterns add to its `lr_scale`/`freeze`.
+#[derive(Args)]
+struct TrainArgs {
+    /// Compile the training step instead of inference: the graph takes parameters, momentum
+    /// buffers, the batch and the step counter, and returns the loss, the updated
+    /// parameters and the updated momentum buffers
+    #[arg(long)]
+    train: bool,
+    /// Learning rate (default 5e-4, or the network's `sgd(lr = ...)`)
+    #[arg(long, requires = "train")]
+    lr: Option<f64>,
+    /// SGD momentum (default 0.9)
+    #[arg(long, requires = "train")]
+    momentum: Option<f64>,
+    /// L2 weight decay added to every gradient (default 5e-4)
+    #[arg(long, requires = "train")]
+    weight_decay: Option<f64>,
+    /// Train parameters matching PATTERN at lr * FACTOR, e.g. --lr-scale backbone=0.1
+    /// (a pattern is a scope such as `backbone`, or uses `*`, such as `*.bias`; repeatable)
+    #[arg(long, value_name = "PATTERN=FACTOR", requires = "train")]
+    lr_scale: Vec<String>,
+    /// Do not train parameters matching PATTERN (repeatable)
+    #[arg(long, value_name = "PATTERN", requires = "train")]
+    freeze: Vec<String>,
+    /// Seed of the dropout masks
+    #[arg(long, default_value_t = 0, requires = "train")]
+    seed: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -168,14 +201,16 @@ fn execute(command: Command) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Compile { common, emit, output } => {
+        Command::Compile { common, emit, output, train } => {
+            let graph = || if train.train { build_train_graph(&common, &train) } else { build_graph(&common) };
             let text = match emit {
                 Emit::Ast => {
+                    options(&common)?;
                     let program = load(&common)?;
                     ast_print::print_modules(&program.modules, &program.sources)
                 }
-                Emit::Graph => print_graph(&build_graph(&common)?),
-                Emit::Dot => to_dot(&build_graph(&common)?),
+                Emit::Graph => print_graph(&graph()?),
+                Emit::Dot => to_dot(&graph()?),
             };
             emit_text(&text, output.as_deref())
         }
@@ -258,26 +293,61 @@ fn report_time(common: &Common, stage: &str, start: Instant) {
 
 /// Loads, elaborates and verifies the program's graph.
 fn build_graph(common: &Common) -> Result<Graph, Failure> {
+    Ok(elaborate_verified(common)?.0)
+}
+
+fn elaborate_verified(common: &Common) -> Result<(Graph, TrainConfig), Failure> {
     let options = options(common)?;
     let program = load(common)?;
     let start = Instant::now();
-    let graph = match elaborate(&program, &options) {
+    let (graph, training) = match elaborate_with_training(&program, &options) {
         Ok(g) => g,
         Err(d) => return Err(Failure::User(d, program.sources)),
     };
     report_time(common, "elaborate + shapes", start);
+    verified(common, graph, "elaborated").map(|g| (g, training))
+}
+
+/// Runs the verifier; a failure is a compiler bug.
+fn verified(common: &Common, graph: Graph, stage: &str) -> Result<Graph, Failure> {
     let start = Instant::now();
     let errors = verify(&graph);
-    report_time(common, "verify", start);
-    if let Some(first) = errors.first() {
-        return Err(Failure::Internal(format!(
-            "the elaborated graph fails verification ({} problems); first: {} at {}",
+    report_time(common, &format!("verify ({stage})"), start);
+    match errors.first() {
+        None => Ok(graph),
+        Some(first) => Err(Failure::Internal(format!(
+            "the {stage} graph fails verification ({} problems); first: {} at {}",
             errors.len(),
             first.message,
             first.loc
-        )));
+        ))),
     }
-    Ok(graph)
+}
+
+/// The training-step graph: the network's settings, overridden by the command line.
+fn build_train_graph(common: &Common, args: &TrainArgs) -> Result<Graph, Failure> {
+    let (forward, mut config) = elaborate_verified(common)?;
+    config.lr = args.lr.unwrap_or(config.lr);
+    config.momentum = args.momentum.unwrap_or(config.momentum);
+    config.weight_decay = args.weight_decay.unwrap_or(config.weight_decay);
+    config.seed = args.seed;
+    for entry in &args.lr_scale {
+        let parsed = entry.rsplit_once('=').and_then(|(p, f)| Some((p.trim().to_string(), f.trim().parse::<f64>().ok()?)));
+        match parsed {
+            Some((pattern, factor)) if !pattern.is_empty() => config.lr_scales.push((pattern, factor)),
+            _ => {
+                return Err(Failure::plain(
+                    Diagnostic::new(format!("--lr-scale {entry}: expected PATTERN=FACTOR"))
+                        .hint("for example --lr-scale backbone=0.1"),
+                ))
+            }
+        }
+    }
+    config.frozen.extend(args.freeze.iter().cloned());
+    let start = Instant::now();
+    let step = train_step(&forward, &config).map_err(|e| Failure::plain(Diagnostic::new(e.0)))?;
+    report_time(common, "autodiff + training step", start);
+    verified(common, step, "training-step")
 }
 
 fn options(common: &Common) -> Result<Options, Failure> {

@@ -12,6 +12,6 @@ pub mod stdlib;
 mod suggest;
 
 pub use diagnostic::Diagnostic;
-pub use elab::{elaborate, Options};
+pub use elab::{elaborate, elaborate_with_training, Options};
 pub use loader::{load_file, load_source, Program};
 pub use source::SourceMap;

@@ -68,6 +68,21 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
     }
 }
 
+/// A copy of `forward` in training mode: it takes the `step` input (i32 scalar), and every
+/// dropout takes it as its second operand, with the given seed.
+pub fn with_active_dropout(forward: &Graph, seed: u64) -> Graph {
+    let mut g = forward.clone();
+    let step = g.add(Op::Input { name: "step".into() }, &[], TensorType::new(DType::I32, vec![]), Loc::default());
+    let dropouts: Vec<NodeId> = g.node_ids().filter(|&id| matches!(g.node(id).op, Op::Dropout { .. })).collect();
+    for id in dropouts {
+        if let Op::Dropout { rate, stream, .. } = g.node(id).op {
+            g.set_op(id, Op::Dropout { rate, seed, stream });
+            g.push_operand(id, step);
+        }
+    }
+    g
+}
+
 /// Builds the training-step graph of `forward`.
 pub fn train_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, TrainError> {
     let objective = forward.objective.clone().ok_or_else(|| {
@@ -79,16 +94,8 @@ pub fn train_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, TrainE
             return Err(TrainError(format!("the {name} must be a finite non-negative number, not {value}")));
         }
     }
-    let mut g = forward.clone();
+    let mut g = with_active_dropout(forward, config.seed);
     g.name = format!("{}_train", forward.name);
-    let step = g.add(Op::Input { name: "step".into() }, &[], TensorType::new(DType::I32, vec![]), Loc::default());
-    let dropouts: Vec<NodeId> = g.node_ids().filter(|&id| matches!(g.node(id).op, Op::Dropout { .. })).collect();
-    for id in dropouts {
-        if let Op::Dropout { rate, stream, .. } = g.node(id).op {
-            g.set_op(id, Op::Dropout { rate, seed: config.seed, stream });
-            g.push_operand(id, step);
-        }
-    }
 
     let mut trainable: Vec<(String, NodeId)> = Vec::new();
     let mut used_patterns: HashMap<&str, bool> = config

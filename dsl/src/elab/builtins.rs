@@ -43,6 +43,9 @@ pub(crate) struct Builtin {
     pub creates_params: bool,
 }
 
+/// Built-ins that set how the network trains; allowed only in the network body.
+pub(crate) const TRAINING_SETTINGS: [&str; 3] = ["sgd", "lr_scale", "freeze"];
+
 impl Builtin {
     pub fn signature(&self) -> String {
         let params: Vec<String> = self
@@ -135,6 +138,17 @@ static BUILTINS: &[Builtin] = &[
     b("width", &[req("x", Tensor)], false),
     b("batch", &[req("x", Tensor)], false),
     b("len", &[req("xs", List)], false),
+    b(
+        "sgd",
+        &[
+            opt("lr", Float, Default::Float(5e-4)),
+            opt("momentum", Float, Default::Float(0.9)),
+            opt("weight_decay", Float, Default::Float(5e-4)),
+        ],
+        false,
+    ),
+    b("lr_scale", &[req("pattern", Str), req("factor", Float)], false),
+    b("freeze", &[req("pattern", Str)], false),
     b("min", &[req("a", Int), req("b", Int)], false),
     b("max", &[req("a", Int), req("b", Int)], false),
 ];
@@ -338,6 +352,45 @@ pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segmen
             Value::List(items) => Value::Int(items.len() as i64),
             _ => unreachable!("argument conformed to list"),
         },
+        "sgd" => {
+            for (i, what) in ["lr", "momentum", "weight_decay"].iter().enumerate() {
+                let v = float_of(&args[i].0);
+                if !v.is_finite() || v < 0.0 {
+                    return Diagnostic::new(format!("`{what}` must be a finite non-negative number"))
+                        .label(spans[i], format!("this is {v}"))
+                        .err();
+                }
+            }
+            if let Some(first) = el.training.sgd_span.replace(span) {
+                return Diagnostic::new("the optimizer is set twice")
+                    .label(span, "second `sgd`")
+                    .label(first, "first `sgd`")
+                    .err();
+            }
+            el.training.config.lr = float_of(&args[0].0);
+            el.training.config.momentum = float_of(&args[1].0);
+            el.training.config.weight_decay = float_of(&args[2].0);
+            Value::None
+        }
+        "lr_scale" | "freeze" => {
+            let Value::Str(pattern) = &args[0].0 else { unreachable!("argument conformed to str") };
+            if pattern.is_empty() {
+                return Diagnostic::new("a parameter pattern cannot be empty").label(spans[0], "empty").err();
+            }
+            if b.name == "freeze" {
+                el.training.config.frozen.push(pattern.to_string());
+            } else {
+                let factor = float_of(&args[1].0);
+                if !factor.is_finite() || factor < 0.0 {
+                    return Diagnostic::new("a learning-rate scale must be a finite non-negative number")
+                        .label(spans[1], format!("this is {factor}"))
+                        .err();
+                }
+                el.training.config.lr_scales.push((pattern.to_string(), factor));
+            }
+            el.training.pattern_spans.push((pattern.to_string(), spans[0]));
+            Value::None
+        }
         "min" => Value::Int(int_of(&args[0].0).min(int_of(&args[1].0))),
         "max" => Value::Int(int_of(&args[0].0).max(int_of(&args[1].0))),
         other => unreachable!("builtin `{other}` has no implementation"),

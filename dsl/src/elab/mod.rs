@@ -14,6 +14,7 @@ mod value;
 use std::collections::HashMap;
 
 use rfnc_compiler::ir::{DType, Graph, Loc, NodeId, Op, Output, ParamKind, TensorType};
+use rfnc_compiler::passes::train::{pattern_matches, TrainConfig};
 
 use crate::ast::*;
 use crate::diagnostic::{Diagnostic, Result};
@@ -47,6 +48,12 @@ const MAX_ELEMENTS: u64 = 1 << 40;
 
 /// Elaborates the program's network into a graph.
 pub fn elaborate(program: &Program, options: &Options) -> Result<Graph> {
+    elaborate_with_training(program, options).map(|(graph, _)| graph)
+}
+
+/// Elaborates the program's network into a graph, with the training settings its network
+/// declares (`sgd`, `lr_scale`, `freeze`; defaults otherwise).
+pub fn elaborate_with_training(program: &Program, options: &Options) -> Result<(Graph, TrainConfig)> {
     let mut el = Elab::new(program)?;
     el.register_configs(options)?;
     let network = find_network(program)?;
@@ -64,7 +71,17 @@ pub fn elaborate(program: &Program, options: &Options) -> Result<Graph> {
             .hint("add `output NAME = EXPR;` for each result")
             .err();
     }
-    Ok(el.graph)
+    el.check_training_patterns()?;
+    Ok((el.graph, el.training.config))
+}
+
+/// Training settings collected from the network body.
+#[derive(Default)]
+pub(crate) struct Training {
+    pub config: TrainConfig,
+    pub sgd_span: Option<Span>,
+    /// Every `freeze` / `lr_scale` pattern with where it was written.
+    pub pattern_spans: Vec<(String, Span)>,
 }
 
 fn find_network(program: &Program) -> Result<&NetworkDef> {
@@ -127,9 +144,36 @@ pub(crate) struct Elab<'p> {
     symbols: HashMap<String, (u64, Span)>,
     depth: usize,
     steps: u64,
+    pub(crate) training: Training,
 }
 
 impl<'p> Elab<'p> {
+    /// Every `freeze` / `lr_scale` pattern must match a trainable parameter.
+    fn check_training_patterns(&self) -> Result<()> {
+        let names: Vec<&str> = self
+            .graph
+            .node_ids()
+            .filter_map(|id| match &self.graph.node(id).op {
+                Op::Param { name, kind } if kind.is_trainable() => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        for (pattern, span) in &self.training.pattern_spans {
+            if !names.iter().any(|n| pattern_matches(pattern, n)) {
+                let mut scopes: Vec<&str> = names.iter().map(|n| n.split('.').next().unwrap_or(n)).collect();
+                scopes.dedup();
+                let mut d = Diagnostic::new(format!("the pattern \"{pattern}\" matches no trainable parameter"))
+                    .label(*span, "matches nothing")
+                    .note("a pattern names a scope (`backbone` covers `backbone.conv1.weight`) or uses `*` (`*.bias`)");
+                if let Some(s) = did_you_mean(pattern, scopes.iter().copied()) {
+                    d = d.hint(format!("did you mean \"{s}\"?"));
+                }
+                return d.err();
+            }
+        }
+        Ok(())
+    }
+
     fn new(program: &'p Program) -> Result<Self> {
         let mut blocks: HashMap<&'p str, &'p BlockDef> = HashMap::new();
         for module in &program.modules {
@@ -163,6 +207,7 @@ impl<'p> Elab<'p> {
             symbols: HashMap::new(),
             depth: 0,
             steps: 0,
+            training: Training::default(),
         })
     }
 
@@ -734,6 +779,14 @@ impl<'p> Elab<'p> {
             });
         }
         if let Some(builtin) = builtins::lookup(&callee.name) {
+            if builtins::TRAINING_SETTINGS.contains(&builtin.name) {
+                if let Some(block) = env.block_name() {
+                    return Diagnostic::new(format!("`{}` is only allowed in a network", callee.name))
+                        .label(span, format!("inside block `{block}`"))
+                        .hint("training settings belong to the network: move this call into its body")
+                        .err();
+                }
+            }
             if let (Some(n), false) = (name, builtin.creates_params) {
                 return Diagnostic::new(format!("`{}` creates no parameters, so it cannot be named", callee.name))
                     .label(n.span, "remove this `as`")
