@@ -150,3 +150,39 @@ fn weights_are_written_and_checked() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is not a usable safetensors weights file"));
 }
+
+#[test]
+fn compile_train_applies_source_and_command_line_settings() {
+    let out = rfnc(&["compile", "examples/refinenet4.rfn", "-D", "depth=50", "--input", "1x3x64x64", "--train"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("{sym_name = \"refinenet4_train\"}"));
+    // The source sets lr 5e-4 with the backbone at 0.1x.
+    assert!(text.contains("\"rfn.sgd_step\"") && text.contains("{lr = 5.0e-5}") && text.contains("{lr = 0.0005}"), "lr groups");
+    assert!(text.contains("\"rfn.input\"() {name = \"step\"} : () -> tensor<i32>"));
+    // The command line overrides the rate and adds a frozen scope.
+    let out = rfnc(&[
+        "compile", "examples/refinenet4.rfn", "-D", "depth=50", "--input", "1x3x64x64", "--train", "--lr", "0.01",
+        "--freeze", "refine4", "--lr-scale", "head=2", "--seed", "9",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("{lr = 0.02}") && text.contains("{lr = 0.001}") && text.contains("{lr = 0.01}"));
+    assert!(!text.contains("name = \"refine4.crp.conv1.weight.momentum\""), "refine4 is frozen");
+    assert!(text.contains("seed = 9"));
+}
+
+#[test]
+fn train_flag_errors() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["compile", "examples/tiny.rfn", "--lr", "0.1"], "--train"),
+        (&["compile", "examples/tiny.rfn", "--train", "--freeze", "bakbone"], "the pattern `bakbone` matches no trainable parameter"),
+        (&["compile", "examples/tiny.rfn", "--train", "--lr-scale", "backbone"], "--lr-scale backbone: expected PATTERN=FACTOR"),
+        (&["compile", "examples/tiny.rfn", "--train", "--lr=-1"], "the lr must be a finite non-negative number"),
+    ];
+    for (args, needle) in cases {
+        let out = rfnc(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: expected `{needle}` in\n{}", stderr(&out));
+    }
+}

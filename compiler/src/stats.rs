@@ -8,8 +8,10 @@
 //! - naive feature bytes: every computed op's output as its own buffer (no reuse);
 //!   inputs and parameters are not features.
 //!
-//! A component is the first segment of an op's scope (`backbone`, `refine4`, `head`);
-//! ops made at the top level of the network belong to the component `network`.
+//! A component is the first segment of an op's scope: the name of the top-level block call
+//! that made it (`backbone`, `refine4`, `head`), or of a top-level conv / batchnorm call.
+//! Ops made directly in the network body (the loss, its upsampling) belong to `network`.
+//! Components are listed in order of first appearance.
 
 use std::collections::BTreeMap;
 

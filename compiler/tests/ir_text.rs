@@ -19,7 +19,7 @@ const EVERY_OP: &str = r#""rfn.graph"() ({
   %11 = "rfn.relu"(%10) : (tensor<1x6x5x5xf32>) -> tensor<1x6x5x5xf32> loc(unknown)
   %12 = "rfn.max_pool2d"(%11) {kernel = [5, 5], pad = [2, 2, 2, 2], stride = [1, 1]} : (tensor<1x6x5x5xf32>) -> tensor<1x6x5x5xf32> loc(unknown)
   %13 = "rfn.add"(%11, %12) : (tensor<1x6x5x5xf32>, tensor<1x6x5x5xf32>) -> tensor<1x6x5x5xf32> loc(unknown)
-  %14 = "rfn.dropout"(%13) {rate = 0.5, stream = 3} : (tensor<1x6x5x5xf32>) -> tensor<1x6x5x5xf32> loc(unknown)
+  %14 = "rfn.dropout"(%13) {rate = 0.5, seed = 0, stream = 3} : (tensor<1x6x5x5xf32>) -> tensor<1x6x5x5xf32> loc(unknown)
   %15 = "rfn.resize_bilinear"(%14) {align_corners = true, size = [9, 9]} : (tensor<1x6x5x5xf32>) -> tensor<1x6x9x9xf32> loc(unknown)
   %16 = "rfn.softmax_cross_entropy"(%15, %1) {ignore_index = 255, reduction = "mean"} : (tensor<1x6x9x9xf32>, tensor<1x9x9xi32>) -> tensor<f32> loc(unknown)
   %17 = "rfn.param"() {kind = "conv_weight", name = "d.weight"} : () -> tensor<1x6x1x1xf32> loc("d")
@@ -63,11 +63,11 @@ fn parse_errors_name_the_line_and_column() {
     let unknown = EVERY_OP.replace("rfn.relu", "rfn.gelu");
     assert!(parse_error(&unknown).ends_with("unknown operation \"rfn.gelu\""));
 
-    let missing = EVERY_OP.replace("{rate = 0.5, stream = 3}", "{rate = 0.5}");
+    let missing = EVERY_OP.replace("{rate = 0.5, seed = 0, stream = 3}", "{rate = 0.5, seed = 0}");
     assert!(parse_error(&missing).ends_with("rfn.dropout needs the attribute `stream`"));
 
-    let extra = EVERY_OP.replace("{rate = 0.5, stream = 3}", "{rate = 0.5, stream = 3, seed = 1}");
-    assert!(parse_error(&extra).ends_with("rfn.dropout has no attribute `seed`"));
+    let extra = EVERY_OP.replace("{rate = 0.5, seed = 0, stream = 3}", "{rate = 0.5, seed = 0, stream = 3, mask = 1}");
+    assert!(parse_error(&extra).ends_with("rfn.dropout has no attribute `mask`"));
 
     let wrong_kind = EVERY_OP.replace("stride = [1, 1]} : (tensor<1x6x5x5", "stride = 1} : (tensor<1x6x5x5");
     assert!(parse_error(&wrong_kind).contains("attribute `stride` of rfn.max_pool2d must be an array of 2 integers"));

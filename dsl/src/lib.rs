@@ -7,6 +7,7 @@ pub mod diagnostic;
 pub mod elab;
 pub mod loader;
 pub mod parser;
+mod prescan;
 pub mod source;
 pub mod stdlib;
 mod suggest;

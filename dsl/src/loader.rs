@@ -111,11 +111,20 @@ impl Loader {
             let Item::Import(import) = item else { continue };
             let (dep_key, dep_name, dep_text, dep_path) = match &import.target {
                 ImportTarget::Std(module_name) => {
-                    let Some(text) = stdlib::source(module_name) else {
-                        return Diagnostic::new(format!("there is no standard module `std.{}`", module_name.trim_start_matches("std.")))
+                    let known = stdlib::module_names().map(|m| format!("std.{m}")).collect::<Vec<_>>();
+                    let text = module_name.strip_prefix("std.").and_then(stdlib::source);
+                    let Some(text) = text else {
+                        let mut d = Diagnostic::new(format!("there is no standard module `{module_name}`"))
                             .label(import.span, "unknown module")
-                            .hint(format!("the standard library has: {}", stdlib::module_names().map(|m| format!("std.{m}")).collect::<Vec<_>>().join(", ")))
-                            .err();
+                            .note(format!("the standard library has: {}", known.join(", ")));
+                        let guess = if module_name.starts_with("std.") { module_name.clone() } else { format!("std.{module_name}") };
+                        if known.contains(&guess) {
+                            d = d.hint(format!("standard modules are imported as `import {guess};`"));
+                        } else if let Some(s) = crate::suggest::did_you_mean(&guess, known.iter().map(String::as_str)) {
+                            d = d.hint(format!("did you mean `{s}`?"));
+                        }
+                        d = d.note("files are imported by path, in quotes: `import \"blocks.rfn\";`");
+                        return d.err();
                     };
                     let short = module_name.trim_start_matches("std.").to_string();
                     (Key::Std(short.clone()), format!("std/{short}.rfn"), text.to_string(), None)

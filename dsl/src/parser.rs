@@ -85,6 +85,10 @@ fn describe(rule: &Rule) -> Option<&'static str> {
     })
 }
 
+/// Punctuation worth naming in "expected ..." (pest reports literal tokens only through
+/// its detailed parse attempts).
+const CLOSERS: [&str; 8] = [";", ")", "]", "}", ",", "{", ":", "="];
+
 fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rule>) -> Box<Diagnostic> {
     let pos = match err.location {
         pest::error::InputLocation::Pos(p) => p,
@@ -98,6 +102,17 @@ fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rule>) -> Box<
     };
     expected.sort_unstable();
     expected.dedup();
+    let mut tokens: Vec<String> = err
+        .parse_attempts()
+        .map(|a| a.expected_tokens())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.to_string())
+        .filter(|t| CLOSERS.contains(&t.as_str()))
+        .map(|t| format!("`{t}`"))
+        .collect();
+    tokens.sort_unstable();
+    tokens.dedup();
     let found = text[pos..].chars().next().map_or("end of file".to_string(), |c| {
         let token: String = text[pos..]
             .chars()
@@ -105,18 +120,31 @@ fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rule>) -> Box<
             .collect();
         if token.is_empty() { format!("`{c}`") } else { format!("`{token}`") }
     });
-    let end = (pos + text[pos..].chars().next().map_or(0, char::len_utf8)) as u32;
-    let span = Span { file, start: pos as u32, end };
-    let wanted = match expected.len() {
+    let join = |items: &[String]| match items.len() {
         0 => "something else".to_string(),
-        1 => expected[0].to_string(),
+        1 => items[0].clone(),
         _ => {
-            let (last, rest) = expected.split_last().expect("non-empty");
+            let (last, rest) = items.split_last().expect("non-empty");
             format!("{} or {last}", rest.join(", "))
         }
     };
+    // A missing `;` (or closer) is best shown right after the previous token.
+    let (wanted, others, at) = if tokens.is_empty() {
+        let all: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        (join(&all), None, pos)
+    } else {
+        let others: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        let before = text[..pos].trim_end().len();
+        let at = if tokens.iter().any(|t| t == "`;`") && before < pos { before } else { pos };
+        (join(&tokens), (!others.is_empty()).then(|| join(&others)), at)
+    };
+    let len = text[at..].chars().next().map_or(0, char::len_utf8).max(if at == pos { 0 } else { 1 });
+    let span = Span { file, start: at as u32, end: (at + len.min(text.len() - at)) as u32 };
     let mut d = Diagnostic::new(format!("syntax error: expected {wanted}, found {found}"))
         .label(span, format!("expected {wanted} here"));
+    if let Some(others) = others {
+        d = d.note(format!("the expression could also continue with {others}"));
+    }
     if found == "`=`" && expected.contains(&"an operator") {
         d = d.hint("`=` assigns; compare with `==`, and name call arguments as `f(x, name = value)`");
     } else if expected.contains(&"a name") && found.starts_with('`') {
@@ -132,8 +160,14 @@ fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rule>) -> Box<
     Box::new(d)
 }
 
+/// Deepest expression (operators, calls, indexing) a program may nest.
+pub const MAX_EXPR_DEPTH: usize = 128;
+
 /// Parses one file.
 pub fn parse_module(file: FileId, text: &str) -> Result<Module> {
+    crate::prescan::prescan(file, text)?;
+    static DETAIL: OnceLock<()> = OnceLock::new();
+    DETAIL.get_or_init(|| pest::set_error_detail(true));
     let mut pairs = RfnParser::parse(Rule::program, text).map_err(|e| syntax_error(file, text, e))?;
     let program = pairs.next().expect("grammar: program");
     let b = Builder { file };
@@ -149,6 +183,36 @@ pub fn parse_module(file: FileId, text: &str) -> Result<Module> {
         }
     }
     Ok(Module { file, items })
+}
+
+/// Rejects expressions nested deeper than [`MAX_EXPR_DEPTH`] (a long `a + b + ...` chain
+/// is nested too), measured without recursion so that the check itself cannot overflow.
+fn check_depth(e: &Expr) -> Result<()> {
+    let mut stack: Vec<(&Expr, usize)> = vec![(e, 1)];
+    while let Some((e, depth)) = stack.pop() {
+        if depth > MAX_EXPR_DEPTH {
+            return Diagnostic::new("expression is nested too deeply")
+                .label(e.span, format!("more than {MAX_EXPR_DEPTH} levels of operators and calls"))
+                .hint("split it into steps with `let`, or build long sums in a `for` loop")
+                .err();
+        }
+        let children: Vec<&Expr> = match &e.kind {
+            ExprKind::List(items) => items.iter().collect(),
+            ExprKind::Record(fields) => fields.iter().map(|(_, v)| v).collect(),
+            ExprKind::Call { args, name, .. } => {
+                let mut c: Vec<&Expr> = args.iter().map(|a| &a.value).collect();
+                if let Some(CallName { index: Some(i), .. }) = name {
+                    c.push(i);
+                }
+                c
+            }
+            ExprKind::Index(a, b) | ExprKind::Binary(_, a, b) => vec![a, b],
+            ExprKind::Field(a, _) | ExprKind::Unary(_, a) => vec![a],
+            _ => Vec::new(),
+        };
+        stack.extend(children.into_iter().map(|c| (c, depth + 1)));
+    }
+    Ok(())
 }
 
 struct Builder {
@@ -321,7 +385,9 @@ impl Builder {
     }
 
     fn expr(&self, pair: Pair<Rule>) -> Result<Expr> {
-        self.pratt_expr(pair.into_inner())
+        let e = self.pratt_expr(pair.into_inner())?;
+        check_depth(&e)?;
+        Ok(e)
     }
 
     fn pratt_expr(&self, pairs: Pairs<Rule>) -> Result<Expr> {

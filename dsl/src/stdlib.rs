@@ -8,10 +8,9 @@ const MODULES: &[(&str, &str)] = &[
     ("resnet", include_str!("../std/resnet.rfn")),
 ];
 
-/// The source of `std.NAME` (given as `NAME` or `std.NAME`).
+/// The source of the standard module `std.NAME`, given its `NAME`.
 pub fn source(name: &str) -> Option<&'static str> {
-    let short = name.strip_prefix("std.").unwrap_or(name);
-    MODULES.iter().find(|(n, _)| *n == short).map(|(_, text)| *text)
+    MODULES.iter().find(|(n, _)| *n == name).map(|(_, text)| *text)
 }
 
 pub fn module_names() -> impl Iterator<Item = &'static str> {

@@ -24,16 +24,19 @@ fn distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
-/// The closest candidate within a third of the name's length (at least 1 edit), if any.
-/// Ties go to the alphabetically first candidate, so suggestions are deterministic.
+/// The closest candidate within a third of the name's length (at least 1 edit), if there
+/// is exactly one at that distance (a tie would be a guess, so it suggests nothing).
 pub fn did_you_mean<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let limit = (name.chars().count() / 3).max(1);
-    candidates
-        .filter(|c| *c != name)
-        .map(|c| (distance(name, c), c))
-        .filter(|(d, _)| *d <= limit)
-        .min()
-        .map(|(_, c)| c)
+    let mut close: Vec<(usize, &str)> =
+        candidates.filter(|c| *c != name).map(|c| (distance(name, c), c)).filter(|(d, _)| *d <= limit).collect();
+    close.sort_unstable();
+    close.dedup();
+    match close.as_slice() {
+        [(_, c)] => Some(*c),
+        [(d0, c), (d1, _), ..] if d0 < d1 => Some(*c),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -47,5 +50,6 @@ mod tests {
         assert_eq!(did_you_mean("rleu", names.iter().copied()), Some("relu"));
         assert_eq!(did_you_mean("softmax", names.iter().copied()), None);
         assert_eq!(did_you_mean("depht", ["depth", "width"].into_iter()), Some("depth"));
+        assert_eq!(did_you_mean("s5", ["s1", "s2", "s3", "s4"].into_iter()), None);
     }
 }

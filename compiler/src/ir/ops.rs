@@ -182,8 +182,9 @@ pub enum Op {
     Dropout { rate: f64, seed: u64, stream: u64 },
     /// Per-pixel softmax cross-entropy of logits NxCxHxW against labels NxHxW (i32).
     SoftmaxCrossEntropy { ignore_index: i64, reduction: Reduction },
-    /// Squared error of prediction Nx1xHxW against target Nx1xHxW; pixels whose target
-    /// equals `ignore_value` contribute nothing.
+    /// Squared error `sum (pred - target)^2` of a prediction against a target of the same
+    /// shape (Nx1xHxW for depth); elements whose target equals `ignore_value` contribute
+    /// nothing. `Mean` divides by the number of elements that count (0 if none).
     LeastSquares { ignore_value: f64, reduction: Reduction },
     /// A scalar f32 constant (`tensor<f32>`).
     Constant { value: f64 },

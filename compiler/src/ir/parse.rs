@@ -130,6 +130,8 @@ fn parse_return(pair: Pair<Rule>, graph: &mut Graph, values: &HashMap<String, No
         for (key, value) in parse_attrs(next.clone())? {
             match (key.as_str(), value) {
                 ("names", Attr::Strs(n)) => names = n,
+                // `[]` reads as an empty array of either kind.
+                ("names", Attr::Ints(n)) if n.is_empty() => names = Vec::new(),
                 ("objective", Attr::Str(o)) => graph.objective = Some(o),
                 (k, _) => return Err(error_at(&next, format!("unexpected attribute `{k}` on rfn.return"))),
             }

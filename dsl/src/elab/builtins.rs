@@ -203,6 +203,35 @@ fn reduction(v: &(Value, Span)) -> Result<Reduction> {
     )
 }
 
+/// Checks, in the terms of the call, that a k x k window fits the input's spatial size.
+#[allow(clippy::too_many_arguments)]
+fn window_fits(
+    el: &Elab,
+    what: &str,
+    hw: [u64; 2],
+    k: u64,
+    stride: u64,
+    pad: u64,
+    dilation: u64,
+    (x_span, k_span): (Span, Span),
+    x: &Value,
+) -> Result<()> {
+    let fits = hw.iter().all(|&n| rfnc_compiler::ir::window_out(n, pad, pad, k, stride, dilation).is_some_and(|o| o > 0));
+    if fits {
+        return Ok(());
+    }
+    let reach = dilation.saturating_mul(k.saturating_sub(1)).saturating_add(1);
+    let dil = if dilation > 1 { format!(" (dilation {dilation}: it spans {reach})") } else { String::new() };
+    Diagnostic::new(format!(
+        "a {k}x{k} {what}{dil} does not fit a {}x{} input padded by {pad}",
+        hw[0], hw[1]
+    ))
+    .label(k_span, format!("{what} size {k}"))
+    .label(x_span, format!("this is {}", x.describe(&el.graph)))
+    .hint("use a smaller window, more padding, or a larger --input")
+    .err()
+}
+
 /// Runs a built-in on conformed arguments (one per parameter, defaults filled in).
 pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segment: &str, span: Span) -> Result<Value> {
     let spans: Vec<Span> = args.iter().map(|(_, s)| *s).collect();
@@ -244,6 +273,7 @@ pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segmen
                 .label(spans[0], format!("this is {}", args[0].0.describe(&el.graph)))
                 .err();
             }
+            window_fits(el, "kernel", [xd[2], xd[3]], k, stride, pad, dilation, (spans[0], spans[2]), &args[0].0)?;
             let w = el.param(segment, "weight", ParamKind::ConvWeight, vec![out, xd[1] / groups, k, k], span)?;
             let mut operands = vec![x, w];
             let mut operand_spans = vec![spans[0], span];
@@ -298,6 +328,8 @@ pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segmen
                     .err();
             }
             let pad = pad as u64;
+            let d = dims(el, 0);
+            window_fits(el, "pooling window", [d[2], d[3]], k, stride, pad, 1, (spans[0], spans[1]), &args[0].0)?;
             let op = Op::MaxPool2d { kernel: [k; 2], stride: [stride; 2], pad: [pad; 4] };
             Value::Tensor(el.emit(op, &[tensor_of(&args[0].0)], span, &spans)?)
         }

@@ -39,8 +39,11 @@ impl Default for Options {
 }
 
 /// Limits that keep a runaway program (or a fuzzer's) from hanging the compiler.
-const MAX_CALL_DEPTH: usize = 128;
-const MAX_STEPS: u64 = 20_000_000;
+const MAX_CALL_DEPTH: usize = 32;
+const MAX_STEPS: u64 = 2_000_000;
+const MAX_STRING: usize = 1 << 20;
+/// Elements visited by one `==` on lists or records.
+const MAX_COMPARE: u64 = 1_000_000;
 const MAX_NODES: usize = 2_000_000;
 const MAX_LIST: usize = 1_000_000;
 /// Largest tensor, in elements, that a program may describe (2^40).
@@ -135,7 +138,10 @@ pub(crate) struct Elab<'p> {
     /// The span of the expression that made each tensor, for "where it came from" labels.
     origins: HashMap<NodeId, Span>,
     scope: Vec<String>,
-    param_spans: HashMap<String, Span>,
+    /// Where each parameter was made: the block-call spans leading to it, then the call itself.
+    param_spans: HashMap<String, Vec<Span>>,
+    /// Spans of the block calls being elaborated, outermost first.
+    call_stack: Vec<Span>,
     output_spans: HashMap<String, Span>,
     objective_span: Option<Span>,
     next_stream: u64,
@@ -200,6 +206,7 @@ impl<'p> Elab<'p> {
             origins: HashMap::new(),
             scope: Vec::new(),
             param_spans: HashMap::new(),
+            call_stack: Vec::new(),
             output_spans: HashMap::new(),
             objective_span: None,
             next_stream: 0,
@@ -264,7 +271,7 @@ impl<'p> Elab<'p> {
         if self.steps > MAX_STEPS || self.graph.len() > MAX_NODES {
             return Diagnostic::new("the program does too much work at compile time")
                 .label(span, "stopped here")
-                .note(format!("limits: {MAX_STEPS} statements, {MAX_NODES} graph nodes"))
+                .note(format!("limits: {MAX_STEPS} statements and loop iterations, {MAX_NODES} graph nodes"))
                 .hint("check loop bounds and recursion")
                 .err();
         }
@@ -292,14 +299,7 @@ impl<'p> Elab<'p> {
         match &stmt.kind {
             StmtKind::Let(name, e) => {
                 let v = self.eval(env, e, Some(&name.name))?;
-                if let Some(prev) = env.declared_here(&name.name) {
-                    return Diagnostic::new(format!("`{}` is already defined in this scope", name.name))
-                        .label(name.span, "defined again here")
-                        .label(prev, "first defined here")
-                        .hint(format!("to change it, assign without `let`: `{} = ...;`", name.name))
-                        .err();
-                }
-                env.define(&name.name, v, name.span);
+                self.define_new(env, name, v)?;
             }
             StmtKind::Assign(name, e) => {
                 let v = self.eval(env, e, Some(&name.name))?;
@@ -363,7 +363,7 @@ impl<'p> Elab<'p> {
                         .err();
                 };
                 self.add_output(name, id)?;
-                env.define(&name.name, v, name.span);
+                self.define_new(env, name, v)?;
             }
             StmtKind::Objective(name, e) => {
                 self.network_only(env, "objective", stmt.span)?;
@@ -371,7 +371,7 @@ impl<'p> Elab<'p> {
                     return Diagnostic::new("a network has one objective")
                         .label(stmt.span, "second objective")
                         .label(first, "first objective")
-                        .hint("add the losses into one expression: `objective loss = a + b;`")
+                        .hint("a network trains one loss; make the other one an `output` to see its value")
                         .err();
                 }
                 let v = self.eval(env, e, Some(&name.name))?;
@@ -385,7 +385,7 @@ impl<'p> Elab<'p> {
                 self.add_output(name, id)?;
                 self.graph.objective = Some(name.name.clone());
                 self.objective_span = Some(stmt.span);
-                env.define(&name.name, v, name.span);
+                self.define_new(env, name, v)?;
             }
         }
         Ok(Flow::Next)
@@ -393,6 +393,19 @@ impl<'p> Elab<'p> {
 }
 
 impl<'p> Elab<'p> {
+    /// Defines a new variable; a second definition in the same scope is an error.
+    fn define_new(&self, env: &mut Env, name: &Ident, v: Value) -> Result<()> {
+        if let Some(prev) = env.declared_here(&name.name) {
+            return Diagnostic::new(format!("`{}` is already defined in this scope", name.name))
+                .label(name.span, "defined again here")
+                .label(prev, "first defined here")
+                .hint(format!("to change a variable, assign without `let`: `{} = ...;`", name.name))
+                .err();
+        }
+        env.define(&name.name, v, name.span);
+        Ok(())
+    }
+
     fn network_only(&self, env: &Env, what: &str, span: Span) -> Result<()> {
         match env.block_name() {
             Some(block) => Diagnostic::new(format!("`{what}` is only allowed in a network"))
@@ -415,19 +428,14 @@ impl<'p> Elab<'p> {
     }
 
     fn for_loop(&mut self, env: &mut Env, var: &Ident, iter: &ForIter, body: &[Stmt]) -> Result<Flow> {
-        let items: Vec<Value> = match iter {
+        let items: Box<dyn Iterator<Item = Value>> = match iter {
             ForIter::Range(lo, hi) => {
                 let a = self.int(env, lo, "a range start")?;
                 let b = self.int(env, hi, "a range end")?;
-                if b.saturating_sub(a) > MAX_STEPS as i64 {
-                    return Diagnostic::new("this range is too long to unroll")
-                        .label(lo.span.to(hi.span), format!("{a}..{b}"))
-                        .err();
-                }
-                (a..b).map(Value::Int).collect()
+                Box::new((a..b).map(Value::Int))
             }
             ForIter::Each(e) => match self.eval(env, e, None)? {
-                Value::List(items) => items.as_ref().clone(),
+                Value::List(items) => Box::new(items.as_ref().clone().into_iter()),
                 other => {
                     return Diagnostic::new("`for` iterates over a range or a list")
                         .label(e.span, format!("this is {}", other.describe(&self.graph)))
@@ -437,6 +445,7 @@ impl<'p> Elab<'p> {
             },
         };
         for item in items {
+            self.tick(var.span)?;
             env.push();
             env.define(&var.name, item, var.span);
             let flow = self.exec(env, body);
@@ -517,8 +526,12 @@ impl<'p> Elab<'p> {
         };
         let ty = TensorType::new(dtype, shape);
         self.check_size(&ty, span)?;
-        if self.graph.node_ids().any(|id| matches!(&self.graph.node(id).op, Op::Input { name: n } if *n == name.name)) {
-            return Diagnostic::new(format!("input `{}` is declared twice", name.name)).label(name.span, "again here").err();
+        if let Some(first) = self.graph.node_ids().find(|&id| matches!(&self.graph.node(id).op, Op::Input { name: n } if *n == name.name)) {
+            let mut d = Diagnostic::new(format!("input `{}` is declared twice", name.name)).label(name.span, "second declaration");
+            if let Some(&origin) = self.origins.get(&first) {
+                d = d.label(origin, "first declaration");
+            }
+            return d.err();
         }
         let loc = self.loc(span, None);
         let id = self.graph.add(Op::Input { name: name.name.clone() }, &[], ty, loc);
@@ -664,8 +677,15 @@ impl<'p> Elab<'p> {
         }
         let rv = self.eval(env, r, None)?;
         let result = match (op, &lv, &rv) {
-            (BinOp::Eq, a, b) => Some(Value::Bool(a.same(b))),
-            (BinOp::Ne, a, b) => Some(Value::Bool(!a.same(b))),
+            (BinOp::Eq | BinOp::Ne, a, b) => {
+                let mut budget = MAX_COMPARE;
+                let Some(equal) = a.same(b, &mut budget) else {
+                    return Diagnostic::new("this comparison is too large")
+                        .label(span, format!("more than {MAX_COMPARE} elements to compare"))
+                        .err();
+                };
+                Some(Value::Bool(equal == (op == BinOp::Eq)))
+            }
             (BinOp::Add, Value::Tensor(a), Value::Tensor(b)) => {
                 let id = self.emit(Op::Add, &[*a, *b], span, &[l.span, r.span])?;
                 Some(Value::Tensor(id))
@@ -676,16 +696,30 @@ impl<'p> Elab<'p> {
                 }
                 Some(Value::List(a.iter().chain(b.iter()).cloned().collect::<Vec<_>>().into()))
             }
-            (BinOp::Add, Value::Str(a), Value::Str(b)) => Some(Value::Str(format!("{a}{b}").into())),
+            (BinOp::Add, Value::Str(a), Value::Str(b)) => {
+                if a.len() + b.len() > MAX_STRING {
+                    return Diagnostic::new("string is too long").label(span, format!("more than {MAX_STRING} bytes")).err();
+                }
+                Some(Value::Str(format!("{a}{b}").into()))
+            }
             (_, Value::Int(a), Value::Int(b)) => Some(self.int_arith(op, *a, *b, r.span, span)?),
             (_, Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
                 let (a, b) = (as_f64(&lv), as_f64(&rv));
+                let finite = |v: f64| -> Result<Option<Value>> {
+                    if v.is_finite() {
+                        Ok(Some(Value::Float(v)))
+                    } else {
+                        Diagnostic::new("the result is not a finite number")
+                            .label(span, format!("{} {} {} = {v}", format_number(a), op.symbol(), format_number(b)))
+                            .err()
+                    }
+                };
                 match op {
-                    BinOp::Add => Some(Value::Float(a + b)),
-                    BinOp::Sub => Some(Value::Float(a - b)),
-                    BinOp::Mul => Some(Value::Float(a * b)),
-                    BinOp::Div => Some(Value::Float(a / b)),
-                    BinOp::Rem => Some(Value::Float(a % b)),
+                    BinOp::Add => finite(a + b)?,
+                    BinOp::Sub => finite(a - b)?,
+                    BinOp::Mul => finite(a * b)?,
+                    BinOp::Div => finite(a / b)?,
+                    BinOp::Rem => finite(a - b * (a / b).floor())?,
                     BinOp::Lt => Some(Value::Bool(a < b)),
                     BinOp::Le => Some(Value::Bool(a <= b)),
                     BinOp::Gt => Some(Value::Bool(a > b)),
@@ -728,8 +762,9 @@ impl<'p> Elab<'p> {
             BinOp::Mul => a.checked_mul(b),
             BinOp::Div if b == 0 => return zero(),
             BinOp::Rem if b == 0 => return zero(),
-            BinOp::Div => a.checked_div_euclid(b),
-            BinOp::Rem => a.checked_rem_euclid(b),
+            // Floor division and modulo (the remainder has the divisor's sign), as in Python.
+            BinOp::Div => a.checked_div(b).map(|q| if (a % b != 0) && ((a < 0) != (b < 0)) { q - 1 } else { q }),
+            BinOp::Rem => a.checked_rem(b).map(|r| if r != 0 && ((r < 0) != (b < 0)) { r + b } else { r }),
             BinOp::Lt => return Ok(Value::Bool(a < b)),
             BinOp::Le => return Ok(Value::Bool(a <= b)),
             BinOp::Gt => return Ok(Value::Bool(a > b)),
@@ -763,7 +798,13 @@ impl<'p> Elab<'p> {
             Some(n) => {
                 let mut s = n.base.name.clone();
                 if let Some(index) = &n.index {
-                    s.push_str(&self.int(env, index, "a name index")?.to_string());
+                    let i = self.int(env, index, "a name index")?;
+                    if i < 0 {
+                        return Diagnostic::new("a name index must not be negative")
+                            .label(index.span, format!("this is {i}"))
+                            .err();
+                    }
+                    s.push_str(&i.to_string());
                 }
                 Some(s)
             }
@@ -771,7 +812,10 @@ impl<'p> Elab<'p> {
         };
         if let Some(block) = self.blocks.get(callee.name.as_str()).copied() {
             let segment = segment.or(hint.map(str::to_string)).unwrap_or_else(|| callee.name.clone());
-            return self.call_block(block, actuals, segment, span).map_err(|mut d| {
+            self.call_stack.push(span);
+            let result = self.call_block(block, actuals, segment, span);
+            self.call_stack.pop();
+            return result.map_err(|mut d| {
                 if d.labels.len() < 8 && !d.labels.iter().any(|l| l.span == span) {
                     d.labels.push(crate::diagnostic::Label { span, message: format!("in `{}`, called here", callee.name) });
                 }
@@ -1034,16 +1078,27 @@ impl<'p> Elab<'p> {
     pub(crate) fn param(&mut self, segment: &str, suffix: &str, kind: ParamKind, dims: Vec<u64>, span: Span) -> Result<NodeId> {
         let loc = self.loc(span, Some(segment));
         let name = format!("{}.{suffix}", loc.scope);
+        let mut path = self.call_stack.clone();
+        path.push(span);
         if let Some(first) = self.param_spans.get(&name) {
-            return Diagnostic::new(format!("parameter `{name}` is defined twice"))
-                .label(span, "defined again by this call")
-                .label(*first, "first defined by this call")
-                .hint("give the calls different names with `as NAME` (in a loop: `as NAME[i]`)")
-                .err();
+            // Point at the outermost calls that differ: the ones the user named alike.
+            let differ = path.iter().zip(first).position(|(a, b)| a != b);
+            let d = Diagnostic::new(format!("parameter `{name}` is defined twice"));
+            let d = match differ {
+                Some(i) => d
+                    .label(path[i], "defined again by this call")
+                    .label(first[i], "first defined by this call")
+                    .hint("give the calls different names with `as NAME`"),
+                None => d
+                    .label(span, "this call runs more than once and makes the same name each time")
+                    .note("a call is named by `as NAME`, else by the variable it is assigned to, else by the callee")
+                    .hint("in a loop, name each call with `as NAME[i]`"),
+            };
+            return d.err();
         }
         let ty = TensorType::f32(dims);
         self.check_size(&ty, span)?;
-        self.param_spans.insert(name.clone(), span);
+        self.param_spans.insert(name.clone(), path);
         let id = self.graph.add(Op::Param { name, kind }, &[], ty, loc);
         self.origins.insert(id, span);
         Ok(id)
@@ -1064,6 +1119,10 @@ pub(crate) struct Actual {
 struct Formal<'a> {
     name: &'a str,
     decl: Option<Span>,
+}
+
+fn format_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{v:.1}") } else { format!("{v}") }
 }
 
 fn as_f64(v: &Value) -> f64 {
@@ -1103,8 +1162,10 @@ fn block_signature(block: &BlockDef) -> String {
 fn example_shape(dims: &[Dim]) -> String {
     let parts: Vec<String> = dims
         .iter()
-        .map(|d| match d {
+        .enumerate()
+        .map(|(i, d)| match d {
             Dim::Fixed(v, _) => v.to_string(),
+            Dim::Symbol(_) if i == 0 => "1".to_string(),
             Dim::Symbol(_) => "64".to_string(),
         })
         .collect();
@@ -1121,7 +1182,12 @@ fn parse_define(decl: &ConfigDecl, text: &str) -> Result<Value> {
             _ => None,
         },
         BaseType::Str => Some(Value::Str(text.trim_matches('"').into())),
-        _ => None,
+        other => {
+            return Diagnostic::new(format!("-D cannot set `{}`: it is a {} config", decl.name.name, other.name()))
+                .label(decl.ty.span, format!("declared {} here", decl.ty))
+                .hint("-D sets int, float, bool and str configs; change list configs in the source")
+                .err()
+        }
     };
     match parsed {
         Some(v) => Ok(v),

@@ -60,9 +60,12 @@ impl Value {
         }
     }
 
-    /// Structural equality for `==`; tensors are equal when they are the same value.
-    pub fn same(&self, other: &Value) -> bool {
-        match (self, other) {
+    /// Structural equality for `==`; tensors are equal when they are the same value. Shared
+    /// lists and records compare equal at once; `budget` bounds the elements visited (None
+    /// when it runs out).
+    pub fn same(&self, other: &Value, budget: &mut u64) -> Option<bool> {
+        *budget = budget.checked_sub(1)?;
+        Some(match (self, other) {
             (Value::Int(a), Value::Int(b)) => a == b,
             (Value::Float(a), Value::Float(b)) => a == b,
             (Value::Int(a), Value::Float(b)) | (Value::Float(b), Value::Int(a)) => (*a as f64) == *b,
@@ -70,11 +73,35 @@ impl Value {
             (Value::Str(a), Value::Str(b)) => a == b,
             (Value::None, Value::None) => true,
             (Value::Tensor(a), Value::Tensor(b)) => a == b,
-            (Value::List(a), Value::List(b)) => a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.same(y)),
+            (Value::List(a), Value::List(b)) => {
+                if Rc::ptr_eq(a, b) {
+                    return Some(true);
+                }
+                if a.len() != b.len() {
+                    return Some(false);
+                }
+                for (x, y) in a.iter().zip(b.iter()) {
+                    if !x.same(y, budget)? {
+                        return Some(false);
+                    }
+                }
+                true
+            }
             (Value::Record(a), Value::Record(b)) => {
-                a.len() == b.len() && a.iter().zip(b.iter()).all(|((n, x), (m, y))| n == m && x.same(y))
+                if Rc::ptr_eq(a, b) {
+                    return Some(true);
+                }
+                if a.len() != b.len() {
+                    return Some(false);
+                }
+                for ((n, x), (m, y)) in a.iter().zip(b.iter()) {
+                    if n != m || !x.same(y, budget)? {
+                        return Some(false);
+                    }
+                }
+                true
             }
             _ => false,
-        }
+        })
     }
 }
