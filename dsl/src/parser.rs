@@ -187,13 +187,14 @@ pub fn parse_module(file: FileId, text: &str) -> Result<Module> {
 
 /// Rejects expressions nested deeper than [`MAX_EXPR_DEPTH`] (a long `a + b + ...` chain
 /// is nested too), measured without recursion so that the check itself cannot overflow.
-fn check_depth(e: &Expr) -> Result<()> {
-    let mut stack: Vec<(&Expr, usize)> = vec![(e, 1)];
+fn check_depth(root: &Expr) -> Result<()> {
+    let mut stack: Vec<(&Expr, usize)> = vec![(root, 1)];
     while let Some((e, depth)) = stack.pop() {
         if depth > MAX_EXPR_DEPTH {
+            let start = Span { file: root.span.file, start: root.span.start, end: root.span.start + 1 };
             return Diagnostic::new("expression is nested too deeply")
-                .label(e.span, format!("more than {MAX_EXPR_DEPTH} levels of operators and calls"))
-                .hint("split it into steps with `let`, or build long sums in a `for` loop")
+                .label(start, format!("this expression nests more than {MAX_EXPR_DEPTH} levels of operators and calls"))
+                .hint("split it into steps with `let`")
                 .err();
         }
         let children: Vec<&Expr> = match &e.kind {

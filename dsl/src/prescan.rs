@@ -17,10 +17,28 @@ fn span(file: FileId, at: usize, len: usize) -> Span {
     Span { file, start: at as u32, end: (at + len) as u32 }
 }
 
+/// Longest run of prefix operators (`-`, `not`) allowed in a row.
+pub const MAX_PREFIX_RUN: usize = 32;
+
 pub fn prescan(file: FileId, text: &str) -> Result<()> {
     let mut open: Vec<(char, usize)> = Vec::new();
+    let mut prefix_run = 0usize;
     let mut chars = text.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
+        let is_not = c == 'n'
+            && text[i..].starts_with("not")
+            && !text[i + 3..].starts_with(|ch: char| ch.is_ascii_alphanumeric() || ch == '_')
+            && !text[..i].ends_with(|ch: char| ch.is_ascii_alphanumeric() || ch == '_');
+        if c == '-' || is_not {
+            prefix_run += 1;
+            if prefix_run > MAX_PREFIX_RUN {
+                return Diagnostic::new("too many prefix operators in a row")
+                    .label(span(file, i, if is_not { 3 } else { 1 }), format!("more than {MAX_PREFIX_RUN} `-` or `not` in a row"))
+                    .err();
+            }
+        } else if !c.is_whitespace() {
+            prefix_run = 0;
+        }
         match c {
             '/' if chars.peek().map(|(_, n)| *n) == Some('/') => {
                 for (_, n) in chars.by_ref() {
@@ -52,9 +70,16 @@ pub fn prescan(file: FileId, text: &str) -> Result<()> {
                 }
             }
             '\'' => {
+                let rest = &text[i + 1..];
+                let inner = rest.split(['\'', '\n']).next().unwrap_or("");
+                let hint = if rest[inner.len()..].starts_with('\'') {
+                    format!("write \"{inner}\", not '{inner}'")
+                } else {
+                    "strings are written in double quotes, like \"pool_conv\"".to_string()
+                };
                 return Diagnostic::new("strings use double quotes")
                     .label(span(file, i, 1), "`'` is not a quote in .rfn")
-                    .hint("write \"pool_conv\", not 'pool_conv'")
+                    .hint(hint)
                     .err();
             }
             '(' | '[' | '{' => {
@@ -74,6 +99,12 @@ pub fn prescan(file: FileId, text: &str) -> Result<()> {
                 };
                 match open.pop() {
                     Some((o, _)) if o == want => {}
+                    // An extra closer inside a block: nothing of its kind is open.
+                    Some((o, _)) if o == '{' && !open.iter().any(|(p, _)| *p == want) => {
+                        return Diagnostic::new(format!("unmatched `{c}`"))
+                            .label(span(file, i, 1), format!("no `{want}` is open here: remove this `{c}`?"))
+                            .err()
+                    }
                     Some((o, at)) => {
                         let close = match o {
                             '(' => ')',

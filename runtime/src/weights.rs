@@ -131,16 +131,43 @@ fn normal(seed: u64, name: &str, index: u64) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
-/// Deterministic initial weights: conv weights He-normal (std = sqrt(2 / fan_in)), conv
+/// Standard deviation of conv weights whose conv is not followed by batch norm (the
+/// RefineNet layers and the classifier): `1 / sqrt(3 * fan_in)`, the spread of PyTorch's
+/// default conv initialisation. Each residual branch then starts much smaller than its
+/// input, so the cascade's many residual sums begin near the identity.
+fn plain_conv_std(fan_in: f32) -> f32 {
+    1.0 / (3.0 * fan_in).sqrt()
+}
+
+/// Names of the conv weights whose conv output feeds a batch norm.
+fn normalised_convs(graph: &Graph) -> std::collections::HashSet<&str> {
+    graph
+        .node_ids()
+        .filter_map(|id| match &graph.node(id).op {
+            Op::Param { name, kind: ParamKind::ConvWeight } => Some((name.as_str(), id)),
+            _ => None,
+        })
+        .filter(|(_, w)| {
+            graph.users(*w).into_iter().any(|conv| {
+                graph.users(conv).into_iter().any(|u| matches!(graph.node(u).op, Op::BatchNorm { .. }))
+            })
+        })
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Deterministic initial weights: conv weights followed by batch norm He-normal
+/// (std = sqrt(2 / fan_in)), other conv weights normal with std `1 / sqrt(3 * fan_in)`, conv
 /// biases 0, batch norm as the identity (mean 0, var 1, gamma 1, beta 0), momentum 0.
 pub fn init_weights(graph: &Graph, seed: u64) -> Weights {
     let mut weights = Weights::default();
+    let normalised = normalised_convs(graph);
     for (name, (dims, kind)) in parameters(graph) {
         let count: u64 = dims.iter().product();
         let data: Vec<f32> = match kind {
             ParamKind::ConvWeight => {
                 let fan_in = (dims[1] * dims[2] * dims[3]).max(1) as f32;
-                let std = (2.0 / fan_in).sqrt();
+                let std = if normalised.contains(name) { (2.0 / fan_in).sqrt() } else { plain_conv_std(fan_in) };
                 (0..count).map(|i| std * normal(seed, name, i)).collect()
             }
             ParamKind::ConvBias | ParamKind::BnMean | ParamKind::BnBeta | ParamKind::Momentum => {

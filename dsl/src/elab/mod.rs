@@ -39,7 +39,8 @@ impl Default for Options {
 }
 
 /// Limits that keep a runaway program (or a fuzzer's) from hanging the compiler.
-const MAX_CALL_DEPTH: usize = 32;
+/// Nested block calls, loop bodies and conditional bodies, together.
+const MAX_CALL_DEPTH: usize = 64;
 const MAX_STEPS: u64 = 2_000_000;
 const MAX_STRING: usize = 1 << 20;
 /// Elements visited by one `==` on lists or records.
@@ -289,17 +290,35 @@ impl<'p> Elab<'p> {
     }
 
     fn scoped(&mut self, env: &mut Env, stmts: &[Stmt]) -> Result<Flow> {
+        self.enter(stmts.first().map(|s| s.span))?;
         env.push();
         let flow = self.exec(env, stmts);
         env.pop();
+        self.depth -= 1;
         flow
+    }
+
+    /// Enters a nested body or call; the depth counts both, so that recursion through
+    /// nested loops is bounded as well as plain recursion.
+    fn enter(&mut self, span: Option<Span>) -> Result<()> {
+        if self.depth >= MAX_CALL_DEPTH {
+            let mut d = Diagnostic::new("blocks call each other too deeply")
+                .note(format!("limit: {MAX_CALL_DEPTH} nested calls, loops and conditionals"))
+                .hint("a recursive block needs a condition that ends the recursion");
+            if let Some(span) = span {
+                d = d.label(span, "stopped here");
+            }
+            return d.err();
+        }
+        self.depth += 1;
+        Ok(())
     }
 
     fn stmt(&mut self, env: &mut Env, stmt: &Stmt) -> Result<Flow> {
         match &stmt.kind {
             StmtKind::Let(name, e) => {
                 let v = self.eval(env, e, Some(&name.name))?;
-                self.define_new(env, name, v)?;
+                self.define_new(env, name, v, "let")?;
             }
             StmtKind::Assign(name, e) => {
                 let v = self.eval(env, e, Some(&name.name))?;
@@ -363,7 +382,7 @@ impl<'p> Elab<'p> {
                         .err();
                 };
                 self.add_output(name, id)?;
-                self.define_new(env, name, v)?;
+                self.define_new(env, name, v, "output")?;
             }
             StmtKind::Objective(name, e) => {
                 self.network_only(env, "objective", stmt.span)?;
@@ -385,7 +404,7 @@ impl<'p> Elab<'p> {
                 self.add_output(name, id)?;
                 self.graph.objective = Some(name.name.clone());
                 self.objective_span = Some(stmt.span);
-                self.define_new(env, name, v)?;
+                self.define_new(env, name, v, "objective")?;
             }
         }
         Ok(Flow::Next)
@@ -394,12 +413,17 @@ impl<'p> Elab<'p> {
 
 impl<'p> Elab<'p> {
     /// Defines a new variable; a second definition in the same scope is an error.
-    fn define_new(&self, env: &mut Env, name: &Ident, v: Value) -> Result<()> {
+    fn define_new(&self, env: &mut Env, name: &Ident, v: Value, what: &str) -> Result<()> {
         if let Some(prev) = env.declared_here(&name.name) {
+            let hint = if what == "let" {
+                format!("to change a variable, assign without `let`: `{} = ...;`", name.name)
+            } else {
+                format!("give the {what} a name of its own")
+            };
             return Diagnostic::new(format!("`{}` is already defined in this scope", name.name))
                 .label(name.span, "defined again here")
                 .label(prev, "first defined here")
-                .hint(format!("to change a variable, assign without `let`: `{} = ...;`", name.name))
+                .hint(hint)
                 .err();
         }
         env.define(&name.name, v, name.span);
@@ -446,10 +470,12 @@ impl<'p> Elab<'p> {
         };
         for item in items {
             self.tick(var.span)?;
+            self.enter(Some(var.span))?;
             env.push();
             env.define(&var.name, item, var.span);
             let flow = self.exec(env, body);
             env.pop();
+            self.depth -= 1;
             if let Flow::Return(v, s) = flow? {
                 return Ok(Flow::Return(v, s));
             }
@@ -1122,7 +1148,13 @@ struct Formal<'a> {
 }
 
 fn format_number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{v:.1}") } else { format!("{v}") }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.1}")
+    } else if v.abs() >= 1e15 || (v != 0.0 && v.abs() < 1e-4) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
 }
 
 fn as_f64(v: &Value) -> f64 {
