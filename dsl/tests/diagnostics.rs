@@ -1950,3 +1950,57 @@ fn long_unary_chain() {
         Err(why) => panic!("{why}"),
     }
 }
+
+// ----- training settings ----------------------------------------------------------------
+
+const TRAINABLE: &str = "network n {
+    input x: f32[N, 3, H, W];
+    input labels: i32[N, H, W];
+    TRAINING
+    let y = conv(x, 4, k = 3) as head;
+    output scores = y;
+    objective loss = softmax_cross_entropy(y, labels);
+}
+";
+
+#[test]
+fn freeze_pattern_matches_nothing() {
+    let r = error(&TRAINABLE.replace("TRAINING", "freeze(\"haed\");"));
+    check("freeze_pattern_matches_nothing", &r, "the pattern \"haed\" matches no trainable parameter");
+    assert!(r.contains("did you mean \"head\"?"), "{r}");
+}
+
+#[test]
+fn lr_scale_negative_factor() {
+    let r = error(&TRAINABLE.replace("TRAINING", "lr_scale(\"head\", -0.5);"));
+    check("lr_scale_negative_factor", &r, "a learning-rate scale must be a finite non-negative number");
+}
+
+#[test]
+fn sgd_set_twice() {
+    let r = error(&TRAINABLE.replace("TRAINING", "sgd(lr = 0.1);\n    sgd(lr = 0.2);"));
+    check("sgd_set_twice", &r, "the optimizer is set twice");
+}
+
+#[test]
+fn training_settings_inside_a_block() {
+    let r = error(
+        "block b(x: tensor) -> tensor {\n    freeze(\"b\");\n    return relu(x);\n}\n\nnetwork n {\n    input x: f32[N, 3, H, W];\n    output y = b(x);\n}\n",
+    );
+    check("training_settings_inside_a_block", &r, "`freeze` is only allowed in a network");
+}
+
+#[test]
+fn training_settings_are_accepted_in_the_network() {
+    let text = TRAINABLE.replace("TRAINING", "sgd(lr = 0.1, momentum = 0.5);\n    lr_scale(\"head\", 2.0);\n    freeze(\"*.bias\");");
+    let text = text.replace("conv(x, 4, k = 3)", "conv(x, 4, k = 3, bias = true)");
+    let program = match rfnc_dsl::load_source("main.rfn", text, None) {
+        Ok(p) => p,
+        Err((d, s)) => panic!("{}", d.render(&s)),
+    };
+    let options = rfnc_dsl::Options { input: vec![1, 3, 8, 8], defines: vec![] };
+    let (_, config) = rfnc_dsl::elaborate_with_training(&program, &options).map_err(|d| d.render(&program.sources)).unwrap();
+    assert_eq!((config.lr, config.momentum, config.weight_decay), (0.1, 0.5, 5e-4));
+    assert_eq!(config.lr_scales, vec![("head".to_string(), 2.0)]);
+    assert_eq!(config.frozen, vec!["*.bias".to_string()]);
+}
