@@ -8,55 +8,10 @@ use std::collections::HashMap;
 
 use common::*;
 use rfnc_compiler::interp::{run, Tensor, Value};
-use rfnc_compiler::ir::{print_graph, verify, Graph, NodeId, Op, Output};
+use rfnc_compiler::ir::{print_graph, verify, NodeId, Output};
 use rfnc_compiler::passes::autodiff::gradients;
 use rfnc_compiler::passes::train::{train_step, with_active_dropout, TrainConfig};
 use rfnc_compiler::rng::splitmix64;
-use rfnc_runtime::init_weights;
-
-/// Deterministic inputs for a graph: initial weights, a random image, labels with a few
-/// ignored pixels (or a depth map with holes), and the step counter.
-fn feeds<T: rfnc_compiler::interp::Real>(graph: &Graph, seed: u64) -> HashMap<String, Value<T>> {
-    let mut feeds = HashMap::new();
-    for (name, (dims, data)) in init_weights(graph, seed).tensors {
-        feeds.insert(name, Value::Real(Tensor::new(dims, data.iter().map(|&v| T::of(v as f64)).collect())));
-    }
-    let mut counter = seed.wrapping_mul(1000);
-    let mut uniform = || {
-        counter += 1;
-        (splitmix64(counter) >> 11) as f64 / (1u64 << 53) as f64
-    };
-    for id in graph.node_ids() {
-        let node = graph.node(id);
-        let Op::Input { name } = &node.op else { continue };
-        let n = node.ty.elements() as usize;
-        let value = match (name.as_str(), node.ty.dtype) {
-            ("step", _) => Value::Int(Tensor::scalar(7)),
-            ("labels", _) => Value::Int(Tensor::new(
-                node.ty.dims.clone(),
-                (0..n).map(|i| if i % 17 == 0 { 255 } else { (uniform() * 3.0) as i32 }).collect(),
-            )),
-            (_, rfnc_compiler::ir::DType::F32) => Value::Real(Tensor::new(
-                node.ty.dims.clone(),
-                (0..n).map(|i| if name == "depth_gt" && i % 11 == 0 { T::zero() } else { T::of(uniform() * 2.0 - 1.0 + if name == "depth_gt" { 2.0 } else { 0.0 }) }).collect(),
-            )),
-            _ => unreachable!("inputs are f32 or labels"),
-        };
-        feeds.insert(name.clone(), value);
-    }
-    feeds
-}
-
-fn trainable(graph: &Graph) -> Vec<(String, NodeId)> {
-    let order = graph.topo_order().unwrap();
-    order
-        .into_iter()
-        .filter_map(|id| match &graph.node(id).op {
-            Op::Param { name, kind } if kind.is_trainable() => Some((name.clone(), id)),
-            _ => None,
-        })
-        .collect()
-}
 
 fn scalar<T: rfnc_compiler::interp::Real>(v: &Value<T>) -> f64 {
     v.real().data[0].f64()

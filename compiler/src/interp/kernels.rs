@@ -112,6 +112,28 @@ pub fn batch_norm<T: Real>(x: &Tensor<T>, mean: &Tensor<T>, var: &Tensor<T>, gam
     Tensor::new(x.dims.clone(), data.collect())
 }
 
+pub fn fold_bn_weight<T: Real>(w: &Tensor<T>, var: &Tensor<T>, gamma: &Tensor<T>, eps: f64) -> Tensor<T> {
+    let scale = bn_scale(var, gamma, eps);
+    let per_out = w.data.len() / scale.len();
+    Tensor::new(w.dims.clone(), w.data.iter().enumerate().map(|(i, &v)| v * scale[i / per_out]).collect())
+}
+
+pub fn fold_bn_bias<T: Real>(
+    mean: &Tensor<T>,
+    var: &Tensor<T>,
+    gamma: &Tensor<T>,
+    beta: &Tensor<T>,
+    bias: Option<&Tensor<T>>,
+    eps: f64,
+) -> Tensor<T> {
+    let scale = bn_scale(var, gamma, eps);
+    let data = (0..scale.len()).map(|c| {
+        let b = bias.map_or(T::zero(), |b| b.data[c]);
+        (b - mean.data[c]) * scale[c] + beta.data[c]
+    });
+    Tensor::new(mean.dims.clone(), data.collect())
+}
+
 pub fn batch_norm_grad<T: Real>(dy: &Tensor<T>, var: &Tensor<T>, gamma: &Tensor<T>, eps: f64) -> Tensor<T> {
     let [_, c, h, w] = dy.nchw();
     let scale = bn_scale(var, gamma, eps);

@@ -7,6 +7,7 @@
 //! runs, and data problems (a label out of range) are errors, not panics.
 
 pub mod kernels;
+mod planned;
 mod tensor;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::fmt;
 
 use crate::ir::{DType, Graph, NodeId, Op};
 use kernels::ConvGeometry;
+pub use planned::run_planned;
 pub use tensor::{Real, Tensor, Value};
 
 /// Why a graph cannot be run on the values given.
@@ -66,7 +68,7 @@ pub fn run<T: Real>(graph: &Graph, feeds: &HashMap<String, Value<T>>) -> Result<
     Ok(graph.outputs.iter().map(|o| (o.name.clone(), values[&o.value].clone())).collect())
 }
 
-fn feed<T: Real>(graph: &Graph, id: NodeId, name: &str, feeds: &HashMap<String, Value<T>>) -> Result<Value<T>, InterpError> {
+pub(crate) fn feed<T: Real>(graph: &Graph, id: NodeId, name: &str, feeds: &HashMap<String, Value<T>>) -> Result<Value<T>, InterpError> {
     let ty = &graph.node(id).ty;
     let value = feeds.get(name).ok_or_else(|| InterpError(format!("no value given for `{name}` ({})", ty.shape_string())))?;
     let dtype_ok = matches!((value, ty.dtype), (Value::Real(_), DType::F32) | (Value::Int(_), DType::I32));
@@ -147,5 +149,9 @@ pub fn eval<T: Real>(op: &Op, args: &[&Value<T>], out: &[u64]) -> Result<Value<T
             real(Tensor::new(v.dims.clone(), data.collect()))
         }
         Op::SgdStep { lr } => real(kernels::zip(r(0), r(1), |p, v| p - T::of(*lr) * v)),
+        Op::FoldBnWeight { eps } => real(kernels::fold_bn_weight(r(0), r(1), r(2), *eps)),
+        Op::FoldBnBias { eps } => {
+            real(kernels::fold_bn_bias(r(0), r(1), r(2), r(3), args.get(4).map(|b| b.real()), *eps))
+        }
     }
 }

@@ -117,6 +117,27 @@ impl Graph {
         self.graph[id].op = op;
     }
 
+    /// Removes a node and its edges. Outputs that named it must be redirected first.
+    pub fn remove(&mut self, id: NodeId) {
+        self.graph.remove_node(id);
+    }
+
+    /// Makes every user of `old` (and every output naming it) use `new` instead.
+    pub fn replace_uses(&mut self, old: NodeId, new: NodeId) {
+        let uses: Vec<(NodeId, u32, petgraph::stable_graph::EdgeIndex<u32>)> = self
+            .graph
+            .edges_directed(old, Direction::Outgoing)
+            .map(|e| (e.target(), *e.weight(), e.id()))
+            .collect();
+        for (target, slot, edge) in uses {
+            self.graph.remove_edge(edge);
+            self.graph.add_edge(new, target, slot);
+        }
+        for o in self.outputs.iter_mut().filter(|o| o.value == old) {
+            o.value = new;
+        }
+    }
+
     /// Appends an operand to a node, in the next operand slot.
     pub fn push_operand(&mut self, id: NodeId, operand: NodeId) {
         let slot = self.graph.edges_directed(id, Direction::Incoming).count() as u32;

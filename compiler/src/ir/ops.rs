@@ -210,6 +210,13 @@ pub enum Op {
     /// `(pred, target, dloss) -> dpred` of least squares.
     LeastSquaresGrad { ignore_value: f64, reduction: Reduction },
 
+    // ----- batch-norm folding (the prepare program, run once when weights load) ---------
+    /// `(w, var, gamma) -> w * gamma / sqrt(var + eps)`, per output channel of `w`.
+    FoldBnWeight { eps: f64 },
+    /// `(mean, var, gamma, beta[, b]) -> (b - mean) * gamma / sqrt(var + eps) + beta`
+    /// (`b` = 0 when absent).
+    FoldBnBias { eps: f64 },
+
     // ----- optimizer (made by the training step) ---------------------------------------
     /// SGD momentum buffer update: `(v, g, p) -> momentum * v + g + weight_decay * p`.
     SgdMomentum { momentum: f64, weight_decay: f64 },
@@ -248,6 +255,8 @@ impl Op {
             Op::LeastSquaresGrad { .. } => "least_squares_grad",
             Op::SgdMomentum { .. } => "sgd_momentum",
             Op::SgdStep { .. } => "sgd_step",
+            Op::FoldBnWeight { .. } => "fold_bn_weight",
+            Op::FoldBnBias { .. } => "fold_bn_bias",
         }
     }
 
@@ -283,7 +292,9 @@ impl Op {
             Op::BatchNormGrad { .. }
             | Op::SoftmaxCrossEntropyGrad { .. }
             | Op::LeastSquaresGrad { .. }
-            | Op::SgdMomentum { .. } => (3, 3),
+            | Op::SgdMomentum { .. }
+            | Op::FoldBnWeight { .. } => (3, 3),
+            Op::FoldBnBias { .. } => (4, 5),
         }
     }
 
@@ -341,6 +352,7 @@ impl Op {
                 ("weight_decay", Attr::Float(*weight_decay)),
             ],
             Op::SgdStep { lr } => vec![("lr", Attr::Float(*lr))],
+            Op::FoldBnWeight { eps } | Op::FoldBnBias { eps } => vec![("eps", Attr::Float(*eps))],
             Op::BatchNorm { eps } => vec![("eps", Attr::Float(*eps))],
             Op::Relu | Op::Add => vec![],
             Op::MaxPool2d { kernel, stride, pad } => vec![
@@ -443,6 +455,8 @@ impl Op {
                 weight_decay: reader.float("weight_decay")?,
             },
             "sgd_step" => Op::SgdStep { lr: reader.float("lr")? },
+            "fold_bn_weight" => Op::FoldBnWeight { eps: reader.float("eps")? },
+            "fold_bn_bias" => Op::FoldBnBias { eps: reader.float("eps")? },
             "softmax_cross_entropy" => Op::SoftmaxCrossEntropy {
                 ignore_index: reader.int("ignore_index")?,
                 reduction: reader.reduction()?,

@@ -303,6 +303,25 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
             Ok(inputs[0].clone())
         }
         Op::SgdMomentum { .. } | Op::SgdStep { .. } => same_shapes(name, inputs),
+        Op::FoldBnWeight { .. } => {
+            let w = inputs[0];
+            expect_rank(name, "a weight", w, 4, 0)?;
+            for (i, p) in inputs.iter().enumerate().skip(1) {
+                if p.dims != [w.dims[0]] {
+                    return Err(ShapeError::new(format!("{name}: {} does not match {} output channels", p.shape_string(), w.dims[0]), [0, i]));
+                }
+            }
+            Ok(w.clone())
+        }
+        Op::FoldBnBias { .. } => {
+            let c = inputs[0].dims.clone();
+            for (i, p) in inputs.iter().enumerate() {
+                if p.rank() != 1 || p.dims != c {
+                    return Err(ShapeError::new(format!("{name}: per-channel operands differ: {}", p.shape_string()), [0, i]));
+                }
+            }
+            Ok(TensorType::f32(c))
+        }
     }
 }
 

@@ -2,4 +2,7 @@
 //! one), documented with the invariants it keeps, and tested on its own.
 
 pub mod autodiff;
+pub mod canonical;
+pub mod fusion;
+pub mod memory;
 pub mod train;

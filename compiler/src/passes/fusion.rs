@@ -1,0 +1,288 @@
+//! Fusion: partitions the computed ops of a graph into kernels.
+//!
+//! Stages, over the ops in topological order: (1) *prologue*: a conv absorbs the relu or
+//! max-pool that feeds its input when nothing else uses it (the RCU's pre-activation, CRP's
+//! pool-then-conv), and a sum absorbs a bilinear resize that only it reads (the
+//! multi-resolution fusion's upsample-and-sum); (2) *epilogue*: an elementwise op (relu,
+//! add, batch norm, dropout, their gradients, the SGD updates) joins the kernel of an
+//! operand of its own shape that nothing else uses (conv + bias + folded BN + residual add
+//! + relu become one kernel; chains of elementwise ops become one). Gradient ops follow the
+//! same rules.
+//!
+//! Invariants: every computed op is in exactly one kernel; a kernel holds at most one
+//! *anchor* (a conv or conv gradient, pooling, a loss, a reduction); kernels are convex (no
+//! path leaves a kernel and comes back), so the kernels form an acyclic graph; a value is
+//! written to memory only if it is a kernel output (used by another kernel or a graph
+//! output). Leaves (inputs, parameters, constants) belong to no kernel.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::ir::{Graph, NodeId, Op};
+
+/// One kernel: its ops in topological order, what it reads and what it writes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    pub nodes: Vec<NodeId>,
+    pub anchor: Option<NodeId>,
+    /// Values read from outside the kernel (other kernels' outputs and leaves), in first-use order.
+    pub inputs: Vec<NodeId>,
+    /// Values written for later kernels or as graph outputs.
+    pub outputs: Vec<NodeId>,
+}
+
+/// The partition of a graph into kernels, in a topological order of the kernels.
+#[derive(Clone, Debug)]
+pub struct Fused {
+    pub kernels: Vec<Kernel>,
+    pub kernel_of: HashMap<NodeId, usize>,
+}
+
+/// What fusion saved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FusionReport {
+    pub ops: usize,
+    pub kernels: usize,
+    /// Bytes of intermediate values that stay inside a kernel instead of going to memory.
+    pub bytes_not_written: u64,
+}
+
+/// Heavy ops that define a kernel; a kernel has at most one.
+pub fn is_anchor(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Conv2d { .. }
+            | Op::Conv2dGradInput { .. }
+            | Op::Conv2dGradWeight { .. }
+            | Op::MaxPool2d { .. }
+            | Op::MaxPool2dGrad { .. }
+            | Op::ResizeBilinear { .. }
+            | Op::ResizeBilinearGrad { .. }
+            | Op::SoftmaxCrossEntropy { .. }
+            | Op::SoftmaxCrossEntropyGrad { .. }
+            | Op::LeastSquares { .. }
+            | Op::LeastSquaresGrad { .. }
+            | Op::ChannelSum
+            | Op::FoldBnWeight { .. }
+            | Op::FoldBnBias { .. }
+    )
+}
+
+/// Ops computed element by element from operands of their own shape (per-channel
+/// statistics and the step counter aside).
+pub fn is_elementwise(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Relu
+            | Op::Add
+            | Op::BatchNorm { .. }
+            | Op::Dropout { .. }
+            | Op::ReluGrad
+            | Op::BatchNormGrad { .. }
+            | Op::SgdMomentum { .. }
+            | Op::SgdStep { .. }
+    )
+}
+
+struct Partition<'g> {
+    graph: &'g Graph,
+    group: HashMap<NodeId, usize>,
+    members: Vec<Vec<NodeId>>,
+    position: HashMap<NodeId, usize>,
+}
+
+impl Partition<'_> {
+    fn anchors(&self, g: usize) -> usize {
+        self.members[g].iter().filter(|&&n| is_anchor(&self.graph.node(n).op)).count()
+    }
+
+    /// Whether merging groups `a` and `b` keeps every group convex: no value outside both
+    /// that one depends on and that depends on the other.
+    fn convex_after_merge(&self, a: usize, b: usize) -> bool {
+        let merged: HashSet<NodeId> = self.members[a].iter().chain(&self.members[b]).copied().collect();
+        let lowest = merged.iter().map(|n| self.position[n]).min().unwrap_or(0);
+        // Walk backwards from the operands of the merged set that lie outside it; reaching
+        // the merged set again means a path leaves and re-enters.
+        let mut stack: Vec<NodeId> = merged
+            .iter()
+            .flat_map(|&n| self.graph.operands(n))
+            .filter(|o| !merged.contains(o) && !self.graph.node(*o).op.is_leaf())
+            .collect();
+        let mut seen: HashSet<NodeId> = HashSet::new();
+        while let Some(n) = stack.pop() {
+            if !seen.insert(n) || self.position[&n] < lowest {
+                continue;
+            }
+            for o in self.graph.operands(n) {
+                if merged.contains(&o) {
+                    return false;
+                }
+                if !self.graph.node(o).op.is_leaf() {
+                    stack.push(o);
+                }
+            }
+        }
+        true
+    }
+
+    fn try_merge(&mut self, a: usize, b: usize) -> bool {
+        if a == b {
+            return true;
+        }
+        if self.anchors(a) + self.anchors(b) > 1 || !self.convex_after_merge(a, b) {
+            return false;
+        }
+        let moved = std::mem::take(&mut self.members[b]);
+        for &n in &moved {
+            self.group.insert(n, a);
+        }
+        self.members[a].extend(moved);
+        true
+    }
+
+    /// `producer` is used only by `consumer` (and is not a graph output).
+    fn only_feeds(&self, producer: NodeId, consumer: NodeId, outputs: &HashSet<NodeId>) -> bool {
+        !outputs.contains(&producer) && self.graph.users(producer).iter().all(|&u| u == consumer)
+    }
+}
+
+/// Partitions `graph` into kernels.
+pub fn fuse(graph: &Graph) -> Fused {
+    let order = graph.topo_order().expect("verified graphs are acyclic");
+    let computed: Vec<NodeId> = order.iter().copied().filter(|&n| !graph.node(n).op.is_leaf()).collect();
+    let outputs: HashSet<NodeId> = graph.outputs.iter().map(|o| o.value).collect();
+    let mut p = Partition {
+        graph,
+        group: computed.iter().enumerate().map(|(i, &n)| (n, i)).collect(),
+        members: computed.iter().map(|&n| vec![n]).collect(),
+        position: order.iter().enumerate().map(|(i, &n)| (n, i)).collect(),
+    };
+    for &n in &computed {
+        let op = &graph.node(n).op;
+        let operands = graph.operands(n);
+        // Prologues: absorb a single-use producer that can be computed while reading.
+        let prologue_slot = match op {
+            Op::Conv2d { .. } => Some(0),
+            Op::Add => None,
+            _ => None,
+        };
+        if let Some(slot) = prologue_slot {
+            let o = operands[slot];
+            let absorbable = matches!(graph.node(o).op, Op::Relu | Op::MaxPool2d { .. });
+            if absorbable && p.only_feeds(o, n, &outputs) && p.members[p.group[&o]].len() == 1 {
+                let (gn, go) = (p.group[&n], p.group[&o]);
+                p.try_merge(gn, go);
+            }
+        }
+        if matches!(op, Op::Add) {
+            for &o in &operands {
+                if matches!(graph.node(o).op, Op::ResizeBilinear { .. })
+                    && p.only_feeds(o, n, &outputs)
+                    && p.members[p.group[&o]].len() == 1
+                {
+                    let (gn, go) = (p.group[&n], p.group[&o]);
+                    p.try_merge(gn, go);
+                }
+            }
+        }
+        // Epilogues: join the kernel of a same-shaped operand that only this op uses.
+        if is_elementwise(op) {
+            for &o in &operands {
+                if graph.node(o).op.is_leaf() || graph.node(o).ty != graph.node(n).ty {
+                    continue;
+                }
+                if p.only_feeds(o, n, &outputs) {
+                    let (go, gn) = (p.group[&o], p.group[&n]);
+                    p.try_merge(go, gn);
+                }
+            }
+        }
+    }
+    // Nodes in topological order within each kernel; kernels in a topological order of the
+    // kernel graph (Kahn's algorithm, earliest first op first).
+    let mut groups: Vec<Vec<NodeId>> = p.members.into_iter().filter(|m| !m.is_empty()).collect();
+    for m in groups.iter_mut() {
+        m.sort_by_key(|n| p.position[n]);
+    }
+    let groups = topological_kernels(graph, groups, &p.position);
+    let kernel_of: HashMap<NodeId, usize> =
+        groups.iter().enumerate().flat_map(|(k, m)| m.iter().map(move |&n| (n, k))).collect();
+    let kernels = groups
+        .into_iter()
+        .enumerate()
+        .map(|(k, nodes)| {
+            let inside: HashSet<NodeId> = nodes.iter().copied().collect();
+            let mut inputs = Vec::new();
+            for &n in &nodes {
+                for o in graph.operands(n) {
+                    if !inside.contains(&o) && !inputs.contains(&o) {
+                        inputs.push(o);
+                    }
+                }
+            }
+            let outputs_of_kernel = nodes
+                .iter()
+                .copied()
+                .filter(|n| outputs.contains(n) || graph.users(*n).iter().any(|u| kernel_of.get(u) != Some(&k)))
+                .collect();
+            let anchor = nodes.iter().copied().find(|&n| is_anchor(&graph.node(n).op));
+            Kernel { nodes, anchor, inputs, outputs: outputs_of_kernel }
+        })
+        .collect();
+    let fused = Fused { kernels, kernel_of };
+    debug_assert!(kernel_order_is_topological(graph, &fused));
+    fused
+}
+
+fn topological_kernels(graph: &Graph, groups: Vec<Vec<NodeId>>, position: &HashMap<NodeId, usize>) -> Vec<Vec<NodeId>> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let group_of: HashMap<NodeId, usize> =
+        groups.iter().enumerate().flat_map(|(g, m)| m.iter().map(move |&n| (n, g))).collect();
+    let mut waiting = vec![0usize; groups.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
+    for (g, m) in groups.iter().enumerate() {
+        let producers: HashSet<usize> = m
+            .iter()
+            .flat_map(|&n| graph.operands(n))
+            .filter_map(|o| group_of.get(&o).copied())
+            .filter(|&p| p != g)
+            .collect();
+        waiting[g] = producers.len();
+        for p in producers {
+            dependents[p].push(g);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<(usize, usize)>> =
+        (0..groups.len()).filter(|&g| waiting[g] == 0).map(|g| Reverse((position[&groups[g][0]], g))).collect();
+    let mut order = Vec::with_capacity(groups.len());
+    while let Some(Reverse((_, g))) = ready.pop() {
+        order.push(g);
+        for &d in &dependents[g] {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.push(Reverse((position[&groups[d][0]], d)));
+            }
+        }
+    }
+    assert_eq!(order.len(), groups.len(), "convex kernels form an acyclic kernel graph");
+    let mut slots: Vec<Option<Vec<NodeId>>> = groups.into_iter().map(Some).collect();
+    order.into_iter().map(|g| slots[g].take().expect("each kernel once")).collect()
+}
+
+fn kernel_order_is_topological(graph: &Graph, fused: &Fused) -> bool {
+    fused.kernels.iter().enumerate().all(|(k, kernel)| {
+        kernel.inputs.iter().all(|i| fused.kernel_of.get(i).is_none_or(|&p| p < k) || graph.node(*i).op.is_leaf())
+    })
+}
+
+/// Ops before, kernels after, and the bytes of values that no longer go to memory.
+pub fn report(graph: &Graph, fused: &Fused) -> FusionReport {
+    let ops = fused.kernels.iter().map(|k| k.nodes.len()).sum();
+    let bytes_not_written = fused
+        .kernels
+        .iter()
+        .flat_map(|k| k.nodes.iter().filter(|n| !k.outputs.contains(n)))
+        .map(|&n| graph.node(n).ty.bytes())
+        .sum();
+    FusionReport { ops, kernels: fused.kernels.len(), bytes_not_written }
+}

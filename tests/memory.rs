@@ -1,0 +1,126 @@
+//! Fusion, scheduling and memory planning: the planned program run over one real arena
+//! agrees with the unplanned graph, plans pass the plan verifier, and the paper's model is
+//! planned close to the lower bound.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use rfnc_compiler::interp::{run, run_planned, Tensor, Value};
+use rfnc_compiler::ir::{verify, Graph};
+use rfnc_compiler::passes::canonical::{common_subexpressions, dead_code, fold_batch_norm, inference};
+use rfnc_compiler::passes::fusion::{fuse, report};
+use rfnc_compiler::passes::memory::{plan, schedule, verify_plan, Plan};
+use rfnc_compiler::passes::train::{train_step, TrainConfig};
+
+fn planned(graph: &Graph) -> (rfnc_compiler::passes::fusion::Fused, Plan) {
+    let fused = fuse(graph);
+    let order = schedule(graph, &fused);
+    let p = plan(graph, &fused, order);
+    verify_plan(graph, &fused, &p).unwrap_or_else(|e| panic!("{}: plan verifier: {e}", graph.name));
+    (fused, p)
+}
+
+#[test]
+fn paper_model_plans_near_the_lower_bound() {
+    let forward = graph("refinenet4", &[1, 3, 512, 512], &[("depth", "101")]);
+    let folded = fold_batch_norm(&inference(&forward));
+    let (_, p) = planned(&folded.graph);
+    eprintln!("inference: arena {} lower bound {} naive {} ({})", p.arena_bytes, p.lower_bound, p.naive_bytes, p.placement);
+    assert!(p.arena_bytes as f64 <= 1.05 * p.lower_bound as f64);
+    let step = train_step(&forward, &TrainConfig::default()).unwrap();
+    let (_, p) = planned(&step);
+    eprintln!("training: arena {} lower bound {} naive {} ({})", p.arena_bytes, p.lower_bound, p.naive_bytes, p.placement);
+    assert!(p.arena_bytes as f64 <= 1.05 * p.lower_bound as f64);
+}
+
+const SMALL: &[u64] = &[1, 3, 32, 32];
+const NARROW: &[(&str, &str)] = &[("depth", "50"), ("base_width", "2"), ("refine_width", "4")];
+
+fn defines(example: &str) -> Vec<(&'static str, &'static str)> {
+    if example == "tiny" { Vec::new() } else { NARROW.to_vec() }
+}
+
+/// Largest difference relative to the largest magnitude, over all outputs.
+fn agree(name: &str, a: &[(String, Value<f64>)], b: &[(String, Value<f64>)]) {
+    assert_eq!(a.len(), b.len());
+    for ((na, va), (nb, vb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        let (x, y) = (&va.real().data, &vb.real().data);
+        let scale = y.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+        let worst = x.iter().zip(y).fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+        assert!(worst / scale < 1e-10, "{name}: output `{na}` differs by {:e}", worst / scale);
+    }
+}
+
+#[test]
+fn planned_inference_matches_the_unplanned_graph() {
+    for example in EXAMPLES {
+        let forward = graph(example, SMALL, &defines(example));
+        let unplanned = inference(&forward);
+        let feeds: HashMap<String, Value<f64>> = feeds(&unplanned, 9);
+        // Frozen statistics that are not the identity, so folding has something to fold.
+        let mut feeds = feeds;
+        for (k, v) in feeds.iter_mut() {
+            if k.ends_with("running_var") || k.ends_with("running_mean") || k.ends_with("bn1.weight") {
+                let Value::Real(t) = v else { continue };
+                for (i, x) in t.data.iter_mut().enumerate() {
+                    *x += 0.1 + (i % 7) as f64 * 0.05;
+                }
+            }
+        }
+        let expected = run(&unplanned, &feeds).unwrap();
+
+        let mut folded = fold_batch_norm(&unplanned);
+        assert!(folded.folded > 0, "{example}: batch norms folded");
+        common_subexpressions(&mut folded.graph);
+        dead_code(&mut folded.graph);
+        assert_eq!(verify(&folded.graph), vec![]);
+        assert_eq!(verify(&folded.prepare), vec![]);
+        let mut main_feeds = feeds.clone();
+        for (name, value) in run(&folded.prepare, &feeds).unwrap() {
+            main_feeds.insert(name, value);
+        }
+        let (fused, p) = planned(&folded.graph);
+        let actual = run_planned(&folded.graph, &fused, &p, &main_feeds).unwrap();
+        agree(example, &actual, &expected);
+        let r = report(&folded.graph, &fused);
+        assert!(r.kernels < r.ops, "{example}: fusion merged something ({} ops, {} kernels)", r.ops, r.kernels);
+    }
+}
+
+#[test]
+fn planned_training_step_matches_the_unplanned_graph() {
+    for example in EXAMPLES {
+        let forward = graph(example, SMALL, &defines(example));
+        let step = train_step(&forward, &TrainConfig::default()).unwrap();
+        let feeds: HashMap<String, Value<f64>> = feeds(&step, 4);
+        let mut feeds = feeds;
+        for (name, _) in trainable(&step) {
+            let dims = feeds[&name].dims().to_vec();
+            feeds.insert(format!("{name}.momentum"), Value::Real(Tensor::filled(dims, 0.01)));
+        }
+        let expected = run(&step, &feeds).unwrap();
+        let (fused, p) = planned(&step);
+        let actual = run_planned(&step, &fused, &p, &feeds).unwrap();
+        agree(example, &actual, &expected);
+    }
+}
+
+#[test]
+fn the_plan_verifier_catches_overlapping_storages() {
+    let forward = graph("tiny", SMALL, &[]);
+    let g = inference(&forward);
+    let (fused, mut p) = planned(&g);
+    // Put every storage at offset 0: values live at the same time now collide.
+    for s in p.storages.iter_mut() {
+        s.offset = 0;
+    }
+    let e = verify_plan(&g, &fused, &p).unwrap_err();
+    assert!(e.contains("are live together and overlap"), "{e}");
+    // And a reordered schedule that reads before writing.
+    let (fused, mut p) = planned(&g);
+    p.order.reverse();
+    assert!(verify_plan(&g, &fused, &p).unwrap_err().contains("runs before kernel"));
+}
