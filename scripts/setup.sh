@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks to build and test rfnc, and writes
+# .cache/env.sh with the variables the build and the tests read. Idempotent: a second run
+# only checks (well under a second). Progress goes to stderr, so `./dev rfnc ... > file`
+# keeps its standard output clean.
+#
+#   scripts/setup.sh [-q]     -q: say nothing when there is nothing to do
+#
+# What it does:
+#   1. apt packages: LLVM/MLIR 22 (headers, libraries, mlir-opt), libclang, zstd, and the
+#      basics a bare image may lack (C toolchain, pip, unzip). `apt-get update` runs once,
+#      only when something is missing; sudo only when not root.
+#   2. Rust (rustup, stable) when no `cargo` is on PATH.
+#   3. The PyPI wheel nvidia-cuda-nvcc-cu12 (`pip download --no-deps`, unzipped into
+#      .cache/cuda-nvcc/): `ptxas` and `libdevice.10.bc` without a CUDA toolkit or GPU.
+#   4. .cache/env.sh exporting MLIR_SYS_220_PREFIX, TABLEGEN_220_PREFIX,
+#      LLVM_SYS_221_PREFIX, RFNC_PTXAS, RFNC_LIBDEVICE, RFNC_MLIR_OPT.
+set -euo pipefail
+
+QUIET=0
+[[ "${1:-}" == "-q" ]] && QUIET=1
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="$ROOT/.cache"
+LLVM_PREFIX=/usr/lib/llvm-22
+# Pinned for reproducible tool versions; override with RFNC_NVCC_WHEEL_VERSION=X.Y.Z.
+NVCC_WHEEL_VERSION="${RFNC_NVCC_WHEEL_VERSION:-12.9.86}"
+NVCC_DIR="$CACHE/cuda-nvcc"
+
+say() { echo "setup: $*" >&2; }
+note() { [[ $QUIET == 1 ]] || say "$@"; }
+die() { say "error: $*"; exit 1; }
+
+mkdir -p "$CACHE"
+# One set-up at a time (e.g. two `./dev` commands started together).
+exec 9>"$CACHE/setup.lock"
+flock 9
+
+SUDO=()
+if [[ $(id -u) != 0 ]]; then
+  command -v sudo >/dev/null || die "not root and no sudo: install the packages below as root"
+  SUDO=(sudo)
+fi
+
+# --- 1. apt packages ---------------------------------------------------------------------
+APT_PACKAGES=(llvm-22-dev libmlir-22-dev mlir-22-tools libclang-22-dev libzstd-dev
+              build-essential pkg-config ca-certificates curl python3-pip unzip)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "installing apt packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  { "${SUDO[@]}" apt-get update -q &&
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"; } \
+    >"$CACHE/apt.log" 2>&1 || { tail -n 20 "$CACHE/apt.log" >&2; die "apt-get failed (.cache/apt.log)"; }
+else
+  note "apt packages present"
+fi
+
+# --- 2. Rust -----------------------------------------------------------------------------
+[[ -d "$HOME/.cargo/bin" ]] && export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo >/dev/null; then
+  say "installing Rust (rustup, stable, minimal profile)"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
+    | sh -s -- -y --profile minimal --default-toolchain stable >&2
+  export PATH="$HOME/.cargo/bin:$PATH"
+else
+  note "cargo present ($(cargo --version))"
+fi
+
+# --- 3. ptxas and libdevice from the nvidia-cuda-nvcc-cu12 wheel --------------------------
+find_in_wheel() { [[ -d "$NVCC_DIR" ]] && find "$NVCC_DIR" -path "$1" -type f | head -n 1 || true; }
+PTXAS="$(find_in_wheel '*/bin/ptxas')"
+LIBDEVICE="$(find_in_wheel '*/libdevice.10.bc')"
+if [[ -z "$PTXAS" || -z "$LIBDEVICE" || ! -x "$PTXAS" ]]; then
+  say "downloading nvidia-cuda-nvcc-cu12==$NVCC_WHEEL_VERSION (ptxas, libdevice; ~40 MB)"
+  tmp="$(mktemp -d "$CACHE/cuda-nvcc.tmp.XXXXXX")"
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-input --no-deps --only-binary=:all: \
+    --dest "$tmp/wheel" "nvidia-cuda-nvcc-cu12==$NVCC_WHEEL_VERSION" >&2
+  unzip -q "$tmp"/wheel/*.whl -d "$tmp/tree"
+  rm -rf "$NVCC_DIR"
+  mv "$tmp/tree" "$NVCC_DIR"   # only a complete tree ever appears under the final name
+  rm -rf "$tmp"
+  trap - EXIT
+  PTXAS="$(find_in_wheel '*/bin/ptxas')"
+  LIBDEVICE="$(find_in_wheel '*/libdevice.10.bc')"
+  [[ -n "$PTXAS" && -n "$LIBDEVICE" ]] || die "ptxas or libdevice.10.bc not found in the wheel"
+  chmod +x "$PTXAS"
+  say "ptxas: $("$PTXAS" --version | grep -o "release.*" || true)"
+else
+  note "ptxas and libdevice present in .cache/cuda-nvcc"
+fi
+
+# --- 4. .cache/env.sh --------------------------------------------------------------------
+MLIR_OPT="$LLVM_PREFIX/bin/mlir-opt"
+[[ -x "$MLIR_OPT" ]] || MLIR_OPT="$(command -v mlir-opt-22 || true)"
+[[ -n "$MLIR_OPT" ]] || die "mlir-opt not found (package mlir-22-tools)"
+[[ -d "$LLVM_PREFIX/lib/cmake/mlir" ]] || die "$LLVM_PREFIX has no MLIR cmake files (package libmlir-22-dev)"
+
+env_text="# Written by scripts/setup.sh; source it before cargo.
+export MLIR_SYS_220_PREFIX=$LLVM_PREFIX
+export TABLEGEN_220_PREFIX=$LLVM_PREFIX
+export LLVM_SYS_221_PREFIX=$LLVM_PREFIX
+export RFNC_PTXAS=$PTXAS
+export RFNC_LIBDEVICE=$LIBDEVICE
+export RFNC_MLIR_OPT=$MLIR_OPT
+case \":\$PATH:\" in *\":\$HOME/.cargo/bin:\"*) ;; *) [ -d \"\$HOME/.cargo/bin\" ] && export PATH=\"\$HOME/.cargo/bin:\$PATH\" ;; esac
+"
+if [[ ! -f "$CACHE/env.sh" || "$(cat "$CACHE/env.sh")"$'\n' != "$env_text" ]]; then
+  printf '%s' "$env_text" > "$CACHE/env.sh.tmp"
+  mv "$CACHE/env.sh.tmp" "$CACHE/env.sh"
+  say "wrote .cache/env.sh"
+else
+  note "ready (.cache/env.sh up to date)"
+fi
