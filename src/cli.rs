@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rfnc_compiler::ir::{print_graph, to_dot, verify, Graph};
 use rfnc_compiler::output::write_atomically;
 use rfnc_runtime::{check_weights, init_weights, load_weights, save_weights, WeightsError};
+use rfnc_compiler::passes::pipeline::{compile_inference, compile_training, Compiled};
+use rfnc_compiler::passes::render::{memory_report, print_fused, render_memory, render_plan};
 use rfnc_compiler::passes::train::{train_step, TrainConfig};
 use rfnc_dsl::{ast_print, elaborate_with_training, load_file, Diagnostic, Options, Program, SourceMap};
 
@@ -69,7 +71,9 @@ enum Command {
         #[command(flatten)]
         common: Common,
         /// The stage to print: `ast` (syntax tree of every module), `graph` (the verified
-        /// graph IR in MLIR generic syntax), `dot` (the graph for Graphviz)
+        /// graph IR in MLIR generic syntax), `dot` (the graph for Graphviz), `fused` (the
+        /// kernels after canonicalisation and fusion, in schedule order), `plan` (the memory
+        /// plan: arena, lower bound, live set at the peak, every buffer's offset and lifetime)
         #[arg(long, value_enum, default_value_t = Emit::Graph)]
         emit: Emit,
         /// Write to this file (atomically) instead of standard output
@@ -82,6 +86,13 @@ enum Command {
     Stats {
         #[command(flatten)]
         common: Common,
+        /// Also plan memory and report the arena, the lower bound, the naive figure and the
+        /// values live at the peak (JSON: a `memory` object)
+        #[arg(long)]
+        memory: bool,
+        /// Report the training step instead of inference
+        #[arg(long)]
+        train: bool,
         /// Print one JSON object: {"network", "input", "components": {NAME: {params, macs,
         /// naive_feature_bytes}}, "total": {...}}
         #[arg(long)]
@@ -140,6 +151,8 @@ enum Emit {
     Ast,
     Graph,
     Dot,
+    Fused,
+    Plan,
 }
 
 /// A failure to report: a diagnostic with the sources it points into, or an internal error.
@@ -211,6 +224,15 @@ fn execute(command: Command) -> Result<(), Failure> {
                 }
                 Emit::Graph => print_graph(&graph()?),
                 Emit::Dot => to_dot(&graph()?),
+                Emit::Fused => {
+                    let c = lower(&common, &graph()?, train.train)?;
+                    print_fused(&c.graph, &c.fused, &c.plan.order)
+                }
+                Emit::Plan => {
+                    let c = lower(&common, &graph()?, train.train)?;
+                    let report = memory_report(&c.graph, &c.fusion, &c.plan, mode(train.train));
+                    render_plan(&c.graph, &c.fused, &c.plan, &report)
+                }
             };
             emit_text(&text, output.as_deref())
         }
@@ -221,13 +243,29 @@ fn execute(command: Command) -> Result<(), Failure> {
             println!("wrote {} tensors to {}", weights.tensors.len(), output.display());
             Ok(())
         }
-        Command::Stats { common, json } => {
-            let graph = build_graph(&common)?;
-            let stats = rfnc_compiler::stats::stats(&graph);
-            let text = if json {
-                stats_report::json(&graph.name, &common.input, &stats)
+        Command::Stats { common, json, memory, train } => {
+            let graph = if train {
+                build_train_graph(&common, &TrainArgs::defaults())?
             } else {
-                stats_report::table(&graph.name, &common.input, &stats)
+                build_graph(&common)?
+            };
+            let stats = rfnc_compiler::stats::stats(&graph);
+            let memory = match memory {
+                true => {
+                    let c = lower(&common, &graph, train)?;
+                    Some(memory_report(&c.graph, &c.fusion, &c.plan, mode(train)))
+                }
+                false => None,
+            };
+            let text = if json {
+                stats_report::json(&graph.name, &common.input, &stats, memory.as_ref())
+            } else {
+                let mut t = stats_report::table(&graph.name, &common.input, &stats);
+                if let Some(m) = &memory {
+                    t.push('\n');
+                    t.push_str(&render_memory(m));
+                }
+                t
             };
             print!("{text}");
             Ok(())
@@ -321,6 +359,29 @@ fn verified(common: &Common, graph: Graph, stage: &str) -> Result<Graph, Failure
             first.message,
             first.loc
         ))),
+    }
+}
+
+fn mode(train: bool) -> &'static str {
+    if train { "training step" } else { "inference" }
+}
+
+/// Canonicalisation, fusion, scheduling and memory planning (timed with --timings).
+fn lower(common: &Common, graph: &Graph, train: bool) -> Result<Compiled, Failure> {
+    let compiled = if train { compile_training(graph) } else { compile_inference(graph) };
+    let compiled = compiled.map_err(|e| Failure::Internal(format!("lowering failed: {e}")))?;
+    if common.timings {
+        for (pass, time) in &compiled.timings {
+            eprintln!("timing: {pass:<24} {:>9.3} ms", time.as_secs_f64() * 1e3);
+        }
+    }
+    Ok(compiled)
+}
+
+impl TrainArgs {
+    /// The training step as the program declares it, with no command-line overrides.
+    fn defaults() -> Self {
+        TrainArgs { train: true, lr: None, momentum: None, weight_decay: None, lr_scale: Vec::new(), freeze: Vec::new(), seed: 0 }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Renders `rfnc stats` as a table or as JSON.
 
+use rfnc_compiler::passes::render::MemoryReport;
 use rfnc_compiler::stats::{Cost, Stats};
 use serde_json::{json, Map, Value};
 
@@ -9,17 +10,20 @@ fn cost_json(c: &Cost) -> Value {
     json!({ "params": c.params, "macs": c.macs, "naive_feature_bytes": c.naive_feature_bytes })
 }
 
-pub fn json(network: &str, input: &str, stats: &Stats) -> String {
+pub fn json(network: &str, input: &str, stats: &Stats, memory: Option<&MemoryReport>) -> String {
     let mut components = Map::new();
     for (name, cost) in &stats.components {
         components.insert(name.clone(), cost_json(cost));
     }
-    let value = json!({
+    let mut value = json!({
         "network": network,
         "input": input,
         "components": components,
         "total": cost_json(&stats.total),
     });
+    if let Some(m) = memory {
+        value["memory"] = serde_json::to_value(m).expect("plain numbers and strings");
+    }
     format!("{}\n", serde_json::to_string_pretty(&value).expect("JSON of plain numbers"))
 }
 

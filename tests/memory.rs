@@ -124,3 +124,66 @@ fn the_plan_verifier_catches_overlapping_storages() {
     p.order.reverse();
     assert!(verify_plan(&g, &fused, &p).unwrap_err().contains("runs before kernel"));
 }
+
+#[test]
+fn fused_and_plan_snapshots() {
+    for example in ["tiny", "refinenet2"] {
+        let args = |emit: &str| -> Vec<String> {
+            let mut a: Vec<String> = vec!["compile".into(), format!("examples/{example}.rfn"), "--input".into(), "1x3x32x32".into(), "--emit".into(), emit.into()];
+            if example != "tiny" {
+                for (k, v) in NARROW {
+                    a.push("-D".into());
+                    a.push(format!("{k}={v}"));
+                }
+            }
+            a
+        };
+        for emit in ["fused", "plan"] {
+            let a = args(emit);
+            let out = rfnc(&a.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(out.status.success(), "{}", stderr(&out));
+            insta::assert_snapshot!(format!("{emit}_{example}"), stdout(&out));
+            let mut train = a.clone();
+            train.push("--train".into());
+            let out = rfnc(&train.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(out.status.success(), "{}", stderr(&out));
+            insta::assert_snapshot!(format!("{emit}_{example}_train"), stdout(&out));
+        }
+    }
+}
+
+#[test]
+fn mlir_opt_accepts_the_fused_program() {
+    let Some(mlir_opt) = mlir_opt() else { return };
+    for train in [false, true] {
+        let mut args = vec!["compile", "examples/tiny.rfn", "--input", "1x3x32x32", "--emit", "fused"];
+        if train {
+            args.push("--train");
+        }
+        let out = rfnc(&args);
+        let path = std::env::temp_dir().join(format!("rfnc_fused_{}_{train}.mlir", std::process::id()));
+        std::fs::write(&path, &out.stdout).unwrap();
+        let check = std::process::Command::new(&mlir_opt)
+            .args(["--allow-unregistered-dialect", "-o", "/dev/null"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        std::fs::remove_file(&path).ok();
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    }
+}
+
+#[test]
+fn stats_memory_json_reports_the_plan() {
+    let out = rfnc(&["stats", "examples/tiny.rfn", "--input", "1x3x32x32", "--memory", "--train", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let m = &v["memory"];
+    assert_eq!(m["mode"], "training step");
+    let (arena, bound, naive) = (m["arena_bytes"].as_u64().unwrap(), m["lower_bound_bytes"].as_u64().unwrap(), m["naive_bytes"].as_u64().unwrap());
+    assert!(bound <= arena && arena < naive, "{arena} {bound} {naive}");
+    assert!(m["in_place_update_bytes"].as_u64().unwrap() > 0);
+    let live: u64 = m["peak_live"].as_array().unwrap().iter().map(|v| v["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(live, bound, "the live set at the peak adds up to the lower bound");
+    assert!(m["peak_live"][0]["location"].as_str().unwrap().contains(".rfn:"));
+}

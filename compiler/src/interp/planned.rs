@@ -33,11 +33,19 @@ pub fn run_planned<T: Real>(
             op => eval(op, &[], &graph.node(v).ty.dims),
         }
     };
+    // Leaves updated in place (parameters, momentum): their current contents.
+    let mut updated: HashMap<NodeId, Value<T>> = HashMap::new();
     for &k in &plan.order {
         let kernel = &fused.kernels[k];
         let mut local: HashMap<NodeId, Value<T>> = HashMap::new();
         for &i in &kernel.inputs {
-            let value = if graph.node(i).op.is_leaf() { leaf(i)? } else { read(&arena, i)? };
+            // A value written over a leaf is read back from the leaf's storage.
+            let storage = plan.leaf_updates.get(&i).copied().unwrap_or(i);
+            let value = match updated.get(&storage) {
+                Some(v) => v.clone(),
+                None if graph.node(i).op.is_leaf() => leaf(i)?,
+                None => read(&arena, i)?,
+            };
             local.insert(i, value);
         }
         for &n in &kernel.nodes {
@@ -47,6 +55,10 @@ pub fn run_planned<T: Real>(
             local.insert(n, value);
         }
         for &o in &kernel.outputs {
+            if let Some(&leaf) = plan.leaf_updates.get(&o) {
+                updated.insert(leaf, local[&o].clone());
+                continue;
+            }
             let (offset, n) = slot(o)?;
             arena[offset..offset + n].copy_from_slice(&local[&o].real().data);
         }
@@ -55,7 +67,11 @@ pub fn run_planned<T: Real>(
         .outputs
         .iter()
         .map(|o| {
-            let value = if graph.node(o.value).op.is_leaf() { leaf(o.value)? } else { read(&arena, o.value)? };
+            let value = match plan.leaf_updates.get(&o.value) {
+                Some(leaf_id) => updated[leaf_id].clone(),
+                None if graph.node(o.value).op.is_leaf() => leaf(o.value)?,
+                None => read(&arena, o.value)?,
+            };
             Ok((o.name.clone(), value))
         })
         .collect()

@@ -10,12 +10,21 @@ use std::collections::{HashMap, HashSet};
 
 use crate::ir::{Graph, Loc, NodeId, Op, Output, ParamKind, TensorType};
 
-/// The inference graph: the outputs without the objective, and nothing only it needed
-/// (the loss, its upsampling, the labels input).
+/// The inference graph: the outputs without the objective, nothing only it needed (the
+/// loss, its upsampling, the labels input), and no dropout (the identity at inference).
 pub fn inference(graph: &Graph) -> Graph {
     let mut g = graph.clone();
     if let Some(objective) = g.objective.take() {
         g.outputs.retain(|o| o.name != objective);
+    }
+    let dropouts: Vec<NodeId> = g
+        .node_ids()
+        .filter(|&id| matches!(g.node(id).op, Op::Dropout { .. }) && g.operands(id).len() == 1)
+        .collect();
+    for id in dropouts {
+        let x = g.operands(id)[0];
+        g.replace_uses(id, x);
+        g.remove(id);
     }
     dead_code(&mut g);
     g

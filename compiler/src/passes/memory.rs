@@ -32,11 +32,49 @@ pub struct Storage {
     /// The values it holds, in the order they are written.
     #[serde(skip)]
     pub values: Vec<NodeId>,
+    /// The step at which each of `values` is written.
+    pub written: Vec<usize>,
     pub bytes: u64,
     /// First and last schedule step (inclusive) at which it is live.
     pub start: usize,
     pub end: usize,
     pub offset: u64,
+}
+
+/// Graph outputs that replace a leaf of the same name and type (a training step's updated
+/// parameters and momentum buffers): they are written over the leaf's own storage, outside
+/// the arena, after every other read of the leaf.
+pub fn leaf_updates(graph: &Graph) -> HashMap<NodeId, NodeId> {
+    let leaves: HashMap<&str, NodeId> = graph
+        .node_ids()
+        .filter_map(|id| match &graph.node(id).op {
+            crate::ir::Op::Param { name, .. } | crate::ir::Op::Input { name } => Some((name.as_str(), id)),
+            _ => None,
+        })
+        .collect();
+    graph
+        .outputs
+        .iter()
+        .filter_map(|o| {
+            let leaf = *leaves.get(o.name.as_str())?;
+            (graph.node(leaf).ty == graph.node(o.value).ty && !graph.node(o.value).op.is_leaf()).then_some((o.value, leaf))
+        })
+        .collect()
+}
+
+/// For each kernel, the kernels that must run before it because it overwrites a leaf they
+/// read (write-after-read ordering for in-place updates).
+fn anti_dependencies(graph: &Graph, fused: &Fused) -> Vec<HashSet<usize>> {
+    let mut before: Vec<HashSet<usize>> = vec![HashSet::new(); fused.kernels.len()];
+    for (value, leaf) in leaf_updates(graph) {
+        let writer = fused.kernel_of[&value];
+        for (k, kernel) in fused.kernels.iter().enumerate() {
+            if k != writer && kernel.inputs.contains(&leaf) {
+                before[writer].insert(k);
+            }
+        }
+    }
+    before
 }
 
 /// A memory plan: the kernel order, the storages and the arena size.
@@ -55,9 +93,20 @@ pub struct Plan {
     pub naive_bytes: u64,
     /// Which placement ordering won.
     pub placement: &'static str,
+    /// Outputs written in place over a leaf (outside the arena): value -> leaf.
+    pub leaf_updates: HashMap<NodeId, NodeId>,
+    /// Bytes of those in-place updates (parameters and optimizer state).
+    pub in_place_bytes: u64,
 }
 
 impl Plan {
+    /// The value a storage holds at `step`: the last one written by then.
+    pub fn value_at(&self, storage: usize, step: usize) -> NodeId {
+        let s = &self.storages[storage];
+        let i = s.written.iter().rposition(|&w| w <= step).unwrap_or(0);
+        s.values[i]
+    }
+
     /// Storages live at the peak step, largest first.
     pub fn peak_live_set(&self) -> Vec<usize> {
         let mut live: Vec<usize> =
@@ -82,12 +131,13 @@ fn uses_by_kernel(graph: &Graph, fused: &Fused) -> HashMap<NodeId, Vec<usize>> {
 
 /// Peak of live bytes for a kernel order, without in-place reuse (for choosing an order).
 fn peak_of_order(graph: &Graph, fused: &Fused, order: &[usize]) -> u64 {
+    let updates = leaf_updates(graph);
     let readers = uses_by_kernel(graph, fused);
     let outputs: HashSet<NodeId> = graph.outputs.iter().map(|o| o.value).collect();
     let step_of: HashMap<usize, usize> = order.iter().enumerate().map(|(s, &k)| (k, s)).collect();
     let mut delta = vec![0i128; order.len() + 1];
     for (k, kernel) in fused.kernels.iter().enumerate() {
-        for &v in &kernel.outputs {
+        for &v in kernel.outputs.iter().filter(|v| !updates.contains_key(v)) {
             let bytes = aligned(graph.node(v).ty.bytes()) as i128;
             let start = step_of[&k];
             let end = if outputs.contains(&v) {
@@ -112,7 +162,9 @@ fn peak_of_order(graph: &Graph, fused: &Fused, order: &[usize]) -> u64 {
 pub fn schedule(graph: &Graph, fused: &Fused) -> Vec<usize> {
     let plain: Vec<usize> = (0..fused.kernels.len()).collect();
     let greedy = greedy_order(graph, fused);
-    if peak_of_order(graph, fused, &greedy) < peak_of_order(graph, fused, &plain) {
+    let anti = anti_dependencies(graph, fused);
+    let plain_ok = anti.iter().enumerate().all(|(k, before)| before.iter().all(|&b| b < k));
+    if !plain_ok || peak_of_order(graph, fused, &greedy) < peak_of_order(graph, fused, &plain) {
         greedy
     } else {
         plain
@@ -125,8 +177,10 @@ fn greedy_order(graph: &Graph, fused: &Fused) -> Vec<usize> {
     let outputs: HashSet<NodeId> = graph.outputs.iter().map(|o| o.value).collect();
     let mut waiting: Vec<usize> = vec![0; n];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let anti = anti_dependencies(graph, fused);
     for (k, kernel) in fused.kernels.iter().enumerate() {
-        let producers: HashSet<usize> = kernel.inputs.iter().filter_map(|i| fused.kernel_of.get(i).copied()).collect();
+        let mut producers: HashSet<usize> = kernel.inputs.iter().filter_map(|i| fused.kernel_of.get(i).copied()).collect();
+        producers.extend(anti[k].iter().copied());
         waiting[k] = producers.len();
         for p in producers {
             dependents[p].push(k);
@@ -172,6 +226,8 @@ fn greedy_order(graph: &Graph, fused: &Fused) -> Vec<usize> {
 
 /// Plans the memory of `fused` executed in `order`.
 pub fn plan(graph: &Graph, fused: &Fused, order: Vec<usize>) -> Plan {
+    let updates = leaf_updates(graph);
+    let in_place_bytes = updates.keys().map(|&v| graph.node(v).ty.bytes()).sum();
     let readers = uses_by_kernel(graph, fused);
     let outputs: HashSet<NodeId> = graph.outputs.iter().map(|o| o.value).collect();
     let step_of: HashMap<usize, usize> = order.iter().enumerate().map(|(s, &k)| (k, s)).collect();
@@ -188,7 +244,7 @@ pub fn plan(graph: &Graph, fused: &Fused, order: Vec<usize>) -> Plan {
     for (step, &k) in order.iter().enumerate() {
         let kernel = &fused.kernels[k];
         let mut taken: HashSet<usize> = HashSet::new();
-        for &v in &kernel.outputs {
+        for &v in kernel.outputs.iter().filter(|v| !updates.contains_key(v)) {
             let bytes = aligned(graph.node(v).ty.bytes());
             let end = end_of(v, step);
             // In-place: an input storage that dies here, of the same size, read only by
@@ -206,11 +262,12 @@ pub fn plan(graph: &Graph, fused: &Fused, order: Vec<usize>) -> Plan {
             let s = match reuse {
                 Some(s) => {
                     storages[s].values.push(v);
+                    storages[s].written.push(step);
                     storages[s].end = end;
                     s
                 }
                 None => {
-                    storages.push(Storage { values: vec![v], bytes, start: step, end, offset: 0 });
+                    storages.push(Storage { values: vec![v], written: vec![step], bytes, start: step, end, offset: 0 });
                     storages.len() - 1
                 }
             };
@@ -251,7 +308,7 @@ pub fn plan(graph: &Graph, fused: &Fused, order: Vec<usize>) -> Plan {
         s.offset = o;
     }
     let naive_bytes = fused.kernels.iter().flat_map(|k| &k.nodes).map(|&n| graph.node(n).ty.bytes()).sum();
-    Plan { order, storages, storage_of, arena_bytes, lower_bound, peak_step, naive_bytes, placement }
+    Plan { order, storages, storage_of, arena_bytes, lower_bound, peak_step, naive_bytes, placement, leaf_updates: updates, in_place_bytes }
 }
 
 /// Best-fit placement of storages in the order given by `key`.
@@ -292,7 +349,11 @@ fn place(storages: &[Storage], key: fn(&Storage) -> (i128, i128)) -> Vec<u64> {
 /// value (nothing else wrote over it in between).
 pub fn verify_plan(graph: &Graph, fused: &Fused, plan: &Plan) -> Result<(), String> {
     let mut seen: HashSet<usize> = HashSet::new();
+    let anti = anti_dependencies(graph, fused);
     for &k in &plan.order {
+        if let Some(reader) = anti[k].iter().find(|r| !seen.contains(r)) {
+            return Err(format!("kernel {k} overwrites a parameter that kernel {reader} still has to read"));
+        }
         for i in &fused.kernels[k].inputs {
             if let Some(p) = fused.kernel_of.get(i) {
                 if !seen.contains(p) {
@@ -326,7 +387,7 @@ pub fn verify_plan(graph: &Graph, fused: &Fused, plan: &Plan) -> Result<(), Stri
     let mut clobbered_at: HashMap<usize, usize> = HashMap::new();
     for (step, &k) in plan.order.iter().enumerate() {
         for &i in &fused.kernels[k].inputs {
-            if graph.node(i).op.is_leaf() {
+            if graph.node(i).op.is_leaf() || plan.leaf_updates.contains_key(&i) {
                 continue;
             }
             let st = *plan.storage_of.get(&i).ok_or_else(|| format!("value {} has no storage", i.index()))?;
@@ -335,7 +396,7 @@ pub fn verify_plan(graph: &Graph, fused: &Fused, plan: &Plan) -> Result<(), Stri
                 return Err(format!("step {step} reads value {} after it was overwritten", i.index()));
             }
         }
-        for &v in &fused.kernels[k].outputs {
+        for &v in fused.kernels[k].outputs.iter().filter(|v| !plan.leaf_updates.contains_key(v)) {
             let st = *plan.storage_of.get(&v).ok_or_else(|| format!("value {} has no storage", v.index()))?;
             holds.insert(st, v);
             written_at.insert(v, step);
@@ -346,7 +407,7 @@ pub fn verify_plan(graph: &Graph, fused: &Fused, plan: &Plan) -> Result<(), Stri
             }
         }
     }
-    for o in &graph.outputs {
+    for o in graph.outputs.iter().filter(|o| !plan.leaf_updates.contains_key(&o.value)) {
         let st = plan.storage_of.get(&o.value);
         if let Some(&st) = st {
             if holds.get(&st) != Some(&o.value) || clobbered_at.get(&st).is_some_and(|&c| c > written_at[&o.value]) {

@@ -5,4 +5,6 @@ pub mod autodiff;
 pub mod canonical;
 pub mod fusion;
 pub mod memory;
+pub mod pipeline;
+pub mod render;
 pub mod train;

@@ -1,0 +1,71 @@
+//! The pass pipeline from a verified graph to a planned program, for inference and for the
+//! training step, with the time of each pass. Every stage's result is verified.
+
+use std::time::{Duration, Instant};
+
+use super::canonical::{common_subexpressions, dead_code, fold_batch_norm, inference};
+use super::fusion::{fuse, report, Fused, FusionReport};
+use super::memory::{plan, schedule, verify_plan, Plan};
+use crate::ir::{verify, Graph};
+
+/// A graph lowered to kernels with a memory plan.
+pub struct Compiled {
+    pub graph: Graph,
+    /// Inference only: computes the folded conv parameters once, when weights are loaded.
+    pub prepare: Option<Graph>,
+    pub fused: Fused,
+    pub plan: Plan,
+    pub fusion: FusionReport,
+    /// Each pass and how long it took.
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+fn timed<T>(timings: &mut Vec<(&'static str, Duration)>, name: &'static str, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    timings.push((name, start.elapsed()));
+    out
+}
+
+fn checked(stage: &str, graph: &Graph) -> Result<(), String> {
+    match verify(graph).first() {
+        None => Ok(()),
+        Some(e) => Err(format!("after {stage}: {} at {}", e.message, e.loc)),
+    }
+}
+
+/// Inference: drop the objective, fold batch norm into the convs, CSE, DCE, fuse, plan.
+pub fn compile_inference(forward: &Graph) -> Result<Compiled, String> {
+    let mut timings = Vec::new();
+    let g = timed(&mut timings, "inference graph", || inference(forward));
+    let folded = timed(&mut timings, "fold batch norm", || fold_batch_norm(&g));
+    let (mut g, prepare) = (folded.graph, folded.prepare);
+    timed(&mut timings, "cse + dce", || {
+        common_subexpressions(&mut g);
+        dead_code(&mut g);
+    });
+    checked("canonicalisation", &g)?;
+    checked("the prepare program", &prepare)?;
+    finish(g, Some(prepare), timings)
+}
+
+/// The training step graph (already built): CSE, DCE, fuse, plan.
+pub fn compile_training(step: &Graph) -> Result<Compiled, String> {
+    let mut timings = Vec::new();
+    let mut g = step.clone();
+    timed(&mut timings, "cse + dce", || {
+        common_subexpressions(&mut g);
+        dead_code(&mut g);
+    });
+    checked("canonicalisation", &g)?;
+    finish(g, None, timings)
+}
+
+fn finish(graph: Graph, prepare: Option<Graph>, mut timings: Vec<(&'static str, Duration)>) -> Result<Compiled, String> {
+    let fused = timed(&mut timings, "fusion", || fuse(&graph));
+    let order = timed(&mut timings, "schedule", || schedule(&graph, &fused));
+    let plan = timed(&mut timings, "memory plan", || plan(&graph, &fused, order));
+    timed(&mut timings, "plan verifier", || verify_plan(&graph, &fused, &plan))?;
+    let fusion = report(&graph, &fused);
+    Ok(Compiled { graph, prepare, fused, plan, fusion, timings })
+}
