@@ -54,8 +54,9 @@ enum Command {
         #[arg(long, value_name = "W.safetensors")]
         weights: Option<PathBuf>,
     },
-    /// Write deterministic random initial weights for the program's parameters (He-normal
-    /// conv weights, zero biases, identity batch norm) as safetensors
+    /// Write deterministic random initial weights for the program's parameters as safetensors
+    /// (He-normal for convs followed by batch norm, std 1/sqrt(3 fan_in) for other convs,
+    /// zero biases, identity batch norm)
     Weights {
         #[command(flatten)]
         common: Common,
@@ -141,8 +142,8 @@ struct TrainArgs {
     /// Do not train parameters matching PATTERN (repeatable)
     #[arg(long, value_name = "PATTERN", requires = "train")]
     freeze: Vec<String>,
-    /// Seed of the dropout masks
-    #[arg(long, default_value_t = 0, requires = "train")]
+    /// Seed of the dropout masks (0 to 2^63 - 1)
+    #[arg(long, default_value_t = 0, requires = "train", value_parser = clap::value_parser!(u64).range(0..=i64::MAX as u64))]
     seed: u64,
 }
 
@@ -204,15 +205,14 @@ fn execute(command: Command) -> Result<(), Failure> {
                 })?;
             }
             let stats = rfnc_compiler::stats::stats(&graph);
-            println!(
-                "{}: ok ({} ops, {} parameters, {:.2} GMACs at {})",
+            print_stdout(&format!(
+                "{}: ok ({} ops, {} parameters, {:.2} GMACs at {})\n",
                 graph.name,
                 graph.len(),
                 stats.total.params,
                 stats.total.macs as f64 / 1e9,
                 common.input
-            );
-            Ok(())
+            ))
         }
         Command::Compile { common, emit, output, train } => {
             let graph = || if train.train { build_train_graph(&common, &train) } else { build_graph(&common) };
@@ -240,8 +240,7 @@ fn execute(command: Command) -> Result<(), Failure> {
             let graph = build_graph(&common)?;
             let weights = init_weights(&graph, seed);
             save_weights(&output, &weights).map_err(weights_failure)?;
-            println!("wrote {} tensors to {}", weights.tensors.len(), output.display());
-            Ok(())
+            print_stdout(&format!("wrote {} tensors to {}\n", weights.tensors.len(), output.display()))
         }
         Command::Stats { common, json, memory, train } => {
             let graph = if train {
@@ -267,9 +266,19 @@ fn execute(command: Command) -> Result<(), Failure> {
                 }
                 t
             };
-            print!("{text}");
-            Ok(())
+            print_stdout(&text)
         }
+    }
+}
+
+/// Writes to standard output; a reader that stopped early (`| head`) is not an error.
+fn print_stdout(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::plain(Diagnostic::new(format!("cannot write to standard output: {e}")))),
     }
 }
 
@@ -306,10 +315,7 @@ impl Failure {
 
 fn emit_text(text: &str, output: Option<&Path>) -> Result<(), Failure> {
     match output {
-        None => {
-            print!("{text}");
-            Ok(())
-        }
+        None => print_stdout(text),
         Some(path) => write_atomically(path, text.as_bytes()).map_err(|e| {
             Failure::plain(Diagnostic::new(format!("cannot write `{}`: {e}", path.display())))
         }),

@@ -186,3 +186,28 @@ fn train_flag_errors() {
         assert!(stderr(&out).contains(needle), "{args:?}: expected `{needle}` in\n{}", stderr(&out));
     }
 }
+
+#[test]
+fn bad_training_numbers_are_user_errors() {
+    let out = rfnc(&["compile", "examples/tiny.rfn", "--train", "--lr-scale", "backbone=nan"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("the learning-rate scale of `backbone` must be a finite non-negative number"), "{}", stderr(&out));
+    let out = rfnc(&["compile", "examples/tiny.rfn", "--train", "--seed", "18446744073709551615"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rfnc"))
+        .args(["compile", "examples/refinenet4.rfn", "--train", "-D", "depth=152"])
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away at once
+    let out = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("internal compiler error"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -133,7 +133,7 @@ fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rule>) -> Box<
         let all: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
         (join(&all), None, pos)
     } else {
-        let others: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        let others: Vec<String> = expected.iter().map(|s| s.to_string()).filter(|o| !tokens.contains(o)).collect();
         let before = text[..pos].trim_end().len();
         let at = if tokens.iter().any(|t| t == "`;`") && before < pos { before } else { pos };
         (join(&tokens), (!others.is_empty()).then(|| join(&others)), at)
@@ -442,9 +442,10 @@ impl Builder {
         let span = self.span(&pair);
         let kind = match pair.as_rule() {
             Rule::int => ExprKind::Int(self.int_value(&pair)?),
-            Rule::float => ExprKind::Float(pair.as_str().parse().map_err(|_| {
-                Box::new(Diagnostic::new("invalid number").label(span, "cannot read this number"))
-            })?),
+            Rule::float => match pair.as_str().parse::<f64>() {
+                Ok(v) if v.is_finite() => ExprKind::Float(v),
+                _ => return Diagnostic::new("number out of range").label(span, "too large for a 64-bit float").err(),
+            },
             Rule::string => ExprKind::Str(self.string(pair)),
             Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
             Rule::none => ExprKind::None,

@@ -2004,3 +2004,21 @@ fn training_settings_are_accepted_in_the_network() {
     assert_eq!(config.lr_scales, vec![("head".to_string(), 2.0)]);
     assert_eq!(config.frozen, vec!["*.bias".to_string()]);
 }
+
+#[test]
+fn float_literal_out_of_range() {
+    let r = error("network n {\n    input x: f32[N, 3, H, W];\n    let big = 1e400;\n    output y = relu(x);\n}\n");
+    check("float_literal_out_of_range", &r, "number out of range");
+}
+
+#[test]
+fn input_shadows_variable() {
+    let r = error("network n {\n    let x = 3;\n    input x: f32[N, 3, H, W];\n    output y = relu(x);\n}\n");
+    check("input_shadows_variable", &r, "`x` is already defined in this scope");
+}
+
+#[test]
+fn training_settings_inside_a_config() {
+    let r = error("config x: int? = sgd(lr = 0.25);\n\nnetwork n {\n    input x: f32[N, 3, H, W];\n    output y = relu(x);\n}\n");
+    check("training_settings_inside_a_config", &r, "`sgd` is only allowed in a network");
+}

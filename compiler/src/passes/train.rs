@@ -94,6 +94,14 @@ pub fn train_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, TrainE
             return Err(TrainError(format!("the {name} must be a finite non-negative number, not {value}")));
         }
     }
+    for (pattern, factor) in &config.lr_scales {
+        if !factor.is_finite() || *factor < 0.0 {
+            return Err(TrainError(format!("the learning-rate scale of `{pattern}` must be a finite non-negative number, not {factor}")));
+        }
+    }
+    if config.seed > i64::MAX as u64 {
+        return Err(TrainError(format!("the seed must be below 2^63, not {}", config.seed)));
+    }
     let mut g = with_active_dropout(forward, config.seed);
     g.name = format!("{}_train", forward.name);
 

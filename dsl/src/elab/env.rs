@@ -11,7 +11,8 @@ pub(crate) struct Env {
 }
 
 impl Env {
-    /// A fresh environment for a call of `block` (`None` for the network body).
+    /// A fresh environment: `context` says where it is ("block `rcu`", "config `depth`"),
+    /// `None` for the network body.
     pub fn new(block: Option<String>) -> Self {
         Env { block, scopes: vec![HashMap::new()] }
     }

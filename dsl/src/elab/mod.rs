@@ -249,7 +249,7 @@ impl<'p> Elab<'p> {
                     .label(*first, "first declaration")
                     .err();
             }
-            let mut env = Env::new(None);
+            let mut env = Env::new(Some(format!("config `{}`", decl.name.name)));
             let value = match options.defines.iter().rev().find(|(n, _)| *n == decl.name.name) {
                 Some((_, text)) => parse_define(decl, text)?,
                 None => self.eval(&mut env, &decl.value, None)?,
@@ -433,7 +433,7 @@ impl<'p> Elab<'p> {
     fn network_only(&self, env: &Env, what: &str, span: Span) -> Result<()> {
         match env.block_name() {
             Some(block) => Diagnostic::new(format!("`{what}` is only allowed in a network"))
-                .label(span, format!("inside block `{block}`"))
+                .label(span, format!("inside {block}"))
                 .hint("blocks return values; the network declares inputs, outputs and the objective")
                 .err(),
             None => Ok(()),
@@ -560,6 +560,9 @@ impl<'p> Elab<'p> {
             return d.err();
         }
         let loc = self.loc(span, None);
+        if env.declared_here(&name.name).is_some() {
+            return self.define_new(env, name, Value::None, "input");
+        }
         let id = self.graph.add(Op::Input { name: name.name.clone() }, &[], ty, loc);
         self.origins.insert(id, name.span);
         env.define(&name.name, Value::Tensor(id), name.span);
@@ -852,7 +855,7 @@ impl<'p> Elab<'p> {
             if builtins::TRAINING_SETTINGS.contains(&builtin.name) {
                 if let Some(block) = env.block_name() {
                     return Diagnostic::new(format!("`{}` is only allowed in a network", callee.name))
-                        .label(span, format!("inside block `{block}`"))
+                        .label(span, format!("inside {block}"))
                         .hint("training settings belong to the network: move this call into its body")
                         .err();
                 }
@@ -919,7 +922,7 @@ impl<'p> Elab<'p> {
             block.params.iter().map(|p| Formal { name: p.name.name.as_str(), decl: Some(p.name.span) }).collect();
         let signature = block_signature(block);
         let bound = self.bind(&block.name.name, &formals, actuals, span, signature.clone())?;
-        let mut callee_env = Env::new(Some(block.name.name.clone()));
+        let mut callee_env = Env::new(Some(format!("block `{}`", block.name.name)));
         for (param, slot) in block.params.iter().zip(bound) {
             let (v, vspan) = match slot {
                 Some(pair) => pair,
