@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rfnc_compiler::ir::{print_graph, to_dot, verify, Graph};
 use rfnc_compiler::output::write_atomically;
 use rfnc_runtime::{check_weights, init_weights, load_weights, save_weights, WeightsError};
-use rfnc_compiler::passes::pipeline::{compile_inference, compile_training, Compiled};
+use rfnc_compiler::passes::pipeline::{compile_inference, compile_training, compile_training_within, BudgetError, Compiled};
 use rfnc_compiler::passes::render::{memory_report, print_fused, render_memory, render_plan};
 use rfnc_compiler::passes::train::{train_step, TrainConfig};
 use rfnc_dsl::{ast_print, elaborate_with_training, load_file, Diagnostic, Options, Program, SourceMap};
@@ -94,6 +94,9 @@ enum Command {
         /// Report the training step instead of inference
         #[arg(long)]
         train: bool,
+        /// With --train: plan the training step within SIZE by recomputation (as for compile)
+        #[arg(long, value_name = "SIZE", requires = "train")]
+        memory_budget: Option<String>,
         /// Print one JSON object: {"network", "input", "components": {NAME: {params, macs,
         /// naive_feature_bytes}}, "total": {...}}
         #[arg(long)]
@@ -142,6 +145,11 @@ struct TrainArgs {
     /// Do not train parameters matching PATTERN (repeatable)
     #[arg(long, value_name = "PATTERN", requires = "train")]
     freeze: Vec<String>,
+    /// Fit the training step's arena into SIZE (e.g. 700MiB, 3GiB) by recomputing cheap
+    /// forward values in the backward pass; reports what was saved, or the smallest budget
+    /// that can be met
+    #[arg(long, value_name = "SIZE", requires = "train")]
+    memory_budget: Option<String>,
     /// Seed of the dropout masks (0 to 2^63 - 1)
     #[arg(long, default_value_t = 0, requires = "train", value_parser = clap::value_parser!(u64).range(0..=i64::MAX as u64))]
     seed: u64,
@@ -225,11 +233,11 @@ fn execute(command: Command) -> Result<(), Failure> {
                 Emit::Graph => print_graph(&graph()?),
                 Emit::Dot => to_dot(&graph()?),
                 Emit::Fused => {
-                    let c = lower(&common, &graph()?, train.train)?;
+                    let c = lower(&common, &graph()?, train.train, train.memory_budget.as_deref())?;
                     print_fused(&c.graph, &c.fused, &c.plan.order)
                 }
                 Emit::Plan => {
-                    let c = lower(&common, &graph()?, train.train)?;
+                    let c = lower(&common, &graph()?, train.train, train.memory_budget.as_deref())?;
                     let report = memory_report(&c.graph, &c.fusion, &c.plan, mode(train.train));
                     render_plan(&c.graph, &c.fused, &c.plan, &report)
                 }
@@ -242,7 +250,7 @@ fn execute(command: Command) -> Result<(), Failure> {
             save_weights(&output, &weights).map_err(weights_failure)?;
             print_stdout(&format!("wrote {} tensors to {}\n", weights.tensors.len(), output.display()))
         }
-        Command::Stats { common, json, memory, train } => {
+        Command::Stats { common, json, memory, train, memory_budget } => {
             let graph = if train {
                 build_train_graph(&common, &TrainArgs::defaults())?
             } else {
@@ -251,7 +259,7 @@ fn execute(command: Command) -> Result<(), Failure> {
             let stats = rfnc_compiler::stats::stats(&graph);
             let memory = match memory {
                 true => {
-                    let c = lower(&common, &graph, train)?;
+                    let c = lower(&common, &graph, train, memory_budget.as_deref())?;
                     Some(memory_report(&c.graph, &c.fusion, &c.plan, mode(train)))
                 }
                 false => None,
@@ -372,9 +380,70 @@ fn mode(train: bool) -> &'static str {
     if train { "training step" } else { "inference" }
 }
 
-/// Canonicalisation, fusion, scheduling and memory planning (timed with --timings).
-fn lower(common: &Common, graph: &Graph, train: bool) -> Result<Compiled, Failure> {
-    let compiled = if train { compile_training(graph) } else { compile_inference(graph) };
+/// Parses a size such as `700MiB`, `3GiB`, `1.5GB` or `123456` (bytes).
+fn parse_size(text: &str) -> Result<u64, Diagnostic> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "kb" => 1e3,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "mb" => 1e6,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "gb" => 1e9,
+        _ => f64::NAN,
+    };
+    match number.parse::<f64>() {
+        Ok(v) if scale.is_finite() && v.is_finite() && v > 0.0 && v * scale < 1e18 => Ok((v * scale) as u64),
+        _ => Err(Diagnostic::new(format!("--memory-budget {text}: not a size"))
+            .hint("give a number with a unit, e.g. 700MiB or 3GiB (KiB, MiB, GiB are powers of 1024; KB, MB, GB of 1000)")),
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// Canonicalisation, fusion, scheduling and memory planning (timed with --timings); with
+/// `budget`, the training step recomputes forward values until its arena fits.
+fn lower(common: &Common, graph: &Graph, train: bool, budget: Option<&str>) -> Result<Compiled, Failure> {
+    let compiled = match (train, budget) {
+        (true, Some(text)) => {
+            let budget = parse_size(text).map_err(Failure::plain)?;
+            match compile_training_within(graph, budget) {
+                Ok((compiled, r)) => {
+                    eprintln!(
+                        "memory budget {}: {}; arena {} -> {} (saved {}), {} values recomputed, {} extra multiply-accumulates",
+                        mib(r.budget_bytes),
+                        r.stage,
+                        mib(r.arena_without_recompute),
+                        mib(r.arena_bytes),
+                        mib(r.arena_without_recompute - r.arena_bytes),
+                        r.recomputed_values,
+                        r.extra_macs
+                    );
+                    Ok(compiled)
+                }
+                Err(BudgetError::TooSmall { budget, smallest }) => {
+                    return Err(Failure::plain(
+                        Diagnostic::new(format!(
+                            "the training step cannot fit a {} arena: the smallest it can be planned in is {} ({} bytes)",
+                            mib(budget),
+                            mib(smallest),
+                            smallest
+                        ))
+                        .note("recomputing relu, pooling, resize, dropout, sums, batch norm and convolutions was tried")
+                        .hint(format!("use --memory-budget {}MiB or more, or a smaller --input", smallest.div_ceil(1 << 20))),
+                    ))
+                }
+                Err(BudgetError::Internal(e)) => Err(e),
+            }
+        }
+        (true, None) => compile_training(graph),
+        (false, _) => compile_inference(graph),
+    };
     let compiled = compiled.map_err(|e| Failure::Internal(format!("lowering failed: {e}")))?;
     if common.timings {
         for (pass, time) in &compiled.timings {
@@ -387,7 +456,16 @@ fn lower(common: &Common, graph: &Graph, train: bool) -> Result<Compiled, Failur
 impl TrainArgs {
     /// The training step as the program declares it, with no command-line overrides.
     fn defaults() -> Self {
-        TrainArgs { train: true, lr: None, momentum: None, weight_decay: None, lr_scale: Vec::new(), freeze: Vec::new(), seed: 0 }
+        TrainArgs {
+            train: true,
+            lr: None,
+            momentum: None,
+            weight_decay: None,
+            lr_scale: Vec::new(),
+            freeze: Vec::new(),
+            memory_budget: None,
+            seed: 0,
+        }
     }
 }
 

@@ -211,3 +211,32 @@ fn a_reader_that_stops_early_is_not_an_error() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("internal compiler error"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn memory_budget_recomputes_or_names_the_smallest_budget() {
+    let base = ["stats", "examples/refinenet4.rfn", "-D", "depth=50", "--input", "1x3x128x128", "--memory", "--train", "--json"];
+    let plain = rfnc(&base);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&plain)).unwrap();
+    let full = v["memory"]["arena_bytes"].as_u64().unwrap();
+    let budget = format!("{}", full - 1);
+    let mut args = base.to_vec();
+    args.extend(["--memory-budget", &budget]);
+    let out = rfnc(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(v["memory"]["arena_bytes"].as_u64().unwrap() < full);
+    assert!(stderr(&out).contains("values recomputed") && stderr(&out).contains("saved"), "{}", stderr(&out));
+
+    let mut args = base.to_vec();
+    args.extend(["--memory-budget", "1KiB"]);
+    let out = rfnc(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("the smallest it can be planned in is"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("use --memory-budget"), "{}", stderr(&out));
+
+    let mut args = base.to_vec();
+    args.extend(["--memory-budget", "lots"]);
+    let out = rfnc(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--memory-budget lots: not a size"));
+}

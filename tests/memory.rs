@@ -187,3 +187,35 @@ fn stats_memory_json_reports_the_plan() {
     assert_eq!(live, bound, "the live set at the peak adds up to the lower bound");
     assert!(m["peak_live"][0]["location"].as_str().unwrap().contains(".rfn:"));
 }
+
+#[test]
+fn recomputation_fits_a_budget_and_keeps_the_results() {
+    use rfnc_compiler::passes::pipeline::{compile_training, compile_training_within, BudgetError};
+    for example in ["tiny", "refinenet4"] {
+        let forward = graph(example, SMALL, &defines(example));
+        let step = train_step(&forward, &TrainConfig::default()).unwrap();
+        let full = compile_training(&step).unwrap().plan.arena_bytes;
+        // Any budget below the plain plan forces recomputation.
+        let budget = full - 1;
+        match compile_training_within(&step, budget) {
+            Ok((c, report)) => {
+                eprintln!("{example}: {} -> {} bytes ({}, {} values, {} extra MACs)", report.arena_without_recompute, report.arena_bytes, report.stage, report.recomputed_values, report.extra_macs);
+                assert!(c.plan.arena_bytes <= budget && report.recomputed_values > 0);
+                let mut feeds: HashMap<String, Value<f64>> = feeds(&step, 6);
+                for (name, _) in trainable(&step) {
+                    let dims = feeds[&name].dims().to_vec();
+                    feeds.insert(format!("{name}.momentum"), Value::Real(Tensor::filled(dims, 0.0)));
+                }
+                let expected = run(&step, &feeds).unwrap();
+                let actual = run_planned(&c.graph, &c.fused, &c.plan, &feeds).unwrap();
+                agree(example, &actual, &expected);
+            }
+            Err(e) => panic!("{example}: {e:?} (plain plan {full})"),
+        }
+        // An impossible budget names the smallest one that works.
+        match compile_training_within(&step, 1024) {
+            Err(BudgetError::TooSmall { smallest, .. }) => assert!(smallest < full && smallest > 1024),
+            other => panic!("{example}: expected a budget error, got {:?}", other.map(|(_, r)| r)),
+        }
+    }
+}

@@ -138,6 +138,20 @@ impl Graph {
         }
     }
 
+    /// Makes `user` read `new` wherever it read `old` (other users of `old` are unchanged).
+    pub fn replace_use_in(&mut self, user: NodeId, old: NodeId, new: NodeId) {
+        let edges: Vec<(u32, petgraph::stable_graph::EdgeIndex<u32>)> = self
+            .graph
+            .edges_directed(user, Direction::Incoming)
+            .filter(|e| e.source() == old)
+            .map(|e| (*e.weight(), e.id()))
+            .collect();
+        for (slot, edge) in edges {
+            self.graph.remove_edge(edge);
+            self.graph.add_edge(new, user, slot);
+        }
+    }
+
     /// Appends an operand to a node, in the next operand slot.
     pub fn push_operand(&mut self, id: NodeId, operand: NodeId) {
         let slot = self.graph.edges_directed(id, Direction::Incoming).count() as u32;

@@ -160,9 +160,57 @@ fn peak_of_order(graph: &Graph, fused: &Fused, order: &[usize]) -> u64 {
 
 /// A memory-aware topological order of the kernels.
 pub fn schedule(graph: &Graph, fused: &Fused) -> Vec<usize> {
+    schedule_with(graph, fused, &[])
+}
+
+/// Kernel-level "run after" hints from value pairs `(later, earlier)`, dropping any that
+/// would put a kernel after itself or close a cycle.
+fn hints(fused: &Fused, after: &[(NodeId, NodeId)]) -> Vec<HashSet<usize>> {
+    let n = fused.kernels.len();
+    let mut succ: Vec<HashSet<usize>> = vec![HashSet::new(); n];
+    for (k, kernel) in fused.kernels.iter().enumerate() {
+        for i in &kernel.inputs {
+            if let Some(&p) = fused.kernel_of.get(i) {
+                succ[p].insert(k);
+            }
+        }
+    }
+    let mut extra: Vec<HashSet<usize>> = vec![HashSet::new(); n];
+    for (later, earlier) in after {
+        let (Some(&l), Some(&e)) = (fused.kernel_of.get(later), fused.kernel_of.get(earlier)) else { continue };
+        if l == e {
+            continue;
+        }
+        // Adding e -> l closes a cycle if e is reachable from l.
+        let mut stack = vec![l];
+        let mut seen = HashSet::new();
+        let mut cycle = false;
+        while let Some(k) = stack.pop() {
+            if k == e {
+                cycle = true;
+                break;
+            }
+            if seen.insert(k) {
+                stack.extend(succ[k].iter().copied());
+            }
+        }
+        if !cycle {
+            extra[l].insert(e);
+            succ[e].insert(l);
+        }
+    }
+    extra
+}
+
+/// A memory-aware topological order that also runs each `later` value's kernel after the
+/// `earlier` one's, where that is possible (recomputed values placed near their use).
+pub fn schedule_with(graph: &Graph, fused: &Fused, after: &[(NodeId, NodeId)]) -> Vec<usize> {
     let plain: Vec<usize> = (0..fused.kernels.len()).collect();
-    let greedy = greedy_order(graph, fused);
-    let anti = anti_dependencies(graph, fused);
+    let mut anti = anti_dependencies(graph, fused);
+    for (k, extra) in hints(fused, after).into_iter().enumerate() {
+        anti[k].extend(extra);
+    }
+    let greedy = greedy_order(graph, fused, &anti);
     let plain_ok = anti.iter().enumerate().all(|(k, before)| before.iter().all(|&b| b < k));
     if !plain_ok || peak_of_order(graph, fused, &greedy) < peak_of_order(graph, fused, &plain) {
         greedy
@@ -171,13 +219,12 @@ pub fn schedule(graph: &Graph, fused: &Fused) -> Vec<usize> {
     }
 }
 
-fn greedy_order(graph: &Graph, fused: &Fused) -> Vec<usize> {
+fn greedy_order(graph: &Graph, fused: &Fused, anti: &[HashSet<usize>]) -> Vec<usize> {
     let n = fused.kernels.len();
     let readers = uses_by_kernel(graph, fused);
     let outputs: HashSet<NodeId> = graph.outputs.iter().map(|o| o.value).collect();
     let mut waiting: Vec<usize> = vec![0; n];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let anti = anti_dependencies(graph, fused);
     for (k, kernel) in fused.kernels.iter().enumerate() {
         let mut producers: HashSet<usize> = kernel.inputs.iter().filter_map(|i| fused.kernel_of.get(i).copied()).collect();
         producers.extend(anti[k].iter().copied());

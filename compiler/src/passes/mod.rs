@@ -6,5 +6,6 @@ pub mod canonical;
 pub mod fusion;
 pub mod memory;
 pub mod pipeline;
+pub mod remat;
 pub mod render;
 pub mod train;

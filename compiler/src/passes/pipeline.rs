@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use super::canonical::{common_subexpressions, dead_code, fold_batch_norm, inference};
 use super::fusion::{fuse, report, Fused, FusionReport};
-use super::memory::{plan, schedule, verify_plan, Plan};
+use super::memory::{plan, schedule_with, verify_plan, Plan};
+use super::remat::{rematerialize, Stage};
 use crate::ir::{verify, Graph};
 
 /// A graph lowered to kernels with a memory plan.
@@ -46,7 +47,7 @@ pub fn compile_inference(forward: &Graph) -> Result<Compiled, String> {
     });
     checked("canonicalisation", &g)?;
     checked("the prepare program", &prepare)?;
-    finish(g, Some(prepare), timings)
+    finish(g, Some(prepare), timings, &[])
 }
 
 /// The training step graph (already built): CSE, DCE, fuse, plan.
@@ -58,12 +59,68 @@ pub fn compile_training(step: &Graph) -> Result<Compiled, String> {
         dead_code(&mut g);
     });
     checked("canonicalisation", &g)?;
-    finish(g, None, timings)
+    finish(g, None, timings, &[])
 }
 
-fn finish(graph: Graph, prepare: Option<Graph>, mut timings: Vec<(&'static str, Duration)>) -> Result<Compiled, String> {
+/// What fitting a memory budget did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BudgetReport {
+    pub budget_bytes: u64,
+    /// The arena with nothing recomputed.
+    pub arena_without_recompute: u64,
+    pub arena_bytes: u64,
+    pub stage: &'static str,
+    pub recomputed_values: usize,
+    pub extra_macs: u64,
+}
+
+/// The training step planned to fit `budget` arena bytes, recomputing more and more forward
+/// values (see [`super::remat`]) until it does. When no stage fits, the error names the
+/// smallest arena that any stage reached.
+pub fn compile_training_within(step: &Graph, budget: u64) -> Result<(Compiled, BudgetReport), BudgetError> {
+    let mut base = step.clone();
+    common_subexpressions(&mut base);
+    dead_code(&mut base);
+    let mut without = None;
+    let mut smallest = u64::MAX;
+    for stage in Stage::ALL {
+        let mut timings = Vec::new();
+        let r = timed(&mut timings, "recompute", || rematerialize(&base, stage));
+        checked("recomputation", &r.graph).map_err(BudgetError::Internal)?;
+        let compiled = finish(r.graph, None, timings, &r.after).map_err(BudgetError::Internal)?;
+        let arena = compiled.plan.arena_bytes;
+        let without_recompute = *without.get_or_insert(arena);
+        smallest = smallest.min(arena);
+        if arena <= budget {
+            let report = BudgetReport {
+                budget_bytes: budget,
+                arena_without_recompute: without_recompute,
+                arena_bytes: arena,
+                stage: stage.describe(),
+                recomputed_values: r.recomputed,
+                extra_macs: r.extra_macs,
+            };
+            return Ok((compiled, report));
+        }
+    }
+    Err(BudgetError::TooSmall { budget, smallest })
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum BudgetError {
+    /// Even recomputing everything it can, the plan needs `smallest` bytes.
+    TooSmall { budget: u64, smallest: u64 },
+    Internal(String),
+}
+
+fn finish(
+    graph: Graph,
+    prepare: Option<Graph>,
+    mut timings: Vec<(&'static str, Duration)>,
+    after: &[(crate::ir::NodeId, crate::ir::NodeId)],
+) -> Result<Compiled, String> {
     let fused = timed(&mut timings, "fusion", || fuse(&graph));
-    let order = timed(&mut timings, "schedule", || schedule(&graph, &fused));
+    let order = timed(&mut timings, "schedule", || schedule_with(&graph, &fused, after));
     let plan = timed(&mut timings, "memory plan", || plan(&graph, &fused, order));
     timed(&mut timings, "plan verifier", || verify_plan(&graph, &fused, &plan))?;
     let fusion = report(&graph, &fused);
