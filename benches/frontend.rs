@@ -25,15 +25,22 @@ fn main() {
     println!("| depth | ops | load ms (median / min) | elaborate + shapes ms | verify ms | print ms | training step ms | training ops |");
     println!("|---|---|---|---|---|---|---|---|");
     for depth in ["50", "101", "152"] {
-        let options = Options { input: vec![1, 3, 512, 512], defines: vec![("depth".into(), depth.into())] };
-        let (mut load, mut elab, mut check, mut print, mut train) = (vec![], vec![], vec![], vec![], vec![]);
+        let options = Options {
+            input: vec![1, 3, 512, 512],
+            defines: vec![("depth".into(), depth.into())],
+        };
+        let (mut load, mut elab, mut check, mut print, mut train) =
+            (vec![], vec![], vec![], vec![], vec![]);
         let (mut ops, mut train_ops) = (0, 0);
         for _ in 0..RUNS {
             let t0 = Instant::now();
-            let program = load_file(&path).map_err(|(d, s)| d.render(&s)).expect("example loads");
+            let program = load_file(&path)
+                .map_err(|(d, s)| d.render(&s))
+                .expect("example loads");
             let t1 = Instant::now();
-            let (graph, config) =
-                elaborate_with_training(&program, &options).map_err(|d| d.render(&program.sources)).expect("elaborates");
+            let (graph, config) = elaborate_with_training(&program, &options)
+                .map_err(|d| d.render(&program.sources))
+                .expect("elaborates");
             let t2 = Instant::now();
             assert!(verify(&graph).is_empty());
             let t3 = Instant::now();

@@ -19,16 +19,27 @@ fn main() {
     println!("| depth | mode | kernels (ops) | lowering ms (median of {RUNS}) | arena MiB | lower bound MiB | plan / bound | naive MiB | naive / plan |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for depth in ["50", "101", "152"] {
-        let options = Options { input: vec![1, 3, 512, 512], defines: vec![("depth".into(), depth.into())] };
-        let program = load_file(&path).map_err(|(d, s)| d.render(&s)).expect("example loads");
-        let (forward, config) = elaborate_with_training(&program, &options).map_err(|d| d.render(&program.sources)).expect("elaborates");
+        let options = Options {
+            input: vec![1, 3, 512, 512],
+            defines: vec![("depth".into(), depth.into())],
+        };
+        let program = load_file(&path)
+            .map_err(|(d, s)| d.render(&s))
+            .expect("example loads");
+        let (forward, config) = elaborate_with_training(&program, &options)
+            .map_err(|d| d.render(&program.sources))
+            .expect("elaborates");
         let step = train_step(&forward, &config).expect("training step");
         for (mode, graph) in [("inference", &forward), ("training", &step)] {
             let mut times: Vec<Duration> = Vec::new();
             let mut last = None;
             for _ in 0..RUNS {
                 let t = Instant::now();
-                let c = if mode == "inference" { compile_inference(graph) } else { compile_training(graph) };
+                let c = if mode == "inference" {
+                    compile_inference(graph)
+                } else {
+                    compile_training(graph)
+                };
                 times.push(t.elapsed());
                 last = Some(c.expect("lowers"));
             }

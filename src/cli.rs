@@ -10,11 +10,15 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rfnc_compiler::ir::{print_graph, to_dot, verify, Graph};
 use rfnc_compiler::output::write_atomically;
-use rfnc_runtime::{check_weights, init_weights, load_weights, save_weights, WeightsError};
-use rfnc_compiler::passes::pipeline::{compile_inference, compile_training, compile_training_within, BudgetError, Compiled};
+use rfnc_compiler::passes::pipeline::{
+    compile_inference, compile_training, compile_training_within, BudgetError, Compiled,
+};
 use rfnc_compiler::passes::render::{memory_report, print_fused, render_memory, render_plan};
 use rfnc_compiler::passes::train::{train_step, TrainConfig};
-use rfnc_dsl::{ast_print, elaborate_with_training, load_file, Diagnostic, Options, Program, SourceMap};
+use rfnc_dsl::{
+    ast_print, elaborate_with_training, load_file, Diagnostic, Options, Program, SourceMap,
+};
+use rfnc_runtime::{check_weights, init_weights, load_weights, save_weights, WeightsError};
 
 use crate::stats_report;
 
@@ -181,7 +185,11 @@ pub fn run() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match execute(cli.command) {
@@ -222,8 +230,19 @@ fn execute(command: Command) -> Result<(), Failure> {
                 common.input
             ))
         }
-        Command::Compile { common, emit, output, train } => {
-            let graph = || if train.train { build_train_graph(&common, &train) } else { build_graph(&common) };
+        Command::Compile {
+            common,
+            emit,
+            output,
+            train,
+        } => {
+            let graph = || {
+                if train.train {
+                    build_train_graph(&common, &train)
+                } else {
+                    build_graph(&common)
+                }
+            };
             let text = match emit {
                 Emit::Ast => {
                     options(&common)?;
@@ -233,24 +252,48 @@ fn execute(command: Command) -> Result<(), Failure> {
                 Emit::Graph => print_graph(&graph()?),
                 Emit::Dot => to_dot(&graph()?),
                 Emit::Fused => {
-                    let c = lower(&common, &graph()?, train.train, train.memory_budget.as_deref())?;
+                    let c = lower(
+                        &common,
+                        &graph()?,
+                        train.train,
+                        train.memory_budget.as_deref(),
+                    )?;
                     print_fused(&c.graph, &c.fused, &c.plan.order)
                 }
                 Emit::Plan => {
-                    let c = lower(&common, &graph()?, train.train, train.memory_budget.as_deref())?;
+                    let c = lower(
+                        &common,
+                        &graph()?,
+                        train.train,
+                        train.memory_budget.as_deref(),
+                    )?;
                     let report = memory_report(&c.graph, &c.fusion, &c.plan, mode(train.train));
                     render_plan(&c.graph, &c.fused, &c.plan, &report)
                 }
             };
             emit_text(&text, output.as_deref())
         }
-        Command::Weights { common, output, seed } => {
+        Command::Weights {
+            common,
+            output,
+            seed,
+        } => {
             let graph = build_graph(&common)?;
             let weights = init_weights(&graph, seed);
             save_weights(&output, &weights).map_err(weights_failure)?;
-            print_stdout(&format!("wrote {} tensors to {}\n", weights.tensors.len(), output.display()))
+            print_stdout(&format!(
+                "wrote {} tensors to {}\n",
+                weights.tensors.len(),
+                output.display()
+            ))
         }
-        Command::Stats { common, json, memory, train, memory_budget } => {
+        Command::Stats {
+            common,
+            json,
+            memory,
+            train,
+            memory_budget,
+        } => {
             let graph = if train {
                 build_train_graph(&common, &TrainArgs::defaults())?
             } else {
@@ -286,7 +329,9 @@ fn print_stdout(text: &str) -> Result<(), Failure> {
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Failure::plain(Diagnostic::new(format!("cannot write to standard output: {e}")))),
+        Err(e) => Err(Failure::plain(Diagnostic::new(format!(
+            "cannot write to standard output: {e}"
+        )))),
     }
 }
 
@@ -325,7 +370,10 @@ fn emit_text(text: &str, output: Option<&Path>) -> Result<(), Failure> {
     match output {
         None => print_stdout(text),
         Some(path) => write_atomically(path, text.as_bytes()).map_err(|e| {
-            Failure::plain(Diagnostic::new(format!("cannot write `{}`: {e}", path.display())))
+            Failure::plain(Diagnostic::new(format!(
+                "cannot write `{}`: {e}",
+                path.display()
+            )))
         }),
     }
 }
@@ -339,7 +387,10 @@ fn load(common: &Common) -> Result<Program, Failure> {
 
 fn report_time(common: &Common, stage: &str, start: Instant) {
     if common.timings {
-        eprintln!("timing: {stage:<24} {:>9.3} ms", start.elapsed().as_secs_f64() * 1e3);
+        eprintln!(
+            "timing: {stage:<24} {:>9.3} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
     }
 }
 
@@ -377,13 +428,19 @@ fn verified(common: &Common, graph: Graph, stage: &str) -> Result<Graph, Failure
 }
 
 fn mode(train: bool) -> &'static str {
-    if train { "training step" } else { "inference" }
+    if train {
+        "training step"
+    } else {
+        "inference"
+    }
 }
 
 /// Parses a size such as `700MiB`, `3GiB`, `1.5GB` or `123456` (bytes).
 fn parse_size(text: &str) -> Result<u64, Diagnostic> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
@@ -408,7 +465,12 @@ fn mib(bytes: u64) -> String {
 
 /// Canonicalisation, fusion, scheduling and memory planning (timed with --timings); with
 /// `budget`, the training step recomputes forward values until its arena fits.
-fn lower(common: &Common, graph: &Graph, train: bool, budget: Option<&str>) -> Result<Compiled, Failure> {
+fn lower(
+    common: &Common,
+    graph: &Graph,
+    train: bool,
+    budget: Option<&str>,
+) -> Result<Compiled, Failure> {
     let compiled = match (train, budget) {
         (true, Some(text)) => {
             let budget = parse_size(text).map_err(Failure::plain)?;
@@ -477,9 +539,13 @@ fn build_train_graph(common: &Common, args: &TrainArgs) -> Result<Graph, Failure
     config.weight_decay = args.weight_decay.unwrap_or(config.weight_decay);
     config.seed = args.seed;
     for entry in &args.lr_scale {
-        let parsed = entry.rsplit_once('=').and_then(|(p, f)| Some((p.trim().to_string(), f.trim().parse::<f64>().ok()?)));
+        let parsed = entry
+            .rsplit_once('=')
+            .and_then(|(p, f)| Some((p.trim().to_string(), f.trim().parse::<f64>().ok()?)));
         match parsed {
-            Some((pattern, factor)) if !pattern.is_empty() => config.lr_scales.push((pattern, factor)),
+            Some((pattern, factor)) if !pattern.is_empty() => {
+                config.lr_scales.push((pattern, factor))
+            }
             _ => {
                 return Err(Failure::plain(
                     Diagnostic::new(format!("--lr-scale {entry}: expected PATTERN=FACTOR"))

@@ -10,7 +10,10 @@ use std::process::ExitCode;
 const STACK_BYTES: usize = 256 << 20;
 
 fn main() -> ExitCode {
-    let worker = std::thread::Builder::new().name("rfnc".into()).stack_size(STACK_BYTES).spawn(cli::run);
+    let worker = std::thread::Builder::new()
+        .name("rfnc".into())
+        .stack_size(STACK_BYTES)
+        .spawn(cli::run);
     match worker.map(|handle| handle.join()) {
         Ok(Ok(code)) => code,
         _ => {

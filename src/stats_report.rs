@@ -24,7 +24,10 @@ pub fn json(network: &str, input: &str, stats: &Stats, memory: Option<&MemoryRep
     if let Some(m) = memory {
         value["memory"] = serde_json::to_value(m).expect("plain numbers and strings");
     }
-    format!("{}\n", serde_json::to_string_pretty(&value).expect("JSON of plain numbers"))
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&value).expect("JSON of plain numbers")
+    )
 }
 
 pub fn table(network: &str, input: &str, stats: &Stats) -> String {

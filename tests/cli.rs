@@ -17,9 +17,20 @@ fn compile_emits_each_stage() {
     assert!(graph.status.success());
     assert!(stdout(&graph).starts_with("\"rfn.graph\"() ({"));
     let ast = rfnc(&["compile", "examples/tiny.rfn", "--emit", "ast"]);
-    assert!(stdout(&ast).starts_with("module std/"), "dependencies first: {}", &stdout(&ast)[..80]);
+    assert!(
+        stdout(&ast).starts_with("module std/"),
+        "dependencies first: {}",
+        &stdout(&ast)[..80]
+    );
     assert!(stdout(&ast).contains("module examples/tiny.rfn"));
-    let dot = rfnc(&["compile", "examples/tiny.rfn", "--input", "1x3x64x64", "--emit", "dot"]);
+    let dot = rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x64x64",
+        "--emit",
+        "dot",
+    ]);
     assert!(stdout(&dot).starts_with("digraph \"tiny\" {"));
     assert!(stdout(&dot).trim_end().ends_with('}'));
 }
@@ -28,13 +39,28 @@ fn compile_emits_each_stage() {
 fn output_file_matches_stdout_and_creates_folders() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/out.mlir");
-    let out = rfnc(&["compile", "examples/tiny.rfn", "--input", "1x3x64x64", "-o", path.to_str().unwrap()]);
+    let out = rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x64x64",
+        "-o",
+        path.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).is_empty());
-    let printed = stdout(&rfnc(&["compile", "examples/tiny.rfn", "--input", "1x3x64x64"]));
+    let printed = stdout(&rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x64x64",
+    ]));
     assert_eq!(std::fs::read_to_string(&path).unwrap(), printed);
     // Only the output itself is left behind (the temporary file was renamed).
-    assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+        1
+    );
 }
 
 #[test]
@@ -42,22 +68,50 @@ fn a_failed_compile_leaves_an_existing_output_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.mlir");
     std::fs::write(&path, "previous good output").unwrap();
-    let out = rfnc(&["compile", "examples/tiny.rfn", "-D", "classes=abc", "-o", path.to_str().unwrap()]);
+    let out = rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "-D",
+        "classes=abc",
+        "-o",
+        path.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "previous good output");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "previous good output"
+    );
 }
 
 #[test]
 fn stats_json_has_components_and_total() {
-    let out = rfnc(&["stats", "examples/refinenet4.rfn", "-D", "depth=50", "--input", "1x3x128x128", "--json"]);
+    let out = rfnc(&[
+        "stats",
+        "examples/refinenet4.rfn",
+        "-D",
+        "depth=50",
+        "--input",
+        "1x3x128x128",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("valid JSON");
-    for component in ["backbone", "refine4", "refine3", "refine2", "refine1", "head"] {
+    for component in [
+        "backbone", "refine4", "refine3", "refine2", "refine1", "head",
+    ] {
         for key in ["params", "macs", "naive_feature_bytes"] {
-            assert!(v["components"][component][key].is_u64(), "{component}.{key}");
+            assert!(
+                v["components"][component][key].is_u64(),
+                "{component}.{key}"
+            );
         }
     }
-    let total_macs: u64 = v["components"].as_object().unwrap().values().map(|c| c["macs"].as_u64().unwrap()).sum();
+    let total_macs: u64 = v["components"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["macs"].as_u64().unwrap())
+        .sum();
     assert_eq!(v["total"]["macs"].as_u64().unwrap(), total_macs);
     assert_eq!(v["network"], "refinenet4");
 }
@@ -68,27 +122,58 @@ fn stats_table_lists_components() {
     assert!(out.status.success());
     let text = stdout(&out);
     for row in ["backbone", "refine_a", "refine_b", "head", "total"] {
-        assert!(text.lines().any(|l| l.starts_with(row)), "row {row} in\n{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with(row)),
+            "row {row} in\n{text}"
+        );
     }
 }
 
 #[test]
 fn user_errors_exit_1_with_a_diagnostic() {
     let cases: &[(&[&str], &str)] = &[
-        (&["check", "examples/nope.rfn"], "cannot read `examples/nope.rfn`"),
-        (&["check", "examples/tiny.rfn", "--input", "1x3x0x64"], "--input 1x3x0x64"),
-        (&["check", "examples/tiny.rfn", "--input", "1x3x64"], "--input has 3 dimensions"),
-        (&["check", "examples/tiny.rfn", "-D", "depth"], "expected NAME=VALUE"),
-        (&["check", "examples/tiny.rfn", "-D", "depht=50"], "did you mean `depth`?"),
-        (&["check", "examples/refinenet4.rfn", "-D", "depth=42"], "ResNet depth must be 50, 101 or 152"),
-        (&["check", "examples/tiny.rfn", "--input", "1x4x64x64"], "--input gives 4 for dimension 1"),
-        (&["compile", "examples/tiny.rfn", "--emit", "ptx"], "invalid value 'ptx'"),
+        (
+            &["check", "examples/nope.rfn"],
+            "cannot read `examples/nope.rfn`",
+        ),
+        (
+            &["check", "examples/tiny.rfn", "--input", "1x3x0x64"],
+            "--input 1x3x0x64",
+        ),
+        (
+            &["check", "examples/tiny.rfn", "--input", "1x3x64"],
+            "--input has 3 dimensions",
+        ),
+        (
+            &["check", "examples/tiny.rfn", "-D", "depth"],
+            "expected NAME=VALUE",
+        ),
+        (
+            &["check", "examples/tiny.rfn", "-D", "depht=50"],
+            "did you mean `depth`?",
+        ),
+        (
+            &["check", "examples/refinenet4.rfn", "-D", "depth=42"],
+            "ResNet depth must be 50, 101 or 152",
+        ),
+        (
+            &["check", "examples/tiny.rfn", "--input", "1x4x64x64"],
+            "--input gives 4 for dimension 1",
+        ),
+        (
+            &["compile", "examples/tiny.rfn", "--emit", "ptx"],
+            "invalid value 'ptx'",
+        ),
         (&["frobnicate"], "unrecognized subcommand"),
     ];
     for (args, needle) in cases {
         let out = rfnc(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains(needle), "{args:?}: expected `{needle}` in\n{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(needle),
+            "{args:?}: expected `{needle}` in\n{}",
+            stderr(&out)
+        );
         assert!(!stderr(&out).contains("panicked"), "{args:?}");
     }
 }
@@ -97,12 +182,22 @@ fn user_errors_exit_1_with_a_diagnostic() {
 fn syntax_errors_point_into_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.rfn");
-    std::fs::write(&path, "network n {\n    input image: f32[1, 3, H, W]\n    output y = image;\n}\n").unwrap();
+    std::fs::write(
+        &path,
+        "network n {\n    input image: f32[1, 3, H, W]\n    output y = image;\n}\n",
+    )
+    .unwrap();
     let out = rfnc(&["check", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("syntax error: expected `;`") || err.contains("syntax error"), "{err}");
-    assert!(err.contains("broken.rfn:2:"), "location in the message: {err}");
+    assert!(
+        err.contains("syntax error: expected `;`") || err.contains("syntax error"),
+        "{err}"
+    );
+    assert!(
+        err.contains("broken.rfn:2:"),
+        "location in the message: {err}"
+    );
 }
 
 #[test]
@@ -114,18 +209,39 @@ fn help_explains_the_commands() {
         assert!(text.contains(word), "{word} in --help");
     }
     let compile = stdout(&rfnc(&["compile", "--help"]));
-    for word in ["--emit", "ast", "graph", "dot", "--input", "-D", "-o, --output"] {
-        assert!(compile.contains(word), "{word} in compile --help:\n{compile}");
+    for word in [
+        "--emit",
+        "ast",
+        "graph",
+        "dot",
+        "--input",
+        "-D",
+        "-o, --output",
+    ] {
+        assert!(
+            compile.contains(word),
+            "{word} in compile --help:\n{compile}"
+        );
     }
 }
 
 #[test]
 fn timings_go_to_stderr() {
-    let out = rfnc(&["check", "examples/tiny.rfn", "--input", "1x3x64x64", "--timings"]);
+    let out = rfnc(&[
+        "check",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x64x64",
+        "--timings",
+    ]);
     assert!(out.status.success());
     let err = stderr(&out);
     for stage in ["load (parse + imports)", "elaborate + shapes", "verify"] {
-        assert!(err.lines().any(|l| l.starts_with("timing: ") && l.contains(stage)), "{stage} in {err}");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("timing: ") && l.contains(stage)),
+            "{stage} in {err}"
+        );
     }
     assert!(!stdout(&out).contains("timing:"));
 }
@@ -137,9 +253,18 @@ fn weights_are_written_and_checked() {
     let p = path.to_str().unwrap();
     let out = rfnc(&["weights", "examples/tiny.rfn", "-o", p, "--seed", "5"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(rfnc(&["check", "examples/tiny.rfn", "--weights", p]).status.success());
+    assert!(rfnc(&["check", "examples/tiny.rfn", "--weights", p])
+        .status
+        .success());
     // A different network shape: every mismatch is named, exit 1.
-    let out = rfnc(&["check", "examples/tiny.rfn", "--weights", p, "-D", "classes=5"]);
+    let out = rfnc(&[
+        "check",
+        "examples/tiny.rfn",
+        "--weights",
+        p,
+        "-D",
+        "classes=5",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("does not fit network `tiny`"), "{err}");
@@ -153,22 +278,55 @@ fn weights_are_written_and_checked() {
 
 #[test]
 fn compile_train_applies_source_and_command_line_settings() {
-    let out = rfnc(&["compile", "examples/refinenet4.rfn", "-D", "depth=50", "--input", "1x3x64x64", "--train"]);
+    let out = rfnc(&[
+        "compile",
+        "examples/refinenet4.rfn",
+        "-D",
+        "depth=50",
+        "--input",
+        "1x3x64x64",
+        "--train",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("{sym_name = \"refinenet4_train\"}"));
     // The source sets lr 5e-4 with the backbone at 0.1x.
-    assert!(text.contains("\"rfn.sgd_step\"") && text.contains("{lr = 5.0e-5}") && text.contains("{lr = 0.0005}"), "lr groups");
+    assert!(
+        text.contains("\"rfn.sgd_step\"")
+            && text.contains("{lr = 5.0e-5}")
+            && text.contains("{lr = 0.0005}"),
+        "lr groups"
+    );
     assert!(text.contains("\"rfn.input\"() {name = \"step\"} : () -> tensor<i32>"));
     // The command line overrides the rate and adds a frozen scope.
     let out = rfnc(&[
-        "compile", "examples/refinenet4.rfn", "-D", "depth=50", "--input", "1x3x64x64", "--train", "--lr", "0.01",
-        "--freeze", "refine4", "--lr-scale", "head=2", "--seed", "9",
+        "compile",
+        "examples/refinenet4.rfn",
+        "-D",
+        "depth=50",
+        "--input",
+        "1x3x64x64",
+        "--train",
+        "--lr",
+        "0.01",
+        "--freeze",
+        "refine4",
+        "--lr-scale",
+        "head=2",
+        "--seed",
+        "9",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("{lr = 0.02}") && text.contains("{lr = 0.001}") && text.contains("{lr = 0.01}"));
-    assert!(!text.contains("name = \"refine4.crp.conv1.weight.momentum\""), "refine4 is frozen");
+    assert!(
+        text.contains("{lr = 0.02}")
+            && text.contains("{lr = 0.001}")
+            && text.contains("{lr = 0.01}")
+    );
+    assert!(
+        !text.contains("name = \"refine4.crp.conv1.weight.momentum\""),
+        "refine4 is frozen"
+    );
     assert!(text.contains("seed = 9"));
 }
 
@@ -176,23 +334,65 @@ fn compile_train_applies_source_and_command_line_settings() {
 fn train_flag_errors() {
     let cases: &[(&[&str], &str)] = &[
         (&["compile", "examples/tiny.rfn", "--lr", "0.1"], "--train"),
-        (&["compile", "examples/tiny.rfn", "--train", "--freeze", "bakbone"], "the pattern `bakbone` matches no trainable parameter"),
-        (&["compile", "examples/tiny.rfn", "--train", "--lr-scale", "backbone"], "--lr-scale backbone: expected PATTERN=FACTOR"),
-        (&["compile", "examples/tiny.rfn", "--train", "--lr=-1"], "the lr must be a finite non-negative number"),
+        (
+            &[
+                "compile",
+                "examples/tiny.rfn",
+                "--train",
+                "--freeze",
+                "bakbone",
+            ],
+            "the pattern `bakbone` matches no trainable parameter",
+        ),
+        (
+            &[
+                "compile",
+                "examples/tiny.rfn",
+                "--train",
+                "--lr-scale",
+                "backbone",
+            ],
+            "--lr-scale backbone: expected PATTERN=FACTOR",
+        ),
+        (
+            &["compile", "examples/tiny.rfn", "--train", "--lr=-1"],
+            "the lr must be a finite non-negative number",
+        ),
     ];
     for (args, needle) in cases {
         let out = rfnc(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains(needle), "{args:?}: expected `{needle}` in\n{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(needle),
+            "{args:?}: expected `{needle}` in\n{}",
+            stderr(&out)
+        );
     }
 }
 
 #[test]
 fn bad_training_numbers_are_user_errors() {
-    let out = rfnc(&["compile", "examples/tiny.rfn", "--train", "--lr-scale", "backbone=nan"]);
+    let out = rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "--train",
+        "--lr-scale",
+        "backbone=nan",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("the learning-rate scale of `backbone` must be a finite non-negative number"), "{}", stderr(&out));
-    let out = rfnc(&["compile", "examples/tiny.rfn", "--train", "--seed", "18446744073709551615"]);
+    assert!(
+        stderr(&out)
+            .contains("the learning-rate scale of `backbone` must be a finite non-negative number"),
+        "{}",
+        stderr(&out)
+    );
+    let out = rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "--train",
+        "--seed",
+        "18446744073709551615",
+    ]);
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -200,7 +400,13 @@ fn bad_training_numbers_are_user_errors() {
 fn a_reader_that_stops_early_is_not_an_error() {
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_rfnc"))
-        .args(["compile", "examples/refinenet4.rfn", "--train", "-D", "depth=152"])
+        .args([
+            "compile",
+            "examples/refinenet4.rfn",
+            "--train",
+            "-D",
+            "depth=152",
+        ])
         .current_dir(root())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -208,13 +414,27 @@ fn a_reader_that_stops_early_is_not_an_error() {
         .unwrap();
     drop(child.stdout.take()); // the reader goes away at once
     let out = child.wait_with_output().unwrap();
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("internal compiler error"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("internal compiler error"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(0));
 }
 
 #[test]
 fn memory_budget_recomputes_or_names_the_smallest_budget() {
-    let base = ["stats", "examples/refinenet4.rfn", "-D", "depth=50", "--input", "1x3x128x128", "--memory", "--train", "--json"];
+    let base = [
+        "stats",
+        "examples/refinenet4.rfn",
+        "-D",
+        "depth=50",
+        "--input",
+        "1x3x128x128",
+        "--memory",
+        "--train",
+        "--json",
+    ];
     let plain = rfnc(&base);
     let v: serde_json::Value = serde_json::from_str(&stdout(&plain)).unwrap();
     let full = v["memory"]["arena_bytes"].as_u64().unwrap();
@@ -225,14 +445,26 @@ fn memory_budget_recomputes_or_names_the_smallest_budget() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert!(v["memory"]["arena_bytes"].as_u64().unwrap() < full);
-    assert!(stderr(&out).contains("values recomputed") && stderr(&out).contains("saved"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("values recomputed") && stderr(&out).contains("saved"),
+        "{}",
+        stderr(&out)
+    );
 
     let mut args = base.to_vec();
     args.extend(["--memory-budget", "1KiB"]);
     let out = rfnc(&args);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("the smallest it can be planned in is"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("use --memory-budget"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the smallest it can be planned in is"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("use --memory-budget"),
+        "{}",
+        stderr(&out)
+    );
 
     let mut args = base.to_vec();
     args.extend(["--memory-budget", "lots"]);

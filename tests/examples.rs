@@ -29,7 +29,8 @@ fn deeper_backbones_have_more_bottlenecks() {
         let g = graph("refinenet4", &SMALL, &[("depth", depth)]);
         g.node_ids()
             .filter(|&id| {
-                matches!(g.node(id).op, Op::Conv2d { .. }) && g.node(id).loc.component() == "backbone"
+                matches!(g.node(id).op, Op::Conv2d { .. })
+                    && g.node(id).loc.component() == "backbone"
             })
             .count()
     };
@@ -49,7 +50,11 @@ fn two_scale_model_has_two_backbones() {
     let stems: Vec<_> = g
         .node_ids()
         .filter_map(|id| match &g.node(id).op {
-            Op::Param { name, .. } if name.starts_with("backbone") && name.ends_with(".conv1.weight") && !name.contains("layer") => {
+            Op::Param { name, .. }
+                if name.starts_with("backbone")
+                    && name.ends_with(".conv1.weight")
+                    && !name.contains("layer") =>
+            {
                 Some(name.clone())
             }
             _ => None,
@@ -57,8 +62,15 @@ fn two_scale_model_has_two_backbones() {
         .collect();
     assert_eq!(stems.len(), 2, "two independent stems: {stems:?}");
     // The two backbones see the image at 1.2x and 0.6x: 64 -> floor(76.8) and floor(38.4).
-    let image = g.node_ids().find(|&id| matches!(&g.node(id).op, Op::Input { name } if name == "image")).unwrap();
-    let mut sizes: Vec<Vec<u64>> = g.users(image).iter().map(|&u| g.node(u).ty.dims.clone()).collect();
+    let image = g
+        .node_ids()
+        .find(|&id| matches!(&g.node(id).op, Op::Input { name } if name == "image"))
+        .unwrap();
+    let mut sizes: Vec<Vec<u64>> = g
+        .users(image)
+        .iter()
+        .map(|&u| g.node(u).ty.dims.clone())
+        .collect();
     sizes.sort();
     assert_eq!(sizes, vec![vec![1, 3, 38, 38], vec![1, 3, 76, 76]]);
 }
@@ -86,7 +98,12 @@ fn mlir_opt_accepts_every_graph_dump() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("mlir-opt starts");
-            child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write IR");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write IR");
             let out = child.wait_with_output().expect("mlir-opt finishes");
             assert!(
                 out.status.success(),
@@ -101,7 +118,10 @@ fn mlir_opt_accepts_every_graph_dump() {
 fn ast_snapshots() {
     for name in EXAMPLES {
         let program = load(&example_path(name));
-        let text = print_modules(std::slice::from_ref(program.main_module()), &program.sources);
+        let text = print_modules(
+            std::slice::from_ref(program.main_module()),
+            &program.sources,
+        );
         insta::assert_snapshot!(format!("ast_{name}"), text);
     }
 }
@@ -109,8 +129,12 @@ fn ast_snapshots() {
 #[test]
 fn standard_library_ast_snapshot() {
     let program = load(&example_path("refinenet4"));
-    let std_modules: Vec<_> =
-        program.modules.iter().filter(|m| m.file != program.main).cloned().collect();
+    let std_modules: Vec<_> = program
+        .modules
+        .iter()
+        .filter(|m| m.file != program.main)
+        .cloned()
+        .collect();
     insta::assert_snapshot!("ast_std", print_modules(&std_modules, &program.sources));
 }
 
@@ -118,7 +142,11 @@ fn standard_library_ast_snapshot() {
 fn graph_snapshots() {
     for name in EXAMPLES {
         // tiny keeps its one-bottleneck-per-stage default; the paper's models use ResNet-50.
-        let defines: &[(&str, &str)] = if *name == "tiny" { &[] } else { &[("depth", "50")] };
+        let defines: &[(&str, &str)] = if *name == "tiny" {
+            &[]
+        } else {
+            &[("depth", "50")]
+        };
         let g = graph(name, &SMALL, defines);
         insta::assert_snapshot!(format!("graph_{name}"), print_graph(&g));
     }

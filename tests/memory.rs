@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use common::*;
 use rfnc_compiler::interp::{run, run_planned, Tensor, Value};
 use rfnc_compiler::ir::{verify, Graph};
-use rfnc_compiler::passes::canonical::{common_subexpressions, dead_code, fold_batch_norm, inference};
+use rfnc_compiler::passes::canonical::{
+    common_subexpressions, dead_code, fold_batch_norm, inference,
+};
 use rfnc_compiler::passes::fusion::{fuse, report};
 use rfnc_compiler::passes::memory::{plan, schedule, verify_plan, Plan};
 use rfnc_compiler::passes::train::{train_step, TrainConfig};
@@ -27,11 +29,17 @@ fn paper_model_plans_near_the_lower_bound() {
     let forward = graph("refinenet4", &[1, 3, 512, 512], &[("depth", "101")]);
     let folded = fold_batch_norm(&inference(&forward));
     let (_, p) = planned(&folded.graph);
-    eprintln!("inference: arena {} lower bound {} naive {} ({})", p.arena_bytes, p.lower_bound, p.naive_bytes, p.placement);
+    eprintln!(
+        "inference: arena {} lower bound {} naive {} ({})",
+        p.arena_bytes, p.lower_bound, p.naive_bytes, p.placement
+    );
     assert!(p.arena_bytes as f64 <= 1.05 * p.lower_bound as f64);
     let step = train_step(&forward, &TrainConfig::default()).unwrap();
     let (_, p) = planned(&step);
-    eprintln!("training: arena {} lower bound {} naive {} ({})", p.arena_bytes, p.lower_bound, p.naive_bytes, p.placement);
+    eprintln!(
+        "training: arena {} lower bound {} naive {} ({})",
+        p.arena_bytes, p.lower_bound, p.naive_bytes, p.placement
+    );
     assert!(p.arena_bytes as f64 <= 1.05 * p.lower_bound as f64);
 }
 
@@ -39,7 +47,11 @@ const SMALL: &[u64] = &[1, 3, 32, 32];
 const NARROW: &[(&str, &str)] = &[("depth", "50"), ("base_width", "2"), ("refine_width", "4")];
 
 fn defines(example: &str) -> Vec<(&'static str, &'static str)> {
-    if example == "tiny" { Vec::new() } else { NARROW.to_vec() }
+    if example == "tiny" {
+        Vec::new()
+    } else {
+        NARROW.to_vec()
+    }
 }
 
 /// Largest difference relative to the largest magnitude, over all outputs.
@@ -49,8 +61,15 @@ fn agree(name: &str, a: &[(String, Value<f64>)], b: &[(String, Value<f64>)]) {
         assert_eq!(na, nb);
         let (x, y) = (&va.real().data, &vb.real().data);
         let scale = y.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
-        let worst = x.iter().zip(y).fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
-        assert!(worst / scale < 1e-10, "{name}: output `{na}` differs by {:e}", worst / scale);
+        let worst = x
+            .iter()
+            .zip(y)
+            .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+        assert!(
+            worst / scale < 1e-10,
+            "{name}: output `{na}` differs by {:e}",
+            worst / scale
+        );
     }
 }
 
@@ -63,7 +82,10 @@ fn planned_inference_matches_the_unplanned_graph() {
         // Frozen statistics that are not the identity, so folding has something to fold.
         let mut feeds = feeds;
         for (k, v) in feeds.iter_mut() {
-            if k.ends_with("running_var") || k.ends_with("running_mean") || k.ends_with("bn1.weight") {
+            if k.ends_with("running_var")
+                || k.ends_with("running_mean")
+                || k.ends_with("bn1.weight")
+            {
                 let Value::Real(t) = v else { continue };
                 for (i, x) in t.data.iter_mut().enumerate() {
                     *x += 0.1 + (i % 7) as f64 * 0.05;
@@ -86,7 +108,12 @@ fn planned_inference_matches_the_unplanned_graph() {
         let actual = run_planned(&folded.graph, &fused, &p, &main_feeds).unwrap();
         agree(example, &actual, &expected);
         let r = report(&folded.graph, &fused);
-        assert!(r.kernels < r.ops, "{example}: fusion merged something ({} ops, {} kernels)", r.ops, r.kernels);
+        assert!(
+            r.kernels < r.ops,
+            "{example}: fusion merged something ({} ops, {} kernels)",
+            r.ops,
+            r.kernels
+        );
     }
 }
 
@@ -99,7 +126,10 @@ fn planned_training_step_matches_the_unplanned_graph() {
         let mut feeds = feeds;
         for (name, _) in trainable(&step) {
             let dims = feeds[&name].dims().to_vec();
-            feeds.insert(format!("{name}.momentum"), Value::Real(Tensor::filled(dims, 0.01)));
+            feeds.insert(
+                format!("{name}.momentum"),
+                Value::Real(Tensor::filled(dims, 0.01)),
+            );
         }
         let expected = run(&step, &feeds).unwrap();
         let (fused, p) = planned(&step);
@@ -122,14 +152,23 @@ fn the_plan_verifier_catches_overlapping_storages() {
     // And a reordered schedule that reads before writing.
     let (fused, mut p) = planned(&g);
     p.order.reverse();
-    assert!(verify_plan(&g, &fused, &p).unwrap_err().contains("runs before kernel"));
+    assert!(verify_plan(&g, &fused, &p)
+        .unwrap_err()
+        .contains("runs before kernel"));
 }
 
 #[test]
 fn fused_and_plan_snapshots() {
     for example in ["tiny", "refinenet2"] {
         let args = |emit: &str| -> Vec<String> {
-            let mut a: Vec<String> = vec!["compile".into(), format!("examples/{example}.rfn"), "--input".into(), "1x3x32x32".into(), "--emit".into(), emit.into()];
+            let mut a: Vec<String> = vec![
+                "compile".into(),
+                format!("examples/{example}.rfn"),
+                "--input".into(),
+                "1x3x32x32".into(),
+                "--emit".into(),
+                emit.into(),
+            ];
             if example != "tiny" {
                 for (k, v) in NARROW {
                     a.push("-D".into());
@@ -156,12 +195,20 @@ fn fused_and_plan_snapshots() {
 fn mlir_opt_accepts_the_fused_program() {
     let Some(mlir_opt) = mlir_opt() else { return };
     for train in [false, true] {
-        let mut args = vec!["compile", "examples/tiny.rfn", "--input", "1x3x32x32", "--emit", "fused"];
+        let mut args = vec![
+            "compile",
+            "examples/tiny.rfn",
+            "--input",
+            "1x3x32x32",
+            "--emit",
+            "fused",
+        ];
         if train {
             args.push("--train");
         }
         let out = rfnc(&args);
-        let path = std::env::temp_dir().join(format!("rfnc_fused_{}_{train}.mlir", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("rfnc_fused_{}_{train}.mlir", std::process::id()));
         std::fs::write(&path, &out.stdout).unwrap();
         let check = std::process::Command::new(&mlir_opt)
             .args(["--allow-unregistered-dialect", "-o", "/dev/null"])
@@ -169,23 +216,50 @@ fn mlir_opt_accepts_the_fused_program() {
             .output()
             .unwrap();
         std::fs::remove_file(&path).ok();
-        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
     }
 }
 
 #[test]
 fn stats_memory_json_reports_the_plan() {
-    let out = rfnc(&["stats", "examples/tiny.rfn", "--input", "1x3x32x32", "--memory", "--train", "--json"]);
+    let out = rfnc(&[
+        "stats",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x32x32",
+        "--memory",
+        "--train",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let m = &v["memory"];
     assert_eq!(m["mode"], "training step");
-    let (arena, bound, naive) = (m["arena_bytes"].as_u64().unwrap(), m["lower_bound_bytes"].as_u64().unwrap(), m["naive_bytes"].as_u64().unwrap());
+    let (arena, bound, naive) = (
+        m["arena_bytes"].as_u64().unwrap(),
+        m["lower_bound_bytes"].as_u64().unwrap(),
+        m["naive_bytes"].as_u64().unwrap(),
+    );
     assert!(bound <= arena && arena < naive, "{arena} {bound} {naive}");
     assert!(m["in_place_update_bytes"].as_u64().unwrap() > 0);
-    let live: u64 = m["peak_live"].as_array().unwrap().iter().map(|v| v["bytes"].as_u64().unwrap()).sum();
-    assert_eq!(live, bound, "the live set at the peak adds up to the lower bound");
-    assert!(m["peak_live"][0]["location"].as_str().unwrap().contains(".rfn:"));
+    let live: u64 = m["peak_live"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        live, bound,
+        "the live set at the peak adds up to the lower bound"
+    );
+    assert!(m["peak_live"][0]["location"]
+        .as_str()
+        .unwrap()
+        .contains(".rfn:"));
 }
 
 #[test]
@@ -199,12 +273,22 @@ fn recomputation_fits_a_budget_and_keeps_the_results() {
         let budget = full - 1;
         match compile_training_within(&step, budget) {
             Ok((c, report)) => {
-                eprintln!("{example}: {} -> {} bytes ({}, {} values, {} extra MACs)", report.arena_without_recompute, report.arena_bytes, report.stage, report.recomputed_values, report.extra_macs);
+                eprintln!(
+                    "{example}: {} -> {} bytes ({}, {} values, {} extra MACs)",
+                    report.arena_without_recompute,
+                    report.arena_bytes,
+                    report.stage,
+                    report.recomputed_values,
+                    report.extra_macs
+                );
                 assert!(c.plan.arena_bytes <= budget && report.recomputed_values > 0);
                 let mut feeds: HashMap<String, Value<f64>> = feeds(&step, 6);
                 for (name, _) in trainable(&step) {
                     let dims = feeds[&name].dims().to_vec();
-                    feeds.insert(format!("{name}.momentum"), Value::Real(Tensor::filled(dims, 0.0)));
+                    feeds.insert(
+                        format!("{name}.momentum"),
+                        Value::Real(Tensor::filled(dims, 0.0)),
+                    );
                 }
                 let expected = run(&step, &feeds).unwrap();
                 let actual = run_planned(&c.graph, &c.fused, &c.plan, &feeds).unwrap();
@@ -214,8 +298,13 @@ fn recomputation_fits_a_budget_and_keeps_the_results() {
         }
         // An impossible budget names the smallest one that works.
         match compile_training_within(&step, 1024) {
-            Err(BudgetError::TooSmall { smallest, .. }) => assert!(smallest < full && smallest > 1024),
-            other => panic!("{example}: expected a budget error, got {:?}", other.map(|(_, r)| r)),
+            Err(BudgetError::TooSmall { smallest, .. }) => {
+                assert!(smallest < full && smallest > 1024)
+            }
+            other => panic!(
+                "{example}: expected a budget error, got {:?}",
+                other.map(|(_, r)| r)
+            ),
         }
     }
 }

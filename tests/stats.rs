@@ -50,7 +50,11 @@ fn refinenet4_resnet101_macs_match_the_hand_computation() {
     let g = graph("refinenet4", &[1, 3, 512, 512], &[("depth", "101")]);
     let s = stats(&g);
     let component = |name: &str| -> Cost {
-        s.components.iter().find(|(n, _)| n == name).map(|(_, c)| *c).unwrap_or_default()
+        s.components
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| *c)
+            .unwrap_or_default()
     };
 
     let backbone = backbone_macs([3, 4, 23, 3], 512);
@@ -75,19 +79,42 @@ fn refinenet4_resnet101_macs_match_the_hand_computation() {
 #[test]
 fn backbone_parameter_counts_match_torchvision_without_the_fc_layer() {
     // torchvision resnet50/101/152 parameters minus the 1000-way fc (2048*1000 + 1000).
-    for (depth, expected) in [("50", 25_557_032 - 2_049_000), ("101", 44_549_160 - 2_049_000), ("152", 60_192_808 - 2_049_000)] {
+    for (depth, expected) in [
+        ("50", 25_557_032 - 2_049_000),
+        ("101", 44_549_160 - 2_049_000),
+        ("152", 60_192_808 - 2_049_000),
+    ] {
         let g = graph("refinenet4", &[1, 3, 224, 224], &[("depth", depth)]);
         let s = stats(&g);
-        let backbone = s.components.iter().find(|(n, _)| n == "backbone").unwrap().1;
+        let backbone = s
+            .components
+            .iter()
+            .find(|(n, _)| n == "backbone")
+            .unwrap()
+            .1;
         assert_eq!(backbone.params, expected, "ResNet-{depth}");
     }
 }
 
 #[test]
 fn msra_and_torchvision_styles_differ_only_where_the_stride_sits() {
-    let msra = stats(&graph("refinenet4", &[1, 3, 224, 224], &[("style", "msra")]));
-    let tv = stats(&graph("refinenet4", &[1, 3, 224, 224], &[("style", "torchvision")]));
-    let backbone = |s: &rfnc_compiler::stats::Stats| s.components.iter().find(|(n, _)| n == "backbone").unwrap().1;
+    let msra = stats(&graph(
+        "refinenet4",
+        &[1, 3, 224, 224],
+        &[("style", "msra")],
+    ));
+    let tv = stats(&graph(
+        "refinenet4",
+        &[1, 3, 224, 224],
+        &[("style", "torchvision")],
+    ));
+    let backbone = |s: &rfnc_compiler::stats::Stats| {
+        s.components
+            .iter()
+            .find(|(n, _)| n == "backbone")
+            .unwrap()
+            .1
+    };
     assert_eq!(backbone(&msra).params, backbone(&tv).params);
     // torchvision runs the first 1x1 conv of each downsampling block at full resolution.
     assert!(backbone(&tv).macs > backbone(&msra).macs);
@@ -105,6 +132,10 @@ fn naive_feature_memory_counts_every_op_output() {
         .map(|id| g.node(id).ty.bytes())
         .sum();
     assert_eq!(s.total.naive_feature_bytes, expected);
-    let sum: u64 = s.components.iter().map(|(_, c)| c.naive_feature_bytes).sum();
+    let sum: u64 = s
+        .components
+        .iter()
+        .map(|(_, c)| c.naive_feature_bytes)
+        .sum();
     assert_eq!(sum, expected);
 }

@@ -30,18 +30,28 @@ fn check_network_gradient(example: &str, defines: &[(&str, &str)], input: &[u64]
     with_grads.outputs = params
         .iter()
         .zip(&grads)
-        .map(|((n, _), d)| Output { name: n.clone(), value: d.expect("every parameter reaches the loss") })
+        .map(|((n, _), d)| Output {
+            name: n.clone(),
+            value: d.expect("every parameter reaches the loss"),
+        })
         .collect();
     with_grads.objective = None;
     assert_eq!(verify(&with_grads), vec![]);
     let base: HashMap<String, Value<f64>> = feeds(&g, 3);
-    let analytic: HashMap<String, Tensor<f64>> =
-        run(&with_grads, &base).unwrap().into_iter().map(|(n, v)| (n, v.real().clone())).collect();
+    let analytic: HashMap<String, Tensor<f64>> = run(&with_grads, &base)
+        .unwrap()
+        .into_iter()
+        .map(|(n, v)| (n, v.real().clone()))
+        .collect();
 
     let mut loss_graph = g.clone();
-    loss_graph.outputs = vec![Output { name: "loss".into(), value: loss }];
+    loss_graph.outputs = vec![Output {
+        name: "loss".into(),
+        value: loss,
+    }];
     loss_graph.objective = None;
-    let loss_at = |feeds: &HashMap<String, Value<f64>>| scalar(&run(&loss_graph, feeds).unwrap()[0].1);
+    let loss_at =
+        |feeds: &HashMap<String, Value<f64>>| scalar(&run(&loss_graph, feeds).unwrap()[0].1);
     // Every fourth parameter tensor, one element each, chosen by hash.
     let (mut err2, mut norm2, mut checked) = (0.0f64, 0.0f64, 0);
     for (k, (name, _)) in params.iter().enumerate().filter(|(k, _)| k % 4 == 0) {
@@ -63,11 +73,22 @@ fn check_network_gradient(example: &str, defines: &[(&str, &str)], input: &[u64]
         checked += 1;
     }
     let rel = err2.sqrt() / norm2.sqrt();
-    assert!(norm2 > 0.0 && checked >= 10, "{example}: {checked} elements checked");
-    assert!(rel < 1e-6, "{example}: training-step gradient relative error {rel:e} over {checked} elements");
+    assert!(
+        norm2 > 0.0 && checked >= 10,
+        "{example}: {checked} elements checked"
+    );
+    assert!(
+        rel < 1e-6,
+        "{example}: training-step gradient relative error {rel:e} over {checked} elements"
+    );
 }
 
-const TINY_WIDTHS: &[(&str, &str)] = &[("depth", "50"), ("base_width", "2"), ("refine_width", "4"), ("classes", "3")];
+const TINY_WIDTHS: &[(&str, &str)] = &[
+    ("depth", "50"),
+    ("base_width", "2"),
+    ("refine_width", "4"),
+    ("classes", "3"),
+];
 
 #[test]
 fn tiny_training_gradient_matches_finite_differences() {
@@ -76,14 +97,23 @@ fn tiny_training_gradient_matches_finite_differences() {
 
 #[test]
 fn cascade_variants_training_gradients_match_finite_differences() {
-    for example in ["refinenet1", "refinenet2", "refinenet4", "refinenet4_2scale"] {
+    for example in [
+        "refinenet1",
+        "refinenet2",
+        "refinenet4",
+        "refinenet4_2scale",
+    ] {
         check_network_gradient(example, TINY_WIDTHS, &[1, 3, 32, 32]);
     }
 }
 
 #[test]
 fn depth_regression_training_gradient_matches_finite_differences() {
-    let defines: Vec<(&str, &str)> = TINY_WIDTHS.iter().copied().filter(|(k, _)| *k != "classes").collect();
+    let defines: Vec<(&str, &str)> = TINY_WIDTHS
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "classes")
+        .collect();
     check_network_gradient("refinenet4_depth", &defines, &[1, 3, 32, 32]);
 }
 
@@ -100,25 +130,51 @@ fn sgd_update_follows_the_rule_with_groups_and_frozen_parameters() {
     };
     let step = train_step(&forward, &config).unwrap();
     assert!(verify(&step).is_empty());
-    assert!(step.output("head.classifier.bias").is_none(), "frozen: not updated");
+    assert!(
+        step.output("head.classifier.bias").is_none(),
+        "frozen: not updated"
+    );
     assert!(step.output("head.classifier.weight").is_some());
 
     // The gradients at the same point, from autodiff on the active-dropout graph.
     let mut g = with_active_dropout(&forward, 1);
     let loss = g.output("loss").unwrap();
     let params = trainable(&g);
-    let grads = gradients(&mut g, loss, &params.iter().map(|(_, id)| *id).collect::<Vec<_>>()).unwrap();
-    g.outputs = params.iter().zip(&grads).map(|((n, _), d)| Output { name: n.clone(), value: d.unwrap() }).collect();
+    let grads = gradients(
+        &mut g,
+        loss,
+        &params.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    g.outputs = params
+        .iter()
+        .zip(&grads)
+        .map(|((n, _), d)| Output {
+            name: n.clone(),
+            value: d.unwrap(),
+        })
+        .collect();
     g.objective = None;
     let mut feeds: HashMap<String, Value<f64>> = feeds(&g, 5);
-    let grad: HashMap<String, Tensor<f64>> = run(&g, &feeds).unwrap().into_iter().map(|(n, v)| (n, v.real().clone())).collect();
+    let grad: HashMap<String, Tensor<f64>> = run(&g, &feeds)
+        .unwrap()
+        .into_iter()
+        .map(|(n, v)| (n, v.real().clone()))
+        .collect();
 
     for (name, _) in &params {
         let dims = feeds[name].dims().to_vec();
         // A non-zero starting momentum, to see it decay.
-        feeds.insert(format!("{name}.momentum"), Value::Real(Tensor::filled(dims, 0.5)));
+        feeds.insert(
+            format!("{name}.momentum"),
+            Value::Real(Tensor::filled(dims, 0.5)),
+        );
     }
-    let out: HashMap<String, Tensor<f64>> = run(&step, &feeds).unwrap().into_iter().map(|(n, v)| (n, v.real().clone())).collect();
+    let out: HashMap<String, Tensor<f64>> = run(&step, &feeds)
+        .unwrap()
+        .into_iter()
+        .map(|(n, v)| (n, v.real().clone()))
+        .collect();
     for (name, scale) in [
         ("backbone.conv1.weight", 0.5),
         ("backbone.layer1.unit0.conv1.weight", 0.25),
@@ -129,8 +185,15 @@ fn sgd_update_follows_the_rule_with_groups_and_frozen_parameters() {
         for i in [0, p.data.len() / 2, p.data.len() - 1] {
             let v = 0.9 * 0.5 + grad[name].data[i] + 0.01 * p.data[i];
             let expected = p.data[i] - 0.1 * scale * v;
-            assert!((out[&format!("{name}.momentum")].data[i] - v).abs() < 1e-12, "{name}: momentum");
-            assert!((out[name].data[i] - expected).abs() < 1e-12, "{name}[{i}]: {} vs {expected}", out[name].data[i]);
+            assert!(
+                (out[&format!("{name}.momentum")].data[i] - v).abs() < 1e-12,
+                "{name}: momentum"
+            );
+            assert!(
+                (out[name].data[i] - expected).abs() < 1e-12,
+                "{name}[{i}]: {} vs {expected}",
+                out[name].data[i]
+            );
         }
     }
 }
@@ -138,7 +201,10 @@ fn sgd_update_follows_the_rule_with_groups_and_frozen_parameters() {
 #[test]
 fn unknown_patterns_are_errors() {
     let forward = graph("tiny", &[1, 3, 32, 32], &[]);
-    let config = TrainConfig { frozen: vec!["bakcbone".into()], ..TrainConfig::default() };
+    let config = TrainConfig {
+        frozen: vec!["bakcbone".into()],
+        ..TrainConfig::default()
+    };
     let e = train_step(&forward, &config).unwrap_err();
     assert_eq!(e.0, "the pattern `bakcbone` matches no trainable parameter");
 }
@@ -146,7 +212,13 @@ fn unknown_patterns_are_errors() {
 #[test]
 fn tiny_overfits_one_batch() {
     let forward = graph("tiny", &[1, 3, 32, 32], &[("dropout", "0.0")]);
-    let config = TrainConfig { lr: 0.02, momentum: 0.9, weight_decay: 0.0, seed: 1, ..TrainConfig::default() };
+    let config = TrainConfig {
+        lr: 0.02,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        seed: 1,
+        ..TrainConfig::default()
+    };
     let step = train_step(&forward, &config).unwrap();
     let mut feeds: HashMap<String, Value<f32>> = feeds(&step, 11);
     // A synthetic batch: one class per 8x8 patch (the scores are at 1/4 resolution), and an
@@ -160,7 +232,10 @@ fn tiny_overfits_one_batch() {
         let colour = if class(p) == c as i32 { 1.0 } else { -1.0 };
         colour + 0.3 * noise.data[i]
     });
-    feeds.insert("image".into(), Value::Real(Tensor::new(vec![1, 3, 32, 32], image.collect())));
+    feeds.insert(
+        "image".into(),
+        Value::Real(Tensor::new(vec![1, 3, 32, 32], image.collect())),
+    );
     let mut losses = Vec::new();
     for k in 0..100 {
         feeds.insert("step".into(), Value::Int(Tensor::scalar(k)));
@@ -172,7 +247,14 @@ fn tiny_overfits_one_batch() {
     }
     let (first, last) = (losses[0], *losses.last().unwrap());
     eprintln!("tiny overfits one batch: loss {first:.4} at step 0, {:.4} at step 50, {last:.4} at step 99", losses[50]);
-    eprintln!("{:?}", losses.iter().step_by(5).map(|l| format!("{l:.3}")).collect::<Vec<_>>());
+    eprintln!(
+        "{:?}",
+        losses
+            .iter()
+            .step_by(5)
+            .map(|l| format!("{l:.3}"))
+            .collect::<Vec<_>>()
+    );
     assert!(last <= 0.1 * first, "loss {first} -> {last}: {losses:?}");
 }
 
@@ -189,7 +271,8 @@ fn training_graphs_round_trip_and_pass_mlir_opt() {
         let forward = graph(example, &[1, 3, 32, 32], &[]);
         let step = train_step(&forward, &TrainConfig::default()).unwrap();
         let text = print_graph(&step);
-        let parsed = rfnc_compiler::ir::parse_graph(&text).unwrap_or_else(|e| panic!("{example}: {e}"));
+        let parsed =
+            rfnc_compiler::ir::parse_graph(&text).unwrap_or_else(|e| panic!("{example}: {e}"));
         assert!(verify(&parsed).is_empty());
         assert_eq!(print_graph(&parsed), text, "{example}: round trip");
         if let Some(mlir_opt) = mlir_opt() {
@@ -200,9 +283,18 @@ fn training_graphs_round_trip_and_pass_mlir_opt() {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
             let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{example}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }
@@ -211,10 +303,25 @@ fn training_graphs_round_trip_and_pass_mlir_opt() {
 fn a_training_run_is_reproducible_and_the_seed_matters() {
     let forward = graph("tiny", &[1, 3, 32, 32], &[]);
     let run_twice = |seed: u64| {
-        let step = train_step(&forward, &TrainConfig { seed, ..TrainConfig::default() }).unwrap();
+        let step = train_step(
+            &forward,
+            &TrainConfig {
+                seed,
+                ..TrainConfig::default()
+            },
+        )
+        .unwrap();
         let feeds: HashMap<String, Value<f32>> = feeds(&step, 2);
         run(&step, &feeds).unwrap()
     };
-    assert_eq!(run_twice(4), run_twice(4), "same seed, same step: identical results");
-    assert_ne!(run_twice(4)[0], run_twice(5)[0], "another seed draws other dropout masks");
+    assert_eq!(
+        run_twice(4),
+        run_twice(4),
+        "same seed, same step: identical results"
+    );
+    assert_ne!(
+        run_twice(4)[0],
+        run_twice(5)[0],
+        "another seed draws other dropout masks"
+    );
 }

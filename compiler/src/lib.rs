@@ -3,13 +3,11 @@
 //!
 //! Nothing in this crate links LLVM or MLIR, so the language and IR tests build fast.
 
-pub mod ir;
 pub mod interp;
+pub mod ir;
 pub mod output;
 pub mod passes;
 pub mod rng;
 pub mod stats;
 
-pub use ir::{
-    Attr, DType, Graph, Loc, NodeId, Op, ParamKind, Reduction, ShapeError, TensorType,
-};
+pub use ir::{Attr, DType, Graph, Loc, NodeId, Op, ParamKind, Reduction, ShapeError, TensorType};

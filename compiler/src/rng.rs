@@ -35,7 +35,11 @@ mod tests {
         let n = 100_000u64;
         let kept = (0..n).filter(|&i| dropout_keep(0.5, 7, 3, 1, i)).count() as f64 / n as f64;
         assert!((kept - 0.5).abs() < 0.01, "{kept}");
-        let mask = |step, stream| (0..256).map(|i| dropout_keep(0.5, 7, step, stream, i)).collect::<Vec<_>>();
+        let mask = |step, stream| {
+            (0..256)
+                .map(|i| dropout_keep(0.5, 7, step, stream, i))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(mask(3, 1), mask(3, 1));
         assert_ne!(mask(3, 1), mask(4, 1));
         assert_ne!(mask(3, 1), mask(3, 2));

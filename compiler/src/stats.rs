@@ -43,7 +43,9 @@ pub const TOP_LEVEL_COMPONENT: &str = "network";
 
 /// Computes the statistics of a verified graph.
 pub fn stats(graph: &Graph) -> Stats {
-    let order = graph.topo_order().unwrap_or_else(|| graph.node_ids().collect());
+    let order = graph
+        .topo_order()
+        .unwrap_or_else(|| graph.node_ids().collect());
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     let mut result = Stats::default();
     for id in order {
@@ -72,7 +74,9 @@ pub fn stats(graph: &Graph) -> Stats {
             c => c,
         };
         let slot = *index.entry(component.to_string()).or_insert_with(|| {
-            result.components.push((component.to_string(), Cost::default()));
+            result
+                .components
+                .push((component.to_string(), Cost::default()));
             result.components.len() - 1
         });
         result.components[slot].1.add(&cost);

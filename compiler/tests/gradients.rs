@@ -35,12 +35,29 @@ struct Case {
 
 impl Case {
     fn new(seed: u64) -> Self {
-        Case { graph: Graph::new("grad"), feeds: HashMap::new(), wrt: Vec::new(), rand: Rand(seed) }
+        Case {
+            graph: Graph::new("grad"),
+            feeds: HashMap::new(),
+            wrt: Vec::new(),
+            rand: Rand(seed),
+        }
     }
 
     fn leaf(&mut self, name: &str, dims: &[u64]) -> NodeId {
-        let kind = if dims.len() == 4 { ParamKind::ConvWeight } else { ParamKind::ConvBias };
-        let id = self.graph.add(Op::Param { name: name.into(), kind }, &[], TensorType::f32(dims.to_vec()), Loc::default());
+        let kind = if dims.len() == 4 {
+            ParamKind::ConvWeight
+        } else {
+            ParamKind::ConvBias
+        };
+        let id = self.graph.add(
+            Op::Param {
+                name: name.into(),
+                kind,
+            },
+            &[],
+            TensorType::f32(dims.to_vec()),
+            Loc::default(),
+        );
         let t = self.rand.tensor(dims);
         self.feeds.insert(name.into(), Value::Real(t));
         self.wrt.push((name.into(), id));
@@ -49,30 +66,65 @@ impl Case {
 
     /// A positive per-channel leaf (batch-norm variance) that is not differentiated.
     fn positive(&mut self, name: &str, c: u64) -> NodeId {
-        let id = self.graph.add(Op::Param { name: name.into(), kind: ParamKind::BnVar }, &[], TensorType::f32(vec![c]), Loc::default());
+        let id = self.graph.add(
+            Op::Param {
+                name: name.into(),
+                kind: ParamKind::BnVar,
+            },
+            &[],
+            TensorType::f32(vec![c]),
+            Loc::default(),
+        );
         let data = (0..c).map(|_| 0.5 + self.rand.next().abs()).collect();
-        self.feeds.insert(name.into(), Value::Real(Tensor::new(vec![c], data)));
+        self.feeds
+            .insert(name.into(), Value::Real(Tensor::new(vec![c], data)));
         id
     }
 
     fn labels(&mut self, dims: &[u64], classes: i32, ignore_every: usize) -> NodeId {
-        let id = self.graph.add(Op::Input { name: "labels".into() }, &[], TensorType::new(DType::I32, dims.to_vec()), Loc::default());
+        let id = self.graph.add(
+            Op::Input {
+                name: "labels".into(),
+            },
+            &[],
+            TensorType::new(DType::I32, dims.to_vec()),
+            Loc::default(),
+        );
         let n = dims.iter().product::<u64>() as usize;
         let data = (0..n)
-            .map(|i| if ignore_every > 0 && i % ignore_every == 0 { 255 } else { ((self.rand.next() + 1.0) * 0.5 * classes as f64) as i32 % classes })
+            .map(|i| {
+                if ignore_every > 0 && i % ignore_every == 0 {
+                    255
+                } else {
+                    ((self.rand.next() + 1.0) * 0.5 * classes as f64) as i32 % classes
+                }
+            })
             .collect();
-        self.feeds.insert("labels".into(), Value::Int(Tensor::new(dims.to_vec(), data)));
+        self.feeds.insert(
+            "labels".into(),
+            Value::Int(Tensor::new(dims.to_vec(), data)),
+        );
         id
     }
 
     fn step(&mut self, step: i32) -> NodeId {
-        let id = self.graph.add(Op::Input { name: "step".into() }, &[], TensorType::new(DType::I32, vec![]), Loc::default());
-        self.feeds.insert("step".into(), Value::Int(Tensor::scalar(step)));
+        let id = self.graph.add(
+            Op::Input {
+                name: "step".into(),
+            },
+            &[],
+            TensorType::new(DType::I32, vec![]),
+            Loc::default(),
+        );
+        self.feeds
+            .insert("step".into(), Value::Int(Tensor::scalar(step)));
         id
     }
 
     fn op(&mut self, op: Op, args: &[NodeId]) -> NodeId {
-        self.graph.add_inferred(op, args, Loc::default()).expect("op fits")
+        self.graph
+            .add_inferred(op, args, Loc::default())
+            .expect("op fits")
     }
 
     /// Finishes with `y` as the loss if it is a scalar, else least squares against a
@@ -82,13 +134,29 @@ impl Case {
             y
         } else {
             let dims = self.graph.node(y).ty.dims.clone();
-            let target = self.graph.add(Op::Input { name: "target".into() }, &[], TensorType::f32(dims.clone()), Loc::default());
+            let target = self.graph.add(
+                Op::Input {
+                    name: "target".into(),
+                },
+                &[],
+                TensorType::f32(dims.clone()),
+                Loc::default(),
+            );
             let t = self.rand.tensor(&dims);
             self.feeds.insert("target".into(), Value::Real(t));
-            self.op(Op::LeastSquares { ignore_value: 1e30, reduction: Reduction::Sum }, &[y, target])
+            self.op(
+                Op::LeastSquares {
+                    ignore_value: 1e30,
+                    reduction: Reduction::Sum,
+                },
+                &[y, target],
+            )
         };
         let mut forward = self.graph.clone();
-        forward.outputs = vec![rfnc_compiler::ir::Output { name: "loss".into(), value: loss }];
+        forward.outputs = vec![rfnc_compiler::ir::Output {
+            name: "loss".into(),
+            value: loss,
+        }];
         let wrt_ids: Vec<NodeId> = self.wrt.iter().map(|(_, id)| *id).collect();
         let grads = gradients(&mut self.graph, loss, &wrt_ids).expect("differentiable");
         assert!(rfnc_compiler::ir::verify(&forward).is_empty());
@@ -97,20 +165,28 @@ impl Case {
             .wrt
             .iter()
             .zip(&grads)
-            .map(|((name, _), g)| rfnc_compiler::ir::Output { name: name.clone(), value: g.expect("loss depends on every leaf") })
+            .map(|((name, _), g)| rfnc_compiler::ir::Output {
+                name: name.clone(),
+                value: g.expect("loss depends on every leaf"),
+            })
             .collect();
-        assert!(rfnc_compiler::ir::verify(&with_grads).is_empty(), "{:?}", rfnc_compiler::ir::verify(&with_grads));
+        assert!(
+            rfnc_compiler::ir::verify(&with_grads).is_empty(),
+            "{:?}",
+            rfnc_compiler::ir::verify(&with_grads)
+        );
         let analytic = run(&with_grads, &self.feeds).expect("runs");
-        let loss_at = |feeds: &HashMap<String, Value<f64>>| match &run(&forward, feeds).expect("runs")[0].1 {
-            Value::Real(t) => t.data[0],
-            Value::Int(_) => unreachable!(),
-        };
+        let loss_at =
+            |feeds: &HashMap<String, Value<f64>>| match &run(&forward, feeds).expect("runs")[0].1 {
+                Value::Real(t) => t.data[0],
+                Value::Int(_) => unreachable!(),
+            };
         for ((name, _), (_, grad)) in self.wrt.iter().zip(&analytic) {
             let grad = grad.real().data.clone();
             let base = self.feeds[name].real().clone();
             let h = 1e-6;
             let (mut err2, mut norm2) = (0.0f64, 0.0f64);
-            for i in 0..base.data.len() {
+            for (i, &g) in grad.iter().enumerate() {
                 let mut feeds = self.feeds.clone();
                 let mut plus = base.clone();
                 plus.data[i] += h;
@@ -121,7 +197,7 @@ impl Case {
                 feeds.insert(name.clone(), Value::Real(minus));
                 let lm = loss_at(&feeds);
                 let numeric = (lp - lm) / (2.0 * h);
-                err2 += (numeric - grad[i]).powi(2);
+                err2 += (numeric - g).powi(2);
                 norm2 += numeric.powi(2);
             }
             let rel = err2.sqrt() / norm2.sqrt().max(1e-12);
@@ -131,7 +207,18 @@ impl Case {
     }
 }
 
-fn conv_case(seed: u64, x: [u64; 4], cout: u64, k: u64, stride: u64, pad: u64, dilation: u64, groups: u64, bias: bool) {
+#[allow(clippy::too_many_arguments)]
+fn conv_case(
+    seed: u64,
+    x: [u64; 4],
+    cout: u64,
+    k: u64,
+    stride: u64,
+    pad: u64,
+    dilation: u64,
+    groups: u64,
+    bias: bool,
+) {
     let mut c = Case::new(seed);
     let xi = c.leaf("x", &x);
     let w = c.leaf("w", &[cout, x[1] / groups, k, k]);
@@ -139,7 +226,15 @@ fn conv_case(seed: u64, x: [u64; 4], cout: u64, k: u64, stride: u64, pad: u64, d
     if bias {
         args.push(c.leaf("b", &[cout]));
     }
-    let y = c.op(Op::Conv2d { stride: [stride; 2], pad: [pad; 4], dilation: [dilation; 2], groups }, &args);
+    let y = c.op(
+        Op::Conv2d {
+            stride: [stride; 2],
+            pad: [pad; 4],
+            dilation: [dilation; 2],
+            groups,
+        },
+        &args,
+    );
     c.check(y);
 }
 
@@ -173,10 +268,21 @@ fn batch_norm_relu_add_gradients() {
 
 #[test]
 fn max_pool_gradients() {
-    for (seed, dims, k, s, p) in [(20, [1, 2, 7, 9], 5, 1, 2), (21, [2, 2, 9, 8], 3, 2, 1), (22, [1, 1, 5, 5], 2, 2, 0)] {
+    for (seed, dims, k, s, p) in [
+        (20, [1, 2, 7, 9], 5, 1, 2),
+        (21, [2, 2, 9, 8], 3, 2, 1),
+        (22, [1, 1, 5, 5], 2, 2, 0),
+    ] {
         let mut c = Case::new(seed);
         let x = c.leaf("x", &dims);
-        let y = c.op(Op::MaxPool2d { kernel: [k; 2], stride: [s; 2], pad: [p; 4] }, &[x]);
+        let y = c.op(
+            Op::MaxPool2d {
+                kernel: [k; 2],
+                stride: [s; 2],
+                pad: [p; 4],
+            },
+            &[x],
+        );
         c.check(y);
     }
 }
@@ -192,7 +298,13 @@ fn resize_gradients() {
     ] {
         let mut c = Case::new(seed);
         let x = c.leaf("x", &dims);
-        let y = c.op(Op::ResizeBilinear { size, align_corners: align }, &[x]);
+        let y = c.op(
+            Op::ResizeBilinear {
+                size,
+                align_corners: align,
+            },
+            &[x],
+        );
         c.check(y);
     }
 }
@@ -202,7 +314,14 @@ fn dropout_gradient_uses_the_forward_mask() {
     let mut c = Case::new(40);
     let x = c.leaf("x", &[1, 3, 5, 5]);
     let step = c.step(3);
-    let y = c.op(Op::Dropout { rate: 0.5, seed: 9, stream: 2 }, &[x, step]);
+    let y = c.op(
+        Op::Dropout {
+            rate: 0.5,
+            seed: 9,
+            stream: 2,
+        },
+        &[x, step],
+    );
     c.check(y);
 }
 
@@ -212,18 +331,37 @@ fn loss_gradients() {
         let mut c = Case::new(50);
         let s = c.leaf("scores", &[2, 4, 3, 5]);
         let labels = c.labels(&[2, 3, 5], 4, 4);
-        let loss = c.op(Op::SoftmaxCrossEntropy { ignore_index: 255, reduction }, &[s, labels]);
+        let loss = c.op(
+            Op::SoftmaxCrossEntropy {
+                ignore_index: 255,
+                reduction,
+            },
+            &[s, labels],
+        );
         c.check(loss);
 
         let mut c = Case::new(51);
         let p = c.leaf("pred", &[1, 1, 5, 7]);
-        let target = c.graph.add(Op::Input { name: "depth".into() }, &[], TensorType::f32(vec![1, 1, 5, 7]), Loc::default());
+        let target = c.graph.add(
+            Op::Input {
+                name: "depth".into(),
+            },
+            &[],
+            TensorType::f32(vec![1, 1, 5, 7]),
+            Loc::default(),
+        );
         let mut t = c.rand.tensor(&[1, 1, 5, 7]);
         for v in t.data.iter_mut().step_by(3) {
             *v = 0.0; // no ground truth here
         }
         c.feeds.insert("depth".into(), Value::Real(t));
-        let loss = c.op(Op::LeastSquares { ignore_value: 0.0, reduction }, &[p, target]);
+        let loss = c.op(
+            Op::LeastSquares {
+                ignore_value: 0.0,
+                reduction,
+            },
+            &[p, target],
+        );
         c.check(loss);
     }
 }

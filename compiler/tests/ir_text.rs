@@ -49,7 +49,10 @@ fn parser_accepts_mlir_opt_style_attribute_types_and_comments() {
 }
 
 fn parse_error(text: &str) -> String {
-    parse_graph(text).map(|_| ()).expect_err("must not parse").to_string()
+    parse_graph(text)
+        .map(|_| ())
+        .expect_err("must not parse")
+        .to_string()
 }
 
 #[test]
@@ -63,33 +66,57 @@ fn parse_errors_name_the_line_and_column() {
     let unknown = EVERY_OP.replace("rfn.relu", "rfn.gelu");
     assert!(parse_error(&unknown).ends_with("unknown operation \"rfn.gelu\""));
 
-    let missing = EVERY_OP.replace("{rate = 0.5, seed = 0, stream = 3}", "{rate = 0.5, seed = 0}");
+    let missing = EVERY_OP.replace(
+        "{rate = 0.5, seed = 0, stream = 3}",
+        "{rate = 0.5, seed = 0}",
+    );
     assert!(parse_error(&missing).ends_with("rfn.dropout needs the attribute `stream`"));
 
-    let extra = EVERY_OP.replace("{rate = 0.5, seed = 0, stream = 3}", "{rate = 0.5, seed = 0, stream = 3, mask = 1}");
+    let extra = EVERY_OP.replace(
+        "{rate = 0.5, seed = 0, stream = 3}",
+        "{rate = 0.5, seed = 0, stream = 3, mask = 1}",
+    );
     assert!(parse_error(&extra).ends_with("rfn.dropout has no attribute `mask`"));
 
-    let wrong_kind = EVERY_OP.replace("stride = [1, 1]} : (tensor<1x6x5x5", "stride = 1} : (tensor<1x6x5x5");
-    assert!(parse_error(&wrong_kind).contains("attribute `stride` of rfn.max_pool2d must be an array of 2 integers"));
+    let wrong_kind = EVERY_OP.replace(
+        "stride = [1, 1]} : (tensor<1x6x5x5",
+        "stride = 1} : (tensor<1x6x5x5",
+    );
+    assert!(parse_error(&wrong_kind)
+        .contains("attribute `stride` of rfn.max_pool2d must be an array of 2 integers"));
 
     let operand_type = EVERY_OP.replace(
         "\"rfn.relu\"(%10) : (tensor<1x6x5x5xf32>)",
         "\"rfn.relu\"(%10) : (tensor<1x6x5x4xf32>)",
     );
-    assert!(parse_error(&operand_type).contains("operand type tensor<1x6x5x4xf32> does not match the value's type tensor<1x6x5x5xf32>"));
+    assert!(parse_error(&operand_type).contains(
+        "operand type tensor<1x6x5x4xf32> does not match the value's type tensor<1x6x5x5xf32>"
+    ));
 
-    let arity = EVERY_OP.replace("\"rfn.relu\"(%10) : (tensor<1x6x5x5xf32>)", "\"rfn.relu\"() : ()");
+    let arity = EVERY_OP.replace(
+        "\"rfn.relu\"(%10) : (tensor<1x6x5x5xf32>)",
+        "\"rfn.relu\"() : ()",
+    );
     assert!(parse_error(&arity).contains("rfn.relu takes 1..=1 operands, found 0"));
 
     let syntax = EVERY_OP.replace("%13 = \"rfn.add\"", "%13 = rfn.add");
-    assert_eq!(parse_error(&syntax), "15:9: syntax error: expected an op name such as \"rfn.relu\"");
+    assert_eq!(
+        parse_error(&syntax),
+        "15:9: syntax error: expected an op name such as \"rfn.relu\""
+    );
 
-    let names = EVERY_OP.replace("names = [\"scores\", \"loss\", \"depth_loss\"]", "names = [\"scores\"]");
+    let names = EVERY_OP.replace(
+        "names = [\"scores\", \"loss\", \"depth_loss\"]",
+        "names = [\"scores\"]",
+    );
     assert!(parse_error(&names).contains("rfn.return has 3 values but 1 names"));
 }
 
 fn verify_messages(text: &str) -> Vec<String> {
-    verify(&parse_graph(text).expect("parses")).into_iter().map(|e| e.message).collect()
+    verify(&parse_graph(text).expect("parses"))
+        .into_iter()
+        .map(|e| e.message)
+        .collect()
 }
 
 #[test]
@@ -99,7 +126,10 @@ fn verifier_rejects_a_wrong_recorded_type() {
         "-> tensor<1x6x4x4xf32> loc(\"c\"(",
     );
     // The conv now claims 4x4, and the batch norm that uses it no longer fits either.
-    let text = text.replace("(tensor<1x6x5x5xf32>, tensor<6xf32>, tensor<6xf32>, tensor<6xf32>, tensor<6xf32>)", "(tensor<1x6x4x4xf32>, tensor<6xf32>, tensor<6xf32>, tensor<6xf32>, tensor<6xf32>)");
+    let text = text.replace(
+        "(tensor<1x6x5x5xf32>, tensor<6xf32>, tensor<6xf32>, tensor<6xf32>, tensor<6xf32>)",
+        "(tensor<1x6x4x4xf32>, tensor<6xf32>, tensor<6xf32>, tensor<6xf32>, tensor<6xf32>)",
+    );
     let messages = verify_messages(&text);
     assert!(
         messages.iter().any(|m| m == "rfn.conv2d is recorded as tensor<1x6x4x4xf32> but its operands give tensor<1x6x5x5xf32>"),
@@ -110,17 +140,36 @@ fn verifier_rejects_a_wrong_recorded_type() {
 #[test]
 fn verifier_rejects_duplicate_names_and_bad_objectives() {
     let dup = EVERY_OP.replace("name = \"bn.bias\"", "name = \"bn.weight\"");
-    assert!(verify_messages(&dup).iter().any(|m| m.contains("parameter name \"bn.weight\" is empty or used twice")));
+    assert!(verify_messages(&dup)
+        .iter()
+        .any(|m| m.contains("parameter name \"bn.weight\" is empty or used twice")));
 
     let not_loss = EVERY_OP.replace("objective = \"loss\"", "objective = \"scores\"");
-    assert_eq!(verify_messages(&not_loss), vec!["objective \"scores\" is not a loss"]);
+    assert_eq!(
+        verify_messages(&not_loss),
+        vec!["objective \"scores\" is not a loss"]
+    );
 
     let missing = EVERY_OP.replace("objective = \"loss\"", "objective = \"total\"");
-    assert_eq!(verify_messages(&missing), vec!["objective \"total\" is not an output"]);
+    assert_eq!(
+        verify_messages(&missing),
+        vec!["objective \"total\" is not an output"]
+    );
 
     let bad_param = EVERY_OP
-        .replace("-> tensor<6xf32> loc(\"bn\")\n  %7", "-> tensor<6x1xf32> loc(\"bn\")\n  %7")
-        .replace("(tensor<1x6x5x5xf32>, tensor<6xf32>, tensor<6xf32>", "(tensor<1x6x5x5xf32>, tensor<6x1xf32>, tensor<6xf32>");
+        .replace(
+            "-> tensor<6xf32> loc(\"bn\")\n  %7",
+            "-> tensor<6x1xf32> loc(\"bn\")\n  %7",
+        )
+        .replace(
+            "(tensor<1x6x5x5xf32>, tensor<6xf32>, tensor<6xf32>",
+            "(tensor<1x6x5x5xf32>, tensor<6x1xf32>, tensor<6xf32>",
+        );
     let messages = verify_messages(&bad_param);
-    assert!(messages.iter().any(|m| m.contains("parameter \"bn.running_mean\" of kind bn_mean cannot have type tensor<6x1xf32>")), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m.contains(
+            "parameter \"bn.running_mean\" of kind bn_mean cannot have type tensor<6x1xf32>"
+        )),
+        "{messages:?}"
+    );
 }

@@ -26,7 +26,10 @@ struct Fixture {
 
 fn fixtures() -> Vec<Fixture> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir).expect("fixture folder").map(|e| e.unwrap().path()).collect();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixture folder")
+        .map(|e| e.unwrap().path())
+        .collect();
     paths.sort();
     paths
         .into_iter()
@@ -42,11 +45,19 @@ fn fixtures() -> Vec<Fixture> {
                 let dims: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
                 match view.dtype() {
                     Dtype::F64 => {
-                        let data = view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+                        let data = view
+                            .data()
+                            .chunks_exact(8)
+                            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                            .collect();
                         real.insert(name, Tensor::new(dims, data));
                     }
                     Dtype::I32 => {
-                        let data = view.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect();
+                        let data = view
+                            .data()
+                            .chunks_exact(4)
+                            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                            .collect();
                         ints.insert(name, Tensor::new(dims, data));
                     }
                     other => panic!("{}: unexpected dtype {other:?}", path.display()),
@@ -65,7 +76,15 @@ fn fixtures() -> Vec<Fixture> {
 }
 
 fn ty(dims: &[u64], int: bool) -> String {
-    TensorType::new(if int { rfnc_compiler::ir::DType::I32 } else { rfnc_compiler::ir::DType::F32 }, dims.to_vec()).to_string()
+    TensorType::new(
+        if int {
+            rfnc_compiler::ir::DType::I32
+        } else {
+            rfnc_compiler::ir::DType::F32
+        },
+        dims.to_vec(),
+    )
+    .to_string()
 }
 
 /// The fixture's op as a graph whose inputs are its operands and whose output is `y`.
@@ -78,17 +97,28 @@ fn graph_of(f: &Fixture) -> rfnc_compiler::ir::Graph {
             None => (f.ints[name].dims.clone(), true),
         };
         let t = ty(&dims, int);
-        text += &format!("  %{i} = \"rfn.input\"() {{name = \"{name}\"}} : () -> {t} loc(unknown)\n");
+        text +=
+            &format!("  %{i} = \"rfn.input\"() {{name = \"{name}\"}} : () -> {t} loc(unknown)\n");
         types.push(t);
     }
     let args: Vec<String> = (0..f.operands.len()).map(|i| format!("%{i}")).collect();
     let y = ty(&f.real["y"].dims, false);
     let n = f.operands.len();
-    text += &format!("  %{n} = \"rfn.{}\"({}) {} : ({}) -> {y} loc(unknown)\n", f.op, args.join(", "), f.attrs, types.join(", "));
+    text += &format!(
+        "  %{n} = \"rfn.{}\"({}) {} : ({}) -> {y} loc(unknown)\n",
+        f.op,
+        args.join(", "),
+        f.attrs,
+        types.join(", ")
+    );
     text += &format!("  \"rfn.return\"(%{n}) {{names = [\"y\"]}} : ({y}) -> ()\n}}) {{sym_name = \"{}\"}} : () -> ()\n", f.name);
     let g = parse_graph(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", f.name));
     let errors = verify(&g);
-    assert!(errors.is_empty(), "{}: shape inference disagrees with PyTorch: {errors:?}", f.name);
+    assert!(
+        errors.is_empty(),
+        "{}: shape inference disagrees with PyTorch: {errors:?}",
+        f.name
+    );
     g
 }
 
@@ -99,9 +129,21 @@ fn cast<T: Real>(t: &Tensor<f64>) -> Tensor<T> {
 /// max |a - b| / max |b|: the error relative to the reference's scale.
 fn relative_error<T: Real>(actual: &Tensor<T>, expected: &Tensor<f64>) -> f64 {
     assert_eq!(actual.dims, expected.dims);
-    let scale = expected.data.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    let worst = actual.data.iter().zip(&expected.data).fold(0.0f64, |m, (a, b)| m.max((a.f64() - b).abs()));
-    if expected.data.iter().all(|v| *v == 0.0) { worst } else { worst / scale }
+    let scale = expected
+        .data
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()))
+        .max(1e-30);
+    let worst = actual
+        .data
+        .iter()
+        .zip(&expected.data)
+        .fold(0.0f64, |m, (a, b)| m.max((a.f64() - b).abs()));
+    if expected.data.iter().all(|v| *v == 0.0) {
+        worst
+    } else {
+        worst / scale
+    }
 }
 
 fn check<T: Real>(f: &Fixture, tolerance: f64) {
@@ -135,15 +177,33 @@ fn check<T: Real>(f: &Fixture, tolerance: f64) {
         .collect();
     assert!(!wrt.is_empty(), "{}: nothing to differentiate", f.name);
     let dims = f.real["y"].dims.clone();
-    let dy = g.add(Op::Input { name: "grad_y".into() }, &[], TensorType::f32(dims), Loc::default());
+    let dy = g.add(
+        Op::Input {
+            name: "grad_y".into(),
+        },
+        &[],
+        TensorType::f32(dims),
+        Loc::default(),
+    );
     feeds.insert("grad_y".into(), Value::Real(cast(&f.real["grad_y"])));
     let ids: Vec<NodeId> = wrt.iter().map(|(_, id)| *id).collect();
     let grads = vector_jacobian(&mut g, op_node, dy, &ids).unwrap();
-    g.outputs = wrt.iter().zip(&grads).map(|((n, _), d)| Output { name: n.clone(), value: d.expect("gradient") }).collect();
+    g.outputs = wrt
+        .iter()
+        .zip(&grads)
+        .map(|((n, _), d)| Output {
+            name: n.clone(),
+            value: d.expect("gradient"),
+        })
+        .collect();
     assert!(verify(&g).is_empty(), "{}: {:?}", f.name, verify(&g));
     for (name, value) in run(&g, &feeds).unwrap() {
         let e = relative_error(value.real(), &f.real[&format!("grad_{name}")]);
-        assert!(e < tolerance, "{}: gradient of `{name}` relative error {e:e}", f.name);
+        assert!(
+            e < tolerance,
+            "{}: gradient of `{name}` relative error {e:e}",
+            f.name
+        );
     }
 }
 
@@ -166,7 +226,15 @@ fn interpreter_matches_pytorch_in_f32() {
 #[test]
 fn fixtures_cover_every_op_family() {
     let ops: std::collections::BTreeSet<String> = fixtures().into_iter().map(|f| f.op).collect();
-    for op in ["conv2d", "max_pool2d", "resize_bilinear", "softmax_cross_entropy", "least_squares", "batch_norm", "relu"] {
+    for op in [
+        "conv2d",
+        "max_pool2d",
+        "resize_bilinear",
+        "softmax_cross_entropy",
+        "least_squares",
+        "batch_norm",
+        "relu",
+    ] {
         assert!(ops.contains(op), "a fixture for {op}");
     }
 }

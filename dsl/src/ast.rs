@@ -13,7 +13,11 @@ pub struct Span {
 impl Span {
     /// The smallest span covering both (same file assumed).
     pub fn to(self, other: Span) -> Span {
-        Span { file: self.file, start: self.start.min(other.start), end: self.end.max(other.end) }
+        Span {
+            file: self.file,
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
     }
 }
 
@@ -96,7 +100,12 @@ pub struct TypeName {
 
 impl std::fmt::Display for TypeName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}{}", self.base.name(), if self.optional { "?" } else { "" })
+        write!(
+            f,
+            "{}{}",
+            self.base.name(),
+            if self.optional { "?" } else { "" }
+        )
     }
 }
 
@@ -147,11 +156,23 @@ pub enum ForIter {
 pub enum StmtKind {
     Let(Ident, Expr),
     Assign(Ident, Expr),
-    Input { name: Ident, dtype: ElemType, dims: Vec<Dim> },
+    Input {
+        name: Ident,
+        dtype: ElemType,
+        dims: Vec<Dim>,
+    },
     Output(Ident, Expr),
     Objective(Ident, Expr),
-    For { var: Ident, iter: ForIter, body: Vec<Stmt> },
-    If { cond: Expr, then: Vec<Stmt>, otherwise: Option<Vec<Stmt>> },
+    For {
+        var: Ident,
+        iter: ForIter,
+        body: Vec<Stmt>,
+    },
+    If {
+        cond: Expr,
+        then: Vec<Stmt>,
+        otherwise: Option<Vec<Stmt>>,
+    },
     Return(Expr),
     Assert(Expr, Option<String>),
     Expr(Expr),
@@ -231,7 +252,11 @@ pub enum ExprKind {
     Var(String),
     List(Vec<Expr>),
     Record(Vec<(Ident, Expr)>),
-    Call { callee: Ident, args: Vec<Arg>, name: Option<CallName> },
+    Call {
+        callee: Ident,
+        args: Vec<Arg>,
+        name: Option<CallName>,
+    },
     Index(Box<Expr>, Box<Expr>),
     Field(Box<Expr>, Ident),
     Unary(UnOp, Box<Expr>),

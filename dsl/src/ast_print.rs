@@ -7,7 +7,10 @@ use crate::source::SourceMap;
 
 /// Renders every module of a program, dependencies first.
 pub fn print_modules(modules: &[Module], sources: &SourceMap) -> String {
-    let mut p = Printer { out: String::new(), sources };
+    let mut p = Printer {
+        out: String::new(),
+        sources,
+    };
     for m in modules {
         let _ = writeln!(p.out, "module {}", sources.file(m.file).name);
         for item in &m.items {
@@ -42,14 +45,24 @@ impl Printer<'_> {
                 self.line(d, format!("import {target} {}", self.at(i.span)));
             }
             Item::Config(c) => {
-                self.line(d, format!("config {}: {} {}", c.name.name, c.ty, self.at(c.span)));
+                self.line(
+                    d,
+                    format!("config {}: {} {}", c.name.name, c.ty, self.at(c.span)),
+                );
                 self.expr(&c.value, d + 1);
             }
             Item::Block(b) => {
-                let ret = b.ret.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
+                let ret = b
+                    .ret
+                    .as_ref()
+                    .map(|t| format!(" -> {t}"))
+                    .unwrap_or_default();
                 self.line(d, format!("block {}{ret} {}", b.name.name, self.at(b.span)));
                 for p in &b.params {
-                    self.line(d + 1, format!("param {}: {} {}", p.name.name, p.ty, self.at(p.span)));
+                    self.line(
+                        d + 1,
+                        format!("param {}: {} {}", p.name.name, p.ty, self.at(p.span)),
+                    );
                     if let Some(def) = &p.default {
                         self.line(d + 2, "default".into());
                         self.expr(def, d + 3);
@@ -89,8 +102,15 @@ impl Printer<'_> {
                         Dim::Symbol(s) => s.name.clone(),
                     })
                     .collect();
-                let t = if *dtype == ElemType::F32 { "f32" } else { "i32" };
-                self.line(d, format!("input {}: {t}[{}] {at}", name.name, dims.join(", ")));
+                let t = if *dtype == ElemType::F32 {
+                    "f32"
+                } else {
+                    "i32"
+                };
+                self.line(
+                    d,
+                    format!("input {}: {t}[{}] {at}", name.name, dims.join(", ")),
+                );
             }
             StmtKind::Output(n, e) => {
                 self.line(d, format!("output {} {at}", n.name));
@@ -116,7 +136,11 @@ impl Printer<'_> {
                 self.line(d + 1, "do".into());
                 self.stmts(body, d + 2);
             }
-            StmtKind::If { cond, then, otherwise } => {
+            StmtKind::If {
+                cond,
+                then,
+                otherwise,
+            } => {
                 self.line(d, format!("if {at}"));
                 self.expr(cond, d + 1);
                 self.line(d + 1, "then".into());
@@ -166,7 +190,11 @@ impl Printer<'_> {
             }
             ExprKind::Call { callee, args, name } => {
                 let named = match name {
-                    Some(n) => format!(" as {}{}", n.base.name, if n.index.is_some() { "[..]" } else { "" }),
+                    Some(n) => format!(
+                        " as {}{}",
+                        n.base.name,
+                        if n.index.is_some() { "[..]" } else { "" }
+                    ),
                     None => String::new(),
                 };
                 self.line(d, format!("call {}{named} {at}", callee.name));
@@ -192,7 +220,10 @@ impl Printer<'_> {
                 self.expr(b, d + 1);
             }
             ExprKind::Unary(op, x) => {
-                self.line(d, format!("{} {at}", if *op == UnOp::Neg { "neg" } else { "not" }));
+                self.line(
+                    d,
+                    format!("{} {at}", if *op == UnOp::Neg { "neg" } else { "not" }),
+                );
                 self.expr(x, d + 1);
             }
             ExprKind::Binary(op, l, r) => {

@@ -27,11 +27,19 @@ pub type Result<T> = std::result::Result<T, Box<Diagnostic>>;
 
 impl Diagnostic {
     pub fn new(title: impl Into<String>) -> Self {
-        Diagnostic { title: title.into(), labels: Vec::new(), notes: Vec::new(), hint: None }
+        Diagnostic {
+            title: title.into(),
+            labels: Vec::new(),
+            notes: Vec::new(),
+            hint: None,
+        }
     }
 
     pub fn label(mut self, span: Span, message: impl Into<String>) -> Self {
-        self.labels.push(Label { span, message: message.into() });
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+        });
         self
     }
 
@@ -64,10 +72,13 @@ impl Diagnostic {
         };
         let id = |span: &Span| sources.file(span.file).name.to_string();
         let range = |span: &Span| span.start as usize..span.end as usize;
-        let config = Config::default().with_color(false).with_index_type(IndexType::Byte);
-        let mut report = Report::build(ReportKind::Error, (id(&primary.span), range(&primary.span)))
-            .with_config(config)
-            .with_message(&self.title);
+        let config = Config::default()
+            .with_color(false)
+            .with_index_type(IndexType::Byte);
+        let mut report =
+            Report::build(ReportKind::Error, (id(&primary.span), range(&primary.span)))
+                .with_config(config)
+                .with_message(&self.title);
         for (order, label) in self.labels.iter().enumerate() {
             report = report.with_label(
                 AriadneLabel::new((id(&label.span), range(&label.span)))
@@ -81,7 +92,11 @@ impl Diagnostic {
         if let Some(hint) = &self.hint {
             report = report.with_help(hint);
         }
-        let cache = ariadne::sources(sources.files().map(|(_, f)| (f.name.to_string(), f.text.clone())));
+        let cache = ariadne::sources(
+            sources
+                .files()
+                .map(|(_, f)| (f.name.to_string(), f.text.clone())),
+        );
         let mut buf = Vec::new();
         if report.finish().write(cache, &mut buf).is_err() {
             return format!("Error: {}\n", self.title);

@@ -24,7 +24,10 @@ pub struct Program {
 
 impl Program {
     pub fn main_module(&self) -> &Module {
-        self.modules.iter().find(|m| m.file == self.main).expect("main module is loaded")
+        self.modules
+            .iter()
+            .find(|m| m.file == self.main)
+            .expect("main module is loaded")
     }
 }
 
@@ -56,9 +59,11 @@ pub fn load_file(path: &Path) -> std::result::Result<Program, (Box<Diagnostic>, 
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => load_source(&name, text, Some(path)),
             Err(_) => Err((
-                Box::new(Diagnostic::new(format!("`{name}` is not valid UTF-8 text")).hint(
-                    "rfnc reads .rfn programs as UTF-8; check that this is the right file",
-                )),
+                Box::new(
+                    Diagnostic::new(format!("`{name}` is not valid UTF-8 text")).hint(
+                        "rfnc reads .rfn programs as UTF-8; check that this is the right file",
+                    ),
+                ),
                 SourceMap::new(),
             )),
         },
@@ -75,13 +80,28 @@ pub fn load_source(
     text: String,
     path: Option<&Path>,
 ) -> std::result::Result<Program, (Box<Diagnostic>, SourceMap)> {
-    let mut loader = Loader { sources: SourceMap::new(), modules: Vec::new(), state: HashMap::new(), stack: Vec::new() };
+    let mut loader = Loader {
+        sources: SourceMap::new(),
+        modules: Vec::new(),
+        state: HashMap::new(),
+        stack: Vec::new(),
+    };
     let key = match path {
         Some(p) => Key::File(p.canonicalize().unwrap_or_else(|_| p.to_path_buf())),
         None => Key::File(PathBuf::from(name)),
     };
-    match loader.load(key, name.to_string(), text, path.map(Path::to_path_buf), None) {
-        Ok(main) => Ok(Program { sources: loader.sources, modules: loader.modules, main }),
+    match loader.load(
+        key,
+        name.to_string(),
+        text,
+        path.map(Path::to_path_buf),
+        None,
+    ) {
+        Ok(main) => Ok(Program {
+            sources: loader.sources,
+            modules: loader.modules,
+            main,
+        }),
         Err(d) => Err((d, loader.sources)),
     }
 }
@@ -92,7 +112,9 @@ fn join_normalised(base: &Path, rel: &str) -> PathBuf {
     for c in base.join(rel).components() {
         match c {
             Component::CurDir => {}
-            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
                 out.pop();
             }
             other => out.push(other.as_os_str()),
@@ -102,7 +124,14 @@ fn join_normalised(base: &Path, rel: &str) -> PathBuf {
 }
 
 impl Loader {
-    fn load(&mut self, key: Key, name: String, text: String, path: Option<PathBuf>, via: Option<Span>) -> Result<FileId> {
+    fn load(
+        &mut self,
+        key: Key,
+        name: String,
+        text: String,
+        path: Option<PathBuf>,
+        via: Option<Span>,
+    ) -> Result<FileId> {
         let file = self.sources.add(name.clone(), text);
         self.state.insert(key.clone(), State::Loading);
         self.stack.push((key.clone(), name, via));
@@ -111,29 +140,52 @@ impl Loader {
             let Item::Import(import) = item else { continue };
             let (dep_key, dep_name, dep_text, dep_path) = match &import.target {
                 ImportTarget::Std(module_name) => {
-                    let known = stdlib::module_names().map(|m| format!("std.{m}")).collect::<Vec<_>>();
+                    let known = stdlib::module_names()
+                        .map(|m| format!("std.{m}"))
+                        .collect::<Vec<_>>();
                     let text = module_name.strip_prefix("std.").and_then(stdlib::source);
                     let Some(text) = text else {
-                        let mut d = Diagnostic::new(format!("there is no standard module `{module_name}`"))
-                            .label(import.span, "unknown module")
-                            .note(format!("the standard library has: {}", known.join(", ")));
-                        let guess = if module_name.starts_with("std.") { module_name.clone() } else { format!("std.{module_name}") };
+                        let mut d =
+                            Diagnostic::new(format!("there is no standard module `{module_name}`"))
+                                .label(import.span, "unknown module")
+                                .note(format!("the standard library has: {}", known.join(", ")));
+                        let guess = if module_name.starts_with("std.") {
+                            module_name.clone()
+                        } else {
+                            format!("std.{module_name}")
+                        };
                         if known.contains(&guess) {
-                            d = d.hint(format!("standard modules are imported as `import {guess};`"));
-                        } else if let Some(s) = crate::suggest::did_you_mean(&guess, known.iter().map(String::as_str)) {
+                            d = d.hint(format!(
+                                "standard modules are imported as `import {guess};`"
+                            ));
+                        } else if let Some(s) =
+                            crate::suggest::did_you_mean(&guess, known.iter().map(String::as_str))
+                        {
                             d = d.hint(format!("did you mean `{s}`?"));
                         }
-                        d = d.note("files are imported by path, in quotes: `import \"blocks.rfn\";`");
+                        d = d.note(
+                            "files are imported by path, in quotes: `import \"blocks.rfn\";`",
+                        );
                         return d.err();
                     };
                     let short = module_name.trim_start_matches("std.").to_string();
-                    (Key::Std(short.clone()), format!("std/{short}.rfn"), text.to_string(), None)
+                    (
+                        Key::Std(short.clone()),
+                        format!("std/{short}.rfn"),
+                        text.to_string(),
+                        None,
+                    )
                 }
                 ImportTarget::Path(rel) => {
-                    let Some(base) = path.as_ref().map(|p| p.parent().unwrap_or(Path::new("")).to_path_buf()) else {
-                        return Diagnostic::new(format!("cannot import `{rel}` from a program that is not a file"))
-                            .label(import.span, "file imports need a file to be relative to")
-                            .err();
+                    let Some(base) = path
+                        .as_ref()
+                        .map(|p| p.parent().unwrap_or(Path::new("")).to_path_buf())
+                    else {
+                        return Diagnostic::new(format!(
+                            "cannot import `{rel}` from a program that is not a file"
+                        ))
+                        .label(import.span, "file imports need a file to be relative to")
+                        .err();
                     };
                     let dep = join_normalised(&base, rel);
                     let text = match std::fs::read_to_string(&dep) {
@@ -164,15 +216,30 @@ impl Loader {
     }
 
     fn cycle_error(&self, key: &Key, closing: Span) -> Result<FileId> {
-        let start = self.stack.iter().position(|(k, _, _)| k == key).unwrap_or(0);
-        let chain: Vec<&str> = self.stack[start..].iter().map(|(_, n, _)| n.as_str()).collect();
-        let mut d = Diagnostic::new(format!("cyclic import: {} -> {}", chain.join(" -> "), chain[0]))
-            .label(closing, format!("imports `{}`, which is still being loaded", chain[0]));
+        let start = self
+            .stack
+            .iter()
+            .position(|(k, _, _)| k == key)
+            .unwrap_or(0);
+        let chain: Vec<&str> = self.stack[start..]
+            .iter()
+            .map(|(_, n, _)| n.as_str())
+            .collect();
+        let mut d = Diagnostic::new(format!(
+            "cyclic import: {} -> {}",
+            chain.join(" -> "),
+            chain[0]
+        ))
+        .label(
+            closing,
+            format!("imports `{}`, which is still being loaded", chain[0]),
+        );
         for (_, name, via) in self.stack[start + 1..].iter().rev() {
             if let Some(span) = via {
                 d = d.label(*span, format!("imports `{name}`"));
             }
         }
-        d.hint("move the shared blocks into a file that both can import").err()
+        d.hint("move the shared blocks into a file that both can import")
+            .err()
     }
 }

@@ -113,13 +113,20 @@ fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rule>) -> Box<
         .collect();
     tokens.sort_unstable();
     tokens.dedup();
-    let found = text[pos..].chars().next().map_or("end of file".to_string(), |c| {
-        let token: String = text[pos..]
-            .chars()
-            .take_while(|ch| ch.is_alphanumeric() || *ch == '_')
-            .collect();
-        if token.is_empty() { format!("`{c}`") } else { format!("`{token}`") }
-    });
+    let found = text[pos..]
+        .chars()
+        .next()
+        .map_or("end of file".to_string(), |c| {
+            let token: String = text[pos..]
+                .chars()
+                .take_while(|ch| ch.is_alphanumeric() || *ch == '_')
+                .collect();
+            if token.is_empty() {
+                format!("`{c}`")
+            } else {
+                format!("`{token}`")
+            }
+        });
     let join = |items: &[String]| match items.len() {
         0 => "something else".to_string(),
         1 => items[0].clone(),
@@ -133,28 +140,68 @@ fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rule>) -> Box<
         let all: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
         (join(&all), None, pos)
     } else {
-        let others: Vec<String> = expected.iter().map(|s| s.to_string()).filter(|o| !tokens.contains(o)).collect();
+        let others: Vec<String> = expected
+            .iter()
+            .map(|s| s.to_string())
+            .filter(|o| !tokens.contains(o))
+            .collect();
         let before = text[..pos].trim_end().len();
-        let at = if tokens.iter().any(|t| t == "`;`") && before < pos { before } else { pos };
-        (join(&tokens), (!others.is_empty()).then(|| join(&others)), at)
+        let at = if tokens.iter().any(|t| t == "`;`") && before < pos {
+            before
+        } else {
+            pos
+        };
+        (
+            join(&tokens),
+            (!others.is_empty()).then(|| join(&others)),
+            at,
+        )
     };
-    let len = text[at..].chars().next().map_or(0, char::len_utf8).max(if at == pos { 0 } else { 1 });
-    let span = Span { file, start: at as u32, end: (at + len.min(text.len() - at)) as u32 };
+    let len = text[at..]
+        .chars()
+        .next()
+        .map_or(0, char::len_utf8)
+        .max(if at == pos { 0 } else { 1 });
+    let span = Span {
+        file,
+        start: at as u32,
+        end: (at + len.min(text.len() - at)) as u32,
+    };
     let mut d = Diagnostic::new(format!("syntax error: expected {wanted}, found {found}"))
         .label(span, format!("expected {wanted} here"));
     if let Some(others) = others {
         d = d.note(format!("the expression could also continue with {others}"));
     }
     if found == "`=`" && expected.contains(&"an operator") {
-        d = d.hint("`=` assigns; compare with `==`, and name call arguments as `f(x, name = value)`");
+        d = d.hint(
+            "`=` assigns; compare with `==`, and name call arguments as `f(x, name = value)`",
+        );
     } else if expected.contains(&"a name") && found.starts_with('`') {
         let word = found.trim_matches('`');
         if matches!(
             word,
-            "let" | "for" | "in" | "if" | "else" | "return" | "block" | "network" | "import" | "config"
-                | "assert" | "true" | "false" | "none" | "and" | "or" | "not" | "as"
+            "let"
+                | "for"
+                | "in"
+                | "if"
+                | "else"
+                | "return"
+                | "block"
+                | "network"
+                | "import"
+                | "config"
+                | "assert"
+                | "true"
+                | "false"
+                | "none"
+                | "and"
+                | "or"
+                | "not"
+                | "as"
         ) {
-            d = d.hint(format!("`{word}` is a keyword and cannot be used as a name"));
+            d = d.hint(format!(
+                "`{word}` is a keyword and cannot be used as a name"
+            ));
         }
     }
     Box::new(d)
@@ -168,7 +215,8 @@ pub fn parse_module(file: FileId, text: &str) -> Result<Module> {
     crate::prescan::prescan(file, text)?;
     static DETAIL: OnceLock<()> = OnceLock::new();
     DETAIL.get_or_init(|| pest::set_error_detail(true));
-    let mut pairs = RfnParser::parse(Rule::program, text).map_err(|e| syntax_error(file, text, e))?;
+    let mut pairs =
+        RfnParser::parse(Rule::program, text).map_err(|e| syntax_error(file, text, e))?;
     let program = pairs.next().expect("grammar: program");
     let b = Builder { file };
     let mut items = Vec::new();
@@ -191,7 +239,11 @@ fn check_depth(root: &Expr) -> Result<()> {
     let mut stack: Vec<(&Expr, usize)> = vec![(root, 1)];
     while let Some((e, depth)) = stack.pop() {
         if depth > MAX_EXPR_DEPTH {
-            let start = Span { file: root.span.file, start: root.span.start, end: root.span.start + 1 };
+            let start = Span {
+                file: root.span.file,
+                start: root.span.start,
+                end: root.span.start + 1,
+            };
             return Diagnostic::new("expression is nested too deeply")
                 .label(start, format!("this expression nests more than {MAX_EXPR_DEPTH} levels of operators and calls"))
                 .hint("split it into steps with `let`")
@@ -223,11 +275,18 @@ struct Builder {
 impl Builder {
     fn span(&self, pair: &Pair<Rule>) -> Span {
         let s = pair.as_span();
-        Span { file: self.file, start: s.start() as u32, end: s.end() as u32 }
+        Span {
+            file: self.file,
+            start: s.start() as u32,
+            end: s.end() as u32,
+        }
     }
 
     fn ident(&self, pair: Pair<Rule>) -> Ident {
-        Ident { name: pair.as_str().to_string(), span: self.span(&pair) }
+        Ident {
+            name: pair.as_str().to_string(),
+            span: self.span(&pair),
+        }
     }
 
     fn string(&self, pair: Pair<Rule>) -> String {
@@ -271,7 +330,11 @@ impl Builder {
             "list" => BaseType::List,
             _ => BaseType::Record,
         };
-        TypeName { base, optional, span: self.span(&pair) }
+        TypeName {
+            base,
+            optional,
+            span: self.span(&pair),
+        }
     }
 
     fn config(&self, pair: Pair<Rule>) -> Result<ConfigDecl> {
@@ -280,7 +343,12 @@ impl Builder {
         let name = self.ident(it.next().expect("grammar: name"));
         let ty = self.type_name(it.next().expect("grammar: type"));
         let value = self.expr(it.next().expect("grammar: value"))?;
-        Ok(ConfigDecl { name, ty, value, span })
+        Ok(ConfigDecl {
+            name,
+            ty,
+            value,
+            span,
+        })
     }
 
     fn block(&self, pair: Pair<Rule>) -> Result<BlockDef> {
@@ -294,7 +362,12 @@ impl Builder {
             let pname = self.ident(pi.next().expect("grammar: param name"));
             let ty = self.type_name(pi.next().expect("grammar: param type"));
             let default = pi.next().map(|d| self.expr(d)).transpose()?;
-            params.push(ParamDecl { name: pname, ty, default, span: pspan });
+            params.push(ParamDecl {
+                name: pname,
+                ty,
+                default,
+                span: pspan,
+            });
         }
         let mut ret = None;
         let mut next = it.next().expect("grammar: body");
@@ -303,7 +376,13 @@ impl Builder {
             next = it.next().expect("grammar: body");
         }
         let body = self.body(next)?;
-        Ok(BlockDef { name, params, ret, body, span })
+        Ok(BlockDef {
+            name,
+            params,
+            ret,
+            body,
+            span,
+        })
     }
 
     fn network(&self, pair: Pair<Rule>) -> Result<NetworkDef> {
@@ -332,7 +411,11 @@ impl Builder {
             Rule::expr_stmt => StmtKind::Expr(self.expr(next())?),
             Rule::input_stmt => {
                 let name = self.ident(next());
-                let dtype = if next().as_str() == "i32" { ElemType::I32 } else { ElemType::F32 };
+                let dtype = if next().as_str() == "i32" {
+                    ElemType::I32
+                } else {
+                    ElemType::F32
+                };
                 let mut dims = Vec::new();
                 for d in it {
                     let inner = d.into_inner().next().expect("grammar: dim");
@@ -365,7 +448,11 @@ impl Builder {
                     Some(p) if p.as_rule() == Rule::if_stmt => Some(vec![self.stmt(p)?]),
                     Some(p) => Some(self.body(p)?),
                 };
-                StmtKind::If { cond, then, otherwise }
+                StmtKind::If {
+                    cond,
+                    then,
+                    otherwise,
+                }
             }
             Rule::assert_stmt => {
                 let cond = self.expr(next())?;
@@ -397,8 +484,15 @@ impl Builder {
             .map_prefix(|op, rhs| {
                 let rhs = rhs?;
                 let span = self.span(&op).to(rhs.span);
-                let op = if op.as_rule() == Rule::neg { UnOp::Neg } else { UnOp::Not };
-                Ok(Expr { kind: ExprKind::Unary(op, Box::new(rhs)), span })
+                let op = if op.as_rule() == Rule::neg {
+                    UnOp::Neg
+                } else {
+                    UnOp::Not
+                };
+                Ok(Expr {
+                    kind: ExprKind::Unary(op, Box::new(rhs)),
+                    span,
+                })
             })
             .map_postfix(|lhs, op| {
                 let lhs = lhs?;
@@ -433,7 +527,10 @@ impl Builder {
                     _ => BinOp::Rem,
                 };
                 let span = lhs.span.to(rhs.span);
-                Ok(Expr { kind: ExprKind::Binary(bin, Box::new(lhs), Box::new(rhs)), span })
+                Ok(Expr {
+                    kind: ExprKind::Binary(bin, Box::new(lhs), Box::new(rhs)),
+                    span,
+                })
             })
             .parse(pairs)
     }
@@ -444,14 +541,22 @@ impl Builder {
             Rule::int => ExprKind::Int(self.int_value(&pair)?),
             Rule::float => match pair.as_str().parse::<f64>() {
                 Ok(v) if v.is_finite() => ExprKind::Float(v),
-                _ => return Diagnostic::new("number out of range").label(span, "too large for a 64-bit float").err(),
+                _ => {
+                    return Diagnostic::new("number out of range")
+                        .label(span, "too large for a 64-bit float")
+                        .err()
+                }
             },
             Rule::string => ExprKind::Str(self.string(pair)),
             Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
             Rule::none => ExprKind::None,
             Rule::var => ExprKind::Var(pair.as_str().to_string()),
             Rule::expr => return self.expr(pair),
-            Rule::list => ExprKind::List(pair.into_inner().map(|e| self.expr(e)).collect::<Result<_>>()?),
+            Rule::list => ExprKind::List(
+                pair.into_inner()
+                    .map(|e| self.expr(e))
+                    .collect::<Result<_>>()?,
+            ),
             Rule::record => {
                 let mut fields = Vec::new();
                 for f in pair.into_inner() {
@@ -478,7 +583,11 @@ impl Builder {
                         let mut ni = n.into_inner();
                         let base = self.ident(ni.next().expect("grammar: as name"));
                         let index = ni.next().map(|e| self.expr(e)).transpose()?.map(Box::new);
-                        Some(CallName { base, index, span: nspan })
+                        Some(CallName {
+                            base,
+                            index,
+                            span: nspan,
+                        })
                     }
                     None => None,
                 };

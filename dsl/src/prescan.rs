@@ -14,7 +14,11 @@ use crate::source::FileId;
 pub const MAX_NESTING: usize = 64;
 
 fn span(file: FileId, at: usize, len: usize) -> Span {
-    Span { file, start: at as u32, end: (at + len) as u32 }
+    Span {
+        file,
+        start: at as u32,
+        end: (at + len) as u32,
+    }
 }
 
 /// Longest run of prefix operators (`-`, `not`) allowed in a row.
@@ -33,7 +37,10 @@ pub fn prescan(file: FileId, text: &str) -> Result<()> {
             prefix_run += 1;
             if prefix_run > MAX_PREFIX_RUN {
                 return Diagnostic::new("too many prefix operators in a row")
-                    .label(span(file, i, if is_not { 3 } else { 1 }), format!("more than {MAX_PREFIX_RUN} `-` or `not` in a row"))
+                    .label(
+                        span(file, i, if is_not { 3 } else { 1 }),
+                        format!("more than {MAX_PREFIX_RUN} `-` or `not` in a row"),
+                    )
                     .err();
             }
         } else if !c.is_whitespace() {
@@ -102,7 +109,10 @@ pub fn prescan(file: FileId, text: &str) -> Result<()> {
                     // An extra closer inside a block: nothing of its kind is open.
                     Some((o, _)) if o == '{' && !open.iter().any(|(p, _)| *p == want) => {
                         return Diagnostic::new(format!("unmatched `{c}`"))
-                            .label(span(file, i, 1), format!("no `{want}` is open here: remove this `{c}`?"))
+                            .label(
+                                span(file, i, 1),
+                                format!("no `{want}` is open here: remove this `{c}`?"),
+                            )
                             .err()
                     }
                     Some((o, at)) => {
@@ -124,8 +134,10 @@ pub fn prescan(file: FileId, text: &str) -> Result<()> {
                 }
             }
             c if !c.is_ascii() && !c.is_whitespace() => {
-                let mut d = Diagnostic::new(format!("unexpected character `{c}`"))
-                    .label(span(file, i, c.len_utf8()), "not allowed outside strings and comments");
+                let mut d = Diagnostic::new(format!("unexpected character `{c}`")).label(
+                    span(file, i, c.len_utf8()),
+                    "not allowed outside strings and comments",
+                );
                 if c.is_alphanumeric() {
                     d = d.hint("names use ASCII letters, digits and `_`");
                 }
@@ -141,7 +153,10 @@ pub fn prescan(file: FileId, text: &str) -> Result<()> {
             _ => '}',
         };
         return Diagnostic::new(format!("`{o}` is never closed"))
-            .label(span(file, *at, 1), format!("opened here; expected `{close}` before the end of the file"))
+            .label(
+                span(file, *at, 1),
+                format!("opened here; expected `{close}` before the end of the file"),
+            )
             .err();
     }
     Ok(())

@@ -23,7 +23,10 @@ impl SourceFile {
         let line = self.line_starts.partition_point(|&s| s <= offset) - 1;
         let start = self.line_starts[line] as usize;
         let end = (offset as usize).min(self.text.len());
-        let col = self.text.get(start..end).map_or(end - start, |s| s.chars().count());
+        let col = self
+            .text
+            .get(start..end)
+            .map_or(end - start, |s| s.chars().count());
         (line as u32 + 1, col as u32 + 1)
     }
 }
@@ -42,7 +45,11 @@ impl SourceMap {
     pub fn add(&mut self, name: impl Into<Arc<str>>, text: String) -> FileId {
         let mut line_starts = vec![0u32];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i as u32 + 1));
-        self.files.push(SourceFile { name: name.into(), text, line_starts });
+        self.files.push(SourceFile {
+            name: name.into(),
+            text,
+            line_starts,
+        });
         FileId(self.files.len() as u32 - 1)
     }
 
@@ -51,13 +58,17 @@ impl SourceMap {
     }
 
     pub fn files(&self) -> impl Iterator<Item = (FileId, &SourceFile)> {
-        self.files.iter().enumerate().map(|(i, f)| (FileId(i as u32), f))
+        self.files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (FileId(i as u32), f))
     }
 
     /// The text a span covers.
     pub fn snippet(&self, span: Span) -> &str {
         let text = &self.file(span.file).text;
-        text.get(span.start as usize..span.end as usize).unwrap_or("")
+        text.get(span.start as usize..span.end as usize)
+            .unwrap_or("")
     }
 
     /// Converts a span to the line/column form the IR keeps in `loc(...)`.
@@ -65,6 +76,12 @@ impl SourceMap {
         let file = self.file(span.file);
         let (line, col) = file.line_col(span.start);
         let (end_line, end_col) = file.line_col(span.end);
-        SourcePos { file: file.name.clone(), line, col, end_line, end_col }
+        SourcePos {
+            file: file.name.clone(),
+            line,
+            col,
+            end_line,
+            end_col,
+        }
     }
 }

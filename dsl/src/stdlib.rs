@@ -10,7 +10,10 @@ const MODULES: &[(&str, &str)] = &[
 
 /// The source of the standard module `std.NAME`, given its `NAME`.
 pub fn source(name: &str) -> Option<&'static str> {
-    MODULES.iter().find(|(n, _)| *n == name).map(|(_, text)| *text)
+    MODULES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
 }
 
 pub fn module_names() -> impl Iterator<Item = &'static str> {
@@ -20,5 +23,8 @@ pub fn module_names() -> impl Iterator<Item = &'static str> {
 /// The standard module that defines block `name`, for "did you forget an import" hints.
 pub fn module_defining(name: &str) -> Option<&'static str> {
     let needle = format!("block {name}(");
-    MODULES.iter().find(|(_, text)| text.contains(&needle)).map(|(n, _)| *n)
+    MODULES
+        .iter()
+        .find(|(_, text)| text.contains(&needle))
+        .map(|(n, _)| *n)
 }

@@ -9,13 +9,15 @@ fn distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
             }
@@ -28,8 +30,11 @@ fn distance(a: &str, b: &str) -> usize {
 /// is exactly one at that distance (a tie would be a guess, so it suggests nothing).
 pub fn did_you_mean<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let limit = (name.chars().count() / 3).max(1);
-    let mut close: Vec<(usize, &str)> =
-        candidates.filter(|c| *c != name).map(|c| (distance(name, c), c)).filter(|(d, _)| *d <= limit).collect();
+    let mut close: Vec<(usize, &str)> = candidates
+        .filter(|c| *c != name)
+        .map(|c| (distance(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .collect();
     close.sort_unstable();
     close.dedup();
     match close.as_slice() {
@@ -46,10 +51,19 @@ mod tests {
     #[test]
     fn suggests_close_names_only() {
         let names = ["channels", "conv", "crp", "relu"];
-        assert_eq!(did_you_mean("chanels", names.iter().copied()), Some("channels"));
+        assert_eq!(
+            did_you_mean("chanels", names.iter().copied()),
+            Some("channels")
+        );
         assert_eq!(did_you_mean("rleu", names.iter().copied()), Some("relu"));
         assert_eq!(did_you_mean("softmax", names.iter().copied()), None);
-        assert_eq!(did_you_mean("depht", ["depth", "width"].into_iter()), Some("depth"));
-        assert_eq!(did_you_mean("s5", ["s1", "s2", "s3", "s4"].into_iter()), None);
+        assert_eq!(
+            did_you_mean("depht", ["depth", "width"].into_iter()),
+            Some("depth")
+        );
+        assert_eq!(
+            did_you_mean("s5", ["s1", "s2", "s3", "s4"].into_iter()),
+            None
+        );
     }
 }

@@ -19,12 +19,19 @@ const INPUT: [u64; 4] = [1, 3, 32, 32];
 fn options(input: &[u64], defines: &[(&str, &str)]) -> Options {
     Options {
         input: input.to_vec(),
-        defines: defines.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+        defines: defines
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
     }
 }
 
 /// Elaborates a loaded program; the rendered error, or `Ok` if it compiled.
-fn elaborate_rendered(program: Program, input: &[u64], defines: &[(&str, &str)]) -> Result<(), String> {
+fn elaborate_rendered(
+    program: Program,
+    input: &[u64],
+    defines: &[(&str, &str)],
+) -> Result<(), String> {
     match elaborate(&program, &options(input, defines)) {
         Ok(_) => Ok(()),
         Err(d) => Err(d.render(&program.sources)),
@@ -71,7 +78,11 @@ const MAIN_THREAD_STACK: usize = 8 << 20;
 
 /// Compiles `text` on a thread with `stack` bytes of stack, giving up after `secs` seconds
 /// (the thread is left running). `Err` says why no result came back.
-fn compile_on_thread(text: String, stack: usize, secs: u64) -> Result<Result<(), String>, &'static str> {
+fn compile_on_thread(
+    text: String,
+    stack: usize,
+    secs: u64,
+) -> Result<Result<(), String>, &'static str> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .stack_size(stack)
@@ -81,7 +92,9 @@ fn compile_on_thread(text: String, stack: usize, secs: u64) -> Result<Result<(),
         .expect("spawn a compile thread");
     match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
         Ok(result) => Ok(result),
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err("still compiling: the compiler hangs"),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            Err("still compiling: the compiler hangs")
+        }
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err("the compile thread panicked"),
     }
 }
@@ -117,7 +130,11 @@ fn syntax_missing_semicolon() {
 }
 "#,
     );
-    check("syntax_missing_semicolon", &r, "syntax error: expected `;`, found `output`");
+    check(
+        "syntax_missing_semicolon",
+        &r,
+        "syntax error: expected `;`, found `output`",
+    );
 }
 
 #[test]
@@ -169,7 +186,11 @@ fn syntax_unclosed_brace_at_end_of_file() {
     output y = relu(x);
 "#,
     );
-    check("syntax_unclosed_brace_at_end_of_file", &r, "`{` is never closed");
+    check(
+        "syntax_unclosed_brace_at_end_of_file",
+        &r,
+        "`{` is never closed",
+    );
     assert!(r.contains("expected `}` before the end of the file"), "{r}");
 }
 
@@ -189,7 +210,11 @@ network n {
 }
 "#,
     );
-    check("syntax_assign_instead_of_compare", &r, "syntax error: expected `{`, found `=`");
+    check(
+        "syntax_assign_instead_of_compare",
+        &r,
+        "syntax error: expected `{`, found `=`",
+    );
     assert!(r.contains("compare with `==`"), "{r}");
 }
 
@@ -203,7 +228,11 @@ fn syntax_bad_token() {
 }
 "#,
     );
-    check("syntax_bad_token", &r, "syntax error: expected `;`, found `@`");
+    check(
+        "syntax_bad_token",
+        &r,
+        "syntax error: expected `;`, found `@`",
+    );
 }
 
 #[test]
@@ -241,7 +270,11 @@ fn syntax_integer_literal_too_large() {
 }
 "#,
     );
-    check("syntax_integer_literal_too_large", &r, "integer literal is too large");
+    check(
+        "syntax_integer_literal_too_large",
+        &r,
+        "integer literal is too large",
+    );
 }
 
 // FINDING: the missing `;` after an `input` statement is still reported at the last
@@ -257,7 +290,11 @@ fn syntax_missing_semicolon_after_input() {
 }
 "#,
     );
-    check("syntax_missing_semicolon_after_input", &r, "syntax error: expected `;`, found `W`");
+    check(
+        "syntax_missing_semicolon_after_input",
+        &r,
+        "syntax error: expected `;`, found `W`",
+    );
 }
 
 #[test]
@@ -268,7 +305,11 @@ fn syntax_missing_semicolon_before_brace() {
 }
 "#,
     );
-    check("syntax_missing_semicolon_before_brace", &r, "syntax error: expected `;`, found `}`");
+    check(
+        "syntax_missing_semicolon_before_brace",
+        &r,
+        "syntax error: expected `;`, found `}`",
+    );
 }
 
 #[test]
@@ -280,7 +321,11 @@ fn syntax_missing_comma_between_arguments() {
 }
 "#,
     );
-    check("syntax_missing_comma_between_arguments", &r, "syntax error: expected `)`, `,` or `=`, found `8`");
+    check(
+        "syntax_missing_comma_between_arguments",
+        &r,
+        "syntax error: expected `)`, `,` or `=`, found `8`",
+    );
 }
 
 #[test]
@@ -332,7 +377,11 @@ network n {
 }
 "#,
     );
-    check("syntax_single_quoted_string", &r, "strings use double quotes");
+    check(
+        "syntax_single_quoted_string",
+        &r,
+        "strings use double quotes",
+    );
 }
 
 // FINDING: the hint is fixed text: it says `write "pool_conv", not 'pool_conv'` whatever
@@ -348,7 +397,11 @@ network n {
 }
 "#,
     );
-    check("syntax_single_quoted_string_other_text", &r, "strings use double quotes");
+    check(
+        "syntax_single_quoted_string_other_text",
+        &r,
+        "strings use double quotes",
+    );
 }
 
 #[test]
@@ -457,7 +510,11 @@ fn unknown_block_transposed_letters() {
 }
 "#,
     );
-    check("unknown_block_transposed_letters", &r, "unknown block `rleu`");
+    check(
+        "unknown_block_transposed_letters",
+        &r,
+        "unknown block `rleu`",
+    );
     assert!(r.contains("did you mean `relu`?"), "{r}");
 }
 
@@ -474,7 +531,11 @@ network n {
 }
 "#,
     );
-    check("unknown_block_user_defined_did_you_mean", &r, "unknown block `double_rel`");
+    check(
+        "unknown_block_user_defined_did_you_mean",
+        &r,
+        "unknown block `double_rel`",
+    );
     assert!(r.contains("did you mean `double_relu`?"), "{r}");
 }
 
@@ -488,7 +549,11 @@ fn assignment_to_undefined_variable() {
 }
 "#,
     );
-    check("assignment_to_undefined_variable", &r, "assignment to undefined variable `y`");
+    check(
+        "assignment_to_undefined_variable",
+        &r,
+        "assignment to undefined variable `y`",
+    );
     assert!(r.contains("let y = ...;"), "{r}");
 }
 
@@ -504,7 +569,11 @@ network n {
 }
 "#,
     );
-    check("assignment_to_config", &r, "assignment to undefined variable `width`");
+    check(
+        "assignment_to_config",
+        &r,
+        "assignment to undefined variable `width`",
+    );
     assert!(r.contains("-D width=VALUE"), "{r}");
 }
 
@@ -519,7 +588,11 @@ fn variable_defined_twice() {
 }
 "#,
     );
-    check("variable_defined_twice", &r, "`y` is already defined in this scope");
+    check(
+        "variable_defined_twice",
+        &r,
+        "`y` is already defined in this scope",
+    );
 }
 
 // FINDING (minor): the help "to change a variable, assign without `let`: `y = ...;`" (shared
@@ -534,7 +607,11 @@ fn output_shadows_variable() {
 }
 "#,
     );
-    check("output_shadows_variable", &r, "`y` is already defined in this scope");
+    check(
+        "output_shadows_variable",
+        &r,
+        "`y` is already defined in this scope",
+    );
 }
 
 #[test]
@@ -549,7 +626,11 @@ fn objective_shadows_variable() {
 }
 "#,
     );
-    check("objective_shadows_variable", &r, "`loss` is already defined in this scope");
+    check(
+        "objective_shadows_variable",
+        &r,
+        "`loss` is already defined in this scope",
+    );
 }
 
 // ----- calls ----------------------------------------------------------------------------
@@ -563,7 +644,11 @@ fn too_many_positional_arguments() {
 }
 "#,
     );
-    check("too_many_positional_arguments", &r, "`relu` takes 1 argument, but more were given");
+    check(
+        "too_many_positional_arguments",
+        &r,
+        "`relu` takes 1 argument, but more were given",
+    );
 }
 
 #[test]
@@ -579,7 +664,11 @@ network n {
 }
 "#,
     );
-    check("too_many_arguments_to_block", &r, "`widen` takes 2 arguments, but more were given");
+    check(
+        "too_many_arguments_to_block",
+        &r,
+        "`widen` takes 2 arguments, but more were given",
+    );
 }
 
 #[test]
@@ -591,7 +680,11 @@ fn unknown_named_argument_did_you_mean() {
 }
 "#,
     );
-    check("unknown_named_argument_did_you_mean", &r, "`conv` has no parameter `strid`");
+    check(
+        "unknown_named_argument_did_you_mean",
+        &r,
+        "`conv` has no parameter `strid`",
+    );
     assert!(r.contains("did you mean `stride`?"), "{r}");
 }
 
@@ -604,7 +697,11 @@ fn argument_given_twice() {
 }
 "#,
     );
-    check("argument_given_twice", &r, "argument `out` of `conv` is given twice");
+    check(
+        "argument_given_twice",
+        &r,
+        "argument `out` of `conv` is given twice",
+    );
 }
 
 // FINDING (minor): the extra "in `widen`, called here" label repeats the call that the
@@ -622,7 +719,11 @@ network n {
 }
 "#,
     );
-    check("argument_given_twice_to_block", &r, "argument `width` of `widen` is given twice");
+    check(
+        "argument_given_twice_to_block",
+        &r,
+        "argument `width` of `widen` is given twice",
+    );
 }
 
 #[test]
@@ -634,7 +735,11 @@ fn positional_after_named() {
 }
 "#,
     );
-    check("positional_after_named", &r, "positional argument after a named one");
+    check(
+        "positional_after_named",
+        &r,
+        "positional argument after a named one",
+    );
 }
 
 #[test]
@@ -646,7 +751,11 @@ fn missing_required_argument_builtin() {
 }
 "#,
     );
-    check("missing_required_argument_builtin", &r, "`conv` needs the argument `out`");
+    check(
+        "missing_required_argument_builtin",
+        &r,
+        "`conv` needs the argument `out`",
+    );
 }
 
 #[test]
@@ -662,7 +771,11 @@ network n {
 }
 "#,
     );
-    check("missing_required_argument_block", &r, "`widen` needs the argument `width`");
+    check(
+        "missing_required_argument_block",
+        &r,
+        "`widen` needs the argument `width`",
+    );
 }
 
 #[test]
@@ -675,7 +788,11 @@ fn argument_int_where_tensor_expected() {
 }
 "#,
     );
-    check("argument_int_where_tensor_expected", &r, "argument `x` of `relu` must be a tensor");
+    check(
+        "argument_int_where_tensor_expected",
+        &r,
+        "argument `x` of `relu` must be a tensor",
+    );
 }
 
 #[test]
@@ -687,7 +804,11 @@ fn argument_tensor_where_int_expected() {
 }
 "#,
     );
-    check("argument_tensor_where_int_expected", &r, "argument `out` of `conv` must be an int");
+    check(
+        "argument_tensor_where_int_expected",
+        &r,
+        "argument `out` of `conv` must be an int",
+    );
 }
 
 #[test]
@@ -703,7 +824,11 @@ network n {
 }
 "#,
     );
-    check("argument_type_error_in_block", &r, "argument `width` of `widen` must be an int");
+    check(
+        "argument_type_error_in_block",
+        &r,
+        "argument `width` of `widen` must be an int",
+    );
 }
 
 #[test]
@@ -715,7 +840,11 @@ fn as_on_builtin_without_parameters() {
 }
 "#,
     );
-    check("as_on_builtin_without_parameters", &r, "`relu` creates no parameters, so it cannot be named");
+    check(
+        "as_on_builtin_without_parameters",
+        &r,
+        "`relu` creates no parameters, so it cannot be named",
+    );
 }
 
 // ----- blocks ---------------------------------------------------------------------------
@@ -733,7 +862,11 @@ network n {
 }
 "#,
     );
-    check("block_return_type_mismatch", &r, "block `width_of` returns the int 3 but is declared to return a tensor");
+    check(
+        "block_return_type_mismatch",
+        &r,
+        "block `width_of` returns the int 3 but is declared to return a tensor",
+    );
 }
 
 #[test]
@@ -749,7 +882,11 @@ network n {
 }
 "#,
     );
-    check("block_ends_without_return", &r, "block `act` ends without returning a tensor");
+    check(
+        "block_ends_without_return",
+        &r,
+        "block `act` ends without returning a tensor",
+    );
 }
 
 #[test]
@@ -787,7 +924,11 @@ network n {
 }
 "#,
     );
-    check("block_defined_twice_with_std", &r, "block `rcu` is defined twice");
+    check(
+        "block_defined_twice_with_std",
+        &r,
+        "block `rcu` is defined twice",
+    );
 }
 
 #[test]
@@ -803,7 +944,11 @@ network n {
 }
 "#,
     );
-    check("block_named_like_builtin", &r, "block `relu` has the name of a built-in operation");
+    check(
+        "block_named_like_builtin",
+        &r,
+        "block `relu` has the name of a built-in operation",
+    );
 }
 
 const ENDLESS_RECURSION: &str = r#"block down(x: tensor, n: int) -> tensor {
@@ -870,7 +1015,11 @@ fn shape_mismatch_in_add() {
 }
 "#,
     );
-    check("shape_mismatch_in_add", &r, "cannot add f32[1, 8, 32, 32] and f32[1, 4, 32, 32]");
+    check(
+        "shape_mismatch_in_add",
+        &r,
+        "cannot add f32[1, 8, 32, 32] and f32[1, 4, 32, 32]",
+    );
     assert!(r.contains("made here"), "{r}");
 }
 
@@ -886,14 +1035,25 @@ fn shape_mismatch_in_add_spatial() {
 }
 "#,
     );
-    check("shape_mismatch_in_add_spatial", &r, "cannot add f32[1, 8, 32, 32] and f32[1, 8, 16, 16]");
+    check(
+        "shape_mismatch_in_add_spatial",
+        &r,
+        "cannot add f32[1, 8, 32, 32] and f32[1, 8, 16, 16]",
+    );
 }
 
 #[test]
 fn shape_mismatch_in_imported_block() {
     let r = file_error("tests/fixtures/errors/nested_error.rfn");
-    check("shape_mismatch_in_imported_block", &r, "cannot add f32[1, 8, 32, 32] and f32[1, 4, 32, 32]");
-    assert!(r.contains("tests/fixtures/errors/lib/broken_lib.rfn"), "{r}");
+    check(
+        "shape_mismatch_in_imported_block",
+        &r,
+        "cannot add f32[1, 8, 32, 32] and f32[1, 4, 32, 32]",
+    );
+    assert!(
+        r.contains("tests/fixtures/errors/lib/broken_lib.rfn"),
+        "{r}"
+    );
 }
 
 #[test]
@@ -905,7 +1065,11 @@ fn add_tensor_and_int() {
 }
 "#,
     );
-    check("add_tensor_and_int", &r, "`+` cannot combine a tensor f32[1, 3, 32, 32] and the int 1");
+    check(
+        "add_tensor_and_int",
+        &r,
+        "`+` cannot combine a tensor f32[1, 3, 32, 32] and the int 1",
+    );
 }
 
 #[test]
@@ -917,7 +1081,11 @@ fn conv_groups_do_not_divide_channels() {
 }
 "#,
     );
-    check("conv_groups_do_not_divide_channels", &r, "groups = 2 must divide both the input channels (3)");
+    check(
+        "conv_groups_do_not_divide_channels",
+        &r,
+        "groups = 2 must divide both the input channels (3)",
+    );
 }
 
 #[test]
@@ -929,7 +1097,11 @@ fn conv_kernel_larger_than_input() {
 }
 "#,
     );
-    check("conv_kernel_larger_than_input", &r, "a 65x65 kernel does not fit a 32x32 input padded by 0");
+    check(
+        "conv_kernel_larger_than_input",
+        &r,
+        "a 65x65 kernel does not fit a 32x32 input padded by 0",
+    );
 }
 
 #[test]
@@ -954,7 +1126,11 @@ fn maxpool_window_larger_than_input() {
 }
 "#,
     );
-    check("maxpool_window_larger_than_input", &r, "a 64x64 pooling window does not fit a 32x32 input padded by 0");
+    check(
+        "maxpool_window_larger_than_input",
+        &r,
+        "a 64x64 pooling window does not fit a 32x32 input padded by 0",
+    );
 }
 
 #[test]
@@ -966,7 +1142,11 @@ fn maxpool_padding_too_large() {
 }
 "#,
     );
-    check("maxpool_padding_too_large", &r, "max-pool padding must be between 0 and half the window (1)");
+    check(
+        "maxpool_padding_too_large",
+        &r,
+        "max-pool padding must be between 0 and half the window (1)",
+    );
 }
 
 #[test]
@@ -999,7 +1179,11 @@ fn softmax_cross_entropy_float_labels() {
 }
 "#,
     );
-    check("softmax_cross_entropy_float_labels", &r, "labels of element type i32");
+    check(
+        "softmax_cross_entropy_float_labels",
+        &r,
+        "labels of element type i32",
+    );
 }
 
 #[test]
@@ -1026,7 +1210,11 @@ fn channels_of_rank3_tensor() {
 }
 "#,
     );
-    check("channels_of_rank3_tensor", &r, "`channels` needs an NxCxHxW tensor");
+    check(
+        "channels_of_rank3_tensor",
+        &r,
+        "`channels` needs an NxCxHxW tensor",
+    );
 }
 
 #[test]
@@ -1038,7 +1226,11 @@ fn dropout_probability_out_of_range() {
 }
 "#,
     );
-    check("dropout_probability_out_of_range", &r, "dropout probability must be in [0, 1)");
+    check(
+        "dropout_probability_out_of_range",
+        &r,
+        "dropout probability must be in [0, 1)",
+    );
 }
 
 #[test]
@@ -1050,7 +1242,11 @@ fn resize_too_large() {
 }
 "#,
     );
-    check("resize_too_large", &r, "tensor f32[1, 3, 1048576, 1048576] is too large");
+    check(
+        "resize_too_large",
+        &r,
+        "tensor f32[1, 3, 1048576, 1048576] is too large",
+    );
 }
 
 // ----- parameters -----------------------------------------------------------------------
@@ -1068,7 +1264,11 @@ fn duplicate_parameter_in_loop() {
 }
 "#,
     );
-    check("duplicate_parameter_in_loop", &r, "parameter `y.weight` is defined twice");
+    check(
+        "duplicate_parameter_in_loop",
+        &r,
+        "parameter `y.weight` is defined twice",
+    );
     assert!(r.contains("as NAME[i]"), "{r}");
 }
 
@@ -1085,7 +1285,11 @@ network n {
 }
 "#,
     );
-    check("duplicate_parameter_same_as_name", &r, "parameter `unit.conv1.weight` is defined twice");
+    check(
+        "duplicate_parameter_same_as_name",
+        &r,
+        "parameter `unit.conv1.weight` is defined twice",
+    );
 }
 
 #[test]
@@ -1101,7 +1305,11 @@ fn negative_name_index() {
 }
 "#,
     );
-    check("negative_name_index", &r, "a name index must not be negative");
+    check(
+        "negative_name_index",
+        &r,
+        "a name index must not be negative",
+    );
 }
 
 // ----- statements -----------------------------------------------------------------------
@@ -1141,7 +1349,11 @@ fn record_field_does_not_exist() {
 }
 "#,
     );
-    check("record_field_does_not_exist", &r, "the record has no field `widht`");
+    check(
+        "record_field_does_not_exist",
+        &r,
+        "the record has no field `widht`",
+    );
     assert!(r.contains("did you mean `width`?"), "{r}");
 }
 
@@ -1158,7 +1370,11 @@ network n {
 }
 "#,
     );
-    check("record_field_of_std_result", &r, "the record has no field `s5`");
+    check(
+        "record_field_of_std_result",
+        &r,
+        "the record has no field `s5`",
+    );
     assert!(!r.contains("did you mean"), "{r}");
 }
 
@@ -1184,7 +1400,11 @@ fn record_field_given_twice() {
 }
 "#,
     );
-    check("record_field_given_twice", &r, "field `width` is given twice");
+    check(
+        "record_field_given_twice",
+        &r,
+        "field `width` is given twice",
+    );
 }
 
 #[test]
@@ -1211,7 +1431,11 @@ fn assert_condition_not_bool() {
 }
 "#,
     );
-    check("assert_condition_not_bool", &r, "`assert` needs a condition");
+    check(
+        "assert_condition_not_bool",
+        &r,
+        "`assert` needs a condition",
+    );
 }
 
 #[test]
@@ -1225,7 +1449,11 @@ fn for_over_non_list() {
 }
 "#,
     );
-    check("for_over_non_list", &r, "`for` iterates over a range or a list");
+    check(
+        "for_over_non_list",
+        &r,
+        "`for` iterates over a range or a list",
+    );
 }
 
 #[test]
@@ -1266,7 +1494,11 @@ fn float_division_by_zero() {
 }
 "#,
     );
-    check("float_division_by_zero", &r, "the result is not a finite number");
+    check(
+        "float_division_by_zero",
+        &r,
+        "the result is not a finite number",
+    );
 }
 
 // FINDING (minor): the label writes the operand 1e308 out as a 309-digit number; large and
@@ -1345,7 +1577,11 @@ network n {
         &INPUT,
         &[("depth", "42")],
     );
-    check("assert_failure_std_resnet_depth", &r, "ResNet depth must be 50, 101 or 152");
+    check(
+        "assert_failure_std_resnet_depth",
+        &r,
+        "ResNet depth must be 50, 101 or 152",
+    );
 }
 
 #[test]
@@ -1368,7 +1604,11 @@ fn assert_failure_tiny_example() {
         Ok(()) => panic!("tiny.rfn with depth 42 compiled"),
         Err(r) => r,
     };
-    check("assert_failure_tiny_example", &r, "ResNet depth must be 50, 101 or 152");
+    check(
+        "assert_failure_tiny_example",
+        &r,
+        "ResNet depth must be 50, 101 or 152",
+    );
 }
 
 // ----- the network ----------------------------------------------------------------------
@@ -1387,7 +1627,11 @@ network n {
 }
 "#,
     );
-    check("output_inside_block", &r, "`output` is only allowed in a network");
+    check(
+        "output_inside_block",
+        &r,
+        "`output` is only allowed in a network",
+    );
 }
 
 #[test]
@@ -1404,7 +1648,11 @@ network n {
 }
 "#,
     );
-    check("input_inside_block", &r, "`input` is only allowed in a network");
+    check(
+        "input_inside_block",
+        &r,
+        "`input` is only allowed in a network",
+    );
 }
 
 #[test]
@@ -1416,7 +1664,11 @@ fn return_in_network() {
 }
 "#,
     );
-    check("return_in_network", &r, "`return` is not allowed in a network");
+    check(
+        "return_in_network",
+        &r,
+        "`return` is not allowed in a network",
+    );
 }
 
 #[test]
@@ -1444,7 +1696,11 @@ fn objective_not_a_loss() {
 }
 "#,
     );
-    check("objective_not_a_loss", &r, "objective `loss` must be a loss");
+    check(
+        "objective_not_a_loss",
+        &r,
+        "objective `loss` must be a loss",
+    );
 }
 
 #[test]
@@ -1541,7 +1797,11 @@ network n {
         &INPUT,
         &[("dpeth", "101")],
     );
-    check("define_unknown_config", &r, "-D dpeth: the program has no config `dpeth`");
+    check(
+        "define_unknown_config",
+        &r,
+        "-D dpeth: the program has no config `dpeth`",
+    );
     assert!(r.contains("did you mean `depth`?"), "{r}");
 }
 
@@ -1556,7 +1816,11 @@ fn define_without_any_config() {
         &INPUT,
         &[("depth", "101")],
     );
-    check("define_without_any_config", &r, "-D depth: the program has no config `depth`");
+    check(
+        "define_without_any_config",
+        &r,
+        "-D depth: the program has no config `depth`",
+    );
 }
 
 #[test]
@@ -1588,7 +1852,11 @@ network n {
         &INPUT,
         &[("blocks", "[2, 2, 2, 2]")],
     );
-    check("define_list_config", &r, "-D cannot set `blocks`: it is a list config");
+    check(
+        "define_list_config",
+        &r,
+        "-D cannot set `blocks`: it is a list config",
+    );
 }
 
 #[test]
@@ -1602,7 +1870,11 @@ network n {
 }
 "#,
     );
-    check("config_value_wrong_type", &r, "config `depth` is declared int but its value is the string \"fifty\"");
+    check(
+        "config_value_wrong_type",
+        &r,
+        "config `depth` is declared int but its value is the string \"fifty\"",
+    );
 }
 
 #[test]
@@ -1617,7 +1889,11 @@ network n {
 }
 "#,
     );
-    check("config_declared_twice", &r, "config `width` is declared twice");
+    check(
+        "config_declared_twice",
+        &r,
+        "config `width` is declared twice",
+    );
 }
 
 // ----- --input --------------------------------------------------------------------------
@@ -1633,7 +1909,11 @@ fn input_rank_mismatch() {
         &[3, 32, 32],
         &[],
     );
-    check("input_rank_mismatch", &r, "--input has 3 dimensions but `x` is declared with 4");
+    check(
+        "input_rank_mismatch",
+        &r,
+        "--input has 3 dimensions but `x` is declared with 4",
+    );
 }
 
 #[test]
@@ -1647,7 +1927,11 @@ fn input_fixed_dimension_mismatch() {
         &[1, 4, 32, 32],
         &[],
     );
-    check("input_fixed_dimension_mismatch", &r, "--input gives 4 for dimension 1 of `x`, which is declared 3");
+    check(
+        "input_fixed_dimension_mismatch",
+        &r,
+        "--input gives 4 for dimension 1 of `x`, which is declared 3",
+    );
 }
 
 #[test]
@@ -1661,7 +1945,11 @@ fn input_symbol_given_two_values() {
         &[1, 3, 32, 64],
         &[],
     );
-    check("input_symbol_given_two_values", &r, "--input gives 64 for `S`, which is already 32");
+    check(
+        "input_symbol_given_two_values",
+        &r,
+        "--input gives 64 for `S`, which is already 32",
+    );
 }
 
 #[test]
@@ -1675,7 +1963,11 @@ fn unknown_symbolic_size_in_later_input() {
 }
 "#,
     );
-    check("unknown_symbolic_size_in_later_input", &r, "size `Height` is not known");
+    check(
+        "unknown_symbolic_size_in_later_input",
+        &r,
+        "size `Height` is not known",
+    );
 }
 
 // FINDING (minor): does not say which dimension is empty or that the 0 came from --input
@@ -1691,7 +1983,11 @@ fn input_empty_dimension() {
         &[0, 3, 32, 32],
         &[],
     );
-    check("input_empty_dimension", &r, "input `x` has an empty dimension");
+    check(
+        "input_empty_dimension",
+        &r,
+        "input `x` has an empty dimension",
+    );
 }
 
 #[test]
@@ -1705,7 +2001,11 @@ fn input_too_large() {
         &[1, 3, 1 << 20, 1 << 20],
         &[],
     );
-    check("input_too_large", &r, "tensor f32[1, 3, 1048576, 1048576] is too large");
+    check(
+        "input_too_large",
+        &r,
+        "tensor f32[1, 3, 1048576, 1048576] is too large",
+    );
 }
 
 // ----- imports --------------------------------------------------------------------------
@@ -1729,7 +2029,11 @@ fn self_import() {
 #[test]
 fn missing_import_file() {
     let r = file_error("tests/fixtures/errors/missing_import.rfn");
-    check("missing_import_file", &r, "cannot import `blocks/does_not_exist.rfn`");
+    check(
+        "missing_import_file",
+        &r,
+        "cannot import `blocks/does_not_exist.rfn`",
+    );
 }
 
 // FINDING (minor): the did-you-mean is right, but "Note 2: files are imported by path, in
@@ -1737,7 +2041,11 @@ fn missing_import_file() {
 #[test]
 fn unknown_std_module() {
     let r = file_error("tests/fixtures/errors/unknown_std.rfn");
-    check("unknown_std_module", &r, "there is no standard module `std.resnt`");
+    check(
+        "unknown_std_module",
+        &r,
+        "there is no standard module `std.resnt`",
+    );
     assert!(r.contains("did you mean `std.resnet`?"), "{r}");
 }
 
@@ -1753,14 +2061,22 @@ network n {
 }
 "#,
     );
-    check("std_module_without_prefix", &r, "there is no standard module `resnet`");
+    check(
+        "std_module_without_prefix",
+        &r,
+        "there is no standard module `resnet`",
+    );
     assert!(r.contains("import std.resnet;"), "{r}");
 }
 
 #[test]
 fn missing_main_file() {
     let r = file_error("tests/fixtures/errors/no_such_main.rfn");
-    check("missing_main_file", &r, "cannot read `tests/fixtures/errors/no_such_main.rfn`");
+    check(
+        "missing_main_file",
+        &r,
+        "cannot read `tests/fixtures/errors/no_such_main.rfn`",
+    );
 }
 
 #[test]
@@ -1774,13 +2090,21 @@ network n {
 }
 "#,
     );
-    check("file_import_from_inline_source", &r, "cannot import `blocks.rfn` from a program that is not a file");
+    check(
+        "file_import_from_inline_source",
+        &r,
+        "cannot import `blocks.rfn` from a program that is not a file",
+    );
 }
 
 #[test]
 fn imported_file_defines_network() {
     let r = file_error("tests/fixtures/errors/imports_network.rfn");
-    check("imported_file_defines_network", &r, "an imported file defines a network");
+    check(
+        "imported_file_defines_network",
+        &r,
+        "an imported file defines a network",
+    );
 }
 
 // FINDING (minor): the report does not show the `import` in the main file that led to the
@@ -1788,8 +2112,15 @@ fn imported_file_defines_network() {
 #[test]
 fn syntax_error_in_imported_file() {
     let r = file_error("tests/fixtures/errors/imports_broken_syntax.rfn");
-    check("syntax_error_in_imported_file", &r, "syntax error: expected `;`, found `return`");
-    assert!(r.contains("tests/fixtures/errors/lib/syntax_lib.rfn"), "{r}");
+    check(
+        "syntax_error_in_imported_file",
+        &r,
+        "syntax error: expected `;`, found `return`",
+    );
+    assert!(
+        r.contains("tests/fixtures/errors/lib/syntax_lib.rfn"),
+        "{r}"
+    );
 }
 
 // ----- compile-time budget --------------------------------------------------------------
@@ -1806,7 +2137,11 @@ fn range_too_long_to_unroll() {
 }
 "#,
     );
-    check("range_too_long_to_unroll", &r, "the program does too much work at compile time");
+    check(
+        "range_too_long_to_unroll",
+        &r,
+        "the program does too much work at compile time",
+    );
 }
 
 #[test]
@@ -1819,7 +2154,11 @@ fn compile_time_budget_exceeded() {
         line.repeat(10)
     );
     let r = error(&text);
-    check("compile_time_budget_exceeded", &r, "the program does too much work at compile time");
+    check(
+        "compile_time_budget_exceeded",
+        &r,
+        "the program does too much work at compile time",
+    );
 }
 
 /// Empty loop bodies used to escape the budget (only statements were counted) and hang.
@@ -1838,7 +2177,11 @@ fn nested_empty_loops_hit_budget() {
         Ok(Ok(())) => panic!("compiled without hitting the budget"),
         Err(why) => panic!("{why}"),
     };
-    check("nested_empty_loops_hit_budget", &r, "the program does too much work at compile time");
+    check(
+        "nested_empty_loops_hit_budget",
+        &r,
+        "the program does too much work at compile time",
+    );
 }
 
 /// A list that doubles by sharing (`xs = [xs, xs]`): comparing it with itself used to take
@@ -1907,7 +2250,11 @@ fn deeply_nested_parentheses() {
         "\n)".repeat(10000)
     );
     let r = error(&text);
-    check("deeply_nested_parentheses", &r, "brackets are nested too deeply");
+    check(
+        "deeply_nested_parentheses",
+        &r,
+        "brackets are nested too deeply",
+    );
 }
 
 // FINDING (minor): the label points at the one `+ 1` term that sits 128 levels down (line
@@ -1933,7 +2280,11 @@ fn unary_chain_too_deep() {
         "-".repeat(200)
     );
     let r = error(&text);
-    check("unary_chain_too_deep", &r, "too many prefix operators in a row");
+    check(
+        "unary_chain_too_deep",
+        &r,
+        "too many prefix operators in a row",
+    );
 }
 
 // A long chain of prefix operators is stopped by the pre-scan, before the parser (which
@@ -1966,14 +2317,22 @@ const TRAINABLE: &str = "network n {
 #[test]
 fn freeze_pattern_matches_nothing() {
     let r = error(&TRAINABLE.replace("TRAINING", "freeze(\"haed\");"));
-    check("freeze_pattern_matches_nothing", &r, "the pattern \"haed\" matches no trainable parameter");
+    check(
+        "freeze_pattern_matches_nothing",
+        &r,
+        "the pattern \"haed\" matches no trainable parameter",
+    );
     assert!(r.contains("did you mean \"head\"?"), "{r}");
 }
 
 #[test]
 fn lr_scale_negative_factor() {
     let r = error(&TRAINABLE.replace("TRAINING", "lr_scale(\"head\", -0.5);"));
-    check("lr_scale_negative_factor", &r, "a learning-rate scale must be a finite non-negative number");
+    check(
+        "lr_scale_negative_factor",
+        &r,
+        "a learning-rate scale must be a finite non-negative number",
+    );
 }
 
 #[test]
@@ -1987,20 +2346,35 @@ fn training_settings_inside_a_block() {
     let r = error(
         "block b(x: tensor) -> tensor {\n    freeze(\"b\");\n    return relu(x);\n}\n\nnetwork n {\n    input x: f32[N, 3, H, W];\n    output y = b(x);\n}\n",
     );
-    check("training_settings_inside_a_block", &r, "`freeze` is only allowed in a network");
+    check(
+        "training_settings_inside_a_block",
+        &r,
+        "`freeze` is only allowed in a network",
+    );
 }
 
 #[test]
 fn training_settings_are_accepted_in_the_network() {
-    let text = TRAINABLE.replace("TRAINING", "sgd(lr = 0.1, momentum = 0.5);\n    lr_scale(\"head\", 2.0);\n    freeze(\"*.bias\");");
+    let text = TRAINABLE.replace(
+        "TRAINING",
+        "sgd(lr = 0.1, momentum = 0.5);\n    lr_scale(\"head\", 2.0);\n    freeze(\"*.bias\");",
+    );
     let text = text.replace("conv(x, 4, k = 3)", "conv(x, 4, k = 3, bias = true)");
     let program = match rfnc_dsl::load_source("main.rfn", text, None) {
         Ok(p) => p,
         Err((d, s)) => panic!("{}", d.render(&s)),
     };
-    let options = rfnc_dsl::Options { input: vec![1, 3, 8, 8], defines: vec![] };
-    let (_, config) = rfnc_dsl::elaborate_with_training(&program, &options).map_err(|d| d.render(&program.sources)).unwrap();
-    assert_eq!((config.lr, config.momentum, config.weight_decay), (0.1, 0.5, 5e-4));
+    let options = rfnc_dsl::Options {
+        input: vec![1, 3, 8, 8],
+        defines: vec![],
+    };
+    let (_, config) = rfnc_dsl::elaborate_with_training(&program, &options)
+        .map_err(|d| d.render(&program.sources))
+        .unwrap();
+    assert_eq!(
+        (config.lr, config.momentum, config.weight_decay),
+        (0.1, 0.5, 5e-4)
+    );
     assert_eq!(config.lr_scales, vec![("head".to_string(), 2.0)]);
     assert_eq!(config.frozen, vec!["*.bias".to_string()]);
 }
@@ -2013,12 +2387,22 @@ fn float_literal_out_of_range() {
 
 #[test]
 fn input_shadows_variable() {
-    let r = error("network n {\n    let x = 3;\n    input x: f32[N, 3, H, W];\n    output y = relu(x);\n}\n");
-    check("input_shadows_variable", &r, "`x` is already defined in this scope");
+    let r = error(
+        "network n {\n    let x = 3;\n    input x: f32[N, 3, H, W];\n    output y = relu(x);\n}\n",
+    );
+    check(
+        "input_shadows_variable",
+        &r,
+        "`x` is already defined in this scope",
+    );
 }
 
 #[test]
 fn training_settings_inside_a_config() {
     let r = error("config x: int? = sgd(lr = 0.25);\n\nnetwork n {\n    input x: f32[N, 3, H, W];\n    output y = relu(x);\n}\n");
-    check("training_settings_inside_a_config", &r, "`sgd` is only allowed in a network");
+    check(
+        "training_settings_inside_a_config",
+        &r,
+        "`sgd` is only allowed in a network",
+    );
 }

@@ -37,7 +37,11 @@ impl fmt::Display for WeightsError {
         match self {
             WeightsError::Io { path, message } => write!(f, "`{}`: {message}", path.display()),
             WeightsError::Format { path, message } => {
-                write!(f, "`{}` is not a usable safetensors weights file: {message}", path.display())
+                write!(
+                    f,
+                    "`{}` is not a usable safetensors weights file: {message}",
+                    path.display()
+                )
             }
             WeightsError::Mismatch { problems } => {
                 write!(f, "the weights do not match the network's parameters:")?;
@@ -54,14 +58,22 @@ impl std::error::Error for WeightsError {}
 
 /// Reads a safetensors file of float32 tensors.
 pub fn load_weights(path: &Path) -> Result<Weights, WeightsError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| WeightsError::Io { path: path.to_path_buf(), message: e.to_string() })?;
-    let format = |message: String| WeightsError::Format { path: path.to_path_buf(), message };
+    let bytes = std::fs::read(path).map_err(|e| WeightsError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let format = |message: String| WeightsError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
     let file = SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
     let mut weights = Weights::default();
     for (name, view) in file.tensors() {
         if view.dtype() != Dtype::F32 {
-            return Err(format(format!("tensor `{name}` is {:?}; rfnc weights are F32", view.dtype())));
+            return Err(format(format!(
+                "tensor `{name}` is {:?}; rfnc weights are F32",
+                view.dtype()
+            )));
         }
         let data: Vec<f32> = view
             .data()
@@ -79,7 +91,9 @@ fn parameters(graph: &Graph) -> BTreeMap<&str, (&[u64], ParamKind)> {
     graph
         .node_ids()
         .filter_map(|id| match &graph.node(id).op {
-            Op::Param { name, kind } => Some((name.as_str(), (graph.node(id).ty.dims.as_slice(), *kind))),
+            Op::Param { name, kind } => {
+                Some((name.as_str(), (graph.node(id).ty.dims.as_slice(), *kind)))
+            }
             _ => None,
         })
         .collect()
@@ -100,7 +114,9 @@ pub fn check_weights(graph: &Graph, weights: &Weights) -> Result<(), WeightsErro
     }
     for name in weights.tensors.keys() {
         if !params.contains_key(name.as_str()) {
-            problems.push(format!("extra tensor `{name}` is not a parameter of the network"));
+            problems.push(format!(
+                "extra tensor `{name}` is not a parameter of the network"
+            ));
         }
     }
     if problems.is_empty() {
@@ -120,7 +136,9 @@ fn splitmix(mut z: u64) -> u64 {
 }
 
 fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3))
+    name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
+    })
 }
 
 /// Standard normal samples by Box-Muller from the counter stream `(seed, name, index)`.
@@ -144,12 +162,18 @@ fn normalised_convs(graph: &Graph) -> std::collections::HashSet<&str> {
     graph
         .node_ids()
         .filter_map(|id| match &graph.node(id).op {
-            Op::Param { name, kind: ParamKind::ConvWeight } => Some((name.as_str(), id)),
+            Op::Param {
+                name,
+                kind: ParamKind::ConvWeight,
+            } => Some((name.as_str(), id)),
             _ => None,
         })
         .filter(|(_, w)| {
             graph.users(*w).into_iter().any(|conv| {
-                graph.users(conv).into_iter().any(|u| matches!(graph.node(u).op, Op::BatchNorm { .. }))
+                graph
+                    .users(conv)
+                    .into_iter()
+                    .any(|u| matches!(graph.node(u).op, Op::BatchNorm { .. }))
             })
         })
         .map(|(name, _)| name)
@@ -167,7 +191,11 @@ pub fn init_weights(graph: &Graph, seed: u64) -> Weights {
         let data: Vec<f32> = match kind {
             ParamKind::ConvWeight => {
                 let fan_in = (dims[1] * dims[2] * dims[3]).max(1) as f32;
-                let std = if normalised.contains(name) { (2.0 / fan_in).sqrt() } else { plain_conv_std(fan_in) };
+                let std = if normalised.contains(name) {
+                    (2.0 / fan_in).sqrt()
+                } else {
+                    plain_conv_std(fan_in)
+                };
                 (0..count).map(|i| std * normal(seed, name, i)).collect()
             }
             ParamKind::ConvBias | ParamKind::BnMean | ParamKind::BnBeta | ParamKind::Momentum => {
@@ -175,18 +203,28 @@ pub fn init_weights(graph: &Graph, seed: u64) -> Weights {
             }
             ParamKind::BnVar | ParamKind::BnGamma => vec![1.0; count as usize],
         };
-        weights.tensors.insert(name.to_string(), (dims.to_vec(), data));
+        weights
+            .tensors
+            .insert(name.to_string(), (dims.to_vec(), data));
     }
     weights
 }
 
 /// Writes weights as safetensors, atomically (temporary file + rename).
 pub fn save_weights(path: &Path, weights: &Weights) -> Result<(), WeightsError> {
-    let io = |e: &dyn fmt::Display| WeightsError::Io { path: path.to_path_buf(), message: e.to_string() };
+    let io = |e: &dyn fmt::Display| WeightsError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let bytes: BTreeMap<&str, Vec<u8>> = weights
         .tensors
         .iter()
-        .map(|(name, (_, data))| (name.as_str(), data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .map(|(name, (_, data))| {
+            (
+                name.as_str(),
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let mut views = Vec::with_capacity(weights.tensors.len());
     for (name, (shape, _)) in &weights.tensors {

@@ -35,7 +35,10 @@ fn initialisation_is_deterministic_and_he_scaled() {
     let graph = parse_graph(GRAPH).unwrap();
     let a = init_weights(&graph, 1);
     assert_eq!(a, init_weights(&graph, 1));
-    assert_ne!(a.tensors["c.weight"].1, init_weights(&graph, 2).tensors["c.weight"].1);
+    assert_ne!(
+        a.tensors["c.weight"].1,
+        init_weights(&graph, 2).tensors["c.weight"].1
+    );
     let w = &a.tensors["c.weight"].1;
     let n = w.len() as f64;
     let mean = w.iter().map(|&v| v as f64).sum::<f64>() / n;
@@ -56,12 +59,15 @@ fn mismatches_name_every_tensor() {
     w.tensors.remove("bn.bias");
     w.tensors.get_mut("c.weight").unwrap().0 = vec![32, 64, 1, 9];
     w.tensors.insert("fc.weight".into(), (vec![1], vec![0.0]));
-    let Err(WeightsError::Mismatch { problems }) = check_weights(&graph, &w) else { panic!("must mismatch") };
+    let Err(WeightsError::Mismatch { problems }) = check_weights(&graph, &w) else {
+        panic!("must mismatch")
+    };
     assert_eq!(
         problems,
         vec![
             "missing tensor `bn.bias` of shape [32]".to_string(),
-            "tensor `c.weight` has shape [32, 64, 1, 9], the network needs [32, 64, 3, 3]".to_string(),
+            "tensor `c.weight` has shape [32, 64, 1, 9], the network needs [32, 64, 3, 3]"
+                .to_string(),
             "extra tensor `fc.weight` is not a parameter of the network".to_string(),
         ]
     );
@@ -71,17 +77,30 @@ fn mismatches_name_every_tensor() {
 fn corrupt_and_wrongly_typed_files_are_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.safetensors");
-    std::fs::write(&garbage, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all").unwrap();
+    std::fs::write(
+        &garbage,
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all",
+    )
+    .unwrap();
     let e = load_weights(&garbage).unwrap_err();
     assert!(matches!(e, WeightsError::Format { .. }), "{e:?}");
     assert!(e.to_string().contains("garbage.safetensors"));
 
     let f64_file = dir.path().join("f64.safetensors");
     let data = vec![0u8; 16];
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![2], &data).unwrap();
-    std::fs::write(&f64_file, safetensors::serialize(vec![("x", view)], None).unwrap()).unwrap();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![2], &data).unwrap();
+    std::fs::write(
+        &f64_file,
+        safetensors::serialize(vec![("x", view)], None).unwrap(),
+    )
+    .unwrap();
     let e = load_weights(&f64_file).unwrap_err();
-    assert!(e.to_string().contains("tensor `x` is F64; rfnc weights are F32"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("tensor `x` is F64; rfnc weights are F32"),
+        "{e}"
+    );
 
     let missing = load_weights(&dir.path().join("nope.safetensors")).unwrap_err();
     assert!(matches!(missing, WeightsError::Io { .. }));

@@ -10,11 +10,17 @@ use std::collections::HashMap;
 use rfnc_compiler::interp::{Real, Tensor, Value};
 use rfnc_compiler::ir::{verify, Graph, NodeId, Op};
 use rfnc_compiler::rng::splitmix64;
-use rfnc_runtime::init_weights;
 use rfnc_dsl::{elaborate, load_file, Options, Program};
+use rfnc_runtime::init_weights;
 
-pub const EXAMPLES: &[&str] =
-    &["tiny", "refinenet1", "refinenet2", "refinenet4", "refinenet4_2scale", "refinenet4_depth"];
+pub const EXAMPLES: &[&str] = &[
+    "tiny",
+    "refinenet1",
+    "refinenet2",
+    "refinenet4",
+    "refinenet4_2scale",
+    "refinenet4_depth",
+];
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -37,7 +43,10 @@ pub fn graph(name: &str, input: &[u64], defines: &[(&str, &str)]) -> Graph {
     let program = load(&example_path(name));
     let options = Options {
         input: input.to_vec(),
-        defines: defines.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        defines: defines
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     };
     let graph = match elaborate(&program, &options) {
         Ok(g) => g,
@@ -50,7 +59,11 @@ pub fn graph(name: &str, input: &[u64], defines: &[(&str, &str)]) -> Graph {
 
 /// Runs the rfnc binary from the workspace root.
 pub fn rfnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rfnc")).args(args).current_dir(root()).output().expect("rfnc runs")
+    Command::new(env!("CARGO_BIN_EXE_rfnc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("rfnc runs")
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -74,14 +87,18 @@ pub fn mlir_opt() -> Option<PathBuf> {
         if std::env::var("RFNC_REQUIRE_TOOLS").as_deref() == Ok("1") {
             panic!("mlir-opt-22 is required (RFNC_REQUIRE_TOOLS=1) but was not found; run scripts/setup.sh");
         }
-        eprintln!("SKIPPED: mlir-opt-22 not found (install mlir-22-tools, or run scripts/setup.sh)");
+        eprintln!(
+            "SKIPPED: mlir-opt-22 not found (install mlir-22-tools, or run scripts/setup.sh)"
+        );
     }
     found
 }
 
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
     })
 }
 
@@ -90,7 +107,13 @@ fn which(name: &str) -> Option<PathBuf> {
 pub fn feeds<T: Real>(graph: &Graph, seed: u64) -> HashMap<String, Value<T>> {
     let mut feeds = HashMap::new();
     for (name, (dims, data)) in init_weights(graph, seed).tensors {
-        feeds.insert(name, Value::Real(Tensor::new(dims, data.iter().map(|&v| T::of(v as f64)).collect())));
+        feeds.insert(
+            name,
+            Value::Real(Tensor::new(
+                dims,
+                data.iter().map(|&v| T::of(v as f64)).collect(),
+            )),
+        );
     }
     let mut counter = seed.wrapping_mul(1000);
     let mut uniform = || {
@@ -99,17 +122,37 @@ pub fn feeds<T: Real>(graph: &Graph, seed: u64) -> HashMap<String, Value<T>> {
     };
     for id in graph.node_ids() {
         let node = graph.node(id);
-        let Op::Input { name } = &node.op else { continue };
+        let Op::Input { name } = &node.op else {
+            continue;
+        };
         let n = node.ty.elements() as usize;
         let value = match (name.as_str(), node.ty.dtype) {
             ("step", _) => Value::Int(Tensor::scalar(7)),
             ("labels", _) => Value::Int(Tensor::new(
                 node.ty.dims.clone(),
-                (0..n).map(|i| if i % 17 == 0 { 255 } else { (uniform() * 3.0) as i32 }).collect(),
+                (0..n)
+                    .map(|i| {
+                        if i % 17 == 0 {
+                            255
+                        } else {
+                            (uniform() * 3.0) as i32
+                        }
+                    })
+                    .collect(),
             )),
             (_, rfnc_compiler::ir::DType::F32) => Value::Real(Tensor::new(
                 node.ty.dims.clone(),
-                (0..n).map(|i| if name == "depth_gt" && i % 11 == 0 { T::zero() } else { T::of(uniform() * 2.0 - 1.0 + if name == "depth_gt" { 2.0 } else { 0.0 }) }).collect(),
+                (0..n)
+                    .map(|i| {
+                        if name == "depth_gt" && i % 11 == 0 {
+                            T::zero()
+                        } else {
+                            T::of(
+                                uniform() * 2.0 - 1.0 + if name == "depth_gt" { 2.0 } else { 0.0 },
+                            )
+                        }
+                    })
+                    .collect(),
             )),
             _ => unreachable!("inputs are f32 or labels"),
         };
@@ -128,4 +171,3 @@ pub fn trainable(graph: &Graph) -> Vec<(String, NodeId)> {
         })
         .collect()
 }
-

@@ -21,14 +21,21 @@ pub struct ConvGeometry {
 impl ConvGeometry {
     /// Input coordinate read by output `o` through kernel tap `k` along axis `a`, if inside.
     fn source(&self, a: usize, o: usize, k: usize, size: usize) -> Option<usize> {
-        let pos = (o * self.stride[a] as usize + k * self.dilation[a] as usize) as i64 - self.pad[a] as i64;
+        let pos = (o * self.stride[a] as usize + k * self.dilation[a] as usize) as i64
+            - self.pad[a] as i64;
         (pos >= 0 && (pos as usize) < size).then_some(pos as usize)
     }
 }
 
 /// Visits every (output element, weight element, input element) triple of a convolution:
 /// `f(y_index, w_index, x_index)`. All three conv kernels are this one loop nest.
-fn conv_visit(x: [usize; 4], w: [usize; 4], y: [usize; 4], g: &ConvGeometry, mut f: impl FnMut(usize, usize, usize)) {
+fn conv_visit(
+    x: [usize; 4],
+    w: [usize; 4],
+    y: [usize; 4],
+    g: &ConvGeometry,
+    mut f: impl FnMut(usize, usize, usize),
+) {
     let [n, cin, h, wd] = x;
     let [cout, cin_g, kh, kw] = w;
     let [_, _, oh, ow] = y;
@@ -43,9 +50,13 @@ fn conv_visit(x: [usize; 4], w: [usize; 4], y: [usize; 4], g: &ConvGeometry, mut
                     for kx in 0..kw {
                         let wi = ((co * cin_g + ci) * kh + ky) * kw + kx;
                         for oy in 0..oh {
-                            let Some(iy) = g.source(0, oy, ky, h) else { continue };
+                            let Some(iy) = g.source(0, oy, ky, h) else {
+                                continue;
+                            };
                             for ox in 0..ow {
-                                let Some(ix) = g.source(1, ox, kx, wd) else { continue };
+                                let Some(ix) = g.source(1, ox, kx, wd) else {
+                                    continue;
+                                };
                                 let yi = ((b * cout + co) * oh + oy) * ow + ox;
                                 let xi = ((b * cin + c) * h + iy) * wd + ix;
                                 f(yi, wi, xi);
@@ -58,10 +69,18 @@ fn conv_visit(x: [usize; 4], w: [usize; 4], y: [usize; 4], g: &ConvGeometry, mut
     }
 }
 
-pub fn conv2d<T: Real>(x: &Tensor<T>, w: &Tensor<T>, bias: Option<&Tensor<T>>, g: &ConvGeometry, out: &[u64]) -> Tensor<T> {
+pub fn conv2d<T: Real>(
+    x: &Tensor<T>,
+    w: &Tensor<T>,
+    bias: Option<&Tensor<T>>,
+    g: &ConvGeometry,
+    out: &[u64],
+) -> Tensor<T> {
     let mut y = Tensor::filled(out.to_vec(), T::zero());
     let out4 = y.nchw();
-    conv_visit(x.nchw(), w.nchw(), out4, g, |yi, wi, xi| y.data[yi] = y.data[yi] + x.data[xi] * w.data[wi]);
+    conv_visit(x.nchw(), w.nchw(), out4, g, |yi, wi, xi| {
+        y.data[yi] = y.data[yi] + x.data[xi] * w.data[wi]
+    });
     if let Some(b) = bias {
         let plane = out4[2] * out4[3];
         for (i, v) in y.data.iter_mut().enumerate() {
@@ -71,17 +90,31 @@ pub fn conv2d<T: Real>(x: &Tensor<T>, w: &Tensor<T>, bias: Option<&Tensor<T>>, g
     y
 }
 
-pub fn conv2d_grad_input<T: Real>(dy: &Tensor<T>, w: &Tensor<T>, g: &ConvGeometry, x_dims: &[u64]) -> Tensor<T> {
+pub fn conv2d_grad_input<T: Real>(
+    dy: &Tensor<T>,
+    w: &Tensor<T>,
+    g: &ConvGeometry,
+    x_dims: &[u64],
+) -> Tensor<T> {
     let mut dx = Tensor::filled(x_dims.to_vec(), T::zero());
     let x4 = dx.nchw();
-    conv_visit(x4, w.nchw(), dy.nchw(), g, |yi, wi, xi| dx.data[xi] = dx.data[xi] + dy.data[yi] * w.data[wi]);
+    conv_visit(x4, w.nchw(), dy.nchw(), g, |yi, wi, xi| {
+        dx.data[xi] = dx.data[xi] + dy.data[yi] * w.data[wi]
+    });
     dx
 }
 
-pub fn conv2d_grad_weight<T: Real>(x: &Tensor<T>, dy: &Tensor<T>, g: &ConvGeometry, w_dims: &[u64]) -> Tensor<T> {
+pub fn conv2d_grad_weight<T: Real>(
+    x: &Tensor<T>,
+    dy: &Tensor<T>,
+    g: &ConvGeometry,
+    w_dims: &[u64],
+) -> Tensor<T> {
     let mut dw = Tensor::filled(w_dims.to_vec(), T::zero());
     let w4 = dw.nchw();
-    conv_visit(x.nchw(), w4, dy.nchw(), g, |yi, wi, xi| dw.data[wi] = dw.data[wi] + dy.data[yi] * x.data[xi]);
+    conv_visit(x.nchw(), w4, dy.nchw(), g, |yi, wi, xi| {
+        dw.data[wi] = dw.data[wi] + dy.data[yi] * x.data[xi]
+    });
     dw
 }
 
@@ -99,10 +132,21 @@ pub fn channel_sum<T: Real>(dy: &Tensor<T>) -> Tensor<T> {
 
 /// Per-channel scale `gamma / sqrt(var + eps)` of frozen batch norm.
 fn bn_scale<T: Real>(var: &Tensor<T>, gamma: &Tensor<T>, eps: f64) -> Vec<T> {
-    var.data.iter().zip(&gamma.data).map(|(&v, &g)| g / (v + T::of(eps)).sqrt()).collect()
+    var.data
+        .iter()
+        .zip(&gamma.data)
+        .map(|(&v, &g)| g / (v + T::of(eps)).sqrt())
+        .collect()
 }
 
-pub fn batch_norm<T: Real>(x: &Tensor<T>, mean: &Tensor<T>, var: &Tensor<T>, gamma: &Tensor<T>, beta: &Tensor<T>, eps: f64) -> Tensor<T> {
+pub fn batch_norm<T: Real>(
+    x: &Tensor<T>,
+    mean: &Tensor<T>,
+    var: &Tensor<T>,
+    gamma: &Tensor<T>,
+    beta: &Tensor<T>,
+    eps: f64,
+) -> Tensor<T> {
     let [_, c, h, w] = x.nchw();
     let scale = bn_scale(var, gamma, eps);
     let data = x.data.iter().enumerate().map(|(i, &v)| {
@@ -112,10 +156,22 @@ pub fn batch_norm<T: Real>(x: &Tensor<T>, mean: &Tensor<T>, var: &Tensor<T>, gam
     Tensor::new(x.dims.clone(), data.collect())
 }
 
-pub fn fold_bn_weight<T: Real>(w: &Tensor<T>, var: &Tensor<T>, gamma: &Tensor<T>, eps: f64) -> Tensor<T> {
+pub fn fold_bn_weight<T: Real>(
+    w: &Tensor<T>,
+    var: &Tensor<T>,
+    gamma: &Tensor<T>,
+    eps: f64,
+) -> Tensor<T> {
     let scale = bn_scale(var, gamma, eps);
     let per_out = w.data.len() / scale.len();
-    Tensor::new(w.dims.clone(), w.data.iter().enumerate().map(|(i, &v)| v * scale[i / per_out]).collect())
+    Tensor::new(
+        w.dims.clone(),
+        w.data
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v * scale[i / per_out])
+            .collect(),
+    )
 }
 
 pub fn fold_bn_bias<T: Real>(
@@ -134,10 +190,19 @@ pub fn fold_bn_bias<T: Real>(
     Tensor::new(mean.dims.clone(), data.collect())
 }
 
-pub fn batch_norm_grad<T: Real>(dy: &Tensor<T>, var: &Tensor<T>, gamma: &Tensor<T>, eps: f64) -> Tensor<T> {
+pub fn batch_norm_grad<T: Real>(
+    dy: &Tensor<T>,
+    var: &Tensor<T>,
+    gamma: &Tensor<T>,
+    eps: f64,
+) -> Tensor<T> {
     let [_, c, h, w] = dy.nchw();
     let scale = bn_scale(var, gamma, eps);
-    let data = dy.data.iter().enumerate().map(|(i, &v)| v * scale[(i / (h * w)) % c]);
+    let data = dy
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v * scale[(i / (h * w)) % c]);
     Tensor::new(dy.dims.clone(), data.collect())
 }
 
@@ -146,13 +211,22 @@ pub fn map<T: Real>(x: &Tensor<T>, f: impl Fn(T) -> T) -> Tensor<T> {
 }
 
 pub fn zip<T: Real>(a: &Tensor<T>, b: &Tensor<T>, f: impl Fn(T, T) -> T) -> Tensor<T> {
-    Tensor::new(a.dims.clone(), a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect())
+    Tensor::new(
+        a.dims.clone(),
+        a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect(),
+    )
 }
 
 /// The first maximal element of each pooling window (row-major), as a flat input index per
 /// output element; `None` for a window that lies entirely in the padding (cannot happen
 /// when pad <= kernel / 2, which shape inference enforces).
-fn pool_argmax<T: Real>(x: &Tensor<T>, kernel: [u64; 2], stride: [u64; 2], pad: [u64; 4], out: [usize; 4]) -> Vec<Option<usize>> {
+fn pool_argmax<T: Real>(
+    x: &Tensor<T>,
+    kernel: [u64; 2],
+    stride: [u64; 2],
+    pad: [u64; 4],
+    out: [usize; 4],
+) -> Vec<Option<usize>> {
     let [n, c, h, w] = x.nchw();
     let [_, _, oh, ow] = out;
     let mut result = Vec::with_capacity(n * c * oh * ow);
@@ -183,13 +257,35 @@ fn pool_argmax<T: Real>(x: &Tensor<T>, kernel: [u64; 2], stride: [u64; 2], pad: 
     result
 }
 
-pub fn max_pool2d<T: Real>(x: &Tensor<T>, kernel: [u64; 2], stride: [u64; 2], pad: [u64; 4], out: &[u64]) -> Tensor<T> {
-    let o = [out[0] as usize, out[1] as usize, out[2] as usize, out[3] as usize];
+pub fn max_pool2d<T: Real>(
+    x: &Tensor<T>,
+    kernel: [u64; 2],
+    stride: [u64; 2],
+    pad: [u64; 4],
+    out: &[u64],
+) -> Tensor<T> {
+    let o = [
+        out[0] as usize,
+        out[1] as usize,
+        out[2] as usize,
+        out[3] as usize,
+    ];
     let arg = pool_argmax(x, kernel, stride, pad, o);
-    Tensor::new(out.to_vec(), arg.iter().map(|a| a.map_or(T::neg_infinity(), |i| x.data[i])).collect())
+    Tensor::new(
+        out.to_vec(),
+        arg.iter()
+            .map(|a| a.map_or(T::neg_infinity(), |i| x.data[i]))
+            .collect(),
+    )
 }
 
-pub fn max_pool2d_grad<T: Real>(dy: &Tensor<T>, x: &Tensor<T>, kernel: [u64; 2], stride: [u64; 2], pad: [u64; 4]) -> Tensor<T> {
+pub fn max_pool2d_grad<T: Real>(
+    dy: &Tensor<T>,
+    x: &Tensor<T>,
+    kernel: [u64; 2],
+    stride: [u64; 2],
+    pad: [u64; 4],
+) -> Tensor<T> {
     let arg = pool_argmax(x, kernel, stride, pad, dy.nchw());
     let mut dx = Tensor::filled(x.dims.clone(), T::zero());
     for (o, a) in arg.iter().enumerate() {
@@ -201,9 +297,18 @@ pub fn max_pool2d_grad<T: Real>(dy: &Tensor<T>, x: &Tensor<T>, kernel: [u64; 2],
 }
 
 /// The two source indices and the weight of the second along one axis of a bilinear resize.
-fn bilinear_taps(dst: usize, input: usize, output: usize, align_corners: bool) -> (usize, usize, f64) {
+fn bilinear_taps(
+    dst: usize,
+    input: usize,
+    output: usize,
+    align_corners: bool,
+) -> (usize, usize, f64) {
     let src = if align_corners {
-        if output > 1 { dst as f64 * (input - 1) as f64 / (output - 1) as f64 } else { 0.0 }
+        if output > 1 {
+            dst as f64 * (input - 1) as f64 / (output - 1) as f64
+        } else {
+            0.0
+        }
     } else {
         ((dst as f64 + 0.5) * input as f64 / output as f64 - 0.5).max(0.0)
     };
@@ -213,7 +318,12 @@ fn bilinear_taps(dst: usize, input: usize, output: usize, align_corners: bool) -
 }
 
 /// Visits `(output index, input index, weight)` for every bilinear tap.
-fn bilinear_visit(x: [usize; 4], out: [usize; 2], align_corners: bool, mut f: impl FnMut(usize, usize, f64)) {
+fn bilinear_visit(
+    x: [usize; 4],
+    out: [usize; 2],
+    align_corners: bool,
+    mut f: impl FnMut(usize, usize, f64),
+) {
     let [n, c, h, w] = x;
     let [oh, ow] = out;
     for plane in 0..n * c {
@@ -235,23 +345,44 @@ fn bilinear_visit(x: [usize; 4], out: [usize; 2], align_corners: bool, mut f: im
 pub fn resize_bilinear<T: Real>(x: &Tensor<T>, size: [u64; 2], align_corners: bool) -> Tensor<T> {
     let [n, c, _, _] = x.nchw();
     let mut y = Tensor::filled(vec![n as u64, c as u64, size[0], size[1]], T::zero());
-    bilinear_visit(x.nchw(), [size[0] as usize, size[1] as usize], align_corners, |o, i, wgt| {
-        y.data[o] = y.data[o] + x.data[i] * T::of(wgt)
-    });
+    bilinear_visit(
+        x.nchw(),
+        [size[0] as usize, size[1] as usize],
+        align_corners,
+        |o, i, wgt| y.data[o] = y.data[o] + x.data[i] * T::of(wgt),
+    );
     y
 }
 
-pub fn resize_bilinear_grad<T: Real>(dy: &Tensor<T>, input_size: [u64; 2], align_corners: bool) -> Tensor<T> {
+pub fn resize_bilinear_grad<T: Real>(
+    dy: &Tensor<T>,
+    input_size: [u64; 2],
+    align_corners: bool,
+) -> Tensor<T> {
     let [n, c, oh, ow] = dy.nchw();
-    let mut dx = Tensor::filled(vec![n as u64, c as u64, input_size[0], input_size[1]], T::zero());
+    let mut dx = Tensor::filled(
+        vec![n as u64, c as u64, input_size[0], input_size[1]],
+        T::zero(),
+    );
     let x4 = dx.nchw();
-    bilinear_visit(x4, [oh, ow], align_corners, |o, i, wgt| dx.data[i] = dx.data[i] + dy.data[o] * T::of(wgt));
+    bilinear_visit(x4, [oh, ow], align_corners, |o, i, wgt| {
+        dx.data[i] = dx.data[i] + dy.data[o] * T::of(wgt)
+    });
     dx
 }
 
 /// Why a loss cannot be computed from the data it was given.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataError(pub String);
+
+/// The factor a loss is multiplied by: 1 for a sum, 1/count for a mean (0 with no count).
+fn reduction_scale<T: Real>(reduction: Reduction, count: usize) -> T {
+    match reduction {
+        Reduction::Sum => T::one(),
+        Reduction::Mean if count == 0 => T::zero(),
+        Reduction::Mean => T::one() / T::of(count as f64),
+    }
+}
 
 /// Softmax cross-entropy and, when `dloss` is given, its gradient w.r.t. the logits.
 /// Pixels labelled `ignore` count for nothing; `Mean` divides by the pixels that count
@@ -275,26 +406,31 @@ pub fn softmax_cross_entropy<T: Real>(
                 continue;
             }
             if label < 0 || label as usize >= c {
-                return Err(DataError(format!("label {label} is outside 0..{c} and is not the ignore label {ignore}")));
+                return Err(DataError(format!(
+                    "label {label} is outside 0..{c} and is not the ignore label {ignore}"
+                )));
             }
             let at = |ch: usize| (b * c + ch) * plane + p;
-            let max = (0..c).map(|ch| logits.data[at(ch)]).fold(T::neg_infinity(), T::max);
+            let max = (0..c)
+                .map(|ch| logits.data[at(ch)])
+                .fold(T::neg_infinity(), T::max);
             let sum: T = (0..c).map(|ch| (logits.data[at(ch)] - max).exp()).sum();
             total = total + (sum.ln() + max - logits.data[at(label as usize)]);
             count += 1;
             if let Some(g) = grad.as_mut() {
                 for ch in 0..c {
                     let softmax = (logits.data[at(ch)] - max).exp() / sum;
-                    g.data[at(ch)] = softmax - if ch == label as usize { T::one() } else { T::zero() };
+                    g.data[at(ch)] = softmax
+                        - if ch == label as usize {
+                            T::one()
+                        } else {
+                            T::zero()
+                        };
                 }
             }
         }
     }
-    let scale = match reduction {
-        Reduction::Sum => T::one(),
-        Reduction::Mean if count == 0 => T::zero(),
-        Reduction::Mean => T::one() / T::of(count as f64),
-    };
+    let scale = reduction_scale::<T>(reduction, count);
     if let (Some(g), Some(d)) = (grad.as_mut(), dloss) {
         for v in g.data.iter_mut() {
             *v = *v * scale * d;
@@ -314,14 +450,22 @@ pub fn least_squares<T: Real>(
 ) -> (T, Option<Tensor<T>>) {
     let valid = |t: T| t.f64() != ignore;
     let count = target.data.iter().filter(|&&t| valid(t)).count();
-    let scale = match reduction {
-        Reduction::Sum => T::one(),
-        Reduction::Mean if count == 0 => T::zero(),
-        Reduction::Mean => T::one() / T::of(count as f64),
-    };
-    let total: T = pred.data.iter().zip(&target.data).filter(|(_, &t)| valid(t)).map(|(&p, &t)| (p - t) * (p - t)).sum();
+    let scale = reduction_scale::<T>(reduction, count);
+    let total: T = pred
+        .data
+        .iter()
+        .zip(&target.data)
+        .filter(|(_, &t)| valid(t))
+        .map(|(&p, &t)| (p - t) * (p - t))
+        .sum();
     let grad = dloss.map(|d| {
-        zip(pred, target, |p, t| if valid(t) { T::of(2.0) * (p - t) * scale * d } else { T::zero() })
+        zip(pred, target, |p, t| {
+            if valid(t) {
+                T::of(2.0) * (p - t) * scale * d
+            } else {
+                T::zero()
+            }
+        })
     });
     (total * scale, grad)
 }
@@ -329,7 +473,11 @@ pub fn least_squares<T: Real>(
 pub fn dropout<T: Real>(x: &Tensor<T>, rate: f64, seed: u64, step: u64, stream: u64) -> Tensor<T> {
     let scale = T::of(1.0 / (1.0 - rate));
     let data = x.data.iter().enumerate().map(|(i, &v)| {
-        if dropout_keep(rate, seed, step, stream, i as u64) { v * scale } else { T::zero() }
+        if dropout_keep(rate, seed, step, stream, i as u64) {
+            v * scale
+        } else {
+            T::zero()
+        }
     });
     Tensor::new(x.dims.clone(), data.collect())
 }

@@ -32,8 +32,13 @@ impl std::error::Error for InterpError {}
 
 /// Runs `graph` with values for its inputs and parameters, by name, and returns its outputs
 /// in order. Dropout with a step operand uses the `step` value fed to the graph.
-pub fn run<T: Real>(graph: &Graph, feeds: &HashMap<String, Value<T>>) -> Result<Vec<(String, Value<T>)>, InterpError> {
-    let order = graph.topo_order().ok_or_else(|| InterpError("the graph has a cycle".into()))?;
+pub fn run<T: Real>(
+    graph: &Graph,
+    feeds: &HashMap<String, Value<T>>,
+) -> Result<Vec<(String, Value<T>)>, InterpError> {
+    let order = graph
+        .topo_order()
+        .ok_or_else(|| InterpError("the graph has a cycle".into()))?;
     let mut uses: HashMap<NodeId, usize> = HashMap::new();
     for &id in &order {
         for o in graph.operands(id) {
@@ -65,19 +70,40 @@ pub fn run<T: Real>(graph: &Graph, feeds: &HashMap<String, Value<T>>) -> Result<
             values.insert(id, value);
         }
     }
-    Ok(graph.outputs.iter().map(|o| (o.name.clone(), values[&o.value].clone())).collect())
+    Ok(graph
+        .outputs
+        .iter()
+        .map(|o| (o.name.clone(), values[&o.value].clone()))
+        .collect())
 }
 
-pub(crate) fn feed<T: Real>(graph: &Graph, id: NodeId, name: &str, feeds: &HashMap<String, Value<T>>) -> Result<Value<T>, InterpError> {
+pub(crate) fn feed<T: Real>(
+    graph: &Graph,
+    id: NodeId,
+    name: &str,
+    feeds: &HashMap<String, Value<T>>,
+) -> Result<Value<T>, InterpError> {
     let ty = &graph.node(id).ty;
-    let value = feeds.get(name).ok_or_else(|| InterpError(format!("no value given for `{name}` ({})", ty.shape_string())))?;
-    let dtype_ok = matches!((value, ty.dtype), (Value::Real(_), DType::F32) | (Value::Int(_), DType::I32));
+    let value = feeds.get(name).ok_or_else(|| {
+        InterpError(format!(
+            "no value given for `{name}` ({})",
+            ty.shape_string()
+        ))
+    })?;
+    let dtype_ok = matches!(
+        (value, ty.dtype),
+        (Value::Real(_), DType::F32) | (Value::Int(_), DType::I32)
+    );
     if !dtype_ok || value.dims() != ty.dims.as_slice() {
         return Err(InterpError(format!(
             "`{name}` must be {}, the value given has shape {:?} ({})",
             ty.shape_string(),
             value.dims(),
-            if matches!(value, Value::Int(_)) { "i32" } else { "real" }
+            if matches!(value, Value::Int(_)) {
+                "i32"
+            } else {
+                "real"
+            }
         )));
     }
     Ok(value.clone())
@@ -94,64 +120,174 @@ pub fn eval<T: Real>(op: &Op, args: &[&Value<T>], out: &[u64]) -> Result<Value<T
     match op {
         Op::Input { .. } | Op::Param { .. } => unreachable!("leaves are fed"),
         Op::Constant { value } => real(Tensor::scalar(T::of(*value))),
-        Op::Conv2d { stride, pad, dilation, groups } => {
-            let g = ConvGeometry { stride: *stride, pad: *pad, dilation: *dilation, groups: *groups };
-            real(kernels::conv2d(r(0), r(1), args.get(2).map(|b| b.real()), &g, out))
+        Op::Conv2d {
+            stride,
+            pad,
+            dilation,
+            groups,
+        } => {
+            let g = ConvGeometry {
+                stride: *stride,
+                pad: *pad,
+                dilation: *dilation,
+                groups: *groups,
+            };
+            real(kernels::conv2d(
+                r(0),
+                r(1),
+                args.get(2).map(|b| b.real()),
+                &g,
+                out,
+            ))
         }
-        Op::Conv2dGradInput { stride, pad, dilation, groups, .. } => {
-            let g = ConvGeometry { stride: *stride, pad: *pad, dilation: *dilation, groups: *groups };
+        Op::Conv2dGradInput {
+            stride,
+            pad,
+            dilation,
+            groups,
+            ..
+        } => {
+            let g = ConvGeometry {
+                stride: *stride,
+                pad: *pad,
+                dilation: *dilation,
+                groups: *groups,
+            };
             real(kernels::conv2d_grad_input(r(0), r(1), &g, out))
         }
-        Op::Conv2dGradWeight { stride, pad, dilation, groups, .. } => {
-            let g = ConvGeometry { stride: *stride, pad: *pad, dilation: *dilation, groups: *groups };
+        Op::Conv2dGradWeight {
+            stride,
+            pad,
+            dilation,
+            groups,
+            ..
+        } => {
+            let g = ConvGeometry {
+                stride: *stride,
+                pad: *pad,
+                dilation: *dilation,
+                groups: *groups,
+            };
             real(kernels::conv2d_grad_weight(r(0), r(1), &g, out))
         }
         Op::ChannelSum => real(kernels::channel_sum(r(0))),
         Op::BatchNorm { eps } => real(kernels::batch_norm(r(0), r(1), r(2), r(3), r(4), *eps)),
         Op::BatchNormGrad { eps } => real(kernels::batch_norm_grad(r(0), r(1), r(2), *eps)),
-        Op::Relu => real(kernels::map(r(0), |v| if v > T::zero() { v } else { T::zero() })),
-        Op::ReluGrad => real(kernels::zip(r(0), r(1), |dy, y| if y > T::zero() { dy } else { T::zero() })),
+        Op::Relu => real(kernels::map(r(0), |v| {
+            if v > T::zero() {
+                v
+            } else {
+                T::zero()
+            }
+        })),
+        Op::ReluGrad => real(kernels::zip(r(0), r(1), |dy, y| {
+            if y > T::zero() {
+                dy
+            } else {
+                T::zero()
+            }
+        })),
         Op::Add => real(kernels::zip(r(0), r(1), |a, b| a + b)),
-        Op::MaxPool2d { kernel, stride, pad } => real(kernels::max_pool2d(r(0), *kernel, *stride, *pad, out)),
-        Op::MaxPool2dGrad { kernel, stride, pad } => real(kernels::max_pool2d_grad(r(0), r(1), *kernel, *stride, *pad)),
-        Op::ResizeBilinear { size, align_corners } => real(kernels::resize_bilinear(r(0), *size, *align_corners)),
-        Op::ResizeBilinearGrad { align_corners, input_size } => {
-            real(kernels::resize_bilinear_grad(r(0), *input_size, *align_corners))
-        }
+        Op::MaxPool2d {
+            kernel,
+            stride,
+            pad,
+        } => real(kernels::max_pool2d(r(0), *kernel, *stride, *pad, out)),
+        Op::MaxPool2dGrad {
+            kernel,
+            stride,
+            pad,
+        } => real(kernels::max_pool2d_grad(r(0), r(1), *kernel, *stride, *pad)),
+        Op::ResizeBilinear {
+            size,
+            align_corners,
+        } => real(kernels::resize_bilinear(r(0), *size, *align_corners)),
+        Op::ResizeBilinearGrad {
+            align_corners,
+            input_size,
+        } => real(kernels::resize_bilinear_grad(
+            r(0),
+            *input_size,
+            *align_corners,
+        )),
         Op::Dropout { rate, seed, stream } => match args.get(1) {
             None => Ok(args[0].clone()),
             Some(step) => {
                 let step = step.int().data[0];
-                let step = u64::try_from(step).map_err(|_| InterpError(format!("the step counter is negative ({step})")))?;
+                let step = u64::try_from(step)
+                    .map_err(|_| InterpError(format!("the step counter is negative ({step})")))?;
                 real(kernels::dropout(r(0), *rate, *seed, step, *stream))
             }
         },
-        Op::SoftmaxCrossEntropy { ignore_index, reduction } => {
-            let (loss, _) = kernels::softmax_cross_entropy(r(0), args[1].int(), *ignore_index, *reduction, None).map_err(data_error)?;
+        Op::SoftmaxCrossEntropy {
+            ignore_index,
+            reduction,
+        } => {
+            let (loss, _) = kernels::softmax_cross_entropy(
+                r(0),
+                args[1].int(),
+                *ignore_index,
+                *reduction,
+                None,
+            )
+            .map_err(data_error)?;
             real(Tensor::scalar(loss))
         }
-        Op::SoftmaxCrossEntropyGrad { ignore_index, reduction } => {
+        Op::SoftmaxCrossEntropyGrad {
+            ignore_index,
+            reduction,
+        } => {
             let d = r(2).data[0];
-            let (_, g) = kernels::softmax_cross_entropy(r(0), args[1].int(), *ignore_index, *reduction, Some(d)).map_err(data_error)?;
+            let (_, g) = kernels::softmax_cross_entropy(
+                r(0),
+                args[1].int(),
+                *ignore_index,
+                *reduction,
+                Some(d),
+            )
+            .map_err(data_error)?;
             real(g.expect("gradient requested"))
         }
-        Op::LeastSquares { ignore_value, reduction } => {
-            real(Tensor::scalar(kernels::least_squares(r(0), r(1), *ignore_value, *reduction, None).0))
-        }
-        Op::LeastSquaresGrad { ignore_value, reduction } => {
+        Op::LeastSquares {
+            ignore_value,
+            reduction,
+        } => real(Tensor::scalar(
+            kernels::least_squares(r(0), r(1), *ignore_value, *reduction, None).0,
+        )),
+        Op::LeastSquaresGrad {
+            ignore_value,
+            reduction,
+        } => {
             let d = r(2).data[0];
-            real(kernels::least_squares(r(0), r(1), *ignore_value, *reduction, Some(d)).1.expect("gradient requested"))
+            real(
+                kernels::least_squares(r(0), r(1), *ignore_value, *reduction, Some(d))
+                    .1
+                    .expect("gradient requested"),
+            )
         }
-        Op::SgdMomentum { momentum, weight_decay } => {
+        Op::SgdMomentum {
+            momentum,
+            weight_decay,
+        } => {
             let (mu, wd) = (T::of(*momentum), T::of(*weight_decay));
             let v = r(0);
-            let data = v.data.iter().zip(&r(1).data).zip(&r(2).data).map(|((&v, &g), &p)| mu * v + g + wd * p);
+            let data = v
+                .data
+                .iter()
+                .zip(&r(1).data)
+                .zip(&r(2).data)
+                .map(|((&v, &g), &p)| mu * v + g + wd * p);
             real(Tensor::new(v.dims.clone(), data.collect()))
         }
         Op::SgdStep { lr } => real(kernels::zip(r(0), r(1), |p, v| p - T::of(*lr) * v)),
         Op::FoldBnWeight { eps } => real(kernels::fold_bn_weight(r(0), r(1), r(2), *eps)),
-        Op::FoldBnBias { eps } => {
-            real(kernels::fold_bn_bias(r(0), r(1), r(2), r(3), args.get(4).map(|b| b.real()), *eps))
-        }
+        Op::FoldBnBias { eps } => real(kernels::fold_bn_bias(
+            r(0),
+            r(1),
+            r(2),
+            r(3),
+            args.get(4).map(|b| b.real()),
+            *eps,
+        )),
     }
 }

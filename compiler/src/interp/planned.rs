@@ -19,17 +19,25 @@ pub fn run_planned<T: Real>(
     let elem = 4u64; // every computed value is f32 in the IR; the arena counts f32 slots
     let mut arena: Vec<T> = vec![T::nan(); (plan.arena_bytes / elem) as usize];
     let slot = |v: NodeId| -> Result<(usize, usize), InterpError> {
-        let s = plan.storage_of.get(&v).ok_or_else(|| InterpError(format!("value {} has no storage", v.index())))?;
+        let s = plan
+            .storage_of
+            .get(&v)
+            .ok_or_else(|| InterpError(format!("value {} has no storage", v.index())))?;
         let offset = (plan.storages[*s].offset / elem) as usize;
         Ok((offset, graph.node(v).ty.elements() as usize))
     };
     let read = |arena: &Vec<T>, v: NodeId| -> Result<Value<T>, InterpError> {
         let (offset, n) = slot(v)?;
-        Ok(Value::Real(Tensor::new(graph.node(v).ty.dims.clone(), arena[offset..offset + n].to_vec())))
+        Ok(Value::Real(Tensor::new(
+            graph.node(v).ty.dims.clone(),
+            arena[offset..offset + n].to_vec(),
+        )))
     };
     let leaf = |v: NodeId| -> Result<Value<T>, InterpError> {
         match &graph.node(v).op {
-            crate::ir::Op::Input { name } | crate::ir::Op::Param { name, .. } => feed(graph, v, name, feeds),
+            crate::ir::Op::Input { name } | crate::ir::Op::Param { name, .. } => {
+                feed(graph, v, name, feeds)
+            }
             op => eval(op, &[], &graph.node(v).ty.dims),
         }
     };

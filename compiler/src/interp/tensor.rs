@@ -34,22 +34,37 @@ pub struct Tensor<T> {
 
 impl<T: Copy> Tensor<T> {
     pub fn new(dims: Vec<u64>, data: Vec<T>) -> Self {
-        assert_eq!(dims.iter().product::<u64>() as usize, data.len(), "tensor data matches its shape");
+        assert_eq!(
+            dims.iter().product::<u64>() as usize,
+            data.len(),
+            "tensor data matches its shape"
+        );
         Tensor { dims, data }
     }
 
     pub fn filled(dims: Vec<u64>, value: T) -> Self {
         let n = dims.iter().product::<u64>() as usize;
-        Tensor { dims, data: vec![value; n] }
+        Tensor {
+            dims,
+            data: vec![value; n],
+        }
     }
 
     pub fn scalar(value: T) -> Self {
-        Tensor { dims: Vec::new(), data: vec![value] }
+        Tensor {
+            dims: Vec::new(),
+            data: vec![value],
+        }
     }
 
     /// Dimensions of a rank-4 tensor as usizes.
     pub fn nchw(&self) -> [usize; 4] {
-        [self.dims[0] as usize, self.dims[1] as usize, self.dims[2] as usize, self.dims[3] as usize]
+        [
+            self.dims[0] as usize,
+            self.dims[1] as usize,
+            self.dims[2] as usize,
+            self.dims[3] as usize,
+        ]
     }
 }
 

@@ -8,11 +8,16 @@ use std::fmt::Write;
 use super::{escape, Graph, Op};
 
 pub fn to_dot(graph: &Graph) -> String {
-    let order = graph.topo_order().unwrap_or_else(|| graph.node_ids().collect());
+    let order = graph
+        .topo_order()
+        .unwrap_or_else(|| graph.node_ids().collect());
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", escape(&graph.name));
     let _ = writeln!(out, "  rankdir=TB;");
-    let _ = writeln!(out, "  node [shape=box, fontname=\"monospace\", fontsize=10];");
+    let _ = writeln!(
+        out,
+        "  node [shape=box, fontname=\"monospace\", fontsize=10];"
+    );
     for &id in &order {
         let node = graph.node(id);
         let head = match &node.op {
@@ -33,14 +38,23 @@ pub fn to_dot(graph: &Graph) -> String {
         let operands = graph.operands(id);
         for (i, src) in operands.iter().enumerate() {
             if operands.len() > 1 {
-                let _ = writeln!(out, "  n{} -> n{} [label=\"{i}\"];", src.index(), id.index());
+                let _ = writeln!(
+                    out,
+                    "  n{} -> n{} [label=\"{i}\"];",
+                    src.index(),
+                    id.index()
+                );
             } else {
                 let _ = writeln!(out, "  n{} -> n{};", src.index(), id.index());
             }
         }
     }
     for o in &graph.outputs {
-        let _ = writeln!(out, "  out_{0} [label=\"output {0}\", shape=oval];", escape(&o.name));
+        let _ = writeln!(
+            out,
+            "  out_{0} [label=\"output {0}\", shape=oval];",
+            escape(&o.name)
+        );
         let _ = writeln!(out, "  n{} -> out_{};", o.value.index(), escape(&o.name));
     }
     out.push_str("}\n");

@@ -88,7 +88,12 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(name: impl Into<String>) -> Self {
-        Graph { name: name.into(), graph: StableDiGraph::default(), outputs: Vec::new(), objective: None }
+        Graph {
+            name: name.into(),
+            graph: StableDiGraph::default(),
+            outputs: Vec::new(),
+            objective: None,
+        }
     }
 
     /// Adds a node with a given type. The caller is responsible for the type being right;
@@ -102,7 +107,12 @@ impl Graph {
     }
 
     /// Adds a node whose type is inferred from its operands.
-    pub fn add_inferred(&mut self, op: Op, operands: &[NodeId], loc: Loc) -> Result<NodeId, ShapeError> {
+    pub fn add_inferred(
+        &mut self,
+        op: Op,
+        operands: &[NodeId],
+        loc: Loc,
+    ) -> Result<NodeId, ShapeError> {
         let types: Vec<&TensorType> = operands.iter().map(|&o| &self.graph[o].ty).collect();
         let ty = infer(&op, &types)?;
         Ok(self.add(op, operands, ty, loc))
@@ -191,7 +201,10 @@ impl Graph {
 
     /// Nodes that use `id` as an operand (with repetition if used twice).
     pub fn users(&self, id: NodeId) -> Vec<NodeId> {
-        self.graph.edges_directed(id, Direction::Outgoing).map(|e| e.target()).collect()
+        self.graph
+            .edges_directed(id, Direction::Outgoing)
+            .map(|e| e.target())
+            .collect()
     }
 
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
@@ -231,6 +244,9 @@ impl Graph {
     }
 
     pub fn output(&self, name: &str) -> Option<NodeId> {
-        self.outputs.iter().find(|o| o.name == name).map(|o| o.value)
+        self.outputs
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.value)
     }
 }

@@ -160,68 +160,135 @@ impl Reduction {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A network input (image, labels), fed at run time.
-    Input { name: String },
+    Input {
+        name: String,
+    },
     /// A learned or frozen parameter with a stable hierarchical name.
-    Param { name: String, kind: ParamKind },
+    Param {
+        name: String,
+        kind: ParamKind,
+    },
     /// `conv2d(x, w[, b])`: NCHW input, OIHW weight, optional per-channel bias.
-    Conv2d { stride: [u64; 2], pad: [u64; 4], dilation: [u64; 2], groups: u64 },
+    Conv2d {
+        stride: [u64; 2],
+        pad: [u64; 4],
+        dilation: [u64; 2],
+        groups: u64,
+    },
     /// Frozen batch norm `(x - mean) / sqrt(var + eps) * gamma + beta`; operands x, mean, var, gamma, beta.
-    BatchNorm { eps: f64 },
+    BatchNorm {
+        eps: f64,
+    },
     Relu,
     /// Elementwise sum of two tensors of the same type.
     Add,
     /// Max pooling; padding is -inf, so padded cells never win.
-    MaxPool2d { kernel: [u64; 2], stride: [u64; 2], pad: [u64; 4] },
+    MaxPool2d {
+        kernel: [u64; 2],
+        stride: [u64; 2],
+        pad: [u64; 4],
+    },
     /// Bilinear resize of the two spatial dimensions to `size`.
-    ResizeBilinear { size: [u64; 2], align_corners: bool },
+    ResizeBilinear {
+        size: [u64; 2],
+        align_corners: bool,
+    },
     /// Inverted dropout with drop probability `rate`. With one operand (inference) it is the
     /// identity; with a second operand, the training step counter (i32 scalar), it keeps an
     /// element with probability 1 - rate and scales it by 1 / (1 - rate). The keep decision
     /// is a pure function of (seed, step, stream, element index), so applying the same op to
     /// the upstream gradient reproduces the forward mask exactly.
-    Dropout { rate: f64, seed: u64, stream: u64 },
+    Dropout {
+        rate: f64,
+        seed: u64,
+        stream: u64,
+    },
     /// Per-pixel softmax cross-entropy of logits NxCxHxW against labels NxHxW (i32).
-    SoftmaxCrossEntropy { ignore_index: i64, reduction: Reduction },
+    SoftmaxCrossEntropy {
+        ignore_index: i64,
+        reduction: Reduction,
+    },
     /// Squared error `sum (pred - target)^2` of a prediction against a target of the same
     /// shape (Nx1xHxW for depth); elements whose target equals `ignore_value` contribute
     /// nothing. `Mean` divides by the number of elements that count (0 if none).
-    LeastSquares { ignore_value: f64, reduction: Reduction },
+    LeastSquares {
+        ignore_value: f64,
+        reduction: Reduction,
+    },
     /// A scalar f32 constant (`tensor<f32>`).
-    Constant { value: f64 },
+    Constant {
+        value: f64,
+    },
 
     // ----- gradients (made by autodiff) --------------------------------------------------
     /// Gradient of conv2d with respect to its input: `(dy, w) -> dx` of size `input_size`.
-    Conv2dGradInput { stride: [u64; 2], pad: [u64; 4], dilation: [u64; 2], groups: u64, input_size: [u64; 2] },
+    Conv2dGradInput {
+        stride: [u64; 2],
+        pad: [u64; 4],
+        dilation: [u64; 2],
+        groups: u64,
+        input_size: [u64; 2],
+    },
     /// Gradient of conv2d with respect to its weight: `(x, dy) -> dw` with a `kernel` window.
-    Conv2dGradWeight { stride: [u64; 2], pad: [u64; 4], dilation: [u64; 2], groups: u64, kernel: [u64; 2] },
+    Conv2dGradWeight {
+        stride: [u64; 2],
+        pad: [u64; 4],
+        dilation: [u64; 2],
+        groups: u64,
+        kernel: [u64; 2],
+    },
     /// Sum over batch and space per channel: `dy (NxCxHxW) -> C` (the gradient of a bias).
     ChannelSum,
     /// Gradient of frozen batch norm w.r.t. its input: `(dy, var, gamma) -> dy * gamma / sqrt(var + eps)`.
-    BatchNormGrad { eps: f64 },
+    BatchNormGrad {
+        eps: f64,
+    },
     /// Gradient of relu from its output: `(dy, y) -> dy where y > 0, else 0`.
     ReluGrad,
     /// Gradient of max pooling: `(dy, x) -> dx`; each window's gradient goes to its first
     /// maximal element in row-major order (PyTorch's rule).
-    MaxPool2dGrad { kernel: [u64; 2], stride: [u64; 2], pad: [u64; 4] },
+    MaxPool2dGrad {
+        kernel: [u64; 2],
+        stride: [u64; 2],
+        pad: [u64; 4],
+    },
     /// Adjoint of bilinear resize: `dy -> dx` of spatial size `input_size`.
-    ResizeBilinearGrad { align_corners: bool, input_size: [u64; 2] },
+    ResizeBilinearGrad {
+        align_corners: bool,
+        input_size: [u64; 2],
+    },
     /// `(logits, labels, dloss) -> dlogits` of softmax cross-entropy.
-    SoftmaxCrossEntropyGrad { ignore_index: i64, reduction: Reduction },
+    SoftmaxCrossEntropyGrad {
+        ignore_index: i64,
+        reduction: Reduction,
+    },
     /// `(pred, target, dloss) -> dpred` of least squares.
-    LeastSquaresGrad { ignore_value: f64, reduction: Reduction },
+    LeastSquaresGrad {
+        ignore_value: f64,
+        reduction: Reduction,
+    },
 
     // ----- batch-norm folding (the prepare program, run once when weights load) ---------
     /// `(w, var, gamma) -> w * gamma / sqrt(var + eps)`, per output channel of `w`.
-    FoldBnWeight { eps: f64 },
+    FoldBnWeight {
+        eps: f64,
+    },
     /// `(mean, var, gamma, beta[, b]) -> (b - mean) * gamma / sqrt(var + eps) + beta`
     /// (`b` = 0 when absent).
-    FoldBnBias { eps: f64 },
+    FoldBnBias {
+        eps: f64,
+    },
 
     // ----- optimizer (made by the training step) ---------------------------------------
     /// SGD momentum buffer update: `(v, g, p) -> momentum * v + g + weight_decay * p`.
-    SgdMomentum { momentum: f64, weight_decay: f64 },
+    SgdMomentum {
+        momentum: f64,
+        weight_decay: f64,
+    },
     /// SGD parameter update: `(p, v) -> p - lr * v`.
-    SgdStep { lr: f64 },
+    SgdStep {
+        lr: f64,
+    },
 }
 
 /// Error from reading an op back from its text form.
@@ -262,11 +329,17 @@ impl Op {
 
     /// Ops whose value is supplied from outside rather than computed.
     pub fn is_leaf(&self) -> bool {
-        matches!(self, Op::Input { .. } | Op::Param { .. } | Op::Constant { .. })
+        matches!(
+            self,
+            Op::Input { .. } | Op::Param { .. } | Op::Constant { .. }
+        )
     }
 
     pub fn is_loss(&self) -> bool {
-        matches!(self, Op::SoftmaxCrossEntropy { .. } | Op::LeastSquares { .. })
+        matches!(
+            self,
+            Op::SoftmaxCrossEntropy { .. } | Op::LeastSquares { .. }
+        )
     }
 
     /// Allowed operand counts, inclusive.
@@ -307,20 +380,37 @@ impl Op {
                 ("kind", Attr::Str(kind.name().into())),
                 ("name", Attr::Str(name.clone())),
             ],
-            Op::Conv2d { stride, pad, dilation, groups } => vec![
+            Op::Conv2d {
+                stride,
+                pad,
+                dilation,
+                groups,
+            } => vec![
                 ("dilation", ints(dilation)),
                 ("groups", Attr::Int(*groups as i64)),
                 ("pad", ints(pad)),
                 ("stride", ints(stride)),
             ],
-            Op::Conv2dGradInput { stride, pad, dilation, groups, input_size } => vec![
+            Op::Conv2dGradInput {
+                stride,
+                pad,
+                dilation,
+                groups,
+                input_size,
+            } => vec![
                 ("dilation", ints(dilation)),
                 ("groups", Attr::Int(*groups as i64)),
                 ("input_size", ints(input_size)),
                 ("pad", ints(pad)),
                 ("stride", ints(stride)),
             ],
-            Op::Conv2dGradWeight { stride, pad, dilation, groups, kernel } => vec![
+            Op::Conv2dGradWeight {
+                stride,
+                pad,
+                dilation,
+                groups,
+                kernel,
+            } => vec![
                 ("dilation", ints(dilation)),
                 ("groups", Attr::Int(*groups as i64)),
                 ("kernel", ints(kernel)),
@@ -330,24 +420,40 @@ impl Op {
             Op::Constant { value } => vec![("value", Attr::Float(*value))],
             Op::ChannelSum | Op::ReluGrad => vec![],
             Op::BatchNormGrad { eps } => vec![("eps", Attr::Float(*eps))],
-            Op::MaxPool2dGrad { kernel, stride, pad } => vec![
+            Op::MaxPool2dGrad {
+                kernel,
+                stride,
+                pad,
+            } => vec![
                 ("kernel", ints(kernel)),
                 ("pad", ints(pad)),
                 ("stride", ints(stride)),
             ],
-            Op::ResizeBilinearGrad { align_corners, input_size } => vec![
+            Op::ResizeBilinearGrad {
+                align_corners,
+                input_size,
+            } => vec![
                 ("align_corners", Attr::Bool(*align_corners)),
                 ("input_size", ints(input_size)),
             ],
-            Op::SoftmaxCrossEntropyGrad { ignore_index, reduction } => vec![
+            Op::SoftmaxCrossEntropyGrad {
+                ignore_index,
+                reduction,
+            } => vec![
                 ("ignore_index", Attr::Int(*ignore_index)),
                 ("reduction", Attr::Str(reduction.name().into())),
             ],
-            Op::LeastSquaresGrad { ignore_value, reduction } => vec![
+            Op::LeastSquaresGrad {
+                ignore_value,
+                reduction,
+            } => vec![
                 ("ignore_value", Attr::Float(*ignore_value)),
                 ("reduction", Attr::Str(reduction.name().into())),
             ],
-            Op::SgdMomentum { momentum, weight_decay } => vec![
+            Op::SgdMomentum {
+                momentum,
+                weight_decay,
+            } => vec![
                 ("momentum", Attr::Float(*momentum)),
                 ("weight_decay", Attr::Float(*weight_decay)),
             ],
@@ -355,12 +461,19 @@ impl Op {
             Op::FoldBnWeight { eps } | Op::FoldBnBias { eps } => vec![("eps", Attr::Float(*eps))],
             Op::BatchNorm { eps } => vec![("eps", Attr::Float(*eps))],
             Op::Relu | Op::Add => vec![],
-            Op::MaxPool2d { kernel, stride, pad } => vec![
+            Op::MaxPool2d {
+                kernel,
+                stride,
+                pad,
+            } => vec![
                 ("kernel", ints(kernel)),
                 ("pad", ints(pad)),
                 ("stride", ints(stride)),
             ],
-            Op::ResizeBilinear { size, align_corners } => vec![
+            Op::ResizeBilinear {
+                size,
+                align_corners,
+            } => vec![
                 ("align_corners", Attr::Bool(*align_corners)),
                 ("size", ints(size)),
             ],
@@ -369,11 +482,17 @@ impl Op {
                 ("seed", Attr::Int(*seed as i64)),
                 ("stream", Attr::Int(*stream as i64)),
             ],
-            Op::SoftmaxCrossEntropy { ignore_index, reduction } => vec![
+            Op::SoftmaxCrossEntropy {
+                ignore_index,
+                reduction,
+            } => vec![
                 ("ignore_index", Attr::Int(*ignore_index)),
                 ("reduction", Attr::Str(reduction.name().into())),
             ],
-            Op::LeastSquares { ignore_value, reduction } => vec![
+            Op::LeastSquares {
+                ignore_value,
+                reduction,
+            } => vec![
                 ("ignore_value", Attr::Float(*ignore_value)),
                 ("reduction", Attr::Str(reduction.name().into())),
             ],
@@ -382,15 +501,24 @@ impl Op {
 
     /// Rebuilds an op from its mnemonic and attributes (the inverse of [`Op::attrs`]).
     pub fn from_parts(mnemonic: &str, attrs: &[(String, Attr)]) -> Result<Op, OpParseError> {
-        let mut reader = AttrReader { op: mnemonic, attrs, used: vec![false; attrs.len()] };
+        let mut reader = AttrReader {
+            op: mnemonic,
+            attrs,
+            used: vec![false; attrs.len()],
+        };
         let op = match mnemonic {
-            "input" => Op::Input { name: reader.string("name")? },
+            "input" => Op::Input {
+                name: reader.string("name")?,
+            },
             "param" => {
                 let kind = reader.string("kind")?;
                 let kind = ParamKind::from_name(&kind).ok_or_else(|| {
                     OpParseError(format!("unknown parameter kind \"{kind}\" on rfn.param"))
                 })?;
-                Op::Param { name: reader.string("name")?, kind }
+                Op::Param {
+                    name: reader.string("name")?,
+                    kind,
+                }
             }
             "conv2d" => Op::Conv2d {
                 dilation: reader.array("dilation")?,
@@ -398,7 +526,9 @@ impl Op {
                 pad: reader.array("pad")?,
                 stride: reader.array("stride")?,
             },
-            "batch_norm" => Op::BatchNorm { eps: reader.float("eps")? },
+            "batch_norm" => Op::BatchNorm {
+                eps: reader.float("eps")?,
+            },
             "relu" => Op::Relu,
             "add" => Op::Add,
             "max_pool2d" => Op::MaxPool2d {
@@ -415,7 +545,9 @@ impl Op {
                 seed: reader.non_negative("seed")?,
                 stream: reader.non_negative("stream")?,
             },
-            "constant" => Op::Constant { value: reader.float("value")? },
+            "constant" => Op::Constant {
+                value: reader.float("value")?,
+            },
             "conv2d_grad_input" => Op::Conv2dGradInput {
                 dilation: reader.array("dilation")?,
                 groups: reader.positive("groups")?,
@@ -431,7 +563,9 @@ impl Op {
                 stride: reader.array("stride")?,
             },
             "channel_sum" => Op::ChannelSum,
-            "batch_norm_grad" => Op::BatchNormGrad { eps: reader.float("eps")? },
+            "batch_norm_grad" => Op::BatchNormGrad {
+                eps: reader.float("eps")?,
+            },
             "relu_grad" => Op::ReluGrad,
             "max_pool2d_grad" => Op::MaxPool2dGrad {
                 kernel: reader.array("kernel")?,
@@ -454,9 +588,15 @@ impl Op {
                 momentum: reader.float("momentum")?,
                 weight_decay: reader.float("weight_decay")?,
             },
-            "sgd_step" => Op::SgdStep { lr: reader.float("lr")? },
-            "fold_bn_weight" => Op::FoldBnWeight { eps: reader.float("eps")? },
-            "fold_bn_bias" => Op::FoldBnBias { eps: reader.float("eps")? },
+            "sgd_step" => Op::SgdStep {
+                lr: reader.float("lr")?,
+            },
+            "fold_bn_weight" => Op::FoldBnWeight {
+                eps: reader.float("eps")?,
+            },
+            "fold_bn_bias" => Op::FoldBnBias {
+                eps: reader.float("eps")?,
+            },
             "softmax_cross_entropy" => Op::SoftmaxCrossEntropy {
                 ignore_index: reader.int("ignore_index")?,
                 reduction: reader.reduction()?,
@@ -485,7 +625,10 @@ impl AttrReader<'_> {
                 self.used[i] = true;
                 Ok(&self.attrs[i].1)
             }
-            None => Err(OpParseError(format!("rfn.{} needs the attribute `{key}`", self.op))),
+            None => Err(OpParseError(format!(
+                "rfn.{} needs the attribute `{key}`",
+                self.op
+            ))),
         }
     }
 
@@ -513,7 +656,8 @@ impl AttrReader<'_> {
 
     fn non_negative(&mut self, key: &str) -> Result<u64, OpParseError> {
         let v = self.int(key)?;
-        u64::try_from(v).map_err(|_| OpParseError(format!("attribute `{key}` must not be negative")))
+        u64::try_from(v)
+            .map_err(|_| OpParseError(format!("attribute `{key}` must not be negative")))
     }
 
     fn positive(&mut self, key: &str) -> Result<u64, OpParseError> {
@@ -556,7 +700,9 @@ impl AttrReader<'_> {
     fn reduction(&mut self) -> Result<Reduction, OpParseError> {
         let s = self.string("reduction")?;
         Reduction::from_name(&s).ok_or_else(|| {
-            OpParseError(format!("reduction must be \"mean\" or \"sum\", found \"{s}\""))
+            OpParseError(format!(
+                "reduction must be \"mean\" or \"sum\", found \"{s}\""
+            ))
         })
     }
 

@@ -54,7 +54,11 @@ fn describe_rule(rule: &Rule) -> String {
 
 fn error_at(pair: &Pair<Rule>, message: impl Into<String>) -> ParseError {
     let (line, col) = pair.as_span().start_pos().line_col();
-    ParseError { line, col, message: message.into() }
+    ParseError {
+        line,
+        col,
+        message: message.into(),
+    }
 }
 
 /// Parses a whole graph.
@@ -64,7 +68,11 @@ pub fn parse_graph(text: &str) -> Result<Graph, ParseError> {
         let (line, col) = match e.line_col {
             pest::error::LineColLocation::Pos(p) | pest::error::LineColLocation::Span(p, _) => p,
         };
-        ParseError { line, col, message: format!("syntax error: {}", e.variant.message()) }
+        ParseError {
+            line,
+            col,
+            message: format!("syntax error: {}", e.variant.message()),
+        }
     })?;
     let file = pairs.next().expect("grammar: file");
     let mut graph = Graph::new("");
@@ -77,7 +85,12 @@ pub fn parse_graph(text: &str) -> Result<Graph, ParseError> {
                 let attrs = parse_attrs(item.clone())?;
                 match attrs.as_slice() {
                     [(k, Attr::Str(name))] if k == "sym_name" => graph.name = name.clone(),
-                    _ => return Err(error_at(&item, "rfn.graph takes exactly the attribute `sym_name`")),
+                    _ => {
+                        return Err(error_at(
+                            &item,
+                            "rfn.graph takes exactly the attribute `sym_name`",
+                        ))
+                    }
                 }
             }
             _ => {}
@@ -86,12 +99,22 @@ pub fn parse_graph(text: &str) -> Result<Graph, ParseError> {
     Ok(graph)
 }
 
-fn parse_op(pair: Pair<Rule>, graph: &mut Graph, values: &mut HashMap<String, NodeId>) -> Result<(), ParseError> {
+fn parse_op(
+    pair: Pair<Rule>,
+    graph: &mut Graph,
+    values: &mut HashMap<String, NodeId>,
+) -> Result<(), ParseError> {
     let whole = pair.clone();
     let mut inner = pair.into_inner();
     let result = inner.next().expect("grammar: value");
     let name_pair = inner.next().expect("grammar: op_name");
-    let mnemonic = name_pair.clone().into_inner().next().expect("grammar: mnemonic").as_str().to_string();
+    let mnemonic = name_pair
+        .clone()
+        .into_inner()
+        .next()
+        .expect("grammar: mnemonic")
+        .as_str()
+        .to_string();
     let operands = resolve_values(inner.next().expect("grammar: values"), values)?;
     let mut attrs = Vec::new();
     let mut next = inner.next().expect("grammar: types");
@@ -110,17 +133,27 @@ fn parse_op(pair: Pair<Rule>, graph: &mut Graph, values: &mut HashMap<String, No
     if operands.len() < lo || operands.len() > hi {
         return Err(error_at(
             &whole,
-            format!("rfn.{mnemonic} takes {lo}..={hi} operands, found {}", operands.len()),
+            format!(
+                "rfn.{mnemonic} takes {lo}..={hi} operands, found {}",
+                operands.len()
+            ),
         ));
     }
     let id = graph.add(op, &operands, ty, loc);
     if values.insert(result.as_str().to_string(), id).is_some() {
-        return Err(error_at(&result, format!("value {} is defined twice", result.as_str())));
+        return Err(error_at(
+            &result,
+            format!("value {} is defined twice", result.as_str()),
+        ));
     }
     Ok(())
 }
 
-fn parse_return(pair: Pair<Rule>, graph: &mut Graph, values: &HashMap<String, NodeId>) -> Result<(), ParseError> {
+fn parse_return(
+    pair: Pair<Rule>,
+    graph: &mut Graph,
+    values: &HashMap<String, NodeId>,
+) -> Result<(), ParseError> {
     let whole = pair.clone();
     let mut inner = pair.into_inner();
     let operands = resolve_values(inner.next().expect("grammar: values"), values)?;
@@ -133,7 +166,12 @@ fn parse_return(pair: Pair<Rule>, graph: &mut Graph, values: &HashMap<String, No
                 // `[]` reads as an empty array of either kind.
                 ("names", Attr::Ints(n)) if n.is_empty() => names = Vec::new(),
                 ("objective", Attr::Str(o)) => graph.objective = Some(o),
-                (k, _) => return Err(error_at(&next, format!("unexpected attribute `{k}` on rfn.return"))),
+                (k, _) => {
+                    return Err(error_at(
+                        &next,
+                        format!("unexpected attribute `{k}` on rfn.return"),
+                    ))
+                }
             }
         }
         next = inner.next().expect("grammar: types");
@@ -142,14 +180,25 @@ fn parse_return(pair: Pair<Rule>, graph: &mut Graph, values: &HashMap<String, No
     if names.len() != operands.len() {
         return Err(error_at(
             &whole,
-            format!("rfn.return has {} values but {} names", operands.len(), names.len()),
+            format!(
+                "rfn.return has {} values but {} names",
+                operands.len(),
+                names.len()
+            ),
         ));
     }
-    graph.outputs = names.into_iter().zip(operands).map(|(name, value)| Output { name, value }).collect();
+    graph.outputs = names
+        .into_iter()
+        .zip(operands)
+        .map(|(name, value)| Output { name, value })
+        .collect();
     Ok(())
 }
 
-fn resolve_values(pair: Pair<Rule>, values: &HashMap<String, NodeId>) -> Result<Vec<NodeId>, ParseError> {
+fn resolve_values(
+    pair: Pair<Rule>,
+    values: &HashMap<String, NodeId>,
+) -> Result<Vec<NodeId>, ParseError> {
     pair.into_inner()
         .map(|v| {
             values
@@ -160,12 +209,20 @@ fn resolve_values(pair: Pair<Rule>, values: &HashMap<String, NodeId>) -> Result<
         .collect()
 }
 
-fn check_operand_types(pair: &Pair<Rule>, operands: &[NodeId], graph: &Graph) -> Result<(), ParseError> {
+fn check_operand_types(
+    pair: &Pair<Rule>,
+    operands: &[NodeId],
+    graph: &Graph,
+) -> Result<(), ParseError> {
     let types: Vec<Pair<Rule>> = pair.clone().into_inner().collect();
     if types.len() != operands.len() {
         return Err(error_at(
             pair,
-            format!("{} operand types listed for {} operands", types.len(), operands.len()),
+            format!(
+                "{} operand types listed for {} operands",
+                types.len(),
+                operands.len()
+            ),
         ));
     }
     for (t, &o) in types.into_iter().zip(operands) {
@@ -173,7 +230,10 @@ fn check_operand_types(pair: &Pair<Rule>, operands: &[NodeId], graph: &Graph) ->
         if declared != graph.node(o).ty {
             return Err(error_at(
                 &t,
-                format!("operand type {declared} does not match the value's type {}", graph.node(o).ty),
+                format!(
+                    "operand type {declared} does not match the value's type {}",
+                    graph.node(o).ty
+                ),
             ));
         }
     }
@@ -186,7 +246,9 @@ fn parse_type(pair: Pair<Rule>) -> Result<TensorType, ParseError> {
     for part in pair.clone().into_inner() {
         match part.as_rule() {
             Rule::dim => dims.push(
-                part.as_str().parse::<u64>().map_err(|_| error_at(&part, "dimension is too large"))?,
+                part.as_str()
+                    .parse::<u64>()
+                    .map_err(|_| error_at(&part, "dimension is too large"))?,
             ),
             Rule::elem => dtype = DType::from_name(part.as_str()).expect("grammar: elem"),
             _ => {}
@@ -210,23 +272,41 @@ fn parse_attrs(pair: Pair<Rule>) -> Result<Vec<(String, Attr)>, ParseError> {
 }
 
 fn parse_int(pair: &Pair<Rule>) -> Result<i64, ParseError> {
-    pair.as_str().parse::<i64>().map_err(|_| error_at(pair, "integer out of range"))
+    pair.as_str()
+        .parse::<i64>()
+        .map_err(|_| error_at(pair, "integer out of range"))
 }
 
 fn parse_attr_value(pair: Pair<Rule>) -> Result<Attr, ParseError> {
     Ok(match pair.as_rule() {
-        Rule::float => Attr::Float(pair.as_str().parse().map_err(|_| error_at(&pair, "bad float"))?),
+        Rule::float => Attr::Float(
+            pair.as_str()
+                .parse()
+                .map_err(|_| error_at(&pair, "bad float"))?,
+        ),
         Rule::int => Attr::Int(parse_int(&pair)?),
         Rule::boolean => Attr::Bool(pair.as_str() == "true"),
         Rule::string => Attr::Str(parse_string(pair)?),
-        Rule::int_array => Attr::Ints(pair.into_inner().map(|p| parse_int(&p)).collect::<Result<_, _>>()?),
-        Rule::str_array => Attr::Strs(pair.into_inner().map(parse_string).collect::<Result<_, _>>()?),
+        Rule::int_array => Attr::Ints(
+            pair.into_inner()
+                .map(|p| parse_int(&p))
+                .collect::<Result<_, _>>()?,
+        ),
+        Rule::str_array => Attr::Strs(
+            pair.into_inner()
+                .map(parse_string)
+                .collect::<Result<_, _>>()?,
+        ),
         _ => unreachable!("grammar: attr_value alternatives"),
     })
 }
 
 fn parse_string(pair: Pair<Rule>) -> Result<String, ParseError> {
-    let inner = pair.clone().into_inner().next().expect("grammar: str_inner");
+    let inner = pair
+        .clone()
+        .into_inner()
+        .next()
+        .expect("grammar: str_inner");
     let raw = inner.as_str();
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars();
@@ -262,10 +342,23 @@ fn parse_loc(pair: Pair<Rule>) -> Result<Loc, ParseError> {
                 let file = parse_string(it.next().expect("grammar: file"))?;
                 let mut nums = Vec::new();
                 for n in it {
-                    nums.push(u32::try_from(parse_int(&n)?).map_err(|_| error_at(&n, "bad line or column"))?);
+                    nums.push(
+                        u32::try_from(parse_int(&n)?)
+                            .map_err(|_| error_at(&n, "bad line or column"))?,
+                    );
                 }
-                let (end_line, end_col) = if nums.len() == 4 { (nums[2], nums[3]) } else { (nums[0], nums[1]) };
-                loc.pos = Some(SourcePos { file: Arc::from(file), line: nums[0], col: nums[1], end_line, end_col });
+                let (end_line, end_col) = if nums.len() == 4 {
+                    (nums[2], nums[3])
+                } else {
+                    (nums[0], nums[1])
+                };
+                loc.pos = Some(SourcePos {
+                    file: Arc::from(file),
+                    line: nums[0],
+                    col: nums[1],
+                    end_line,
+                    end_col,
+                });
             }
             _ => {}
         }

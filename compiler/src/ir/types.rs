@@ -40,7 +40,10 @@ pub struct TensorType {
 
 impl TensorType {
     pub fn new(dtype: DType, dims: impl Into<Vec<u64>>) -> Self {
-        TensorType { dtype, dims: dims.into() }
+        TensorType {
+            dtype,
+            dims: dims.into(),
+        }
     }
 
     pub fn f32(dims: impl Into<Vec<u64>>) -> Self {

@@ -20,7 +20,12 @@ pub struct VerifyError {
 /// Checks every invariant and returns all violations (empty when the graph is valid).
 pub fn verify(graph: &Graph) -> Vec<VerifyError> {
     let mut errors = Vec::new();
-    let mut err = |message: String, loc: &Loc| errors.push(VerifyError { message, loc: loc.clone() });
+    let mut err = |message: String, loc: &Loc| {
+        errors.push(VerifyError {
+            message,
+            loc: loc.clone(),
+        })
+    };
     if graph.topo_order().is_none() {
         err("the graph has a cycle".into(), &Loc::default());
     }
@@ -33,24 +38,44 @@ pub fn verify(graph: &Graph) -> Vec<VerifyError> {
         let (lo, hi) = node.op.arity();
         if slots.len() < lo || slots.len() > hi {
             err(
-                format!("rfn.{} has {} operands, expected {lo}..={hi}", node.op.mnemonic(), slots.len()),
+                format!(
+                    "rfn.{} has {} operands, expected {lo}..={hi}",
+                    node.op.mnemonic(),
+                    slots.len()
+                ),
                 &node.loc,
             );
             continue;
         }
-        if slots.iter().enumerate().any(|(i, (slot, _))| *slot as usize != i) {
-            err(format!("rfn.{} has gaps or repeats in its operand slots", node.op.mnemonic()), &node.loc);
+        if slots
+            .iter()
+            .enumerate()
+            .any(|(i, (slot, _))| *slot as usize != i)
+        {
+            err(
+                format!(
+                    "rfn.{} has gaps or repeats in its operand slots",
+                    node.op.mnemonic()
+                ),
+                &node.loc,
+            );
             continue;
         }
         match &node.op {
             Op::Input { name } => {
                 if name.is_empty() || input_names.insert(name, ()).is_some() {
-                    err(format!("input name \"{name}\" is empty or used twice"), &node.loc);
+                    err(
+                        format!("input name \"{name}\" is empty or used twice"),
+                        &node.loc,
+                    );
                 }
             }
             Op::Param { name, kind } => {
                 if name.is_empty() || param_names.insert(name, ()).is_some() {
-                    err(format!("parameter name \"{name}\" is empty or used twice"), &node.loc);
+                    err(
+                        format!("parameter name \"{name}\" is empty or used twice"),
+                        &node.loc,
+                    );
                 }
                 let rank_ok = match kind {
                     ParamKind::ConvWeight => node.ty.rank() == 4,
@@ -59,7 +84,11 @@ pub fn verify(graph: &Graph) -> Vec<VerifyError> {
                 };
                 if !rank_ok || node.ty.elements() == 0 || node.ty.dtype != DType::F32 {
                     err(
-                        format!("parameter \"{name}\" of kind {} cannot have type {}", kind.name(), node.ty),
+                        format!(
+                            "parameter \"{name}\" of kind {} cannot have type {}",
+                            kind.name(),
+                            node.ty
+                        ),
                         &node.loc,
                     );
                 }
@@ -70,7 +99,11 @@ pub fn verify(graph: &Graph) -> Vec<VerifyError> {
                 match infer(op, &types) {
                     Ok(ty) if ty == node.ty => {}
                     Ok(ty) => err(
-                        format!("rfn.{} is recorded as {} but its operands give {ty}", op.mnemonic(), node.ty),
+                        format!(
+                            "rfn.{} is recorded as {} but its operands give {ty}",
+                            op.mnemonic(),
+                            node.ty
+                        ),
                         &node.loc,
                     ),
                     Err(e) => err(e.message, &node.loc),
@@ -84,17 +117,32 @@ pub fn verify(graph: &Graph) -> Vec<VerifyError> {
     let mut output_names: HashMap<&str, ()> = HashMap::new();
     for o in &graph.outputs {
         if !graph.contains(o.value) {
-            err(format!("output \"{}\" refers to a value that does not exist", o.name), &Loc::default());
+            err(
+                format!(
+                    "output \"{}\" refers to a value that does not exist",
+                    o.name
+                ),
+                &Loc::default(),
+            );
         }
         if output_names.insert(&o.name, ()).is_some() {
-            err(format!("output name \"{}\" is used twice", o.name), &Loc::default());
+            err(
+                format!("output name \"{}\" is used twice", o.name),
+                &Loc::default(),
+            );
         }
     }
     if let Some(objective) = &graph.objective {
         match graph.output(objective) {
             Some(v) if graph.contains(v) && graph.node(v).op.is_loss() => {}
-            Some(_) => err(format!("objective \"{objective}\" is not a loss"), &Loc::default()),
-            None => err(format!("objective \"{objective}\" is not an output"), &Loc::default()),
+            Some(_) => err(
+                format!("objective \"{objective}\" is not a loss"),
+                &Loc::default(),
+            ),
+            None => err(
+                format!("objective \"{objective}\" is not an output"),
+                &Loc::default(),
+            ),
         }
     }
     errors

@@ -22,15 +22,25 @@ pub struct AutodiffError(pub String);
 
 impl From<ShapeError> for AutodiffError {
     fn from(e: ShapeError) -> Self {
-        AutodiffError(format!("internal: a gradient op does not fit: {}", e.message))
+        AutodiffError(format!(
+            "internal: a gradient op does not fit: {}",
+            e.message
+        ))
     }
 }
 
 /// Adds the gradient of scalar `loss` with respect to each of `wrt`. Returns one entry per
 /// `wrt`: `None` when the loss does not depend on it.
-pub fn gradients(graph: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<Option<NodeId>>, AutodiffError> {
+pub fn gradients(
+    graph: &mut Graph,
+    loss: NodeId,
+    wrt: &[NodeId],
+) -> Result<Vec<Option<NodeId>>, AutodiffError> {
     if !graph.node(loss).ty.dims.is_empty() {
-        return Err(AutodiffError(format!("the loss must be a scalar, not {}", graph.node(loss).ty)));
+        return Err(AutodiffError(format!(
+            "the loss must be a scalar, not {}",
+            graph.node(loss).ty
+        )));
     }
     let seed_loc = graph.node(loss).loc.clone();
     let one = graph.add_inferred(Op::Constant { value: 1.0 }, &[], seed_loc)?;
@@ -52,7 +62,9 @@ pub fn vector_jacobian(
             graph.node(output).ty
         )));
     }
-    let order = graph.topo_order().ok_or_else(|| AutodiffError("the graph has a cycle".into()))?;
+    let order = graph
+        .topo_order()
+        .ok_or_else(|| AutodiffError("the graph has a cycle".into()))?;
     let marked = on_paths(graph, &order, output, wrt);
     let mut adjoint: HashMap<NodeId, NodeId> = HashMap::new();
     adjoint.insert(output, adjoint_of_output);
@@ -60,7 +72,9 @@ pub fn vector_jacobian(
         if !marked.contains(&id) || graph.node(id).op.is_leaf() {
             continue;
         }
-        let Some(&dy) = adjoint.get(&id) else { continue };
+        let Some(&dy) = adjoint.get(&id) else {
+            continue;
+        };
         let operands = graph.operands(id);
         let wanted: Vec<bool> = operands.iter().map(|o| marked.contains(o)).collect();
         let contributions = vjp(graph, id, dy, &wanted)?;
@@ -110,60 +124,129 @@ fn on_paths(graph: &Graph, order: &[NodeId], loss: NodeId, wrt: &[NodeId]) -> Ha
 /// | dropout(x[, step]) | dropout(dy[, step]) (the same mask) |
 /// | softmax_cross_entropy(s, labels) | softmax_cross_entropy_grad(s, labels, dy); none |
 /// | least_squares(p, target) | least_squares_grad(p, target, dy); none |
-fn vjp(graph: &mut Graph, id: NodeId, dy: NodeId, wanted: &[bool]) -> Result<Vec<Option<NodeId>>, AutodiffError> {
+fn vjp(
+    graph: &mut Graph,
+    id: NodeId,
+    dy: NodeId,
+    wanted: &[bool],
+) -> Result<Vec<Option<NodeId>>, AutodiffError> {
     let node = graph.node(id).clone();
     let ops = graph.operands(id);
     let loc: Loc = node.loc.clone();
     let mut out: Vec<Option<NodeId>> = vec![None; ops.len()];
-    let mut emit = |graph: &mut Graph, slot: usize, op: Op, args: &[NodeId]| -> Result<(), AutodiffError> {
-        if wanted[slot] {
-            out[slot] = Some(graph.add_inferred(op, args, loc.clone())?);
-        }
-        Ok(())
-    };
+    let mut emit =
+        |graph: &mut Graph, slot: usize, op: Op, args: &[NodeId]| -> Result<(), AutodiffError> {
+            if wanted[slot] {
+                out[slot] = Some(graph.add_inferred(op, args, loc.clone())?);
+            }
+            Ok(())
+        };
     let hw = |graph: &Graph, n: NodeId| {
         let d = &graph.node(n).ty.dims;
         [d[2], d[3]]
     };
     match &node.op {
-        Op::Conv2d { stride, pad, dilation, groups } => {
+        Op::Conv2d {
+            stride,
+            pad,
+            dilation,
+            groups,
+        } => {
             let (stride, pad, dilation, groups) = (*stride, *pad, *dilation, *groups);
             let input_size = hw(graph, ops[0]);
             let kernel = hw(graph, ops[1]);
-            emit(graph, 0, Op::Conv2dGradInput { stride, pad, dilation, groups, input_size }, &[dy, ops[1]])?;
-            emit(graph, 1, Op::Conv2dGradWeight { stride, pad, dilation, groups, kernel }, &[ops[0], dy])?;
+            emit(
+                graph,
+                0,
+                Op::Conv2dGradInput {
+                    stride,
+                    pad,
+                    dilation,
+                    groups,
+                    input_size,
+                },
+                &[dy, ops[1]],
+            )?;
+            emit(
+                graph,
+                1,
+                Op::Conv2dGradWeight {
+                    stride,
+                    pad,
+                    dilation,
+                    groups,
+                    kernel,
+                },
+                &[ops[0], dy],
+            )?;
             if ops.len() == 3 {
                 emit(graph, 2, Op::ChannelSum, &[dy])?;
             }
         }
-        Op::BatchNorm { eps } => emit(graph, 0, Op::BatchNormGrad { eps: *eps }, &[dy, ops[2], ops[3]])?,
+        Op::BatchNorm { eps } => emit(
+            graph,
+            0,
+            Op::BatchNormGrad { eps: *eps },
+            &[dy, ops[2], ops[3]],
+        )?,
         Op::Relu => emit(graph, 0, Op::ReluGrad, &[dy, id])?,
         Op::Add => {
             out[0] = wanted[0].then_some(dy);
             out[1] = wanted[1].then_some(dy);
         }
-        Op::MaxPool2d { kernel, stride, pad } => {
-            emit(graph, 0, Op::MaxPool2dGrad { kernel: *kernel, stride: *stride, pad: *pad }, &[dy, ops[0]])?
-        }
+        Op::MaxPool2d {
+            kernel,
+            stride,
+            pad,
+        } => emit(
+            graph,
+            0,
+            Op::MaxPool2dGrad {
+                kernel: *kernel,
+                stride: *stride,
+                pad: *pad,
+            },
+            &[dy, ops[0]],
+        )?,
         Op::ResizeBilinear { align_corners, .. } => {
             let input_size = hw(graph, ops[0]);
-            emit(graph, 0, Op::ResizeBilinearGrad { align_corners: *align_corners, input_size }, &[dy])?
+            emit(
+                graph,
+                0,
+                Op::ResizeBilinearGrad {
+                    align_corners: *align_corners,
+                    input_size,
+                },
+                &[dy],
+            )?
         }
         Op::Dropout { .. } => {
             let mut args = vec![dy];
             args.extend(ops.get(1).copied());
             emit(graph, 0, node.op.clone(), &args)?
         }
-        Op::SoftmaxCrossEntropy { ignore_index, reduction } => emit(
+        Op::SoftmaxCrossEntropy {
+            ignore_index,
+            reduction,
+        } => emit(
             graph,
             0,
-            Op::SoftmaxCrossEntropyGrad { ignore_index: *ignore_index, reduction: *reduction },
+            Op::SoftmaxCrossEntropyGrad {
+                ignore_index: *ignore_index,
+                reduction: *reduction,
+            },
             &[ops[0], ops[1], dy],
         )?,
-        Op::LeastSquares { ignore_value, reduction } => emit(
+        Op::LeastSquares {
+            ignore_value,
+            reduction,
+        } => emit(
             graph,
             0,
-            Op::LeastSquaresGrad { ignore_value: *ignore_value, reduction: *reduction },
+            Op::LeastSquaresGrad {
+                ignore_value: *ignore_value,
+                reduction: *reduction,
+            },
             &[ops[0], ops[1], dy],
         )?,
         Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } => {}

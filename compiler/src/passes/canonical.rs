@@ -59,9 +59,23 @@ pub fn common_subexpressions(graph: &mut Graph) -> usize {
         if node.op.is_leaf() && !matches!(node.op, Op::Constant { .. }) {
             continue;
         }
-        let attrs: Vec<String> = node.op.attrs().iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let operands: Vec<String> = graph.operands(id).iter().map(|o| o.index().to_string()).collect();
-        let key = format!("{}|{}|{}", node.op.mnemonic(), attrs.join(","), operands.join(","));
+        let attrs: Vec<String> = node
+            .op
+            .attrs()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let operands: Vec<String> = graph
+            .operands(id)
+            .iter()
+            .map(|o| o.index().to_string())
+            .collect();
+        let key = format!(
+            "{}|{}|{}",
+            node.op.mnemonic(),
+            attrs.join(","),
+            operands.join(",")
+        );
         match seen.get(&key) {
             Some(&first) => {
                 graph.replace_uses(id, first);
@@ -97,7 +111,9 @@ pub fn fold_batch_norm(graph: &Graph) -> Folded {
     let mut folded = 0;
     let order = g.topo_order().expect("verified graphs are acyclic");
     for bn in order {
-        let Op::BatchNorm { eps } = g.node(bn).op else { continue };
+        let Op::BatchNorm { eps } = g.node(bn).op else {
+            continue;
+        };
         let bn_ops = g.operands(bn);
         let conv = bn_ops[0];
         if !matches!(g.node(conv).op, Op::Conv2d { .. }) || g.users(conv).len() != 1 {
@@ -105,8 +121,13 @@ pub fn fold_batch_norm(graph: &Graph) -> Folded {
         }
         let conv_ops = g.operands(conv);
         let w = conv_ops[1];
-        let Op::Param { name: w_name, .. } = g.node(w).op.clone() else { continue };
-        let base = w_name.strip_suffix(".weight").unwrap_or(&w_name).to_string();
+        let Op::Param { name: w_name, .. } = g.node(w).op.clone() else {
+            continue;
+        };
+        let base = w_name
+            .strip_suffix(".weight")
+            .unwrap_or(&w_name)
+            .to_string();
         // The prepare program reads the original parameters.
         let mut leaf = |g: &Graph, prepare: &mut Graph, id: NodeId| -> NodeId {
             *prepare_params.entry(id).or_insert_with(|| {
@@ -115,31 +136,71 @@ pub fn fold_batch_norm(graph: &Graph) -> Folded {
             })
         };
         let pw = leaf(&g, &mut prepare, w);
-        let stats: Vec<NodeId> = bn_ops[1..].iter().map(|&p| leaf(&g, &mut prepare, p)).collect();
+        let stats: Vec<NodeId> = bn_ops[1..]
+            .iter()
+            .map(|&p| leaf(&g, &mut prepare, p))
+            .collect();
         let loc = g.node(bn).loc.clone();
         let new_w = prepare
-            .add_inferred(Op::FoldBnWeight { eps }, &[pw, stats[1], stats[2]], loc.clone())
+            .add_inferred(
+                Op::FoldBnWeight { eps },
+                &[pw, stats[1], stats[2]],
+                loc.clone(),
+            )
             .expect("folding fits a verified conv");
         let mut bias_args = stats.clone();
         if let Some(&b) = conv_ops.get(2) {
             bias_args.push(leaf(&g, &mut prepare, b));
         }
-        let new_b = prepare.add_inferred(Op::FoldBnBias { eps }, &bias_args, loc.clone()).expect("per-channel operands");
-        let (w_out, b_out) = (format!("{base}.folded_weight"), format!("{base}.folded_bias"));
-        prepare.outputs.push(Output { name: w_out.clone(), value: new_w });
-        prepare.outputs.push(Output { name: b_out.clone(), value: new_b });
+        let new_b = prepare
+            .add_inferred(Op::FoldBnBias { eps }, &bias_args, loc.clone())
+            .expect("per-channel operands");
+        let (w_out, b_out) = (
+            format!("{base}.folded_weight"),
+            format!("{base}.folded_bias"),
+        );
+        prepare.outputs.push(Output {
+            name: w_out.clone(),
+            value: new_w,
+        });
+        prepare.outputs.push(Output {
+            name: b_out.clone(),
+            value: new_b,
+        });
 
         let w_ty = g.node(w).ty.clone();
         let w_loc = g.node(w).loc.clone();
         let cout = w_ty.dims[0];
-        let fw = g.add(Op::Param { name: w_out, kind: ParamKind::ConvWeight }, &[], w_ty, w_loc.clone());
-        let fb = g.add(Op::Param { name: b_out, kind: ParamKind::ConvBias }, &[], TensorType::f32(vec![cout]), w_loc);
+        let fw = g.add(
+            Op::Param {
+                name: w_out,
+                kind: ParamKind::ConvWeight,
+            },
+            &[],
+            w_ty,
+            w_loc.clone(),
+        );
+        let fb = g.add(
+            Op::Param {
+                name: b_out,
+                kind: ParamKind::ConvBias,
+            },
+            &[],
+            TensorType::f32(vec![cout]),
+            w_loc,
+        );
         let conv_op = g.node(conv).op.clone();
         let conv_loc: Loc = g.node(conv).loc.clone();
-        let fused = g.add_inferred(conv_op, &[conv_ops[0], fw, fb], conv_loc).expect("same conv, new parameters");
+        let fused = g
+            .add_inferred(conv_op, &[conv_ops[0], fw, fb], conv_loc)
+            .expect("same conv, new parameters");
         g.replace_uses(bn, fused);
         folded += 1;
     }
     dead_code(&mut g);
-    Folded { graph: g, prepare, folded }
+    Folded {
+        graph: g,
+        prepare,
+        folded,
+    }
 }

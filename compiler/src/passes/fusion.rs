@@ -5,8 +5,8 @@
 //! pool-then-conv), and a sum absorbs a bilinear resize that only it reads (the
 //! multi-resolution fusion's upsample-and-sum); (2) *epilogue*: an elementwise op (relu,
 //! add, batch norm, dropout, their gradients, the SGD updates) joins the kernel of an
-//! operand of its own shape that nothing else uses (conv + bias + folded BN + residual add
-//! + relu become one kernel; chains of elementwise ops become one). Gradient ops follow the
+//! operand of its own shape that nothing else uses (conv, bias, folded BN, residual add and
+//! relu become one kernel; chains of elementwise ops become one). Gradient ops follow the
 //! same rules.
 //!
 //! Invariants: every computed op is in exactly one kernel; a kernel holds at most one
@@ -92,13 +92,20 @@ struct Partition<'g> {
 
 impl Partition<'_> {
     fn anchors(&self, g: usize) -> usize {
-        self.members[g].iter().filter(|&&n| is_anchor(&self.graph.node(n).op)).count()
+        self.members[g]
+            .iter()
+            .filter(|&&n| is_anchor(&self.graph.node(n).op))
+            .count()
     }
 
     /// Whether merging groups `a` and `b` keeps every group convex: no value outside both
     /// that one depends on and that depends on the other.
     fn convex_after_merge(&self, a: usize, b: usize) -> bool {
-        let merged: HashSet<NodeId> = self.members[a].iter().chain(&self.members[b]).copied().collect();
+        let merged: HashSet<NodeId> = self.members[a]
+            .iter()
+            .chain(&self.members[b])
+            .copied()
+            .collect();
         let lowest = merged.iter().map(|n| self.position[n]).min().unwrap_or(0);
         // Walk backwards from the operands of the merged set that lie outside it; reaching
         // the merged set again means a path leaves and re-enters.
@@ -148,7 +155,11 @@ impl Partition<'_> {
 /// Partitions `graph` into kernels.
 pub fn fuse(graph: &Graph) -> Fused {
     let order = graph.topo_order().expect("verified graphs are acyclic");
-    let computed: Vec<NodeId> = order.iter().copied().filter(|&n| !graph.node(n).op.is_leaf()).collect();
+    let computed: Vec<NodeId> = order
+        .iter()
+        .copied()
+        .filter(|&n| !graph.node(n).op.is_leaf())
+        .collect();
     let outputs: HashSet<NodeId> = graph.outputs.iter().map(|o| o.value).collect();
     let mut p = Partition {
         graph,
@@ -204,8 +215,11 @@ pub fn fuse(graph: &Graph) -> Fused {
         m.sort_by_key(|n| p.position[n]);
     }
     let groups = topological_kernels(graph, groups, &p.position);
-    let kernel_of: HashMap<NodeId, usize> =
-        groups.iter().enumerate().flat_map(|(k, m)| m.iter().map(move |&n| (n, k))).collect();
+    let kernel_of: HashMap<NodeId, usize> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(k, m)| m.iter().map(move |&n| (n, k)))
+        .collect();
     let kernels = groups
         .into_iter()
         .enumerate()
@@ -222,10 +236,21 @@ pub fn fuse(graph: &Graph) -> Fused {
             let outputs_of_kernel = nodes
                 .iter()
                 .copied()
-                .filter(|n| outputs.contains(n) || graph.users(*n).iter().any(|u| kernel_of.get(u) != Some(&k)))
+                .filter(|n| {
+                    outputs.contains(n)
+                        || graph.users(*n).iter().any(|u| kernel_of.get(u) != Some(&k))
+                })
                 .collect();
-            let anchor = nodes.iter().copied().find(|&n| is_anchor(&graph.node(n).op));
-            Kernel { nodes, anchor, inputs, outputs: outputs_of_kernel }
+            let anchor = nodes
+                .iter()
+                .copied()
+                .find(|&n| is_anchor(&graph.node(n).op));
+            Kernel {
+                nodes,
+                anchor,
+                inputs,
+                outputs: outputs_of_kernel,
+            }
         })
         .collect();
     let fused = Fused { kernels, kernel_of };
@@ -233,11 +258,18 @@ pub fn fuse(graph: &Graph) -> Fused {
     fused
 }
 
-fn topological_kernels(graph: &Graph, groups: Vec<Vec<NodeId>>, position: &HashMap<NodeId, usize>) -> Vec<Vec<NodeId>> {
+fn topological_kernels(
+    graph: &Graph,
+    groups: Vec<Vec<NodeId>>,
+    position: &HashMap<NodeId, usize>,
+) -> Vec<Vec<NodeId>> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    let group_of: HashMap<NodeId, usize> =
-        groups.iter().enumerate().flat_map(|(g, m)| m.iter().map(move |&n| (n, g))).collect();
+    let group_of: HashMap<NodeId, usize> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(g, m)| m.iter().map(move |&n| (n, g)))
+        .collect();
     let mut waiting = vec![0usize; groups.len()];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
     for (g, m) in groups.iter().enumerate() {
@@ -252,8 +284,10 @@ fn topological_kernels(graph: &Graph, groups: Vec<Vec<NodeId>>, position: &HashM
             dependents[p].push(g);
         }
     }
-    let mut ready: BinaryHeap<Reverse<(usize, usize)>> =
-        (0..groups.len()).filter(|&g| waiting[g] == 0).map(|g| Reverse((position[&groups[g][0]], g))).collect();
+    let mut ready: BinaryHeap<Reverse<(usize, usize)>> = (0..groups.len())
+        .filter(|&g| waiting[g] == 0)
+        .map(|g| Reverse((position[&groups[g][0]], g)))
+        .collect();
     let mut order = Vec::with_capacity(groups.len());
     while let Some(Reverse((_, g))) = ready.pop() {
         order.push(g);
@@ -264,14 +298,24 @@ fn topological_kernels(graph: &Graph, groups: Vec<Vec<NodeId>>, position: &HashM
             }
         }
     }
-    assert_eq!(order.len(), groups.len(), "convex kernels form an acyclic kernel graph");
+    assert_eq!(
+        order.len(),
+        groups.len(),
+        "convex kernels form an acyclic kernel graph"
+    );
     let mut slots: Vec<Option<Vec<NodeId>>> = groups.into_iter().map(Some).collect();
-    order.into_iter().map(|g| slots[g].take().expect("each kernel once")).collect()
+    order
+        .into_iter()
+        .map(|g| slots[g].take().expect("each kernel once"))
+        .collect()
 }
 
 fn kernel_order_is_topological(graph: &Graph, fused: &Fused) -> bool {
     fused.kernels.iter().enumerate().all(|(k, kernel)| {
-        kernel.inputs.iter().all(|i| fused.kernel_of.get(i).is_none_or(|&p| p < k) || graph.node(*i).op.is_leaf())
+        kernel
+            .inputs
+            .iter()
+            .all(|i| fused.kernel_of.get(i).is_none_or(|&p| p < k) || graph.node(*i).op.is_leaf())
     })
 }
 
@@ -284,5 +328,9 @@ pub fn report(graph: &Graph, fused: &Fused) -> FusionReport {
         .flat_map(|k| k.nodes.iter().filter(|n| !k.outputs.contains(n)))
         .map(|&n| graph.node(n).ty.bytes())
         .sum();
-    FusionReport { ops, kernels: fused.kernels.len(), bytes_not_written }
+    FusionReport {
+        ops,
+        kernels: fused.kernels.len(),
+        bytes_not_written,
+    }
 }

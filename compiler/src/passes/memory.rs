@@ -48,7 +48,9 @@ pub fn leaf_updates(graph: &Graph) -> HashMap<NodeId, NodeId> {
     let leaves: HashMap<&str, NodeId> = graph
         .node_ids()
         .filter_map(|id| match &graph.node(id).op {
-            crate::ir::Op::Param { name, .. } | crate::ir::Op::Input { name } => Some((name.as_str(), id)),
+            crate::ir::Op::Param { name, .. } | crate::ir::Op::Input { name } => {
+                Some((name.as_str(), id))
+            }
             _ => None,
         })
         .collect();
@@ -57,7 +59,8 @@ pub fn leaf_updates(graph: &Graph) -> HashMap<NodeId, NodeId> {
         .iter()
         .filter_map(|o| {
             let leaf = *leaves.get(o.name.as_str())?;
-            (graph.node(leaf).ty == graph.node(o.value).ty && !graph.node(o.value).op.is_leaf()).then_some((o.value, leaf))
+            (graph.node(leaf).ty == graph.node(o.value).ty && !graph.node(o.value).op.is_leaf())
+                .then_some((o.value, leaf))
         })
         .collect()
 }
@@ -109,8 +112,11 @@ impl Plan {
 
     /// Storages live at the peak step, largest first.
     pub fn peak_live_set(&self) -> Vec<usize> {
-        let mut live: Vec<usize> =
-            (0..self.storages.len()).filter(|&s| self.storages[s].start <= self.peak_step && self.peak_step <= self.storages[s].end).collect();
+        let mut live: Vec<usize> = (0..self.storages.len())
+            .filter(|&s| {
+                self.storages[s].start <= self.peak_step && self.peak_step <= self.storages[s].end
+            })
+            .collect();
         live.sort_by_key(|&s| std::cmp::Reverse(self.storages[s].bytes));
         live
     }
@@ -143,7 +149,9 @@ fn peak_of_order(graph: &Graph, fused: &Fused, order: &[usize]) -> u64 {
             let end = if outputs.contains(&v) {
                 order.len() - 1
             } else {
-                readers.get(&v).map_or(start, |r| r.iter().map(|k| step_of[k]).max().unwrap_or(start))
+                readers.get(&v).map_or(start, |r| {
+                    r.iter().map(|k| step_of[k]).max().unwrap_or(start)
+                })
             };
             delta[start] += bytes;
             delta[end + 1] -= bytes;
@@ -177,7 +185,10 @@ fn hints(fused: &Fused, after: &[(NodeId, NodeId)]) -> Vec<HashSet<usize>> {
     }
     let mut extra: Vec<HashSet<usize>> = vec![HashSet::new(); n];
     for (later, earlier) in after {
-        let (Some(&l), Some(&e)) = (fused.kernel_of.get(later), fused.kernel_of.get(earlier)) else { continue };
+        let (Some(&l), Some(&e)) = (fused.kernel_of.get(later), fused.kernel_of.get(earlier))
+        else {
+            continue;
+        };
         if l == e {
             continue;
         }
@@ -211,7 +222,10 @@ pub fn schedule_with(graph: &Graph, fused: &Fused, after: &[(NodeId, NodeId)]) -
         anti[k].extend(extra);
     }
     let greedy = greedy_order(graph, fused, &anti);
-    let plain_ok = anti.iter().enumerate().all(|(k, before)| before.iter().all(|&b| b < k));
+    let plain_ok = anti
+        .iter()
+        .enumerate()
+        .all(|(k, before)| before.iter().all(|&b| b < k));
     if !plain_ok || peak_of_order(graph, fused, &greedy) < peak_of_order(graph, fused, &plain) {
         greedy
     } else {
@@ -226,21 +240,30 @@ fn greedy_order(graph: &Graph, fused: &Fused, anti: &[HashSet<usize>]) -> Vec<us
     let mut waiting: Vec<usize> = vec![0; n];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (k, kernel) in fused.kernels.iter().enumerate() {
-        let mut producers: HashSet<usize> = kernel.inputs.iter().filter_map(|i| fused.kernel_of.get(i).copied()).collect();
+        let mut producers: HashSet<usize> = kernel
+            .inputs
+            .iter()
+            .filter_map(|i| fused.kernel_of.get(i).copied())
+            .collect();
         producers.extend(anti[k].iter().copied());
         waiting[k] = producers.len();
         for p in producers {
             dependents[p].push(k);
         }
     }
-    let mut remaining: HashMap<NodeId, usize> = readers.iter().map(|(v, r)| (*v, r.len())).collect();
+    let mut remaining: HashMap<NodeId, usize> =
+        readers.iter().map(|(v, r)| (*v, r.len())).collect();
     let mut ready: Vec<usize> = (0..n).filter(|&k| waiting[k] == 0).collect();
     let mut order = Vec::with_capacity(n);
     while !ready.is_empty() {
         // Net bytes: what the kernel frees minus what it allocates; lowest index on ties.
         let score = |k: usize| -> i128 {
             let kernel = &fused.kernels[k];
-            let allocated: u64 = kernel.outputs.iter().map(|&v| aligned(graph.node(v).ty.bytes())).sum();
+            let allocated: u64 = kernel
+                .outputs
+                .iter()
+                .map(|&v| aligned(graph.node(v).ty.bytes()))
+                .sum();
             let freed: u64 = kernel
                 .inputs
                 .iter()
@@ -283,7 +306,9 @@ pub fn plan(graph: &Graph, fused: &Fused, order: Vec<usize>) -> Plan {
         if outputs.contains(&v) {
             last
         } else {
-            readers.get(&v).map_or(start, |r| r.iter().map(|k| step_of[k]).max().unwrap_or(start))
+            readers.get(&v).map_or(start, |r| {
+                r.iter().map(|k| step_of[k]).max().unwrap_or(start)
+            })
         }
     };
     let mut storages: Vec<Storage> = Vec::new();
@@ -304,7 +329,11 @@ pub fn plan(graph: &Graph, fused: &Fused, order: Vec<usize>) -> Plan {
                     .iter()
                     .filter(|u| fused.kernel_of.get(u) == Some(&k))
                     .all(|&u| is_elementwise(&graph.node(u).op));
-                (dies_here && elementwise_reads && storages[s].bytes == bytes && !taken.contains(&s)).then_some(s)
+                (dies_here
+                    && elementwise_reads
+                    && storages[s].bytes == bytes
+                    && !taken.contains(&s))
+                .then_some(s)
             });
             let s = match reuse {
                 Some(s) => {
@@ -314,7 +343,14 @@ pub fn plan(graph: &Graph, fused: &Fused, order: Vec<usize>) -> Plan {
                     s
                 }
                 None => {
-                    storages.push(Storage { values: vec![v], written: vec![step], bytes, start: step, end, offset: 0 });
+                    storages.push(Storage {
+                        values: vec![v],
+                        written: vec![step],
+                        bytes,
+                        start: step,
+                        end,
+                        offset: 0,
+                    });
                     storages.len() - 1
                 }
             };
@@ -339,13 +375,20 @@ pub fn plan(graph: &Graph, fused: &Fused, order: Vec<usize>) -> Plan {
     type Key = fn(&Storage) -> (i128, i128);
     let orderings: [(&'static str, Key); 3] = [
         ("largest first", |s| (-(s.bytes as i128), s.start as i128)),
-        ("longest-lived first", |s| (-((s.end - s.start) as i128), -(s.bytes as i128))),
+        ("longest-lived first", |s| {
+            (-((s.end - s.start) as i128), -(s.bytes as i128))
+        }),
         ("earliest first", |s| (s.start as i128, -(s.bytes as i128))),
     ];
     let mut best: Option<(u64, &'static str, Vec<u64>)> = None;
     for (name, key) in orderings {
         let offsets = place(&storages, key);
-        let arena = storages.iter().zip(&offsets).map(|(s, o)| o + s.bytes).max().unwrap_or(0);
+        let arena = storages
+            .iter()
+            .zip(&offsets)
+            .map(|(s, o)| o + s.bytes)
+            .max()
+            .unwrap_or(0);
         if best.as_ref().is_none_or(|(a, _, _)| arena < *a) {
             best = Some((arena, name, offsets));
         }
@@ -354,8 +397,24 @@ pub fn plan(graph: &Graph, fused: &Fused, order: Vec<usize>) -> Plan {
     for (s, o) in storages.iter_mut().zip(offsets) {
         s.offset = o;
     }
-    let naive_bytes = fused.kernels.iter().flat_map(|k| &k.nodes).map(|&n| graph.node(n).ty.bytes()).sum();
-    Plan { order, storages, storage_of, arena_bytes, lower_bound, peak_step, naive_bytes, placement, leaf_updates: updates, in_place_bytes }
+    let naive_bytes = fused
+        .kernels
+        .iter()
+        .flat_map(|k| &k.nodes)
+        .map(|&n| graph.node(n).ty.bytes())
+        .sum();
+    Plan {
+        order,
+        storages,
+        storage_of,
+        arena_bytes,
+        lower_bound,
+        peak_step,
+        naive_bytes,
+        placement,
+        leaf_updates: updates,
+        in_place_bytes,
+    }
 }
 
 /// Best-fit placement of storages in the order given by `key`.
@@ -399,12 +458,16 @@ pub fn verify_plan(graph: &Graph, fused: &Fused, plan: &Plan) -> Result<(), Stri
     let anti = anti_dependencies(graph, fused);
     for &k in &plan.order {
         if let Some(reader) = anti[k].iter().find(|r| !seen.contains(r)) {
-            return Err(format!("kernel {k} overwrites a parameter that kernel {reader} still has to read"));
+            return Err(format!(
+                "kernel {k} overwrites a parameter that kernel {reader} still has to read"
+            ));
         }
         for i in &fused.kernels[k].inputs {
             if let Some(p) = fused.kernel_of.get(i) {
                 if !seen.contains(p) {
-                    return Err(format!("kernel {k} runs before kernel {p}, whose output it reads"));
+                    return Err(format!(
+                        "kernel {k} runs before kernel {p}, whose output it reads"
+                    ));
                 }
             }
         }
@@ -417,14 +480,17 @@ pub fn verify_plan(graph: &Graph, fused: &Fused, plan: &Plan) -> Result<(), Stri
     }
     let s = &plan.storages;
     for a in 0..s.len() {
-        if s[a].offset % ALIGN != 0 || s[a].offset + s[a].bytes > plan.arena_bytes {
+        if !s[a].offset.is_multiple_of(ALIGN) || s[a].offset + s[a].bytes > plan.arena_bytes {
             return Err(format!("storage {a} is misaligned or outside the arena"));
         }
         for b in a + 1..s.len() {
             let time = s[a].start <= s[b].end && s[b].start <= s[a].end;
-            let space = s[a].offset < s[b].offset + s[b].bytes && s[b].offset < s[a].offset + s[a].bytes;
+            let space =
+                s[a].offset < s[b].offset + s[b].bytes && s[b].offset < s[a].offset + s[a].bytes;
             if time && space {
-                return Err(format!("storages {a} and {b} are live together and overlap"));
+                return Err(format!(
+                    "storages {a} and {b} are live together and overlap"
+                ));
             }
         }
     }
@@ -437,27 +503,51 @@ pub fn verify_plan(graph: &Graph, fused: &Fused, plan: &Plan) -> Result<(), Stri
             if graph.node(i).op.is_leaf() || plan.leaf_updates.contains_key(&i) {
                 continue;
             }
-            let st = *plan.storage_of.get(&i).ok_or_else(|| format!("value {} has no storage", i.index()))?;
+            let st = *plan
+                .storage_of
+                .get(&i)
+                .ok_or_else(|| format!("value {} has no storage", i.index()))?;
             let fresh = clobbered_at.get(&st).is_none_or(|&c| c < written_at[&i]);
             if holds.get(&st) != Some(&i) || !fresh {
-                return Err(format!("step {step} reads value {} after it was overwritten", i.index()));
+                return Err(format!(
+                    "step {step} reads value {} after it was overwritten",
+                    i.index()
+                ));
             }
         }
-        for &v in fused.kernels[k].outputs.iter().filter(|v| !plan.leaf_updates.contains_key(v)) {
-            let st = *plan.storage_of.get(&v).ok_or_else(|| format!("value {} has no storage", v.index()))?;
+        for &v in fused.kernels[k]
+            .outputs
+            .iter()
+            .filter(|v| !plan.leaf_updates.contains_key(v))
+        {
+            let st = *plan
+                .storage_of
+                .get(&v)
+                .ok_or_else(|| format!("value {} has no storage", v.index()))?;
             holds.insert(st, v);
             written_at.insert(v, step);
             for (other, t) in s.iter().enumerate() {
-                if other != st && t.offset < s[st].offset + s[st].bytes && s[st].offset < t.offset + t.bytes {
+                if other != st
+                    && t.offset < s[st].offset + s[st].bytes
+                    && s[st].offset < t.offset + t.bytes
+                {
                     clobbered_at.insert(other, step);
                 }
             }
         }
     }
-    for o in graph.outputs.iter().filter(|o| !plan.leaf_updates.contains_key(&o.value)) {
+    for o in graph
+        .outputs
+        .iter()
+        .filter(|o| !plan.leaf_updates.contains_key(&o.value))
+    {
         let st = plan.storage_of.get(&o.value);
         if let Some(&st) = st {
-            if holds.get(&st) != Some(&o.value) || clobbered_at.get(&st).is_some_and(|&c| c > written_at[&o.value]) {
+            if holds.get(&st) != Some(&o.value)
+                || clobbered_at
+                    .get(&st)
+                    .is_some_and(|&c| c > written_at[&o.value])
+            {
                 return Err(format!("output `{}` is overwritten before the end", o.name));
             }
         }

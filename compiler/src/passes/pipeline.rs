@@ -21,7 +21,11 @@ pub struct Compiled {
     pub timings: Vec<(&'static str, Duration)>,
 }
 
-fn timed<T>(timings: &mut Vec<(&'static str, Duration)>, name: &'static str, f: impl FnOnce() -> T) -> T {
+fn timed<T>(
+    timings: &mut Vec<(&'static str, Duration)>,
+    name: &'static str,
+    f: impl FnOnce() -> T,
+) -> T {
     let start = Instant::now();
     let out = f();
     timings.push((name, start.elapsed()));
@@ -77,7 +81,10 @@ pub struct BudgetReport {
 /// The training step planned to fit `budget` arena bytes, recomputing more and more forward
 /// values (see [`super::remat`]) until it does. When no stage fits, the error names the
 /// smallest arena that any stage reached.
-pub fn compile_training_within(step: &Graph, budget: u64) -> Result<(Compiled, BudgetReport), BudgetError> {
+pub fn compile_training_within(
+    step: &Graph,
+    budget: u64,
+) -> Result<(Compiled, BudgetReport), BudgetError> {
     let mut base = step.clone();
     common_subexpressions(&mut base);
     dead_code(&mut base);
@@ -109,7 +116,10 @@ pub fn compile_training_within(step: &Graph, budget: u64) -> Result<(Compiled, B
 #[derive(Clone, Debug, PartialEq)]
 pub enum BudgetError {
     /// Even recomputing everything it can, the plan needs `smallest` bytes.
-    TooSmall { budget: u64, smallest: u64 },
+    TooSmall {
+        budget: u64,
+        smallest: u64,
+    },
     Internal(String),
 }
 
@@ -120,9 +130,20 @@ fn finish(
     after: &[(crate::ir::NodeId, crate::ir::NodeId)],
 ) -> Result<Compiled, String> {
     let fused = timed(&mut timings, "fusion", || fuse(&graph));
-    let order = timed(&mut timings, "schedule", || schedule_with(&graph, &fused, after));
+    let order = timed(&mut timings, "schedule", || {
+        schedule_with(&graph, &fused, after)
+    });
     let plan = timed(&mut timings, "memory plan", || plan(&graph, &fused, order));
-    timed(&mut timings, "plan verifier", || verify_plan(&graph, &fused, &plan))?;
+    timed(&mut timings, "plan verifier", || {
+        verify_plan(&graph, &fused, &plan)
+    })?;
     let fusion = report(&graph, &fused);
-    Ok(Compiled { graph, prepare, fused, plan, fusion, timings })
+    Ok(Compiled {
+        graph,
+        prepare,
+        fused,
+        plan,
+        fusion,
+        timings,
+    })
 }

@@ -29,7 +29,13 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 5] = [Stage::Nothing, Stage::Relu, Stage::PoolResizeDropout, Stage::SumsAndNorms, Stage::Convolutions];
+    pub const ALL: [Stage; 5] = [
+        Stage::Nothing,
+        Stage::Relu,
+        Stage::PoolResizeDropout,
+        Stage::SumsAndNorms,
+        Stage::Convolutions,
+    ];
 
     pub fn describe(self) -> &'static str {
         match self {
@@ -65,8 +71,10 @@ pub struct Rematerialized {
 /// The nodes of the backward pass: everything that depends on the gradient seed (the
 /// scalar constant autodiff starts from).
 fn backward_nodes(graph: &Graph, order: &[NodeId]) -> HashSet<NodeId> {
-    let mut backward: HashSet<NodeId> =
-        graph.node_ids().filter(|&n| matches!(graph.node(n).op, Op::Constant { .. })).collect();
+    let mut backward: HashSet<NodeId> = graph
+        .node_ids()
+        .filter(|&n| matches!(graph.node(n).op, Op::Constant { .. }))
+        .collect();
     for &n in order {
         if graph.operands(n).iter().any(|o| backward.contains(o)) {
             backward.insert(n);
@@ -100,13 +108,26 @@ pub fn rematerialize(step: &Graph, stage: Stage) -> Rematerialized {
         if backward.contains(&v) || !stage.recomputes(&g.node(v).op) {
             continue;
         }
-        let users: Vec<NodeId> = g.users(v).into_iter().filter(|u| backward.contains(u)).collect();
+        let users: Vec<NodeId> = g
+            .users(v)
+            .into_iter()
+            .filter(|u| backward.contains(u))
+            .collect();
         if users.is_empty() {
             continue;
         }
         let node = g.node(v).clone();
-        let operands: Vec<NodeId> = g.operands(v).iter().map(|o| *copies.get(o).unwrap_or(o)).collect();
-        let copy = g.add(node.op.clone(), &operands, node.ty.clone(), node.loc.clone());
+        let operands: Vec<NodeId> = g
+            .operands(v)
+            .iter()
+            .map(|o| *copies.get(o).unwrap_or(o))
+            .collect();
+        let copy = g.add(
+            node.op.clone(),
+            &operands,
+            node.ty.clone(),
+            node.loc.clone(),
+        );
         if let Op::Conv2d { .. } = node.op {
             let w = &g.node(operands[1]).ty.dims;
             extra_macs += node.ty.elements() * w[1] * w[2] * w[3];
@@ -124,5 +145,10 @@ pub fn rematerialize(step: &Graph, stage: Stage) -> Rematerialized {
         }
         copies.insert(v, copy);
     }
-    Rematerialized { graph: g, after, recomputed: copies.len(), extra_macs }
+    Rematerialized {
+        graph: g,
+        after,
+        recomputed: copies.len(),
+        extra_macs,
+    }
 }

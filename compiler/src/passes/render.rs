@@ -13,19 +13,43 @@ use crate::ir::{escape, Graph, NodeId};
 pub fn print_fused(graph: &Graph, fused: &Fused, order: &[usize]) -> String {
     let mut out = String::from("\"rfn.fused\"() ({\n");
     let mut name: HashMap<NodeId, String> = HashMap::new();
-    let topo = graph.topo_order().unwrap_or_else(|| graph.node_ids().collect());
-    for (i, &n) in topo.iter().filter(|&&n| graph.node(n).op.is_leaf()).enumerate() {
+    let topo = graph
+        .topo_order()
+        .unwrap_or_else(|| graph.node_ids().collect());
+    for (i, &n) in topo
+        .iter()
+        .filter(|&&n| graph.node(n).op.is_leaf())
+        .enumerate()
+    {
         let node = graph.node(n);
         let attrs = render_attrs(graph, n);
-        let _ = writeln!(out, "  %{i} = \"rfn.{}\"(){attrs} : () -> {} {}", node.op.mnemonic(), node.ty, node.loc);
+        let _ = writeln!(
+            out,
+            "  %{i} = \"rfn.{}\"(){attrs} : () -> {} {}",
+            node.op.mnemonic(),
+            node.ty,
+            node.loc
+        );
         name.insert(n, format!("%{i}"));
     }
     for &k in order {
         let kernel = &fused.kernels[k];
-        let arg_types: Vec<String> = kernel.inputs.iter().map(|&i| graph.node(i).ty.to_string()).collect();
+        let arg_types: Vec<String> = kernel
+            .inputs
+            .iter()
+            .map(|&i| graph.node(i).ty.to_string())
+            .collect();
         let args: Vec<String> = kernel.inputs.iter().map(|i| name[i].clone()).collect();
-        let results: Vec<String> = kernel.outputs.iter().map(|&o| graph.node(o).ty.to_string()).collect();
-        let head = if kernel.outputs.len() == 1 { format!("%k{k}") } else { format!("%k{k}:{}", kernel.outputs.len()) };
+        let results: Vec<String> = kernel
+            .outputs
+            .iter()
+            .map(|&o| graph.node(o).ty.to_string())
+            .collect();
+        let head = if kernel.outputs.len() == 1 {
+            format!("%k{k}")
+        } else {
+            format!("%k{k}:{}", kernel.outputs.len())
+        };
         let _ = writeln!(out, "  {head} = \"rfn.kernel\"({}) ({{", args.join(", "));
         let mut local: HashMap<NodeId, String> = HashMap::new();
         let block_args: Vec<String> = kernel
@@ -56,9 +80,20 @@ pub fn print_fused(graph: &Graph, fused: &Fused, order: &[usize]) -> String {
             local.insert(n, format!("%k{k}_{j}"));
         }
         let yields: Vec<String> = kernel.outputs.iter().map(|o| local[o].clone()).collect();
-        let _ = writeln!(out, "    \"rfn.yield\"({}) : ({}) -> ()", yields.join(", "), results.join(", "));
-        let anchor = kernel.anchor.map_or("none".to_string(), |a| graph.node(a).op.mnemonic().to_string());
-        let result_types = if results.len() == 1 { results[0].clone() } else { format!("({})", results.join(", ")) };
+        let _ = writeln!(
+            out,
+            "    \"rfn.yield\"({}) : ({}) -> ()",
+            yields.join(", "),
+            results.join(", ")
+        );
+        let anchor = kernel.anchor.map_or("none".to_string(), |a| {
+            graph.node(a).op.mnemonic().to_string()
+        });
+        let result_types = if results.len() == 1 {
+            results[0].clone()
+        } else {
+            format!("({})", results.join(", "))
+        };
         let _ = writeln!(
             out,
             "  }}) {{anchor = \"{anchor}\", ops = {}}} : ({}) -> {result_types}",
@@ -66,15 +101,41 @@ pub fn print_fused(graph: &Graph, fused: &Fused, order: &[usize]) -> String {
             arg_types.join(", ")
         );
         for (j, &o) in kernel.outputs.iter().enumerate() {
-            let n = if kernel.outputs.len() == 1 { format!("%k{k}") } else { format!("%k{k}#{j}") };
+            let n = if kernel.outputs.len() == 1 {
+                format!("%k{k}")
+            } else {
+                format!("%k{k}#{j}")
+            };
             name.insert(o, n);
         }
     }
-    let values: Vec<String> = graph.outputs.iter().map(|o| name[&o.value].clone()).collect();
-    let types: Vec<String> = graph.outputs.iter().map(|o| graph.node(o.value).ty.to_string()).collect();
-    let names: Vec<String> = graph.outputs.iter().map(|o| format!("\"{}\"", escape(&o.name))).collect();
-    let _ = writeln!(out, "  \"rfn.return\"({}) {{names = [{}]}} : ({}) -> ()", values.join(", "), names.join(", "), types.join(", "));
-    let _ = writeln!(out, "}}) {{sym_name = \"{}\"}} : () -> ()", escape(&graph.name));
+    let values: Vec<String> = graph
+        .outputs
+        .iter()
+        .map(|o| name[&o.value].clone())
+        .collect();
+    let types: Vec<String> = graph
+        .outputs
+        .iter()
+        .map(|o| graph.node(o.value).ty.to_string())
+        .collect();
+    let names: Vec<String> = graph
+        .outputs
+        .iter()
+        .map(|o| format!("\"{}\"", escape(&o.name)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  \"rfn.return\"({}) {{names = [{}]}} : ({}) -> ()",
+        values.join(", "),
+        names.join(", "),
+        types.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "}}) {{sym_name = \"{}\"}} : () -> ()",
+        escape(&graph.name)
+    );
     out
 }
 
@@ -122,11 +183,22 @@ fn describe(graph: &Graph, v: NodeId) -> (String, String, String) {
         .loc
         .pos
         .as_ref()
-        .map_or("(no source)".to_string(), |p| format!("{}:{}:{}", p.file, p.line, p.col));
-    (node.op.mnemonic().to_string(), node.loc.scope.clone(), location)
+        .map_or("(no source)".to_string(), |p| {
+            format!("{}:{}:{}", p.file, p.line, p.col)
+        });
+    (
+        node.op.mnemonic().to_string(),
+        node.loc.scope.clone(),
+        location,
+    )
 }
 
-pub fn memory_report(graph: &Graph, fusion: &FusionReport, plan: &Plan, mode: &'static str) -> MemoryReport {
+pub fn memory_report(
+    graph: &Graph,
+    fusion: &FusionReport,
+    plan: &Plan,
+    mode: &'static str,
+) -> MemoryReport {
     let peak_live = plan
         .peak_live_set()
         .into_iter()
@@ -134,7 +206,12 @@ pub fn memory_report(graph: &Graph, fusion: &FusionReport, plan: &Plan, mode: &'
             let storage = &plan.storages[s];
             let v = plan.value_at(s, plan.peak_step);
             let (op, scope, location) = describe(graph, v);
-            LiveValue { op, scope, location, bytes: storage.bytes }
+            LiveValue {
+                op,
+                scope,
+                location,
+                bytes: storage.bytes,
+            }
         })
         .collect();
     let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
@@ -163,23 +240,72 @@ fn mib(bytes: u64) -> String {
 /// The memory summary and the live set at the peak, as text.
 pub fn render_memory(report: &MemoryReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{} ({}): {} ops in {} kernels; fusion keeps {} out of memory", report.network, report.mode, report.ops, report.kernels, mib(report.bytes_not_written));
-    let _ = writeln!(out, "arena        {:>12}  ({} bytes, placement: {})", mib(report.arena_bytes), report.arena_bytes, report.placement);
-    let _ = writeln!(out, "lower bound  {:>12}  (plan / bound = {:.3})", mib(report.lower_bound_bytes), report.plan_to_bound);
-    let _ = writeln!(out, "naive        {:>12}  (naive / plan = {:.1}x)", mib(report.naive_bytes), report.naive_to_plan);
+    let _ = writeln!(
+        out,
+        "{} ({}): {} ops in {} kernels; fusion keeps {} out of memory",
+        report.network,
+        report.mode,
+        report.ops,
+        report.kernels,
+        mib(report.bytes_not_written)
+    );
+    let _ = writeln!(
+        out,
+        "arena        {:>12}  ({} bytes, placement: {})",
+        mib(report.arena_bytes),
+        report.arena_bytes,
+        report.placement
+    );
+    let _ = writeln!(
+        out,
+        "lower bound  {:>12}  (plan / bound = {:.3})",
+        mib(report.lower_bound_bytes),
+        report.plan_to_bound
+    );
+    let _ = writeln!(
+        out,
+        "naive        {:>12}  (naive / plan = {:.1}x)",
+        mib(report.naive_bytes),
+        report.naive_to_plan
+    );
     if report.in_place_update_bytes > 0 {
-        let _ = writeln!(out, "updated in place, outside the arena: {} (parameters and momentum)", mib(report.in_place_update_bytes));
+        let _ = writeln!(
+            out,
+            "updated in place, outside the arena: {} (parameters and momentum)",
+            mib(report.in_place_update_bytes)
+        );
     }
     let live_total: u64 = report.peak_live.iter().map(|v| v.bytes).sum();
-    let _ = writeln!(out, "live at the peak (step {}): {} values, {}", report.peak_step, report.peak_live.len(), mib(live_total));
+    let _ = writeln!(
+        out,
+        "live at the peak (step {}): {} values, {}",
+        report.peak_step,
+        report.peak_live.len(),
+        mib(live_total)
+    );
     const SHOWN: usize = 16;
     for v in report.peak_live.iter().take(SHOWN) {
-        let scope = if v.scope.is_empty() { String::new() } else { format!(" [{}]", v.scope) };
-        let _ = writeln!(out, "  {:>12}  rfn.{}{scope}  {}", mib(v.bytes), v.op, v.location);
+        let scope = if v.scope.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", v.scope)
+        };
+        let _ = writeln!(
+            out,
+            "  {:>12}  rfn.{}{scope}  {}",
+            mib(v.bytes),
+            v.op,
+            v.location
+        );
     }
     if report.peak_live.len() > SHOWN {
         let rest: u64 = report.peak_live.iter().skip(SHOWN).map(|v| v.bytes).sum();
-        let _ = writeln!(out, "  ... and {} smaller values ({}); --json lists them all", report.peak_live.len() - SHOWN, mib(rest));
+        let _ = writeln!(
+            out,
+            "  ... and {} smaller values ({}); --json lists them all",
+            report.peak_live.len() - SHOWN,
+            mib(rest)
+        );
     }
     out
 }
@@ -190,8 +316,14 @@ pub fn render_plan(graph: &Graph, fused: &Fused, plan: &Plan, report: &MemoryRep
     let _ = writeln!(out, "schedule:");
     for (step, &k) in plan.order.iter().enumerate() {
         let kernel = &fused.kernels[k];
-        let anchor = kernel.anchor.map_or("elementwise".to_string(), |a| graph.node(a).op.mnemonic().to_string());
-        let _ = writeln!(out, "  step {step:>4}: k{k} {anchor} ({} ops)", kernel.nodes.len());
+        let anchor = kernel.anchor.map_or("elementwise".to_string(), |a| {
+            graph.node(a).op.mnemonic().to_string()
+        });
+        let _ = writeln!(
+            out,
+            "  step {step:>4}: k{k} {anchor} ({} ops)",
+            kernel.nodes.len()
+        );
     }
     let _ = writeln!(out, "storages (offset, bytes, live steps, values):");
     let mut by_offset: Vec<usize> = (0..plan.storages.len()).collect();
@@ -203,10 +335,25 @@ pub fn render_plan(graph: &Graph, fused: &Fused, plan: &Plan, report: &MemoryRep
             .iter()
             .map(|&v| {
                 let (op, scope, location) = describe(graph, v);
-                format!("rfn.{op}{} {location}", if scope.is_empty() { String::new() } else { format!(" [{scope}]") })
+                format!(
+                    "rfn.{op}{} {location}",
+                    if scope.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" [{scope}]")
+                    }
+                )
             })
             .collect();
-        let _ = writeln!(out, "  {:>10} {:>10} [{:>4}, {:>4}]  {}", st.offset, st.bytes, st.start, st.end, values.join("; then "));
+        let _ = writeln!(
+            out,
+            "  {:>10} {:>10} [{:>4}, {:>4}]  {}",
+            st.offset,
+            st.bytes,
+            st.start,
+            st.end,
+            values.join("; then ")
+        );
     }
     out
 }

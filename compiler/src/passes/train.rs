@@ -37,7 +37,14 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { lr: 5e-4, momentum: 0.9, weight_decay: 5e-4, seed: 0, lr_scales: Vec::new(), frozen: Vec::new() }
+        TrainConfig {
+            lr: 5e-4,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            seed: 0,
+            lr_scales: Vec::new(),
+            frozen: Vec::new(),
+        }
     }
 }
 
@@ -55,7 +62,10 @@ impl From<AutodiffError> for TrainError {
 /// `backbone.conv1.weight`).
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     if !pattern.contains('*') {
-        return name == pattern || name.strip_prefix(pattern).is_some_and(|rest| rest.starts_with('.'));
+        return name == pattern
+            || name
+                .strip_prefix(pattern)
+                .is_some_and(|rest| rest.starts_with('.'));
     }
     glob(pattern.as_bytes(), name.as_bytes())
 }
@@ -72,8 +82,18 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 /// dropout takes it as its second operand, with the given seed.
 pub fn with_active_dropout(forward: &Graph, seed: u64) -> Graph {
     let mut g = forward.clone();
-    let step = g.add(Op::Input { name: "step".into() }, &[], TensorType::new(DType::I32, vec![]), Loc::default());
-    let dropouts: Vec<NodeId> = g.node_ids().filter(|&id| matches!(g.node(id).op, Op::Dropout { .. })).collect();
+    let step = g.add(
+        Op::Input {
+            name: "step".into(),
+        },
+        &[],
+        TensorType::new(DType::I32, vec![]),
+        Loc::default(),
+    );
+    let dropouts: Vec<NodeId> = g
+        .node_ids()
+        .filter(|&id| matches!(g.node(id).op, Op::Dropout { .. }))
+        .collect();
     for id in dropouts {
         if let Op::Dropout { rate, stream, .. } = g.node(id).op {
             g.set_op(id, Op::Dropout { rate, seed, stream });
@@ -86,12 +106,23 @@ pub fn with_active_dropout(forward: &Graph, seed: u64) -> Graph {
 /// Builds the training-step graph of `forward`.
 pub fn train_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, TrainError> {
     let objective = forward.objective.clone().ok_or_else(|| {
-        TrainError(format!("network `{}` has no objective to train: add `objective NAME = LOSS;`", forward.name))
+        TrainError(format!(
+            "network `{}` has no objective to train: add `objective NAME = LOSS;`",
+            forward.name
+        ))
     })?;
-    let loss = forward.output(&objective).ok_or_else(|| TrainError(format!("objective `{objective}` is not an output")))?;
-    for (name, value) in [("lr", config.lr), ("momentum", config.momentum), ("weight decay", config.weight_decay)] {
+    let loss = forward
+        .output(&objective)
+        .ok_or_else(|| TrainError(format!("objective `{objective}` is not an output")))?;
+    for (name, value) in [
+        ("lr", config.lr),
+        ("momentum", config.momentum),
+        ("weight decay", config.weight_decay),
+    ] {
         if !value.is_finite() || value < 0.0 {
-            return Err(TrainError(format!("the {name} must be a finite non-negative number, not {value}")));
+            return Err(TrainError(format!(
+                "the {name} must be a finite non-negative number, not {value}"
+            )));
         }
     }
     for (pattern, factor) in &config.lr_scales {
@@ -100,7 +131,10 @@ pub fn train_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, TrainE
         }
     }
     if config.seed > i64::MAX as u64 {
-        return Err(TrainError(format!("the seed must be below 2^63, not {}", config.seed)));
+        return Err(TrainError(format!(
+            "the seed must be below 2^63, not {}",
+            config.seed
+        )));
     }
     let mut g = with_active_dropout(forward, config.seed);
     g.name = format!("{}_train", forward.name);
@@ -112,9 +146,13 @@ pub fn train_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, TrainE
         .chain(config.lr_scales.iter().map(|(p, _)| p))
         .map(|p| (p.as_str(), false))
         .collect();
-    let order = g.topo_order().ok_or_else(|| TrainError("the graph has a cycle".into()))?;
+    let order = g
+        .topo_order()
+        .ok_or_else(|| TrainError("the graph has a cycle".into()))?;
     for &id in &order {
-        let Op::Param { name, kind } = &g.node(id).op else { continue };
+        let Op::Param { name, kind } = &g.node(id).op else {
+            continue;
+        };
         if !kind.is_trainable() {
             continue;
         }
@@ -123,34 +161,81 @@ pub fn train_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, TrainE
                 used_patterns.insert(p, true);
             }
         }
-        let frozen = config.frozen.iter().filter(|p| pattern_matches(p, name)).inspect(|p| {
-            used_patterns.insert(p, true);
-        }).count() > 0;
+        let frozen = config
+            .frozen
+            .iter()
+            .filter(|p| pattern_matches(p, name))
+            .inspect(|p| {
+                used_patterns.insert(p, true);
+            })
+            .count()
+            > 0;
         if !frozen {
             trainable.push((name.clone(), id));
         }
     }
-    let mut unused: Vec<&str> = used_patterns.iter().filter(|(_, used)| !**used).map(|(p, _)| *p).collect();
+    let mut unused: Vec<&str> = used_patterns
+        .iter()
+        .filter(|(_, used)| !**used)
+        .map(|(p, _)| *p)
+        .collect();
     unused.sort_unstable();
     if let Some(p) = unused.first() {
-        return Err(TrainError(format!("the pattern `{p}` matches no trainable parameter")));
+        return Err(TrainError(format!(
+            "the pattern `{p}` matches no trainable parameter"
+        )));
     }
 
     let ids: Vec<NodeId> = trainable.iter().map(|(_, id)| *id).collect();
     let grads = gradients(&mut g, loss, &ids)?;
-    let mut outputs = vec![Output { name: objective.clone(), value: loss }];
+    let mut outputs = vec![Output {
+        name: objective.clone(),
+        value: loss,
+    }];
     for ((name, p), grad) in trainable.iter().zip(grads) {
         let Some(grad) = grad else { continue };
-        let scale = config.lr_scales.iter().rev().find(|(pat, _)| pattern_matches(pat, name)).map_or(1.0, |(_, f)| *f);
+        let scale = config
+            .lr_scales
+            .iter()
+            .rev()
+            .find(|(pat, _)| pattern_matches(pat, name))
+            .map_or(1.0, |(_, f)| *f);
         let loc = g.node(*p).loc.clone();
         let ty = g.node(*p).ty.clone();
         let momentum_name = format!("{name}.momentum");
-        let v = g.add(Op::Param { name: momentum_name.clone(), kind: ParamKind::Momentum }, &[], ty, loc.clone());
-        let update = Op::SgdMomentum { momentum: config.momentum, weight_decay: config.weight_decay };
-        let v_new = g.add_inferred(update, &[v, grad, *p], loc.clone()).map_err(|e| TrainError(e.message))?;
-        let p_new = g.add_inferred(Op::SgdStep { lr: config.lr * scale }, &[*p, v_new], loc).map_err(|e| TrainError(e.message))?;
-        outputs.push(Output { name: name.clone(), value: p_new });
-        outputs.push(Output { name: momentum_name, value: v_new });
+        let v = g.add(
+            Op::Param {
+                name: momentum_name.clone(),
+                kind: ParamKind::Momentum,
+            },
+            &[],
+            ty,
+            loc.clone(),
+        );
+        let update = Op::SgdMomentum {
+            momentum: config.momentum,
+            weight_decay: config.weight_decay,
+        };
+        let v_new = g
+            .add_inferred(update, &[v, grad, *p], loc.clone())
+            .map_err(|e| TrainError(e.message))?;
+        let p_new = g
+            .add_inferred(
+                Op::SgdStep {
+                    lr: config.lr * scale,
+                },
+                &[*p, v_new],
+                loc,
+            )
+            .map_err(|e| TrainError(e.message))?;
+        outputs.push(Output {
+            name: name.clone(),
+            value: p_new,
+        });
+        outputs.push(Output {
+            name: momentum_name,
+            value: v_new,
+        });
     }
     g.outputs = outputs;
     g.objective = Some(objective);

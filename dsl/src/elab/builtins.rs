@@ -67,17 +67,31 @@ impl Builtin {
 }
 
 const fn req(name: &'static str, base: BaseType) -> BuiltinParam {
-    BuiltinParam { name, base, optional: false, default: Default::Required }
+    BuiltinParam {
+        name,
+        base,
+        optional: false,
+        default: Default::Required,
+    }
 }
 
 const fn opt(name: &'static str, base: BaseType, default: Default) -> BuiltinParam {
-    BuiltinParam { name, base, optional: false, default }
+    BuiltinParam {
+        name,
+        base,
+        optional: false,
+        default,
+    }
 }
 
 use BaseType::{Bool, Float, Int, List, Str, Tensor};
 
 const fn b(name: &'static str, params: &'static [BuiltinParam], creates_params: bool) -> Builtin {
-    Builtin { name, params, creates_params }
+    Builtin {
+        name,
+        params,
+        creates_params,
+    }
 }
 
 static BUILTINS: &[Builtin] = &[
@@ -95,22 +109,44 @@ static BUILTINS: &[Builtin] = &[
         ],
         true,
     ),
-    b("batchnorm", &[req("x", Tensor), opt("eps", Float, Default::Float(1e-5))], true),
+    b(
+        "batchnorm",
+        &[req("x", Tensor), opt("eps", Float, Default::Float(1e-5))],
+        true,
+    ),
     b("relu", &[req("x", Tensor)], false),
-    b("dropout", &[req("x", Tensor), opt("p", Float, Default::Float(0.5))], false),
+    b(
+        "dropout",
+        &[req("x", Tensor), opt("p", Float, Default::Float(0.5))],
+        false,
+    ),
     b(
         "maxpool",
-        &[req("x", Tensor), req("k", Int), opt("stride", Int, Default::Int(-1)), opt("pad", Int, Default::Int(0))],
+        &[
+            req("x", Tensor),
+            req("k", Int),
+            opt("stride", Int, Default::Int(-1)),
+            opt("pad", Int, Default::Int(0)),
+        ],
         false,
     ),
     b(
         "resize",
-        &[req("x", Tensor), req("h", Int), req("w", Int), opt("align_corners", Bool, Default::Bool(false))],
+        &[
+            req("x", Tensor),
+            req("h", Int),
+            req("w", Int),
+            opt("align_corners", Bool, Default::Bool(false)),
+        ],
         false,
     ),
     b(
         "rescale",
-        &[req("x", Tensor), req("factor", Float), opt("align_corners", Bool, Default::Bool(false))],
+        &[
+            req("x", Tensor),
+            req("factor", Float),
+            opt("align_corners", Bool, Default::Bool(false)),
+        ],
         false,
     ),
     b(
@@ -147,7 +183,11 @@ static BUILTINS: &[Builtin] = &[
         ],
         false,
     ),
-    b("lr_scale", &[req("pattern", Str), req("factor", Float)], false),
+    b(
+        "lr_scale",
+        &[req("pattern", Str), req("factor", Float)],
+        false,
+    ),
     b("freeze", &[req("pattern", Str)], false),
     b("min", &[req("a", Int), req("b", Int)], false),
     b("max", &[req("a", Int), req("b", Int)], false),
@@ -165,7 +205,9 @@ fn positive(name: &str, v: i64, span: Span) -> Result<u64> {
     if v >= 1 {
         Ok(v as u64)
     } else {
-        Diagnostic::new(format!("`{name}` must be at least 1")).label(span, format!("this is {v}")).err()
+        Diagnostic::new(format!("`{name}` must be at least 1"))
+            .label(span, format!("this is {v}"))
+            .err()
     }
 }
 
@@ -196,9 +238,15 @@ fn bool_of(v: &Value) -> bool {
 }
 
 fn reduction(v: &(Value, Span)) -> Result<Reduction> {
-    let Value::Str(s) = &v.0 else { unreachable!("argument conformed to str") };
+    let Value::Str(s) = &v.0 else {
+        unreachable!("argument conformed to str")
+    };
     Reduction::from_name(s).map_or_else(
-        || Diagnostic::new(format!("unknown reduction \"{s}\"")).label(v.1, "use \"mean\" or \"sum\"").err(),
+        || {
+            Diagnostic::new(format!("unknown reduction \"{s}\""))
+                .label(v.1, "use \"mean\" or \"sum\"")
+                .err()
+        },
         Ok,
     )
 }
@@ -216,12 +264,20 @@ fn window_fits(
     (x_span, k_span): (Span, Span),
     x: &Value,
 ) -> Result<()> {
-    let fits = hw.iter().all(|&n| rfnc_compiler::ir::window_out(n, pad, pad, k, stride, dilation).is_some_and(|o| o > 0));
+    let fits = hw.iter().all(|&n| {
+        rfnc_compiler::ir::window_out(n, pad, pad, k, stride, dilation).is_some_and(|o| o > 0)
+    });
     if fits {
         return Ok(());
     }
-    let reach = dilation.saturating_mul(k.saturating_sub(1)).saturating_add(1);
-    let dil = if dilation > 1 { format!(" (dilation {dilation}: it spans {reach})") } else { String::new() };
+    let reach = dilation
+        .saturating_mul(k.saturating_sub(1))
+        .saturating_add(1);
+    let dil = if dilation > 1 {
+        format!(" (dilation {dilation}: it spans {reach})")
+    } else {
+        String::new()
+    };
     Diagnostic::new(format!(
         "a {k}x{k} {what}{dil} does not fit a {}x{} input padded by {pad}",
         hw[0], hw[1]
@@ -233,7 +289,13 @@ fn window_fits(
 }
 
 /// Runs a built-in on conformed arguments (one per parameter, defaults filled in).
-pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segment: &str, span: Span) -> Result<Value> {
+pub(crate) fn apply(
+    el: &mut Elab,
+    b: &Builtin,
+    args: Vec<(Value, Span)>,
+    segment: &str,
+    span: Span,
+) -> Result<Value> {
     let spans: Vec<Span> = args.iter().map(|(_, s)| *s).collect();
     let dims = |el: &Elab, i: usize| el.graph.node(tensor_of(&args[i].0)).ty.dims.clone();
     let need_rank = |el: &Elab, i: usize, rank: usize, what: &str| -> Result<Vec<u64>> {
@@ -242,7 +304,10 @@ pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segmen
             Ok(d)
         } else {
             Diagnostic::new(format!("`{}` needs {what}", b.name))
-                .label(spans[i], format!("this is {}", args[i].0.describe(&el.graph)))
+                .label(
+                    spans[i],
+                    format!("this is {}", args[i].0.describe(&el.graph)),
+                )
                 .err()
         }
     };
@@ -270,26 +335,52 @@ pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segmen
                     xd[1]
                 ))
                 .label(spans[6], "groups")
-                .label(spans[0], format!("this is {}", args[0].0.describe(&el.graph)))
+                .label(
+                    spans[0],
+                    format!("this is {}", args[0].0.describe(&el.graph)),
+                )
                 .err();
             }
-            window_fits(el, "kernel", [xd[2], xd[3]], k, stride, pad, dilation, (spans[0], spans[2]), &args[0].0)?;
-            let w = el.param(segment, "weight", ParamKind::ConvWeight, vec![out, xd[1] / groups, k, k], span)?;
+            window_fits(
+                el,
+                "kernel",
+                [xd[2], xd[3]],
+                k,
+                stride,
+                pad,
+                dilation,
+                (spans[0], spans[2]),
+                &args[0].0,
+            )?;
+            let w = el.param(
+                segment,
+                "weight",
+                ParamKind::ConvWeight,
+                vec![out, xd[1] / groups, k, k],
+                span,
+            )?;
             let mut operands = vec![x, w];
             let mut operand_spans = vec![spans[0], span];
             if bool_of(&args[7].0) {
                 operands.push(el.param(segment, "bias", ParamKind::ConvBias, vec![out], span)?);
                 operand_spans.push(span);
             }
-            let op = Op::Conv2d { stride: [stride; 2], pad: [pad; 4], dilation: [dilation; 2], groups };
+            let op = Op::Conv2d {
+                stride: [stride; 2],
+                pad: [pad; 4],
+                dilation: [dilation; 2],
+                groups,
+            };
             Value::Tensor(el.emit_scoped(op, &operands, span, &operand_spans, Some(segment))?)
         }
         "batchnorm" => {
             let x = tensor_of(&args[0].0);
             let c = need_rank(el, 0, 4, "an NxCxHxW tensor")?[1];
             let eps = float_of(&args[1].0);
-            if !(eps > 0.0) {
-                return Diagnostic::new("`eps` must be positive").label(spans[1], format!("this is {eps}")).err();
+            if eps.is_nan() || eps <= 0.0 {
+                return Diagnostic::new("`eps` must be positive")
+                    .label(spans[1], format!("this is {eps}"))
+                    .err();
             }
             let mut operands = vec![x];
             for (suffix, kind) in [
@@ -301,7 +392,13 @@ pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segmen
                 operands.push(el.param(segment, suffix, kind, vec![c], span)?);
             }
             let operand_spans = [spans[0], span, span, span, span];
-            Value::Tensor(el.emit_scoped(Op::BatchNorm { eps }, &operands, span, &operand_spans, Some(segment))?)
+            Value::Tensor(el.emit_scoped(
+                Op::BatchNorm { eps },
+                &operands,
+                span,
+                &operand_spans,
+                Some(segment),
+            )?)
         }
         "relu" => Value::Tensor(el.emit(Op::Relu, &[tensor_of(&args[0].0)], span, &spans)?),
         "dropout" => {
@@ -312,7 +409,16 @@ pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segmen
                     .err();
             }
             let stream = el.next_stream();
-            Value::Tensor(el.emit(Op::Dropout { rate: p, seed: 0, stream }, &[tensor_of(&args[0].0)], span, &spans)?)
+            Value::Tensor(el.emit(
+                Op::Dropout {
+                    rate: p,
+                    seed: 0,
+                    stream,
+                },
+                &[tensor_of(&args[0].0)],
+                span,
+                &spans,
+            )?)
         }
         "maxpool" => {
             need_rank(el, 0, 4, "an NxCxHxW tensor")?;
@@ -323,14 +429,31 @@ pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segmen
             };
             let pad = int_of(&args[3].0);
             if pad < 0 || pad as u64 > k / 2 {
-                return Diagnostic::new(format!("max-pool padding must be between 0 and half the window ({})", k / 2))
-                    .label(spans[3], format!("this is {pad}"))
-                    .err();
+                return Diagnostic::new(format!(
+                    "max-pool padding must be between 0 and half the window ({})",
+                    k / 2
+                ))
+                .label(spans[3], format!("this is {pad}"))
+                .err();
             }
             let pad = pad as u64;
             let d = dims(el, 0);
-            window_fits(el, "pooling window", [d[2], d[3]], k, stride, pad, 1, (spans[0], spans[1]), &args[0].0)?;
-            let op = Op::MaxPool2d { kernel: [k; 2], stride: [stride; 2], pad: [pad; 4] };
+            window_fits(
+                el,
+                "pooling window",
+                [d[2], d[3]],
+                k,
+                stride,
+                pad,
+                1,
+                (spans[0], spans[1]),
+                &args[0].0,
+            )?;
+            let op = Op::MaxPool2d {
+                kernel: [k; 2],
+                stride: [stride; 2],
+                pad: [pad; 4],
+            };
             Value::Tensor(el.emit(op, &[tensor_of(&args[0].0)], span, &spans)?)
         }
         "resize" | "rescale" => {
@@ -343,35 +466,74 @@ pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segmen
             } else {
                 let f = float_of(&args[1].0);
                 let scaled = |v: u64| (v as f64 * f).floor();
-                if !(f > 0.0) || scaled(d[2]) < 1.0 || scaled(d[3]) < 1.0 || scaled(d[2]) > 1e9 || scaled(d[3]) > 1e9 {
+                if f.is_nan()
+                    || f <= 0.0
+                    || scaled(d[2]) < 1.0
+                    || scaled(d[3]) < 1.0
+                    || scaled(d[2]) > 1e9
+                    || scaled(d[3]) > 1e9
+                {
                     return Diagnostic::new(format!("cannot rescale {}x{} by {f}", d[2], d[3]))
                         .label(spans[1], "the result must be at least 1x1")
                         .err();
                 }
-                ([scaled(d[2]) as u64, scaled(d[3]) as u64], bool_of(&args[2].0))
+                (
+                    [scaled(d[2]) as u64, scaled(d[3]) as u64],
+                    bool_of(&args[2].0),
+                )
             };
             if size == [d[2], d[3]] {
                 // Resizing to the same size is the identity: no op.
                 return Ok(Value::Tensor(x));
             }
-            Value::Tensor(el.emit(Op::ResizeBilinear { size, align_corners }, &[x], span, &spans)?)
+            Value::Tensor(el.emit(
+                Op::ResizeBilinear {
+                    size,
+                    align_corners,
+                },
+                &[x],
+                span,
+                &spans,
+            )?)
         }
         "softmax_cross_entropy" => {
             let ignore_index = int_of(&args[2].0);
-            let op = Op::SoftmaxCrossEntropy { ignore_index, reduction: reduction(&args[3])? };
-            Value::Tensor(el.emit(op, &[tensor_of(&args[0].0), tensor_of(&args[1].0)], span, &spans)?)
+            let op = Op::SoftmaxCrossEntropy {
+                ignore_index,
+                reduction: reduction(&args[3])?,
+            };
+            Value::Tensor(el.emit(
+                op,
+                &[tensor_of(&args[0].0), tensor_of(&args[1].0)],
+                span,
+                &spans,
+            )?)
         }
         "least_squares" => {
-            let op = Op::LeastSquares { ignore_value: float_of(&args[2].0), reduction: reduction(&args[3])? };
-            Value::Tensor(el.emit(op, &[tensor_of(&args[0].0), tensor_of(&args[1].0)], span, &spans)?)
+            let op = Op::LeastSquares {
+                ignore_value: float_of(&args[2].0),
+                reduction: reduction(&args[3])?,
+            };
+            Value::Tensor(el.emit(
+                op,
+                &[tensor_of(&args[0].0), tensor_of(&args[1].0)],
+                span,
+                &spans,
+            )?)
         }
         "channels" => Value::Int(need_rank(el, 0, 4, "an NxCxHxW tensor")?[1] as i64),
         "batch" | "height" | "width" => {
             let d = dims(el, 0);
             if d.len() < 3 {
-                return Diagnostic::new(format!("`{}` needs a tensor with batch and spatial dimensions", b.name))
-                    .label(spans[0], format!("this is {}", args[0].0.describe(&el.graph)))
-                    .err();
+                return Diagnostic::new(format!(
+                    "`{}` needs a tensor with batch and spatial dimensions",
+                    b.name
+                ))
+                .label(
+                    spans[0],
+                    format!("this is {}", args[0].0.describe(&el.graph)),
+                )
+                .err();
             }
             let v = match b.name {
                 "batch" => d[0],
@@ -388,9 +550,11 @@ pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segmen
             for (i, what) in ["lr", "momentum", "weight_decay"].iter().enumerate() {
                 let v = float_of(&args[i].0);
                 if !v.is_finite() || v < 0.0 {
-                    return Diagnostic::new(format!("`{what}` must be a finite non-negative number"))
-                        .label(spans[i], format!("this is {v}"))
-                        .err();
+                    return Diagnostic::new(format!(
+                        "`{what}` must be a finite non-negative number"
+                    ))
+                    .label(spans[i], format!("this is {v}"))
+                    .err();
                 }
             }
             if let Some(first) = el.training.sgd_span.replace(span) {
@@ -405,22 +569,33 @@ pub(crate) fn apply(el: &mut Elab, b: &Builtin, args: Vec<(Value, Span)>, segmen
             Value::None
         }
         "lr_scale" | "freeze" => {
-            let Value::Str(pattern) = &args[0].0 else { unreachable!("argument conformed to str") };
+            let Value::Str(pattern) = &args[0].0 else {
+                unreachable!("argument conformed to str")
+            };
             if pattern.is_empty() {
-                return Diagnostic::new("a parameter pattern cannot be empty").label(spans[0], "empty").err();
+                return Diagnostic::new("a parameter pattern cannot be empty")
+                    .label(spans[0], "empty")
+                    .err();
             }
             if b.name == "freeze" {
                 el.training.config.frozen.push(pattern.to_string());
             } else {
                 let factor = float_of(&args[1].0);
                 if !factor.is_finite() || factor < 0.0 {
-                    return Diagnostic::new("a learning-rate scale must be a finite non-negative number")
-                        .label(spans[1], format!("this is {factor}"))
-                        .err();
+                    return Diagnostic::new(
+                        "a learning-rate scale must be a finite non-negative number",
+                    )
+                    .label(spans[1], format!("this is {factor}"))
+                    .err();
                 }
-                el.training.config.lr_scales.push((pattern.to_string(), factor));
+                el.training
+                    .config
+                    .lr_scales
+                    .push((pattern.to_string(), factor));
             }
-            el.training.pattern_spans.push((pattern.to_string(), spans[0]));
+            el.training
+                .pattern_spans
+                .push((pattern.to_string(), spans[0]));
             Value::None
         }
         "min" => Value::Int(int_of(&args[0].0).min(int_of(&args[1].0))),

@@ -14,7 +14,10 @@ impl Env {
     /// A fresh environment: `context` says where it is ("block `rcu`", "config `depth`"),
     /// `None` for the network body.
     pub fn new(block: Option<String>) -> Self {
-        Env { block, scopes: vec![HashMap::new()] }
+        Env {
+            block,
+            scopes: vec![HashMap::new()],
+        }
     }
 
     pub fn block_name(&self) -> Option<&str> {
@@ -30,16 +33,26 @@ impl Env {
     }
 
     pub fn define(&mut self, name: &str, value: Value, span: Span) {
-        self.scopes.last_mut().expect("at least one scope").insert(name.to_string(), (value, span));
+        self.scopes
+            .last_mut()
+            .expect("at least one scope")
+            .insert(name.to_string(), (value, span));
     }
 
     /// Where `name` was defined, if in the innermost scope.
     pub fn declared_here(&self, name: &str) -> Option<Span> {
-        self.scopes.last().and_then(|s| s.get(name)).map(|(_, span)| *span)
+        self.scopes
+            .last()
+            .and_then(|s| s.get(name))
+            .map(|(_, span)| *span)
     }
 
     pub fn get(&self, name: &str) -> Option<Value> {
-        self.scopes.iter().rev().find_map(|s| s.get(name)).map(|(v, _)| v.clone())
+        self.scopes
+            .iter()
+            .rev()
+            .find_map(|s| s.get(name))
+            .map(|(v, _)| v.clone())
     }
 
     /// Assigns to the innermost existing variable; false if there is none.
@@ -54,6 +67,8 @@ impl Env {
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.scopes.iter().flat_map(|s| s.keys().map(String::as_str))
+        self.scopes
+            .iter()
+            .flat_map(|s| s.keys().map(String::as_str))
     }
 }

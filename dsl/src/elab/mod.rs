@@ -34,7 +34,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { input: vec![1, 3, 512, 512], defines: Vec::new() }
+        Options {
+            input: vec![1, 3, 512, 512],
+            defines: Vec::new(),
+        }
     }
 }
 
@@ -57,7 +60,10 @@ pub fn elaborate(program: &Program, options: &Options) -> Result<Graph> {
 
 /// Elaborates the program's network into a graph, with the training settings its network
 /// declares (`sgd`, `lr_scale`, `freeze`; defaults otherwise).
-pub fn elaborate_with_training(program: &Program, options: &Options) -> Result<(Graph, TrainConfig)> {
+pub fn elaborate_with_training(
+    program: &Program,
+    options: &Options,
+) -> Result<(Graph, TrainConfig)> {
     let mut el = Elab::new(program)?;
     el.register_configs(options)?;
     let network = find_network(program)?;
@@ -106,7 +112,8 @@ fn find_network(program: &Program) -> Result<&NetworkDef> {
         if module.file == program.main {
             continue;
         }
-        if let Some(Item::Network(n)) = module.items.iter().find(|i| matches!(i, Item::Network(_))) {
+        if let Some(Item::Network(n)) = module.items.iter().find(|i| matches!(i, Item::Network(_)))
+        {
             return Diagnostic::new("an imported file defines a network")
                 .label(n.name.span, "networks belong in the main file")
                 .hint("move the network out, or compile this file directly")
@@ -167,7 +174,10 @@ impl<'p> Elab<'p> {
             .collect();
         for (pattern, span) in &self.training.pattern_spans {
             if !names.iter().any(|n| pattern_matches(pattern, n)) {
-                let mut scopes: Vec<&str> = names.iter().map(|n| n.split('.').next().unwrap_or(n)).collect();
+                let mut scopes: Vec<&str> = names
+                    .iter()
+                    .map(|n| n.split('.').next().unwrap_or(n))
+                    .collect();
                 scopes.dedup();
                 let mut d = Diagnostic::new(format!("the pattern \"{pattern}\" matches no trainable parameter"))
                     .label(*span, "matches nothing")
@@ -187,9 +197,12 @@ impl<'p> Elab<'p> {
             for item in &module.items {
                 let Item::Block(b) = item else { continue };
                 if builtins::lookup(&b.name.name).is_some() {
-                    return Diagnostic::new(format!("block `{}` has the name of a built-in operation", b.name.name))
-                        .label(b.name.span, "choose another name")
-                        .err();
+                    return Diagnostic::new(format!(
+                        "block `{}` has the name of a built-in operation",
+                        b.name.name
+                    ))
+                    .label(b.name.span, "choose another name")
+                    .err();
                 }
                 if let Some(prev) = blocks.insert(&b.name.name, b) {
                     return Diagnostic::new(format!("block `{}` is defined twice", b.name.name))
@@ -225,12 +238,19 @@ impl<'p> Elab<'p> {
             .modules
             .iter()
             .flat_map(|m| m.items.iter())
-            .filter_map(|i| if let Item::Config(c) = i { Some(c) } else { None })
+            .filter_map(|i| {
+                if let Item::Config(c) = i {
+                    Some(c)
+                } else {
+                    None
+                }
+            })
             .collect();
         for (name, _) in &options.defines {
             if !decls.iter().any(|d| d.name.name == *name) {
                 let names: Vec<&str> = decls.iter().map(|d| d.name.name.as_str()).collect();
-                let mut d = Diagnostic::new(format!("-D {name}: the program has no config `{name}`"));
+                let mut d =
+                    Diagnostic::new(format!("-D {name}: the program has no config `{name}`"));
                 if names.is_empty() {
                     d = d.hint("this program declares no `config` values");
                 } else {
@@ -250,17 +270,28 @@ impl<'p> Elab<'p> {
                     .err();
             }
             let mut env = Env::new(Some(format!("config `{}`", decl.name.name)));
-            let value = match options.defines.iter().rev().find(|(n, _)| *n == decl.name.name) {
+            let value = match options
+                .defines
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == decl.name.name)
+            {
                 Some((_, text)) => parse_define(decl, text)?,
                 None => self.eval(&mut env, &decl.value, None)?,
             };
             let Some(value) = value.clone().conform(decl.ty.base, decl.ty.optional) else {
-                return Diagnostic::new(format!("config `{}` is declared {} but its value is {}", decl.name.name, decl.ty, value.describe(&self.graph)))
-                    .label(decl.value.span, "this value")
-                    .label(decl.ty.span, "declared type")
-                    .err();
+                return Diagnostic::new(format!(
+                    "config `{}` is declared {} but its value is {}",
+                    decl.name.name,
+                    decl.ty,
+                    value.describe(&self.graph)
+                ))
+                .label(decl.value.span, "this value")
+                .label(decl.ty.span, "declared type")
+                .err();
             };
-            self.configs.insert(decl.name.name.clone(), (value, decl.name.span));
+            self.configs
+                .insert(decl.name.name.clone(), (value, decl.name.span));
         }
         Ok(())
     }
@@ -272,7 +303,9 @@ impl<'p> Elab<'p> {
         if self.steps > MAX_STEPS || self.graph.len() > MAX_NODES {
             return Diagnostic::new("the program does too much work at compile time")
                 .label(span, "stopped here")
-                .note(format!("limits: {MAX_STEPS} statements and loop iterations, {MAX_NODES} graph nodes"))
+                .note(format!(
+                    "limits: {MAX_STEPS} statements and loop iterations, {MAX_NODES} graph nodes"
+                ))
                 .hint("check loop bounds and recursion")
                 .err();
         }
@@ -303,7 +336,9 @@ impl<'p> Elab<'p> {
     fn enter(&mut self, span: Option<Span>) -> Result<()> {
         if self.depth >= MAX_CALL_DEPTH {
             let mut d = Diagnostic::new("blocks call each other too deeply")
-                .note(format!("limit: {MAX_CALL_DEPTH} nested calls, loops and conditionals"))
+                .note(format!(
+                    "limit: {MAX_CALL_DEPTH} nested calls, loops and conditionals"
+                ))
                 .hint("a recursive block needs a condition that ends the recursion");
             if let Some(span) = span {
                 d = d.label(span, "stopped here");
@@ -323,10 +358,16 @@ impl<'p> Elab<'p> {
             StmtKind::Assign(name, e) => {
                 let v = self.eval(env, e, Some(&name.name))?;
                 if !env.assign(&name.name, v) {
-                    let mut d = Diagnostic::new(format!("assignment to undefined variable `{}`", name.name))
-                        .label(name.span, "not defined");
+                    let mut d = Diagnostic::new(format!(
+                        "assignment to undefined variable `{}`",
+                        name.name
+                    ))
+                    .label(name.span, "not defined");
                     d = if self.configs.contains_key(&name.name) {
-                        d.hint(format!("`{}` is a config, which is constant; override it with -D {}=VALUE", name.name, name.name))
+                        d.hint(format!(
+                            "`{}` is a config, which is constant; override it with -D {}=VALUE",
+                            name.name, name.name
+                        ))
                     } else {
                         d.hint(format!("declare it first: `let {} = ...;`", name.name))
                     };
@@ -349,15 +390,26 @@ impl<'p> Elab<'p> {
                 let v = self.eval(env, cond, None)?;
                 let Value::Bool(ok) = v else {
                     return Diagnostic::new("`assert` needs a condition")
-                        .label(cond.span, format!("this is {}, not a bool", v.describe(&self.graph)))
+                        .label(
+                            cond.span,
+                            format!("this is {}, not a bool", v.describe(&self.graph)),
+                        )
                         .err();
                 };
                 if !ok {
-                    let title = message.clone().unwrap_or_else(|| "assertion failed".to_string());
-                    return Diagnostic::new(title).label(cond.span, "this condition is false").err();
+                    let title = message
+                        .clone()
+                        .unwrap_or_else(|| "assertion failed".to_string());
+                    return Diagnostic::new(title)
+                        .label(cond.span, "this condition is false")
+                        .err();
                 }
             }
-            StmtKind::If { cond, then, otherwise } => {
+            StmtKind::If {
+                cond,
+                then,
+                otherwise,
+            } => {
                 let v = self.eval(env, cond, None)?;
                 let Value::Bool(c) = v else {
                     return Diagnostic::new("`if` needs a condition")
@@ -372,7 +424,9 @@ impl<'p> Elab<'p> {
                 }
             }
             StmtKind::For { var, iter, body } => return self.for_loop(env, var, iter, body),
-            StmtKind::Input { name, dtype, dims } => self.input(env, stmt.span, name, *dtype, dims)?,
+            StmtKind::Input { name, dtype, dims } => {
+                self.input(env, stmt.span, name, *dtype, dims)?
+            }
             StmtKind::Output(name, e) => {
                 self.network_only(env, "output", stmt.span)?;
                 let v = self.eval(env, e, Some(&name.name))?;
@@ -396,10 +450,15 @@ impl<'p> Elab<'p> {
                 let v = self.eval(env, e, Some(&name.name))?;
                 let id = match v {
                     Value::Tensor(id) if self.graph.node(id).op.is_loss() => id,
-                    _ => return Diagnostic::new(format!("objective `{}` must be a loss", name.name))
-                        .label(e.span, format!("this is {}", v.describe(&self.graph)))
-                        .hint("use softmax_cross_entropy(scores, labels) or least_squares(pred, target)")
-                        .err(),
+                    _ => return Diagnostic::new(format!(
+                        "objective `{}` must be a loss",
+                        name.name
+                    ))
+                    .label(e.span, format!("this is {}", v.describe(&self.graph)))
+                    .hint(
+                        "use softmax_cross_entropy(scores, labels) or least_squares(pred, target)",
+                    )
+                    .err(),
                 };
                 self.add_output(name, id)?;
                 self.graph.objective = Some(name.name.clone());
@@ -416,7 +475,10 @@ impl<'p> Elab<'p> {
     fn define_new(&self, env: &mut Env, name: &Ident, v: Value, what: &str) -> Result<()> {
         if let Some(prev) = env.declared_here(&name.name) {
             let hint = if what == "let" {
-                format!("to change a variable, assign without `let`: `{} = ...;`", name.name)
+                format!(
+                    "to change a variable, assign without `let`: `{} = ...;`",
+                    name.name
+                )
             } else {
                 format!("give the {what} a name of its own")
             };
@@ -434,7 +496,9 @@ impl<'p> Elab<'p> {
         match env.block_name() {
             Some(block) => Diagnostic::new(format!("`{what}` is only allowed in a network"))
                 .label(span, format!("inside {block}"))
-                .hint("blocks return values; the network declares inputs, outputs and the objective")
+                .hint(
+                    "blocks return values; the network declares inputs, outputs and the objective",
+                )
                 .err(),
             None => Ok(()),
         }
@@ -447,11 +511,20 @@ impl<'p> Elab<'p> {
                 .label(first, "first declaration")
                 .err();
         }
-        self.graph.outputs.push(Output { name: name.name.clone(), value: id });
+        self.graph.outputs.push(Output {
+            name: name.name.clone(),
+            value: id,
+        });
         Ok(())
     }
 
-    fn for_loop(&mut self, env: &mut Env, var: &Ident, iter: &ForIter, body: &[Stmt]) -> Result<Flow> {
+    fn for_loop(
+        &mut self,
+        env: &mut Env,
+        var: &Ident,
+        iter: &ForIter,
+        body: &[Stmt],
+    ) -> Result<Flow> {
         let items: Box<dyn Iterator<Item = Value>> = match iter {
             ForIter::Range(lo, hi) => {
                 let a = self.int(env, lo, "a range start")?;
@@ -483,7 +556,14 @@ impl<'p> Elab<'p> {
         Ok(Flow::Next)
     }
 
-    fn input(&mut self, env: &mut Env, span: Span, name: &Ident, dtype: ElemType, dims: &[Dim]) -> Result<()> {
+    fn input(
+        &mut self,
+        env: &mut Env,
+        span: Span,
+        name: &Ident,
+        dtype: ElemType,
+        dims: &[Dim],
+    ) -> Result<()> {
         self.network_only(env, "input", span)?;
         let given = self.input_dims.take();
         let mut shape = Vec::with_capacity(dims.len());
@@ -496,7 +576,11 @@ impl<'p> Elab<'p> {
                     dims.len()
                 ))
                 .label(span, "the first input takes its shape from --input")
-                .hint(format!("give {} sizes separated by `x`, e.g. --input {}", dims.len(), example_shape(dims)))
+                .hint(format!(
+                    "give {} sizes separated by `x`, e.g. --input {}",
+                    dims.len(),
+                    example_shape(dims)
+                ))
                 .err();
             }
         }
@@ -552,8 +636,13 @@ impl<'p> Elab<'p> {
         };
         let ty = TensorType::new(dtype, shape);
         self.check_size(&ty, span)?;
-        if let Some(first) = self.graph.node_ids().find(|&id| matches!(&self.graph.node(id).op, Op::Input { name: n } if *n == name.name)) {
-            let mut d = Diagnostic::new(format!("input `{}` is declared twice", name.name)).label(name.span, "second declaration");
+        if let Some(first) = self
+            .graph
+            .node_ids()
+            .find(|&id| matches!(&self.graph.node(id).op, Op::Input { name: n } if *n == name.name))
+        {
+            let mut d = Diagnostic::new(format!("input `{}` is declared twice", name.name))
+                .label(name.span, "second declaration");
             if let Some(&origin) = self.origins.get(&first) {
                 d = d.label(origin, "first declaration");
             }
@@ -563,7 +652,14 @@ impl<'p> Elab<'p> {
         if env.declared_here(&name.name).is_some() {
             return self.define_new(env, name, Value::None, "input");
         }
-        let id = self.graph.add(Op::Input { name: name.name.clone() }, &[], ty, loc);
+        let id = self.graph.add(
+            Op::Input {
+                name: name.name.clone(),
+            },
+            &[],
+            ty,
+            loc,
+        );
         self.origins.insert(id, name.span);
         env.define(&name.name, Value::Tensor(id), name.span);
         Ok(())
@@ -619,7 +715,10 @@ impl<'p> Elab<'p> {
                 let b = self.eval(env, base, None)?;
                 let i = self.eval(env, index, None)?;
                 match (&b, &i) {
-                    (Value::List(items), Value::Int(k)) => match usize::try_from(*k).ok().and_then(|k| items.get(k)) {
+                    (Value::List(items), Value::Int(k)) => match usize::try_from(*k)
+                        .ok()
+                        .and_then(|k| items.get(k))
+                    {
                         Some(v) => v.clone(),
                         None => {
                             return Diagnostic::new(format!("index {k} is out of range"))
@@ -629,12 +728,18 @@ impl<'p> Elab<'p> {
                     },
                     (Value::List(_), other) => {
                         return Diagnostic::new("list index must be an int")
-                            .label(index.span, format!("this is {}", other.describe(&self.graph)))
+                            .label(
+                                index.span,
+                                format!("this is {}", other.describe(&self.graph)),
+                            )
                             .err()
                     }
                     (other, _) => {
                         return Diagnostic::new("only lists can be indexed")
-                            .label(base.span, format!("this is {}", other.describe(&self.graph)))
+                            .label(
+                                base.span,
+                                format!("this is {}", other.describe(&self.graph)),
+                            )
                             .err()
                     }
                 }
@@ -650,9 +755,10 @@ impl<'p> Elab<'p> {
                     Some((_, v)) => v.clone(),
                     None => {
                         let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
-                        let mut d = Diagnostic::new(format!("the record has no field `{}`", field.name))
-                            .label(field.span, "unknown field")
-                            .note(format!("its fields are: {}", names.join(", ")));
+                        let mut d =
+                            Diagnostic::new(format!("the record has no field `{}`", field.name))
+                                .label(field.span, "unknown field")
+                                .note(format!("its fields are: {}", names.join(", ")));
                         if let Some(s) = did_you_mean(&field.name, names.iter().copied()) {
                             d = d.hint(format!("did you mean `{s}`?"));
                         }
@@ -663,11 +769,17 @@ impl<'p> Elab<'p> {
             ExprKind::Unary(op, inner) => {
                 let v = self.eval(env, inner, None)?;
                 match (op, v) {
-                    (UnOp::Neg, Value::Int(x)) => Value::Int(x.checked_neg().ok_or_else(|| overflow(e.span))?),
+                    (UnOp::Neg, Value::Int(x)) => {
+                        Value::Int(x.checked_neg().ok_or_else(|| overflow(e.span))?)
+                    }
                     (UnOp::Neg, Value::Float(x)) => Value::Float(-x),
                     (UnOp::Not, Value::Bool(b)) => Value::Bool(!b),
                     (op, v) => {
-                        let what = if *op == UnOp::Neg { "`-` needs a number" } else { "`not` needs a bool" };
+                        let what = if *op == UnOp::Neg {
+                            "`-` needs a number"
+                        } else {
+                            "`not` needs a bool"
+                        };
                         return Diagnostic::new(what)
                             .label(inner.span, format!("this is {}", v.describe(&self.graph)))
                             .err();
@@ -675,12 +787,15 @@ impl<'p> Elab<'p> {
                 }
             }
             ExprKind::Binary(op, l, r) => self.binary(env, *op, l, r, e.span)?,
-            ExprKind::Call { callee, args, name } => self.call(env, callee, args, name.as_ref(), hint, e.span)?,
+            ExprKind::Call { callee, args, name } => {
+                self.call(env, callee, args, name.as_ref(), hint, e.span)?
+            }
         })
     }
 
     fn unknown_variable(&self, env: &Env, name: &str, span: Span) -> Result<Value> {
-        let mut d = Diagnostic::new(format!("unknown name `{name}`")).label(span, "not defined here");
+        let mut d =
+            Diagnostic::new(format!("unknown name `{name}`")).label(span, "not defined here");
         let candidates = env.names().chain(self.configs.keys().map(String::as_str));
         if let Some(s) = did_you_mean(name, candidates) {
             d = d.hint(format!("did you mean `{s}`?"));
@@ -690,7 +805,14 @@ impl<'p> Elab<'p> {
         d.err()
     }
 
-    fn binary(&mut self, env: &mut Env, op: BinOp, l: &Expr, r: &Expr, span: Span) -> Result<Value> {
+    fn binary(
+        &mut self,
+        env: &mut Env,
+        op: BinOp,
+        l: &Expr,
+        r: &Expr,
+        span: Span,
+    ) -> Result<Value> {
         let lv = self.eval(env, l, None)?;
         // `and` / `or` short-circuit.
         if let (BinOp::And | BinOp::Or, Value::Bool(a)) = (op, &lv) {
@@ -721,13 +843,19 @@ impl<'p> Elab<'p> {
             }
             (BinOp::Add, Value::List(a), Value::List(b)) => {
                 if a.len() + b.len() > MAX_LIST {
-                    return Diagnostic::new("list is too long").label(span, format!("more than {MAX_LIST} items")).err();
+                    return Diagnostic::new("list is too long")
+                        .label(span, format!("more than {MAX_LIST} items"))
+                        .err();
                 }
-                Some(Value::List(a.iter().chain(b.iter()).cloned().collect::<Vec<_>>().into()))
+                Some(Value::List(
+                    a.iter().chain(b.iter()).cloned().collect::<Vec<_>>().into(),
+                ))
             }
             (BinOp::Add, Value::Str(a), Value::Str(b)) => {
                 if a.len() + b.len() > MAX_STRING {
-                    return Diagnostic::new("string is too long").label(span, format!("more than {MAX_STRING} bytes")).err();
+                    return Diagnostic::new("string is too long")
+                        .label(span, format!("more than {MAX_STRING} bytes"))
+                        .err();
                 }
                 Some(Value::Str(format!("{a}{b}").into()))
             }
@@ -739,7 +867,15 @@ impl<'p> Elab<'p> {
                         Ok(Some(Value::Float(v)))
                     } else {
                         Diagnostic::new("the result is not a finite number")
-                            .label(span, format!("{} {} {} = {v}", format_number(a), op.symbol(), format_number(b)))
+                            .label(
+                                span,
+                                format!(
+                                    "{} {} {} = {v}",
+                                    format_number(a),
+                                    op.symbol(),
+                                    format_number(b)
+                                ),
+                            )
                             .err()
                     }
                 };
@@ -756,12 +892,14 @@ impl<'p> Elab<'p> {
                     _ => None,
                 }
             }
-            (BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge, Value::Str(a), Value::Str(b)) => Some(Value::Bool(match op {
-                BinOp::Lt => a < b,
-                BinOp::Le => a <= b,
-                BinOp::Gt => a > b,
-                _ => a >= b,
-            })),
+            (BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge, Value::Str(a), Value::Str(b)) => {
+                Some(Value::Bool(match op {
+                    BinOp::Lt => a < b,
+                    BinOp::Le => a <= b,
+                    BinOp::Gt => a > b,
+                    _ => a >= b,
+                }))
+            }
             _ => None,
         };
         match result {
@@ -784,7 +922,11 @@ impl<'p> Elab<'p> {
     }
 
     fn int_arith(&self, op: BinOp, a: i64, b: i64, rspan: Span, span: Span) -> Result<Value> {
-        let zero = || Diagnostic::new("division by zero").label(rspan, "this is 0").err();
+        let zero = || {
+            Diagnostic::new("division by zero")
+                .label(rspan, "this is 0")
+                .err()
+        };
         let v = match op {
             BinOp::Add => a.checked_add(b),
             BinOp::Sub => a.checked_sub(b),
@@ -792,8 +934,20 @@ impl<'p> Elab<'p> {
             BinOp::Div if b == 0 => return zero(),
             BinOp::Rem if b == 0 => return zero(),
             // Floor division and modulo (the remainder has the divisor's sign), as in Python.
-            BinOp::Div => a.checked_div(b).map(|q| if (a % b != 0) && ((a < 0) != (b < 0)) { q - 1 } else { q }),
-            BinOp::Rem => a.checked_rem(b).map(|r| if r != 0 && ((r < 0) != (b < 0)) { r + b } else { r }),
+            BinOp::Div => a.checked_div(b).map(|q| {
+                if (a % b != 0) && ((a < 0) != (b < 0)) {
+                    q - 1
+                } else {
+                    q
+                }
+            }),
+            BinOp::Rem => a.checked_rem(b).map(|r| {
+                if r != 0 && ((r < 0) != (b < 0)) {
+                    r + b
+                } else {
+                    r
+                }
+            }),
             BinOp::Lt => return Ok(Value::Bool(a < b)),
             BinOp::Le => return Ok(Value::Bool(a <= b)),
             BinOp::Gt => return Ok(Value::Bool(a > b)),
@@ -821,7 +975,11 @@ impl<'p> Elab<'p> {
         let mut actuals = Vec::with_capacity(args.len());
         for arg in args {
             let v = self.eval(env, &arg.value, None)?;
-            actuals.push(Actual { name: arg.name.clone(), value: v, span: arg.value.span });
+            actuals.push(Actual {
+                name: arg.name.clone(),
+                value: v,
+                span: arg.value.span,
+            });
         }
         let segment = match name {
             Some(n) => {
@@ -840,13 +998,18 @@ impl<'p> Elab<'p> {
             None => None,
         };
         if let Some(block) = self.blocks.get(callee.name.as_str()).copied() {
-            let segment = segment.or(hint.map(str::to_string)).unwrap_or_else(|| callee.name.clone());
+            let segment = segment
+                .or(hint.map(str::to_string))
+                .unwrap_or_else(|| callee.name.clone());
             self.call_stack.push(span);
             let result = self.call_block(block, actuals, segment, span);
             self.call_stack.pop();
             return result.map_err(|mut d| {
                 if d.labels.len() < 8 && !d.labels.iter().any(|l| l.span == span) {
-                    d.labels.push(crate::diagnostic::Label { span, message: format!("in `{}`, called here", callee.name) });
+                    d.labels.push(crate::diagnostic::Label {
+                        span,
+                        message: format!("in `{}`, called here", callee.name),
+                    });
                 }
                 d
             });
@@ -854,20 +1017,35 @@ impl<'p> Elab<'p> {
         if let Some(builtin) = builtins::lookup(&callee.name) {
             if builtins::TRAINING_SETTINGS.contains(&builtin.name) {
                 if let Some(block) = env.block_name() {
-                    return Diagnostic::new(format!("`{}` is only allowed in a network", callee.name))
-                        .label(span, format!("inside {block}"))
-                        .hint("training settings belong to the network: move this call into its body")
-                        .err();
+                    return Diagnostic::new(format!(
+                        "`{}` is only allowed in a network",
+                        callee.name
+                    ))
+                    .label(span, format!("inside {block}"))
+                    .hint("training settings belong to the network: move this call into its body")
+                    .err();
                 }
             }
             if let (Some(n), false) = (name, builtin.creates_params) {
-                return Diagnostic::new(format!("`{}` creates no parameters, so it cannot be named", callee.name))
-                    .label(n.span, "remove this `as`")
-                    .note("`as NAME` names the scope of a block call or a conv/batchnorm's parameters")
-                    .err();
+                return Diagnostic::new(format!(
+                    "`{}` creates no parameters, so it cannot be named",
+                    callee.name
+                ))
+                .label(n.span, "remove this `as`")
+                .note("`as NAME` names the scope of a block call or a conv/batchnorm's parameters")
+                .err();
             }
-            let segment = segment.or(hint.map(str::to_string)).unwrap_or_else(|| callee.name.clone());
-            let formals: Vec<Formal> = builtin.params.iter().map(|p| Formal { name: p.name, decl: None }).collect();
+            let segment = segment
+                .or(hint.map(str::to_string))
+                .unwrap_or_else(|| callee.name.clone());
+            let formals: Vec<Formal> = builtin
+                .params
+                .iter()
+                .map(|p| Formal {
+                    name: p.name,
+                    decl: None,
+                })
+                .collect();
             let bound = self.bind(&callee.name, &formals, actuals, span, builtin.signature())?;
             let mut values = Vec::with_capacity(bound.len());
             for (param, slot) in builtin.params.iter().zip(bound) {
@@ -876,10 +1054,13 @@ impl<'p> Elab<'p> {
                     None => match param.default.value() {
                         Some(v) => (v, span),
                         None => {
-                            return Diagnostic::new(format!("`{}` needs the argument `{}`", callee.name, param.name))
-                                .label(span, format!("`{}` is missing", param.name))
-                                .note(format!("signature: {}", builtin.signature()))
-                                .err()
+                            return Diagnostic::new(format!(
+                                "`{}` needs the argument `{}`",
+                                callee.name, param.name
+                            ))
+                            .label(span, format!("`{}` is missing", param.name))
+                            .note(format!("signature: {}", builtin.signature()))
+                            .err()
                         }
                     },
                 };
@@ -898,28 +1079,44 @@ impl<'p> Elab<'p> {
             }
             return builtins::apply(self, builtin, values, &segment, span);
         }
-        let mut d = Diagnostic::new(format!("unknown block `{}`", callee.name)).label(callee.span, "not defined");
+        let mut d = Diagnostic::new(format!("unknown block `{}`", callee.name))
+            .label(callee.span, "not defined");
         let mut candidates: Vec<&str> = self.blocks.keys().copied().collect();
         for n in builtins::names() {
             candidates.push(n);
         }
         if let Some(module) = crate::stdlib::module_defining(&callee.name) {
-            d = d.hint(format!("`{}` is in the standard library: add `import std.{module};`", callee.name));
+            d = d.hint(format!(
+                "`{}` is in the standard library: add `import std.{module};`",
+                callee.name
+            ));
         } else if let Some(s) = did_you_mean(&callee.name, candidates.into_iter()) {
             d = d.hint(format!("did you mean `{s}`?"));
         }
         d.err()
     }
 
-    fn call_block(&mut self, block: &'p BlockDef, actuals: Vec<Actual>, segment: String, span: Span) -> Result<Value> {
+    fn call_block(
+        &mut self,
+        block: &'p BlockDef,
+        actuals: Vec<Actual>,
+        segment: String,
+        span: Span,
+    ) -> Result<Value> {
         if self.depth >= MAX_CALL_DEPTH {
             return Diagnostic::new("blocks call each other too deeply")
                 .label(span, format!("more than {MAX_CALL_DEPTH} nested calls"))
                 .hint("a recursive block needs a condition that ends the recursion")
                 .err();
         }
-        let formals: Vec<Formal> =
-            block.params.iter().map(|p| Formal { name: p.name.name.as_str(), decl: Some(p.name.span) }).collect();
+        let formals: Vec<Formal> = block
+            .params
+            .iter()
+            .map(|p| Formal {
+                name: p.name.name.as_str(),
+                decl: Some(p.name.span),
+            })
+            .collect();
         let signature = block_signature(block);
         let bound = self.bind(&block.name.name, &formals, actuals, span, signature.clone())?;
         let mut callee_env = Env::new(Some(format!("block `{}`", block.name.name)));
@@ -929,11 +1126,14 @@ impl<'p> Elab<'p> {
                 None => match &param.default {
                     Some(default) => (self.eval(&mut callee_env, default, None)?, default.span),
                     None => {
-                        return Diagnostic::new(format!("`{}` needs the argument `{}`", block.name.name, param.name.name))
-                            .label(span, format!("`{}` is missing", param.name.name))
-                            .label(param.span, "declared here")
-                            .note(format!("signature: {signature}"))
-                            .err()
+                        return Diagnostic::new(format!(
+                            "`{}` needs the argument `{}`",
+                            block.name.name, param.name.name
+                        ))
+                        .label(span, format!("`{}` is missing", param.name.name))
+                        .label(param.span, "declared here")
+                        .note(format!("signature: {signature}"))
+                        .err()
                     }
                 },
             };
@@ -962,16 +1162,24 @@ impl<'p> Elab<'p> {
         match (&block.ret, result) {
             (None, None) => Ok(Value::None),
             (None, Some((v, _))) => Ok(v),
-            (Some(ty), None) => Diagnostic::new(format!("block `{}` ends without returning a {}", block.name.name, ty))
-                .label(block.name.span, "no `return` reached")
-                .label(ty.span, "declared return type")
-                .err(),
+            (Some(ty), None) => Diagnostic::new(format!(
+                "block `{}` ends without returning a {}",
+                block.name.name, ty
+            ))
+            .label(block.name.span, "no `return` reached")
+            .label(ty.span, "declared return type")
+            .err(),
             (Some(ty), Some((v, s))) => match v.clone().conform(ty.base, ty.optional) {
                 Some(v) => Ok(v),
-                None => Diagnostic::new(format!("block `{}` returns {} but is declared to return {}", block.name.name, v.describe(&self.graph), type_phrase(ty.base, ty.optional)))
-                    .label(s, "returned here")
-                    .label(ty.span, "declared return type")
-                    .err(),
+                None => Diagnostic::new(format!(
+                    "block `{}` returns {} but is declared to return {}",
+                    block.name.name,
+                    v.describe(&self.graph),
+                    type_phrase(ty.base, ty.optional)
+                ))
+                .label(s, "returned here")
+                .label(ty.span, "declared return type")
+                .err(),
             },
         }
     }
@@ -1014,9 +1222,12 @@ impl<'p> Elab<'p> {
                     match formals.iter().position(|f| f.name == n.name) {
                         Some(i) => i,
                         None => {
-                            let mut d = Diagnostic::new(format!("`{callee}` has no parameter `{}`", n.name))
-                                .label(n.span, "unknown parameter")
-                                .note(format!("signature: {signature}"));
+                            let mut d = Diagnostic::new(format!(
+                                "`{callee}` has no parameter `{}`",
+                                n.name
+                            ))
+                            .label(n.span, "unknown parameter")
+                            .note(format!("signature: {signature}"));
                             if let Some(s) = did_you_mean(&n.name, formals.iter().map(|f| f.name)) {
                                 d = d.hint(format!("did you mean `{s}`?"));
                             }
@@ -1026,9 +1237,12 @@ impl<'p> Elab<'p> {
                 }
             };
             if let Some((_, first)) = &slots[index] {
-                let mut d = Diagnostic::new(format!("argument `{}` of `{callee}` is given twice", formals[index].name))
-                    .label(actual.span, "second value")
-                    .label(*first, "first value");
+                let mut d = Diagnostic::new(format!(
+                    "argument `{}` of `{callee}` is given twice",
+                    formals[index].name
+                ))
+                .label(actual.span, "second value")
+                .label(*first, "first value");
                 if let Some(decl) = formals[index].decl {
                     d = d.label(decl, "parameter declared here");
                 }
@@ -1049,7 +1263,10 @@ impl<'p> Elab<'p> {
             }
             scope.push_str(seg);
         }
-        Loc { scope, pos: Some(self.program.sources.position(span)) }
+        Loc {
+            scope,
+            pos: Some(self.program.sources.position(span)),
+        }
     }
 
     fn check_size(&self, ty: &TensorType, span: Span) -> Result<()> {
@@ -1057,14 +1274,20 @@ impl<'p> Elab<'p> {
         match elements {
             Some(n) if n <= MAX_ELEMENTS => Ok(()),
             _ => Diagnostic::new(format!("tensor {} is too large", ty.shape_string()))
-                .label(span, format!("more than 2^40 elements"))
+                .label(span, "more than 2^40 elements")
                 .err(),
         }
     }
 
     /// Adds an op whose type is inferred; a shape error points at `span` and at where each
     /// offending operand was made (`operand_spans`, or the operands' origins).
-    pub(crate) fn emit(&mut self, op: Op, operands: &[NodeId], span: Span, operand_spans: &[Span]) -> Result<NodeId> {
+    pub(crate) fn emit(
+        &mut self,
+        op: Op,
+        operands: &[NodeId],
+        span: Span,
+        operand_spans: &[Span],
+    ) -> Result<NodeId> {
         self.emit_scoped(op, operands, span, operand_spans, None)
     }
 
@@ -1087,7 +1310,9 @@ impl<'p> Elab<'p> {
             Err(e) => {
                 let mut d = Diagnostic::new(e.message).label(span, "in this operation");
                 for &i in &e.operands {
-                    let Some(&node) = operands.get(i) else { continue };
+                    let Some(&node) = operands.get(i) else {
+                        continue;
+                    };
                     let shape = self.graph.node(node).ty.shape_string();
                     if let Some(&s) = operand_spans.get(i) {
                         d = d.label(s, format!("this is {shape}"));
@@ -1104,7 +1329,14 @@ impl<'p> Elab<'p> {
     }
 
     /// Creates a named parameter under the current scope: `<scope>.<segment>.<suffix>`.
-    pub(crate) fn param(&mut self, segment: &str, suffix: &str, kind: ParamKind, dims: Vec<u64>, span: Span) -> Result<NodeId> {
+    pub(crate) fn param(
+        &mut self,
+        segment: &str,
+        suffix: &str,
+        kind: ParamKind,
+        dims: Vec<u64>,
+        span: Span,
+    ) -> Result<NodeId> {
         let loc = self.loc(span, Some(segment));
         let name = format!("{}.{suffix}", loc.scope);
         let mut path = self.call_stack.clone();
@@ -1173,7 +1405,11 @@ fn overflow(span: Span) -> Box<Diagnostic> {
 }
 
 pub(crate) fn type_phrase(base: BaseType, optional: bool) -> String {
-    let article = if matches!(base, BaseType::Int) { "an" } else { "a" };
+    let article = if matches!(base, BaseType::Int) {
+        "an"
+    } else {
+        "a"
+    };
     let mut s = format!("{article} {}", base.name());
     if optional {
         s.push_str(" or none");
@@ -1190,7 +1426,11 @@ fn block_signature(block: &BlockDef) -> String {
             None => format!("{}: {}", p.name.name, p.ty),
         })
         .collect();
-    let ret = block.ret.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
+    let ret = block
+        .ret
+        .as_ref()
+        .map(|t| format!(" -> {t}"))
+        .unwrap_or_default();
     format!("{}({}){ret}", block.name.name, params.join(", "))
 }
 
@@ -1210,7 +1450,11 @@ fn example_shape(dims: &[Dim]) -> String {
 fn parse_define(decl: &ConfigDecl, text: &str) -> Result<Value> {
     let parsed = match decl.ty.base {
         BaseType::Int => text.parse::<i64>().ok().map(Value::Int),
-        BaseType::Float => text.parse::<f64>().ok().filter(|f| f.is_finite()).map(Value::Float),
+        BaseType::Float => text
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(Value::Float),
         BaseType::Bool => match text {
             "true" => Some(Value::Bool(true)),
             "false" => Some(Value::Bool(false)),
@@ -1218,17 +1462,28 @@ fn parse_define(decl: &ConfigDecl, text: &str) -> Result<Value> {
         },
         BaseType::Str => Some(Value::Str(text.trim_matches('"').into())),
         other => {
-            return Diagnostic::new(format!("-D cannot set `{}`: it is a {} config", decl.name.name, other.name()))
-                .label(decl.ty.span, format!("declared {} here", decl.ty))
-                .hint("-D sets int, float, bool and str configs; change list configs in the source")
-                .err()
+            return Diagnostic::new(format!(
+                "-D cannot set `{}`: it is a {} config",
+                decl.name.name,
+                other.name()
+            ))
+            .label(decl.ty.span, format!("declared {} here", decl.ty))
+            .hint("-D sets int, float, bool and str configs; change list configs in the source")
+            .err()
         }
     };
     match parsed {
         Some(v) => Ok(v),
         None if decl.ty.optional && text == "none" => Ok(Value::None),
-        None => Diagnostic::new(format!("-D {}={text}: `{text}` is not {}", decl.name.name, type_phrase(decl.ty.base, false)))
-            .label(decl.ty.span, format!("`{}` is declared {} here", decl.name.name, decl.ty))
-            .err(),
+        None => Diagnostic::new(format!(
+            "-D {}={text}: `{text}` is not {}",
+            decl.name.name,
+            type_phrase(decl.ty.base, false)
+        ))
+        .label(
+            decl.ty.span,
+            format!("`{}` is declared {} here", decl.name.name, decl.ty),
+        )
+        .err(),
     }
 }
