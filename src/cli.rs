@@ -78,7 +78,9 @@ enum Command {
         /// The stage to print: `ast` (syntax tree of every module), `graph` (the verified
         /// graph IR in MLIR generic syntax), `dot` (the graph for Graphviz), `fused` (the
         /// kernels after canonicalisation and fusion, in schedule order), `plan` (the memory
-        /// plan: arena, lower bound, live set at the peak, every buffer's offset and lifetime)
+        /// plan: arena, lower bound, live set at the peak, every buffer's offset and lifetime),
+        /// `prepare` (inference: the program run once at weight load that folds frozen batch
+        /// norm into the convs)
         #[arg(long, value_enum, default_value_t = Emit::Graph)]
         emit: Emit,
         /// Write to this file (atomically) instead of standard output
@@ -166,6 +168,7 @@ enum Emit {
     Dot,
     Fused,
     Plan,
+    Prepare,
 }
 
 /// A failure to report: a diagnostic with the sources it points into, or an internal error.
@@ -259,6 +262,17 @@ fn execute(command: Command) -> Result<(), Failure> {
                         train.memory_budget.as_deref(),
                     )?;
                     print_fused(&c.graph, &c.fused, &c.plan.order)
+                }
+                Emit::Prepare => {
+                    if train.train {
+                        return Err(Failure::plain(
+                            Diagnostic::new("--emit prepare is for inference")
+                                .note("the training step keeps batch norm as a per-channel epilogue, since its conv weights change every step")
+                                .hint("drop --train to see the prepare program"),
+                        ));
+                    }
+                    let c = lower(&common, &graph()?, false, None)?;
+                    print_graph(c.prepare.as_ref().expect("inference lowering makes a prepare program"))
                 }
                 Emit::Plan => {
                     let c = lower(

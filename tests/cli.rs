@@ -472,3 +472,15 @@ fn memory_budget_recomputes_or_names_the_smallest_budget() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--memory-budget lots: not a size"));
 }
+
+#[test]
+fn prepare_program_folds_batch_norm() {
+    let out = rfnc(&["compile", "examples/tiny.rfn", "--input", "1x3x32x32", "--emit", "prepare"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("\"rfn.fold_bn_weight\"") && text.contains("\"rfn.fold_bn_bias\""));
+    assert!(text.contains("names = [\"backbone.conv1.folded_weight\", \"backbone.conv1.folded_bias\""));
+    let out = rfnc(&["compile", "examples/tiny.rfn", "--emit", "prepare", "--train"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--emit prepare is for inference"));
+}
