@@ -43,7 +43,8 @@ if [[ $(id -u) != 0 ]]; then
 fi
 
 # --- 1. apt packages ---------------------------------------------------------------------
-APT_PACKAGES=(llvm-22-dev libmlir-22-dev mlir-22-tools libclang-22-dev libzstd-dev
+# libpolly-22-dev: inkwell (llvm-sys) links LLVM statically, which needs Polly
+APT_PACKAGES=(llvm-22-dev libmlir-22-dev mlir-22-tools libclang-22-dev libzstd-dev libpolly-22-dev
               build-essential pkg-config ca-certificates curl python3-pip unzip)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
