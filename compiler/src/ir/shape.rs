@@ -349,9 +349,13 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
             expect_dtype(name, "a gradient", inputs[0], DType::F32, 0)?;
             Ok(TensorType::f32([inputs[0].dims[1]]))
         }
-        Op::BatchNormGrad { .. } => {
+        Op::BatchNormGrad { eps } => {
             let dy = inputs[0];
             expect_rank(name, "a gradient", dy, 4, 0)?;
+            expect_dtype(name, "a gradient", dy, DType::F32, 0)?;
+            if eps.is_nan() || *eps <= 0.0 {
+                return Err(ShapeError::new(format!("{name}: eps must be positive, found {eps}"), Vec::new()));
+            }
             for (i, p) in inputs.iter().enumerate().skip(1) {
                 if p.dims != [dy.dims[1]] {
                     return Err(ShapeError::new(
@@ -384,6 +388,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
         Op::ResizeBilinearGrad { input_size, .. } => {
             let dy = inputs[0];
             expect_rank(name, "a gradient", dy, 4, 0)?;
+            expect_dtype(name, "a gradient", dy, DType::F32, 0)?;
             if input_size.contains(&0) {
                 return Err(ShapeError::new(
                     format!("{name}: input size {input_size:?} is empty"),
