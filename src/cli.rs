@@ -272,7 +272,11 @@ fn execute(command: Command) -> Result<(), Failure> {
                         ));
                     }
                     let c = lower(&common, &graph()?, false, None)?;
-                    print_graph(c.prepare.as_ref().expect("inference lowering makes a prepare program"))
+                    print_graph(
+                        c.prepare
+                            .as_ref()
+                            .expect("inference lowering makes a prepare program"),
+                    )
                 }
                 Emit::Plan => {
                     let c = lower(
@@ -308,6 +312,8 @@ fn execute(command: Command) -> Result<(), Failure> {
             train,
             memory_budget,
         } => {
+            // A budget is about the memory plan, so it asks for the memory report.
+            let memory = memory || memory_budget.is_some();
             let graph = if train {
                 build_train_graph(&common, &TrainArgs::defaults())?
             } else {

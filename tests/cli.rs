@@ -475,12 +475,44 @@ fn memory_budget_recomputes_or_names_the_smallest_budget() {
 
 #[test]
 fn prepare_program_folds_batch_norm() {
-    let out = rfnc(&["compile", "examples/tiny.rfn", "--input", "1x3x32x32", "--emit", "prepare"]);
+    let out = rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x32x32",
+        "--emit",
+        "prepare",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("\"rfn.fold_bn_weight\"") && text.contains("\"rfn.fold_bn_bias\""));
-    assert!(text.contains("names = [\"backbone.conv1.folded_weight\", \"backbone.conv1.folded_bias\""));
-    let out = rfnc(&["compile", "examples/tiny.rfn", "--emit", "prepare", "--train"]);
+    assert!(
+        text.contains("names = [\"backbone.conv1.folded_weight\", \"backbone.conv1.folded_bias\"")
+    );
+    let out = rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "--emit",
+        "prepare",
+        "--train",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--emit prepare is for inference"));
+}
+
+#[test]
+fn training_stats_do_not_count_momentum_as_parameters() {
+    let count = |extra: &[&str]| {
+        let mut args = vec![
+            "stats",
+            "examples/tiny.rfn",
+            "--input",
+            "1x3x32x32",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&rfnc(&args))).unwrap();
+        v["total"]["params"].as_u64().unwrap()
+    };
+    assert_eq!(count(&[]), count(&["--train"]));
 }

@@ -26,16 +26,18 @@ fn planned(graph: &Graph) -> (rfnc_compiler::passes::fusion::Fused, Plan) {
 
 #[test]
 fn paper_model_plans_near_the_lower_bound() {
+    use rfnc_compiler::passes::pipeline::{compile_inference, compile_training};
     let forward = graph("refinenet4", &[1, 3, 512, 512], &[("depth", "101")]);
-    let folded = fold_batch_norm(&inference(&forward));
-    let (_, p) = planned(&folded.graph);
+    let c = compile_inference(&forward).unwrap();
+    let p = &c.plan;
     eprintln!(
         "inference: arena {} lower bound {} naive {} ({})",
         p.arena_bytes, p.lower_bound, p.naive_bytes, p.placement
     );
     assert!(p.arena_bytes as f64 <= 1.05 * p.lower_bound as f64);
     let step = train_step(&forward, &TrainConfig::default()).unwrap();
-    let (_, p) = planned(&step);
+    let c = compile_training(&step).unwrap();
+    let p = &c.plan;
     eprintln!(
         "training: arena {} lower bound {} naive {} ({})",
         p.arena_bytes, p.lower_bound, p.naive_bytes, p.placement
@@ -307,4 +309,34 @@ fn recomputation_fits_a_budget_and_keeps_the_results() {
             ),
         }
     }
+}
+
+#[test]
+fn the_plan_verifier_catches_a_stale_read() {
+    // Shorten one storage's recorded lifetime so that a later storage may legally (as far
+    // as the overlap check can see) take its place: the simulation must see the stale read.
+    let g = inference(&graph("tiny", SMALL, &[]));
+    let (fused, base) = planned(&g);
+    let mut found = false;
+    'search: for a in 0..base.storages.len() {
+        for b in 0..base.storages.len() {
+            let (sa, sb) = (&base.storages[a], &base.storages[b]);
+            if sb.start <= sa.start || sb.start > sa.end || sb.bytes > sa.bytes {
+                continue;
+            }
+            let mut p = base.clone();
+            p.storages[a].end = sb.start - 1;
+            p.storages[b].offset = sa.offset;
+            if let Err(e) = verify_plan(&g, &fused, &p) {
+                if e.contains("after it was overwritten") {
+                    found = true;
+                    break 'search;
+                }
+            }
+        }
+    }
+    assert!(
+        found,
+        "some shortened lifetime must be caught as a stale read"
+    );
 }

@@ -54,7 +54,8 @@ pub fn stats(graph: &Graph) -> Stats {
         match &node.op {
             Op::Input { .. } => continue,
             Op::Param { kind, .. } => {
-                if !kind.is_statistic() {
+                // Batch-norm statistics are buffers, momentum is optimizer state.
+                if !kind.is_statistic() && *kind != crate::ir::ParamKind::Momentum {
                     cost.params = node.ty.elements();
                 }
             }

@@ -354,7 +354,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
             expect_rank(name, "a gradient", dy, 4, 0)?;
             expect_dtype(name, "a gradient", dy, DType::F32, 0)?;
             if eps.is_nan() || *eps <= 0.0 {
-                return Err(ShapeError::new(format!("{name}: eps must be positive, found {eps}"), Vec::new()));
+                return Err(ShapeError::new(
+                    format!("{name}: eps must be positive, found {eps}"),
+                    Vec::new(),
+                ));
             }
             for (i, p) in inputs.iter().enumerate().skip(1) {
                 if p.dims != [dy.dims[1]] {

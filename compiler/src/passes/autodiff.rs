@@ -252,7 +252,7 @@ fn vjp(
         Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } => {}
         other => {
             return Err(AutodiffError(format!(
-                "rfn.{} has no gradient rule (second derivatives are not supported)",
+                "rfn.{} has no gradient rule (gradient, optimizer and batch-norm folding ops are not differentiated)",
                 other.mnemonic()
             )))
         }

@@ -10,7 +10,9 @@
 //! same rules.
 //!
 //! Invariants: every computed op is in exactly one kernel; a kernel holds at most one
-//! *anchor* (a conv or conv gradient, pooling, a loss, a reduction); kernels are convex (no
+//! *anchor* (a conv or conv gradient, pooling or its gradient, a resize or its gradient, a
+//! loss or its gradient, a channel sum, a batch-norm folding op), not counting a pool or
+//! resize absorbed as a prologue; kernels are convex (no
 //! path leaves a kernel and comes back), so the kernels form an acyclic graph; a value is
 //! written to memory only if it is a kernel output (used by another kernel or a graph
 //! output). Leaves (inputs, parameters, constants) belong to no kernel.
@@ -88,14 +90,28 @@ struct Partition<'g> {
     group: HashMap<NodeId, usize>,
     members: Vec<Vec<NodeId>>,
     position: HashMap<NodeId, usize>,
+    /// Ops computed while their consumer reads (a pool or resize there is not an anchor).
+    prologue: HashSet<NodeId>,
 }
 
 impl Partition<'_> {
     fn anchors(&self, g: usize) -> usize {
         self.members[g]
             .iter()
-            .filter(|&&n| is_anchor(&self.graph.node(n).op))
+            .filter(|&&n| is_anchor(&self.graph.node(n).op) && !self.prologue.contains(&n))
             .count()
+    }
+
+    /// Absorbs the single-use producer `o` as a prologue of `n`'s kernel.
+    fn absorb_prologue(&mut self, n: NodeId, o: NodeId, outputs: &HashSet<NodeId>) {
+        if !self.only_feeds(o, n, outputs) || self.members[self.group[&o]].len() != 1 {
+            return;
+        }
+        self.prologue.insert(o);
+        let (gn, go) = (self.group[&n], self.group[&o]);
+        if !self.try_merge(gn, go) {
+            self.prologue.remove(&o);
+        }
     }
 
     /// Whether merging groups `a` and `b` keeps every group convex: no value outside both
@@ -148,7 +164,12 @@ impl Partition<'_> {
 
     /// `producer` is used only by `consumer` (and is not a graph output).
     fn only_feeds(&self, producer: NodeId, consumer: NodeId, outputs: &HashSet<NodeId>) -> bool {
-        !outputs.contains(&producer) && self.graph.users(producer).iter().all(|&u| u == consumer)
+        !outputs.contains(&producer) && self.only_used_by(producer, consumer)
+    }
+
+    /// No other op uses `producer` (it may still be a graph output, written by the kernel).
+    fn only_used_by(&self, producer: NodeId, consumer: NodeId) -> bool {
+        self.graph.users(producer).iter().all(|&u| u == consumer)
     }
 }
 
@@ -166,42 +187,34 @@ pub fn fuse(graph: &Graph) -> Fused {
         group: computed.iter().enumerate().map(|(i, &n)| (n, i)).collect(),
         members: computed.iter().map(|&n| vec![n]).collect(),
         position: order.iter().enumerate().map(|(i, &n)| (n, i)).collect(),
+        prologue: HashSet::new(),
     };
     for &n in &computed {
         let op = &graph.node(n).op;
         let operands = graph.operands(n);
-        // Prologues: absorb a single-use producer that can be computed while reading.
-        let prologue_slot = match op {
-            Op::Conv2d { .. } => Some(0),
-            Op::Add => None,
-            _ => None,
-        };
-        if let Some(slot) = prologue_slot {
-            let o = operands[slot];
-            let absorbable = matches!(graph.node(o).op, Op::Relu | Op::MaxPool2d { .. });
-            if absorbable && p.only_feeds(o, n, &outputs) && p.members[p.group[&o]].len() == 1 {
-                let (gn, go) = (p.group[&n], p.group[&o]);
-                p.try_merge(gn, go);
+        // Prologues: a conv reads its input through a relu or a max-pool; a sum reads an
+        // operand through a bilinear resize.
+        if matches!(op, Op::Conv2d { .. }) {
+            let o = operands[0];
+            if matches!(graph.node(o).op, Op::Relu | Op::MaxPool2d { .. }) {
+                p.absorb_prologue(n, o, &outputs);
             }
         }
         if matches!(op, Op::Add) {
             for &o in &operands {
-                if matches!(graph.node(o).op, Op::ResizeBilinear { .. })
-                    && p.only_feeds(o, n, &outputs)
-                    && p.members[p.group[&o]].len() == 1
-                {
-                    let (gn, go) = (p.group[&n], p.group[&o]);
-                    p.try_merge(gn, go);
+                if matches!(graph.node(o).op, Op::ResizeBilinear { .. }) {
+                    p.absorb_prologue(n, o, &outputs);
                 }
             }
         }
-        // Epilogues: join the kernel of a same-shaped operand that only this op uses.
+        // Epilogues: join the kernel of a same-shaped operand that nothing else uses (it
+        // may be a graph output too: the kernel then writes both).
         if is_elementwise(op) {
             for &o in &operands {
                 if graph.node(o).op.is_leaf() || graph.node(o).ty != graph.node(n).ty {
                     continue;
                 }
-                if p.only_feeds(o, n, &outputs) {
+                if p.only_used_by(o, n) {
                     let (go, gn) = (p.group[&o], p.group[&n]);
                     p.try_merge(go, gn);
                 }
@@ -215,6 +228,7 @@ pub fn fuse(graph: &Graph) -> Fused {
         m.sort_by_key(|n| p.position[n]);
     }
     let groups = topological_kernels(graph, groups, &p.position);
+    let prologue = p.prologue;
     let kernel_of: HashMap<NodeId, usize> = groups
         .iter()
         .enumerate()
@@ -244,7 +258,7 @@ pub fn fuse(graph: &Graph) -> Fused {
             let anchor = nodes
                 .iter()
                 .copied()
-                .find(|&n| is_anchor(&graph.node(n).op));
+                .find(|&n| is_anchor(&graph.node(n).op) && !prologue.contains(&n));
             Kernel {
                 nodes,
                 anchor,

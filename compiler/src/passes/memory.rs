@@ -234,6 +234,7 @@ pub fn schedule_with(graph: &Graph, fused: &Fused, after: &[(NodeId, NodeId)]) -
 }
 
 fn greedy_order(graph: &Graph, fused: &Fused, anti: &[HashSet<usize>]) -> Vec<usize> {
+    let updates = leaf_updates(graph);
     let n = fused.kernels.len();
     let readers = uses_by_kernel(graph, fused);
     let outputs: HashSet<NodeId> = graph.outputs.iter().map(|o| o.value).collect();
@@ -262,6 +263,7 @@ fn greedy_order(graph: &Graph, fused: &Fused, anti: &[HashSet<usize>]) -> Vec<us
             let allocated: u64 = kernel
                 .outputs
                 .iter()
+                .filter(|v| !updates.contains_key(v))
                 .map(|&v| aligned(graph.node(v).ty.bytes()))
                 .sum();
             let freed: u64 = kernel
@@ -294,6 +296,32 @@ fn greedy_order(graph: &Graph, fused: &Fused, anti: &[HashSet<usize>]) -> Vec<us
     order
 }
 
+/// Whether kernel `k` reads input `i` only element by element, at the position it writes:
+/// every reader of `i` in the kernel is elementwise and lies after the kernel's anchor (an
+/// epilogue), or the kernel has no anchor. A prologue feeding an anchor (a relu before a
+/// conv) reads around each point, so writing over `i` there is not safe.
+fn reads_are_pointwise(graph: &Graph, fused: &Fused, k: usize, i: NodeId) -> bool {
+    let kernel = &fused.kernels[k];
+    let after_anchor: HashSet<NodeId> = match kernel.anchor {
+        None => kernel.nodes.iter().copied().collect(),
+        Some(anchor) => {
+            let mut downstream = HashSet::from([anchor]);
+            for &n in &kernel.nodes {
+                if graph.operands(n).iter().any(|o| downstream.contains(o)) {
+                    downstream.insert(n);
+                }
+            }
+            downstream.remove(&anchor);
+            downstream
+        }
+    };
+    graph
+        .users(i)
+        .iter()
+        .filter(|u| fused.kernel_of.get(u) == Some(&k))
+        .all(|u| is_elementwise(&graph.node(*u).op) && after_anchor.contains(u))
+}
+
 /// Plans the memory of `fused` executed in `order`.
 pub fn plan(graph: &Graph, fused: &Fused, order: Vec<usize>) -> Plan {
     let updates = leaf_updates(graph);
@@ -324,13 +352,11 @@ pub fn plan(graph: &Graph, fused: &Fused, order: Vec<usize>) -> Plan {
             let reuse = kernel.inputs.iter().find_map(|&i| {
                 let s = *storage_of.get(&i)?;
                 let dies_here = storages[s].end == step && !outputs.contains(&i);
-                let elementwise_reads = graph
-                    .users(i)
-                    .iter()
-                    .filter(|u| fused.kernel_of.get(u) == Some(&k))
-                    .all(|&u| is_elementwise(&graph.node(u).op));
+                let same_shape = graph.node(i).ty == graph.node(v).ty;
+                let pointwise = reads_are_pointwise(graph, fused, k, i);
                 (dies_here
-                    && elementwise_reads
+                    && same_shape
+                    && pointwise
                     && storages[s].bytes == bytes
                     && !taken.contains(&s))
                 .then_some(s)
@@ -397,10 +423,12 @@ pub fn plan(graph: &Graph, fused: &Fused, order: Vec<usize>) -> Plan {
     for (s, o) in storages.iter_mut().zip(offsets) {
         s.offset = o;
     }
+    // Every computed value in its own buffer; in-place parameter updates are not features.
     let naive_bytes = fused
         .kernels
         .iter()
         .flat_map(|k| &k.nodes)
+        .filter(|n| !updates.contains_key(n))
         .map(|&n| graph.node(n).ty.bytes())
         .sum();
     Plan {
@@ -480,8 +508,18 @@ pub fn verify_plan(graph: &Graph, fused: &Fused, plan: &Plan) -> Result<(), Stri
     }
     let s = &plan.storages;
     for a in 0..s.len() {
-        if !s[a].offset.is_multiple_of(ALIGN) || s[a].offset + s[a].bytes > plan.arena_bytes {
+        if !s[a].offset.is_multiple_of(ALIGN)
+            || !s[a].bytes.is_multiple_of(ALIGN)
+            || s[a].offset + s[a].bytes > plan.arena_bytes
+        {
             return Err(format!("storage {a} is misaligned or outside the arena"));
+        }
+        if let Some(v) = s[a]
+            .values
+            .iter()
+            .find(|&&v| graph.node(v).ty.bytes() > s[a].bytes)
+        {
+            return Err(format!("storage {a} is too small for value {}", v.index()));
         }
         for b in a + 1..s.len() {
             let time = s[a].start <= s[b].end && s[b].start <= s[a].end;
