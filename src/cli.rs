@@ -272,11 +272,10 @@ fn execute(command: Command) -> Result<(), Failure> {
                         ));
                     }
                     let c = lower(&common, &graph()?, false, None)?;
-                    print_graph(
-                        c.prepare
-                            .as_ref()
-                            .expect("inference lowering makes a prepare program"),
-                    )
+                    match &c.prepare {
+                        Some(prepare) => print_graph(prepare),
+                        None => "// no conv followed by batch norm: nothing to fold, no prepare program\n".to_string(),
+                    }
                 }
                 Emit::Plan => {
                     let c = lower(
@@ -297,6 +296,18 @@ fn execute(command: Command) -> Result<(), Failure> {
             seed,
         } => {
             let graph = build_graph(&common)?;
+            let params = rfnc_compiler::stats::stats(&graph).total.params;
+            const MAX_PARAMS: u64 = 1 << 31;
+            if params > MAX_PARAMS {
+                return Err(Failure::plain(
+                    Diagnostic::new(format!(
+                        "{params} parameters are too many to initialise in memory"
+                    ))
+                    .note(format!(
+                        "`rfnc weights` writes at most {MAX_PARAMS} parameters (8 GiB)"
+                    )),
+                ));
+            }
             let weights = init_weights(&graph, seed);
             save_weights(&output, &weights).map_err(weights_failure)?;
             print_stdout(&format!(
@@ -470,17 +481,25 @@ fn parse_size(text: &str) -> Result<u64, Diagnostic> {
         "mb" => 1e6,
         "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
         "gb" => 1e9,
+        "t" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "tb" => 1e12,
         _ => f64::NAN,
     };
     match number.parse::<f64>() {
-        Ok(v) if scale.is_finite() && v.is_finite() && v > 0.0 && v * scale < 1e18 => Ok((v * scale) as u64),
+        Ok(v) if scale.is_finite() && v.is_finite() && v * scale >= 1.0 && v * scale < 1e18 => Ok((v * scale) as u64),
         _ => Err(Diagnostic::new(format!("--memory-budget {text}: not a size"))
-            .hint("give a number with a unit, e.g. 700MiB or 3GiB (KiB, MiB, GiB are powers of 1024; KB, MB, GB of 1000)")),
+            .hint("give a positive size of at least 1 byte with a unit, e.g. 700MiB or 3GiB (KiB, MiB, GiB, TiB are powers of 1024; KB, MB, GB, TB of 1000)")),
     }
 }
 
+/// A byte count in the largest unit that keeps it readable.
 fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} bytes"),
+    }
 }
 
 /// Canonicalisation, fusion, scheduling and memory planning (timed with --timings); with
@@ -517,14 +536,26 @@ fn lower(
                             smallest
                         ))
                         .note("recomputing relu, pooling, resize, dropout, sums, batch norm and convolutions was tried")
-                        .hint(format!("use --memory-budget {}MiB or more, or a smaller --input", smallest.div_ceil(1 << 20))),
+                        .hint(format!("use --memory-budget {smallest} (bytes) or more, or a smaller --input")),
                     ))
                 }
                 Err(BudgetError::Internal(e)) => Err(e),
             }
         }
         (true, None) => compile_training(graph),
-        (false, _) => compile_inference(graph),
+        (false, _) => {
+            let computed = graph
+                .outputs
+                .iter()
+                .any(|o| Some(&o.name) != graph.objective.as_ref());
+            if !computed {
+                return Err(Failure::plain(
+                    Diagnostic::new(format!("`{}` computes nothing at inference: its only output is the objective", graph.name))
+                        .hint("add `output NAME = ...;` for what inference should compute, or use --train"),
+                ));
+            }
+            compile_inference(graph)
+        }
     };
     let compiled = compiled.map_err(|e| Failure::Internal(format!("lowering failed: {e}")))?;
     if common.timings {

@@ -516,3 +516,51 @@ fn training_stats_do_not_count_momentum_as_parameters() {
     };
     assert_eq!(count(&[]), count(&["--train"]));
 }
+
+#[test]
+fn small_and_unusual_networks_lower_without_internal_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    // No batch norm at all: nothing to fold, but every stage works.
+    let plain = write(
+        "plain.rfn",
+        "network a { input image: f32[N, 3, H, W]; output y = relu(image); }\n",
+    );
+    for emit in ["fused", "plan", "prepare"] {
+        let out = rfnc(&["compile", &plain, "--input", "1x3x4x4", "--emit", emit]);
+        assert!(out.status.success(), "{emit}: {}", stderr(&out));
+    }
+    // Only an objective: inference has nothing to compute (a user error), training works.
+    let only = write(
+        "only.rfn",
+        "network b { input image: f32[N, 3, H, W]; input labels: i32[N, H, W];\n  objective loss = softmax_cross_entropy(batchnorm(conv(image, 3) as c) as bn, labels); }\n",
+    );
+    let out = rfnc(&["compile", &only, "--input", "1x3x4x4", "--emit", "fused"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("computes nothing at inference"));
+    assert!(
+        rfnc(&["compile", &only, "--input", "1x3x4x4", "--emit", "fused", "--train"])
+            .status
+            .success()
+    );
+    // An input named `step` clashes with the training step's counter: a user error.
+    let step = write(
+        "step.rfn",
+        "network c { input image: f32[N, 3, H, W]; input step: i32[N, H, W];\n  objective loss = softmax_cross_entropy(conv(image, 3) as c, step); }\n",
+    );
+    let out = rfnc(&["compile", &step, "--input", "1x3x4x4", "--train"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("input named `step`"));
+    // Enormous costs saturate instead of overflowing.
+    let big = write(
+        "big.rfn",
+        "network d { input image: f32[N, C, H, W]; output y = conv(image, 1, k = 1048575); }\n",
+    );
+    assert!(rfnc(&["check", &big, "--input", "1x1x1048576x1048576"])
+        .status
+        .success());
+}

@@ -26,9 +26,12 @@ pub struct Cost {
 
 impl Cost {
     fn add(&mut self, other: &Cost) {
-        self.params += other.params;
-        self.macs += other.macs;
-        self.naive_feature_bytes += other.naive_feature_bytes;
+        // Saturating: absurd programs must not overflow (u64 holds 1.8e19).
+        self.params = self.params.saturating_add(other.params);
+        self.macs = self.macs.saturating_add(other.macs);
+        self.naive_feature_bytes = self
+            .naive_feature_bytes
+            .saturating_add(other.naive_feature_bytes);
     }
 }
 
@@ -61,12 +64,16 @@ pub fn stats(graph: &Graph) -> Stats {
             }
             op => {
                 cost.naive_feature_bytes = node.ty.bytes();
-                if let Op::Conv2d { groups, .. } = op {
+                if let Op::Conv2d { .. } = op {
                     let w = &graph.node(graph.operands(id)[1]).ty.dims;
                     let (kh, kw, cin_per_group) = (w[2], w[3], w[1]);
                     // Output elements times the work of one output: kh*kw*Cin/groups.
-                    cost.macs = node.ty.elements() * kh * kw * cin_per_group;
-                    debug_assert!(*groups >= 1);
+                    cost.macs = node
+                        .ty
+                        .elements()
+                        .saturating_mul(kh)
+                        .saturating_mul(kw)
+                        .saturating_mul(cin_per_group);
                 }
             }
         }

@@ -116,7 +116,11 @@ pub fn fold_batch_norm(graph: &Graph) -> Folded {
         };
         let bn_ops = g.operands(bn);
         let conv = bn_ops[0];
-        if !matches!(g.node(conv).op, Op::Conv2d { .. }) || g.users(conv).len() != 1 {
+        let conv_is_output = g.outputs.iter().any(|o| o.value == conv);
+        if !matches!(g.node(conv).op, Op::Conv2d { .. })
+            || g.users(conv).len() != 1
+            || conv_is_output
+        {
             continue;
         }
         let conv_ops = g.operands(conv);

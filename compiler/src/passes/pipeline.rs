@@ -12,7 +12,8 @@ use crate::ir::{verify, Graph};
 /// A graph lowered to kernels with a memory plan.
 pub struct Compiled {
     pub graph: Graph,
-    /// Inference only: computes the folded conv parameters once, when weights are loaded.
+    /// Inference only: computes the folded conv parameters once, when weights are loaded
+    /// (`None` when there is no batch norm to fold).
     pub prepare: Option<Graph>,
     pub fused: Fused,
     pub plan: Plan,
@@ -50,8 +51,14 @@ pub fn compile_inference(forward: &Graph) -> Result<Compiled, String> {
         dead_code(&mut g);
     });
     checked("canonicalisation", &g)?;
-    checked("the prepare program", &prepare)?;
-    finish(g, Some(prepare), timings, &[])
+    // A network without conv + batch norm has nothing to fold: no prepare program.
+    let prepare = if prepare.outputs.is_empty() {
+        None
+    } else {
+        checked("the prepare program", &prepare)?;
+        Some(prepare)
+    };
+    finish(g, prepare, timings, &[])
 }
 
 /// The training step graph (already built): CSE, DCE, fuse, plan.

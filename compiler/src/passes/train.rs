@@ -70,12 +70,26 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     glob(pattern.as_bytes(), name.as_bytes())
 }
 
+/// Wildcard match with `*` in linear-times-pattern time (backtracks only to the last `*`).
 fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
-        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
     }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 /// A copy of `forward` in training mode: it takes the `step` input (i32 scalar), and every
@@ -135,6 +149,12 @@ pub fn train_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, TrainE
             "the seed must be below 2^63, not {}",
             config.seed
         )));
+    }
+    let step_taken = forward.node_ids().any(|id| matches!(&forward.node(id).op, Op::Input { name } | Op::Param { name, .. } if name == "step"));
+    if step_taken {
+        return Err(TrainError(
+            "the training step adds an input named `step` (the step counter), and the network already has a value named `step`: rename it".into(),
+        ));
     }
     let mut g = with_active_dropout(forward, config.seed);
     g.name = format!("{}_train", forward.name);
@@ -254,5 +274,12 @@ mod tests {
         assert!(pattern_matches("*.bias", "refine1.crp.conv1.bias"));
         assert!(!pattern_matches("*.bias", "refine1.crp.conv1.weight"));
         assert!(pattern_matches("refine?.x", "refine?.x"));
+        assert!(pattern_matches("*a*b*", "xxaxxbxx"));
+        assert!(!pattern_matches("*a*b", "xxaxxbxx"));
+        // Many stars: no exponential backtracking.
+        assert!(!pattern_matches(
+            &format!("{}X", "*".repeat(40)),
+            &"a".repeat(200)
+        ));
     }
 }
