@@ -113,6 +113,38 @@ fn real<T: Real>(t: Tensor<T>) -> Result<Value<T>, InterpError> {
     Ok(Value::Real(t))
 }
 
+/// The window geometry of a conv or conv-gradient op.
+fn conv_geometry(op: &Op) -> ConvGeometry {
+    match op {
+        Op::Conv2d {
+            stride,
+            pad,
+            dilation,
+            groups,
+        }
+        | Op::Conv2dGradInput {
+            stride,
+            pad,
+            dilation,
+            groups,
+            ..
+        }
+        | Op::Conv2dGradWeight {
+            stride,
+            pad,
+            dilation,
+            groups,
+            ..
+        } => ConvGeometry {
+            stride: *stride,
+            pad: *pad,
+            dilation: *dilation,
+            groups: *groups,
+        },
+        other => unreachable!("rfn.{} has no conv geometry", other.mnemonic()),
+    }
+}
+
 /// Evaluates one computed op on its operand values.
 pub fn eval<T: Real>(op: &Op, args: &[&Value<T>], out: &[u64]) -> Result<Value<T>, InterpError> {
     let r = |i: usize| args[i].real();
@@ -120,18 +152,8 @@ pub fn eval<T: Real>(op: &Op, args: &[&Value<T>], out: &[u64]) -> Result<Value<T
     match op {
         Op::Input { .. } | Op::Param { .. } => unreachable!("leaves are fed"),
         Op::Constant { value } => real(Tensor::scalar(T::of(*value))),
-        Op::Conv2d {
-            stride,
-            pad,
-            dilation,
-            groups,
-        } => {
-            let g = ConvGeometry {
-                stride: *stride,
-                pad: *pad,
-                dilation: *dilation,
-                groups: *groups,
-            };
+        Op::Conv2d { .. } => {
+            let g = conv_geometry(op);
             real(kernels::conv2d(
                 r(0),
                 r(1),
@@ -140,34 +162,12 @@ pub fn eval<T: Real>(op: &Op, args: &[&Value<T>], out: &[u64]) -> Result<Value<T
                 out,
             ))
         }
-        Op::Conv2dGradInput {
-            stride,
-            pad,
-            dilation,
-            groups,
-            ..
-        } => {
-            let g = ConvGeometry {
-                stride: *stride,
-                pad: *pad,
-                dilation: *dilation,
-                groups: *groups,
-            };
+        Op::Conv2dGradInput { .. } => {
+            let g = conv_geometry(op);
             real(kernels::conv2d_grad_input(r(0), r(1), &g, out))
         }
-        Op::Conv2dGradWeight {
-            stride,
-            pad,
-            dilation,
-            groups,
-            ..
-        } => {
-            let g = ConvGeometry {
-                stride: *stride,
-                pad: *pad,
-                dilation: *dilation,
-                groups: *groups,
-            };
+        Op::Conv2dGradWeight { .. } => {
+            let g = conv_geometry(op);
             real(kernels::conv2d_grad_weight(r(0), r(1), &g, out))
         }
         Op::ChannelSum => real(kernels::channel_sum(r(0))),
