@@ -246,6 +246,21 @@ fn execute(command: Command) -> Result<(), Failure> {
                     build_graph(&common)
                 }
             };
+            // A memory budget shapes the plan, so only the stages after planning use it.
+            if train.memory_budget.is_some() && !matches!(emit, Emit::Fused | Emit::Plan) {
+                return Err(Failure::plain(
+                    Diagnostic::new("--memory-budget applies to --emit fused and --emit plan")
+                        .hint("add --emit plan to see the budgeted plan, or use rfnc stats --memory --train --memory-budget SIZE"),
+                ));
+            }
+            let lowered = || {
+                lower(
+                    &common,
+                    &graph()?,
+                    train.train,
+                    train.memory_budget.as_deref(),
+                )
+            };
             let text = match emit {
                 Emit::Ast => {
                     options(&common)?;
@@ -255,12 +270,7 @@ fn execute(command: Command) -> Result<(), Failure> {
                 Emit::Graph => print_graph(&graph()?),
                 Emit::Dot => to_dot(&graph()?),
                 Emit::Fused => {
-                    let c = lower(
-                        &common,
-                        &graph()?,
-                        train.train,
-                        train.memory_budget.as_deref(),
-                    )?;
+                    let c = lowered()?;
                     print_fused(&c.graph, &c.fused, &c.plan.order)
                 }
                 Emit::Prepare => {
@@ -278,12 +288,7 @@ fn execute(command: Command) -> Result<(), Failure> {
                     }
                 }
                 Emit::Plan => {
-                    let c = lower(
-                        &common,
-                        &graph()?,
-                        train.train,
-                        train.memory_budget.as_deref(),
-                    )?;
+                    let c = lowered()?;
                     let report = memory_report(&c.graph, &c.fusion, &c.plan, mode(train.train));
                     render_plan(&c.graph, &c.fused, &c.plan, &report)
                 }

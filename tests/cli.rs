@@ -564,3 +564,32 @@ fn small_and_unusual_networks_lower_without_internal_errors() {
         .status
         .success());
 }
+
+#[test]
+fn memory_budget_is_refused_where_it_cannot_apply() {
+    let out = rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "--train",
+        "--memory-budget",
+        "garbage",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--memory-budget applies to --emit fused and --emit plan"),
+        "{}",
+        stderr(&out)
+    );
+    let out = rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x32x32",
+        "--train",
+        "--emit",
+        "plan",
+        "--memory-budget",
+        "1GiB",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

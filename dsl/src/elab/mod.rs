@@ -428,7 +428,12 @@ impl<'p> Elab<'p> {
                 self.input(env, stmt.span, name, *dtype, dims)?
             }
             StmtKind::Output(name, e) => {
-                self.network_only(env, "output", stmt.span)?;
+                self.network_only(
+                    env,
+                    "output",
+                    stmt.span,
+                    "blocks return values; the network declares inputs, outputs and the objective",
+                )?;
                 let v = self.eval(env, e, Some(&name.name))?;
                 let Value::Tensor(id) = v else {
                     return Diagnostic::new(format!("output `{}` must be a tensor", name.name))
@@ -439,7 +444,12 @@ impl<'p> Elab<'p> {
                 self.define_new(env, name, v, "output")?;
             }
             StmtKind::Objective(name, e) => {
-                self.network_only(env, "objective", stmt.span)?;
+                self.network_only(
+                    env,
+                    "objective",
+                    stmt.span,
+                    "blocks return values; the network declares inputs, outputs and the objective",
+                )?;
                 if let Some(first) = self.objective_span {
                     return Diagnostic::new("a network has one objective")
                         .label(stmt.span, "second objective")
@@ -492,13 +502,12 @@ impl<'p> Elab<'p> {
         Ok(())
     }
 
-    fn network_only(&self, env: &Env, what: &str, span: Span) -> Result<()> {
+    /// Declarations and settings that belong to the network body, with a hint saying why.
+    fn network_only(&self, env: &Env, what: &str, span: Span, hint: &str) -> Result<()> {
         match env.block_name() {
             Some(block) => Diagnostic::new(format!("`{what}` is only allowed in a network"))
                 .label(span, format!("inside {block}"))
-                .hint(
-                    "blocks return values; the network declares inputs, outputs and the objective",
-                )
+                .hint(hint)
                 .err(),
             None => Ok(()),
         }
@@ -564,7 +573,12 @@ impl<'p> Elab<'p> {
         dtype: ElemType,
         dims: &[Dim],
     ) -> Result<()> {
-        self.network_only(env, "input", span)?;
+        self.network_only(
+            env,
+            "input",
+            span,
+            "blocks return values; the network declares inputs, outputs and the objective",
+        )?;
         let given = self.input_dims.take();
         let mut shape = Vec::with_capacity(dims.len());
         if let Some(given) = &given {
@@ -1016,15 +1030,8 @@ impl<'p> Elab<'p> {
         }
         if let Some(builtin) = builtins::lookup(&callee.name) {
             if builtins::TRAINING_SETTINGS.contains(&builtin.name) {
-                if let Some(block) = env.block_name() {
-                    return Diagnostic::new(format!(
-                        "`{}` is only allowed in a network",
-                        callee.name
-                    ))
-                    .label(span, format!("inside {block}"))
-                    .hint("training settings belong to the network: move this call into its body")
-                    .err();
-                }
+                let hint = "training settings belong to the network: move this call into its body";
+                self.network_only(env, &callee.name, span, hint)?;
             }
             if let (Some(n), false) = (name, builtin.creates_params) {
                 return Diagnostic::new(format!(
