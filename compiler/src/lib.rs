@@ -3,6 +3,7 @@
 //!
 //! Nothing in this crate links LLVM or MLIR, so the language and IR tests build fast.
 
+pub mod codegen;
 pub mod interp;
 pub mod ir;
 pub mod output;

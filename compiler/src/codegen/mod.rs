@@ -1,0 +1,4 @@
+//! Code generation without LLVM: fused kernels become kernel IR ([`kir`]), which prints as
+//! MLIR for the GPU and for the host; the bundle format the runtime reads.
+
+pub mod bundle;
