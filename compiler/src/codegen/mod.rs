@@ -2,3 +2,4 @@
 //! MLIR for the GPU and for the host; the bundle format the runtime reads.
 
 pub mod bundle;
+pub mod kir;

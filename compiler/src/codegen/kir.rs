@@ -1,0 +1,736 @@
+//! Kernel IR: one GPU-style kernel as structured code over flat buffers.
+//!
+//! A kernel runs as a 1-D grid of blocks of `block` threads. Its body is statements over
+//! typed expressions: `ThreadId` and `BlockId`, loads and stores of *parameters* (global
+//! buffers, one pointer each), *shared* arrays (one per block) and *private* arrays (one per
+//! thread: register tiles and mutable accumulators), structured `for` and `if`, and
+//! `Barrier`, which synchronises the threads of a block.
+//!
+//! The same kernel prints as a GPU kernel (`gpu.func`) and as a host function that runs a
+//! range of blocks with each barrier-free stretch of the body wrapped in a loop over the
+//! threads (see [`super::mlir`]), so the host executes exactly the code the GPU runs.
+//!
+//! Invariants (checked by [`KernelFn::check`]): a `Barrier` appears only at the top level or
+//! inside `for`/`if` whose bounds and conditions are the same for every thread of a block
+//! (they use no thread id, no private or shared data, no thread-dependent variable); a
+//! variable bound by `Let` in a barrier-free stretch that depends on the thread is not used
+//! after the next barrier (values that cross a barrier live in private arrays); every
+//! expression is well typed.
+
+use std::fmt;
+
+/// Scalar types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ty {
+    /// Sizes and subscripts (`index` in MLIR, 64-bit).
+    Index,
+    /// 64-bit integers with wrapping unsigned arithmetic (random numbers).
+    I64,
+    I32,
+    F32,
+    Bool,
+}
+
+impl Ty {
+    pub fn mlir(self) -> &'static str {
+        match self {
+            Ty::Index => "index",
+            Ty::I64 => "i64",
+            Ty::I32 => "i32",
+            Ty::F32 => "f32",
+            Ty::Bool => "i1",
+        }
+    }
+    pub fn is_float(self) -> bool {
+        self == Ty::F32
+    }
+}
+
+/// A variable: bound by `Let` or by a loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Var(pub u32);
+
+/// A buffer a kernel reads or writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Buf {
+    /// The i-th pointer parameter (a global buffer).
+    Param(usize),
+    /// The i-th shared array of the block.
+    Shared(usize),
+    /// The i-th private array of the thread.
+    Private(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    /// Signed division (integers, truncating) or float division.
+    Div,
+    /// Signed remainder (integers only).
+    Rem,
+    Min,
+    Max,
+    /// Bitwise (integers) or logical (booleans).
+    And,
+    Or,
+    Xor,
+    Shl,
+    /// Logical shift right.
+    ShrU,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Not,
+}
+
+/// An expression; integer literals take the type their context needs (index by default).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    Int(i64),
+    F32(f32),
+    Var(Var),
+    ThreadId,
+    BlockId,
+    Bin(BinOp, Box<Expr>, Box<Expr>),
+    Cmp(CmpOp, Box<Expr>, Box<Expr>),
+    Select(Box<Expr>, Box<Expr>, Box<Expr>),
+    Load(Buf, Box<Expr>),
+    Unary(UnOp, Box<Expr>),
+    /// Conversion: between integer types (sign-extending from i32), integer to f32 (index
+    /// and i32 signed, i64 unsigned).
+    Cast(Ty, Box<Expr>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    Let(Var, Expr),
+    Store(Buf, Expr, Expr),
+    /// `for var in (lo..hi).step_by(step)`, index-typed.
+    For {
+        var: Var,
+        lo: Expr,
+        hi: Expr,
+        step: i64,
+        body: Vec<Stmt>,
+    },
+    If {
+        cond: Expr,
+        then: Vec<Stmt>,
+        otherwise: Vec<Stmt>,
+    },
+    Barrier,
+}
+
+/// A declared array: element type and length in elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ArrayDecl {
+    pub elem: Ty,
+    pub len: u64,
+}
+
+/// One kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelFn {
+    /// What it computes, e.g. `conv2d+add+relu` (the stem of its name).
+    pub ops: String,
+    pub block: u32,
+    pub params: Vec<ArrayDecl>,
+    pub shared: Vec<ArrayDecl>,
+    pub private: Vec<ArrayDecl>,
+    /// The type of every variable, by number.
+    pub vars: Vec<Ty>,
+    pub body: Vec<Stmt>,
+}
+
+// ----- expression construction -------------------------------------------------------
+
+impl Expr {
+    pub fn int(v: i64) -> Expr {
+        Expr::Int(v)
+    }
+    pub fn f32(v: f32) -> Expr {
+        Expr::F32(v)
+    }
+    fn bin(op: BinOp, a: Expr, b: Expr) -> Expr {
+        Expr::Bin(op, Box::new(a), Box::new(b))
+    }
+    fn cmp(op: CmpOp, a: Expr, b: impl Into<Expr>) -> Expr {
+        Expr::Cmp(op, Box::new(a), Box::new(b.into()))
+    }
+    pub fn lt(self, b: impl Into<Expr>) -> Expr {
+        Expr::cmp(CmpOp::Lt, self, b)
+    }
+    pub fn le(self, b: impl Into<Expr>) -> Expr {
+        Expr::cmp(CmpOp::Le, self, b)
+    }
+    pub fn gt(self, b: impl Into<Expr>) -> Expr {
+        Expr::cmp(CmpOp::Gt, self, b)
+    }
+    pub fn ge(self, b: impl Into<Expr>) -> Expr {
+        Expr::cmp(CmpOp::Ge, self, b)
+    }
+    pub fn eq(self, b: impl Into<Expr>) -> Expr {
+        Expr::cmp(CmpOp::Eq, self, b)
+    }
+    pub fn ne(self, b: impl Into<Expr>) -> Expr {
+        Expr::cmp(CmpOp::Ne, self, b)
+    }
+    pub fn and(self, b: Expr) -> Expr {
+        Expr::bin(BinOp::And, self, b)
+    }
+    pub fn or(self, b: Expr) -> Expr {
+        Expr::bin(BinOp::Or, self, b)
+    }
+    pub fn xor(self, b: impl Into<Expr>) -> Expr {
+        Expr::bin(BinOp::Xor, self, b.into())
+    }
+    pub fn shl(self, b: impl Into<Expr>) -> Expr {
+        Expr::bin(BinOp::Shl, self, b.into())
+    }
+    pub fn shr(self, b: impl Into<Expr>) -> Expr {
+        Expr::bin(BinOp::ShrU, self, b.into())
+    }
+    pub fn min(self, b: impl Into<Expr>) -> Expr {
+        Expr::bin(BinOp::Min, self, b.into())
+    }
+    pub fn max(self, b: impl Into<Expr>) -> Expr {
+        Expr::bin(BinOp::Max, self, b.into())
+    }
+    pub fn not(self) -> Expr {
+        Expr::Unary(UnOp::Not, Box::new(self))
+    }
+    pub fn exp(self) -> Expr {
+        Expr::Unary(UnOp::Exp, Box::new(self))
+    }
+    pub fn log(self) -> Expr {
+        Expr::Unary(UnOp::Log, Box::new(self))
+    }
+    pub fn sqrt(self) -> Expr {
+        Expr::Unary(UnOp::Sqrt, Box::new(self))
+    }
+    pub fn cast(self, ty: Ty) -> Expr {
+        Expr::Cast(ty, Box::new(self))
+    }
+    /// `cond ? a : b` (both sides are evaluated: guard loads with [`Expr::clamp_index`]).
+    pub fn select(cond: Expr, a: impl Into<Expr>, b: impl Into<Expr>) -> Expr {
+        Expr::Select(Box::new(cond), Box::new(a.into()), Box::new(b.into()))
+    }
+    pub fn load(buf: Buf, index: impl Into<Expr>) -> Expr {
+        Expr::Load(buf, Box::new(index.into()))
+    }
+    /// A load that reads `default` where `ok` is false, without touching memory at a bad
+    /// index (the subscript is replaced by 0 there).
+    pub fn load_if(buf: Buf, ok: Expr, index: Expr, default: impl Into<Expr>) -> Expr {
+        let safe = Expr::select(ok.clone(), index, Expr::Int(0));
+        Expr::select(ok, Expr::load(buf, safe), default)
+    }
+}
+
+impl From<i64> for Expr {
+    fn from(v: i64) -> Expr {
+        Expr::Int(v)
+    }
+}
+
+impl From<i32> for Expr {
+    fn from(v: i32) -> Expr {
+        Expr::Int(v as i64)
+    }
+}
+
+impl From<usize> for Expr {
+    fn from(v: usize) -> Expr {
+        Expr::Int(v as i64)
+    }
+}
+
+impl From<u32> for Expr {
+    fn from(v: u32) -> Expr {
+        Expr::Int(v as i64)
+    }
+}
+
+impl From<u64> for Expr {
+    fn from(v: u64) -> Expr {
+        Expr::Int(v as i64)
+    }
+}
+
+impl From<f32> for Expr {
+    fn from(v: f32) -> Expr {
+        Expr::F32(v)
+    }
+}
+
+impl From<Var> for Expr {
+    fn from(v: Var) -> Expr {
+        Expr::Var(v)
+    }
+}
+
+macro_rules! arith_ops {
+    ($($trait:ident $method:ident $op:ident),*) => {$(
+        impl<R: Into<Expr>> std::ops::$trait<R> for Expr {
+            type Output = Expr;
+            fn $method(self, rhs: R) -> Expr {
+                Expr::bin(BinOp::$op, self, rhs.into())
+            }
+        }
+    )*};
+}
+arith_ops!(Add add Add, Sub sub Sub, Mul mul Mul, Div div Div, Rem rem Rem);
+
+impl std::ops::Neg for Expr {
+    type Output = Expr;
+    fn neg(self) -> Expr {
+        Expr::Unary(UnOp::Neg, Box::new(self))
+    }
+}
+
+// ----- building kernels ----------------------------------------------------------------
+
+/// Builds a [`KernelFn`] statement by statement; nested bodies are built by closures.
+pub struct KernelBuilder {
+    kernel: KernelFn,
+    stack: Vec<Vec<Stmt>>,
+}
+
+impl KernelBuilder {
+    pub fn new(ops: impl Into<String>, block: u32) -> Self {
+        KernelBuilder {
+            kernel: KernelFn {
+                ops: ops.into(),
+                block,
+                params: Vec::new(),
+                shared: Vec::new(),
+                private: Vec::new(),
+                vars: Vec::new(),
+                body: Vec::new(),
+            },
+            stack: vec![Vec::new()],
+        }
+    }
+
+    pub fn block(&self) -> u32 {
+        self.kernel.block
+    }
+
+    pub fn param(&mut self, elem: Ty, len: u64) -> Buf {
+        self.kernel.params.push(ArrayDecl { elem, len });
+        Buf::Param(self.kernel.params.len() - 1)
+    }
+
+    pub fn shared(&mut self, elem: Ty, len: u64) -> Buf {
+        self.kernel.shared.push(ArrayDecl { elem, len });
+        Buf::Shared(self.kernel.shared.len() - 1)
+    }
+
+    pub fn private(&mut self, elem: Ty, len: u64) -> Buf {
+        self.kernel.private.push(ArrayDecl { elem, len });
+        Buf::Private(self.kernel.private.len() - 1)
+    }
+
+    fn new_var(&mut self, ty: Ty) -> Var {
+        self.kernel.vars.push(ty);
+        Var(self.kernel.vars.len() as u32 - 1)
+    }
+
+    fn push(&mut self, stmt: Stmt) {
+        self.stack.last_mut().expect("open body").push(stmt);
+    }
+
+    /// The type of an expression (integer literals alone are index).
+    pub fn ty(&self, e: &Expr) -> Ty {
+        type_of(&self.kernel, e).unwrap_or(Ty::Index)
+    }
+
+    /// Binds `e` to a new variable and returns it as an expression.
+    pub fn let_(&mut self, e: impl Into<Expr>) -> Expr {
+        let e = e.into();
+        if matches!(e, Expr::Int(_) | Expr::F32(_) | Expr::Var(_)) {
+            return e;
+        }
+        let var = self.new_var(self.ty(&e));
+        self.push(Stmt::Let(var, e));
+        Expr::Var(var)
+    }
+
+    pub fn store(&mut self, buf: Buf, index: impl Into<Expr>, value: impl Into<Expr>) {
+        self.push(Stmt::Store(buf, index.into(), value.into()));
+    }
+
+    pub fn barrier(&mut self) {
+        self.push(Stmt::Barrier);
+    }
+
+    /// `for i in (lo..hi).step_by(step) { body(i) }`.
+    pub fn for_(
+        &mut self,
+        lo: impl Into<Expr>,
+        hi: impl Into<Expr>,
+        step: i64,
+        body: impl FnOnce(&mut Self, Expr),
+    ) {
+        let var = self.new_var(Ty::Index);
+        self.stack.push(Vec::new());
+        body(self, Expr::Var(var));
+        let body = self.stack.pop().expect("loop body");
+        self.push(Stmt::For {
+            var,
+            lo: lo.into(),
+            hi: hi.into(),
+            step,
+            body,
+        });
+    }
+
+    pub fn if_(&mut self, cond: Expr, then: impl FnOnce(&mut Self)) {
+        self.if_else(cond, then, |_| {});
+    }
+
+    pub fn if_else(
+        &mut self,
+        cond: Expr,
+        then: impl FnOnce(&mut Self),
+        otherwise: impl FnOnce(&mut Self),
+    ) {
+        self.stack.push(Vec::new());
+        then(self);
+        let then = self.stack.pop().expect("then body");
+        self.stack.push(Vec::new());
+        otherwise(self);
+        let otherwise = self.stack.pop().expect("else body");
+        self.push(Stmt::If {
+            cond,
+            then,
+            otherwise,
+        });
+    }
+
+    pub fn finish(mut self) -> KernelFn {
+        assert_eq!(self.stack.len(), 1, "unclosed body");
+        self.kernel.body = self.stack.pop().expect("body");
+        self.kernel
+    }
+}
+
+// ----- typing and checks -----------------------------------------------------------------
+
+/// The element type of a buffer.
+pub fn buf_elem(k: &KernelFn, buf: Buf) -> Option<Ty> {
+    let decl = match buf {
+        Buf::Param(i) => k.params.get(i),
+        Buf::Shared(i) => k.shared.get(i),
+        Buf::Private(i) => k.private.get(i),
+    };
+    decl.map(|d| d.elem)
+}
+
+/// The type of `e`; `None` for a bare integer literal (its context decides).
+pub fn type_of(k: &KernelFn, e: &Expr) -> Option<Ty> {
+    match e {
+        Expr::Int(_) => None,
+        Expr::F32(_) => Some(Ty::F32),
+        Expr::Var(v) => k.vars.get(v.0 as usize).copied(),
+        Expr::ThreadId | Expr::BlockId => Some(Ty::Index),
+        Expr::Bin(_, a, b) => type_of(k, a).or_else(|| type_of(k, b)),
+        Expr::Cmp(..) => Some(Ty::Bool),
+        Expr::Select(_, a, b) => type_of(k, a).or_else(|| type_of(k, b)),
+        Expr::Load(buf, _) => buf_elem(k, *buf),
+        Expr::Unary(_, a) => type_of(k, a),
+        Expr::Cast(t, _) => Some(*t),
+    }
+}
+
+/// A malformed kernel (a bug in a kernel generator).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KirError(pub String);
+
+impl fmt::Display for KirError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed kernel: {}", self.0)
+    }
+}
+
+impl KernelFn {
+    /// Whether a statement list contains a barrier anywhere.
+    pub fn has_barrier(stmts: &[Stmt]) -> bool {
+        stmts.iter().any(|s| match s {
+            Stmt::Barrier => true,
+            Stmt::For { body, .. } => Self::has_barrier(body),
+            Stmt::If {
+                then, otherwise, ..
+            } => Self::has_barrier(then) || Self::has_barrier(otherwise),
+            _ => false,
+        })
+    }
+
+    /// Checks the invariants in the module documentation.
+    pub fn check(&self) -> Result<(), KirError> {
+        let mut scope = Scope {
+            defined: vec![false; self.vars.len()],
+            thread_dependent: vec![false; self.vars.len()],
+            stale: vec![false; self.vars.len()],
+        };
+        self.check_stmts(&self.body, &mut scope, true)
+    }
+
+    fn check_stmts(
+        &self,
+        stmts: &[Stmt],
+        scope: &mut Scope,
+        uniform: bool,
+    ) -> Result<(), KirError> {
+        for s in stmts {
+            match s {
+                Stmt::Let(v, e) => {
+                    self.check_expr(e, scope)?;
+                    let i = v.0 as usize;
+                    if scope.defined[i] {
+                        return Err(KirError(format!("variable v{i} bound twice")));
+                    }
+                    let want = self.vars[i];
+                    let got = type_of(self, e).unwrap_or(want);
+                    if got != want {
+                        return Err(KirError(format!("v{i} is {want:?} but bound to a {got:?}")));
+                    }
+                    scope.defined[i] = true;
+                    scope.thread_dependent[i] = self.thread_dependent(e, scope);
+                }
+                Stmt::Store(buf, i, v) => {
+                    self.check_expr(i, scope)?;
+                    self.check_expr(v, scope)?;
+                    let elem = buf_elem(self, *buf)
+                        .ok_or_else(|| KirError(format!("store to undeclared {buf:?}")))?;
+                    if let Some(t) = type_of(self, v) {
+                        if t != elem {
+                            return Err(KirError(format!(
+                                "store of {t:?} into {elem:?} array {buf:?}"
+                            )));
+                        }
+                    }
+                }
+                Stmt::For {
+                    var, lo, hi, body, ..
+                } => {
+                    self.check_expr(lo, scope)?;
+                    self.check_expr(hi, scope)?;
+                    let barrier = Self::has_barrier(body);
+                    let dependent =
+                        self.thread_dependent(lo, scope) || self.thread_dependent(hi, scope);
+                    if barrier && (dependent || !uniform) {
+                        return Err(KirError(
+                            "a loop with a barrier has bounds that differ between threads".into(),
+                        ));
+                    }
+                    let i = var.0 as usize;
+                    scope.defined[i] = true;
+                    scope.thread_dependent[i] = dependent;
+                    self.check_stmts(body, scope, uniform && !dependent)?;
+                }
+                Stmt::If {
+                    cond,
+                    then,
+                    otherwise,
+                } => {
+                    self.check_expr(cond, scope)?;
+                    let dependent = self.thread_dependent(cond, scope);
+                    let barrier = Self::has_barrier(then) || Self::has_barrier(otherwise);
+                    if barrier && (dependent || !uniform) {
+                        return Err(KirError(
+                            "a barrier under a condition that differs between threads".into(),
+                        ));
+                    }
+                    self.check_stmts(then, scope, uniform && !dependent)?;
+                    self.check_stmts(otherwise, scope, uniform && !dependent)?;
+                }
+                Stmt::Barrier => {
+                    // Thread-dependent values die at a barrier.
+                    for i in 0..scope.defined.len() {
+                        if scope.defined[i] && scope.thread_dependent[i] {
+                            scope.stale[i] = true;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_expr(&self, e: &Expr, scope: &Scope) -> Result<(), KirError> {
+        match e {
+            Expr::Var(v) => {
+                let i = v.0 as usize;
+                if i >= scope.defined.len() || !scope.defined[i] {
+                    return Err(KirError(format!("v{i} used before it is bound")));
+                }
+                if scope.stale[i] {
+                    return Err(KirError(format!(
+                        "v{i} depends on the thread and is used after a barrier"
+                    )));
+                }
+                Ok(())
+            }
+            Expr::Int(_) | Expr::F32(_) | Expr::ThreadId | Expr::BlockId => Ok(()),
+            Expr::Bin(op, a, b) => {
+                self.check_expr(a, scope)?;
+                self.check_expr(b, scope)?;
+                let (ta, tb) = (type_of(self, a), type_of(self, b));
+                if let (Some(ta), Some(tb)) = (ta, tb) {
+                    if ta != tb {
+                        return Err(KirError(format!("{op:?} of {ta:?} and {tb:?}")));
+                    }
+                }
+                if matches!(op, BinOp::Rem | BinOp::Shl | BinOp::ShrU | BinOp::Xor)
+                    && ta.or(tb) == Some(Ty::F32)
+                {
+                    return Err(KirError(format!("{op:?} of floats")));
+                }
+                Ok(())
+            }
+            Expr::Cmp(_, a, b) => {
+                self.check_expr(a, scope)?;
+                self.check_expr(b, scope)?;
+                match (type_of(self, a), type_of(self, b)) {
+                    (Some(ta), Some(tb)) if ta != tb => {
+                        Err(KirError(format!("comparison of {ta:?} and {tb:?}")))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Expr::Select(c, a, b) => {
+                self.check_expr(c, scope)?;
+                self.check_expr(a, scope)?;
+                self.check_expr(b, scope)?;
+                if type_of(self, c) != Some(Ty::Bool) {
+                    return Err(KirError("select on a non-boolean".into()));
+                }
+                match (type_of(self, a), type_of(self, b)) {
+                    (Some(ta), Some(tb)) if ta != tb => {
+                        Err(KirError(format!("select between {ta:?} and {tb:?}")))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Expr::Load(buf, i) => {
+                buf_elem(self, *buf)
+                    .ok_or_else(|| KirError(format!("load from undeclared {buf:?}")))?;
+                self.check_expr(i, scope)
+            }
+            Expr::Unary(op, a) => {
+                self.check_expr(a, scope)?;
+                let t = type_of(self, a);
+                let float_op = matches!(op, UnOp::Exp | UnOp::Log | UnOp::Sqrt);
+                if float_op && t != Some(Ty::F32) {
+                    return Err(KirError(format!("{op:?} of {t:?}")));
+                }
+                Ok(())
+            }
+            Expr::Cast(_, a) => self.check_expr(a, scope),
+        }
+    }
+
+    /// Whether `e` can differ between the threads of a block.
+    pub fn thread_dependent(&self, e: &Expr, scope: &Scope) -> bool {
+        match e {
+            Expr::ThreadId => true,
+            Expr::Load(Buf::Private(_) | Buf::Shared(_), _) => true,
+            Expr::Var(v) => scope
+                .thread_dependent
+                .get(v.0 as usize)
+                .copied()
+                .unwrap_or(true),
+            Expr::Int(_) | Expr::F32(_) | Expr::BlockId => false,
+            Expr::Load(Buf::Param(_), i) | Expr::Unary(_, i) | Expr::Cast(_, i) => {
+                self.thread_dependent(i, scope)
+            }
+            Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => {
+                self.thread_dependent(a, scope) || self.thread_dependent(b, scope)
+            }
+            Expr::Select(c, a, b) => {
+                self.thread_dependent(c, scope)
+                    || self.thread_dependent(a, scope)
+                    || self.thread_dependent(b, scope)
+            }
+        }
+    }
+}
+
+/// What is known about each variable at a point of the body.
+pub struct Scope {
+    pub defined: Vec<bool>,
+    pub thread_dependent: Vec<bool>,
+    pub stale: Vec<bool>,
+}
+
+impl Scope {
+    pub fn new(vars: usize) -> Self {
+        Scope {
+            defined: vec![false; vars],
+            thread_dependent: vec![false; vars],
+            stale: vec![false; vars],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_values_do_not_cross_barriers() {
+        let mut b = KernelBuilder::new("t", 4);
+        let out = b.param(Ty::F32, 4);
+        let s = b.shared(Ty::F32, 4);
+        let t = b.let_(Expr::ThreadId * 2);
+        b.store(s, Expr::ThreadId, Expr::f32(1.0));
+        b.barrier();
+        b.store(out, t, Expr::load(s, 0));
+        assert!(b.finish().check().is_err());
+
+        let mut b = KernelBuilder::new("t", 4);
+        let out = b.param(Ty::F32, 4);
+        b.for_(Expr::ThreadId, 4, 4, |b, _| b.barrier());
+        b.store(out, 0, Expr::f32(0.0));
+        assert!(
+            b.finish().check().is_err(),
+            "barrier in a thread-dependent loop"
+        );
+
+        let mut b = KernelBuilder::new("t", 4);
+        let out = b.param(Ty::F32, 4);
+        let base = b.let_(Expr::BlockId * 4);
+        b.barrier();
+        b.store(out, base + Expr::ThreadId, Expr::f32(0.0));
+        assert_eq!(b.finish().check(), Ok(()), "uniform values cross barriers");
+    }
+
+    #[test]
+    fn type_errors_are_caught() {
+        let mut b = KernelBuilder::new("t", 1);
+        let out = b.param(Ty::F32, 1);
+        b.store(out, 0, Expr::ThreadId);
+        assert!(b.finish().check().is_err());
+        let mut b = KernelBuilder::new("t", 1);
+        let out = b.param(Ty::F32, 1);
+        b.store(out, 0, Expr::f32(1.0).exp() + Expr::ThreadId);
+        assert!(b.finish().check().is_err());
+    }
+}
