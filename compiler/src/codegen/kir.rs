@@ -310,6 +310,24 @@ impl std::ops::Neg for Expr {
 pub struct KernelBuilder {
     kernel: KernelFn,
     stack: Vec<Vec<Stmt>>,
+    open: Vec<Open>,
+}
+
+/// A construct whose body is being built.
+enum Open {
+    For {
+        var: Var,
+        lo: Expr,
+        hi: Expr,
+        step: i64,
+    },
+    Then {
+        cond: Expr,
+    },
+    Else {
+        cond: Expr,
+        then: Vec<Stmt>,
+    },
 }
 
 impl KernelBuilder {
@@ -325,6 +343,7 @@ impl KernelBuilder {
                 body: Vec::new(),
             },
             stack: vec![Vec::new()],
+            open: Vec::new(),
         }
     }
 
@@ -388,21 +407,15 @@ impl KernelBuilder {
         step: i64,
         body: impl FnOnce(&mut Self, Expr),
     ) {
-        let var = self.new_var(Ty::Index);
-        self.stack.push(Vec::new());
-        body(self, Expr::Var(var));
-        let body = self.stack.pop().expect("loop body");
-        self.push(Stmt::For {
-            var,
-            lo: lo.into(),
-            hi: hi.into(),
-            step,
-            body,
-        });
+        let i = self.begin_for(lo, hi, step);
+        body(self, i);
+        self.end_for();
     }
 
     pub fn if_(&mut self, cond: Expr, then: impl FnOnce(&mut Self)) {
-        self.if_else(cond, then, |_| {});
+        self.begin_if(cond);
+        then(self);
+        self.end_if();
     }
 
     pub fn if_else(
@@ -411,17 +424,72 @@ impl KernelBuilder {
         then: impl FnOnce(&mut Self),
         otherwise: impl FnOnce(&mut Self),
     ) {
-        self.stack.push(Vec::new());
+        self.begin_if(cond);
         then(self);
-        let then = self.stack.pop().expect("then body");
-        self.stack.push(Vec::new());
+        self.begin_else();
         otherwise(self);
-        let otherwise = self.stack.pop().expect("else body");
-        self.push(Stmt::If {
-            cond,
-            then,
-            otherwise,
+        self.end_if();
+    }
+
+    /// Opens a loop (closed by [`Self::end_for`]) and returns its variable.
+    pub fn begin_for(&mut self, lo: impl Into<Expr>, hi: impl Into<Expr>, step: i64) -> Expr {
+        let var = self.new_var(Ty::Index);
+        self.open.push(Open::For {
+            var,
+            lo: lo.into(),
+            hi: hi.into(),
+            step,
         });
+        self.stack.push(Vec::new());
+        Expr::Var(var)
+    }
+
+    pub fn end_for(&mut self) {
+        let body = self.stack.pop().expect("loop body");
+        match self.open.pop() {
+            Some(Open::For { var, lo, hi, step }) => self.push(Stmt::For {
+                var,
+                lo,
+                hi,
+                step,
+                body,
+            }),
+            _ => panic!("end_for without begin_for"),
+        }
+    }
+
+    /// Opens a conditional (closed by [`Self::end_if`], optionally split by
+    /// [`Self::begin_else`]).
+    pub fn begin_if(&mut self, cond: Expr) {
+        self.open.push(Open::Then { cond });
+        self.stack.push(Vec::new());
+    }
+
+    pub fn begin_else(&mut self) {
+        let then = self.stack.pop().expect("then body");
+        match self.open.pop() {
+            Some(Open::Then { cond }) => self.open.push(Open::Else { cond, then }),
+            _ => panic!("begin_else without begin_if"),
+        }
+        self.stack.push(Vec::new());
+    }
+
+    pub fn end_if(&mut self) {
+        let body = self.stack.pop().expect("if body");
+        let stmt = match self.open.pop() {
+            Some(Open::Then { cond }) => Stmt::If {
+                cond,
+                then: body,
+                otherwise: Vec::new(),
+            },
+            Some(Open::Else { cond, then }) => Stmt::If {
+                cond,
+                then,
+                otherwise: body,
+            },
+            _ => panic!("end_if without begin_if"),
+        };
+        self.push(stmt);
     }
 
     pub fn finish(mut self) -> KernelFn {
