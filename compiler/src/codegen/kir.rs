@@ -492,6 +492,11 @@ impl KernelBuilder {
         self.push(stmt);
     }
 
+    /// How many bodies are open (1 at the top level).
+    pub fn depth(&self) -> usize {
+        self.stack.len()
+    }
+
     pub fn finish(mut self) -> KernelFn {
         assert_eq!(self.stack.len(), 1, "unclosed body");
         self.kernel.body = self.stack.pop().expect("body");

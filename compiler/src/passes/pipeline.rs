@@ -73,6 +73,12 @@ pub fn compile_training(step: &Graph) -> Result<Compiled, String> {
     finish(g, None, timings, &[])
 }
 
+/// A graph as it is (the prepare program): fuse and plan only.
+pub fn compile_program(graph: &Graph) -> Result<Compiled, String> {
+    checked("the program", graph)?;
+    finish(graph.clone(), None, Vec::new(), &[])
+}
+
 /// What fitting a memory budget did.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BudgetReport {

@@ -1,0 +1,241 @@
+//! Whole programs: every fused kernel of a planned program lowered in schedule order,
+//! identical kernels kept once, and the [`Bundle`] describing leaves, launches and outputs.
+//!
+//! Invariants: a kernel's name is its ops and a hash of its whole KIR, so two launches share
+//! a kernel exactly when their code is identical; every launch argument is a slot of the
+//! arena (a planned storage), the scratch region or the leaves region (inputs, parameters,
+//! values updated in place over a parameter); leaves are laid out once for both programs.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::bundle::{
+    Bundle, DType, KernelInfo, Launch, Leaf, LeafRole, Mode, Output, Program, Region, Slot,
+    BUNDLE_FORMAT, BUNDLE_VERSION, SLOT_ALIGN,
+};
+use super::kir::KernelFn;
+use super::lower::{lower_kernel, Arg, LowerError};
+use crate::ir::{Graph, NodeId, Op, ParamKind};
+use crate::passes::pipeline::Compiled;
+
+/// A unique kernel and the name launches call it by.
+#[derive(Clone, Debug)]
+pub struct NamedKernel {
+    pub name: String,
+    pub kernel: KernelFn,
+}
+
+/// FNV-1a, 64-bit: a stable content hash for kernel names.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// `conv2d_add_relu_1f2e3d4c5b6a7988`: the ops (at most four) and the content hash.
+pub fn kernel_name(kernel: &KernelFn) -> String {
+    let hash = fnv1a(format!("{kernel:?}").as_bytes());
+    let mut stem: Vec<&str> = kernel.ops.split('+').take(4).collect();
+    if stem.is_empty() {
+        stem.push("kernel");
+    }
+    let stem = stem.join("_").replace('.', "_");
+    format!("{stem}_{hash:016x}")
+}
+
+fn aligned(bytes: u64) -> u64 {
+    bytes.div_ceil(SLOT_ALIGN) * SLOT_ALIGN
+}
+
+fn dtype(graph: &Graph, n: NodeId) -> DType {
+    match graph.node(n).ty.dtype {
+        crate::ir::DType::I32 => DType::I32,
+        _ => DType::F32,
+    }
+}
+
+/// The leaves of both programs, each at its own offset.
+fn layout_leaves(main: &Graph, prepare: Option<&Graph>) -> (Vec<Leaf>, u64) {
+    let folded: Vec<&str> = prepare
+        .map(|p| p.outputs.iter().map(|o| o.name.as_str()).collect())
+        .unwrap_or_default();
+    let mut leaves: BTreeMap<String, Leaf> = BTreeMap::new();
+    for graph in prepare.into_iter().chain([main]) {
+        for id in graph.node_ids() {
+            let node = graph.node(id);
+            let (name, role) = match &node.op {
+                Op::Input { name } => (name, LeafRole::Input),
+                Op::Param { name, kind } => {
+                    let role = if *kind == ParamKind::Momentum {
+                        LeafRole::Momentum
+                    } else if folded.contains(&name.as_str()) {
+                        LeafRole::Folded
+                    } else {
+                        LeafRole::Param
+                    };
+                    (name, role)
+                }
+                _ => continue,
+            };
+            leaves.entry(name.clone()).or_insert(Leaf {
+                name: name.clone(),
+                role,
+                dtype: dtype(graph, id),
+                shape: node.ty.dims.clone(),
+                offset: 0,
+            });
+        }
+    }
+    // Inputs first, then parameters by name: a stable, readable layout.
+    let mut ordered: Vec<Leaf> = leaves.into_values().collect();
+    ordered.sort_by_key(|l| (l.role != LeafRole::Input, l.name.clone()));
+    let mut offset = 0;
+    for leaf in &mut ordered {
+        leaf.offset = offset;
+        offset += aligned(leaf.bytes().max(1));
+    }
+    (ordered, offset)
+}
+
+/// Lowers one planned program; new kernels are added to `kernels`.
+fn lower_program(
+    compiled: &Compiled,
+    leaves: &[Leaf],
+    kernels: &mut Vec<NamedKernel>,
+    known: &mut HashMap<String, usize>,
+) -> Result<Program, LowerError> {
+    let graph = &compiled.graph;
+    let plan = &compiled.plan;
+    let leaf_slot = |name: &str| -> Result<Slot, LowerError> {
+        let leaf = leaves
+            .iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| LowerError(format!("no leaf named `{name}`")))?;
+        Ok(Slot {
+            region: Region::Leaves,
+            offset: leaf.offset,
+            bytes: leaf.bytes(),
+        })
+    };
+    let value_slot = |n: NodeId| -> Result<Slot, LowerError> {
+        let node = graph.node(n);
+        match &node.op {
+            Op::Input { name } | Op::Param { name, .. } => return leaf_slot(name),
+            _ => {}
+        }
+        if let Some(&leaf) = plan.leaf_updates.get(&n) {
+            if let Op::Param { name, .. } | Op::Input { name } = &graph.node(leaf).op {
+                return leaf_slot(name);
+            }
+        }
+        let storage = plan.storage_of.get(&n).ok_or_else(|| {
+            LowerError(format!(
+                "value of rfn.{} has no storage in the plan",
+                node.op.mnemonic()
+            ))
+        })?;
+        Ok(Slot {
+            region: Region::Arena,
+            offset: plan.storages[*storage].offset,
+            bytes: node.ty.bytes(),
+        })
+    };
+    let mut launches = Vec::new();
+    let mut scratch_bytes = 0;
+    for &k in &plan.order {
+        for lowered in lower_kernel(graph, &compiled.fused.kernels[k])? {
+            let name = kernel_name(&lowered.kernel);
+            if !known.contains_key(&name) {
+                known.insert(name.clone(), kernels.len());
+                kernels.push(NamedKernel {
+                    name: name.clone(),
+                    kernel: lowered.kernel,
+                });
+            }
+            let mut args = Vec::with_capacity(lowered.args.len());
+            for arg in lowered.args {
+                args.push(match arg {
+                    Arg::Value(n) => value_slot(n)?,
+                    Arg::Scratch { offset, bytes } => {
+                        scratch_bytes = scratch_bytes.max(aligned(offset + bytes));
+                        Slot {
+                            region: Region::Scratch,
+                            offset,
+                            bytes,
+                        }
+                    }
+                });
+            }
+            launches.push(Launch {
+                kernel: name,
+                grid: lowered.grid,
+                args,
+            });
+        }
+    }
+    let outputs = graph
+        .outputs
+        .iter()
+        .map(|o| {
+            Ok(Output {
+                name: o.name.clone(),
+                dtype: dtype(graph, o.value),
+                shape: graph.node(o.value).ty.dims.clone(),
+                slot: value_slot(o.value)?,
+            })
+        })
+        .collect::<Result<Vec<_>, LowerError>>()?;
+    Ok(Program {
+        arena_bytes: plan.arena_bytes,
+        scratch_bytes,
+        launches,
+        outputs,
+    })
+}
+
+/// Everything code generation needs: the bundle (without compiled code) and its kernels.
+pub struct Lowered {
+    pub bundle: Bundle,
+    pub kernels: Vec<NamedKernel>,
+}
+
+/// Lowers the main program (and the prepare program, when inference folds batch norm).
+pub fn lower_bundle(
+    network: &str,
+    mode: Mode,
+    gpu_target: &str,
+    main: &Compiled,
+    prepare: Option<&Compiled>,
+) -> Result<Lowered, LowerError> {
+    let (leaves, leaves_bytes) = layout_leaves(&main.graph, prepare.map(|p| &p.graph));
+    let mut kernels = Vec::new();
+    let mut known = HashMap::new();
+    let prepare = prepare
+        .map(|p| lower_program(p, &leaves, &mut kernels, &mut known))
+        .transpose()?;
+    let main = lower_program(main, &leaves, &mut kernels, &mut known)?;
+    let infos = kernels
+        .iter()
+        .map(|k| KernelInfo {
+            name: k.name.clone(),
+            ptx: format!("kernels/{}.ptx", k.name),
+            block: k.kernel.block,
+            params: k.kernel.params.len() as u32,
+            shared_bytes: k.kernel.shared.iter().map(|s| s.len * 4).sum(),
+            ops: k.kernel.ops.clone(),
+        })
+        .collect();
+    let bundle = Bundle {
+        format: BUNDLE_FORMAT.into(),
+        version: BUNDLE_VERSION,
+        network: network.into(),
+        mode,
+        gpu_target: gpu_target.into(),
+        leaves,
+        leaves_bytes,
+        kernels: infos,
+        prepare,
+        main,
+    };
+    bundle.validate().map_err(LowerError)?;
+    Ok(Lowered { bundle, kernels })
+}
