@@ -24,3 +24,65 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
+
+/// Writes a directory of files atomically: the files go to a new temporary directory next
+/// to `dir`, which then replaces `dir`. An existing `dir` is replaced only when `replaceable`
+/// says it may be (e.g. it holds an earlier bundle), so nothing else a user keeps there is
+/// lost; otherwise the error says why.
+pub fn write_dir_atomically(
+    dir: &Path,
+    files: &[(String, Vec<u8>)],
+    replaceable: impl Fn(&Path) -> bool,
+) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    let parent = match dir.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "not a directory name"))?
+        .to_string_lossy()
+        .into_owned();
+    if dir.exists() && !replaceable(dir) {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "it exists and is not an rfnc bundle; choose another directory or remove it",
+        ));
+    }
+    std::fs::create_dir_all(parent)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.new-"))
+        .tempdir_in(parent)?;
+    for (relative, bytes) in files {
+        let path = tmp.path().join(relative);
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
+    let staged = tmp.keep();
+    if dir.exists() {
+        let old = tempfile::Builder::new()
+            .prefix(&format!(".{name}.old-"))
+            .tempdir_in(parent)?
+            .keep();
+        std::fs::remove_dir(&old)?;
+        std::fs::rename(dir, &old)?;
+        if let Err(e) = std::fs::rename(&staged, dir) {
+            let _ = std::fs::rename(&old, dir);
+            return Err(e);
+        }
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&staged, dir)?;
+    }
+    Ok(())
+}
