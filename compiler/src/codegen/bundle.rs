@@ -82,6 +82,10 @@ pub struct Leaf {
     pub shape: Vec<u64>,
     /// Byte offset in the leaves region (a multiple of [`SLOT_ALIGN`]).
     pub offset: u64,
+    /// Class labels (an i32 input read by softmax cross-entropy): the number of classes;
+    /// valid labels are `0..classes` and the loss's ignore label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<u64>,
 }
 
 impl Leaf {

@@ -53,6 +53,17 @@ fn dtype(graph: &Graph, n: NodeId) -> DType {
     }
 }
 
+/// For labels read by softmax cross-entropy: the number of classes.
+fn classes_of(graph: &Graph, leaf: NodeId) -> Option<u64> {
+    graph.node_ids().find_map(|id| match graph.node(id).op {
+        Op::SoftmaxCrossEntropy { .. } | Op::SoftmaxCrossEntropyGrad { .. } => {
+            let ops = graph.operands(id);
+            (ops.get(1) == Some(&leaf)).then(|| graph.node(ops[0]).ty.dims[1])
+        }
+        _ => None,
+    })
+}
+
 /// The leaves of both programs, each at its own offset.
 fn layout_leaves(main: &Graph, prepare: Option<&Graph>) -> (Vec<Leaf>, u64) {
     let folded: Vec<&str> = prepare
@@ -82,6 +93,7 @@ fn layout_leaves(main: &Graph, prepare: Option<&Graph>) -> (Vec<Leaf>, u64) {
                 dtype: dtype(graph, id),
                 shape: node.ty.dims.clone(),
                 offset: 0,
+                classes: classes_of(graph, id),
             });
         }
     }
