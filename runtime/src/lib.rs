@@ -1,6 +1,32 @@
-//! The rfnc runtime. So far: weights, stored as safetensors under the graph IR's parameter
-//! names, loaded and checked against a graph, or initialised deterministically from a seed.
+//! The rfnc runtime: weights (safetensors, checked against a graph's parameters or
+//! initialised from a seed) and execution of compiled bundles.
+//!
+//! A bundle (`rfnc compile -o DIR`) is read by [`load_bundle`] and run by a [`Session`] on a
+//! [`Device`]: the CPU (the bundle's host kernels, JIT-compiled with LLVM) or an NVIDIA GPU
+//! (its PTX kernels through the CUDA driver, loaded at run time). Modules:
+//!
+//! - [`bundle_io`]: reading and checking a bundle directory;
+//! - [`session`]: leaves, weights, programs and outputs, the same for every device;
+//! - `cpu` / `jit`: the CPU executor; `gpu`: the CUDA executor;
+//! - [`tensor`]: host tensors read back; [`error`]: [`RuntimeError`];
+//! - [`weights`]: safetensors weights.
 
+pub mod bundle_io;
+mod cpu;
+pub mod error;
+mod executor;
+pub mod gpu;
+mod host_memory;
+mod jit;
+pub mod session;
+pub mod tensor;
 pub mod weights;
 
+pub use bundle_io::{load_bundle, LoadedBundle};
+pub use error::RuntimeError;
+pub use executor::ProgramId;
+pub use gpu::probe_driver;
+pub use jit::MAX_HOST_ARGS;
+pub use session::{Device, Session, Timings};
+pub use tensor::{HostTensor, TensorData};
 pub use weights::{check_weights, init_weights, load_weights, save_weights, Weights, WeightsError};

@@ -1,0 +1,83 @@
+//! What a device must do to run a bundle: hold the three regions, copy bytes in and out of
+//! them, and run a program's launches in order. The CPU and CUDA executors implement it;
+//! [`crate::Session`] does everything else (leaves, weights, outputs) once for both.
+
+use std::time::Duration;
+
+use rfnc_compiler::codegen::bundle::{Bundle, Program, Region, Slot, SLOT_ALIGN};
+
+use crate::error::RuntimeError;
+
+/// Which program of the bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramId {
+    Prepare,
+    Main,
+}
+
+impl ProgramId {
+    pub(crate) fn of(self, bundle: &Bundle) -> Option<&Program> {
+        match self {
+            ProgramId::Prepare => bundle.prepare.as_ref(),
+            ProgramId::Main => Some(&bundle.main),
+        }
+    }
+}
+
+/// A device that runs bundles. Offsets and lengths passed in lie inside their region
+/// (the bundle was validated and the session checks leaf sizes); executors still check.
+pub(crate) trait Executor: Send {
+    /// Copies `data` to `region` at `offset`.
+    fn write(&mut self, region: Region, offset: u64, data: &[u8]) -> Result<(), RuntimeError>;
+    /// Reads `len` bytes of `region` at `offset`.
+    fn read(&self, region: Region, offset: u64, len: u64) -> Result<Vec<u8>, RuntimeError>;
+    /// Copies the bytes of `from` to `to` (equal lengths) on the device.
+    fn copy(&mut self, from: Slot, to: Slot) -> Result<(), RuntimeError>;
+    /// Runs the program's launches in order and waits for them. With `per_launch`, returns
+    /// the time of each launch (the device is synchronised after each one).
+    fn run(
+        &mut self,
+        program: ProgramId,
+        per_launch: bool,
+    ) -> Result<Option<Vec<Duration>>, RuntimeError>;
+}
+
+/// The sizes of the three regions: the arena and scratch region serve both programs, so each
+/// is the larger of the two; never 0 (some allocators refuse empty allocations), and rounded
+/// up to [`SLOT_ALIGN`].
+pub(crate) fn region_sizes(bundle: &Bundle) -> [(Region, u64); 3] {
+    let programs = || bundle.prepare.iter().chain([&bundle.main]);
+    let arena = programs().map(|p| p.arena_bytes).max().unwrap_or(0);
+    let scratch = programs().map(|p| p.scratch_bytes).max().unwrap_or(0);
+    let round = |b: u64| b.max(1).div_ceil(SLOT_ALIGN) * SLOT_ALIGN;
+    [
+        (Region::Arena, round(arena)),
+        (Region::Scratch, round(scratch)),
+        (Region::Leaves, round(bundle.leaves_bytes)),
+    ]
+}
+
+/// Index of a region in `[arena, scratch, leaves]`.
+pub(crate) fn region_index(region: Region) -> usize {
+    match region {
+        Region::Arena => 0,
+        Region::Scratch => 1,
+        Region::Leaves => 2,
+    }
+}
+
+/// Checks that `offset..offset+len` lies inside a region of `size` bytes.
+pub(crate) fn check_range(
+    region: Region,
+    size: u64,
+    offset: u64,
+    len: u64,
+) -> Result<(usize, usize), RuntimeError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok((offset as usize, end as usize)),
+        _ => Err(RuntimeError::Unsupported(format!(
+            "internal error: bytes {offset}..{} lie outside the {region:?} region of {size} bytes",
+            offset.saturating_add(len)
+        ))),
+    }
+}
