@@ -14,8 +14,9 @@
 //! inside `for`/`if` whose bounds and conditions are the same for every thread of a block
 //! (they use no thread id, no private or shared data, no thread-dependent variable); a
 //! variable bound by `Let` in a barrier-free stretch that depends on the thread is not used
-//! after the next barrier (values that cross a barrier live in private arrays); every
-//! expression is well typed.
+//! after the next barrier, nor inside a following `for`/`if` that contains a barrier
+//! (values that cross a barrier live in private arrays); a variable bound in the body of a
+//! `for`/`if` is used only there; every expression is well typed.
 
 use std::fmt;
 
@@ -557,11 +558,7 @@ impl KernelFn {
 
     /// Checks the invariants in the module documentation.
     pub fn check(&self) -> Result<(), KirError> {
-        let mut scope = Scope {
-            defined: vec![false; self.vars.len()],
-            thread_dependent: vec![false; self.vars.len()],
-            stale: vec![false; self.vars.len()],
-        };
+        let mut scope = Scope::new(self.vars.len());
         self.check_stmts(&self.body, &mut scope, true)
     }
 
@@ -576,9 +573,7 @@ impl KernelFn {
                 Stmt::Let(v, e) => {
                     self.check_expr(e, scope)?;
                     let i = v.0 as usize;
-                    if scope.defined[i] {
-                        return Err(KirError(format!("variable v{i} bound twice")));
-                    }
+                    scope.bind(i)?;
                     let want = self.vars[i];
                     let got = type_of(self, e).unwrap_or(want);
                     if got != want {
@@ -613,10 +608,18 @@ impl KernelFn {
                             "a loop with a barrier has bounds that differ between threads".into(),
                         ));
                     }
+                    if barrier {
+                        // The loop is a stretch boundary: its body runs in new stretches.
+                        scope.kill_thread_values();
+                    }
+                    let outer = scope.defined.clone();
                     let i = var.0 as usize;
+                    scope.bind(i)?;
                     scope.defined[i] = true;
                     scope.thread_dependent[i] = dependent;
                     self.check_stmts(body, scope, uniform && !dependent)?;
+                    // Variables bound in the body (and the loop variable) are local to it.
+                    scope.defined = outer;
                 }
                 Stmt::If {
                     cond,
@@ -631,17 +634,16 @@ impl KernelFn {
                             "a barrier under a condition that differs between threads".into(),
                         ));
                     }
-                    self.check_stmts(then, scope, uniform && !dependent)?;
-                    self.check_stmts(otherwise, scope, uniform && !dependent)?;
-                }
-                Stmt::Barrier => {
-                    // Thread-dependent values die at a barrier.
-                    for i in 0..scope.defined.len() {
-                        if scope.defined[i] && scope.thread_dependent[i] {
-                            scope.stale[i] = true;
-                        }
+                    if barrier {
+                        scope.kill_thread_values();
                     }
+                    let outer = scope.defined.clone();
+                    self.check_stmts(then, scope, uniform && !dependent)?;
+                    scope.defined = outer.clone();
+                    self.check_stmts(otherwise, scope, uniform && !dependent)?;
+                    scope.defined = outer;
                 }
+                Stmt::Barrier => scope.kill_thread_values(),
             }
         }
         Ok(())
@@ -748,9 +750,12 @@ impl KernelFn {
 
 /// What is known about each variable at a point of the body.
 pub struct Scope {
+    /// Bound and in scope here (bodies of loops and conditionals are nested scopes).
     pub defined: Vec<bool>,
     pub thread_dependent: Vec<bool>,
     pub stale: Vec<bool>,
+    /// Bound anywhere before (each variable is bound once).
+    pub bound: Vec<bool>,
 }
 
 impl Scope {
@@ -759,6 +764,28 @@ impl Scope {
             defined: vec![false; vars],
             thread_dependent: vec![false; vars],
             stale: vec![false; vars],
+            bound: vec![false; vars],
+        }
+    }
+
+    fn bind(&mut self, i: usize) -> Result<(), KirError> {
+        match self.bound.get(i) {
+            None => Err(KirError(format!("undeclared variable v{i}"))),
+            Some(true) => Err(KirError(format!("variable v{i} bound twice"))),
+            Some(false) => {
+                self.bound[i] = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Thread-dependent values die at a barrier and at the start of a loop or conditional
+    /// that contains one (a stretch boundary).
+    fn kill_thread_values(&mut self) {
+        for i in 0..self.defined.len() {
+            if self.defined[i] && self.thread_dependent[i] {
+                self.stale[i] = true;
+            }
         }
     }
 }
@@ -793,6 +820,27 @@ mod tests {
         b.barrier();
         b.store(out, base + Expr::ThreadId, Expr::f32(0.0));
         assert_eq!(b.finish().check(), Ok(()), "uniform values cross barriers");
+
+        // Entering a uniform loop with a barrier ends the stretch (the second iteration
+        // would use the value after a barrier).
+        let mut b = KernelBuilder::new("t", 4);
+        let out = b.param(Ty::F32, 4);
+        let t = b.let_(Expr::ThreadId * 2);
+        b.for_(0, 2, 1, |b, _| {
+            b.store(out, t.clone(), Expr::f32(0.0));
+            b.barrier();
+        });
+        assert!(b.finish().check().is_err());
+
+        // Variables bound in a body are local to it.
+        let mut b = KernelBuilder::new("t", 4);
+        let out = b.param(Ty::F32, 4);
+        let mut inner = None;
+        b.if_(Expr::BlockId.eq(0), |b| {
+            inner = Some(b.let_(Expr::BlockId + 1))
+        });
+        b.store(out, inner.unwrap(), Expr::f32(0.0));
+        assert!(b.finish().check().is_err());
     }
 
     #[test]
