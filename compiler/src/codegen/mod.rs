@@ -3,3 +3,5 @@
 
 pub mod bundle;
 pub mod kir;
+pub mod kir_interp;
+pub mod mlir;

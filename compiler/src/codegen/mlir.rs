@@ -1,0 +1,740 @@
+//! Kernel IR as MLIR text: a GPU kernel ([`gpu_module`]) and the same kernel as a host
+//! function over a range of blocks ([`host_module`]).
+//!
+//! Both use only upstream dialects (`arith`, `math`, `scf`, `memref`, `gpu`, `func`) and
+//! are accepted by `mlir-opt-22`. Parameters are static 1-D memrefs; every `Let` gets an SSA
+//! value `%vN` (a `Let` of a bare variable or thread id reuses that value), loop variables
+//! are `%vN` too, temporaries `%N`, constants are defined once at the top of the function
+//! (`%c4` index, `%c4_i32`, `%c4_i64`, `%cm1` for -1, `%true`, `%cstN` for f32).
+//!
+//! GPU form: `gpu.func @NAME(...) workgroup(%sharedI: memref<..., #gpu.address_space<workgroup>>)
+//! kernel attributes {known_block_size = array<i32: BLOCK, 1, 1>}`, with `%tid` and `%bid`
+//! from `gpu.thread_id x` / `gpu.block_id x`, private arrays as `memref.alloca` in the
+//! kernel and barriers as `gpu.barrier`.
+//!
+//! Host form: `func.func @NAME(..., %first_block: index, %end_block: index)` running blocks
+//! `first_block..end_block` in a loop (`%bid`). Shared arrays are allocas of their length;
+//! private arrays are allocas of `block * len` elements, thread `t` using `[t*len, (t+1)*len)`.
+//! The body is split by thread-loop fission ([`super::kir_interp::fission`], the same split
+//! the interpreter runs): each barrier-free stretch becomes `scf.for %tidN = %c0 to %cBLOCK`,
+//! uniform loops and conditionals that contain barriers stay loops and conditionals around
+//! their split bodies, `Let`s that cannot differ between threads are hoisted out of the
+//! thread loops, and barriers print nothing.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use super::kir::{type_of, BinOp, Buf, CmpOp, Expr, KernelFn, KirError, Stmt, Ty, UnOp, Var};
+use super::kir_interp::{
+    check_bin, check_cmp, check_subscript, check_unary, fission, operand_ty, ty_in, Step,
+};
+
+/// The kernel as a `gpu.func` in `gpu.module @kernels`.
+pub fn gpu_module(k: &KernelFn, name: &str) -> Result<String, KirError> {
+    k.check()?;
+    check_decls(k)?;
+    let mut p = Printer::new(k, false);
+    p.indent = 3;
+    p.stmts(&k.body)?;
+
+    let args: Vec<String> = (0..k.params.len())
+        .map(|i| format!("%arg{i}: {}", p.memref(Buf::Param(i))))
+        .collect();
+    let args = args.join(", ");
+    let workgroup = if k.shared.is_empty() {
+        String::new()
+    } else {
+        let shared: Vec<String> = (0..k.shared.len())
+            .map(|i| format!("%shared{i}: {}", p.memref(Buf::Shared(i))))
+            .collect();
+        format!(" workgroup({})", shared.join(", "))
+    };
+    let mut s = String::new();
+    s.push_str("module attributes {gpu.container_module} {\n");
+    s.push_str("  gpu.module @kernels {\n");
+    let _ = writeln!(
+        s,
+        "    gpu.func @{}({args}){workgroup} kernel attributes {{known_block_size = array<i32: {}, 1, 1>}} {{",
+        symbol(name),
+        k.block
+    );
+    s.push_str("      %tid = gpu.thread_id x\n");
+    s.push_str("      %bid = gpu.block_id x\n");
+    for c in &p.consts {
+        let _ = writeln!(s, "      {c}");
+    }
+    for i in 0..k.private.len() {
+        let _ = writeln!(
+            s,
+            "      %private{i} = memref.alloca() : {}",
+            p.memref(Buf::Private(i))
+        );
+    }
+    s.push_str(&p.out);
+    s.push_str("      gpu.return\n");
+    s.push_str("    }\n");
+    s.push_str("  }\n");
+    s.push_str("}\n");
+    Ok(s)
+}
+
+/// The kernel as a host function running blocks `first_block..end_block`.
+pub fn host_module(k: &KernelFn, name: &str) -> Result<String, KirError> {
+    k.check()?;
+    check_decls(k)?;
+    let steps = fission(k)?;
+    let mut p = Printer::new(k, true);
+    // The thread and block loops use these names.
+    p.int_const(Ty::Index, 0);
+    p.int_const(Ty::Index, 1);
+    p.indent = 3;
+    p.steps(&steps)?;
+
+    let mut args: Vec<String> = (0..k.params.len())
+        .map(|i| format!("%arg{i}: {}", p.memref(Buf::Param(i))))
+        .collect();
+    args.push("%first_block: index".into());
+    args.push("%end_block: index".into());
+    let mut s = String::new();
+    s.push_str("module {\n");
+    let _ = writeln!(s, "  func.func @{}({}) {{", symbol(name), args.join(", "));
+    for c in &p.consts {
+        let _ = writeln!(s, "    {c}");
+    }
+    for i in 0..k.shared.len() {
+        let _ = writeln!(
+            s,
+            "    %shared{i} = memref.alloca() : {}",
+            p.memref(Buf::Shared(i))
+        );
+    }
+    for i in 0..k.private.len() {
+        let _ = writeln!(
+            s,
+            "    %private{i} = memref.alloca() : {}",
+            p.memref(Buf::Private(i))
+        );
+    }
+    s.push_str("    scf.for %bid = %first_block to %end_block step %c1 {\n");
+    s.push_str(&p.out);
+    s.push_str("    }\n");
+    s.push_str("    return\n");
+    s.push_str("  }\n");
+    s.push_str("}\n");
+    Ok(s)
+}
+
+fn check_decls(k: &KernelFn) -> Result<(), KirError> {
+    if k.block == 0 {
+        return Err(KirError("a block of 0 threads".into()));
+    }
+    for (i, d) in k.params.iter().enumerate() {
+        if !matches!(d.elem, Ty::F32 | Ty::I32) {
+            return Err(KirError(format!(
+                "parameter {i} has elements of {:?} (f32 or i32 only)",
+                d.elem
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `name` as a symbol: bare where MLIR allows, quoted otherwise.
+fn symbol(name: &str) -> String {
+    let bare = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '.'));
+    if bare {
+        name.to_string()
+    } else {
+        let escaped: String = name
+            .chars()
+            .flat_map(|c| match c {
+                '"' => vec!['\\', '"'],
+                '\\' => vec!['\\', '\\'],
+                c => vec![c],
+            })
+            .collect();
+        format!("\"{escaped}\"")
+    }
+}
+
+/// An f32 literal MLIR reads back exactly: decimal where that round-trips, hex otherwise.
+fn f32_literal(v: f32) -> String {
+    if v.is_finite() {
+        let mut s = format!("{v:?}");
+        if !s.contains('.') {
+            match s.find('e') {
+                Some(e) => s.insert_str(e, ".0"),
+                None => s.push_str(".0"),
+            }
+        }
+        if s.parse::<f64>().map(|d| d as f32) == Ok(v) {
+            return s;
+        }
+    }
+    format!("0x{:08X}", v.to_bits())
+}
+
+fn cmp_pred(op: CmpOp, t: Ty) -> &'static str {
+    match (t, op) {
+        (Ty::F32, CmpOp::Lt) => "olt",
+        (Ty::F32, CmpOp::Le) => "ole",
+        (Ty::F32, CmpOp::Gt) => "ogt",
+        (Ty::F32, CmpOp::Ge) => "oge",
+        (Ty::F32, CmpOp::Eq) => "oeq",
+        (Ty::F32, CmpOp::Ne) => "une",
+        (_, CmpOp::Eq) => "eq",
+        (_, CmpOp::Ne) => "ne",
+        (Ty::I64, CmpOp::Lt) => "ult",
+        (Ty::I64, CmpOp::Le) => "ule",
+        (Ty::I64, CmpOp::Gt) => "ugt",
+        (Ty::I64, CmpOp::Ge) => "uge",
+        (_, CmpOp::Lt) => "slt",
+        (_, CmpOp::Le) => "sle",
+        (_, CmpOp::Gt) => "sgt",
+        (_, CmpOp::Ge) => "sge",
+    }
+}
+
+fn bin_op(op: BinOp, t: Ty) -> &'static str {
+    let unsigned = t == Ty::I64;
+    match (op, t) {
+        (BinOp::Add, Ty::F32) => "addf",
+        (BinOp::Sub, Ty::F32) => "subf",
+        (BinOp::Mul, Ty::F32) => "mulf",
+        (BinOp::Div, Ty::F32) => "divf",
+        (BinOp::Min, Ty::F32) => "minimumf",
+        (BinOp::Max, Ty::F32) => "maximumf",
+        (BinOp::Add, _) => "addi",
+        (BinOp::Sub, _) => "subi",
+        (BinOp::Mul, _) => "muli",
+        (BinOp::Div, _) if unsigned => "divui",
+        (BinOp::Div, _) => "divsi",
+        (BinOp::Rem, _) if unsigned => "remui",
+        (BinOp::Rem, _) => "remsi",
+        (BinOp::Min, _) if unsigned => "minui",
+        (BinOp::Min, _) => "minsi",
+        (BinOp::Max, _) if unsigned => "maxui",
+        (BinOp::Max, _) => "maxsi",
+        (BinOp::And, _) => "andi",
+        (BinOp::Or, _) => "ori",
+        (BinOp::Xor, _) => "xori",
+        (BinOp::Shl, _) => "shli",
+        (BinOp::ShrU, _) => "shrui",
+    }
+}
+
+struct Printer<'k> {
+    k: &'k KernelFn,
+    host: bool,
+    /// The body, indented.
+    out: String,
+    indent: usize,
+    /// Constant definitions, printed at the top of the function.
+    consts: Vec<String>,
+    const_names: HashMap<(Ty, u64), String>,
+    floats: usize,
+    next: usize,
+    names: Vec<Option<String>>,
+    /// The thread id in scope (`%tid` on the GPU, the thread loop's variable on the host).
+    tid: Option<String>,
+    threads: usize,
+    /// Host: `%tid * len` of each private array in the current thread loop.
+    private_base: Vec<Option<String>>,
+}
+
+impl<'k> Printer<'k> {
+    fn new(k: &'k KernelFn, host: bool) -> Self {
+        Printer {
+            k,
+            host,
+            out: String::new(),
+            indent: 0,
+            consts: Vec::new(),
+            const_names: HashMap::new(),
+            floats: 0,
+            next: 0,
+            names: vec![None; k.vars.len()],
+            tid: if host { None } else { Some("%tid".into()) },
+            threads: 0,
+            private_base: vec![None; k.private.len()],
+        }
+    }
+
+    fn line(&mut self, s: &str) {
+        for _ in 0..self.indent {
+            self.out.push_str("  ");
+        }
+        self.out.push_str(s);
+        self.out.push('\n');
+    }
+
+    fn fresh(&mut self) -> String {
+        self.next += 1;
+        format!("%{}", self.next - 1)
+    }
+
+    fn int_const(&mut self, t: Ty, v: i64) -> String {
+        let v = match t {
+            Ty::I32 => v as i32 as i64,
+            Ty::Bool => (v != 0) as i64,
+            _ => v,
+        };
+        if t == Ty::F32 {
+            return self.f32_const(v as f32);
+        }
+        if let Some(n) = self.const_names.get(&(t, v as u64)) {
+            return n.clone();
+        }
+        let digits = if v < 0 {
+            format!("m{}", v.unsigned_abs())
+        } else {
+            v.to_string()
+        };
+        let (name, def) = match t {
+            Ty::Bool if v != 0 => ("%true".to_string(), "arith.constant true".to_string()),
+            Ty::Bool => ("%false".to_string(), "arith.constant false".to_string()),
+            Ty::Index => (format!("%c{digits}"), format!("arith.constant {v} : index")),
+            _ => (
+                format!("%c{digits}_{}", t.mlir()),
+                format!("arith.constant {v} : {}", t.mlir()),
+            ),
+        };
+        self.consts.push(format!("{name} = {def}"));
+        self.const_names.insert((t, v as u64), name.clone());
+        name
+    }
+
+    fn f32_const(&mut self, v: f32) -> String {
+        let key = (Ty::F32, v.to_bits() as u64);
+        if let Some(n) = self.const_names.get(&key) {
+            return n.clone();
+        }
+        let name = format!("%cst{}", self.floats);
+        self.floats += 1;
+        self.consts
+            .push(format!("{name} = arith.constant {} : f32", f32_literal(v)));
+        self.const_names.insert(key, name.clone());
+        name
+    }
+
+    fn decl(&self, buf: Buf) -> super::kir::ArrayDecl {
+        match buf {
+            Buf::Param(i) => self.k.params[i],
+            Buf::Shared(i) => self.k.shared[i],
+            Buf::Private(i) => self.k.private[i],
+        }
+    }
+
+    fn check_buf(&self, buf: Buf) -> Result<(), KirError> {
+        let ok = match buf {
+            Buf::Param(i) => i < self.k.params.len(),
+            Buf::Shared(i) => i < self.k.shared.len(),
+            Buf::Private(i) => i < self.k.private.len(),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(KirError(format!("undeclared {buf:?}")))
+        }
+    }
+
+    fn memref(&self, buf: Buf) -> String {
+        let d = self.decl(buf);
+        match buf {
+            Buf::Shared(_) if !self.host => format!(
+                "memref<{}x{}, #gpu.address_space<workgroup>>",
+                d.len,
+                d.elem.mlir()
+            ),
+            Buf::Private(_) if self.host => {
+                format!("memref<{}x{}>", d.len * self.k.block as u64, d.elem.mlir())
+            }
+            _ => format!("memref<{}x{}>", d.len, d.elem.mlir()),
+        }
+    }
+
+    fn buf_name(buf: Buf) -> String {
+        match buf {
+            Buf::Param(i) => format!("%arg{i}"),
+            Buf::Shared(i) => format!("%shared{i}"),
+            Buf::Private(i) => format!("%private{i}"),
+        }
+    }
+
+    /// The memref subscript of element `index` of `buf`.
+    fn subscript(&mut self, buf: Buf, i: &Expr) -> Result<String, KirError> {
+        let index = self.val(i, Ty::Index, None)?;
+        match buf {
+            Buf::Private(p) if self.host => {
+                let base = self.private_base[p]
+                    .clone()
+                    .ok_or_else(|| KirError("a private array outside a thread loop".into()))?;
+                if *i == Expr::Int(0) {
+                    return Ok(base);
+                }
+                let r = self.fresh();
+                self.line(&format!("{r} = arith.addi {base}, {index} : index"));
+                Ok(r)
+            }
+            _ => Ok(index),
+        }
+    }
+
+    fn stmts(&mut self, stmts: &[Stmt]) -> Result<(), KirError> {
+        stmts.iter().try_for_each(|s| self.stmt(s))
+    }
+
+    fn let_(&mut self, v: Var, e: &Expr) -> Result<(), KirError> {
+        let i = v.0 as usize;
+        let ty = *self
+            .k
+            .vars
+            .get(i)
+            .ok_or_else(|| KirError(format!("undeclared v{i}")))?;
+        let n = self.val(e, ty, Some(format!("%v{i}")))?;
+        self.names[i] = Some(n);
+        Ok(())
+    }
+
+    fn stmt(&mut self, s: &Stmt) -> Result<(), KirError> {
+        match s {
+            Stmt::Let(v, e) => self.let_(*v, e)?,
+            Stmt::Store(buf, i, v) => {
+                self.check_buf(*buf)?;
+                check_subscript(self.k, i)?;
+                let elem = self.decl(*buf).elem;
+                let sub = self.subscript(*buf, i)?;
+                let x = self.val(v, elem, None)?;
+                let line = format!(
+                    "memref.store {x}, {}[{sub}] : {}",
+                    Self::buf_name(*buf),
+                    self.memref(*buf)
+                );
+                self.line(&line);
+            }
+            Stmt::For {
+                var,
+                lo,
+                hi,
+                step,
+                body,
+            } => {
+                self.open_for(*var, lo, hi, *step)?;
+                self.stmts(body)?;
+                self.close();
+            }
+            Stmt::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                let c = self.val(cond, Ty::Bool, None)?;
+                self.line(&format!("scf.if {c} {{"));
+                self.indent += 1;
+                self.stmts(then)?;
+                if !otherwise.is_empty() {
+                    self.indent -= 1;
+                    self.line("} else {");
+                    self.indent += 1;
+                    self.stmts(otherwise)?;
+                }
+                self.close();
+            }
+            Stmt::Barrier if !self.host => self.line("gpu.barrier"),
+            Stmt::Barrier => {
+                return Err(KirError("a barrier inside a barrier-free stretch".into()))
+            }
+        }
+        Ok(())
+    }
+
+    fn open_for(&mut self, var: Var, lo: &Expr, hi: &Expr, step: i64) -> Result<(), KirError> {
+        if step <= 0 {
+            return Err(KirError(format!("loop step {step} is not positive")));
+        }
+        let i = var.0 as usize;
+        if i >= self.names.len() {
+            return Err(KirError(format!("undeclared v{i}")));
+        }
+        let lo = self.val(lo, Ty::Index, None)?;
+        let hi = self.val(hi, Ty::Index, None)?;
+        let step = self.int_const(Ty::Index, step);
+        let v = format!("%v{i}");
+        self.line(&format!("scf.for {v} = {lo} to {hi} step {step} {{"));
+        self.names[i] = Some(v);
+        self.indent += 1;
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        self.indent -= 1;
+        self.line("}");
+    }
+
+    /// Host: the steps of thread-loop fission.
+    fn steps(&mut self, steps: &[Step<'_>]) -> Result<(), KirError> {
+        for s in steps {
+            match s {
+                Step::Uniform(v, e) => self.let_(*v, e)?,
+                Step::Threads(stmts) => {
+                    let tid = format!("%tid{}", self.threads);
+                    self.threads += 1;
+                    let block = self.int_const(Ty::Index, self.k.block as i64);
+                    self.line(&format!("scf.for {tid} = %c0 to {block} step %c1 {{"));
+                    self.indent += 1;
+                    let mut used = vec![false; self.k.private.len()];
+                    for s in stmts {
+                        privates_in_stmt(s, &mut used);
+                    }
+                    for (i, used) in used.into_iter().enumerate() {
+                        let len = self.k.private[i].len as i64;
+                        if used && len == 1 {
+                            self.private_base[i] = Some(tid.clone());
+                        } else if used {
+                            let len = self.int_const(Ty::Index, len);
+                            let base = self.fresh();
+                            self.line(&format!("{base} = arith.muli {tid}, {len} : index"));
+                            self.private_base[i] = Some(base);
+                        }
+                    }
+                    self.tid = Some(tid);
+                    for s in stmts {
+                        self.stmt(s)?;
+                    }
+                    self.tid = None;
+                    self.private_base.iter_mut().for_each(|b| *b = None);
+                    self.close();
+                }
+                Step::For {
+                    var,
+                    lo,
+                    hi,
+                    step,
+                    body,
+                } => {
+                    self.open_for(*var, lo, hi, *step)?;
+                    self.steps(body)?;
+                    self.close();
+                }
+                Step::If {
+                    cond,
+                    then,
+                    otherwise,
+                } => {
+                    let c = self.val(cond, Ty::Bool, None)?;
+                    self.line(&format!("scf.if {c} {{"));
+                    self.indent += 1;
+                    self.steps(then)?;
+                    if !otherwise.is_empty() {
+                        self.indent -= 1;
+                        self.line("} else {");
+                        self.indent += 1;
+                        self.steps(otherwise)?;
+                    }
+                    self.close();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints `e` (of type `want` where its own type does not decide) and returns its SSA
+    /// value; the last op is named `name` where given.
+    fn val(&mut self, e: &Expr, want: Ty, name: Option<String>) -> Result<String, KirError> {
+        let t = ty_in(self.k, e, want);
+        let ts = t.mlir();
+        Ok(match e {
+            Expr::Int(v) => self.int_const(t, *v),
+            Expr::F32(v) => self.f32_const(*v),
+            Expr::Var(v) => self
+                .names
+                .get(v.0 as usize)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| KirError(format!("v{} used before it is bound", v.0)))?,
+            Expr::ThreadId => self
+                .tid
+                .clone()
+                .ok_or_else(|| KirError("the thread id outside a thread loop".into()))?,
+            Expr::BlockId => "%bid".to_string(),
+            Expr::Bin(op, a, b) => {
+                check_bin(*op, t)?;
+                let a = self.val(a, t, None)?;
+                let b = self.val(b, t, None)?;
+                let r = name.unwrap_or_else(|| self.fresh());
+                self.line(&format!("{r} = arith.{} {a}, {b} : {ts}", bin_op(*op, t)));
+                r
+            }
+            Expr::Cmp(op, a, b) => {
+                let ot = operand_ty(self.k, a, b, Ty::Index);
+                check_cmp(*op, ot)?;
+                let a = self.val(a, ot, None)?;
+                let b = self.val(b, ot, None)?;
+                let r = name.unwrap_or_else(|| self.fresh());
+                let kind = if ot == Ty::F32 { "cmpf" } else { "cmpi" };
+                self.line(&format!(
+                    "{r} = arith.{kind} {}, {a}, {b} : {}",
+                    cmp_pred(*op, ot),
+                    ot.mlir()
+                ));
+                r
+            }
+            Expr::Select(c, a, b) => {
+                let c = self.val(c, Ty::Bool, None)?;
+                let a = self.val(a, t, None)?;
+                let b = self.val(b, t, None)?;
+                let r = name.unwrap_or_else(|| self.fresh());
+                self.line(&format!("{r} = arith.select {c}, {a}, {b} : {ts}"));
+                r
+            }
+            Expr::Load(buf, i) => {
+                self.check_buf(*buf)?;
+                check_subscript(self.k, i)?;
+                let sub = self.subscript(*buf, i)?;
+                let r = name.unwrap_or_else(|| self.fresh());
+                let line = format!(
+                    "{r} = memref.load {}[{sub}] : {}",
+                    Self::buf_name(*buf),
+                    self.memref(*buf)
+                );
+                self.line(&line);
+                r
+            }
+            Expr::Unary(op, a) => {
+                check_unary(*op, t)?;
+                let a = self.val(a, t, None)?;
+                let line = match (op, t) {
+                    (UnOp::Neg, Ty::F32) => format!("arith.negf {a} : f32"),
+                    (UnOp::Neg, _) => {
+                        let zero = self.int_const(t, 0);
+                        format!("arith.subi {zero}, {a} : {ts}")
+                    }
+                    (UnOp::Exp, _) => format!("math.exp {a} : f32"),
+                    (UnOp::Log, _) => format!("math.log {a} : f32"),
+                    (UnOp::Sqrt, _) => format!("math.sqrt {a} : f32"),
+                    (UnOp::Not, _) => {
+                        let ones = self.int_const(t, -1);
+                        format!("arith.xori {a}, {ones} : {ts}")
+                    }
+                };
+                let r = name.unwrap_or_else(|| self.fresh());
+                self.line(&format!("{r} = {line}"));
+                r
+            }
+            Expr::Cast(to, a) => {
+                let from = type_of(self.k, a).unwrap_or(Ty::Index);
+                let to = *to;
+                let x = self.val(a, from, None)?;
+                if from == to {
+                    return Ok(x);
+                }
+                let (f, tt) = (from.mlir(), to.mlir());
+                let mut ops: Vec<String> = Vec::new();
+                match (from, to) {
+                    (Ty::F32, Ty::Bool) => {
+                        let zero = self.f32_const(0.0);
+                        ops.push(format!("arith.cmpf une, {{}}, {zero} : f32"));
+                    }
+                    (Ty::F32, Ty::Index) => {
+                        ops.push("arith.fptosi {} : f32 to i64".into());
+                        ops.push("arith.index_cast {} : i64 to index".into());
+                    }
+                    (Ty::F32, Ty::I32) => ops.push("arith.fptosi {} : f32 to i32".into()),
+                    (Ty::F32, Ty::I64) => ops.push("arith.fptoui {} : f32 to i64".into()),
+                    (Ty::Index, Ty::F32) => {
+                        ops.push("arith.index_cast {} : index to i64".into());
+                        ops.push("arith.sitofp {} : i64 to f32".into());
+                    }
+                    (Ty::I32, Ty::F32) => ops.push("arith.sitofp {} : i32 to f32".into()),
+                    (Ty::I64 | Ty::Bool, Ty::F32) => {
+                        ops.push(format!("arith.uitofp {{}} : {f} to f32"))
+                    }
+                    (_, Ty::Bool) => {
+                        let zero = self.int_const(from, 0);
+                        ops.push(format!("arith.cmpi ne, {{}}, {zero} : {f}"));
+                    }
+                    (Ty::Bool, Ty::Index) => ops.push("arith.index_castui {} : i1 to index".into()),
+                    (Ty::Bool, _) => ops.push(format!("arith.extui {{}} : i1 to {tt}")),
+                    (Ty::I32, Ty::I64) => ops.push("arith.extsi {} : i32 to i64".into()),
+                    (Ty::I64, Ty::I32) => ops.push("arith.trunci {} : i64 to i32".into()),
+                    // index <-> i32 (sign-extending) and index <-> i64.
+                    _ => ops.push(format!("arith.index_cast {{}} : {f} to {tt}")),
+                }
+                let n = ops.len();
+                let mut x = x;
+                let mut name = name;
+                for (j, op) in ops.into_iter().enumerate() {
+                    let r = if j + 1 == n {
+                        name.take().unwrap_or_else(|| self.fresh())
+                    } else {
+                        self.fresh()
+                    };
+                    self.line(&format!("{r} = {}", op.replacen("{}", &x, 1)));
+                    x = r;
+                }
+                x
+            }
+        })
+    }
+}
+
+fn privates_in_expr(e: &Expr, used: &mut [bool]) {
+    match e {
+        Expr::Load(buf, a) => {
+            if let Buf::Private(i) = buf {
+                if let Some(u) = used.get_mut(*i) {
+                    *u = true;
+                }
+            }
+            privates_in_expr(a, used);
+        }
+        Expr::Unary(_, a) | Expr::Cast(_, a) => privates_in_expr(a, used),
+        Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => {
+            privates_in_expr(a, used);
+            privates_in_expr(b, used);
+        }
+        Expr::Select(c, a, b) => {
+            privates_in_expr(c, used);
+            privates_in_expr(a, used);
+            privates_in_expr(b, used);
+        }
+        Expr::Int(_) | Expr::F32(_) | Expr::Var(_) | Expr::ThreadId | Expr::BlockId => {}
+    }
+}
+
+fn privates_in_stmt(s: &Stmt, used: &mut [bool]) {
+    match s {
+        Stmt::Let(_, e) => privates_in_expr(e, used),
+        Stmt::Store(buf, i, v) => {
+            if let Buf::Private(p) = buf {
+                if let Some(u) = used.get_mut(*p) {
+                    *u = true;
+                }
+            }
+            privates_in_expr(i, used);
+            privates_in_expr(v, used);
+        }
+        Stmt::For { lo, hi, body, .. } => {
+            privates_in_expr(lo, used);
+            privates_in_expr(hi, used);
+            body.iter().for_each(|s| privates_in_stmt(s, used));
+        }
+        Stmt::If {
+            cond,
+            then,
+            otherwise,
+        } => {
+            privates_in_expr(cond, used);
+            then.iter()
+                .chain(otherwise)
+                .for_each(|s| privates_in_stmt(s, used));
+        }
+        Stmt::Barrier => {}
+    }
+}
