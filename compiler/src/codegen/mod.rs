@@ -2,6 +2,7 @@
 //! MLIR for the GPU and for the host; the bundle format the runtime reads.
 
 pub mod bundle;
+pub mod gemm;
 pub mod kir;
 pub mod kir_interp;
 pub mod mlir;

@@ -1,0 +1,733 @@
+//! The three convolutions as tiled implicit GEMMs in kernel IR.
+//!
+//! Per group `g` a convolution is a matrix product `C[m, n] = sum_k A[m, k] * B[k, n]` whose
+//! operands are gathered from the tensors on the fly (nothing is materialised):
+//!
+//! | kind | M | N | K | A[m, k] | B[k, n] | C[m, n] |
+//! |---|---|---|---|---|---|---|
+//! | forward | `Cout/G` | `batch*Ho*Wo` | `Cin_g*KH*KW` | `w[g*M + m, k]` | `x` at the tap `k` of output pixel `n` (0 in the padding) | `y`, plus `bias[g*M + m]` |
+//! | data gradient | `Cin_g` | `batch*H*W` | `Cout_g*KH*KW` | `w[g*Cout_g + co, m, kh, kw]` | `dy[b, g*Cout_g + co, oh, ow]` with `oh = (ih + top - kh*dh) / sh` when that is exact and in range (else 0) | `dx` |
+//! | weight gradient | `Cout_g` | `Cin_g*KH*KW` | `batch*Ho*Wo` | `dy[b, g*M + m, oh, ow]` | `x` at the tap `n` of output pixel `k` | `dw` |
+//!
+//! Tiling: a block of [`BLOCK`] = 256 threads computes a [`TILE_M`] x [`TILE_N`] = 64 x 64
+//! tile of `C`; the grid is `groups * ceil(M/64) * ceil(N/64)` blocks, the block id decoding
+//! as `(g * tiles_m + tile_m) * tiles_n + tile_n`. Thread `t` owns a 4 x 4 register tile
+//! (a private array read and written only at constant subscripts, so it lives in registers):
+//! rows `4*(t/16) .. +4` and columns `4*(t%16) .. +4` of the block tile.
+//!
+//! The K loop runs over [`TILE_K`] = 16 wide slices. Each slice of A (64 x 16) and of B
+//! (16 x 64) is staged in a shared array stored k-major (`s[k][mn]`, rows padded to 68 where
+//! the stores would otherwise conflict), four elements per thread and operand, through a
+//! private staging array: the next slice is fetched from global memory into registers while
+//! the current one is multiplied (one barrier after the shared stores, one after the
+//! products). Per operand the load layout follows the contiguous direction of the source:
+//! *k-fast* (thread `t` loads `k = t%16` of rows `t/16 + 16r`; the weights of the forward
+//! conv, `dy` of the weight gradient) or *mn-fast* (column `t%64` at `k = t/64 + 4r`; the
+//! gathered input of the forward conv, `dy` of the data gradient). Either way a thread's
+//! rows or columns stay fixed for the whole block, so their coordinates (batch, pixel,
+//! channel offsets: the divisions) are decoded once per block into private arrays, and a
+//! slice decodes only its k coordinates (one per thread for k-fast operands, four for
+//! mn-fast ones; all divisions are by constants). Out-of-range rows, columns and k (edge
+//! tiles), the zero padding of the input and the missing taps of the data gradient are
+//! zeros in the shared tiles; the operand is read at subscript 0 there.
+//!
+//! The epilogue calls `store` once for every in-range element of `C`, at its flat index in
+//! the result (`y`, `dx` or `dw`), with the forward bias already added.
+
+use super::kir::{Buf, Expr, KernelBuilder, Ty};
+
+/// Threads per block of a GEMM kernel (the builder must have this block size).
+pub const BLOCK: u32 = 256;
+/// Rows (M) of the block tile.
+pub const TILE_M: u64 = 64;
+/// Columns (N) of the block tile.
+pub const TILE_N: u64 = 64;
+/// Depth (K) of one staged slice.
+pub const TILE_K: u64 = 16;
+/// The register tile of a thread is `REG x REG`.
+const REG: u64 = 4;
+/// Elements of one operand a thread loads per slice (`64 * 16 / 256`).
+const LOADS: u64 = 4;
+
+/// Which convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvKind {
+    /// `y = conv2d(x, w) [+ bias]`.
+    Forward,
+    /// `dx = conv2d_grad_input(dy, w)`.
+    GradInput,
+    /// `dw = conv2d_grad_weight(x, dy)`.
+    GradWeight,
+}
+
+/// A convolution: the shapes of its input, weights and output and its geometry (see
+/// docs/ir.md; `pad` is [top, left, bottom, right]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvProblem {
+    pub kind: ConvKind,
+    /// The conv input, NCHW.
+    pub x: [u64; 4],
+    /// The weights, OIHW (`I` is the channels per group).
+    pub w: [u64; 4],
+    /// The conv output, NCHW.
+    pub y: [u64; 4],
+    pub stride: [u64; 2],
+    pub pad: [u64; 4],
+    pub dilation: [u64; 2],
+    pub groups: u64,
+    /// Whether the forward conv adds a per-channel bias (ignored for the gradients).
+    pub bias: bool,
+}
+
+/// An operand of a convolution, read at a flat index of its own layout: `X` and `Dy` in
+/// NCHW (the shapes `x` and `y`), `W` in OIHW, `Bias` by channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvOperand {
+    X,
+    W,
+    Dy,
+    Bias,
+}
+
+impl ConvProblem {
+    /// The GEMM of one group: `(M, N, K)`.
+    pub fn gemm(&self) -> (u64, u64, u64) {
+        let [nb, _, h, w] = self.x;
+        let [co, cig, kh, kw] = self.w;
+        let [_, _, ho, wo] = self.y;
+        let cog = co / self.groups.max(1);
+        match self.kind {
+            ConvKind::Forward => (cog, nb * ho * wo, cig * kh * kw),
+            ConvKind::GradInput => (cig, nb * h * w, cog * kh * kw),
+            ConvKind::GradWeight => (cog, cig * kh * kw, nb * ho * wo),
+        }
+    }
+
+    /// The number of blocks of the kernel: `groups * ceil(M/64) * ceil(N/64)`.
+    pub fn grid(&self) -> u64 {
+        let (m, n, _) = self.gemm();
+        self.groups * m.div_ceil(TILE_M) * n.div_ceil(TILE_N)
+    }
+
+    /// Panics unless the shapes are those of one convolution.
+    fn validate(&self) {
+        let [nb, c, _, _] = self.x;
+        let [co, cig, _, _] = self.w;
+        let [nby, coy, _, _] = self.y;
+        assert!(self.groups >= 1, "groups >= 1");
+        assert_eq!(nb, nby, "batch of x and y");
+        assert_eq!(co, coy, "channels of w and y");
+        assert_eq!(c, cig * self.groups, "channels of x and w");
+        assert_eq!(co % self.groups, 0, "groups divide the output channels");
+        assert!(self.stride.iter().all(|&s| s >= 1), "stride >= 1");
+        assert!(self.dilation.iter().all(|&d| d >= 1), "dilation >= 1");
+    }
+}
+
+/// How a thread's four loads of an operand slice are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// Thread `t` loads `k = t % 16` of rows `t / 16 + 16 r`.
+    KFast,
+    /// Thread `t` loads row `t % 64` at `k = t / 64 + 4 r`.
+    MnFast,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    A,
+    B,
+}
+
+/// One GEMM operand as the kernel stages it.
+struct Operand {
+    side: Side,
+    operand: ConvOperand,
+    /// M for A, N for B.
+    size: u64,
+    layout: Layout,
+    /// Per-row values decoded once per block (index-typed).
+    pre_len: u64,
+    /// Row length of the shared tile.
+    ld: u64,
+}
+
+impl Operand {
+    fn new(side: Side, operand: ConvOperand, size: u64, layout: Layout, pre_len: u64) -> Self {
+        // k-fast stores hit 16 different k rows at once: pad them off the same bank (68
+        // keeps the rows 16-byte aligned for vector reads).
+        let ld = match layout {
+            Layout::KFast => TILE_M + 4,
+            Layout::MnFast => TILE_M,
+        };
+        Operand {
+            side,
+            operand,
+            size,
+            layout,
+            pre_len,
+            ld,
+        }
+    }
+
+    /// The rows (`r`-th load) a thread handles in a tile, relative to the tile.
+    fn mn_local(&self, r: u64) -> Expr {
+        match self.layout {
+            Layout::KFast => Expr::ThreadId.shr(4) + (16 * r),
+            Layout::MnFast => Expr::ThreadId.and(Expr::Int(63)),
+        }
+    }
+
+    /// The k (`r`-th load) a thread handles in a slice, relative to the slice.
+    fn k_local(&self, r: u64) -> Expr {
+        match self.layout {
+            Layout::KFast => Expr::ThreadId.and(Expr::Int(15)),
+            Layout::MnFast => Expr::ThreadId.shr(6) + (4 * r),
+        }
+    }
+
+    /// How many distinct rows a thread loads (each with its own decoded values).
+    fn rows(&self) -> u64 {
+        match self.layout {
+            Layout::KFast => LOADS,
+            Layout::MnFast => 1,
+        }
+    }
+}
+
+/// The shapes as numbers.
+struct Conv {
+    kind: ConvKind,
+    c: i64,
+    h: i64,
+    w: i64,
+    co: i64,
+    cig: i64,
+    cog: i64,
+    kh: i64,
+    kw: i64,
+    ho: i64,
+    wo: i64,
+    sh: i64,
+    sw: i64,
+    dh: i64,
+    dw: i64,
+    pt: i64,
+    pl: i64,
+    bias: bool,
+}
+
+// ----- expression helpers that fold constants --------------------------------------------
+
+fn add(a: Expr, b: Expr) -> Expr {
+    match (&a, &b) {
+        (Expr::Int(0), _) => b,
+        (_, Expr::Int(0)) => a,
+        (Expr::Int(x), Expr::Int(y)) => Expr::Int(x + y),
+        _ => a + b,
+    }
+}
+
+fn sub(a: Expr, c: i64) -> Expr {
+    add(a, Expr::Int(-c))
+}
+
+fn mul(a: Expr, c: i64) -> Expr {
+    match a {
+        _ if c == 0 => Expr::Int(0),
+        Expr::Int(x) => Expr::Int(x * c),
+        _ if c == 1 => a,
+        _ => a * c,
+    }
+}
+
+fn div(a: Expr, c: i64) -> Expr {
+    match a {
+        Expr::Int(x) => Expr::Int(x / c),
+        _ if c == 1 => a,
+        _ => a / c,
+    }
+}
+
+fn rem(a: Expr, c: i64) -> Expr {
+    match a {
+        Expr::Int(x) => Expr::Int(x % c),
+        _ if c == 1 => Expr::Int(0),
+        _ => a % c,
+    }
+}
+
+fn all(conds: Vec<Expr>) -> Option<Expr> {
+    conds.into_iter().reduce(|a, b| a.and(b))
+}
+
+impl Conv {
+    fn new(p: &ConvProblem) -> Self {
+        p.validate();
+        let i = |v: u64| v as i64;
+        Conv {
+            kind: p.kind,
+            c: i(p.x[1]),
+            h: i(p.x[2]),
+            w: i(p.x[3]),
+            co: i(p.w[0]),
+            cig: i(p.w[1]),
+            cog: i(p.w[0] / p.groups),
+            kh: i(p.w[2]),
+            kw: i(p.w[3]),
+            ho: i(p.y[2]),
+            wo: i(p.y[3]),
+            sh: i(p.stride[0]),
+            sw: i(p.stride[1]),
+            dh: i(p.dilation[0]),
+            dw: i(p.dilation[1]),
+            pt: i(p.pad[0]),
+            pl: i(p.pad[1]),
+            bias: p.bias && p.kind == ConvKind::Forward,
+        }
+    }
+
+    fn khw(&self) -> i64 {
+        self.kh * self.kw
+    }
+
+    fn operands(&self, m: u64, n: u64) -> (Operand, Operand) {
+        use ConvOperand::*;
+        match self.kind {
+            ConvKind::Forward => (
+                Operand::new(Side::A, W, m, Layout::KFast, 0),
+                Operand::new(Side::B, X, n, Layout::MnFast, 3),
+            ),
+            ConvKind::GradInput => {
+                // w[co, m, kh, kw]: k-contiguous within a kernel window, m-contiguous for 1x1.
+                let a = if self.khw() == 1 {
+                    Layout::MnFast
+                } else {
+                    Layout::KFast
+                };
+                (
+                    Operand::new(Side::A, W, m, a, 0),
+                    Operand::new(Side::B, Dy, n, Layout::MnFast, 3),
+                )
+            }
+            ConvKind::GradWeight => (
+                Operand::new(Side::A, Dy, m, Layout::KFast, 0),
+                Operand::new(Side::B, X, n, Layout::KFast, 3),
+            ),
+        }
+    }
+
+    /// Whether the input row (or column) `o*s + k*d - pad` of the forward conv can fall
+    /// below 0 and at or beyond `size`.
+    fn gather_checks(&self, axis: usize) -> (bool, bool) {
+        let (out, s, k, d, pad, size) = if axis == 0 {
+            (self.ho, self.sh, self.kh, self.dh, self.pt, self.h)
+        } else {
+            (self.wo, self.sw, self.kw, self.dw, self.pl, self.w)
+        };
+        (pad > 0, (out - 1) * s + (k - 1) * d - pad >= size)
+    }
+
+    /// The k coordinates of the GEMM's depth `k` that the operand addresses use.
+    fn decode_k(&self, b: &mut KernelBuilder, k: Expr) -> Vec<Expr> {
+        match self.kind {
+            ConvKind::Forward | ConvKind::GradInput => {
+                // Forward: (ci, kh, kw); data gradient: (co, kh, kw).
+                let ch = b.let_(div(k.clone(), self.khw()));
+                let t = b.let_(rem(k, self.khw()));
+                let kh = div(t.clone(), self.kw);
+                let kw = rem(t.clone(), self.kw);
+                let hoff = b.let_(mul(kh, self.dh));
+                let woff = b.let_(mul(kw, self.dw));
+                vec![ch, t, hoff, woff]
+            }
+            ConvKind::GradWeight => {
+                // (batch, output pixel): dy offset, x batch offset, oh*sh, ow*sw.
+                let howo = self.ho * self.wo;
+                let bb = b.let_(div(k.clone(), howo));
+                let p = b.let_(rem(k, howo));
+                let dy = b.let_(add(mul(bb.clone(), self.co * howo), p.clone()));
+                let xb = b.let_(mul(bb, self.c * self.h * self.w));
+                let oh = b.let_(mul(div(p.clone(), self.wo), self.sh));
+                let ow = b.let_(mul(rem(p, self.wo), self.sw));
+                vec![dy, xb, oh, ow]
+            }
+        }
+    }
+
+    /// The values of row `mn` of an operand decoded once per block.
+    fn decode_mn(&self, b: &mut KernelBuilder, op: &Operand, g: &Expr, mn: Expr) -> Vec<Expr> {
+        let hw = self.h * self.w;
+        let howo = self.ho * self.wo;
+        match (self.kind, op.side) {
+            (ConvKind::Forward, Side::B) => {
+                // n = (batch, oh, ow): x offset of the group's channels, top-left tap.
+                let bb = div(mn.clone(), howo);
+                let p = b.let_(rem(mn, howo));
+                let base = add(mul(bb, self.c), mul(g.clone(), self.cig));
+                let oh = div(p.clone(), self.wo);
+                let ow = rem(p, self.wo);
+                vec![
+                    mul(base, hw),
+                    sub(mul(oh, self.sh), self.pt),
+                    sub(mul(ow, self.sw), self.pl),
+                ]
+            }
+            (ConvKind::GradInput, Side::B) => {
+                // n = (batch, ih, iw): dy offset of the group's channels, padded position.
+                let bb = div(mn.clone(), hw);
+                let p = b.let_(rem(mn, hw));
+                let base = add(mul(bb, self.co), mul(g.clone(), self.cog));
+                vec![
+                    mul(base, howo),
+                    add(div(p.clone(), self.w), Expr::Int(self.pt)),
+                    add(rem(p, self.w), Expr::Int(self.pl)),
+                ]
+            }
+            (ConvKind::GradWeight, Side::B) => {
+                // n = (ci, kh, kw): x channel offset, tap offsets less the padding.
+                let ci = div(mn.clone(), self.khw());
+                let t = b.let_(rem(mn, self.khw()));
+                let ch = add(mul(g.clone(), self.cig), ci);
+                vec![
+                    mul(ch, hw),
+                    sub(mul(div(t.clone(), self.kw), self.dh), self.pt),
+                    sub(mul(rem(t, self.kw), self.dw), self.pl),
+                ]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Conditions (besides the tile bounds) and the flat index of element `(mn, k)` of an
+    /// operand: `row` is `mn` with its decoded values, `depth` is `k` with its own.
+    fn address(
+        &self,
+        b: &mut KernelBuilder,
+        op: &Operand,
+        g: &Expr,
+        row: (Expr, &[Expr]),
+        depth: (Expr, &[Expr]),
+    ) -> (Vec<Expr>, Expr) {
+        let ((mn, pre), (k, kd)) = (row, depth);
+        let mut conds = Vec::new();
+        let idx = match (self.kind, op.side) {
+            (ConvKind::Forward, Side::A) => {
+                let row = add(mul(g.clone(), self.cog), mn);
+                add(mul(row, self.cig * self.khw()), k)
+            }
+            (ConvKind::Forward, Side::B) | (ConvKind::GradWeight, Side::B) => {
+                // Forward: pre = (x base, ih0, iw0), kd = (ci, t, kh*dh, kw*dw).
+                // Weight gradient: pre = (x channel base, kh*dh - top, kw*dw - left),
+                // kd = (dy, x batch base, oh*sh, ow*sw).
+                let (base, ih, iw) = if self.kind == ConvKind::Forward {
+                    let base = add(pre[0].clone(), mul(kd[0].clone(), self.h * self.w));
+                    (
+                        base,
+                        add(pre[1].clone(), kd[2].clone()),
+                        add(pre[2].clone(), kd[3].clone()),
+                    )
+                } else {
+                    let base = add(pre[0].clone(), kd[1].clone());
+                    (
+                        base,
+                        add(kd[2].clone(), pre[1].clone()),
+                        add(kd[3].clone(), pre[2].clone()),
+                    )
+                };
+                let ih = b.let_(ih);
+                let iw = b.let_(iw);
+                for (axis, v, size) in [(0, &ih, self.h), (1, &iw, self.w)] {
+                    let (lo, hi) = self.gather_checks(axis);
+                    if lo {
+                        conds.push(v.clone().ge(0));
+                    }
+                    if hi {
+                        conds.push(v.clone().lt(size));
+                    }
+                }
+                add(base, add(mul(ih, self.w), iw))
+            }
+            (ConvKind::GradInput, Side::A) => {
+                // w[g*Cout_g + co, m, kh, kw], kd = (co, t, ..).
+                let o = add(mul(g.clone(), self.cog), kd[0].clone());
+                let row = add(mul(o, self.cig), mn);
+                add(mul(row, self.khw()), kd[1].clone())
+            }
+            (ConvKind::GradInput, Side::B) => {
+                // pre = (dy base, ih + top, iw + left), kd = (co, t, kh*dh, kw*dw).
+                let mut coord = |b: &mut KernelBuilder, num: Expr, axis: usize| {
+                    let (s, k, d, pad, size, out) = if axis == 0 {
+                        (self.sh, self.kh, self.dh, self.pt, self.h, self.ho)
+                    } else {
+                        (self.sw, self.kw, self.dw, self.pl, self.w, self.wo)
+                    };
+                    let num = b.let_(num);
+                    if (k - 1) * d > pad {
+                        conds.push(num.clone().ge(0));
+                    }
+                    if s > 1 {
+                        conds.push(rem(num.clone(), s).eq(0));
+                    }
+                    if size - 1 + pad >= out * s {
+                        conds.push(num.clone().lt(out * s));
+                    }
+                    div(num, s)
+                };
+                let oh = coord(b, sub_expr(pre[1].clone(), kd[2].clone()), 0);
+                let ow = coord(b, sub_expr(pre[2].clone(), kd[3].clone()), 1);
+                let base = add(pre[0].clone(), mul(kd[0].clone(), self.ho * self.wo));
+                add(base, add(mul(oh, self.wo), ow))
+            }
+            (ConvKind::GradWeight, Side::A) => {
+                // dy[b, g*M + m, oh, ow], kd = (batch offset + pixel, ..).
+                let ch = add(mul(g.clone(), self.cog), mn);
+                add(kd[0].clone(), mul(ch, self.ho * self.wo))
+            }
+        };
+        (conds, idx)
+    }
+
+    /// The flat result index of `C[m, n]` as `row(m) + col(n)`.
+    fn result_row(&self, g: &Expr, m: Expr) -> Expr {
+        match self.kind {
+            ConvKind::Forward => mul(add(mul(g.clone(), self.cog), m), self.ho * self.wo),
+            ConvKind::GradInput => mul(add(mul(g.clone(), self.cig), m), self.h * self.w),
+            ConvKind::GradWeight => mul(add(mul(g.clone(), self.cog), m), self.cig * self.khw()),
+        }
+    }
+
+    fn result_col(&self, n: Expr) -> Expr {
+        let plane_channels = |plane: i64, channels: i64| {
+            add(
+                mul(div(n.clone(), plane), channels * plane),
+                rem(n.clone(), plane),
+            )
+        };
+        match self.kind {
+            ConvKind::Forward => plane_channels(self.ho * self.wo, self.co),
+            ConvKind::GradInput => plane_channels(self.h * self.w, self.c),
+            ConvKind::GradWeight => n,
+        }
+    }
+}
+
+fn sub_expr(a: Expr, b: Expr) -> Expr {
+    match b {
+        Expr::Int(c) => sub(a, c),
+        _ => a - b,
+    }
+}
+
+/// Emits a convolution as a tiled implicit GEMM into `b` (whose block size must be
+/// [`BLOCK`]) and returns the grid (number of blocks).
+///
+/// `load(b, operand, flat)` returns the value of `operand` at the flat index `flat` of its
+/// own layout (always in bounds); it may emit statements (a fused prologue) and is called
+/// where the value is needed. `store(b, flat, value)` writes the result element at `flat`
+/// (of `y`, `dx` or `dw`); it is called exactly once per element of the result and runs the
+/// fused epilogue.
+pub fn conv_kernel(
+    b: &mut KernelBuilder,
+    p: &ConvProblem,
+    load: &mut dyn FnMut(&mut KernelBuilder, ConvOperand, Expr) -> Expr,
+    store: &mut dyn FnMut(&mut KernelBuilder, Expr, Expr),
+) -> u64 {
+    assert_eq!(
+        b.block(),
+        BLOCK,
+        "GEMM kernels run {BLOCK} threads per block"
+    );
+    let conv = Conv::new(p);
+    let (m_size, n_size, k_size) = p.gemm();
+    let tiles_m = m_size.div_ceil(TILE_M);
+    let tiles_n = n_size.div_ceil(TILE_N);
+    let grid = p.groups * tiles_m * tiles_n;
+    if grid == 0 {
+        return 0;
+    }
+    let k_tiles = k_size.div_ceil(TILE_K);
+    let (a, bop) = conv.operands(m_size, n_size);
+    let ops = [&a, &bop];
+
+    let shared: Vec<Buf> = ops
+        .iter()
+        .map(|op| b.shared(Ty::F32, TILE_K * op.ld))
+        .collect();
+    let acc = b.private(Ty::F32, REG * REG);
+    let stage = b.private(Ty::F32, 2 * LOADS);
+    let pre: Vec<Option<Buf>> = ops
+        .iter()
+        .map(|op| (op.pre_len > 0).then(|| b.private(Ty::Index, op.rows() * op.pre_len)))
+        .collect();
+
+    // The block's group and tile (uniform: they cross barriers as plain variables).
+    let per_group = (tiles_m * tiles_n) as i64;
+    let g = if p.groups == 1 {
+        Expr::Int(0)
+    } else {
+        b.let_(div(Expr::BlockId, per_group))
+    };
+    let in_group = if p.groups == 1 {
+        Expr::BlockId
+    } else {
+        b.let_(rem(Expr::BlockId, per_group))
+    };
+    let m0 = b.let_(mul(div(in_group.clone(), tiles_n as i64), TILE_M as i64));
+    let n0 = b.let_(mul(rem(in_group, tiles_n as i64), TILE_N as i64));
+    let origin = |op: &Operand| match op.side {
+        Side::A => m0.clone(),
+        Side::B => n0.clone(),
+    };
+
+    // Per-thread row decoding, once per block.
+    for (op, pre) in ops.iter().zip(&pre) {
+        let Some(pre) = pre else { continue };
+        for r in 0..op.rows() {
+            let mn = b.let_(add(origin(op), op.mn_local(r)));
+            let vals = conv.decode_mn(b, op, &g, mn);
+            for (q, v) in vals.into_iter().enumerate() {
+                b.store(*pre, (r * op.pre_len) as i64 + q as i64, v);
+            }
+        }
+    }
+    for i in 0..REG * REG {
+        b.store(acc, i as i64, Expr::f32(0.0));
+    }
+
+    // Fetches the slice at depth `k0` into the staging registers.
+    let mut fetch = |b: &mut KernelBuilder, k0: Expr| {
+        // The one k of the k-fast loads, decoded once.
+        let kfast = ops.iter().any(|op| op.layout == Layout::KFast).then(|| {
+            let k = b.let_(add(k0.clone(), Expr::ThreadId.and(Expr::Int(15))));
+            let kd = conv.decode_k(b, k.clone());
+            (k, kd)
+        });
+        for (s, op) in ops.iter().enumerate() {
+            for r in 0..LOADS {
+                let (k, kd) = match (op.layout, &kfast) {
+                    (Layout::KFast, Some(kf)) => kf.clone(),
+                    _ => {
+                        let k = b.let_(add(k0.clone(), op.k_local(r)));
+                        let kd = conv.decode_k(b, k.clone());
+                        (k, kd)
+                    }
+                };
+                let mn = b.let_(add(origin(op), op.mn_local(r)));
+                let row = match op.layout {
+                    Layout::KFast => r,
+                    Layout::MnFast => 0,
+                };
+                let vals: Vec<Expr> = match pre[s] {
+                    Some(buf) => (0..op.pre_len)
+                        .map(|q| Expr::load(buf, (row * op.pre_len + q) as i64))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                let vals: Vec<Expr> = vals.into_iter().map(|v| b.let_(v)).collect();
+                let (mut conds, idx) =
+                    conv.address(b, op, &g, (mn.clone(), &vals), (k.clone(), &kd));
+                if op.size % (if op.side == Side::A { TILE_M } else { TILE_N }) != 0 {
+                    conds.insert(0, mn.lt(op.size as i64));
+                }
+                if k_size % TILE_K != 0 {
+                    conds.insert(0, k.lt(k_size as i64));
+                }
+                let value = match all(conds) {
+                    Some(ok) => {
+                        let ok = b.let_(ok);
+                        let safe = b.let_(Expr::select(ok.clone(), idx, Expr::Int(0)));
+                        let v = load(b, op.operand, safe);
+                        Expr::select(ok, v, Expr::f32(0.0))
+                    }
+                    None => {
+                        let idx = b.let_(idx);
+                        load(b, op.operand, idx)
+                    }
+                };
+                b.store(stage, (s as u64 * LOADS + r) as i64, value);
+            }
+        }
+    };
+
+    if k_tiles > 0 {
+        fetch(b, Expr::Int(0));
+    }
+    b.for_(0, k_tiles as i64, 1, |b, kt| {
+        // Staged registers to shared memory.
+        for (s, op) in ops.iter().enumerate() {
+            for r in 0..LOADS {
+                let at = b.let_(add(mul(op.k_local(r), op.ld as i64), op.mn_local(r)));
+                let v = Expr::load(stage, (s as u64 * LOADS + r) as i64);
+                b.store(shared[s], at, v);
+            }
+        }
+        b.barrier();
+        // The next slice is in flight while this one is multiplied.
+        if k_tiles > 1 {
+            b.if_((kt.clone() + 1).lt(k_tiles as i64), |b| {
+                fetch(b, mul(kt.clone() + 1, TILE_K as i64))
+            });
+        }
+        let ty = b.let_(Expr::ThreadId.shr(4) * REG as i64);
+        let tx = b.let_(Expr::ThreadId.and(Expr::Int(15)) * REG as i64);
+        for kk in 0..TILE_K {
+            let av: Vec<Expr> = (0..REG)
+                .map(|i| b.let_(Expr::load(shared[0], ty.clone() + (kk * a.ld + i) as i64)))
+                .collect();
+            let bv: Vec<Expr> = (0..REG)
+                .map(|j| b.let_(Expr::load(shared[1], tx.clone() + (kk * bop.ld + j) as i64)))
+                .collect();
+            for i in 0..REG {
+                for j in 0..REG {
+                    let at = (i * REG + j) as i64;
+                    let sum = Expr::load(acc, at) + av[i as usize].clone() * bv[j as usize].clone();
+                    b.store(acc, at, sum);
+                }
+            }
+        }
+        b.barrier();
+    });
+
+    // Epilogue: each in-range element of the thread's register tile, once.
+    let ty = b.let_(Expr::ThreadId.shr(4) * REG as i64);
+    let tx = b.let_(Expr::ThreadId.and(Expr::Int(15)) * REG as i64);
+    let cols: Vec<(Expr, Expr)> = (0..REG)
+        .map(|j| {
+            let n = b.let_(add(n0.clone(), tx.clone() + j as i64));
+            let col = b.let_(conv.result_col(n.clone()));
+            (n, col)
+        })
+        .collect();
+    for i in 0..REG {
+        let m = b.let_(add(m0.clone(), ty.clone() + i as i64));
+        let row_ok = m_size % TILE_M != 0;
+        if row_ok {
+            b.begin_if(m.clone().lt(m_size as i64));
+        }
+        let row = b.let_(conv.result_row(&g, m.clone()));
+        let bias = conv.bias.then(|| {
+            let ch = b.let_(add(mul(g.clone(), conv.cog), m.clone()));
+            load(b, ConvOperand::Bias, ch)
+        });
+        for (j, (n, col)) in cols.iter().enumerate() {
+            let col_ok = n_size % TILE_N != 0;
+            if col_ok {
+                b.begin_if(n.clone().lt(n_size as i64));
+            }
+            let flat = b.let_(add(row.clone(), col.clone()));
+            let mut v = Expr::load(acc, (i * REG) as i64 + j as i64);
+            if let Some(bias) = &bias {
+                v = v + bias.clone();
+            }
+            store(b, flat, v);
+            if col_ok {
+                b.end_if();
+            }
+        }
+        if row_ok {
+            b.end_if();
+        }
+    }
+    grid
+}
