@@ -1,0 +1,470 @@
+//! Convolutions as tiled implicit GEMMs (codegen::gemm): the kernels run in the KIR
+//! interpreter and match the reference convolutions on odd shapes, store every result
+//! element exactly once, pass the KIR checker, and (when the LLVM tools are installed)
+//! compile to PTX that uses no local memory.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use rfnc_compiler::codegen::gemm::{conv_kernel, ConvKind, ConvOperand, ConvProblem, BLOCK};
+use rfnc_compiler::codegen::kir::{Expr, KernelBuilder, KernelFn, Ty};
+use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
+use rfnc_compiler::codegen::mlir::gpu_module;
+use rfnc_compiler::interp::kernels::{conv2d, conv2d_grad_input, conv2d_grad_weight, ConvGeometry};
+use rfnc_compiler::interp::Tensor;
+use rfnc_compiler::rng::splitmix64;
+
+/// Deterministic numbers in [-1, 1).
+fn numbers(n: u64, seed: u64) -> Vec<f32> {
+    (0..n)
+        .map(|i| (splitmix64(seed ^ i) >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        .collect()
+}
+
+/// One convolution geometry (the output shape follows).
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    x: [u64; 4],
+    w: [u64; 4],
+    stride: [u64; 2],
+    pad: [u64; 4],
+    dilation: [u64; 2],
+    groups: u64,
+}
+
+impl Case {
+    fn y(&self) -> [u64; 4] {
+        let out = |size: u64, k: u64, s: u64, d: u64, lo: u64, hi: u64| {
+            (size + lo + hi - d * (k - 1) - 1) / s + 1
+        };
+        [
+            self.x[0],
+            self.w[0],
+            out(
+                self.x[2],
+                self.w[2],
+                self.stride[0],
+                self.dilation[0],
+                self.pad[0],
+                self.pad[2],
+            ),
+            out(
+                self.x[3],
+                self.w[3],
+                self.stride[1],
+                self.dilation[1],
+                self.pad[1],
+                self.pad[3],
+            ),
+        ]
+    }
+
+    fn problem(&self, kind: ConvKind, bias: bool) -> ConvProblem {
+        ConvProblem {
+            kind,
+            x: self.x,
+            w: self.w,
+            y: self.y(),
+            stride: self.stride,
+            pad: self.pad,
+            dilation: self.dilation,
+            groups: self.groups,
+            bias,
+        }
+    }
+
+    fn geometry(&self) -> ConvGeometry {
+        ConvGeometry {
+            stride: self.stride,
+            pad: self.pad,
+            dilation: self.dilation,
+            groups: self.groups,
+        }
+    }
+}
+
+fn len(d: [u64; 4]) -> u64 {
+    d.iter().product()
+}
+
+/// The kernel with params x, w, bias, dy, out (f32) and count (i32): plain loads, and a
+/// store that also counts the writes of each element.
+fn build(p: &ConvProblem) -> (KernelFn, u64) {
+    let result = match p.kind {
+        ConvKind::Forward => p.y,
+        ConvKind::GradInput => p.x,
+        ConvKind::GradWeight => p.w,
+    };
+    let mut b = KernelBuilder::new("conv", BLOCK);
+    let x = b.param(Ty::F32, len(p.x));
+    let w = b.param(Ty::F32, len(p.w));
+    let bias = b.param(Ty::F32, p.w[0]);
+    let dy = b.param(Ty::F32, len(p.y));
+    let out = b.param(Ty::F32, len(result));
+    let count = b.param(Ty::I32, len(result));
+    let mut load = |b: &mut KernelBuilder, op: ConvOperand, idx: Expr| {
+        let buf = match op {
+            ConvOperand::X => x,
+            ConvOperand::W => w,
+            ConvOperand::Dy => dy,
+            ConvOperand::Bias => bias,
+        };
+        b.let_(Expr::load(buf, idx))
+    };
+    let mut store = |b: &mut KernelBuilder, idx: Expr, v: Expr| {
+        b.store(out, idx.clone(), v);
+        b.store(count, idx.clone(), Expr::load(count, idx) + 1);
+    };
+    let grid = conv_kernel(&mut b, p, &mut load, &mut store);
+    let k = b.finish();
+    assert_eq!(k.check(), Ok(()), "{:?}", p);
+    assert_eq!(grid, p.grid());
+    (k, grid)
+}
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// The reference result on `(x, w, bias, dy)`.
+fn reference(case: &Case, kind: ConvKind, bias: bool, data: [&[f64]; 4]) -> Vec<f64> {
+    let t = |d: [u64; 4], v: &[f64]| Tensor::new(d.to_vec(), v.to_vec());
+    let g = case.geometry();
+    let (x, w, dy) = (t(case.x, data[0]), t(case.w, data[1]), t(case.y(), data[3]));
+    let b = Tensor::new(vec![case.w[0]], data[2].to_vec());
+    match kind {
+        ConvKind::Forward => conv2d(&x, &w, bias.then_some(&b), &g, &case.y()).data,
+        ConvKind::GradInput => conv2d_grad_input(&dy, &w, &g, &case.x).data,
+        ConvKind::GradWeight => conv2d_grad_weight(&x, &dy, &g, &case.w).data,
+    }
+}
+
+/// Runs one kind on one case in the interpreter and checks it against the reference.
+fn check(name: &str, case: &Case, kind: ConvKind, bias: bool) {
+    let p = case.problem(kind, bias);
+    let (k, grid) = build(&p);
+    let seed = splitmix64(name.len() as u64 ^ (kind as u64) << 8);
+    let x = numbers(len(case.x), seed);
+    let w = numbers(len(case.w), seed ^ 1);
+    let bv = numbers(case.w[0], seed ^ 2);
+    let dy = numbers(len(case.y()), seed ^ 3);
+    let out_len = match kind {
+        ConvKind::Forward => len(case.y()),
+        ConvKind::GradInput => len(case.x),
+        ConvKind::GradWeight => len(case.w),
+    } as usize;
+    let mut params = vec![
+        KirBuffer::F32(x.clone()),
+        KirBuffer::F32(w.clone()),
+        KirBuffer::F32(bv.clone()),
+        KirBuffer::F32(dy.clone()),
+        KirBuffer::F32(vec![f32::NAN; out_len]),
+        KirBuffer::I32(vec![0; out_len]),
+    ];
+    run_kernel(&k, grid, &mut params).unwrap_or_else(|e| panic!("{name} {kind:?}: {e}"));
+    let got = params[4].as_f32().expect("f32").to_vec();
+    let count = params[5].as_i32().expect("i32");
+    let bad: Vec<usize> = (0..out_len).filter(|&i| count[i] != 1).collect();
+    assert!(
+        bad.is_empty(),
+        "{name} {kind:?}: {} elements not written exactly once (first {:?}: {})",
+        bad.len(),
+        bad[0],
+        count[bad[0]]
+    );
+
+    let data = [to64(&x), to64(&w), to64(&bv), to64(&dy)];
+    let want = reference(case, kind, bias, [&data[0], &data[1], &data[2], &data[3]]);
+    // The sum of the magnitudes of each element's terms bounds its rounding error.
+    let abs: Vec<Vec<f64>> = data
+        .iter()
+        .map(|v| v.iter().map(|x| x.abs()).collect())
+        .collect();
+    let scale = reference(case, kind, bias, [&abs[0], &abs[1], &abs[2], &abs[3]]);
+    let mut worst = 0.0f64;
+    for i in 0..out_len {
+        let err = (got[i] as f64 - want[i]).abs() / scale[i].max(1e-30);
+        assert!(
+            err < 1e-4 || (got[i] as f64 - want[i]).abs() < 1e-30,
+            "{name} {kind:?}: element {i}: got {} want {} (relative {err:e})",
+            got[i],
+            want[i]
+        );
+        worst = worst.max(err);
+    }
+    let peak = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let max_err = (0..out_len).fold(0.0f64, |m, i| m.max((got[i] as f64 - want[i]).abs()));
+    assert!(
+        max_err <= 1e-4 * peak.max(1e-30),
+        "{name} {kind:?}: {max_err} vs peak {peak}"
+    );
+    eprintln!(
+        "{name} {kind:?}: M,N,K = {:?}, grid {grid}, worst relative error {worst:.2e}",
+        p.gemm()
+    );
+}
+
+fn check_all(name: &str, case: Case) {
+    check(name, &case, ConvKind::Forward, true);
+    check(name, &case, ConvKind::Forward, false);
+    check(name, &case, ConvKind::GradInput, false);
+    check(name, &case, ConvKind::GradWeight, false);
+}
+
+fn case(x: [u64; 4], w: [u64; 4]) -> Case {
+    Case {
+        x,
+        w,
+        stride: [1, 1],
+        pad: [0; 4],
+        dilation: [1, 1],
+        groups: 1,
+    }
+}
+
+#[test]
+fn conv3x3_same_padding_many_tiles() {
+    // M = 70 (two row tiles), N = 2*9*11 = 198 (four column tiles), K = 45 (three slices).
+    let c = Case {
+        pad: [1, 1, 1, 1],
+        ..case([2, 5, 9, 11], [70, 5, 3, 3])
+    };
+    check_all("3x3", c);
+}
+
+#[test]
+fn conv3x3_stride2() {
+    let c = Case {
+        stride: [2, 2],
+        pad: [1, 1, 1, 1],
+        ..case([2, 3, 13, 10], [5, 3, 3, 3])
+    };
+    check_all("3x3 stride 2", c);
+}
+
+#[test]
+fn asymmetric_pads_and_dilation() {
+    let c = Case {
+        pad: [0, 2, 1, 0],
+        dilation: [2, 2],
+        ..case([2, 4, 12, 7], [6, 4, 3, 3])
+    };
+    check_all("asymmetric dilated", c);
+    let c = Case {
+        pad: [2, 1, 0, 3],
+        stride: [2, 1],
+        dilation: [1, 2],
+        ..case([1, 3, 11, 9], [7, 3, 3, 2])
+    };
+    check_all("asymmetric mixed", c);
+    // Bottom and right pads beyond the taps: output rows that read only padding.
+    let c = Case {
+        pad: [0, 0, 3, 4],
+        ..case([2, 2, 5, 6], [3, 2, 2, 2])
+    };
+    check_all("trailing padding", c);
+}
+
+#[test]
+fn grouped() {
+    let c = Case {
+        stride: [2, 2],
+        pad: [2, 1, 2, 0],
+        dilation: [2, 2],
+        groups: 2,
+        ..case([2, 6, 11, 9], [10, 3, 3, 3])
+    };
+    check_all("groups 2", c);
+    // Depthwise.
+    let c = Case {
+        pad: [1, 1, 1, 1],
+        groups: 4,
+        ..case([2, 4, 7, 8], [4, 1, 3, 3])
+    };
+    check_all("depthwise", c);
+    // Groups with several row tiles each.
+    let c = Case {
+        groups: 2,
+        ..case([1, 4, 5, 3], [140, 2, 1, 1])
+    };
+    check_all("groups 2 wide", c);
+}
+
+#[test]
+fn pointwise() {
+    // K = 70: not a multiple of the slice.
+    check_all("1x1", case([2, 70, 7, 9], [3, 70, 1, 1]));
+    // Stride larger than the kernel: the data gradient has rows no tap reaches.
+    let c = Case {
+        stride: [3, 2],
+        ..case([2, 5, 10, 7], [65, 5, 1, 1])
+    };
+    check_all("1x1 stride 3x2", c);
+}
+
+#[test]
+fn conv7x7_stride2() {
+    // K = 3*49 = 147; the weight gradient's K = 2*10*10 = 200.
+    let c = Case {
+        stride: [2, 2],
+        pad: [3, 3, 3, 3],
+        ..case([2, 3, 19, 19], [8, 3, 7, 7])
+    };
+    check_all("7x7 stride 2", c);
+}
+
+#[test]
+fn large_k_weight_gradient() {
+    // The weight gradient of a 3x3 conv over a batch of 17x17 images: K = 578.
+    let c = Case {
+        pad: [1, 1, 1, 1],
+        ..case([2, 3, 17, 17], [4, 3, 3, 3])
+    };
+    check("large K", &c, ConvKind::GradWeight, false);
+}
+
+#[test]
+fn exact_tiles() {
+    // M, N and K multiples of the tiles in every kind: no bounds checks are emitted.
+    check_all("exact", case([2, 16, 8, 8], [64, 16, 1, 1]));
+}
+
+#[test]
+fn grid_and_problem_sizes() {
+    let c = Case {
+        groups: 2,
+        pad: [1, 1, 1, 1],
+        ..case([2, 6, 9, 11], [130, 3, 3, 3])
+    };
+    let p = c.problem(ConvKind::Forward, true);
+    assert_eq!(p.gemm(), (65, 2 * 9 * 11, 27));
+    assert_eq!(p.grid(), 2 * 2 * 4);
+    let p = c.problem(ConvKind::GradInput, false);
+    assert_eq!(p.gemm(), (3, 2 * 9 * 11, 65 * 9));
+    let p = c.problem(ConvKind::GradWeight, false);
+    assert_eq!(p.gemm(), (65, 27, 2 * 9 * 11));
+    assert_eq!(p.grid(), 2 * 2);
+}
+
+// ----- PTX --------------------------------------------------------------------------------
+
+fn tool(name: &str, debian: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    [Some(PathBuf::from(debian)), on_path]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+}
+
+fn run(tool: &PathBuf, args: &[&str], what: &str) {
+    let out = Command::new(tool).args(args).output().expect("tool runs");
+    assert!(
+        out.status.success(),
+        "{what}: {tool:?} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The GPU form of each kind lowers through NVVM and LLVM to PTX for sm_80 and sm_90 whose
+/// register tiles, staging registers and decoded coordinates all stay in registers: no
+/// local memory (`.local`, a local depot) at all.
+#[test]
+fn ptx_uses_no_local_memory() {
+    let tools = [
+        tool("mlir-opt-22", "/usr/lib/llvm-22/bin/mlir-opt"),
+        tool("mlir-translate-22", "/usr/lib/llvm-22/bin/mlir-translate"),
+        tool("opt-22", "/usr/lib/llvm-22/bin/opt"),
+        tool("llc-22", "/usr/lib/llvm-22/bin/llc"),
+    ];
+    let [Some(mlir_opt), Some(translate), Some(opt), Some(llc)] = tools else {
+        if std::env::var("RFNC_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("mlir-opt-22, mlir-translate-22, opt-22 and llc-22 are required");
+        }
+        eprintln!("SKIPPED: LLVM 22 tools not found");
+        return;
+    };
+    let c = Case {
+        stride: [2, 2],
+        pad: [1, 1, 1, 1],
+        groups: 2,
+        ..case([2, 6, 13, 11], [70, 3, 3, 3])
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    for kind in [ConvKind::Forward, ConvKind::GradInput, ConvKind::GradWeight] {
+        let (k, _) = build(&c.problem(kind, kind == ConvKind::Forward));
+        let name = format!("{kind:?}").to_lowercase();
+        let gpu = gpu_module(&k, &name).expect("gpu module");
+        let path = |ext: &str| dir.path().join(format!("{name}.{ext}"));
+        let p = |ext: &str| path(ext).to_string_lossy().into_owned();
+        std::fs::write(path("mlir"), gpu).expect("write");
+        run(
+            &mlir_opt,
+            &[
+                "--pass-pipeline=builtin.module(gpu.module(convert-scf-to-cf,convert-gpu-to-nvvm,reconcile-unrealized-casts))",
+                &p("mlir"),
+                "-o",
+                &p("nvvm.mlir"),
+            ],
+            &name,
+        );
+        // The device module alone, as LLVM IR.
+        let nvvm = std::fs::read_to_string(path("nvvm.mlir")).expect("read");
+        let start = nvvm.find("gpu.module").expect("gpu.module");
+        let body = &nvvm[nvvm[start..].find('{').expect("{") + start + 1..];
+        let end = body.rfind('}').expect("}");
+        let inner = &body[..end];
+        let inner = &inner[..inner.rfind('}').expect("}")];
+        std::fs::write(path("dev.mlir"), format!("module {{\n{inner}\n}}\n")).expect("write");
+        run(
+            &translate,
+            &["--mlir-to-llvmir", &p("dev.mlir"), "-o", &p("ll")],
+            &name,
+        );
+        for sm in ["sm_80", "sm_90"] {
+            let ptx = path(&format!("{sm}.ptx"));
+            run(
+                &opt,
+                &[
+                    "-O3",
+                    "-mtriple=nvptx64-nvidia-cuda",
+                    &format!("-mcpu={sm}"),
+                    &p("ll"),
+                    "-o",
+                    &p("opt.bc"),
+                ],
+                &name,
+            );
+            run(
+                &llc,
+                &[
+                    "-O3",
+                    "-mtriple=nvptx64-nvidia-cuda",
+                    &format!("-mcpu={sm}"),
+                    &p("opt.bc"),
+                    "-o",
+                    &ptx.to_string_lossy(),
+                ],
+                &name,
+            );
+            let text = std::fs::read_to_string(&ptx).expect("ptx");
+            if let Some(keep) = std::env::var_os("RFNC_GEMM_PTX_DIR") {
+                let keep = PathBuf::from(keep);
+                std::fs::copy(&ptx, keep.join(format!("{name}.{sm}.ptx"))).expect("copy");
+                std::fs::copy(path("ll"), keep.join(format!("{name}.ll"))).expect("copy");
+            }
+            assert!(text.contains(".entry"), "{name} {sm}: no kernel in the PTX");
+            assert!(
+                text.contains("bar.sync"),
+                "{name} {sm}: no barrier in the PTX"
+            );
+            assert!(
+                !text.contains(".local") && !text.contains("__local_depot"),
+                "{name} {sm}: the PTX uses local memory:\n{text}"
+            );
+        }
+    }
+}
