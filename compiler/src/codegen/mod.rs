@@ -5,4 +5,6 @@ pub mod bundle;
 pub mod gemm;
 pub mod kir;
 pub mod kir_interp;
+pub mod lower;
 pub mod mlir;
+pub mod program;
