@@ -568,7 +568,17 @@ impl<'k> Printer<'k> {
                 let a = self.val(a, t, None)?;
                 let b = self.val(b, t, None)?;
                 let r = name.unwrap_or_else(|| self.fresh());
-                self.line(&format!("{r} = arith.{} {a}, {b} : {ts}", bin_op(*op, t)));
+                // Multiply-adds may fuse into FMAs (as CUDA compilers do by default).
+                let contract = if t == Ty::F32 && matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul)
+                {
+                    " fastmath<contract>"
+                } else {
+                    ""
+                };
+                self.line(&format!(
+                    "{r} = arith.{} {a}, {b}{contract} : {ts}",
+                    bin_op(*op, t)
+                ));
                 r
             }
             Expr::Cmp(op, a, b) => {
