@@ -20,7 +20,16 @@ use rfnc_dsl::{
 };
 use rfnc_runtime::{check_weights, init_weights, load_weights, save_weights, WeightsError};
 
+use crate::codegen_cmd::{
+    compile_all, render_llvm, render_mlir, render_ptx, render_ptx_report, write_bundle,
+    CodegenOptions,
+};
+use crate::run_cmd::{random_inputs, run_steps, save_outputs};
 use crate::stats_report;
+use rfnc_compiler::codegen::bundle::Mode;
+use rfnc_compiler::codegen::program::{lower_bundle, Lowered};
+use rfnc_compiler::passes::pipeline::compile_program;
+use rfnc_runtime::{load_bundle, Device, RuntimeError, Session};
 
 const ABOUT: &str = "Compiler for RefineNet-style dense-prediction networks written in .rfn";
 
@@ -75,17 +84,73 @@ enum Command {
     Compile {
         #[command(flatten)]
         common: Common,
-        /// The stage to print: `ast` (syntax tree of every module), `graph` (the verified
+        /// What to produce. `bundle` (the default) writes the compiled network to the
+        /// directory given by -o: bundle.json (arena, leaves, launches, outputs; see
+        /// docs/runtime.md), kernels/NAME.ptx and host.bc, which `rfnc run` executes. The
+        /// stages print instead: `ast` (syntax tree of every module), `graph` (the verified
         /// graph IR in MLIR generic syntax), `dot` (the graph for Graphviz), `fused` (the
         /// kernels after canonicalisation and fusion, in schedule order), `plan` (the memory
         /// plan: arena, lower bound, live set at the peak, every buffer's offset and lifetime),
         /// `prepare` (inference: the program run once at weight load that folds frozen batch
-        /// norm into the convs)
-        #[arg(long, value_enum, default_value_t = Emit::Graph)]
+        /// norm into the convs), `mlir` (every unique kernel as MLIR for the GPU: gpu.func
+        /// over arith, scf, memref, math), `mlir-host` (the same kernels as host functions,
+        /// as the CPU executor runs them), `llvm` (each kernel's optimised NVPTX LLVM IR),
+        /// `ptx` (each kernel's PTX)
+        #[arg(long, value_enum, default_value_t = Emit::Bundle)]
         emit: Emit,
-        /// Write to this file (atomically) instead of standard output
+        /// Write to this file (atomically) instead of standard output; with the default
+        /// `--emit bundle`, the bundle directory to write (replaced atomically; an existing
+        /// directory is replaced only if it holds a bundle)
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
+        /// GPU architecture of the PTX, e.g. sm_80 (A100), sm_90 (H100)
+        #[arg(long, value_name = "sm_XX", default_value = "sm_80", value_parser = parse_gpu)]
+        gpu: String,
+        /// Report each kernel's registers, shared memory, stack and spills from `ptxas -v`
+        #[arg(long)]
+        ptx_report: bool,
+        /// Compile every kernel afresh instead of reusing cached PTX and host code (the cache
+        /// is $RFNC_CACHE_DIR, else $XDG_CACHE_HOME/rfnc, else ~/.cache/rfnc)
+        #[arg(long)]
+        no_cache: bool,
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+    /// Compile a program (or take a bundle written by `rfnc compile -o DIR`) and run it on
+    /// the CPU or an NVIDIA GPU, with weights from a file or random ones from a seed and
+    /// random inputs; prints the outputs, or the loss of each training step
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Where to run: `cpu` (the host kernels, JIT-compiled, on every core) or `cuda` (the
+        /// PTX kernels on GPU 0 through the CUDA driver)
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
+        /// Weights (safetensors, named by the graph's parameter names); without it, random
+        /// weights from --init-seed as `rfnc weights` makes them
+        #[arg(long, value_name = "W.safetensors")]
+        weights: Option<PathBuf>,
+        /// Seed of the random weights and of the random inputs
+        #[arg(long, default_value_t = 0)]
+        init_seed: u64,
+        /// CPU threads (default: every core)
+        #[arg(long)]
+        threads: Option<usize>,
+        /// With --train: how many training steps to run
+        #[arg(long, default_value_t = 1, requires = "train")]
+        steps: u32,
+        /// With --train: write the trained parameters and momentum buffers here (atomically)
+        #[arg(long, value_name = "W.safetensors", requires = "train")]
+        save_weights: Option<PathBuf>,
+        /// Write the outputs of the last run as safetensors (atomically)
+        #[arg(short, long, value_name = "OUT.safetensors")]
+        output: Option<PathBuf>,
+        /// GPU architecture to compile for (a program, not a bundle)
+        #[arg(long, value_name = "sm_XX", default_value = "sm_80", value_parser = parse_gpu)]
+        gpu: String,
+        /// Compile every kernel afresh instead of using the cache
+        #[arg(long)]
+        no_cache: bool,
         #[command(flatten)]
         train: TrainArgs,
     },
@@ -161,14 +226,49 @@ struct TrainArgs {
     seed: u64,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Emit {
+    Bundle,
     Ast,
     Graph,
     Dot,
     Fused,
     Plan,
     Prepare,
+    Mlir,
+    MlirHost,
+    Llvm,
+    Ptx,
+}
+
+impl Emit {
+    /// Whether this stage runs code generation (and so uses --gpu, --ptx-report, the cache).
+    fn generates_code(self) -> bool {
+        matches!(
+            self,
+            Emit::Bundle | Emit::Mlir | Emit::MlirHost | Emit::Llvm | Emit::Ptx
+        )
+    }
+}
+
+/// Accepts `sm_XX` GPU architecture names.
+fn parse_gpu(text: &str) -> Result<String, String> {
+    let ok = text
+        .strip_prefix("sm_")
+        .is_some_and(|v| v.len() >= 2 && v.chars().all(|c| c.is_ascii_alphanumeric()));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "`{text}` is not a GPU architecture; expected sm_XX, e.g. sm_80 or sm_90"
+        ))
+    }
 }
 
 /// A failure to report: a diagnostic with the sources it points into, or an internal error.
@@ -237,6 +337,9 @@ fn execute(command: Command) -> Result<(), Failure> {
             common,
             emit,
             output,
+            gpu,
+            ptx_report,
+            no_cache,
             train,
         } => {
             let graph = || {
@@ -247,11 +350,31 @@ fn execute(command: Command) -> Result<(), Failure> {
                 }
             };
             // A memory budget shapes the plan, so only the stages after planning use it.
-            if train.memory_budget.is_some() && !matches!(emit, Emit::Fused | Emit::Plan) {
+            if train.memory_budget.is_some()
+                && !(matches!(emit, Emit::Fused | Emit::Plan) || emit.generates_code())
+            {
                 return Err(Failure::plain(
-                    Diagnostic::new("--memory-budget applies to --emit fused and --emit plan")
-                        .hint("add --emit plan to see the budgeted plan, or use rfnc stats --memory --train --memory-budget SIZE"),
+                    Diagnostic::new("--memory-budget applies to the stages after memory planning")
+                        .hint(
+                        "add --emit plan to see the budgeted plan, or compile a bundle with -o DIR",
+                    ),
                 ));
+            }
+            if ptx_report && !matches!(emit, Emit::Bundle | Emit::Ptx) {
+                return Err(Failure::plain(Diagnostic::new(
+                    "--ptx-report needs PTX: use it with the bundle (-o DIR) or --emit ptx",
+                )));
+            }
+            if emit.generates_code() {
+                let options = CodegenOptions::new(&gpu, !no_cache);
+                return compile_code(
+                    &common,
+                    &train,
+                    emit,
+                    output.as_deref(),
+                    &options,
+                    ptx_report,
+                );
             }
             let lowered = || {
                 lower(
@@ -292,8 +415,119 @@ fn execute(command: Command) -> Result<(), Failure> {
                     let report = memory_report(&c.graph, &c.fusion, &c.plan, mode(train.train));
                     render_plan(&c.graph, &c.fused, &c.plan, &report)
                 }
+                Emit::Bundle | Emit::Mlir | Emit::MlirHost | Emit::Llvm | Emit::Ptx => {
+                    unreachable!("code generation returned above")
+                }
             };
             emit_text(&text, output.as_deref())
+        }
+        Command::Run {
+            common,
+            device,
+            weights,
+            init_seed,
+            threads,
+            steps,
+            save_weights: save_to,
+            output,
+            gpu,
+            no_cache,
+            train,
+        } => {
+            let user = |e: String| Failure::plain(Diagnostic::new(e));
+            let runtime = |e: RuntimeError| {
+                match e {
+                RuntimeError::NoGpu(message) => Failure::plain(
+                    Diagnostic::new(message)
+                        .hint("run on the CPU with --device cpu, or on a machine with an NVIDIA GPU and driver"),
+                ),
+                other => Failure::plain(Diagnostic::new(other.to_string())),
+            }
+            };
+            // A directory is a compiled bundle; anything else a program to compile first.
+            let staging = tempfile::tempdir()
+                .map_err(|e| user(format!("cannot create a temporary directory: {e}")))?;
+            let (dir, forward) = if common.file.is_dir() {
+                (common.file.clone(), None)
+            } else {
+                let forward = build_graph(&common)?;
+                let mut lowered = lower_to_kernels(&common, &train)?;
+                lowered.bundle.gpu_target = gpu.clone();
+                let options = CodegenOptions::new(&gpu, !no_cache);
+                let mut timings = Vec::new();
+                let compiled = compile_all(&lowered, &options, &mut timings).map_err(user)?;
+                let dir = staging.path().join("bundle");
+                write_bundle(&dir, &lowered, &compiled, &mut timings).map_err(user)?;
+                if common.timings {
+                    for (pass, time) in &timings {
+                        eprintln!("timing: {pass:<24} {:>9.3} ms", time.as_secs_f64() * 1e3);
+                    }
+                }
+                (dir, Some(forward))
+            };
+            let loaded = load_bundle(&dir).map_err(runtime)?;
+            if train.train != (loaded.bundle.mode == Mode::Train) {
+                return Err(Failure::plain(Diagnostic::new(format!(
+                    "`{}` is a compiled {} bundle; --train {} it",
+                    dir.display(),
+                    if loaded.bundle.mode == Mode::Train {
+                        "training-step"
+                    } else {
+                        "inference"
+                    },
+                    if train.train {
+                        "does not match"
+                    } else {
+                        "is needed to run"
+                    }
+                ))));
+            }
+            let weights = match (&weights, &forward) {
+                (Some(path), forward) => {
+                    let w = load_weights(path).map_err(weights_failure)?;
+                    if let Some(graph) = forward {
+                        check_weights(graph, &w).map_err(|e| {
+                            weights_failure(e).with_title(format!(
+                                "`{}` does not fit network `{}`",
+                                path.display(),
+                                graph.name
+                            ))
+                        })?;
+                    }
+                    w
+                }
+                (None, Some(graph)) => init_weights(graph, init_seed),
+                (None, None) => {
+                    return Err(Failure::plain(
+                        Diagnostic::new("a bundle has no graph to make random weights from: give --weights W.safetensors")
+                            .hint("`rfnc weights PROGRAM -o W.safetensors` writes random weights; or run the .rfn program instead of the bundle"),
+                    ))
+                }
+            };
+            let device = match device {
+                DeviceArg::Cpu => Device::Cpu {
+                    threads: threads.unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(1, |n| n.get())
+                    }),
+                },
+                DeviceArg::Cuda => Device::Cuda { ordinal: 0 },
+            };
+            let mut session = Session::new(&loaded, device).map_err(runtime)?;
+            session.load_weights(&weights).map_err(runtime)?;
+            random_inputs(&mut session, init_seed).map_err(runtime)?;
+            let start = Instant::now();
+            session.prepare().map_err(runtime)?;
+            report_time(&common, "prepare (fold batch norm)", start);
+            let text = run_steps(&mut session, steps, train.train).map_err(runtime)?;
+            print_stdout(&text)?;
+            if let Some(path) = &output {
+                save_outputs(&session, path).map_err(user)?;
+            }
+            if let Some(path) = &save_to {
+                let trained = session.weights().map_err(runtime)?;
+                save_weights(path, &trained).map_err(weights_failure)?;
+            }
+            Ok(())
         }
         Command::Weights {
             common,
@@ -356,6 +590,109 @@ fn execute(command: Command) -> Result<(), Failure> {
             print_stdout(&text)
         }
     }
+}
+
+/// The program lowered to kernels: the main program (inference or training step) and, for
+/// inference with batch norm, the prepare program.
+fn lower_to_kernels(common: &Common, train: &TrainArgs) -> Result<Lowered, Failure> {
+    let graph = if train.train {
+        build_train_graph(common, train)?
+    } else {
+        build_graph(common)?
+    };
+    let main = lower(common, &graph, train.train, train.memory_budget.as_deref())?;
+    let start = Instant::now();
+    let prepare = main
+        .prepare
+        .as_ref()
+        .map(compile_program)
+        .transpose()
+        .map_err(|e| Failure::Internal(format!("lowering the prepare program failed: {e}")))?;
+    let mode = if train.train {
+        Mode::Train
+    } else {
+        Mode::Inference
+    };
+    let network = common.file.file_name().map_or_else(
+        || common.file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let lowered = lower_bundle(&network, mode, "", &main, prepare.as_ref())
+        .map_err(|e| Failure::Internal(format!("kernel generation failed: {e}")))?;
+    report_time(common, "kernel generation (KIR)", start);
+    Ok(lowered)
+}
+
+/// `rfnc compile` from kernels on: MLIR, LLVM IR, PTX or the bundle.
+fn compile_code(
+    common: &Common,
+    train: &TrainArgs,
+    emit: Emit,
+    output: Option<&Path>,
+    options: &CodegenOptions,
+    ptx_report: bool,
+) -> Result<(), Failure> {
+    if emit == Emit::Bundle && output.is_none() {
+        return Err(Failure::plain(
+            Diagnostic::new("the bundle is a directory: give it with -o DIR").hint(
+                "for example -o build/refinenet4, or --emit STAGE to print one stage (see --help)",
+            ),
+        ));
+    }
+    let mut lowered = lower_to_kernels(common, train)?;
+    lowered.bundle.gpu_target = options.gpu.clone();
+    let internal = |e: String| Failure::Internal(e);
+    let user = |e: String| Failure::plain(Diagnostic::new(e));
+    let mut timings: Vec<(String, std::time::Duration)> = Vec::new();
+    let text = match emit {
+        Emit::Mlir => Some(render_mlir(&lowered, false).map_err(internal)?),
+        Emit::MlirHost => Some(render_mlir(&lowered, true).map_err(internal)?),
+        Emit::Llvm => Some(render_llvm(&lowered, options).map_err(user)?),
+        _ => None,
+    };
+    let compiled = match emit {
+        Emit::Ptx | Emit::Bundle => {
+            Some(compile_all(&lowered, options, &mut timings).map_err(user)?)
+        }
+        _ => None,
+    };
+    let text = match (&compiled, emit) {
+        (Some(c), Emit::Ptx) => Some(render_ptx(&lowered, c)),
+        _ => text,
+    };
+    if let Some(text) = &text {
+        emit_text(text, output)?;
+    }
+    if let (Some(c), Emit::Bundle, Some(dir)) = (&compiled, emit, output) {
+        write_bundle(dir, &lowered, c, &mut timings).map_err(user)?;
+        let b = &lowered.bundle;
+        let launches = b.main.launches.len() + b.prepare.as_ref().map_or(0, |p| p.launches.len());
+        print_stdout(&format!(
+            "wrote {}: {} ({}), {launches} launches of {} kernels, arena {}, leaves {}, PTX for {}\n",
+            dir.display(),
+            b.network,
+            mode(train.train),
+            b.kernels.len(),
+            mib(b.main.arena_bytes.max(b.prepare.as_ref().map_or(0, |p| p.arena_bytes))),
+            mib(b.leaves_bytes),
+            b.gpu_target
+        ))?;
+    }
+    if common.timings {
+        for (pass, time) in &timings {
+            eprintln!("timing: {pass:<24} {:>9.3} ms", time.as_secs_f64() * 1e3);
+        }
+    }
+    if ptx_report {
+        let compiled = compiled.as_deref().unwrap_or_default();
+        let report = render_ptx_report(&lowered, compiled, &options.gpu).map_err(user)?;
+        if output.is_some() {
+            print_stdout(&report)?;
+        } else {
+            eprint!("{report}");
+        }
+    }
+    Ok(())
 }
 
 /// Writes to standard output; a reader that stopped early (`| head`) is not an error.

@@ -1,6 +1,8 @@
 //! `rfnc`: the command-line compiler for RefineNet-style `.rfn` programs.
 
 mod cli;
+mod codegen_cmd;
+mod run_cmd;
 mod stats_report;
 
 use std::process::ExitCode;

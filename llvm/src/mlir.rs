@@ -1,0 +1,156 @@
+//! MLIR: parsing kernel text, lowering it with MLIR's pass pipelines to the LLVM dialect,
+//! and translating it to LLVM IR text.
+//!
+//! Invariants: one [`Mlir`] (an MLIR context with every dialect, pass and LLVM translation
+//! registered) per thread; every diagnostic MLIR emits while parsing or running passes is
+//! collected and becomes the message of the error.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Once;
+
+use melior::dialect::DialectRegistry;
+use melior::ir::operation::OperationLike;
+use melior::ir::{BlockLike, Module, RegionLike};
+use melior::pass::PassManager;
+use melior::utility::{register_all_dialects, register_all_llvm_translations, register_all_passes};
+use melior::Context;
+
+use crate::CodegenError;
+
+/// The host lowering: structured control flow, math, arithmetic, memrefs and functions to
+/// the LLVM dialect, memrefs passed as bare pointers.
+pub const HOST_PIPELINE: &str = "builtin.module(convert-scf-to-cf, convert-math-to-llvm, \
+     convert-arith-to-llvm, convert-index-to-llvm, finalize-memref-to-llvm, convert-cf-to-llvm, \
+     convert-func-to-llvm{use-bare-ptr-memref-call-conv=1}, reconcile-unrealized-casts)";
+
+/// The GPU lowering: inside the `gpu.module`, scf to cf, then the GPU, math (to libdevice
+/// calls), arith and memref ops to the LLVM and NVVM dialects with bare-pointer kernel
+/// parameters; cf to LLVM at module level.
+pub const GPU_PIPELINE: &str = "builtin.module(gpu.module(convert-scf-to-cf, \
+     convert-gpu-to-nvvm{use-bare-ptr-memref-call-conv=1 index-bitwidth=64}, \
+     reconcile-unrealized-casts), convert-cf-to-llvm, reconcile-unrealized-casts)";
+
+static REGISTER: Once = Once::new();
+
+/// An MLIR context ready for kernels (one per thread).
+pub struct Mlir {
+    context: Context,
+    diagnostics: Rc<RefCell<Vec<String>>>,
+}
+
+impl Default for Mlir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Mlir {
+    pub fn new() -> Self {
+        REGISTER.call_once(register_all_passes);
+        let registry = DialectRegistry::new();
+        register_all_dialects(&registry);
+        let context = Context::new();
+        context.append_dialect_registry(&registry);
+        context.load_all_available_dialects();
+        register_all_llvm_translations(&context);
+        let diagnostics = Rc::new(RefCell::new(Vec::new()));
+        let sink = diagnostics.clone();
+        context.attach_diagnostic_handler(move |d| {
+            sink.borrow_mut().push(d.to_string());
+            true
+        });
+        Mlir {
+            context,
+            diagnostics,
+        }
+    }
+
+    fn failure(&self, stage: &str, fallback: &str) -> CodegenError {
+        let messages: Vec<String> = self.diagnostics.borrow_mut().drain(..).collect();
+        let message = if messages.is_empty() {
+            fallback.to_string()
+        } else {
+            messages.join("\n")
+        };
+        CodegenError::new(stage, message)
+    }
+
+    fn parse(&self, text: &str, stage: &str) -> Result<Module<'_>, CodegenError> {
+        self.diagnostics.borrow_mut().clear();
+        let module = Module::parse(&self.context, text)
+            .ok_or_else(|| self.failure(stage, "the MLIR does not parse"))?;
+        if !module.as_operation().verify() {
+            return Err(self.failure(stage, "the MLIR does not verify"));
+        }
+        Ok(module)
+    }
+
+    fn lower(
+        &self,
+        module: &mut Module<'_>,
+        pipeline: &str,
+        stage: &str,
+    ) -> Result<(), CodegenError> {
+        let pm = PassManager::new(&self.context);
+        melior::utility::parse_pass_pipeline(pm.as_operation_pass_manager(), pipeline)
+            .map_err(|e| CodegenError::new(stage, format!("bad pass pipeline: {e}")))?;
+        pm.run(module)
+            .map_err(|_| self.failure(stage, "a lowering pass failed"))
+    }
+
+    /// Host form -> LLVM IR text.
+    pub fn host_to_llvm_ir(&self, text: &str, name: &str) -> Result<String, CodegenError> {
+        let stage = format!("MLIR lowering of host kernel {name}");
+        let mut module = self.parse(text, &stage)?;
+        self.lower(&mut module, HOST_PIPELINE, &stage)?;
+        translate(&module, &stage)
+    }
+
+    /// GPU form -> the kernel module's LLVM dialect (as its own module) -> LLVM IR text.
+    pub fn gpu_to_llvm_ir(&self, text: &str, name: &str) -> Result<String, CodegenError> {
+        let stage = format!("MLIR lowering of GPU kernel {name}");
+        let mut module = self.parse(text, &stage)?;
+        self.lower(&mut module, GPU_PIPELINE, &stage)?;
+        // The gpu.module's contents become a module of their own for translation.
+        let gpu_module = module
+            .body()
+            .first_operation()
+            .ok_or_else(|| CodegenError::new(&stage, "no gpu.module in the module"))?;
+        let region = gpu_module
+            .region(0)
+            .map_err(|e| CodegenError::new(&stage, format!("gpu.module has no body: {e}")))?;
+        let block = region
+            .first_block()
+            .ok_or_else(|| CodegenError::new(&stage, "gpu.module has no body"))?;
+        let mut inner = String::from("module {\n");
+        let mut op = block.first_operation();
+        while let Some(o) = op {
+            inner.push_str(&o.to_string());
+            inner.push('\n');
+            op = o.next_in_block();
+        }
+        inner.push_str("}\n");
+        let kernel_module = self.parse(&inner, &stage)?;
+        translate(&kernel_module, &stage)
+    }
+}
+
+/// The LLVM IR of a module in the LLVM dialect.
+fn translate(module: &Module<'_>, stage: &str) -> Result<String, CodegenError> {
+    // SAFETY: the operation is a valid builtin.module for the duration of the call; the
+    // returned string is malloc'ed by MLIR and released with free().
+    unsafe {
+        let raw = mlir_sys::mlirTranslateModuleToLLVMIRToString(module.as_operation().to_raw());
+        if raw.is_null() {
+            return Err(CodegenError::new(stage, "translation to LLVM IR failed"));
+        }
+        let text = std::ffi::CStr::from_ptr(raw).to_string_lossy().into_owned();
+        free(raw as *mut std::ffi::c_void);
+        Ok(text)
+    }
+}
+
+extern "C" {
+    fn free(p: *mut std::ffi::c_void);
+}

@@ -1,0 +1,247 @@
+//! The code-generation half of `rfnc compile`: kernels as MLIR (GPU and host forms), LLVM
+//! IR and PTX, the bundle directory, and the `ptxas` resource report.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rfnc_compiler::codegen::bundle::Bundle;
+use rfnc_compiler::codegen::mlir::{gpu_module, host_module};
+use rfnc_compiler::codegen::program::{Lowered, NamedKernel};
+use rfnc_compiler::output::write_dir_atomically;
+use rfnc_llvm::{
+    compile_gpu, compile_kernels, default_cache_dir, link_host, ptxas_report, CompileOptions,
+    CompiledKernel, GpuTarget, KernelSource,
+};
+
+/// How to generate code.
+pub struct CodegenOptions {
+    /// `sm_80`, `sm_90`, ...
+    pub gpu: String,
+    /// Compiled kernels are cached here by content hash (`None`: no cache).
+    pub cache: Option<std::path::PathBuf>,
+    pub threads: usize,
+}
+
+impl CodegenOptions {
+    pub fn new(gpu: &str, use_cache: bool) -> Self {
+        CodegenOptions {
+            gpu: gpu.to_string(),
+            cache: if use_cache { default_cache_dir() } else { None },
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    fn target(&self) -> GpuTarget {
+        GpuTarget {
+            sm: self.gpu.clone(),
+            libdevice: std::env::var_os("RFNC_LIBDEVICE").map(Into::into),
+        }
+    }
+}
+
+/// How many launches use each kernel.
+fn launch_counts(bundle: &Bundle) -> HashMap<&str, usize> {
+    let mut counts = HashMap::new();
+    let programs = bundle.prepare.iter().chain([&bundle.main]);
+    for launch in programs.flat_map(|p| &p.launches) {
+        *counts.entry(launch.kernel.as_str()).or_default() += 1;
+    }
+    counts
+}
+
+fn header(out: &mut String, k: &NamedKernel, launches: usize) {
+    let _ = writeln!(
+        out,
+        "// kernel {}: {} ({} threads per block, launched {} time{})",
+        k.name,
+        k.kernel.ops,
+        k.kernel.block,
+        launches,
+        if launches == 1 { "" } else { "s" }
+    );
+}
+
+/// Every unique kernel as MLIR, one module each, separated by `// -----` (the separator of
+/// `mlir-opt --split-input-file`).
+pub fn render_mlir(lowered: &Lowered, host: bool) -> Result<String, String> {
+    let counts = launch_counts(&lowered.bundle);
+    let mut out = String::new();
+    for (i, k) in lowered.kernels.iter().enumerate() {
+        if i > 0 {
+            out.push_str("\n// -----\n\n");
+        }
+        header(
+            &mut out,
+            k,
+            counts.get(k.name.as_str()).copied().unwrap_or(0),
+        );
+        let text = if host {
+            host_module(&k.kernel, &k.name)
+        } else {
+            gpu_module(&k.kernel, &k.name)
+        };
+        out.push_str(&text.map_err(|e| format!("kernel {}: {e}", k.name))?);
+    }
+    Ok(out)
+}
+
+/// The MLIR sources of every kernel, for the code generator.
+fn sources(lowered: &Lowered) -> Result<Vec<KernelSource>, String> {
+    lowered
+        .kernels
+        .iter()
+        .map(|k| {
+            Ok(KernelSource {
+                name: k.name.clone(),
+                gpu_mlir: gpu_module(&k.kernel, &k.name)
+                    .map_err(|e| format!("kernel {}: {e}", k.name))?,
+                host_mlir: host_module(&k.kernel, &k.name)
+                    .map_err(|e| format!("kernel {}: {e}", k.name))?,
+            })
+        })
+        .collect()
+}
+
+/// Every kernel's optimised NVPTX LLVM IR.
+pub fn render_llvm(lowered: &Lowered, options: &CodegenOptions) -> Result<String, String> {
+    let counts = launch_counts(&lowered.bundle);
+    let target = options.target();
+    let mut out = String::new();
+    for (k, source) in lowered.kernels.iter().zip(sources(lowered)?) {
+        header(
+            &mut out,
+            k,
+            counts.get(k.name.as_str()).copied().unwrap_or(0),
+        );
+        let artifacts = compile_gpu(&source.gpu_mlir, &target).map_err(|e| e.to_string())?;
+        out.push_str(&artifacts.llvm_ir);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Compiles every kernel to PTX and host code (in parallel, through the cache).
+pub fn compile_all(
+    lowered: &Lowered,
+    options: &CodegenOptions,
+    timings: &mut Vec<(String, Duration)>,
+) -> Result<Vec<CompiledKernel>, String> {
+    let start = Instant::now();
+    let sources = sources(lowered)?;
+    timings.push(("print MLIR".into(), start.elapsed()));
+    let start = Instant::now();
+    let compiled = compile_kernels(
+        &sources,
+        &CompileOptions {
+            target: options.target(),
+            cache_dir: options.cache.clone(),
+            threads: options.threads,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let cached = compiled.iter().filter(|k| k.cached).count();
+    timings.push((
+        format!(
+            "MLIR -> LLVM -> PTX + host ({} kernels, {cached} cached)",
+            compiled.len()
+        ),
+        start.elapsed(),
+    ));
+    Ok(compiled)
+}
+
+/// Every kernel's PTX, one module after the other.
+pub fn render_ptx(lowered: &Lowered, compiled: &[CompiledKernel]) -> String {
+    let counts = launch_counts(&lowered.bundle);
+    let mut out = String::new();
+    for (k, c) in lowered.kernels.iter().zip(compiled) {
+        header(
+            &mut out,
+            k,
+            counts.get(k.name.as_str()).copied().unwrap_or(0),
+        );
+        out.push_str(&c.ptx);
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether `dir` holds a bundle (so writing a new one over it loses nothing).
+fn is_bundle(dir: &Path) -> bool {
+    dir.join("bundle.json").is_file()
+}
+
+/// Writes the bundle directory atomically: bundle.json, kernels/NAME.ptx, host.bc.
+pub fn write_bundle(
+    dir: &Path,
+    lowered: &Lowered,
+    compiled: &[CompiledKernel],
+    timings: &mut Vec<(String, Duration)>,
+) -> Result<(), String> {
+    let start = Instant::now();
+    let host = link_host(
+        &compiled
+            .iter()
+            .map(|c| c.host_bitcode.clone())
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| e.to_string())?;
+    timings.push(("link host code".into(), start.elapsed()));
+    let start = Instant::now();
+    let json = serde_json::to_string_pretty(&lowered.bundle)
+        .map_err(|e| format!("cannot serialise the bundle: {e}"))?;
+    let mut files = vec![
+        ("bundle.json".to_string(), json.into_bytes()),
+        ("host.bc".to_string(), host),
+    ];
+    for (info, c) in lowered.bundle.kernels.iter().zip(compiled) {
+        files.push((info.ptx.clone(), c.ptx.clone().into_bytes()));
+    }
+    write_dir_atomically(dir, &files, is_bundle)
+        .map_err(|e| format!("cannot write the bundle `{}`: {e}", dir.display()))?;
+    timings.push(("write bundle".into(), start.elapsed()));
+    Ok(())
+}
+
+/// `ptxas -v` for every kernel: registers, shared memory, stack and spills.
+pub fn render_ptx_report(
+    lowered: &Lowered,
+    compiled: &[CompiledKernel],
+    gpu: &str,
+) -> Result<String, String> {
+    let counts = launch_counts(&lowered.bundle);
+    let mut out = format!(
+        "ptxas report for {gpu} ({} kernels)\n{:<52} {:>8} {:>5} {:>10} {:>7} {:>12} {:>12}\n",
+        compiled.len(),
+        "kernel",
+        "launches",
+        "regs",
+        "shared B",
+        "stack B",
+        "spill st B",
+        "spill ld B"
+    );
+    let mut spilling = 0;
+    for c in compiled {
+        for r in ptxas_report(&c.ptx, gpu).map_err(|e| e.to_string())? {
+            if r.spill_stores_bytes + r.spill_loads_bytes > 0 {
+                spilling += 1;
+            }
+            let _ = writeln!(
+                out,
+                "{:<52} {:>8} {:>5} {:>10} {:>7} {:>12} {:>12}",
+                r.name,
+                counts.get(r.name.as_str()).copied().unwrap_or(0),
+                r.registers,
+                r.shared_bytes,
+                r.stack_bytes,
+                r.spill_stores_bytes,
+                r.spill_loads_bytes
+            );
+        }
+    }
+    let _ = writeln!(out, "{spilling} kernels spill registers");
+    Ok(out)
+}

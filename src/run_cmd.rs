@@ -1,0 +1,133 @@
+//! `rfnc run`: executes a bundle on the CPU or a GPU, with given or random weights and
+//! random inputs, and reports the outputs (or the loss of each training step).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use rfnc_compiler::codegen::bundle::{DType, LeafRole};
+use rfnc_compiler::rng::splitmix64;
+use rfnc_runtime::{save_weights, HostTensor, RuntimeError, Session, TensorData, Weights};
+
+/// Deterministic random inputs for every input leaf except the step counter: images
+/// uniform in [-1, 1), depth targets in [1, 3), labels uniform over the classes.
+pub fn random_inputs(session: &mut Session, seed: u64) -> Result<(), RuntimeError> {
+    let leaves = session.bundle().leaves.clone();
+    for (k, leaf) in leaves.iter().enumerate() {
+        if leaf.role != LeafRole::Input || leaf.name == "step" {
+            continue;
+        }
+        let n = leaf.elements() as usize;
+        let key = splitmix64(seed ^ splitmix64(k as u64 + 1));
+        let uniform = |i: usize| (splitmix64(key ^ i as u64) >> 40) as f32 / (1u64 << 24) as f32;
+        match leaf.dtype {
+            DType::I32 => {
+                let classes = leaf.classes.unwrap_or(2).max(1);
+                let data: Vec<i32> = (0..n)
+                    .map(|i| (uniform(i) * classes as f32) as i32 % classes as i32)
+                    .collect();
+                session.set_leaf_i32(&leaf.name, &data)?;
+            }
+            DType::F32 => {
+                let depth = leaf.name.contains("depth");
+                let data: Vec<f32> = (0..n)
+                    .map(|i| {
+                        if depth {
+                            1.0 + 2.0 * uniform(i)
+                        } else {
+                            2.0 * uniform(i) - 1.0
+                        }
+                    })
+                    .collect();
+                session.set_leaf_f32(&leaf.name, &data)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets the training step counter (when the program has one).
+pub fn set_step(session: &mut Session, step: i32) -> Result<(), RuntimeError> {
+    if session.bundle().leaves.iter().any(|l| l.name == "step") {
+        session.set_leaf_i32("step", &[step])?;
+    }
+    Ok(())
+}
+
+/// `name  shape  mean min max` (or the value of a scalar).
+pub fn summary(name: &str, t: &HostTensor) -> String {
+    let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+    let shape = if shape.is_empty() {
+        "scalar".to_string()
+    } else {
+        shape.join("x")
+    };
+    let values: Vec<f64> = match &t.data {
+        TensorData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+        TensorData::I32(v) => v.iter().map(|&x| x as f64).collect(),
+    };
+    if values.len() == 1 {
+        return format!("{name:<24} {shape:<16} {}", values[0]);
+    }
+    let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{name:<24} {shape:<16} mean {mean:.6} min {min:.6} max {max:.6}")
+}
+
+/// Runs the main program `steps` times (training: the step counter counts up) and
+/// describes the outputs; returns the text to print.
+pub fn run_steps(session: &mut Session, steps: u32, train: bool) -> Result<String, RuntimeError> {
+    let mut out = String::new();
+    let objective: Option<String> = session
+        .bundle()
+        .main
+        .outputs
+        .iter()
+        .find(|o| o.shape.is_empty())
+        .map(|o| o.name.clone());
+    for step in 0..steps {
+        set_step(session, step as i32)?;
+        let start = Instant::now();
+        session.run()?;
+        let elapsed = start.elapsed();
+        if train {
+            let loss = match &objective {
+                Some(name) => summary(name, &session.output(name)?),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "step {step}: {loss} ({:.1} ms)",
+                elapsed.as_secs_f64() * 1e3
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "ran {} on {} in {:.1} ms",
+                session.bundle().network,
+                session.device(),
+                elapsed.as_secs_f64() * 1e3
+            );
+        }
+    }
+    if !train {
+        for (name, t) in session.outputs()? {
+            let _ = writeln!(out, "{}", summary(&name, &t));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the f32 outputs as safetensors (atomically).
+pub fn save_outputs(session: &Session, path: &Path) -> Result<(), String> {
+    let mut outputs = Weights::default();
+    for (name, t) in session.outputs().map_err(|e| e.to_string())? {
+        if let Some(data) = t.as_f32() {
+            outputs
+                .tensors
+                .insert(name, (t.shape.clone(), data.to_vec()));
+        }
+    }
+    save_weights(path, &outputs).map_err(|e| e.to_string())
+}
