@@ -19,7 +19,7 @@ use crate::mlir::MlirSession;
 
 /// The MLIR pass pipeline from the GPU form to the LLVM + NVVM dialects. `cf` lowering
 /// runs at module level (it does not run nested in `gpu.module`).
-pub const GPU_PIPELINE: &str = "builtin.module(gpu.module(arith-expand, convert-scf-to-cf, \
+pub const GPU_PIPELINE: &str = "builtin.module(gpu.module(convert-scf-to-cf, \
      convert-gpu-to-nvvm{use-bare-ptr-memref-call-conv=1}, canonicalize, cse), \
      convert-cf-to-llvm, reconcile-unrealized-casts)";
 

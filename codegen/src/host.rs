@@ -16,7 +16,7 @@ use crate::llvm::{native_machine, optimize, retarget};
 use crate::mlir::MlirSession;
 
 /// The MLIR pass pipeline from the host form to the LLVM dialect.
-pub const HOST_PIPELINE: &str = "builtin.module(arith-expand, convert-scf-to-cf, \
+pub const HOST_PIPELINE: &str = "builtin.module(convert-scf-to-cf, \
      convert-math-to-llvm, convert-math-to-libm, convert-arith-to-llvm, convert-index-to-llvm, \
      expand-strided-metadata, finalize-memref-to-llvm, convert-cf-to-llvm, \
      convert-func-to-llvm{use-bare-ptr-memref-call-conv=1}, reconcile-unrealized-casts)";

@@ -5,7 +5,7 @@
 //! made; optimisation always runs `default<O3>` with the module's own target machine so
 //! that target-specific passes (NVVMReflect for libdevice) take part.
 
-use std::sync::Once;
+use std::sync::OnceLock;
 
 use inkwell::module::{Linkage, Module};
 use inkwell::passes::PassBuilderOptions;
@@ -16,8 +16,19 @@ use inkwell::OptimizationLevel;
 
 use crate::error::{CodegenError, Stage};
 
-static INIT_NVPTX: Once = Once::new();
-static INIT_NATIVE: Once = Once::new();
+static INIT_TARGETS: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Registers the NVPTX and the native target, once: LLVM's target registry must not be
+/// written while another thread reads it, so both are registered together up front.
+fn init_targets() -> Result<(), CodegenError> {
+    INIT_TARGETS
+        .get_or_init(|| {
+            Target::initialize_nvptx(&InitializationConfig::default());
+            Target::initialize_native(&InitializationConfig::default())
+        })
+        .clone()
+        .map_err(|e| CodegenError::new(Stage::Setup, format!("LLVM target set-up: {e}")))
+}
 
 /// The triple of the GPU code.
 pub const NVPTX_TRIPLE: &str = "nvptx64-nvidia-cuda";
@@ -38,7 +49,7 @@ pub fn nvptx_machine(sm: &str) -> Result<TargetMachine, CodegenError> {
             format!("`{sm}` is not a GPU architecture name; expected e.g. `sm_80` or `sm_90`"),
         ));
     }
-    INIT_NVPTX.call_once(|| Target::initialize_nvptx(&InitializationConfig::default()));
+    init_targets()?;
     let triple = TargetTriple::create(NVPTX_TRIPLE);
     let target = Target::from_triple(&triple)
         .map_err(|e| CodegenError::new(Stage::Setup, format!("no NVPTX target: {e}")))?;
@@ -61,9 +72,7 @@ pub fn nvptx_machine(sm: &str) -> Result<TargetMachine, CodegenError> {
 
 /// A target machine for the machine this runs on (its CPU and features), at O3.
 pub fn native_machine() -> Result<TargetMachine, CodegenError> {
-    let mut init = Ok(());
-    INIT_NATIVE.call_once(|| init = Target::initialize_native(&InitializationConfig::default()));
-    init.map_err(|e| CodegenError::new(Stage::Setup, format!("no native target: {e}")))?;
+    init_targets()?;
     let triple = TargetMachine::get_default_triple();
     let target = Target::from_triple(&triple)
         .map_err(|e| CodegenError::new(Stage::Setup, format!("no native target: {e}")))?;
@@ -118,8 +127,13 @@ pub fn optimize(module: &Module<'_>, machine: &TargetMachine) -> Result<(), Code
     module
         .verify()
         .map_err(|e| CodegenError::new(Stage::Translate, format!("invalid LLVM IR: {e}")))?;
+    // Dropping unused internal functions first (most of libdevice) saves O3 the work.
     module
-        .run_passes("default<O3>", machine, PassBuilderOptions::create())
+        .run_passes(
+            "globaldce,default<O3>",
+            machine,
+            PassBuilderOptions::create(),
+        )
         .map_err(|e| CodegenError::new(Stage::Optimize, e.to_string()))?;
     module.verify().map_err(|e| {
         CodegenError::new(
