@@ -36,11 +36,13 @@ pub struct GpuTarget {
 }
 
 impl GpuTarget {
-    /// `sm` with libdevice from `$RFNC_LIBDEVICE` when that is set.
+    /// `sm` with libdevice from `$RFNC_LIBDEVICE` when that is set and not empty.
     pub fn from_env(sm: &str) -> Self {
         GpuTarget {
             sm: sm.to_string(),
-            libdevice: std::env::var_os("RFNC_LIBDEVICE").map(PathBuf::from),
+            libdevice: std::env::var_os("RFNC_LIBDEVICE")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
         }
     }
 }
