@@ -455,9 +455,9 @@ fn execute(command: Command) -> Result<(), Failure> {
                 lowered.bundle.gpu_target = gpu.clone();
                 let options = CodegenOptions::new(&gpu, !no_cache);
                 let mut timings = Vec::new();
-                let compiled = compile_all(&lowered, &options, &mut timings).map_err(user)?;
+                let compiled = compile_all(&lowered, &options, true, &mut timings).map_err(user)?;
                 let dir = staging.path().join("bundle");
-                write_bundle(&dir, &lowered, &compiled, &mut timings).map_err(user)?;
+                write_bundle(&dir, &lowered, &compiled, &options, &mut timings).map_err(user)?;
                 if common.timings {
                     for (pass, time) in &timings {
                         eprintln!("timing: {pass:<24} {:>9.3} ms", time.as_secs_f64() * 1e3);
@@ -652,7 +652,7 @@ fn compile_code(
     };
     let compiled = match emit {
         Emit::Ptx | Emit::Bundle => {
-            Some(compile_all(&lowered, options, &mut timings).map_err(user)?)
+            Some(compile_all(&lowered, options, emit == Emit::Bundle, &mut timings).map_err(user)?)
         }
         _ => None,
     };
@@ -664,7 +664,7 @@ fn compile_code(
         emit_text(text, output)?;
     }
     if let (Some(c), Emit::Bundle, Some(dir)) = (&compiled, emit, output) {
-        write_bundle(dir, &lowered, c, &mut timings).map_err(user)?;
+        write_bundle(dir, &lowered, c, options, &mut timings).map_err(user)?;
         let b = &lowered.bundle;
         let launches = b.main.launches.len() + b.prepare.as_ref().map_or(0, |p| p.launches.len());
         print_stdout(&format!(

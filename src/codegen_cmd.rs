@@ -11,8 +11,8 @@ use rfnc_compiler::codegen::mlir::{gpu_module, host_module};
 use rfnc_compiler::codegen::program::{Lowered, NamedKernel};
 use rfnc_compiler::output::write_dir_atomically;
 use rfnc_llvm::{
-    compile_gpu, compile_kernels, default_cache_dir, link_host, ptxas_report, CompileOptions,
-    CompiledKernel, GpuTarget, KernelSource,
+    compile_gpu, compile_kernels, default_cache_dir, link_host_cached, ptxas_report, CodegenError,
+    CompileOptions, CompiledKernel, GpuTarget, KernelSource,
 };
 
 /// How to generate code.
@@ -87,21 +87,13 @@ pub fn render_mlir(lowered: &Lowered, host: bool) -> Result<String, String> {
     Ok(out)
 }
 
-/// The MLIR sources of every kernel, for the code generator.
-fn sources(lowered: &Lowered) -> Result<Vec<KernelSource>, String> {
-    lowered
-        .kernels
-        .iter()
-        .map(|k| {
-            Ok(KernelSource {
-                name: k.name.clone(),
-                gpu_mlir: gpu_module(&k.kernel, &k.name)
-                    .map_err(|e| format!("kernel {}: {e}", k.name))?,
-                host_mlir: host_module(&k.kernel, &k.name)
-                    .map_err(|e| format!("kernel {}: {e}", k.name))?,
-            })
-        })
-        .collect()
+/// The MLIR of one kernel, in both forms.
+fn source(k: &NamedKernel) -> Result<KernelSource, String> {
+    Ok(KernelSource {
+        gpu_mlir: gpu_module(&k.kernel, &k.name).map_err(|e| format!("kernel {}: {e}", k.name))?,
+        host_mlir: host_module(&k.kernel, &k.name)
+            .map_err(|e| format!("kernel {}: {e}", k.name))?,
+    })
 }
 
 /// Every kernel's optimised NVPTX LLVM IR.
@@ -109,42 +101,47 @@ pub fn render_llvm(lowered: &Lowered, options: &CodegenOptions) -> Result<String
     let counts = launch_counts(&lowered.bundle);
     let target = options.target();
     let mut out = String::new();
-    for (k, source) in lowered.kernels.iter().zip(sources(lowered)?) {
+    for k in &lowered.kernels {
         header(
             &mut out,
             k,
             counts.get(k.name.as_str()).copied().unwrap_or(0),
         );
-        let artifacts = compile_gpu(&source.gpu_mlir, &target).map_err(|e| e.to_string())?;
+        let artifacts = compile_gpu(&source(k)?.gpu_mlir, &target).map_err(|e| e.to_string())?;
         out.push_str(&artifacts.llvm_ir);
         out.push('\n');
     }
     Ok(out)
 }
 
-/// Compiles every kernel to PTX and host code (in parallel, through the cache).
+/// Compiles every kernel to PTX, and to host code when `host` (in parallel, through the
+/// cache).
 pub fn compile_all(
     lowered: &Lowered,
     options: &CodegenOptions,
+    host: bool,
     timings: &mut Vec<(String, Duration)>,
 ) -> Result<Vec<CompiledKernel>, String> {
     let start = Instant::now();
-    let sources = sources(lowered)?;
-    timings.push(("print MLIR".into(), start.elapsed()));
-    let start = Instant::now();
+    let names: Vec<String> = lowered.kernels.iter().map(|k| k.name.clone()).collect();
+    let render =
+        |i: usize| source(&lowered.kernels[i]).map_err(|e| CodegenError::new("printing MLIR", e));
     let compiled = compile_kernels(
-        &sources,
+        &names,
+        &render,
         &CompileOptions {
             target: options.target(),
             cache_dir: options.cache.clone(),
             threads: options.threads,
+            host,
         },
     )
     .map_err(|e| e.to_string())?;
     let cached = compiled.iter().filter(|k| k.cached).count();
     timings.push((
         format!(
-            "MLIR -> LLVM -> PTX + host ({} kernels, {cached} cached)",
+            "MLIR -> LLVM -> PTX{} ({} kernels, {cached} cached)",
+            if host { " + host" } else { "" },
             compiled.len()
         ),
         start.elapsed(),
@@ -178,14 +175,18 @@ pub fn write_bundle(
     dir: &Path,
     lowered: &Lowered,
     compiled: &[CompiledKernel],
+    options: &CodegenOptions,
     timings: &mut Vec<(String, Duration)>,
 ) -> Result<(), String> {
     let start = Instant::now();
-    let host = link_host(
+    let names: Vec<&str> = compiled.iter().map(|c| c.name.as_str()).collect();
+    let host = link_host_cached(
         &compiled
             .iter()
             .map(|c| c.host_bitcode.clone())
             .collect::<Vec<_>>(),
+        &names.join(","),
+        options.cache.as_deref(),
     )
     .map_err(|e| e.to_string())?;
     timings.push(("link host code".into(), start.elapsed()));

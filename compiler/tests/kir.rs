@@ -132,7 +132,7 @@ fn reduction(n: u64, block: u32, grid: u64) -> KernelFn {
     b.store(sh, Expr::ThreadId, Expr::load(acc, 0));
     b.barrier();
     b.for_(0, levels, 1, |b, level| {
-        let half = b.let_(Expr::int(block as i64 / 2).shr(level));
+        let half = b.let_(Expr::int(block as i64 / 2).shift_right(level));
         b.if_(Expr::ThreadId.lt(half.clone()), |b| {
             let other = Expr::ThreadId + half.clone();
             b.store(
@@ -255,12 +255,12 @@ fn splitmix(n: u64, seed: u64) -> KernelFn {
     b.if_(i.clone().lt(n), |b| {
         let z = b.let_(i.clone().cast(Ty::I64) + seed);
         let z = b.let_(z + 0x9E37_79B9_7F4A_7C15u64);
-        let z = b.let_(z.clone().xor(z.shr(30)) * 0xBF58_476D_1CE4_E5B9u64);
-        let z = b.let_(z.clone().xor(z.shr(27)) * 0x94D0_49BB_1331_11EBu64);
-        let h = b.let_(z.clone().xor(z.shr(31)));
+        let z = b.let_(z.clone().xor(z.shift_right(30)) * 0xBF58_476D_1CE4_E5B9u64);
+        let z = b.let_(z.clone().xor(z.shift_right(27)) * 0x94D0_49BB_1331_11EBu64);
+        let h = b.let_(z.clone().xor(z.shift_right(31)));
         b.store(lo, i.clone(), h.clone().cast(Ty::I32));
-        b.store(hi, i.clone(), h.clone().shr(32).cast(Ty::I32));
-        let uniform = h.shr(40).cast(Ty::F32) / Expr::f32((1u64 << 24) as f32);
+        b.store(hi, i.clone(), h.clone().shift_right(32).cast(Ty::I32));
+        let uniform = h.shift_right(40).cast(Ty::F32) / Expr::f32((1u64 << 24) as f32);
         b.store(u, i.clone(), uniform);
     });
     b.finish()
@@ -428,7 +428,7 @@ fn casts_and_integer_semantics() {
     b.store(out_i, t.clone() + 8, (v.clone() % 3i32).cast(Ty::I32));
     // index -> i64 -> index, i64 shift of a negative value is logical.
     let l = b.let_(wide.clone().cast(Ty::I64));
-    b.store(out_i, t.clone() + 16, l.shr(60).cast(Ty::I32));
+    b.store(out_i, t.clone() + 16, l.shift_right(60).cast(Ty::I32));
     // f32 -> i32 truncates toward zero; bool -> index.
     let fv = b.let_(Expr::load(f, t.clone()));
     b.store(out_i, t.clone() + 24, fv.clone().cast(Ty::I32));

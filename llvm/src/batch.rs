@@ -1,12 +1,14 @@
 //! Compiling all the kernels of a network: on several threads (each with its own MLIR and
 //! LLVM context, which are not thread-safe), each kernel taken from the cache when it is
-//! there. Results come back in the order of the sources.
+//! there; the MLIR of a kernel is only printed when it has to be compiled. Results come
+//! back in the order of the kernels.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use inkwell::context::Context;
+use inkwell::module::Module;
 
 use crate::gpu::{compile_gpu_with, GpuTarget};
 use crate::host::compile_host_with;
@@ -16,7 +18,6 @@ use crate::{cache, CodegenError};
 /// One kernel's MLIR, in both forms.
 #[derive(Clone, Debug)]
 pub struct KernelSource {
-    pub name: String,
     pub gpu_mlir: String,
     pub host_mlir: String,
 }
@@ -26,94 +27,107 @@ pub struct CompileOptions {
     pub target: GpuTarget,
     pub cache_dir: Option<PathBuf>,
     pub threads: usize,
+    /// Also compile the host code (the CPU executor's); PTX alone otherwise.
+    pub host: bool,
 }
 
 #[derive(Clone, Debug)]
 pub struct CompiledKernel {
     pub name: String,
     pub ptx: String,
+    /// Empty when host code was not asked for.
     pub host_bitcode: Vec<u8>,
-    /// Taken from the cache.
+    /// Everything came from the cache.
     pub cached: bool,
 }
 
-fn compile_one(
-    mlir: &Mlir,
-    source: &KernelSource,
-    options: &CompileOptions,
-) -> Result<CompiledKernel, CodegenError> {
-    let key = cache::key(&options.target.sm, &source.gpu_mlir, &source.host_mlir);
-    if let Some(dir) = &options.cache_dir {
-        if let Some((ptx, host_bitcode)) = cache::load(dir, &key) {
-            return Ok(CompiledKernel {
-                name: source.name.clone(),
-                ptx,
-                host_bitcode,
-                cached: true,
-            });
-        }
-    }
-    // A fresh LLVM context per kernel keeps memory flat over hundreds of kernels.
-    let context = Context::create();
-    let gpu = compile_gpu_with(
-        mlir,
-        &context,
-        &source.gpu_mlir,
-        &source.name,
-        &options.target,
-    )?;
-    let host_bitcode = compile_host_with(mlir, &context, &source.host_mlir, &source.name)?;
-    if let Some(dir) = &options.cache_dir {
-        cache::store(dir, &key, &gpu.ptx, &host_bitcode);
-    }
-    Ok(CompiledKernel {
-        name: source.name.clone(),
-        ptx: gpu.ptx,
-        host_bitcode,
-        cached: false,
-    })
+/// The MLIR of kernel `i` (called only for kernels that are not cached).
+pub type Render<'a> = dyn Fn(usize) -> Result<KernelSource, CodegenError> + Sync + 'a;
+
+struct Worker<'c> {
+    mlir: Option<Mlir>,
+    context: &'c Context,
+    libdevice: Option<Module<'c>>,
 }
 
-/// Compiles every kernel (PTX and host bitcode); the first error stops the batch.
+impl Worker<'_> {
+    fn compile(
+        &mut self,
+        name: &str,
+        i: usize,
+        render: &Render,
+        options: &CompileOptions,
+    ) -> Result<CompiledKernel, CodegenError> {
+        let gpu_key = cache::key(&["ptx", &options.target.sm, name]);
+        let host_key = cache::key(&["host", name]);
+        let dir = options.cache_dir.as_deref();
+        let mut ptx = dir.and_then(|d| cache::load_ptx(d, &gpu_key));
+        let mut host = match options.host {
+            true => dir.and_then(|d| cache::load_bitcode(d, &host_key)),
+            false => Some(Vec::new()),
+        };
+        let cached = ptx.is_some() && host.is_some();
+        if !cached {
+            let source = render(i)?;
+            let mlir = self.mlir.get_or_insert_with(Mlir::new);
+            if ptx.is_none() {
+                let gpu = compile_gpu_with(
+                    mlir,
+                    self.context,
+                    &mut self.libdevice,
+                    &source.gpu_mlir,
+                    name,
+                    &options.target,
+                )?;
+                if let Some(d) = dir {
+                    cache::store_ptx(d, &gpu_key, &gpu.ptx);
+                }
+                ptx = Some(gpu.ptx);
+            }
+            if host.is_none() {
+                let bc = compile_host_with(mlir, self.context, &source.host_mlir, name)?;
+                if let Some(d) = dir {
+                    cache::store_bitcode(d, &host_key, &bc);
+                }
+                host = Some(bc);
+            }
+        }
+        Ok(CompiledKernel {
+            name: name.to_string(),
+            ptx: ptx.expect("compiled or cached"),
+            host_bitcode: host.expect("compiled or cached"),
+            cached,
+        })
+    }
+}
+
+/// Compiles every kernel (PTX, and host bitcode when asked); the first error stops the
+/// batch. `names[i]` must identify kernel `i`'s code exactly (it keys the cache).
 pub fn compile_kernels(
-    sources: &[KernelSource],
+    names: &[String],
+    render: &Render,
     options: &CompileOptions,
 ) -> Result<Vec<CompiledKernel>, CodegenError> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<CompiledKernel, CodegenError>>>> =
-        Mutex::new(vec![None; sources.len()]);
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    let threads = options.threads.clamp(1, sources.len().max(1));
+        Mutex::new(vec![None; names.len()]);
+    let failed = AtomicBool::new(false);
+    let threads = options.threads.clamp(1, names.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
-                let mut mlir: Option<Mlir> = None;
+                let context = Context::create();
+                let mut worker = Worker {
+                    mlir: None,
+                    context: &context,
+                    libdevice: None,
+                };
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= sources.len() || failed.load(Ordering::Relaxed) {
+                    if i >= names.len() || failed.load(Ordering::Relaxed) {
                         break;
                     }
-                    let key = cache::key(
-                        &options.target.sm,
-                        &sources[i].gpu_mlir,
-                        &sources[i].host_mlir,
-                    );
-                    let hit = options
-                        .cache_dir
-                        .as_ref()
-                        .and_then(|d| cache::load(d, &key))
-                        .map(|(ptx, host_bitcode)| CompiledKernel {
-                            name: sources[i].name.clone(),
-                            ptx,
-                            host_bitcode,
-                            cached: true,
-                        });
-                    let result = match hit {
-                        Some(k) => Ok(k),
-                        None => {
-                            compile_one(mlir.get_or_insert_with(Mlir::new), &sources[i], options)
-                        }
-                    };
+                    let result = worker.compile(&names[i], i, render, options);
                     if result.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }

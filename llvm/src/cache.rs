@@ -1,8 +1,11 @@
 //! The compiled-kernel cache: PTX and host bitcode stored under a hash of everything that
-//! determines them (this crate's version, the LLVM version, the GPU, both MLIR texts).
+//! determines them: this crate's version, the LLVM version, the GPU, and the kernel's name,
+//! which holds a hash of its whole kernel IR (so the MLIR need not even be printed to look
+//! a kernel up).
 //!
 //! Invariants: entries are written atomically (temporary file + rename), so a reader sees a
-//! whole entry or none; an entry that cannot be read is treated as missing and rebuilt.
+//! whole entry or none; an entry that cannot be read or looks wrong is treated as missing
+//! and rebuilt.
 
 use std::path::{Path, PathBuf};
 
@@ -20,33 +23,39 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .or_else(|| env("HOME").map(|d| d.join(".cache").join("rfnc")))
 }
 
-/// The cache key of a kernel.
-pub fn key(sm: &str, gpu_mlir: &str, host_mlir: &str) -> String {
+/// A cache key: the hash of the parts, with this compiler's version and LLVM's.
+pub fn key(parts: &[&str]) -> String {
     let mut h = Sha256::new();
-    for part in [
-        env!("CARGO_PKG_VERSION"),
-        "llvm-22",
-        sm,
-        gpu_mlir,
-        "\0",
-        host_mlir,
-    ] {
+    for part in [env!("CARGO_PKG_VERSION"), "llvm-22"].iter().chain(parts) {
         h.update(part.as_bytes());
         h.update([0u8]);
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The cached PTX and host bitcode for `key`, if both are there.
-pub fn load(dir: &Path, key: &str) -> Option<(String, Vec<u8>)> {
+/// A cached PTX module.
+pub fn load_ptx(dir: &Path, key: &str) -> Option<String> {
     let ptx = std::fs::read_to_string(dir.join(format!("{key}.ptx"))).ok()?;
-    let host = std::fs::read(dir.join(format!("{key}.host.bc"))).ok()?;
-    (ptx.contains(".entry") && host.starts_with(b"BC")).then_some((ptx, host))
+    ptx.contains(".entry").then_some(ptx)
+}
+
+/// A cached bitcode module.
+pub fn load_bitcode(dir: &Path, key: &str) -> Option<Vec<u8>> {
+    let bc = std::fs::read(dir.join(format!("{key}.bc"))).ok()?;
+    bc.starts_with(b"BC").then_some(bc)
+}
+
+pub fn store_ptx(dir: &Path, key: &str, ptx: &str) {
+    store(dir, format!("{key}.ptx"), ptx.as_bytes());
+}
+
+pub fn store_bitcode(dir: &Path, key: &str, bc: &[u8]) {
+    store(dir, format!("{key}.bc"), bc);
 }
 
 /// Stores an entry; failures only cost a recompilation later, so they are ignored.
-pub fn store(dir: &Path, key: &str, ptx: &str, host: &[u8]) {
-    let write = |name: String, bytes: &[u8]| -> std::io::Result<()> {
+fn store(dir: &Path, name: String, bytes: &[u8]) {
+    let write = || -> std::io::Result<()> {
         use std::io::Write;
         std::fs::create_dir_all(dir)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
@@ -54,6 +63,5 @@ pub fn store(dir: &Path, key: &str, ptx: &str, host: &[u8]) {
         tmp.persist(dir.join(name)).map_err(|e| e.error)?;
         Ok(())
     };
-    let _ = write(format!("{key}.host.bc"), host)
-        .and_then(|_| write(format!("{key}.ptx"), ptx.as_bytes()));
+    let _ = write();
 }

@@ -40,6 +40,14 @@ pub struct GpuArtifacts {
 
 pub const NVPTX_TRIPLE: &str = "nvptx64-nvidia-cuda";
 
+/// The LLVM optimisation pipeline for kernels: inlining (libdevice), scalar replacement of
+/// the register tiles, redundancy elimination, loop-invariant code motion and clean-up; no
+/// loop unrolling or vectorisation (the kernel generator unrolls what should be unrolled),
+/// which keeps compile time low.
+pub const GPU_PASSES: &str = "globaldce,nvvm-reflect,cgscc(inline),function(sroa,\
+early-cse<memssa>,instcombine<no-verify-fixpoint>,simplifycfg,reassociate,loop-mssa(licm),gvn,sccp,instcombine<no-verify-fixpoint>,\
+adce,simplifycfg),globaldce";
+
 fn target_machine(sm: &str, stage: &str) -> Result<TargetMachine, CodegenError> {
     Target::initialize_nvptx(&InitializationConfig::default());
     let triple = TargetTriple::create(NVPTX_TRIPLE);
@@ -71,9 +79,10 @@ pub(crate) fn parse_ir<'c>(
 }
 
 /// Compiles one kernel's GPU-form MLIR (`name` is its kernel function) to PTX.
-pub fn compile_gpu_with(
+pub fn compile_gpu_with<'c>(
     mlir: &Mlir,
-    context: &Context,
+    context: &'c Context,
+    libdevice_cache: &mut Option<Module<'c>>,
     text: &str,
     name: &str,
     target: &GpuTarget,
@@ -98,14 +107,19 @@ pub fn compile_gpu_with(
                  is configured; set RFNC_LIBDEVICE (scripts/setup.sh installs it under .cache/cuda-nvcc)",
             )
         })?;
-        let libdevice = Module::parse_bitcode_from_path(path, context).map_err(|e| {
-            CodegenError::new(
-                &stage,
-                format!("cannot read libdevice `{}`: {e}", path.display()),
-            )
-        })?;
-        libdevice.set_triple(&TargetTriple::create(NVPTX_TRIPLE));
-        libdevice.set_data_layout(&tm.get_target_data().get_data_layout());
+        // Parsed once per context; each kernel links a copy (linking consumes it).
+        if libdevice_cache.is_none() {
+            let parsed = Module::parse_bitcode_from_path(path, context).map_err(|e| {
+                CodegenError::new(
+                    &stage,
+                    format!("cannot read libdevice `{}`: {e}", path.display()),
+                )
+            })?;
+            parsed.set_triple(&TargetTriple::create(NVPTX_TRIPLE));
+            parsed.set_data_layout(&tm.get_target_data().get_data_layout());
+            *libdevice_cache = Some(parsed);
+        }
+        let libdevice = libdevice_cache.as_ref().expect("parsed above").clone();
         module
             .link_in_module(libdevice)
             .map_err(|e| CodegenError::new(&stage, format!("linking libdevice failed: {e}")))?;
@@ -116,7 +130,7 @@ pub fn compile_gpu_with(
         }
     }
     module
-        .run_passes("default<O3>", &tm, PassBuilderOptions::create())
+        .run_passes(GPU_PASSES, &tm, PassBuilderOptions::create())
         .map_err(|e| CodegenError::new(&stage, format!("optimisation failed: {e}")))?;
     let llvm_ir = module.print_to_string().to_string();
     let ptx = tm
@@ -131,7 +145,11 @@ pub fn compile_gpu_with(
 pub fn compile_gpu(text: &str, target: &GpuTarget) -> Result<GpuArtifacts, CodegenError> {
     let name = kernel_name(text)
         .ok_or_else(|| CodegenError::new("GPU code generation", "no gpu.func in the MLIR"))?;
-    compile_gpu_with(&Mlir::new(), &Context::create(), text, &name, target)
+    let context = Context::create();
+    let mut libdevice = None;
+    let result = compile_gpu_with(&Mlir::new(), &context, &mut libdevice, text, &name, target);
+    drop(libdevice);
+    result
 }
 
 /// The symbol of the first `gpu.func @NAME` in MLIR text.

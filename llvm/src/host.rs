@@ -28,6 +28,23 @@ pub fn compile_host(text: &str, name: &str) -> Result<Vec<u8>, CodegenError> {
     compile_host_with(&Mlir::new(), &Context::create(), text, name)
 }
 
+/// Links host bitcode modules into one (cached under `key` in `cache_dir` when given).
+pub fn link_host_cached(
+    modules: &[Vec<u8>],
+    key: &str,
+    cache_dir: Option<&std::path::Path>,
+) -> Result<Vec<u8>, CodegenError> {
+    let key = crate::cache::key(&["linked host", key]);
+    if let Some(bc) = cache_dir.and_then(|d| crate::cache::load_bitcode(d, &key)) {
+        return Ok(bc);
+    }
+    let linked = link_host(modules)?;
+    if let Some(d) = cache_dir {
+        crate::cache::store_bitcode(d, &key, &linked);
+    }
+    Ok(linked)
+}
+
 /// Links host bitcode modules into one.
 pub fn link_host(modules: &[Vec<u8>]) -> Result<Vec<u8>, CodegenError> {
     let stage = "linking host code";

@@ -15,9 +15,9 @@ pub mod host;
 pub mod mlir;
 pub mod ptxas;
 
-pub use batch::{compile_kernels, CompileOptions, CompiledKernel, KernelSource};
+pub use batch::{compile_kernels, CompileOptions, CompiledKernel, KernelSource, Render};
 pub use cache::default_cache_dir;
 pub use error::CodegenError;
 pub use gpu::{compile_gpu, GpuArtifacts, GpuTarget};
-pub use host::{compile_host, link_host};
+pub use host::{compile_host, link_host, link_host_cached};
 pub use ptxas::{find_ptxas, ptxas_report, PtxasKernel};

@@ -173,7 +173,7 @@ impl Operand {
     /// The rows (`r`-th load) a thread handles in a tile, relative to the tile.
     fn mn_local(&self, r: u64) -> Expr {
         match self.layout {
-            Layout::KFast => Expr::ThreadId.shr(4) + (16 * r),
+            Layout::KFast => Expr::ThreadId.shift_right(4) + (16 * r),
             Layout::MnFast => Expr::ThreadId.and(Expr::Int(63)),
         }
     }
@@ -182,7 +182,7 @@ impl Operand {
     fn k_local(&self, r: u64) -> Expr {
         match self.layout {
             Layout::KFast => Expr::ThreadId.and(Expr::Int(15)),
-            Layout::MnFast => Expr::ThreadId.shr(6) + (4 * r),
+            Layout::MnFast => Expr::ThreadId.shift_right(6) + (4 * r),
         }
     }
 
@@ -669,7 +669,7 @@ pub fn conv_kernel(
                 fetch(b, mul(kt.clone() + 1, TILE_K as i64))
             });
         }
-        let ty = b.let_(Expr::ThreadId.shr(4) * REG as i64);
+        let ty = b.let_(Expr::ThreadId.shift_right(4) * REG as i64);
         let tx = b.let_(Expr::ThreadId.and(Expr::Int(15)) * REG as i64);
         for kk in 0..TILE_K {
             let av: Vec<Expr> = (0..REG)
@@ -690,7 +690,7 @@ pub fn conv_kernel(
     });
 
     // Epilogue: each in-range element of the thread's register tile, once.
-    let ty = b.let_(Expr::ThreadId.shr(4) * REG as i64);
+    let ty = b.let_(Expr::ThreadId.shift_right(4) * REG as i64);
     let tx = b.let_(Expr::ThreadId.and(Expr::Int(15)) * REG as i64);
     let cols: Vec<(Expr, Expr)> = (0..REG)
         .map(|j| {

@@ -202,10 +202,10 @@ impl Expr {
     pub fn xor(self, b: impl Into<Expr>) -> Expr {
         Expr::bin(BinOp::Xor, self, b.into())
     }
-    pub fn shl(self, b: impl Into<Expr>) -> Expr {
+    pub fn shift_left(self, b: impl Into<Expr>) -> Expr {
         Expr::bin(BinOp::Shl, self, b.into())
     }
-    pub fn shr(self, b: impl Into<Expr>) -> Expr {
+    pub fn shift_right(self, b: impl Into<Expr>) -> Expr {
         Expr::bin(BinOp::ShrU, self, b.into())
     }
     pub fn min(self, b: impl Into<Expr>) -> Expr {
@@ -214,7 +214,7 @@ impl Expr {
     pub fn max(self, b: impl Into<Expr>) -> Expr {
         Expr::bin(BinOp::Max, self, b.into())
     }
-    pub fn not(self) -> Expr {
+    pub fn logical_not(self) -> Expr {
         Expr::Unary(UnOp::Not, Box::new(self))
     }
     pub fn exp(self) -> Expr {

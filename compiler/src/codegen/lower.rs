@@ -734,15 +734,15 @@ fn dropout_keep(
     let key = mix(b, key, Expr::Int(stream as i64).cast(Ty::I64));
     let h = mix(b, key, index.clone().cast(Ty::I64));
     let threshold = (rate * (1u64 << 24) as f64).ceil() as i64;
-    b.let_(h.shr(40).ge(Expr::Int(threshold)))
+    b.let_(h.shift_right(40).ge(Expr::Int(threshold)))
 }
 
 fn splitmix(b: &mut KernelBuilder, z: Expr) -> Expr {
     let c = |v: u64| Expr::Int(v as i64);
     let z = b.let_(z + c(0x9E37_79B9_7F4A_7C15));
-    let z = b.let_(z.clone().xor(z.shr(30)) * c(0xBF58_476D_1CE4_E5B9));
-    let z = b.let_(z.clone().xor(z.shr(27)) * c(0x94D0_49BB_1331_11EB));
-    b.let_(z.clone().xor(z.shr(31)))
+    let z = b.let_(z.clone().xor(z.shift_right(30)) * c(0xBF58_476D_1CE4_E5B9));
+    let z = b.let_(z.clone().xor(z.shift_right(27)) * c(0x94D0_49BB_1331_11EB));
+    b.let_(z.clone().xor(z.shift_right(31)))
 }
 
 fn mix(b: &mut KernelBuilder, key: Expr, coordinate: Expr) -> Expr {

@@ -1,0 +1,305 @@
+//! Code generation end to end: every example, for inference and for the training step, is
+//! compiled by `rfnc compile` to a bundle (MLIR -> LLVM -> PTX and host code) whose kernels
+//! the CPU executor runs; the results match the reference interpreter on the unplanned,
+//! unfused graph. Every emitted MLIR module passes `mlir-opt-22`, every PTX module assembles
+//! with `ptxas` for sm_80 and sm_90 without spills, and the MLIR of representative kernels
+//! is snapshot-tested.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use rfnc_compiler::interp::{run, Value};
+use rfnc_compiler::ir::Graph;
+use rfnc_compiler::passes::canonical::inference;
+use rfnc_compiler::passes::train::train_step;
+use rfnc_dsl::{elaborate_with_training, Options};
+use rfnc_runtime::{load_bundle, Device, Session};
+
+const SMALL: &str = "1x3x32x32";
+const SMALL_DIMS: &[u64] = &[1, 3, 32, 32];
+const NARROW: &[(&str, &str)] = &[("depth", "50"), ("base_width", "2"), ("refine_width", "4")];
+
+fn defines(example: &str) -> Vec<(&'static str, &'static str)> {
+    if example == "tiny" {
+        Vec::new()
+    } else {
+        NARROW.to_vec()
+    }
+}
+
+/// A cache shared by the tests of this run, so each kernel is compiled once.
+fn cache_dir() -> PathBuf {
+    root().join("target").join("rfnc-test-cache")
+}
+
+/// `rfnc compile` with the example's small settings and `extra` arguments.
+fn compile(example: &str, extra: &[&str]) -> std::process::Output {
+    let path = example_path(example);
+    let path = path.to_string_lossy().into_owned();
+    let mut args: Vec<String> = vec!["compile".into(), path, "--input".into(), SMALL.into()];
+    for (k, v) in defines(example) {
+        args.push("-D".into());
+        args.push(format!("{k}={v}"));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rfnc"))
+        .args(&args)
+        .current_dir(root())
+        .env("RFNC_CACHE_DIR", cache_dir())
+        .output()
+        .expect("rfnc runs");
+    assert!(
+        out.status.success(),
+        "rfnc {}: {}",
+        args.join(" "),
+        stderr(&out)
+    );
+    out
+}
+
+fn bundle(example: &str, train: bool, dir: &Path) {
+    let dir = dir.to_string_lossy().into_owned();
+    let mut extra = vec!["-o", dir.as_str()];
+    if train {
+        extra.push("--train");
+    }
+    compile(example, &extra);
+}
+
+/// The forward graph and the training step exactly as `rfnc compile --train` builds them.
+fn graphs(example: &str) -> (Graph, Graph) {
+    let program = load(&example_path(example));
+    let options = Options {
+        input: SMALL_DIMS.to_vec(),
+        defines: defines(example)
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let (forward, mut config) = elaborate_with_training(&program, &options)
+        .unwrap_or_else(|d| panic!("{}", d.render(&program.sources)));
+    config.seed = 0;
+    let step = train_step(&forward, &config).unwrap();
+    (forward, step)
+}
+
+/// Feeds with frozen statistics that are not the identity (so batch-norm folding matters).
+fn perturbed_feeds(graph: &Graph) -> HashMap<String, Value<f64>> {
+    let mut feeds: HashMap<String, Value<f64>> = feeds(graph, 9);
+    for (k, v) in feeds.iter_mut() {
+        if k.ends_with("running_var") || k.ends_with("running_mean") || k.ends_with(".weight") {
+            let Value::Real(t) = v else { continue };
+            if t.dims.len() == 1 {
+                for (i, x) in t.data.iter_mut().enumerate() {
+                    *x += 0.1 + (i % 7) as f64 * 0.05;
+                }
+            }
+        }
+    }
+    feeds
+}
+
+/// Runs a bundle on the CPU with `feeds` and returns every output.
+fn run_bundle(dir: &Path, feeds: &HashMap<String, Value<f64>>) -> HashMap<String, Vec<f64>> {
+    let loaded = load_bundle(dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut session = Session::new(&loaded, Device::Cpu { threads: 2 }).unwrap();
+    for leaf in &loaded.bundle.leaves {
+        match feeds.get(&leaf.name) {
+            Some(Value::Real(t)) => {
+                let data: Vec<f32> = t.data.iter().map(|&v| v as f32).collect();
+                session.set_leaf_f32(&leaf.name, &data).unwrap();
+            }
+            Some(Value::Int(t)) => session.set_leaf_i32(&leaf.name, &t.data).unwrap(),
+            None => {}
+        }
+    }
+    session.prepare().unwrap();
+    session.run().unwrap();
+    loaded
+        .bundle
+        .main
+        .outputs
+        .iter()
+        .map(|o| {
+            let t = session.output(&o.name).unwrap();
+            (
+                o.name.clone(),
+                t.as_f32()
+                    .expect("f32 output")
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn compare(what: &str, actual: &HashMap<String, Vec<f64>>, expected: &[(String, Value<f64>)]) {
+    assert_eq!(actual.len(), expected.len(), "{what}: outputs");
+    for (name, value) in expected {
+        let want = &value.real().data;
+        let got = &actual[name];
+        assert_eq!(got.len(), want.len(), "{what}: `{name}` size");
+        let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+        let worst = got
+            .iter()
+            .zip(want)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst / scale < 1e-4,
+            "{what}: output `{name}` differs from the interpreter by {:e} (relative)",
+            worst / scale
+        );
+    }
+}
+
+#[test]
+fn cpu_executor_matches_the_interpreter_for_every_example() {
+    let tmp = tempfile::tempdir().unwrap();
+    for example in EXAMPLES {
+        let (forward, step) = graphs(example);
+        // Inference: the interpreter on the unfolded, unfused inference graph.
+        let dir = tmp.path().join(format!("{example}-inference"));
+        bundle(example, false, &dir);
+        let unplanned = inference(&forward);
+        let feeds = perturbed_feeds(&unplanned);
+        let expected = run(&unplanned, &feeds).unwrap();
+        compare(
+            &format!("{example} inference"),
+            &run_bundle(&dir, &feeds),
+            &expected,
+        );
+        // The training step: loss, updated parameters and momentum.
+        let dir = tmp.path().join(format!("{example}-train"));
+        bundle(example, true, &dir);
+        let feeds = perturbed_feeds(&step);
+        let expected = run(&step, &feeds).unwrap();
+        compare(
+            &format!("{example} training step"),
+            &run_bundle(&dir, &feeds),
+            &expected,
+        );
+    }
+}
+
+/// Splits `--emit mlir` output into (header, module) pairs.
+fn kernels(text: &str) -> Vec<(String, String)> {
+    text.split("// -----")
+        .map(|chunk| {
+            let chunk = chunk.trim();
+            let (header, body) = chunk.split_once('\n').unwrap_or((chunk, ""));
+            (header.to_string(), body.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn emitted_mlir_passes_mlir_opt() {
+    let Some(mlir_opt) = mlir_opt() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    for example in ["tiny", "refinenet4", "refinenet4_depth"] {
+        for train in [false, true] {
+            for emit in ["mlir", "mlir-host"] {
+                let file = tmp.path().join(format!("{example}-{train}-{emit}.mlir"));
+                let file_arg = file.to_string_lossy().into_owned();
+                let mut extra = vec!["--emit", emit, "-o", file_arg.as_str()];
+                if train {
+                    extra.push("--train");
+                }
+                compile(example, &extra);
+                let out = std::process::Command::new(&mlir_opt)
+                    .arg("--split-input-file")
+                    .arg(&file)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{example} {emit} (train: {train}): mlir-opt: {}",
+                    stderr(&out)
+                );
+            }
+        }
+    }
+}
+
+/// The `N kernels spill registers` line of `--ptx-report`.
+fn spilling(report: &str) -> usize {
+    report
+        .lines()
+        .find_map(|l| l.strip_suffix(" kernels spill registers"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no spill summary in:\n{report}"))
+}
+
+#[test]
+fn every_ptx_module_assembles_without_spills_for_sm80_and_sm90() {
+    if std::env::var_os("RFNC_PTXAS").is_none() {
+        assert!(
+            std::env::var("RFNC_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "ptxas is required (RFNC_REQUIRE_TOOLS=1) but RFNC_PTXAS is not set; run scripts/setup.sh"
+        );
+        eprintln!("SKIPPED: ptxas not found (RFNC_PTXAS unset; run scripts/setup.sh)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for example in EXAMPLES {
+        for train in [false, true] {
+            for gpu in ["sm_80", "sm_90"] {
+                let dir = tmp.path().join(format!("{example}-{train}-{gpu}"));
+                let dir_arg = dir.to_string_lossy().into_owned();
+                let mut extra = vec!["-o", dir_arg.as_str(), "--gpu", gpu, "--ptx-report"];
+                if train {
+                    extra.push("--train");
+                }
+                let out = compile(example, &extra);
+                let report = stdout(&out);
+                assert_eq!(
+                    spilling(&report),
+                    0,
+                    "{example} (train: {train}) on {gpu}:\n{report}"
+                );
+                let ptx = std::fs::read_dir(dir.join("kernels")).unwrap().count();
+                assert!(ptx > 0, "{example}: kernels written");
+                assert!(report.contains(&format!("ptxas report for {gpu} ({ptx} kernels)")));
+            }
+        }
+    }
+}
+
+/// The first kernel whose ops start with `ops` (exactly, up to the next space).
+fn kernel_with<'a>(all: &'a [(String, String)], ops: &str) -> &'a str {
+    all.iter()
+        .find(|(h, _)| h.split(": ").nth(1).and_then(|r| r.split(' ').next()) == Some(ops))
+        .map(|(_, m)| m.as_str())
+        .unwrap_or_else(|| {
+            let headers: Vec<&str> = all.iter().map(|(h, _)| h.as_str()).collect();
+            panic!("no kernel `{ops}` among:\n{}", headers.join("\n"))
+        })
+}
+
+#[test]
+fn mlir_of_representative_kernels() {
+    let inference = kernels(&stdout(&compile("refinenet1", &["--emit", "mlir"])));
+    let train = kernels(&stdout(&compile("refinenet1", &["--emit", "mlir", "--train"])));
+    // A convolution with its fused residual add and relu (tiled implicit GEMM).
+    insta::assert_snapshot!("conv_add_relu", kernel_with(&inference, "conv2d+add+relu"));
+    // Max pooling (CRP).
+    insta::assert_snapshot!("max_pool", kernel_with(&inference, "max_pool2d"));
+    // Multi-resolution fusion: a conv whose epilogue adds the upsampled other paths.
+    insta::assert_snapshot!(
+        "upsample_and_sum",
+        kernel_with(
+            &inference,
+            "conv2d+resize_bilinear+add+resize_bilinear+add+resize_bilinear+add+relu"
+        )
+    );
+    // The loss (a block reduction) and its gradient.
+    insta::assert_snapshot!("loss", kernel_with(&train, "softmax_cross_entropy"));
+    insta::assert_snapshot!(
+        "loss_gradient",
+        kernel_with(&train, "softmax_cross_entropy_grad")
+    );
+}
