@@ -136,8 +136,9 @@ enum Command {
         /// CPU threads (default: every core)
         #[arg(long)]
         threads: Option<usize>,
-        /// With --train: how many training steps to run
-        #[arg(long, default_value_t = 1, requires = "train")]
+        /// How many times to run: training steps with --train, else repeated inference
+        /// runs (each one timed)
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         steps: u32,
         /// With --train: write the trained parameters and momentum buffers here (atomically)
         #[arg(long, value_name = "W.safetensors", requires = "train")]

@@ -13,7 +13,14 @@ fn check_reports_a_summary() {
 
 #[test]
 fn compile_emits_each_stage() {
-    let graph = rfnc(&["compile", "examples/tiny.rfn", "--input", "1x3x64x64"]);
+    let graph = rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x64x64",
+        "--emit",
+        "graph",
+    ]);
     assert!(graph.status.success());
     assert!(stdout(&graph).starts_with("\"rfn.graph\"() ({"));
     let ast = rfnc(&["compile", "examples/tiny.rfn", "--emit", "ast"]);
@@ -44,6 +51,8 @@ fn output_file_matches_stdout_and_creates_folders() {
         "examples/tiny.rfn",
         "--input",
         "1x3x64x64",
+        "--emit",
+        "graph",
         "-o",
         path.to_str().unwrap(),
     ]);
@@ -54,6 +63,8 @@ fn output_file_matches_stdout_and_creates_folders() {
         "examples/tiny.rfn",
         "--input",
         "1x3x64x64",
+        "--emit",
+        "graph",
     ]));
     assert_eq!(std::fs::read_to_string(&path).unwrap(), printed);
     // Only the output itself is left behind (the temporary file was renamed).
@@ -161,8 +172,26 @@ fn user_errors_exit_1_with_a_diagnostic() {
             "--input gives 4 for dimension 1",
         ),
         (
-            &["compile", "examples/tiny.rfn", "--emit", "ptx"],
-            "invalid value 'ptx'",
+            &["compile", "examples/tiny.rfn", "--emit", "wasm"],
+            "invalid value 'wasm'",
+        ),
+        (
+            &["compile", "examples/tiny.rfn"],
+            "the bundle is a directory: give it with -o DIR",
+        ),
+        (
+            &["compile", "examples/tiny.rfn", "--gpu", "volta"],
+            "expected sm_XX",
+        ),
+        (
+            &[
+                "compile",
+                "examples/tiny.rfn",
+                "--emit",
+                "graph",
+                "--ptx-report",
+            ],
+            "--ptx-report needs PTX",
         ),
         (&["frobnicate"], "unrecognized subcommand"),
     ];
@@ -592,4 +621,154 @@ fn memory_budget_is_refused_where_it_cannot_apply() {
         "1GiB",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// `rfnc run` with the small settings of the tiny network.
+fn run_tiny(extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["run", "examples/tiny.rfn", "--input", "1x3x16x16"];
+    args.extend_from_slice(extra);
+    std::process::Command::new(env!("CARGO_BIN_EXE_rfnc"))
+        .args(&args)
+        .current_dir(root())
+        .env(
+            "RFNC_CACHE_DIR",
+            root().join("target").join("rfnc-test-cache"),
+        )
+        .output()
+        .expect("rfnc runs")
+}
+
+#[test]
+fn run_executes_inference_and_training_on_the_cpu() {
+    let out = run_tiny(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("ran tiny.rfn on cpu"), "{text}");
+    assert!(text.contains("scores"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let trained = dir.path().join("trained.safetensors");
+    let outputs = dir.path().join("outputs.safetensors");
+    let out = run_tiny(&[
+        "--train",
+        "--steps",
+        "3",
+        "--save-weights",
+        trained.to_str().unwrap(),
+        "-o",
+        outputs.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let losses: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("step "))
+        .map(|l| {
+            l.split_whitespace()
+                .nth(4)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("a loss in `{l}`"))
+        })
+        .collect();
+    assert_eq!(losses.len(), 3, "{text}");
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(
+        losses[0] != losses[2],
+        "training changes the loss: {losses:?}"
+    );
+    // The trained weights are complete: they run again.
+    let out = run_tiny(&["--weights", trained.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(outputs.is_file());
+}
+
+#[test]
+fn run_errors_are_clear() {
+    // No GPU driver on a machine without one: a clear error, not a panic.
+    if !std::path::Path::new("/dev/nvidiactl").exists() {
+        let out = run_tiny(&["--device", "cuda"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains("no NVIDIA"), "{}", stderr(&out));
+        assert!(stderr(&out).contains("--device cpu"), "{}", stderr(&out));
+    }
+    // Weights of another network.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("r1.safetensors");
+    let out = rfnc(&[
+        "weights",
+        "examples/refinenet1.rfn",
+        "-D",
+        "depth=50",
+        "--input",
+        "1x3x32x32",
+        "-o",
+        other.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_tiny(&["--weights", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("does not fit network"),
+        "{}",
+        stderr(&out)
+    );
+    // A bundle directory has no graph to draw random weights from.
+    let bundle = dir.path().join("bundle");
+    let out = rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x16x16",
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = rfnc(&["run", bundle.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("give --weights"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_bundle_never_replaces_a_directory_that_is_not_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("notes");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("thesis.txt"), "years of work").unwrap();
+    let out = rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x16x16",
+        "-o",
+        precious.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not an rfnc bundle"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(precious.join("thesis.txt")).unwrap(),
+        "years of work"
+    );
+    // A bundle is replaced by a new one.
+    let bundle = dir.path().join("bundle");
+    for _ in 0..2 {
+        let out = rfnc(&[
+            "compile",
+            "examples/tiny.rfn",
+            "--input",
+            "1x3x16x16",
+            "-o",
+            bundle.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let json = std::fs::read_to_string(bundle.join("bundle.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["format"], "rfnc-bundle");
+    assert!(bundle.join("host.bc").is_file());
+    // Nothing left over beside it.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
 }

@@ -12,23 +12,10 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use rfnc_compiler::interp::{run, Value};
-use rfnc_compiler::ir::Graph;
 use rfnc_compiler::passes::canonical::inference;
-use rfnc_compiler::passes::train::train_step;
-use rfnc_dsl::{elaborate_with_training, Options};
 use rfnc_runtime::{load_bundle, Device, Session};
 
 const SMALL: &str = "1x3x32x32";
-const SMALL_DIMS: &[u64] = &[1, 3, 32, 32];
-const NARROW: &[(&str, &str)] = &[("depth", "50"), ("base_width", "2"), ("refine_width", "4")];
-
-fn defines(example: &str) -> Vec<(&'static str, &'static str)> {
-    if example == "tiny" {
-        Vec::new()
-    } else {
-        NARROW.to_vec()
-    }
-}
 
 /// A cache shared by the tests of this run, so each kernel is compiled once.
 fn cache_dir() -> PathBuf {
@@ -40,7 +27,7 @@ fn compile(example: &str, extra: &[&str]) -> std::process::Output {
     let path = example_path(example);
     let path = path.to_string_lossy().into_owned();
     let mut args: Vec<String> = vec!["compile".into(), path, "--input".into(), SMALL.into()];
-    for (k, v) in defines(example) {
+    for (k, v) in small_defines(example) {
         args.push("-D".into());
         args.push(format!("{k}={v}"));
     }
@@ -67,39 +54,6 @@ fn bundle(example: &str, train: bool, dir: &Path) {
         extra.push("--train");
     }
     compile(example, &extra);
-}
-
-/// The forward graph and the training step exactly as `rfnc compile --train` builds them.
-fn graphs(example: &str) -> (Graph, Graph) {
-    let program = load(&example_path(example));
-    let options = Options {
-        input: SMALL_DIMS.to_vec(),
-        defines: defines(example)
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    };
-    let (forward, mut config) = elaborate_with_training(&program, &options)
-        .unwrap_or_else(|d| panic!("{}", d.render(&program.sources)));
-    config.seed = 0;
-    let step = train_step(&forward, &config).unwrap();
-    (forward, step)
-}
-
-/// Feeds with frozen statistics that are not the identity (so batch-norm folding matters).
-fn perturbed_feeds(graph: &Graph) -> HashMap<String, Value<f64>> {
-    let mut feeds: HashMap<String, Value<f64>> = feeds(graph, 9);
-    for (k, v) in feeds.iter_mut() {
-        if k.ends_with("running_var") || k.ends_with("running_mean") || k.ends_with(".weight") {
-            let Value::Real(t) = v else { continue };
-            if t.dims.len() == 1 {
-                for (i, x) in t.data.iter_mut().enumerate() {
-                    *x += 0.1 + (i % 7) as f64 * 0.05;
-                }
-            }
-        }
-    }
-    feeds
 }
 
 /// Runs a bundle on the CPU with `feeds` and returns every output.
@@ -137,37 +91,18 @@ fn run_bundle(dir: &Path, feeds: &HashMap<String, Value<f64>>) -> HashMap<String
         .collect()
 }
 
-fn compare(what: &str, actual: &HashMap<String, Vec<f64>>, expected: &[(String, Value<f64>)]) {
-    assert_eq!(actual.len(), expected.len(), "{what}: outputs");
-    for (name, value) in expected {
-        let want = &value.real().data;
-        let got = &actual[name];
-        assert_eq!(got.len(), want.len(), "{what}: `{name}` size");
-        let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-        let worst = got
-            .iter()
-            .zip(want)
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        assert!(
-            worst / scale < 1e-4,
-            "{what}: output `{name}` differs from the interpreter by {:e} (relative)",
-            worst / scale
-        );
-    }
-}
-
 #[test]
 fn cpu_executor_matches_the_interpreter_for_every_example() {
     let tmp = tempfile::tempdir().unwrap();
     for example in EXAMPLES {
-        let (forward, step) = graphs(example);
+        let (forward, step) = small_graphs(example);
         // Inference: the interpreter on the unfolded, unfused inference graph.
         let dir = tmp.path().join(format!("{example}-inference"));
         bundle(example, false, &dir);
         let unplanned = inference(&forward);
         let feeds = perturbed_feeds(&unplanned);
         let expected = run(&unplanned, &feeds).unwrap();
-        compare(
+        assert_outputs_match(
             &format!("{example} inference"),
             &run_bundle(&dir, &feeds),
             &expected,
@@ -177,7 +112,7 @@ fn cpu_executor_matches_the_interpreter_for_every_example() {
         bundle(example, true, &dir);
         let feeds = perturbed_feeds(&step);
         let expected = run(&step, &feeds).unwrap();
-        compare(
+        assert_outputs_match(
             &format!("{example} training step"),
             &run_bundle(&dir, &feeds),
             &expected,
@@ -283,7 +218,10 @@ fn kernel_with<'a>(all: &'a [(String, String)], ops: &str) -> &'a str {
 #[test]
 fn mlir_of_representative_kernels() {
     let inference = kernels(&stdout(&compile("refinenet1", &["--emit", "mlir"])));
-    let train = kernels(&stdout(&compile("refinenet1", &["--emit", "mlir", "--train"])));
+    let train = kernels(&stdout(&compile(
+        "refinenet1",
+        &["--emit", "mlir", "--train"],
+    )));
     // A convolution with its fused residual add and relu (tiled implicit GEMM).
     insta::assert_snapshot!("conv_add_relu", kernel_with(&inference, "conv2d+add+relu"));
     // Max pooling (CRP).

@@ -15,38 +15,8 @@ use rfnc_compiler::codegen::kir::Ty;
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
 use rfnc_compiler::codegen::program::{lower_bundle, Lowered};
 use rfnc_compiler::interp::{run, Value};
-use rfnc_compiler::ir::Graph;
 use rfnc_compiler::passes::canonical::inference;
 use rfnc_compiler::passes::pipeline::{compile_inference, compile_program, compile_training};
-use rfnc_compiler::passes::train::train_step;
-use rfnc_dsl::{elaborate_with_training, Options};
-
-const SMALL: &[u64] = &[1, 3, 32, 32];
-const NARROW: &[(&str, &str)] = &[("depth", "50"), ("base_width", "2"), ("refine_width", "4")];
-
-fn defines(example: &str) -> Vec<(String, String)> {
-    if example == "tiny" {
-        Vec::new()
-    } else {
-        NARROW
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-}
-
-fn graphs(example: &str) -> (Graph, Graph) {
-    let program = load(&example_path(example));
-    let options = Options {
-        input: SMALL.to_vec(),
-        defines: defines(example),
-    };
-    let (forward, mut config) = elaborate_with_training(&program, &options)
-        .unwrap_or_else(|d| panic!("{}", d.render(&program.sources)));
-    config.seed = 0;
-    let step = train_step(&forward, &config).unwrap();
-    (forward, step)
-}
 
 /// The three regions as 32-bit words (f32 and i32 alike).
 struct Memory {
@@ -167,41 +137,8 @@ fn execute(lowered: &Lowered, feeds: &HashMap<String, Value<f64>>) -> HashMap<St
         .collect()
 }
 
-fn perturbed_feeds(graph: &Graph) -> HashMap<String, Value<f64>> {
-    let mut feeds: HashMap<String, Value<f64>> = feeds(graph, 9);
-    for (k, v) in feeds.iter_mut() {
-        if k.ends_with("running_var") || k.ends_with("running_mean") || k.ends_with(".weight") {
-            let Value::Real(t) = v else { continue };
-            if t.dims.len() == 1 {
-                for (i, x) in t.data.iter_mut().enumerate() {
-                    *x += 0.1 + (i % 7) as f64 * 0.05;
-                }
-            }
-        }
-    }
-    feeds
-}
-
-fn compare(what: &str, actual: &HashMap<String, Vec<f64>>, expected: &[(String, Value<f64>)]) {
-    assert_eq!(actual.len(), expected.len(), "{what}: outputs");
-    for (name, value) in expected {
-        let want = &value.real().data;
-        let got = &actual[name];
-        let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-        let worst = got
-            .iter()
-            .zip(want)
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        assert!(
-            worst / scale < 1e-4,
-            "{what}: output `{name}` differs from the interpreter by {:e} (relative)",
-            worst / scale
-        );
-    }
-}
-
 fn check_example(example: &str) {
-    let (forward, step) = graphs(example);
+    let (forward, step) = small_graphs(example);
     // Inference, with batch norm folded by the prepare program.
     let main = compile_inference(&forward).unwrap();
     let prepare = main.prepare.as_ref().map(|p| compile_program(p).unwrap());
@@ -210,7 +147,7 @@ fn check_example(example: &str) {
     let unplanned = inference(&forward);
     let feeds = perturbed_feeds(&unplanned);
     let expected = run(&unplanned, &feeds).unwrap();
-    compare(
+    assert_outputs_match(
         &format!("{example} inference"),
         &execute(&lowered, &feeds),
         &expected,
@@ -221,7 +158,7 @@ fn check_example(example: &str) {
         .unwrap_or_else(|e| panic!("{example} train: {e}"));
     let feeds = perturbed_feeds(&step);
     let expected = run(&step, &feeds).unwrap();
-    compare(
+    assert_outputs_match(
         &format!("{example} training step"),
         &execute(&lowered, &feeds),
         &expected,

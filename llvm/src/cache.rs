@@ -1,5 +1,6 @@
 //! The compiled-kernel cache: PTX and host bitcode stored under a hash of everything that
-//! determines them: this crate's version, the LLVM version, the GPU, and the kernel's name,
+//! determines them: this crate's version and a hash of the code-generation sources
+//! (build.rs), the LLVM version, the GPU, and the kernel's name,
 //! which holds a hash of its whole kernel IR (so the MLIR need not even be printed to look
 //! a kernel up).
 //!
@@ -26,7 +27,12 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// A cache key: the hash of the parts, with this compiler's version and LLVM's.
 pub fn key(parts: &[&str]) -> String {
     let mut h = Sha256::new();
-    for part in [env!("CARGO_PKG_VERSION"), "llvm-22"].iter().chain(parts) {
+    let version = [
+        env!("CARGO_PKG_VERSION"),
+        env!("RFNC_CODEGEN_SOURCE_HASH"),
+        "llvm-22",
+    ];
+    for part in version.iter().chain(parts) {
         h.update(part.as_bytes());
         h.update([0u8]);
     }

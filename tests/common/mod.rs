@@ -11,6 +11,7 @@ use rfnc_compiler::interp::{Real, Tensor, Value};
 use rfnc_compiler::ir::{verify, Graph, NodeId, Op};
 use rfnc_compiler::rng::splitmix64;
 use rfnc_dsl::{elaborate, load_file, Options, Program};
+
 use rfnc_runtime::init_weights;
 
 pub const EXAMPLES: &[&str] = &[
@@ -170,4 +171,76 @@ pub fn trainable(graph: &Graph) -> Vec<(String, NodeId)> {
             _ => None,
         })
         .collect()
+}
+
+/// Input of the small end-to-end runs of compiled networks.
+pub const SMALL_INPUT: &[u64] = &[1, 3, 32, 32];
+
+/// `-D` settings of the small runs: narrow widths for every RefineNet example.
+pub fn small_defines(example: &str) -> Vec<(&'static str, &'static str)> {
+    if example == "tiny" {
+        Vec::new()
+    } else {
+        vec![("depth", "50"), ("base_width", "2"), ("refine_width", "4")]
+    }
+}
+
+/// The forward graph and the training step of an example at the small settings, exactly
+/// as `rfnc compile --train` builds them (the network's own SGD settings, seed 0).
+pub fn small_graphs(example: &str) -> (Graph, Graph) {
+    let program = load(&example_path(example));
+    let options = Options {
+        input: SMALL_INPUT.to_vec(),
+        defines: small_defines(example)
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let (forward, mut config) = rfnc_dsl::elaborate_with_training(&program, &options)
+        .unwrap_or_else(|d| panic!("{}", d.render(&program.sources)));
+    config.seed = 0;
+    let step = rfnc_compiler::passes::train::train_step(&forward, &config).unwrap();
+    (forward, step)
+}
+
+/// [`feeds`] with frozen statistics and scales that are not the identity, so that folding
+/// batch norm has something to fold.
+pub fn perturbed_feeds(graph: &Graph) -> HashMap<String, Value<f64>> {
+    let mut feeds: HashMap<String, Value<f64>> = feeds(graph, 9);
+    for (k, v) in feeds.iter_mut() {
+        if k.ends_with("running_var") || k.ends_with("running_mean") || k.ends_with(".weight") {
+            let Value::Real(t) = v else { continue };
+            if t.dims.len() == 1 {
+                for (i, x) in t.data.iter_mut().enumerate() {
+                    *x += 0.1 + (i % 7) as f64 * 0.05;
+                }
+            }
+        }
+    }
+    feeds
+}
+
+/// Every output of a compiled run agrees with the interpreter's to `1e-4` of the largest
+/// magnitude of that output.
+pub fn assert_outputs_match(
+    what: &str,
+    actual: &HashMap<String, Vec<f64>>,
+    expected: &[(String, Value<f64>)],
+) {
+    assert_eq!(actual.len(), expected.len(), "{what}: outputs");
+    for (name, value) in expected {
+        let want = &value.real().data;
+        let got = &actual[name];
+        assert_eq!(got.len(), want.len(), "{what}: `{name}` size");
+        let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+        let worst = got
+            .iter()
+            .zip(want)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst / scale < 1e-4,
+            "{what}: output `{name}` differs from the interpreter by {:e} (relative)",
+            worst / scale
+        );
+    }
 }

@@ -8,7 +8,9 @@
 //! (`%c4` index, `%c4_i32`, `%c4_i64`, `%cm1` for -1, `%true`, `%cstN` for f32).
 //!
 //! GPU form: `gpu.func @NAME(...) workgroup(%sharedI: memref<..., #gpu.address_space<workgroup>>)
-//! kernel attributes {known_block_size = array<i32: BLOCK, 1, 1>}`, with `%tid` and `%bid`
+//! kernel attributes {known_block_size = array<i32: BLOCK, 1, 1>, nvvm.minctasm = 1 : i32}`
+//! (one block per multiprocessor is enough: ptxas may then use up to 255 registers per
+//! thread instead of spilling to reach a higher occupancy), with `%tid` and `%bid`
 //! from `gpu.thread_id x` / `gpu.block_id x`, private arrays as `memref.alloca` in the
 //! kernel and barriers as `gpu.barrier`.
 //!
@@ -54,7 +56,7 @@ pub fn gpu_module(k: &KernelFn, name: &str) -> Result<String, KirError> {
     s.push_str("  gpu.module @kernels {\n");
     let _ = writeln!(
         s,
-        "    gpu.func @{}({args}){workgroup} kernel attributes {{known_block_size = array<i32: {}, 1, 1>}} {{",
+        "    gpu.func @{}({args}){workgroup} kernel attributes {{known_block_size = array<i32: {}, 1, 1>, nvvm.minctasm = 1 : i32}} {{",
         symbol(name),
         k.block
     );

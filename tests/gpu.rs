@@ -1,0 +1,125 @@
+//! The GPU executor on compiled networks: bundles of the examples (inference and the
+//! training step) run on CUDA and agree with the CPU executor, which `tests/codegen.rs`
+//! checks against the reference interpreter. Skipped with a note where no NVIDIA driver
+//! or GPU is present, unless `RFNC_REQUIRE_GPU=1`.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use rfnc_runtime::{load_bundle, Device, RuntimeError, Session};
+
+fn compile(example: &str, input: &str, train: bool, dir: &Path) {
+    let mut args = vec![
+        "compile".to_string(),
+        example_path(example).to_string_lossy().into_owned(),
+        "--input".into(),
+        input.into(),
+        "-o".into(),
+        dir.to_string_lossy().into_owned(),
+    ];
+    if example != "tiny" {
+        for d in ["depth=50", "base_width=8", "refine_width=16"] {
+            args.push("-D".into());
+            args.push(d.into());
+        }
+    }
+    if train {
+        args.push("--train".into());
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rfnc"))
+        .args(&args)
+        .current_dir(root())
+        .env(
+            "RFNC_CACHE_DIR",
+            root().join("target").join("rfnc-test-cache"),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Deterministic leaves: small values, labels within the classes, step 3.
+fn fill(session: &mut Session) {
+    let leaves = session.bundle().leaves.clone();
+    for (k, leaf) in leaves.iter().enumerate() {
+        if leaf.role == rfnc_compiler::codegen::bundle::LeafRole::Folded {
+            continue;
+        }
+        let n = leaf.elements() as usize;
+        if leaf.name == "step" {
+            session.set_leaf_i32("step", &[3]).unwrap();
+        } else if let Some(classes) = leaf.classes {
+            let data: Vec<i32> = (0..n)
+                .map(|i| ((i * 7 + k) as u64 % classes) as i32)
+                .collect();
+            session.set_leaf_i32(&leaf.name, &data).unwrap();
+        } else {
+            let positive = leaf.name.ends_with("running_var");
+            let data: Vec<f32> = (0..n)
+                .map(|i| {
+                    let v = (((i * 31 + k * 17) % 97) as f32 / 97.0 - 0.5) * 0.2;
+                    if positive {
+                        1.0 + v
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            session.set_leaf_f32(&leaf.name, &data).unwrap();
+        }
+    }
+}
+
+fn outputs(session: &mut Session) -> Vec<(String, Vec<f32>)> {
+    session.run().unwrap();
+    session
+        .outputs()
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, t.as_f32().map(|v| v.to_vec()).unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn gpu_executor_matches_the_cpu_executor() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (example, input) in [("tiny", "2x3x64x64"), ("refinenet2", "1x3x64x64")] {
+        for train in [false, true] {
+            let dir = tmp.path().join(format!("{example}-{train}"));
+            compile(example, input, train, &dir);
+            let loaded = load_bundle(&dir).unwrap();
+            let mut gpu = match Session::new(&loaded, Device::Cuda { ordinal: 0 }) {
+                Ok(s) => s,
+                Err(RuntimeError::NoGpu(message))
+                    if std::env::var("RFNC_REQUIRE_GPU").as_deref() != Ok("1") =>
+                {
+                    eprintln!("SKIPPED: {message} (set RFNC_REQUIRE_GPU=1 to fail instead)");
+                    return;
+                }
+                Err(e) => panic!("{e}"),
+            };
+            let mut cpu = Session::new(&loaded, Device::Cpu { threads: 2 }).unwrap();
+            fill(&mut gpu);
+            fill(&mut cpu);
+            // Two runs: the second replays the captured CUDA graph (and, for training,
+            // starts from the parameters the first step updated).
+            for run in 0..2 {
+                let (g, c) = (outputs(&mut gpu), outputs(&mut cpu));
+                for ((name, a), (_, b)) in g.iter().zip(&c) {
+                    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                    let worst = a
+                        .iter()
+                        .zip(b)
+                        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+                    assert!(
+                        worst / scale < 1e-4,
+                        "{example} (train: {train}) run {run}: `{name}` differs by {:e}",
+                        worst / scale
+                    );
+                }
+            }
+        }
+    }
+}
