@@ -487,7 +487,14 @@ fn execute(command: Command) -> Result<(), Failure> {
                 (Some(path), forward) => {
                     let w = load_weights(path).map_err(weights_failure)?;
                     if let Some(graph) = forward {
-                        check_weights(graph, &w).map_err(|e| {
+                        // Momentum buffers (from training) are the session's to check.
+                        let mut params = w.clone();
+                        params.tensors.retain(|name, _| {
+                            !name
+                                .strip_suffix(".momentum")
+                                .is_some_and(|p| w.tensors.contains_key(p))
+                        });
+                        check_weights(graph, &params).map_err(|e| {
                             weights_failure(e).with_title(format!(
                                 "`{}` does not fit network `{}`",
                                 path.display(),
@@ -633,6 +640,8 @@ fn compile_code(
     options: &CodegenOptions,
     ptx_report: bool,
 ) -> Result<(), Failure> {
+    // The program's own errors come first, then the missing output.
+    let mut lowered = lower_to_kernels(common, train)?;
     if emit == Emit::Bundle && output.is_none() {
         return Err(Failure::plain(
             Diagnostic::new("the bundle is a directory: give it with -o DIR").hint(
@@ -640,7 +649,6 @@ fn compile_code(
             ),
         ));
     }
-    let mut lowered = lower_to_kernels(common, train)?;
     lowered.bundle.gpu_target = options.gpu.clone();
     let internal = |e: String| Failure::Internal(e);
     let user = |e: String| Failure::plain(Diagnostic::new(e));

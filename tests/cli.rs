@@ -315,6 +315,8 @@ fn compile_train_applies_source_and_command_line_settings() {
         "--input",
         "1x3x64x64",
         "--train",
+        "--emit",
+        "graph",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -336,6 +338,8 @@ fn compile_train_applies_source_and_command_line_settings() {
         "--input",
         "1x3x64x64",
         "--train",
+        "--emit",
+        "graph",
         "--lr",
         "0.01",
         "--freeze",
@@ -435,6 +439,8 @@ fn a_reader_that_stops_early_is_not_an_error() {
             "--train",
             "-D",
             "depth=152",
+            "--emit",
+            "graph",
         ])
         .current_dir(root())
         .stdout(Stdio::piped())
@@ -600,12 +606,14 @@ fn memory_budget_is_refused_where_it_cannot_apply() {
         "compile",
         "examples/tiny.rfn",
         "--train",
+        "--emit",
+        "graph",
         "--memory-budget",
         "garbage",
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("--memory-budget applies to --emit fused and --emit plan"),
+        stderr(&out).contains("--memory-budget applies to the stages after memory planning"),
         "{}",
         stderr(&out)
     );
