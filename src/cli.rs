@@ -520,7 +520,9 @@ fn execute(command: Command) -> Result<(), Failure> {
                 },
                 DeviceArg::Cuda => Device::Cuda { ordinal: 0 },
             };
+            let start = Instant::now();
             let mut session = Session::new(&loaded, device).map_err(runtime)?;
+            report_time(&common, "load bundle (JIT or PTX modules)", start);
             session.load_weights(&weights).map_err(runtime)?;
             random_inputs(&mut session, init_seed).map_err(runtime)?;
             let start = Instant::now();
