@@ -22,7 +22,10 @@ fn main() {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for f in files {
         let bytes = std::fs::read(&f).unwrap_or_default();
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for b in name.as_bytes().iter().chain(&bytes) {
             h = (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
         }
