@@ -9,11 +9,16 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dirs = [root.join("src"), root.join("../compiler/src/codegen")];
     let mut files = Vec::new();
-    for dir in &dirs {
+    let mut pending: Vec<std::path::PathBuf> = dirs.to_vec();
+    while let Some(dir) = pending.pop() {
         println!("cargo:rerun-if-changed={}", dir.display());
-        if let Ok(entries) = std::fs::read_dir(dir) {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
-                files.push(e.path());
+                if e.path().is_dir() {
+                    pending.push(e.path());
+                } else {
+                    files.push(e.path());
+                }
             }
         }
     }

@@ -99,7 +99,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Emit::Bundle)]
         emit: Emit,
         /// Write to this file (atomically) instead of standard output; with the default
-        /// `--emit bundle`, the bundle directory to write (replaced atomically; an existing
+        /// `--emit bundle`, the bundle directory to write (never left half-written; an existing
         /// directory is replaced only if it holds a bundle)
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
@@ -260,9 +260,13 @@ impl Emit {
 
 /// Accepts `sm_XX` GPU architecture names.
 fn parse_gpu(text: &str) -> Result<String, String> {
-    let ok = text
-        .strip_prefix("sm_")
-        .is_some_and(|v| v.len() >= 2 && v.chars().all(|c| c.is_ascii_alphanumeric()));
+    // sm_80, sm_90, sm_90a, sm_100: two or three digits and an optional feature letter.
+    let ok = text.strip_prefix("sm_").is_some_and(|v| {
+        let digits = v.trim_end_matches(|c: char| c.is_ascii_lowercase());
+        (2..=3).contains(&digits.len())
+            && digits.chars().all(|c| c.is_ascii_digit())
+            && v.len() - digits.len() <= 1
+    });
     if ok {
         Ok(text.to_string())
     } else {

@@ -241,3 +241,28 @@ fn mlir_of_representative_kernels() {
         kernel_with(&train, "softmax_cross_entropy_grad")
     );
 }
+
+#[test]
+fn labels_outside_the_classes_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tiny-train");
+    bundle("tiny", true, &dir);
+    let loaded = load_bundle(&dir).unwrap();
+    let leaf = loaded
+        .bundle
+        .leaves
+        .iter()
+        .find(|l| l.classes.is_some())
+        .expect("the labels leaf records its classes")
+        .clone();
+    let mut session = Session::new(&loaded, Device::Cpu { threads: 1 }).unwrap();
+    let mut labels = vec![0i32; leaf.elements() as usize];
+    labels[5] = leaf.classes.unwrap() as i32;
+    let err = session
+        .set_leaf_i32(&leaf.name, &labels)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("element 5 is label"), "{err}");
+    labels[5] = leaf.ignore_label.expect("the ignored label") as i32;
+    session.set_leaf_i32(&leaf.name, &labels).unwrap();
+}

@@ -25,8 +25,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes a directory of files atomically: the files go to a new temporary directory next
-/// to `dir`, which then replaces `dir`. An existing `dir` is replaced only when `replaceable`
+/// Writes a directory of files so that it is never seen half-written: the files go to a new
+/// temporary directory next to `dir`, which then replaces `dir` (the old one is moved aside
+/// first and deleted after). An existing `dir` is replaced only when `replaceable`
 /// says it may be (e.g. it holds an earlier bundle), so nothing else a user keeps there is
 /// lost; otherwise the error says why.
 pub fn write_dir_atomically(
@@ -68,21 +69,24 @@ pub fn write_dir_atomically(
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
     }
-    let staged = tmp.keep();
-    if dir.exists() {
-        let old = tempfile::Builder::new()
-            .prefix(&format!(".{name}.old-"))
-            .tempdir_in(parent)?
-            .keep();
-        std::fs::remove_dir(&old)?;
-        std::fs::rename(dir, &old)?;
-        if let Err(e) = std::fs::rename(&staged, dir) {
-            let _ = std::fs::rename(&old, dir);
-            return Err(e);
-        }
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&staged, dir)?;
+    if !dir.exists() {
+        // `tmp` removes the staged files if the rename fails.
+        std::fs::rename(tmp.path(), dir)?;
+        let _ = tmp.keep();
+        return Ok(());
     }
+    // Move the old directory aside, the new one in, then delete the old one; on failure the
+    // old one is put back and the staged files are removed.
+    let old = tempfile::Builder::new()
+        .prefix(&format!(".{name}.old-"))
+        .tempdir_in(parent)?;
+    std::fs::remove_dir(old.path())?;
+    std::fs::rename(dir, old.path())?;
+    if let Err(e) = std::fs::rename(tmp.path(), dir) {
+        let _ = std::fs::rename(old.path(), dir);
+        return Err(e);
+    }
+    let _ = tmp.keep();
+    let _ = std::fs::remove_dir_all(old.path());
     Ok(())
 }

@@ -58,7 +58,13 @@ impl Worker<'_> {
         render: &Render,
         options: &CompileOptions,
     ) -> Result<CompiledKernel, CodegenError> {
-        let gpu_key = cache::key(&["ptx", &options.target.sm, name]);
+        let libdevice = options
+            .target
+            .libdevice
+            .as_deref()
+            .map(cache::file_identity)
+            .unwrap_or_default();
+        let gpu_key = cache::key(&["ptx", &options.target.sm, &libdevice, name]);
         let host_key = cache::key(&["host", name]);
         let dir = options.cache_dir.as_deref();
         let mut ptx = dir.and_then(|d| cache::load_ptx(d, &gpu_key));

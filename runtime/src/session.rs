@@ -186,6 +186,25 @@ impl Session {
     pub fn set_leaf_i32(&mut self, name: &str, data: &[i32]) -> Result<(), RuntimeError> {
         let index = self.leaf_index(name)?;
         self.check_leaf(index, DType::I32, data.len())?;
+        // Class labels must name a class or be the ignored label (the compiled loss would
+        // otherwise compute nonsense instead of failing).
+        let leaf = &self.bundle.leaves[index];
+        if let Some(classes) = leaf.classes {
+            let valid = |v: i32| {
+                (0..classes as i64).contains(&(v as i64)) || Some(v as i64) == leaf.ignore_label
+            };
+            if let Some((i, v)) = data.iter().enumerate().find(|(_, &v)| !valid(v)) {
+                return Err(RuntimeError::Leaf {
+                    name: leaf.name.clone(),
+                    message: format!(
+                        "element {i} is label {v}, but labels must be 0..{classes}{}",
+                        leaf.ignore_label
+                            .map(|l| format!(" or the ignored label {l}"))
+                            .unwrap_or_default()
+                    ),
+                });
+            }
+        }
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.write_leaf(index, &bytes)
     }

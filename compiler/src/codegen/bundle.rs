@@ -86,14 +86,21 @@ pub struct Leaf {
     /// valid labels are `0..classes` and the loss's ignore label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classes: Option<u64>,
+    /// The label the loss ignores, for class labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_label: Option<i64>,
 }
 
 impl Leaf {
+    /// Elements (saturating: a corrupt shape cannot overflow).
     pub fn elements(&self) -> u64 {
-        self.shape.iter().product()
+        self.shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
     pub fn bytes(&self) -> u64 {
-        self.elements() * self.dtype.bytes()
+        self.elements().saturating_mul(self.dtype.bytes())
     }
 }
 
@@ -157,9 +164,16 @@ pub struct Output {
     pub slot: Slot,
 }
 
+/// Whether `offset .. offset + bytes` lies within `size` (without overflowing).
+fn inside(offset: u64, bytes: u64, size: u64) -> bool {
+    offset.checked_add(bytes).is_some_and(|end| end <= size)
+}
+
 impl Bundle {
-    /// Checks what the runtime relies on: the format and version, every launch naming a
-    /// known kernel with the right number of arguments, every slot inside its region.
+    /// Checks what the runtime relies on: the format and version; leaves and slots inside
+    /// their regions (no overflow); outputs as large as their shapes; unique names; kernel
+    /// files inside the bundle; block sizes a GPU accepts; every launch naming a known
+    /// kernel with the right number of arguments.
     pub fn validate(&self) -> Result<(), String> {
         if self.format != BUNDLE_FORMAT {
             return Err(format!(
@@ -173,11 +187,37 @@ impl Bundle {
                 self.version
             ));
         }
+        let mut names = std::collections::HashSet::new();
         for leaf in &self.leaves {
-            if leaf.offset + leaf.bytes() > self.leaves_bytes {
+            if !names.insert(leaf.name.as_str()) {
+                return Err(format!("leaf `{}` appears twice", leaf.name));
+            }
+            if !inside(leaf.offset, leaf.bytes(), self.leaves_bytes) {
                 return Err(format!(
                     "leaf `{}` lies outside the leaves region",
                     leaf.name
+                ));
+            }
+        }
+        let mut kernels = std::collections::HashSet::new();
+        for k in &self.kernels {
+            if !kernels.insert(k.name.as_str()) {
+                return Err(format!("kernel `{}` appears twice", k.name));
+            }
+            let path = std::path::Path::new(&k.ptx);
+            let within = path
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !within || k.ptx.is_empty() {
+                return Err(format!(
+                    "kernel `{}`: its PTX file `{}` is not a path inside the bundle",
+                    k.name, k.ptx
+                ));
+            }
+            if !(1..=1024).contains(&k.block) {
+                return Err(format!(
+                    "kernel `{}`: {} threads per block (a GPU takes 1 to 1024)",
+                    k.name, k.block
                 ));
             }
         }
@@ -193,7 +233,7 @@ impl Bundle {
                     Region::Scratch => program.scratch_bytes,
                     Region::Leaves => self.leaves_bytes,
                 };
-                if slot.offset + slot.bytes > size {
+                if !inside(slot.offset, slot.bytes, size) {
                     return Err(format!(
                         "{name} program: {what} lies outside the {:?} region",
                         slot.region
@@ -226,8 +266,106 @@ impl Bundle {
             }
             for output in &program.outputs {
                 within(&output.slot, &format!("output `{}`", output.name))?;
+                let elements = output
+                    .shape
+                    .iter()
+                    .try_fold(1u64, |n, &d| n.checked_mul(d))
+                    .and_then(|n| n.checked_mul(output.dtype.bytes()));
+                if elements != Some(output.slot.bytes) {
+                    return Err(format!(
+                        "{name} program: output `{}` has {} bytes for shape {:?}",
+                        output.name, output.slot.bytes, output.shape
+                    ));
+                }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle() -> Bundle {
+        let slot = Slot {
+            region: Region::Arena,
+            offset: 0,
+            bytes: 16,
+        };
+        Bundle {
+            format: BUNDLE_FORMAT.into(),
+            version: BUNDLE_VERSION,
+            network: "n.rfn".into(),
+            mode: Mode::Inference,
+            gpu_target: "sm_80".into(),
+            leaves: vec![Leaf {
+                name: "x".into(),
+                role: LeafRole::Input,
+                dtype: DType::F32,
+                shape: vec![4],
+                offset: 0,
+                classes: None,
+                ignore_label: None,
+            }],
+            leaves_bytes: 256,
+            kernels: vec![KernelInfo {
+                name: "k".into(),
+                ptx: "kernels/k.ptx".into(),
+                block: 256,
+                params: 1,
+                shared_bytes: 0,
+                ops: "relu".into(),
+            }],
+            prepare: None,
+            main: Program {
+                arena_bytes: 256,
+                scratch_bytes: 0,
+                launches: vec![Launch {
+                    kernel: "k".into(),
+                    grid: 1,
+                    args: vec![slot],
+                }],
+                outputs: vec![Output {
+                    name: "y".into(),
+                    dtype: DType::F32,
+                    shape: vec![4],
+                    slot,
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn corrupt_bundles_are_refused_without_overflow() {
+        assert_eq!(bundle().validate(), Ok(()));
+        let refused = |change: &dyn Fn(&mut Bundle), needle: &str| {
+            let mut b = bundle();
+            change(&mut b);
+            let e = b.validate().unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
+        };
+        refused(
+            &|b| b.leaves[0].shape = vec![u64::MAX, 3],
+            "outside the leaves",
+        );
+        refused(&|b| b.leaves[0].offset = u64::MAX, "outside the leaves");
+        refused(
+            &|b| b.main.launches[0].args[0].offset = u64::MAX - 4,
+            "outside",
+        );
+        refused(
+            &|b| b.kernels[0].ptx = "../../etc/passwd".into(),
+            "inside the bundle",
+        );
+        refused(
+            &|b| b.kernels[0].ptx = "/tmp/k.ptx".into(),
+            "inside the bundle",
+        );
+        refused(&|b| b.kernels[0].block = 0, "threads per block");
+        refused(&|b| b.main.outputs[0].shape = vec![5], "bytes for shape");
+        refused(&|b| b.kernels.push(b.kernels[0].clone()), "appears twice");
+        refused(&|b| b.main.launches[0].args.clear(), "passes 0 arguments");
+        refused(&|b| b.version = 2, "recompile");
     }
 }

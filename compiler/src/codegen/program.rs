@@ -53,12 +53,13 @@ fn dtype(graph: &Graph, n: NodeId) -> DType {
     }
 }
 
-/// For labels read by softmax cross-entropy: the number of classes.
-fn classes_of(graph: &Graph, leaf: NodeId) -> Option<u64> {
+/// For labels read by softmax cross-entropy: the number of classes and the ignored label.
+fn classes_of(graph: &Graph, leaf: NodeId) -> Option<(u64, i64)> {
     graph.node_ids().find_map(|id| match graph.node(id).op {
-        Op::SoftmaxCrossEntropy { .. } | Op::SoftmaxCrossEntropyGrad { .. } => {
+        Op::SoftmaxCrossEntropy { ignore_index, .. }
+        | Op::SoftmaxCrossEntropyGrad { ignore_index, .. } => {
             let ops = graph.operands(id);
-            (ops.get(1) == Some(&leaf)).then(|| graph.node(ops[0]).ty.dims[1])
+            (ops.get(1) == Some(&leaf)).then(|| (graph.node(ops[0]).ty.dims[1], ignore_index))
         }
         _ => None,
     })
@@ -93,7 +94,8 @@ fn layout_leaves(main: &Graph, prepare: Option<&Graph>) -> (Vec<Leaf>, u64) {
                 dtype: dtype(graph, id),
                 shape: node.ty.dims.clone(),
                 offset: 0,
-                classes: classes_of(graph, id),
+                classes: classes_of(graph, id).map(|c| c.0),
+                ignore_label: classes_of(graph, id).map(|c| c.1),
             });
         }
     }
@@ -177,11 +179,14 @@ fn lower_program(
                     }
                 });
             }
-            launches.push(Launch {
-                kernel: name,
-                grid: lowered.grid,
-                args,
-            });
+            // An empty tensor needs no work (and a GPU refuses an empty grid).
+            if lowered.grid > 0 {
+                launches.push(Launch {
+                    kernel: name,
+                    grid: lowered.grid,
+                    args,
+                });
+            }
         }
     }
     let outputs = graph

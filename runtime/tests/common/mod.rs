@@ -196,6 +196,7 @@ pub fn leaf(name: &str, role: LeafRole, dtype: DType, shape: Vec<u64>, offset: u
         shape,
         offset,
         classes: None,
+        ignore_label: None,
     }
 }
 
