@@ -453,6 +453,29 @@ fn execute(command: Command) -> Result<(), Failure> {
             let staging = tempfile::tempdir()
                 .map_err(|e| user(format!("cannot create a temporary directory: {e}")))?;
             let (dir, forward) = if common.file.is_dir() {
+                // A bundle is already compiled: flags that shape compilation cannot apply.
+                let compile_only = [
+                    (!common.define.is_empty(), "-D"),
+                    (common.input != "1x3x512x512", "--input"),
+                    (gpu != "sm_80", "--gpu"),
+                    (no_cache, "--no-cache"),
+                    (train.lr.is_some(), "--lr"),
+                    (train.momentum.is_some(), "--momentum"),
+                    (train.weight_decay.is_some(), "--weight-decay"),
+                    (!train.lr_scale.is_empty(), "--lr-scale"),
+                    (!train.freeze.is_empty(), "--freeze"),
+                    (train.memory_budget.is_some(), "--memory-budget"),
+                    (train.seed != 0, "--seed"),
+                ];
+                if let Some((_, flag)) = compile_only.iter().find(|(given, _)| *given) {
+                    return Err(Failure::plain(
+                        Diagnostic::new(format!(
+                            "{flag} shapes compilation, but `{}` is an already compiled bundle",
+                            common.file.display()
+                        ))
+                        .hint("recompile the program with the flag (rfnc compile ... -o DIR), or run the .rfn program"),
+                    ));
+                }
                 (common.file.clone(), None)
             } else {
                 let forward = build_graph(&common)?;

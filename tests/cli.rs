@@ -734,6 +734,14 @@ fn run_errors_are_clear() {
     let out = rfnc(&["run", bundle.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("give --weights"), "{}", stderr(&out));
+    // Flags that shape compilation cannot apply to a compiled bundle.
+    let out = rfnc(&["run", bundle.to_str().unwrap(), "-D", "classes=5"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("-D shapes compilation"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
