@@ -635,15 +635,7 @@ fn memory_budget_is_refused_where_it_cannot_apply() {
 fn run_tiny(extra: &[&str]) -> std::process::Output {
     let mut args = vec!["run", "examples/tiny.rfn", "--input", "1x3x16x16"];
     args.extend_from_slice(extra);
-    std::process::Command::new(env!("CARGO_BIN_EXE_rfnc"))
-        .args(&args)
-        .current_dir(root())
-        .env(
-            "RFNC_CACHE_DIR",
-            root().join("target").join("rfnc-test-cache"),
-        )
-        .output()
-        .expect("rfnc runs")
+    rfnc(&args)
 }
 
 #[test]

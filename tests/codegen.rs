@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use rfnc_compiler::interp::{run, Value};
@@ -16,11 +16,6 @@ use rfnc_compiler::passes::canonical::inference;
 use rfnc_runtime::{load_bundle, Device, Session};
 
 const SMALL: &str = "1x3x32x32";
-
-/// A cache shared by the tests of this run, so each kernel is compiled once.
-fn cache_dir() -> PathBuf {
-    root().join("target").join("rfnc-test-cache")
-}
 
 /// `rfnc compile` with the example's small settings and `extra` arguments.
 fn compile(example: &str, extra: &[&str]) -> std::process::Output {
@@ -32,12 +27,7 @@ fn compile(example: &str, extra: &[&str]) -> std::process::Output {
         args.push(format!("{k}={v}"));
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rfnc"))
-        .args(&args)
-        .current_dir(root())
-        .env("RFNC_CACHE_DIR", cache_dir())
-        .output()
-        .expect("rfnc runs");
+    let out = rfnc(&args);
     assert!(
         out.status.success(),
         "rfnc {}: {}",

@@ -28,15 +28,7 @@ fn compile(example: &str, input: &str, train: bool, dir: &Path) {
     if train {
         args.push("--train".into());
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rfnc"))
-        .args(&args)
-        .current_dir(root())
-        .env(
-            "RFNC_CACHE_DIR",
-            root().join("target").join("rfnc-test-cache"),
-        )
-        .output()
-        .unwrap();
+    let out = rfnc(&args);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 

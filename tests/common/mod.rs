@@ -58,11 +58,17 @@ pub fn graph(name: &str, input: &[u64], defines: &[(&str, &str)]) -> Graph {
     graph
 }
 
-/// Runs the rfnc binary from the workspace root.
-pub fn rfnc(args: &[&str]) -> Output {
+/// The kernel cache every test run of rfnc shares (so each kernel is compiled once).
+pub fn test_cache_dir() -> PathBuf {
+    root().join("target").join("rfnc-test-cache")
+}
+
+/// Runs the rfnc binary from the workspace root, with the tests' kernel cache.
+pub fn rfnc<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rfnc"))
         .args(args)
         .current_dir(root())
+        .env("RFNC_CACHE_DIR", test_cache_dir())
         .output()
         .expect("rfnc runs")
 }

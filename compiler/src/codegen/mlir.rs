@@ -436,14 +436,10 @@ impl<'k> Printer<'k> {
                 then,
                 otherwise,
             } => {
-                let c = self.val(cond, Ty::Bool, None)?;
-                self.line(&format!("scf.if {c} {{"));
-                self.indent += 1;
+                self.open_if(cond)?;
                 self.stmts(then)?;
                 if !otherwise.is_empty() {
-                    self.indent -= 1;
-                    self.line("} else {");
-                    self.indent += 1;
+                    self.open_else();
                     self.stmts(otherwise)?;
                 }
                 self.close();
@@ -472,6 +468,20 @@ impl<'k> Printer<'k> {
         self.names[i] = Some(v);
         self.indent += 1;
         Ok(())
+    }
+
+    /// `scf.if COND {` (closed by [`Self::close`]).
+    fn open_if(&mut self, cond: &Expr) -> Result<(), KirError> {
+        let c = self.val(cond, Ty::Bool, None)?;
+        self.line(&format!("scf.if {c} {{"));
+        self.indent += 1;
+        Ok(())
+    }
+
+    fn open_else(&mut self) {
+        self.indent -= 1;
+        self.line("} else {");
+        self.indent += 1;
     }
 
     fn close(&mut self) {
@@ -529,14 +539,10 @@ impl<'k> Printer<'k> {
                     then,
                     otherwise,
                 } => {
-                    let c = self.val(cond, Ty::Bool, None)?;
-                    self.line(&format!("scf.if {c} {{"));
-                    self.indent += 1;
+                    self.open_if(cond)?;
                     self.steps(then)?;
                     if !otherwise.is_empty() {
-                        self.indent -= 1;
-                        self.line("} else {");
-                        self.indent += 1;
+                        self.open_else();
                         self.steps(otherwise)?;
                     }
                     self.close();

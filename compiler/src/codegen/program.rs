@@ -88,14 +88,15 @@ fn layout_leaves(main: &Graph, prepare: Option<&Graph>) -> (Vec<Leaf>, u64) {
                 }
                 _ => continue,
             };
+            let labels = classes_of(graph, id);
             leaves.entry(name.clone()).or_insert(Leaf {
                 name: name.clone(),
                 role,
                 dtype: dtype(graph, id),
                 shape: node.ty.dims.clone(),
                 offset: 0,
-                classes: classes_of(graph, id).map(|c| c.0),
-                ignore_label: classes_of(graph, id).map(|c| c.1),
+                classes: labels.map(|c| c.0),
+                ignore_label: labels.map(|c| c.1),
             });
         }
     }
