@@ -1,8 +1,9 @@
-//! `rfnc`: the command-line compiler for RefineNet-style `.rfn` programs.
+//! `rfnc`: the command-line compiler for RefineNet-style `.rfn` programs. This crate parses
+//! arguments and prints; every stage it runs is in the `rfnc-driver` library.
 
 mod cli;
-mod codegen_cmd;
-mod run_cmd;
+mod commands;
+mod print;
 mod stats_report;
 
 use std::process::ExitCode;

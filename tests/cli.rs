@@ -712,7 +712,8 @@ fn run_errors_are_clear() {
         "{}",
         stderr(&out)
     );
-    // A bundle directory has no graph to draw random weights from.
+    // A bundle runs by itself with random weights from the rules it records: the same
+    // weights `rfnc weights` writes for the program.
     let bundle = dir.path().join("bundle");
     let out = rfnc(&[
         "compile",
@@ -723,9 +724,32 @@ fn run_errors_are_clear() {
         bundle.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = rfnc(&["run", bundle.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("give --weights"), "{}", stderr(&out));
+    let random = rfnc(&["run", bundle.to_str().unwrap()]);
+    assert!(random.status.success(), "{}", stderr(&random));
+    let weights = dir.path().join("tiny.safetensors");
+    let w = weights.to_str().unwrap();
+    let out = rfnc(&[
+        "weights",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x16x16",
+        "-o",
+        w,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let given = rfnc(&["run", bundle.to_str().unwrap(), "--weights", w]);
+    assert!(given.status.success(), "{}", stderr(&given));
+    let outputs = |o: &std::process::Output| -> Vec<String> {
+        stdout(o)
+            .lines()
+            .filter(|l| !l.starts_with("ran "))
+            .map(String::from)
+            .collect()
+    };
+    assert!(!outputs(&random).is_empty(), "{}", stdout(&random));
+    assert_eq!(outputs(&random), outputs(&given));
+    let other_seed = rfnc(&["run", bundle.to_str().unwrap(), "--init-seed", "1"]);
+    assert_ne!(outputs(&random), outputs(&other_seed));
     // Flags that shape compilation cannot apply to a compiled bundle.
     let out = rfnc(&["run", bundle.to_str().unwrap(), "-D", "classes=5"]);
     assert_eq!(out.status.code(), Some(1));

@@ -9,8 +9,8 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use rfnc_compiler::codegen::bundle::Mode;
-use rfnc_compiler::codegen::bundle::{Bundle, LeafRole, Program, Region, Slot};
+use rfnc_bundle::Mode;
+use rfnc_bundle::{Bundle, LeafRole, Program, Region, Slot};
 use rfnc_compiler::codegen::kir::Ty;
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
 use rfnc_compiler::codegen::program::{lower_bundle, Lowered};

@@ -1,4 +1,4 @@
-//! `rfnc stats` against a hand computation from refinenet-spec.md: the 4-cascade RefineNet
+//! `rfnc stats` against a hand computation from docs/networks.md: the 4-cascade RefineNet
 //! on an MSRA-style ResNet-101 with 4-block CRP at 512x512, classifier counted separately.
 
 mod common;

@@ -4,9 +4,9 @@
 //! Nothing in this crate links LLVM or MLIR, so the language and IR tests build fast.
 
 pub mod codegen;
+pub mod init;
 pub mod interp;
 pub mod ir;
-pub mod output;
 pub mod passes;
 pub mod rng;
 pub mod stats;

@@ -1,13 +1,7 @@
 //! Counter-based random numbers: every value is a pure function of its coordinates, so the
 //! same mask comes out in the forward and the backward pass, on any device, in any order.
 
-/// SplitMix64's finaliser: a bijective 64-bit mix with good avalanche.
-pub fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use rfnc_bundle::rng::splitmix64;
 
 /// Combines a key with one more coordinate.
 pub fn mix(key: u64, coordinate: u64) -> u64 {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rfnc_compiler::codegen::bundle::Bundle;
+use rfnc_bundle::Bundle;
 
 use crate::error::RuntimeError;
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use rfnc_compiler::codegen::bundle::{Bundle, Launch, Region, Slot};
+use rfnc_bundle::{Bundle, Launch, Region, Slot};
 
 use crate::bundle_io::LoadedBundle;
 use crate::error::RuntimeError;

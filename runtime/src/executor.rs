@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rfnc_compiler::codegen::bundle::{Bundle, Program, Region, Slot, SLOT_ALIGN};
+use rfnc_bundle::{Bundle, Program, Region, Slot, SLOT_ALIGN};
 
 use crate::error::RuntimeError;
 

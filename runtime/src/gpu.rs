@@ -22,7 +22,7 @@ use cudarc::driver::{
     DriverError, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use rfnc_compiler::codegen::bundle::{Bundle, Launch, Region, Slot};
+use rfnc_bundle::{Bundle, Launch, Region, Slot};
 
 use crate::bundle_io::LoadedBundle;
 use crate::error::RuntimeError;

@@ -3,7 +3,7 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 
-use rfnc_compiler::codegen::bundle::SLOT_ALIGN;
+use rfnc_bundle::SLOT_ALIGN;
 
 /// An owned, zero-initialised byte buffer aligned to [`SLOT_ALIGN`]. Kernels write it through
 /// raw pointers from [`HostBuffer::as_mut_ptr`]; the slice accessors are used only while no

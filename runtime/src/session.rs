@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use rfnc_compiler::codegen::bundle::{Bundle, DType, Leaf, LeafRole, Region, Slot};
+use rfnc_bundle::{Bundle, DType, Leaf, LeafRole, Region, Slot};
 
 use crate::bundle_io::LoadedBundle;
 use crate::cpu::CpuExecutor;

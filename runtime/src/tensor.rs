@@ -1,6 +1,6 @@
 //! Host tensors: what the caller reads back from a session (outputs, leaves).
 
-use rfnc_compiler::codegen::bundle::DType;
+use rfnc_bundle::DType;
 
 /// Row-major element data of one dtype.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,5 +1,5 @@
-//! Weights: one float32 tensor per `rfn.param` of a graph, named by its hierarchical
-//! parameter name, stored as safetensors.
+//! Weights: one float32 tensor per parameter, named by its hierarchical parameter name,
+//! stored as safetensors; random ones from per-tensor initialisation rules.
 //!
 //! Invariants: a loaded file is checked tensor by tensor (element type, byte length); a
 //! check against a graph reports every missing, extra and mis-shaped tensor by name; saving
@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use rfnc_compiler::ir::{Graph, Op, ParamKind};
-use rfnc_compiler::output::write_atomically;
+use rfnc_bundle::atomic::write_atomically;
+use rfnc_bundle::init::{sample, Init};
+use rfnc_bundle::{Bundle, LeafRole};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
@@ -86,24 +87,15 @@ pub fn load_weights(path: &Path) -> Result<Weights, WeightsError> {
     Ok(weights)
 }
 
-/// The graph's parameters: name -> shape.
-fn parameters(graph: &Graph) -> BTreeMap<&str, (&[u64], ParamKind)> {
-    graph
-        .node_ids()
-        .filter_map(|id| match &graph.node(id).op {
-            Op::Param { name, kind } => {
-                Some((name.as_str(), (graph.node(id).ty.dims.as_slice(), *kind)))
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-/// Checks that the weights hold exactly the graph's parameters with their shapes.
-pub fn check_weights(graph: &Graph, weights: &Weights) -> Result<(), WeightsError> {
-    let params = parameters(graph);
+/// Checks that the weights hold exactly the `expected` tensors (name and shape), listing
+/// every missing, extra and mis-shaped one.
+pub fn check_weights<'a>(
+    expected: impl IntoIterator<Item = (&'a str, &'a [u64])>,
+    weights: &Weights,
+) -> Result<(), WeightsError> {
+    let expected: BTreeMap<&str, &[u64]> = expected.into_iter().collect();
     let mut problems = Vec::new();
-    for (name, (dims, _)) in &params {
+    for (name, dims) in &expected {
         match weights.tensors.get(*name) {
             None => problems.push(format!("missing tensor `{name}` of shape {dims:?}")),
             Some((shape, _)) if shape.as_slice() != *dims => problems.push(format!(
@@ -113,7 +105,7 @@ pub fn check_weights(graph: &Graph, weights: &Weights) -> Result<(), WeightsErro
         }
     }
     for name in weights.tensors.keys() {
-        if !params.contains_key(name.as_str()) {
+        if !expected.contains_key(name.as_str()) {
             problems.push(format!(
                 "extra tensor `{name}` is not a parameter of the network"
             ));
@@ -126,88 +118,36 @@ pub fn check_weights(graph: &Graph, weights: &Weights) -> Result<(), WeightsErro
     }
 }
 
-/// SplitMix64: a counter-based generator, so each tensor's values depend only on the seed
-/// and the tensor's name, not on the order parameters are visited.
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
-    })
-}
-
-/// Standard normal samples by Box-Muller from the counter stream `(seed, name, index)`.
-fn normal(seed: u64, name: &str, index: u64) -> f32 {
-    let key = splitmix(seed ^ name_hash(name)).wrapping_add(index.wrapping_mul(2));
-    let u1 = ((splitmix(key) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    let u2 = ((splitmix(key.wrapping_add(1)) >> 11) as f64) / (1u64 << 53) as f64;
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
-
-/// Standard deviation of conv weights whose conv is not followed by batch norm (the
-/// RefineNet layers and the classifier): `1 / sqrt(3 * fan_in)`, the spread of PyTorch's
-/// default conv initialisation. Each residual branch then starts much smaller than its
-/// input, so the cascade's many residual sums begin near the identity.
-fn plain_conv_std(fan_in: f32) -> f32 {
-    1.0 / (3.0 * fan_in).sqrt()
-}
-
-/// Names of the conv weights whose conv output feeds a batch norm.
-fn normalised_convs(graph: &Graph) -> std::collections::HashSet<&str> {
-    graph
-        .node_ids()
-        .filter_map(|id| match &graph.node(id).op {
-            Op::Param {
-                name,
-                kind: ParamKind::ConvWeight,
-            } => Some((name.as_str(), id)),
-            _ => None,
-        })
-        .filter(|(_, w)| {
-            graph.users(*w).into_iter().any(|conv| {
-                graph
-                    .users(conv)
-                    .into_iter()
-                    .any(|u| matches!(graph.node(u).op, Op::BatchNorm { .. }))
-            })
-        })
-        .map(|(name, _)| name)
-        .collect()
-}
-
-/// Deterministic initial weights: conv weights followed by batch norm He-normal
-/// (std = sqrt(2 / fan_in)), other conv weights normal with std `1 / sqrt(3 * fan_in)`, conv
-/// biases 0, batch norm as the identity (mean 0, var 1, gamma 1, beta 0), momentum 0.
-pub fn init_weights(graph: &Graph, seed: u64) -> Weights {
+/// Deterministic initial weights: each tensor sampled from its rule (see
+/// [`rfnc_bundle::init`]) under `seed`.
+pub fn init_weights<'a>(
+    rules: impl IntoIterator<Item = (&'a str, &'a [u64], Init)>,
+    seed: u64,
+) -> Weights {
     let mut weights = Weights::default();
-    let normalised = normalised_convs(graph);
-    for (name, (dims, kind)) in parameters(graph) {
+    for (name, dims, rule) in rules {
         let count: u64 = dims.iter().product();
-        let data: Vec<f32> = match kind {
-            ParamKind::ConvWeight => {
-                let fan_in = (dims[1] * dims[2] * dims[3]).max(1) as f32;
-                let std = if normalised.contains(name) {
-                    (2.0 / fan_in).sqrt()
-                } else {
-                    plain_conv_std(fan_in)
-                };
-                (0..count).map(|i| std * normal(seed, name, i)).collect()
-            }
-            ParamKind::ConvBias | ParamKind::BnMean | ParamKind::BnBeta | ParamKind::Momentum => {
-                vec![0.0; count as usize]
-            }
-            ParamKind::BnVar | ParamKind::BnGamma => vec![1.0; count as usize],
-        };
+        let data = sample(rule, seed, name, count);
         weights
             .tensors
             .insert(name.to_string(), (dims.to_vec(), data));
     }
     weights
+}
+
+/// Random weights for a bundle's parameters from the rules it records.
+pub fn bundle_init_weights(bundle: &Bundle, seed: u64) -> Result<Weights, String> {
+    let mut rules = Vec::new();
+    for leaf in bundle.leaves.iter().filter(|l| l.role == LeafRole::Param) {
+        let rule = leaf.init.ok_or_else(|| {
+            format!(
+                "parameter `{}` has no initialisation rule in the bundle",
+                leaf.name
+            )
+        })?;
+        rules.push((leaf.name.as_str(), leaf.shape.as_slice(), rule));
+    }
+    Ok(init_weights(rules, seed))
 }
 
 /// Writes weights as safetensors, atomically (temporary file + rename).

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use rfnc_compiler::codegen::bundle::BUNDLE_VERSION;
+use rfnc_bundle::BUNDLE_VERSION;
 use rfnc_runtime::{load_bundle, Device, LoadedBundle, RuntimeError, Session, Weights};
 
 fn weights(entries: &[(&str, Vec<u64>, Vec<f32>)]) -> Weights {

@@ -12,7 +12,7 @@ use rfnc_compiler::ir::{verify, Graph, NodeId, Op};
 use rfnc_compiler::rng::splitmix64;
 use rfnc_dsl::{elaborate, load_file, Options, Program};
 
-use rfnc_runtime::init_weights;
+use rfnc_driver::weights::init_weights;
 
 pub const EXAMPLES: &[&str] = &[
     "tiny",

@@ -97,6 +97,7 @@ fn layout_leaves(main: &Graph, prepare: Option<&Graph>) -> (Vec<Leaf>, u64) {
                 offset: 0,
                 classes: labels.map(|c| c.0),
                 ignore_label: labels.map(|c| c.1),
+                init: None,
             });
         }
     }

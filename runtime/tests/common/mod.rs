@@ -7,7 +7,7 @@ use std::path::Path;
 
 use inkwell::context::Context;
 use inkwell::memory_buffer::MemoryBuffer;
-use rfnc_compiler::codegen::bundle::*;
+use rfnc_bundle::*;
 
 /// Elements of every tensor of the test bundles.
 pub const N: u64 = 10;
@@ -197,6 +197,7 @@ pub fn leaf(name: &str, role: LeafRole, dtype: DType, shape: Vec<u64>, offset: u
         offset,
         classes: None,
         ignore_label: None,
+        init: (role == LeafRole::Param).then_some(rfnc_bundle::Init::Normal { std: 0.5 }),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The bundle: what `rfnc compile -o DIR` writes and the runtime executes.
+//! The bundle schema: what `rfnc compile -o DIR` writes to `bundle.json` and the runtime executes.
 //!
 //! `DIR/bundle.json` holds a [`Bundle`]; next to it, `kernels/<name>.ptx` holds each unique
 //! kernel's PTX and `host.bc` the same kernels compiled for the host (LLVM bitcode, one
@@ -12,10 +12,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::init::Init;
+
 /// `format` of every bundle.
 pub const BUNDLE_FORMAT: &str = "rfnc-bundle";
 /// Bumped whenever the format changes incompatibly.
-pub const BUNDLE_VERSION: u32 = 1;
+pub const BUNDLE_VERSION: u32 = 2;
 /// Alignment of every slot in every region, in bytes.
 pub const SLOT_ALIGN: u64 = 256;
 
@@ -89,6 +91,9 @@ pub struct Leaf {
     /// The label the loss ignores, for class labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore_label: Option<i64>,
+    /// Parameters: how random weights start (see [`crate::init`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<Init>,
 }
 
 impl Leaf {
@@ -307,6 +312,7 @@ mod tests {
                 offset: 0,
                 classes: None,
                 ignore_label: None,
+                init: None,
             }],
             leaves_bytes: 256,
             kernels: vec![KernelInfo {
@@ -366,6 +372,6 @@ mod tests {
         refused(&|b| b.main.outputs[0].shape = vec![5], "bytes for shape");
         refused(&|b| b.kernels.push(b.kernels[0].clone()), "appears twice");
         refused(&|b| b.main.launches[0].args.clear(), "passes 0 arguments");
-        refused(&|b| b.version = 2, "recompile");
+        refused(&|b| b.version = 1, "recompile");
     }
 }

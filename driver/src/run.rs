@@ -1,13 +1,97 @@
-//! `rfnc run`: executes a bundle on the CPU or a GPU, with given or random weights and
-//! random inputs, and reports the outputs (or the loss of each training step).
+//! Running a bundle: a session on the CPU or a GPU with given weights or the bundle's own
+//! random ones, random inputs, inference runs or training steps, and their outputs.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rfnc_compiler::codegen::bundle::{DType, LeafRole};
-use rfnc_compiler::rng::splitmix64;
-use rfnc_runtime::{save_weights, HostTensor, RuntimeError, Session, TensorData, Weights};
+use rfnc_bundle::rng::splitmix64;
+use rfnc_bundle::{DType, LeafRole, Mode};
+use rfnc_compiler::ir::Graph;
+use rfnc_dsl::Diagnostic;
+use rfnc_runtime::weights::bundle_init_weights;
+use rfnc_runtime::{
+    load_weights, save_weights, Device, HostTensor, LoadedBundle, RuntimeError, Session,
+    TensorData, Weights,
+};
+
+use crate::error::Error;
+use crate::log::Log;
+use crate::weights::{load_for, weights_failure};
+
+/// A runtime failure as the user's error (a missing GPU with what to do instead).
+pub fn runtime_failure(e: RuntimeError) -> Error {
+    match e {
+        RuntimeError::NoGpu(message) => Error::user(Diagnostic::new(message).hint(
+            "run on the CPU with --device cpu, or on a machine with an NVIDIA GPU and driver",
+        )),
+        other => Error::message(other.to_string()),
+    }
+}
+
+/// How to start a session.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub device: Device,
+    /// A weights file; without it, random weights from `init_seed`.
+    pub weights: Option<PathBuf>,
+    /// Seed of the random weights and of the random inputs.
+    pub init_seed: u64,
+    /// Whether a training-step bundle is expected (else inference).
+    pub train: bool,
+}
+
+/// Checks the bundle's mode against `--train`.
+fn check_mode(loaded: &LoadedBundle, train: bool) -> Result<(), Error> {
+    let is_train = loaded.bundle.mode == Mode::Train;
+    if train == is_train {
+        return Ok(());
+    }
+    Err(Error::message(format!(
+        "`{}` is a compiled {} bundle; --train {} it",
+        loaded.dir.display(),
+        if is_train {
+            "training-step"
+        } else {
+            "inference"
+        },
+        if train {
+            "does not match"
+        } else {
+            "is needed to run"
+        }
+    )))
+}
+
+/// A session over `loaded` with weights and random inputs, prepared (batch norm folded).
+/// `forward`, when the program is at hand, checks a weights file against its parameters.
+pub fn start_session(
+    loaded: &LoadedBundle,
+    forward: Option<&Graph>,
+    options: &SessionOptions,
+    log: &Log,
+) -> Result<Session, Error> {
+    check_mode(loaded, options.train)?;
+    let weights = match (&options.weights, forward) {
+        (Some(path), Some(graph)) => load_for(graph, path)?,
+        (Some(path), None) => load_weights(path).map_err(weights_failure)?,
+        (None, _) => bundle_init_weights(&loaded.bundle, options.init_seed).map_err(|e| {
+            Error::user(
+                Diagnostic::new(format!("`{}`: {e}", loaded.dir.display()))
+                    .hint("recompile the network with this rfnc, or give --weights W.safetensors"),
+            )
+        })?,
+    };
+    let start = Instant::now();
+    let mut session = Session::new(loaded, options.device).map_err(runtime_failure)?;
+    log.since("load bundle (JIT or PTX modules)", start);
+    session.load_weights(&weights).map_err(runtime_failure)?;
+    random_inputs(&mut session, options.init_seed).map_err(runtime_failure)?;
+    let start = Instant::now();
+    session.prepare().map_err(runtime_failure)?;
+    log.since("prepare (fold batch norm)", start);
+    Ok(session)
+}
 
 /// Deterministic random inputs for every input leaf except the step counter: images
 /// uniform in [-1, 1), depth targets in [1, 3), labels uniform over the classes.
@@ -120,14 +204,14 @@ pub fn run_steps(session: &mut Session, steps: u32, train: bool) -> Result<Strin
 }
 
 /// Writes the f32 outputs as safetensors (atomically).
-pub fn save_outputs(session: &Session, path: &Path) -> Result<(), String> {
+pub fn save_outputs(session: &Session, path: &Path) -> Result<(), Error> {
     let mut outputs = Weights::default();
-    for (name, t) in session.outputs().map_err(|e| e.to_string())? {
+    for (name, t) in session.outputs().map_err(runtime_failure)? {
         if let Some(data) = t.as_f32() {
             outputs
                 .tensors
                 .insert(name, (t.shape.clone(), data.to_vec()));
         }
     }
-    save_weights(path, &outputs).map_err(|e| e.to_string())
+    save_weights(path, &outputs).map_err(weights_failure)
 }

@@ -1,19 +1,79 @@
-//! The code-generation half of `rfnc compile`: kernels as MLIR (GPU and host forms), LLVM
-//! IR and PTX, the bundle directory, and the `ptxas` resource report.
+//! Code generation: a planned program lowered to kernel IR (with the prepare program that
+//! folds batch norm), the kernels as MLIR (GPU and host forms), LLVM IR and PTX, the bundle
+//! directory, and the `ptxas` resource report.
+//!
+//! Invariant: every bundle written records each parameter's initialisation rule, so it runs
+//! with random weights by itself.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rfnc_compiler::codegen::bundle::Bundle;
+use rfnc_bundle::atomic::write_dir_atomically;
+use rfnc_bundle::{Bundle, LeafRole, Mode};
 use rfnc_compiler::codegen::mlir::{gpu_module, host_module};
-use rfnc_compiler::codegen::program::{Lowered, NamedKernel};
-use rfnc_compiler::output::write_dir_atomically;
+use rfnc_compiler::codegen::program::{lower_bundle, Lowered, NamedKernel};
+use rfnc_compiler::init::param_inits;
+use rfnc_compiler::passes::pipeline::compile_program;
 use rfnc_llvm::{
     compile_gpu, compile_kernels, default_cache_dir, link_host_cached, ptxas_report, CodegenError,
     CompileOptions, CompiledKernel, GpuTarget, KernelSource,
 };
+
+use crate::error::Error;
+use crate::frontend::Network;
+use crate::log::Log;
+use crate::plan::{graph, plan, Target};
+
+/// The program lowered to kernels: the main program (inference or training step) and, for
+/// inference with batch norm, the prepare program; each parameter leaf carries its
+/// initialisation rule.
+pub fn lower_to_kernels(network: &Network, target: &Target, log: &Log) -> Result<Lowered, Error> {
+    let graph = graph(network, target, log)?;
+    let main = plan(&graph, target, log)?;
+    let start = Instant::now();
+    let prepare = main
+        .prepare
+        .as_ref()
+        .map(compile_program)
+        .transpose()
+        .map_err(|e| Error::internal(format!("lowering the prepare program failed: {e}")))?;
+    let mode = match target {
+        Target::Train { .. } => Mode::Train,
+        Target::Inference => Mode::Inference,
+    };
+    let mut lowered = lower_bundle(&network.source.name(), mode, "", &main, prepare.as_ref())
+        .map_err(|e| Error::internal(format!("kernel generation failed: {e}")))?;
+    record_inits(network, &mut lowered.bundle)?;
+    log.since("kernel generation (KIR)", start);
+    Ok(lowered)
+}
+
+/// Gives every parameter leaf the initialisation rule of the forward graph's parameter.
+fn record_inits(network: &Network, bundle: &mut Bundle) -> Result<(), Error> {
+    let rules: HashMap<String, rfnc_bundle::Init> = param_inits(&network.forward)
+        .into_iter()
+        .map(|p| (p.name, p.init))
+        .collect();
+    for leaf in bundle
+        .leaves
+        .iter_mut()
+        .filter(|l| l.role == LeafRole::Param)
+    {
+        let rule = rules.get(&leaf.name).ok_or_else(|| {
+            Error::internal(format!(
+                "bundle parameter `{}` is not a parameter of the forward graph",
+                leaf.name
+            ))
+        })?;
+        leaf.init = Some(*rule);
+    }
+    Ok(())
+}
+
+/// The GPU architecture PTX is generated for unless `--gpu` says otherwise (A100).
+pub const DEFAULT_GPU: &str = "sm_80";
 
 /// How to generate code.
 pub struct CodegenOptions {
@@ -120,7 +180,7 @@ pub fn compile_all(
     lowered: &Lowered,
     options: &CodegenOptions,
     host: bool,
-    timings: &mut Vec<(String, Duration)>,
+    log: &Log,
 ) -> Result<Vec<CompiledKernel>, String> {
     let start = Instant::now();
     let names: Vec<String> = lowered.kernels.iter().map(|k| k.name.clone()).collect();
@@ -138,14 +198,14 @@ pub fn compile_all(
     )
     .map_err(|e| e.to_string())?;
     let cached = compiled.iter().filter(|k| k.cached).count();
-    timings.push((
-        format!(
+    log.since(
+        &format!(
             "MLIR -> LLVM -> PTX{} ({} kernels, {cached} cached)",
             if host { " + host" } else { "" },
             compiled.len()
         ),
-        start.elapsed(),
-    ));
+        start,
+    );
     Ok(compiled)
 }
 
@@ -176,7 +236,7 @@ pub fn write_bundle(
     lowered: &Lowered,
     compiled: &[CompiledKernel],
     options: &CodegenOptions,
-    timings: &mut Vec<(String, Duration)>,
+    log: &Log,
 ) -> Result<(), String> {
     let start = Instant::now();
     let names: Vec<&str> = compiled.iter().map(|c| c.name.as_str()).collect();
@@ -189,7 +249,7 @@ pub fn write_bundle(
         options.cache.as_deref(),
     )
     .map_err(|e| e.to_string())?;
-    timings.push(("link host code".into(), start.elapsed()));
+    log.since("link host code", start);
     let start = Instant::now();
     let json = serde_json::to_string_pretty(&lowered.bundle)
         .map_err(|e| format!("cannot serialise the bundle: {e}"))?;
@@ -202,7 +262,7 @@ pub fn write_bundle(
     }
     write_dir_atomically(dir, &files, is_bundle)
         .map_err(|e| format!("cannot write the bundle `{}`: {e}", dir.display()))?;
-    timings.push(("write bundle".into(), start.elapsed()));
+    log.since("write bundle", start);
     Ok(())
 }
 
@@ -245,4 +305,43 @@ pub fn render_ptx_report(
     }
     let _ = writeln!(out, "{spilling} kernels spill registers");
     Ok(out)
+}
+
+/// What `rfnc compile -o DIR` reports of a bundle it wrote.
+pub fn bundle_summary(dir: &Path, bundle: &Bundle) -> String {
+    let launches =
+        bundle.main.launches.len() + bundle.prepare.as_ref().map_or(0, |p| p.launches.len());
+    let arena = bundle
+        .main
+        .arena_bytes
+        .max(bundle.prepare.as_ref().map_or(0, |p| p.arena_bytes));
+    let mode = match bundle.mode {
+        Mode::Train => "training step",
+        Mode::Inference => "inference",
+    };
+    format!(
+        "wrote {}: {} ({mode}), {launches} launches of {} kernels, arena {}, leaves {}, PTX for {}\n",
+        dir.display(),
+        bundle.network,
+        bundle.kernels.len(),
+        crate::plan::mib(arena),
+        crate::plan::mib(bundle.leaves_bytes),
+        bundle.gpu_target
+    )
+}
+
+/// Compiles a program into the bundle directory `dir` (PTX for `options.gpu` and host code),
+/// returning the kernels as lowered.
+pub fn compile_bundle(
+    network: &Network,
+    target: &Target,
+    options: &CodegenOptions,
+    dir: &Path,
+    log: &Log,
+) -> Result<Lowered, Error> {
+    let mut lowered = lower_to_kernels(network, target, log)?;
+    lowered.bundle.gpu_target = options.gpu.clone();
+    let compiled = compile_all(&lowered, options, true, log).map_err(Error::message)?;
+    write_bundle(dir, &lowered, &compiled, options, log).map_err(Error::message)?;
+    Ok(lowered)
 }

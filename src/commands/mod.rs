@@ -1,0 +1,7 @@
+//! The subcommands, one per file: each calls the driver and prints.
+
+pub mod check;
+pub mod compile;
+pub mod run;
+pub mod stats;
+pub mod weights;

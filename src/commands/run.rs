@@ -1,0 +1,86 @@
+//! `rfnc run`: a program compiled to a temporary bundle (or an already compiled bundle)
+//! run on the CPU or a GPU; prints the outputs or each training step's loss.
+
+use rfnc_driver::codegen::{compile_bundle, CodegenOptions, DEFAULT_GPU};
+use rfnc_driver::frontend::DEFAULT_INPUT;
+use rfnc_driver::run::{run_steps, runtime_failure, save_outputs, start_session, SessionOptions};
+use rfnc_driver::weights::weights_failure;
+use rfnc_driver::{Error, Network};
+use rfnc_dsl::Diagnostic;
+use rfnc_runtime::{load_bundle, save_weights, Device};
+
+use crate::cli::{DeviceArg, RunArgs};
+use crate::print::print_stdout;
+
+pub fn run(args: &RunArgs) -> Result<(), Error> {
+    let common = &args.common;
+    let log = common.log();
+    // A directory is a compiled bundle; anything else a program to compile first.
+    let staging = tempfile::tempdir()
+        .map_err(|e| Error::message(format!("cannot create a temporary directory: {e}")))?;
+    let (dir, network) = if common.file.is_dir() {
+        refuse_compile_flags(args)?;
+        (common.file.clone(), None)
+    } else {
+        let network = Network::elaborate(&common.source(), &log)?;
+        let dir = staging.path().join("bundle");
+        let options = CodegenOptions::new(&args.gpu, !args.no_cache);
+        compile_bundle(&network, &args.train.target(), &options, &dir, &log)?;
+        (dir, Some(network))
+    };
+    let loaded = load_bundle(&dir).map_err(runtime_failure)?;
+    let device = match args.device {
+        DeviceArg::Cpu => Device::Cpu {
+            threads: args
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        },
+        DeviceArg::Cuda => Device::Cuda { ordinal: 0 },
+    };
+    let options = SessionOptions {
+        device,
+        weights: args.weights.clone(),
+        init_seed: args.init_seed,
+        train: args.train.train,
+    };
+    let forward = network.as_ref().map(|n| &n.forward);
+    let mut session = start_session(&loaded, forward, &options, &log)?;
+    let text = run_steps(&mut session, args.steps, args.train.train).map_err(runtime_failure)?;
+    print_stdout(&text)?;
+    if let Some(path) = &args.output {
+        save_outputs(&session, path)?;
+    }
+    if let Some(path) = &args.save_weights {
+        let trained = session.weights().map_err(runtime_failure)?;
+        save_weights(path, &trained).map_err(weights_failure)?;
+    }
+    Ok(())
+}
+
+/// A bundle is already compiled: flags that shape compilation cannot apply to it.
+fn refuse_compile_flags(args: &RunArgs) -> Result<(), Error> {
+    let common = &args.common;
+    let settings = match args.train.target() {
+        rfnc_driver::Target::Train { settings, .. } => settings.given(),
+        rfnc_driver::Target::Inference => None,
+    };
+    let given = [
+        (!common.define.is_empty(), "-D"),
+        (common.input != DEFAULT_INPUT, "--input"),
+        (args.gpu != DEFAULT_GPU, "--gpu"),
+        (args.no_cache, "--no-cache"),
+        (args.train.memory_budget.is_some(), "--memory-budget"),
+    ]
+    .into_iter()
+    .find_map(|(given, flag)| given.then_some(flag))
+    .or(settings);
+    match given {
+        None => Ok(()),
+        Some(flag) => Err(Diagnostic::new(format!(
+            "{flag} shapes compilation, but `{}` is an already compiled bundle",
+            common.file.display()
+        ))
+        .hint("recompile the program with the flag (rfnc compile ... -o DIR), or run the .rfn program")
+        .into()),
+    }
+}
