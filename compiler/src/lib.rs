@@ -11,4 +11,8 @@ pub mod passes;
 pub mod rng;
 pub mod stats;
 
+/// A hash of the code that generates kernels (kernel IR, lowering, MLIR printers), for
+/// cache keys of compiled kernels.
+pub const CODEGEN_SOURCE_HASH: &str = env!("RFNC_CODEGEN_SOURCE_HASH");
+
 pub use ir::{Attr, DType, Graph, Loc, NodeId, Op, ParamKind, Reduction, ShapeError, TensorType};

@@ -192,6 +192,7 @@ pub fn compile_all(
         &CompileOptions {
             target: options.target(),
             cache_dir: options.cache.clone(),
+            generator: rfnc_compiler::CODEGEN_SOURCE_HASH.to_string(),
             threads: options.threads,
             host,
         },

@@ -7,8 +7,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use rfnc_compiler::ir::train_config::TrainConfig;
 use rfnc_compiler::ir::{verify, Graph};
-use rfnc_compiler::passes::train::{train_step, TrainConfig};
+use rfnc_compiler::passes::train::train_step;
 use rfnc_dsl::{elaborate_with_training, load_file, Diagnostic, Options, Program};
 
 use crate::error::{Error, Result};

@@ -1,7 +1,8 @@
 //! Compiling all the kernels of a network: on several threads (each with its own MLIR and
 //! LLVM context, which are not thread-safe), each kernel taken from the cache when it is
-//! there; the MLIR of a kernel is only printed when it has to be compiled. Results come
-//! back in the order of the kernels.
+//! there. A cache entry is keyed by the SHA-256 of the kernel's MLIR text (the exact input
+//! of compilation, a stable encoding of its kernel IR), the generator's source hash, the
+//! GPU and libdevice. Results come back in the order of the kernels.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,6 +27,9 @@ pub struct KernelSource {
 pub struct CompileOptions {
     pub target: GpuTarget,
     pub cache_dir: Option<PathBuf>,
+    /// Identifies the code that generated the MLIR (the compiler's source hash): part of
+    /// every cache key.
+    pub generator: String,
     pub threads: usize,
     /// Also compile the host code (the CPU executor's); PTX alone otherwise.
     pub host: bool,
@@ -41,7 +45,7 @@ pub struct CompiledKernel {
     pub cached: bool,
 }
 
-/// The MLIR of kernel `i` (called only for kernels that are not cached).
+/// The MLIR of kernel `i` (it keys the cache, so it is printed for every kernel).
 pub type Render<'a> = dyn Fn(usize) -> Result<KernelSource, CodegenError> + Sync + 'a;
 
 struct Worker<'c> {
@@ -64,8 +68,16 @@ impl Worker<'_> {
             .as_deref()
             .map(cache::file_identity)
             .unwrap_or_default();
-        let gpu_key = cache::key(&["ptx", &options.target.sm, &libdevice, name]);
-        let host_key = cache::key(&["host", name]);
+        let source = render(i)?;
+        let generator = options.generator.as_str();
+        let gpu_key = cache::key(&[
+            "ptx",
+            generator,
+            &options.target.sm,
+            &libdevice,
+            &source.gpu_mlir,
+        ]);
+        let host_key = cache::key(&["host", generator, &source.host_mlir]);
         let dir = options.cache_dir.as_deref();
         let mut ptx = dir.and_then(|d| cache::load_ptx(d, &gpu_key));
         let mut host = match options.host {
@@ -74,7 +86,6 @@ impl Worker<'_> {
         };
         let cached = ptx.is_some() && host.is_some();
         if !cached {
-            let source = render(i)?;
             let mlir = self.mlir.get_or_insert_with(Mlir::new);
             if ptx.is_none() {
                 let gpu = compile_gpu_with(
@@ -108,7 +119,7 @@ impl Worker<'_> {
 }
 
 /// Compiles every kernel (PTX, and host bitcode when asked); the first error stops the
-/// batch. `names[i]` must identify kernel `i`'s code exactly (it keys the cache).
+/// batch. `names[i]` is kernel `i`'s symbol.
 pub fn compile_kernels(
     names: &[String],
     render: &Render,

@@ -1,5 +1,6 @@
-//! The rfnc runtime: weights (safetensors, checked against a graph's parameters or
-//! initialised from a seed) and execution of compiled bundles.
+//! The rfnc runtime: execution of compiled bundles, and weights (safetensors, checked
+//! against expected shapes or initialised from a bundle's rules and a seed). It reads the
+//! bundle through `rfnc-bundle` and links no part of the compiler.
 //!
 //! A bundle (`rfnc compile -o DIR`) is read by [`load_bundle`] and run by a [`Session`] on a
 //! [`Device`]: the CPU (the bundle's host kernels, JIT-compiled with LLVM) or an NVIDIA GPU

@@ -194,19 +194,25 @@ pub fn small_defines(example: &str) -> Vec<(&'static str, &'static str)> {
 /// The forward graph and the training step of an example at the small settings, exactly
 /// as `rfnc compile --train` builds them (the network's own SGD settings, seed 0).
 pub fn small_graphs(example: &str) -> (Graph, Graph) {
-    let program = load(&example_path(example));
-    let options = Options {
-        input: SMALL_INPUT.to_vec(),
+    let source = rfnc_driver::Source {
+        file: example_path(example),
+        input: SMALL_INPUT
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x"),
         defines: small_defines(example)
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| format!("{k}={v}"))
             .collect(),
     };
-    let (forward, mut config) = rfnc_dsl::elaborate_with_training(&program, &options)
-        .unwrap_or_else(|d| panic!("{}", d.render(&program.sources)));
-    config.seed = 0;
-    let step = rfnc_compiler::passes::train::train_step(&forward, &config).unwrap();
-    (forward, step)
+    let log = rfnc_driver::Log::default();
+    let network = rfnc_driver::Network::elaborate(&source, &log)
+        .unwrap_or_else(|e| panic!("{example}: {e:?}"));
+    let step = network
+        .train_step(&rfnc_driver::TrainSettings::default(), &log)
+        .unwrap_or_else(|e| panic!("{example}: {e:?}"));
+    (network.forward, step)
 }
 
 /// [`feeds`] with frozen statistics and scales that are not the identity, so that folding

@@ -9,6 +9,8 @@ mod shape;
 mod types;
 mod verify;
 
+pub mod train_config;
+
 pub use dot::to_dot;
 pub use graph::{Graph, Loc, Node, NodeId, Output, SourcePos};
 pub use ops::{escape, format_float, Attr, Op, OpParseError, ParamKind, Reduction};

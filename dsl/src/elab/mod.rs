@@ -13,8 +13,8 @@ mod value;
 
 use std::collections::HashMap;
 
+use rfnc_compiler::ir::train_config::{pattern_matches, TrainConfig};
 use rfnc_compiler::ir::{DType, Graph, Loc, NodeId, Op, Output, ParamKind, TensorType};
-use rfnc_compiler::passes::train::{pattern_matches, TrainConfig};
 
 use crate::ast::*;
 use crate::diagnostic::{Diagnostic, Result};
