@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use super::gemm::{conv_kernel, ConvKind, ConvOperand, ConvProblem};
 use super::kir::{Buf, Expr, KernelBuilder, KernelFn, Ty};
-use crate::ir::{DType, Graph, NodeId, Op, Reduction};
+use crate::ir::{DType, Graph, NodeId, Op, OpKind, Reduction};
 use crate::passes::fusion::Kernel;
 use crate::rng::splitmix64;
 
@@ -55,38 +55,29 @@ impl std::fmt::Display for LowerError {
 
 /// Lowers one fused kernel of `graph` to its launches.
 pub fn lower_kernel(graph: &Graph, kernel: &Kernel) -> Result<Vec<LoweredLaunch>, LowerError> {
-    let anchor = kernel.anchor;
-    let anchor_op = anchor.map(|a| &graph.node(a).op);
     let name = kernel_ops(graph, kernel);
-    match anchor_op {
-        Some(Op::Conv2d { .. } | Op::Conv2dGradInput { .. } | Op::Conv2dGradWeight { .. }) => {
-            let a = anchor.expect("anchor");
-            Ok(vec![lower_conv(graph, kernel, a, &name)?])
-        }
-        Some(Op::ChannelSum) => {
-            let a = anchor.expect("anchor");
-            Ok(vec![lower_channel_sum(graph, kernel, a, &name)?])
-        }
-        Some(Op::SoftmaxCrossEntropy { .. } | Op::LeastSquares { .. }) => {
-            let a = anchor.expect("anchor");
-            Ok(vec![lower_loss(graph, kernel, a, &name)?])
-        }
-        Some(
-            Op::SoftmaxCrossEntropyGrad {
-                reduction: Reduction::Mean,
-                ..
-            }
-            | Op::LeastSquaresGrad {
-                reduction: Reduction::Mean,
-                ..
-            },
-        ) => {
-            let a = anchor.expect("anchor");
+    let Some(a) = kernel.anchor else {
+        return Ok(vec![lower_elementwise(graph, kernel, &name, None)?]);
+    };
+    match graph.node(a).op.kind() {
+        OpKind::Conv(_) => Ok(vec![lower_conv(graph, kernel, a, &name)?]),
+        OpKind::ChannelSum => Ok(vec![lower_channel_sum(graph, kernel, a, &name)?]),
+        OpKind::Loss { .. } => Ok(vec![lower_loss(graph, kernel, a, &name)?]),
+        OpKind::LossGrad {
+            reduction: Reduction::Mean,
+        } => {
             let count = lower_count(graph, a)?;
             let elementwise = lower_elementwise(graph, kernel, &name, Some(a))?;
             Ok(vec![count, elementwise])
         }
-        _ => Ok(vec![lower_elementwise(graph, kernel, &name, None)?]),
+        OpKind::LossGrad {
+            reduction: Reduction::Sum,
+        }
+        | OpKind::Leaf
+        | OpKind::Elementwise { .. }
+        | OpKind::Pool { .. }
+        | OpKind::Resize { .. }
+        | OpKind::FoldBn => Ok(vec![lower_elementwise(graph, kernel, &name, None)?]),
     }
 }
 
@@ -338,10 +329,18 @@ impl<'g> Launch<'g> {
                 let valid = t.clone().ne(f(*ignore_value));
                 Expr::select(valid, f(2.0) * (p - t) * scale * d, 0.0f32)
             }
-            other => {
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Constant { .. }
+            | Op::Conv2d { .. }
+            | Op::Conv2dGradInput { .. }
+            | Op::Conv2dGradWeight { .. }
+            | Op::ChannelSum
+            | Op::SoftmaxCrossEntropy { .. }
+            | Op::LeastSquares { .. } => {
                 return Err(LowerError(format!(
                     "rfn.{} cannot be computed element by element inside a fused kernel",
-                    other.mnemonic()
+                    node.op.mnemonic()
                 )))
             }
         })

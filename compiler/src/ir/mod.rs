@@ -2,6 +2,7 @@
 
 mod dot;
 mod graph;
+mod kind;
 mod ops;
 mod parse;
 mod print;
@@ -13,6 +14,7 @@ pub mod train_config;
 
 pub use dot::to_dot;
 pub use graph::{Graph, Loc, Node, NodeId, Output, SourcePos};
+pub use kind::{ConvRole, OpKind};
 pub use ops::{escape, format_float, Attr, Op, OpParseError, ParamKind, Reduction};
 pub use parse::{parse_graph, ParseError};
 pub use print::print_graph;

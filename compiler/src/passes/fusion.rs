@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::ir::{Graph, NodeId, Op};
+use crate::ir::{ConvRole, Graph, NodeId, Op, OpKind};
 
 /// One kernel: its ops in topological order, what it reads and what it writes.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,43 +48,6 @@ pub struct FusionReport {
     pub bytes_not_written: u64,
 }
 
-/// Heavy ops that define a kernel; a kernel has at most one.
-pub fn is_anchor(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Conv2d { .. }
-            | Op::Conv2dGradInput { .. }
-            | Op::Conv2dGradWeight { .. }
-            | Op::MaxPool2d { .. }
-            | Op::MaxPool2dGrad { .. }
-            | Op::ResizeBilinear { .. }
-            | Op::ResizeBilinearGrad { .. }
-            | Op::SoftmaxCrossEntropy { .. }
-            | Op::SoftmaxCrossEntropyGrad { .. }
-            | Op::LeastSquares { .. }
-            | Op::LeastSquaresGrad { .. }
-            | Op::ChannelSum
-            | Op::FoldBnWeight { .. }
-            | Op::FoldBnBias { .. }
-    )
-}
-
-/// Ops computed element by element from operands of their own shape (per-channel
-/// statistics and the step counter aside).
-pub fn is_elementwise(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Relu
-            | Op::Add
-            | Op::BatchNorm { .. }
-            | Op::Dropout { .. }
-            | Op::ReluGrad
-            | Op::BatchNormGrad { .. }
-            | Op::SgdMomentum { .. }
-            | Op::SgdStep { .. }
-    )
-}
-
 struct Partition<'g> {
     graph: &'g Graph,
     group: HashMap<NodeId, usize>,
@@ -98,7 +61,7 @@ impl Partition<'_> {
     fn anchors(&self, g: usize) -> usize {
         self.members[g]
             .iter()
-            .filter(|&&n| is_anchor(&self.graph.node(n).op) && !self.prologue.contains(&n))
+            .filter(|&&n| self.graph.node(n).op.kind().is_anchor() && !self.prologue.contains(&n))
             .count()
     }
 
@@ -194,7 +157,7 @@ pub fn fuse(graph: &Graph) -> Fused {
         let operands = graph.operands(n);
         // Prologues: a conv reads its input through a relu or a max-pool; a sum reads an
         // operand through a bilinear resize.
-        if matches!(op, Op::Conv2d { .. }) {
+        if op.kind() == OpKind::Conv(ConvRole::Forward) {
             let o = operands[0];
             if matches!(graph.node(o).op, Op::Relu | Op::MaxPool2d { .. }) {
                 p.absorb_prologue(n, o, &outputs);
@@ -202,14 +165,14 @@ pub fn fuse(graph: &Graph) -> Fused {
         }
         if matches!(op, Op::Add) {
             for &o in &operands {
-                if matches!(graph.node(o).op, Op::ResizeBilinear { .. }) {
+                if graph.node(o).op.kind() == (OpKind::Resize { grad: false }) {
                     p.absorb_prologue(n, o, &outputs);
                 }
             }
         }
         // Epilogues: join the kernel of a same-shaped operand that nothing else uses (it
         // may be a graph output too: the kernel then writes both).
-        if is_elementwise(op) {
+        if op.kind().is_elementwise() {
             for &o in &operands {
                 if graph.node(o).op.is_leaf() || graph.node(o).ty != graph.node(n).ty {
                     continue;
@@ -258,7 +221,7 @@ pub fn fuse(graph: &Graph) -> Fused {
             let anchor = nodes
                 .iter()
                 .copied()
-                .find(|&n| is_anchor(&graph.node(n).op) && !prologue.contains(&n));
+                .find(|&n| graph.node(n).op.kind().is_anchor() && !prologue.contains(&n));
             Kernel {
                 nodes,
                 anchor,

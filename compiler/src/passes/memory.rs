@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::fusion::{is_elementwise, Fused};
+use super::fusion::Fused;
 use crate::ir::{Graph, NodeId};
 
 /// Alignment of every buffer in the arena, in bytes.
@@ -319,7 +319,7 @@ fn reads_are_pointwise(graph: &Graph, fused: &Fused, k: usize, i: NodeId) -> boo
         .users(i)
         .iter()
         .filter(|u| fused.kernel_of.get(u) == Some(&k))
-        .all(|u| is_elementwise(&graph.node(*u).op) && after_anchor.contains(u))
+        .all(|u| graph.node(*u).op.kind().is_elementwise() && after_anchor.contains(u))
 }
 
 /// Plans the memory of `fused` executed in `order`.

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::ir::{Graph, NodeId, Op};
+use crate::ir::{ConvRole, Graph, NodeId, Op, OpKind};
 
 /// Which forward ops a stage recomputes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -47,13 +47,24 @@ impl Stage {
         }
     }
 
+    /// Whether this stage recomputes `op`: forward ops only, in the order of the stages.
     fn recomputes(self, op: &Op) -> bool {
-        let level = match op {
-            Op::Relu => 1,
-            Op::MaxPool2d { .. } | Op::ResizeBilinear { .. } | Op::Dropout { .. } => 2,
-            Op::Add | Op::BatchNorm { .. } => 3,
-            Op::Conv2d { .. } => 4,
-            _ => return false,
+        let level = match op.kind() {
+            OpKind::Elementwise { forward: true } if matches!(op, Op::Relu) => 1,
+            OpKind::Elementwise { forward: true } if matches!(op, Op::Dropout { .. }) => 2,
+            OpKind::Pool { grad: false } | OpKind::Resize { grad: false } => 2,
+            // add and batch_norm.
+            OpKind::Elementwise { forward: true } => 3,
+            OpKind::Conv(ConvRole::Forward) => 4,
+            OpKind::Leaf
+            | OpKind::Elementwise { forward: false }
+            | OpKind::Conv(ConvRole::GradInput | ConvRole::GradWeight)
+            | OpKind::Pool { grad: true }
+            | OpKind::Resize { grad: true }
+            | OpKind::ChannelSum
+            | OpKind::Loss { .. }
+            | OpKind::LossGrad { .. }
+            | OpKind::FoldBn => return false,
         };
         level <= self as usize
     }
