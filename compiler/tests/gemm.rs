@@ -6,10 +6,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use rfnc_compiler::codegen::check::CheckedKernel;
 use rfnc_compiler::codegen::gemm::{conv_kernel, ConvKind, ConvOperand, ConvProblem, BLOCK};
-use rfnc_compiler::codegen::kir::{Expr, KernelBuilder, KernelFn, Ty};
+use rfnc_compiler::codegen::kir::{Expr, KernelBuilder, Ty};
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
-use rfnc_compiler::codegen::mlir::gpu_module;
+use rfnc_compiler::codegen::mlir_text::gpu_module;
 use rfnc_compiler::interp::kernels::{conv2d, conv2d_grad_input, conv2d_grad_weight, ConvGeometry};
 use rfnc_compiler::interp::Tensor;
 use rfnc_compiler::rng::splitmix64;
@@ -89,7 +90,7 @@ fn len(d: [u64; 4]) -> u64 {
 
 /// The kernel with params x, w, bias, dy, out (f32) and count (i32): plain loads, and a
 /// store that also counts the writes of each element.
-fn build(p: &ConvProblem) -> (KernelFn, u64) {
+fn build(p: &ConvProblem) -> (CheckedKernel, u64) {
     let result = match p.kind {
         ConvKind::Forward => p.y,
         ConvKind::GradInput => p.x,
@@ -117,7 +118,8 @@ fn build(p: &ConvProblem) -> (KernelFn, u64) {
     };
     let grid = conv_kernel(&mut b, p, &mut load, &mut store);
     let k = b.finish();
-    assert_eq!(k.check(), Ok(()), "{:?}", p);
+    assert_eq!(k.check().map(|_| ()), Ok(()), "{:?}", p);
+    let k = k.into_checked().expect("checked");
     assert_eq!(grid, p.grid());
     (k, grid)
 }
@@ -397,7 +399,7 @@ fn ptx_uses_no_local_memory() {
     for kind in [ConvKind::Forward, ConvKind::GradInput, ConvKind::GradWeight] {
         let (k, _) = build(&c.problem(kind, kind == ConvKind::Forward));
         let name = format!("{kind:?}").to_lowercase();
-        let gpu = gpu_module(&k, &name).expect("gpu module");
+        let gpu = gpu_module(&k, &name);
         let path = |ext: &str| dir.path().join(format!("{name}.{ext}"));
         let p = |ext: &str| path(ext).to_string_lossy().into_owned();
         std::fs::write(path("mlir"), gpu).expect("write");

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use rfnc_compiler::codegen::kir::{Expr, KernelBuilder, KernelFn, Ty};
+use rfnc_compiler::codegen::check::CheckedKernel;
+use rfnc_compiler::codegen::kir::{Expr, KernelBuilder, Ty};
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
-use rfnc_compiler::codegen::mlir::{gpu_module, host_module};
+use rfnc_compiler::codegen::mlir_text::{gpu_module, host_module};
 use rfnc_compiler::rng::splitmix64;
 
 // ----- tools -------------------------------------------------------------------------------
@@ -61,8 +62,8 @@ convert-gpu-to-nvvm,reconcile-unrealized-casts))";
 
 /// Both printed forms verify, the host form lowers to the LLVM dialect and the GPU form to
 /// NVVM.
-fn check_mlir(k: &KernelFn, name: &str) {
-    let gpu = gpu_module(k, name).expect("gpu module");
+fn check_mlir(k: &CheckedKernel, name: &str) {
+    let gpu = gpu_module(k, name);
     let host = host_module(k, name).expect("host module");
     let Some(tool) = mlir_opt() else { return };
     opt(&tool, &gpu, &[], &format!("{name} (gpu)"));
@@ -101,7 +102,7 @@ fn numbers(n: usize, seed: u64) -> Vec<f32> {
 // ----- kernels -----------------------------------------------------------------------------
 
 /// `out[i] = max(a[i] * 2 + b[i], 0)` for `i < n`, one thread per element.
-fn elementwise(n: u64, block: u32) -> KernelFn {
+fn elementwise(n: u64, block: u32) -> CheckedKernel {
     let mut b = KernelBuilder::new("mul+add+relu", block);
     let x = b.param(Ty::F32, n);
     let y = b.param(Ty::F32, n);
@@ -111,12 +112,12 @@ fn elementwise(n: u64, block: u32) -> KernelFn {
         let v = b.let_(Expr::load(x, i.clone()) * 2 + Expr::load(y, i.clone()));
         b.store(out, i.clone(), v.max(Expr::f32(0.0)));
     });
-    b.finish()
+    b.finish().into_checked().expect("a valid kernel")
 }
 
 /// Sums of `x` per block: a grid-stride loop into a private accumulator, then a tree in
 /// shared memory (a uniform loop with a barrier per level).
-fn reduction(n: u64, block: u32, grid: u64) -> KernelFn {
+fn reduction(n: u64, block: u32, grid: u64) -> CheckedKernel {
     assert!(block.is_power_of_two());
     let levels = block.trailing_zeros() as i64;
     let mut b = KernelBuilder::new("sum", block);
@@ -146,7 +147,7 @@ fn reduction(n: u64, block: u32, grid: u64) -> KernelFn {
     b.if_(Expr::ThreadId.eq(0), |b| {
         b.store(out, Expr::BlockId, Expr::load(sh, 0));
     });
-    b.finish()
+    b.finish().into_checked().expect("a valid kernel")
 }
 
 fn reduction_reference(x: &[f32], block: usize, grid: usize) -> Vec<f32> {
@@ -177,7 +178,7 @@ fn reduction_reference(x: &[f32], block: usize, grid: usize) -> Vec<f32> {
 
 /// `C[m x n] = A[m x k] * B[k x n]`: 8 x 8 threads per block, each a 2 x 2 register tile
 /// of a 16 x 16 block tile, with 16 x 8 and 8 x 16 tiles of A and B in shared memory.
-fn matmul(m: u64, n: u64, k: u64) -> KernelFn {
+fn matmul(m: u64, n: u64, k: u64) -> CheckedKernel {
     const T: u64 = 16;
     const TK: u64 = 8;
     assert!(m.is_multiple_of(T) && n.is_multiple_of(T) && k.is_multiple_of(TK));
@@ -228,7 +229,7 @@ fn matmul(m: u64, n: u64, k: u64) -> KernelFn {
             b.store(c, at, Expr::load(acc, i * 2 + j));
         }
     }
-    b.finish()
+    b.finish().into_checked().expect("a valid kernel")
 }
 
 fn matmul_reference(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
@@ -246,7 +247,7 @@ fn matmul_reference(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f
 }
 
 /// `splitmix64(seed + i)` as two i32 halves, and `(h >> 40) / 2^24` as f32.
-fn splitmix(n: u64, seed: u64) -> KernelFn {
+fn splitmix(n: u64, seed: u64) -> CheckedKernel {
     let mut b = KernelBuilder::new("splitmix64", 128);
     let lo = b.param(Ty::I32, n);
     let hi = b.param(Ty::I32, n);
@@ -263,7 +264,7 @@ fn splitmix(n: u64, seed: u64) -> KernelFn {
         let uniform = h.shift_right(40).cast(Ty::F32) / Expr::f32((1u64 << 24) as f32);
         b.store(u, i.clone(), uniform);
     });
-    b.finish()
+    b.finish().into_checked().expect("a valid kernel")
 }
 
 // ----- tests -------------------------------------------------------------------------------
@@ -304,7 +305,7 @@ fn block_reduction_matches_rust() {
 #[test]
 fn reduction_snapshots() {
     let k = reduction(1000, 256, 2);
-    insta::assert_snapshot!("reduction_gpu", gpu_module(&k, "sum").unwrap());
+    insta::assert_snapshot!("reduction_gpu", gpu_module(&k, "sum"));
     insta::assert_snapshot!("reduction_host", host_module(&k, "sum").unwrap());
 }
 
@@ -385,7 +386,7 @@ fn math_functions_match_rust() {
     b.store(out, i.clone() + 4 * n, v.clone().min(Expr::f32(f32::NAN)));
     let ne = Expr::select(v.clone().ne(v.clone()), Expr::f32(1.0), Expr::f32(0.0));
     b.store(out, i + 5 * n, ne);
-    let k = b.finish();
+    let k = b.finish().into_checked().unwrap();
     let mut xs = numbers(n as usize, 8);
     xs[0] = f32::NAN;
     xs[1] = 0.0;
@@ -437,7 +438,7 @@ fn casts_and_integer_semantics() {
     // index and i32 -> f32 are signed.
     b.store(out_f, t.clone(), wide.cast(Ty::F32));
     b.store(out_f, t + 8, v.cast(Ty::F32) * 0.5f32);
-    let k = b.finish();
+    let k = b.finish().into_checked().unwrap();
     let xs = vec![-7, -1, 0, 1, 7, i32::MIN, i32::MAX, -100];
     let fs = vec![-2.7f32, -0.5, 0.0, 0.5, 2.7, 100.9, -100.9, 1e6];
     let mut bufs = vec![
@@ -468,7 +469,7 @@ fn out_of_bounds_is_an_error() {
     let x = b.param(Ty::F32, 4);
     let out = b.param(Ty::F32, 4);
     b.store(out, Expr::ThreadId, Expr::load(x, Expr::ThreadId + 1));
-    let k = b.finish();
+    let k = b.finish().into_checked().unwrap();
     let mut bufs = vec![KirBuffer::F32(vec![1.0; 4]), KirBuffer::F32(vec![0.0; 4])];
     let err = run_kernel(&k, 1, &mut bufs).unwrap_err();
     assert!(err.0.contains("parameter 0"), "{err}");
@@ -482,7 +483,12 @@ fn out_of_bounds_is_an_error() {
     let p = b.private(Ty::F32, 2);
     b.store(p, Expr::ThreadId, Expr::f32(0.0));
     b.store(out, Expr::ThreadId, Expr::load(p, 0));
-    let err = run_kernel(&b.finish(), 1, &mut [KirBuffer::F32(vec![0.0; 4])]).unwrap_err();
+    let err = run_kernel(
+        &b.finish().into_checked().unwrap(),
+        1,
+        &mut [KirBuffer::F32(vec![0.0; 4])],
+    )
+    .unwrap_err();
     assert!(err.0.contains("private array 0 at index 2"), "{err}");
 
     // Wrong buffers are errors too.
@@ -504,7 +510,7 @@ fn unwritten_shared_memory_reads_nan() {
         Expr::BlockId * 4 + Expr::ThreadId,
         Expr::load(sh, Expr::ThreadId),
     );
-    let k = b.finish();
+    let k = b.finish().into_checked().unwrap();
     let mut bufs = vec![KirBuffer::F32(vec![0.0; 8])];
     run_kernel(&k, 2, &mut bufs).unwrap();
     let o = f32s(&bufs[0]);
@@ -523,7 +529,7 @@ fn uniform_reads_after_stores_stay_in_the_thread_loop() {
     b.store(buf, 0, Expr::f32(5.0));
     let first = b.let_(Expr::load(buf, 0));
     b.store(out, Expr::ThreadId, first * scale);
-    let k = b.finish();
+    let k = b.finish().into_checked().unwrap();
     let mut bufs = vec![
         KirBuffer::F32(vec![1.0, 1.0, 1.0, 2.0]),
         KirBuffer::F32(vec![0.0; 4]),
@@ -563,7 +569,7 @@ fn uniform_conditional_with_a_barrier() {
             b.store(out, at.clone(), Expr::load(x, at));
         },
     );
-    let k = b.finish();
+    let k = b.finish().into_checked().unwrap();
     let xs: Vec<f32> = (0..16).map(|v| v as f32).collect();
     for on in [0, 1] {
         let mut bufs = vec![
@@ -591,7 +597,11 @@ fn uniform_conditional_with_a_barrier() {
         b.store(out, i.clone(), Expr::f32(0.0));
         b.barrier();
     });
-    assert!(run_kernel(&b.finish(), 2, &mut [KirBuffer::F32(vec![0.0; 16])]).is_err());
+    assert!(b
+        .finish()
+        .into_checked()
+        .and_then(|k| run_kernel(&k, 2, &mut [KirBuffer::F32(vec![0.0; 16])]))
+        .is_err());
     check_mlir(&k, "rotate");
 }
 
@@ -607,9 +617,10 @@ fn values_that_cannot_cross_a_barrier_are_errors() {
     b.barrier();
     b.store(buf, Expr::ThreadId, first);
     let k = b.finish();
-    assert_eq!(k.check(), Ok(()));
+    assert_eq!(k.check().map(|_| ()), Ok(()));
+    let k = k.check().unwrap();
     let err = run_kernel(&k, 1, &mut [KirBuffer::F32(vec![0.0; 4])]).unwrap_err();
     assert!(err.0.contains("stretch"), "{err}");
     assert!(host_module(&k, "cross").is_err());
-    assert!(gpu_module(&k, "cross").is_ok());
+    assert!(gpu_module(&k, "cross").contains("gpu.func"));
 }

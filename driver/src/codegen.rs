@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use rfnc_bundle::atomic::write_dir_atomically;
 use rfnc_bundle::{Bundle, LeafRole, Mode};
-use rfnc_compiler::codegen::mlir::{gpu_module, host_module};
+use rfnc_compiler::codegen::mlir_text::{gpu_module, host_module};
 use rfnc_compiler::codegen::program::{lower_bundle, Lowered, NamedKernel};
 use rfnc_compiler::init::param_inits;
 use rfnc_compiler::passes::pipeline::compile_program;
@@ -140,7 +140,7 @@ pub fn render_mlir(lowered: &Lowered, host: bool) -> Result<String, String> {
         let text = if host {
             host_module(&k.kernel, &k.name)
         } else {
-            gpu_module(&k.kernel, &k.name)
+            Ok(gpu_module(&k.kernel, &k.name))
         };
         out.push_str(&text.map_err(|e| format!("kernel {}: {e}", k.name))?);
     }
@@ -150,7 +150,7 @@ pub fn render_mlir(lowered: &Lowered, host: bool) -> Result<String, String> {
 /// The MLIR of one kernel, in both forms.
 fn source(k: &NamedKernel) -> Result<KernelSource, String> {
     Ok(KernelSource {
-        gpu_mlir: gpu_module(&k.kernel, &k.name).map_err(|e| format!("kernel {}: {e}", k.name))?,
+        gpu_mlir: gpu_module(&k.kernel, &k.name),
         host_mlir: host_module(&k.kernel, &k.name)
             .map_err(|e| format!("kernel {}: {e}", k.name))?,
     })

@@ -1,6 +1,6 @@
 //! Code generation through MLIR and LLVM: the only crate of the compiler that links them.
 //!
-//! A kernel arrives as MLIR text in two forms (see `rfnc_compiler::codegen::mlir`): a
+//! A kernel arrives as MLIR text in two forms (see `rfnc_compiler::codegen::mlir_text`): a
 //! `gpu.module` with one `gpu.func`, and a host `func.func` that runs a range of blocks.
 //! [`mlir`] lowers either with MLIR's own passes to the LLVM dialect and translates it to
 //! LLVM IR; [`gpu`] links libdevice, optimises and emits PTX with the NVPTX target

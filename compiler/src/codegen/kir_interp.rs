@@ -1,13 +1,13 @@
 //! An interpreter of kernel IR: the oracle for kernel generators.
 //!
-//! [`run_kernel`] executes a [`KernelFn`] exactly as the GPU would: blocks run one after the
-//! other, and the threads of a block run by *thread-loop fission* ([`fission`]): each
+//! [`run_kernel`] executes a [`CheckedKernel`] exactly as the GPU would: blocks run one after
+//! the other, and the threads of a block run by *thread-loop fission* ([`split`]): each
 //! barrier-free stretch of the body runs for thread 0, then thread 1, ..., so a `Barrier`
 //! is the boundary between two stretches. A `for`/`if` that contains a barrier is uniform
-//! (the same for every thread, see [`KernelFn::check`]), so it runs once per block with its
+//! (the same for every thread, see [`super::check`]), so it runs once per block with its
 //! body split the same way; a `Let` whose value cannot differ between threads is evaluated
 //! once per block, before the stretch it appears in. The host printer
-//! ([`super::mlir::host_module`]) uses the same fission, so the interpreter runs exactly the
+//! ([`super::mlir_text::host_module`]) uses the same fission, so the interpreter runs exactly the
 //! code the host runs.
 //!
 //! Shared arrays are fresh for every block and private arrays fresh for every thread of every
@@ -24,7 +24,10 @@
 //! Expressions and statements are compiled once into closures over a machine whose
 //! variables and arrays are indexed by number, so the hot loop does no lookups.
 
-use super::kir::{type_of, BinOp, Buf, CmpOp, Expr, KernelFn, KirError, Stmt, Ty, UnOp, Var};
+use super::check::CheckedKernel;
+use super::fission::{split, Step};
+use super::kir::{BinOp, Buf, CmpOp, Expr, KirError, Stmt, Ty, UnOp, Var};
+use super::semantics::{buf_elem, cast_source_ty, cast_steps, operand_ty, ty_in, CastStep};
 
 /// The contents of one parameter buffer.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,308 +67,6 @@ impl KirBuffer {
             KirBuffer::I32(v) => Some(v),
             KirBuffer::F32(_) => None,
         }
-    }
-}
-
-// ----- thread-loop fission (shared with the host printer) --------------------------------
-
-/// One step of a block after thread-loop fission.
-#[derive(Debug)]
-pub(crate) enum Step<'k> {
-    /// A `Let` whose value is the same for every thread: evaluated once per block.
-    Uniform(Var, &'k Expr),
-    /// A barrier-free stretch of statements, run by every thread in turn.
-    Threads(Vec<&'k Stmt>),
-    /// A uniform loop whose body contains a barrier.
-    For {
-        var: Var,
-        lo: &'k Expr,
-        hi: &'k Expr,
-        step: i64,
-        body: Vec<Step<'k>>,
-    },
-    /// A uniform conditional whose branches contain a barrier.
-    If {
-        cond: &'k Expr,
-        then: Vec<Step<'k>>,
-        otherwise: Vec<Step<'k>>,
-    },
-}
-
-/// Splits the body of a (checked) kernel at its barriers.
-///
-/// A `Let` is hoisted out of its stretch (becomes a [`Step::Uniform`]) when its value uses no
-/// thread id, no shared or private data and only variables that are themselves block-level,
-/// and it reads no parameter that its stretch stored to before it (there each thread could
-/// see its own store). Also verifies that every variable used in a stretch is either
-/// block-level or bound earlier in the same stretch, so that the host function is valid SSA.
-pub(crate) fn fission(k: &KernelFn) -> Result<Vec<Step<'_>>, KirError> {
-    let mut f = Fission {
-        uniform: vec![false; k.vars.len()],
-    };
-    f.steps(&k.body)
-}
-
-struct Fission {
-    /// Variables bound at block level (visible to every stretch).
-    uniform: Vec<bool>,
-}
-
-impl Fission {
-    fn steps<'k>(&mut self, stmts: &'k [Stmt]) -> Result<Vec<Step<'k>>, KirError> {
-        let saved = self.uniform.clone();
-        let mut out = Vec::new();
-        let mut stretch: Vec<&'k Stmt> = Vec::new();
-        let mut stored: Vec<usize> = Vec::new();
-        for s in stmts {
-            match s {
-                Stmt::Barrier => self.flush(&mut out, &mut stretch, &mut stored)?,
-                Stmt::For {
-                    var,
-                    lo,
-                    hi,
-                    step,
-                    body,
-                } if KernelFn::has_barrier(body) => {
-                    self.flush(&mut out, &mut stretch, &mut stored)?;
-                    self.need_uniform(lo, "loop bound")?;
-                    self.need_uniform(hi, "loop bound")?;
-                    self.uniform[var.0 as usize] = true;
-                    let body = self.steps(body)?;
-                    self.uniform[var.0 as usize] = false;
-                    out.push(Step::For {
-                        var: *var,
-                        lo,
-                        hi,
-                        step: *step,
-                        body,
-                    });
-                }
-                Stmt::If {
-                    cond,
-                    then,
-                    otherwise,
-                } if KernelFn::has_barrier(then) || KernelFn::has_barrier(otherwise) => {
-                    self.flush(&mut out, &mut stretch, &mut stored)?;
-                    self.need_uniform(cond, "condition")?;
-                    let then = self.steps(then)?;
-                    let otherwise = self.steps(otherwise)?;
-                    out.push(Step::If {
-                        cond,
-                        then,
-                        otherwise,
-                    });
-                }
-                Stmt::Let(v, e) if self.is_uniform(e) && !reads_any(e, &stored) => {
-                    self.uniform[v.0 as usize] = true;
-                    out.push(Step::Uniform(*v, e));
-                }
-                _ => {
-                    stores_of(s, &mut stored);
-                    stretch.push(s);
-                }
-            }
-        }
-        self.flush(&mut out, &mut stretch, &mut stored)?;
-        self.uniform = saved;
-        Ok(out)
-    }
-
-    fn flush<'k>(
-        &mut self,
-        out: &mut Vec<Step<'k>>,
-        stretch: &mut Vec<&'k Stmt>,
-        stored: &mut Vec<usize>,
-    ) -> Result<(), KirError> {
-        if stretch.is_empty() {
-            return Ok(());
-        }
-        let mut defined = self.uniform.clone();
-        for s in stretch.iter() {
-            self.validate(s, &mut defined)?;
-        }
-        out.push(Step::Threads(std::mem::take(stretch)));
-        stored.clear();
-        Ok(())
-    }
-
-    fn is_uniform(&self, e: &Expr) -> bool {
-        match e {
-            Expr::ThreadId | Expr::Load(Buf::Shared(_) | Buf::Private(_), _) => false,
-            Expr::Int(_) | Expr::F32(_) | Expr::BlockId => true,
-            Expr::Var(v) => self.uniform.get(v.0 as usize).copied().unwrap_or(false),
-            Expr::Load(Buf::Param(_), a) | Expr::Unary(_, a) | Expr::Cast(_, a) => {
-                self.is_uniform(a)
-            }
-            Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => self.is_uniform(a) && self.is_uniform(b),
-            Expr::Select(c, a, b) => self.is_uniform(c) && self.is_uniform(a) && self.is_uniform(b),
-        }
-    }
-
-    fn need_uniform(&self, e: &Expr, what: &str) -> Result<(), KirError> {
-        if self.is_uniform(e) {
-            Ok(())
-        } else {
-            Err(KirError(format!(
-                "the {what} of a construct with a barrier is not a block-level value"
-            )))
-        }
-    }
-
-    /// Checks that `s` only uses variables of `defined` (block-level or earlier in the
-    /// stretch), with the bodies of loops and conditionals as nested scopes.
-    fn validate(&self, s: &Stmt, defined: &mut Vec<bool>) -> Result<(), KirError> {
-        let uses = |e: &Expr, defined: &Vec<bool>| -> Result<(), KirError> {
-            let mut vars = Vec::new();
-            vars_of(e, &mut vars);
-            for v in vars {
-                if !defined.get(v.0 as usize).copied().unwrap_or(false) {
-                    return Err(KirError(format!(
-                        "v{} is used outside the scope or barrier-free stretch that binds it",
-                        v.0
-                    )));
-                }
-            }
-            Ok(())
-        };
-        match s {
-            Stmt::Let(v, e) => {
-                uses(e, defined)?;
-                defined[v.0 as usize] = true;
-            }
-            Stmt::Store(_, i, v) => {
-                uses(i, defined)?;
-                uses(v, defined)?;
-            }
-            Stmt::For {
-                var, lo, hi, body, ..
-            } => {
-                uses(lo, defined)?;
-                uses(hi, defined)?;
-                let mut inner = defined.clone();
-                inner[var.0 as usize] = true;
-                for s in body {
-                    self.validate(s, &mut inner)?;
-                }
-            }
-            Stmt::If {
-                cond,
-                then,
-                otherwise,
-            } => {
-                uses(cond, defined)?;
-                for branch in [then, otherwise] {
-                    let mut inner = defined.clone();
-                    for s in branch {
-                        self.validate(s, &mut inner)?;
-                    }
-                }
-            }
-            Stmt::Barrier => {
-                return Err(KirError("a barrier inside a barrier-free stretch".into()));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn vars_of(e: &Expr, out: &mut Vec<Var>) {
-    match e {
-        Expr::Var(v) => out.push(*v),
-        Expr::Int(_) | Expr::F32(_) | Expr::ThreadId | Expr::BlockId => {}
-        Expr::Load(_, a) | Expr::Unary(_, a) | Expr::Cast(_, a) => vars_of(a, out),
-        Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => {
-            vars_of(a, out);
-            vars_of(b, out);
-        }
-        Expr::Select(c, a, b) => {
-            vars_of(c, out);
-            vars_of(a, out);
-            vars_of(b, out);
-        }
-    }
-}
-
-/// Whether `e` loads from one of the parameters `params`.
-fn reads_any(e: &Expr, params: &[usize]) -> bool {
-    match e {
-        Expr::Load(Buf::Param(p), a) => params.contains(p) || reads_any(a, params),
-        Expr::Load(_, a) | Expr::Unary(_, a) | Expr::Cast(_, a) => reads_any(a, params),
-        Expr::Int(_) | Expr::F32(_) | Expr::Var(_) | Expr::ThreadId | Expr::BlockId => false,
-        Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => reads_any(a, params) || reads_any(b, params),
-        Expr::Select(c, a, b) => {
-            reads_any(c, params) || reads_any(a, params) || reads_any(b, params)
-        }
-    }
-}
-
-/// Adds the parameters `s` stores to.
-fn stores_of(s: &Stmt, out: &mut Vec<usize>) {
-    match s {
-        Stmt::Store(Buf::Param(p), ..) => out.push(*p),
-        Stmt::For { body, .. } => body.iter().for_each(|s| stores_of(s, out)),
-        Stmt::If {
-            then, otherwise, ..
-        } => then.iter().chain(otherwise).for_each(|s| stores_of(s, out)),
-        _ => {}
-    }
-}
-
-// ----- typing shared with the printer -------------------------------------------------------
-
-/// The type of `e` where its context wants `want` (integer literals take it).
-pub(crate) fn ty_in(k: &KernelFn, e: &Expr, want: Ty) -> Ty {
-    type_of(k, e).unwrap_or(want)
-}
-
-/// The operand type of a binary operation or comparison; `None` for the result of a
-/// comparison (its operands decide, index by default).
-pub(crate) fn operand_ty(k: &KernelFn, a: &Expr, b: &Expr, want: Ty) -> Ty {
-    type_of(k, a).or_else(|| type_of(k, b)).unwrap_or(want)
-}
-
-/// Checks that an integer binary operation is defined on `t`.
-pub(crate) fn check_bin(op: BinOp, t: Ty) -> Result<(), KirError> {
-    let ok = match t {
-        Ty::F32 => matches!(
-            op,
-            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Min | BinOp::Max
-        ),
-        Ty::Bool => matches!(op, BinOp::And | BinOp::Or | BinOp::Xor),
-        Ty::Index | Ty::I64 | Ty::I32 => true,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(KirError(format!("{op:?} of {t:?} values")))
-    }
-}
-
-pub(crate) fn check_cmp(op: CmpOp, t: Ty) -> Result<(), KirError> {
-    if t == Ty::Bool && !matches!(op, CmpOp::Eq | CmpOp::Ne) {
-        return Err(KirError(format!("{op:?} of booleans")));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_unary(op: UnOp, t: Ty) -> Result<(), KirError> {
-    let ok = match op {
-        UnOp::Neg => t != Ty::Bool,
-        UnOp::Exp | UnOp::Log | UnOp::Sqrt => t == Ty::F32,
-        UnOp::Not => t != Ty::F32,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(KirError(format!("{op:?} of {t:?}")))
-    }
-}
-
-/// Checks that a subscript is an index.
-pub(crate) fn check_subscript(k: &KernelFn, i: &Expr) -> Result<(), KirError> {
-    match type_of(k, i) {
-        None | Some(Ty::Index) => Ok(()),
-        Some(t) => Err(KirError(format!("subscript of type {t:?} (must be index)"))),
     }
 }
 
@@ -468,72 +169,60 @@ enum XStep {
 }
 
 struct Compiler<'k> {
-    k: &'k KernelFn,
+    k: &'k CheckedKernel,
     arrays: Vec<ArrayInfo>,
     nparams: usize,
     nshared: usize,
 }
 
 impl Compiler<'_> {
-    fn array(&self, buf: Buf) -> Result<ArrayInfo, KirError> {
+    /// The machine array of a buffer (the checker guarantees it is declared).
+    fn array(&self, buf: Buf) -> ArrayInfo {
         let i = match buf {
-            Buf::Param(i) if i < self.nparams => i,
-            Buf::Shared(i) if i < self.nshared => self.nparams + i,
-            Buf::Private(i) if self.nparams + self.nshared + i < self.arrays.len() => {
-                self.nparams + self.nshared + i
-            }
-            _ => return Err(KirError(format!("undeclared {buf:?}"))),
+            Buf::Param(i) => i,
+            Buf::Shared(i) => self.nparams + i,
+            Buf::Private(i) => self.nparams + self.nshared + i,
         };
-        Ok(self.arrays[i])
+        self.arrays[i]
     }
 
-    fn steps(&self, steps: &[Step<'_>]) -> Result<Vec<XStep>, KirError> {
+    fn steps(&self, steps: &[Step<'_>]) -> Vec<XStep> {
         steps
             .iter()
-            .map(|s| {
-                Ok(match s {
-                    Step::Uniform(v, e) => XStep::Uniform(self.let_(*v, e)?),
-                    Step::Threads(stmts) => XStep::Threads(
-                        stmts
-                            .iter()
-                            .map(|s| self.stmt(s))
-                            .collect::<Result<_, _>>()?,
-                    ),
-                    Step::For {
-                        var,
-                        lo,
-                        hi,
-                        step,
-                        body,
-                    } => XStep::For {
-                        var: var.0 as usize,
-                        lo: self.int(lo, Ty::Index)?,
-                        hi: self.int(hi, Ty::Index)?,
-                        step: check_step(*step)?,
-                        body: self.steps(body)?,
-                    },
-                    Step::If {
-                        cond,
-                        then,
-                        otherwise,
-                    } => XStep::If {
-                        cond: self.int(cond, Ty::Bool)?,
-                        then: self.steps(then)?,
-                        otherwise: self.steps(otherwise)?,
-                    },
-                })
+            .map(|s| match s {
+                Step::Uniform(v, e) => XStep::Uniform(self.let_(*v, e)),
+                Step::Threads(stmts) => {
+                    XStep::Threads(stmts.iter().map(|s| self.stmt(s)).collect())
+                }
+                Step::For {
+                    var,
+                    lo,
+                    hi,
+                    step,
+                    body,
+                } => XStep::For {
+                    var: var.0 as usize,
+                    lo: self.int(lo, Ty::Index),
+                    hi: self.int(hi, Ty::Index),
+                    step: *step,
+                    body: self.steps(body),
+                },
+                Step::If {
+                    cond,
+                    then,
+                    otherwise,
+                } => XStep::If {
+                    cond: self.int(cond, Ty::Bool),
+                    then: self.steps(then),
+                    otherwise: self.steps(otherwise),
+                },
             })
             .collect()
     }
 
-    fn let_(&self, v: Var, e: &Expr) -> Result<StmtFn, KirError> {
+    fn let_(&self, v: Var, e: &Expr) -> StmtFn {
         let i = v.0 as usize;
-        let ty = *self
-            .k
-            .vars
-            .get(i)
-            .ok_or_else(|| KirError(format!("undeclared v{i}")))?;
-        Ok(match self.expr(e, ty)? {
+        match self.expr(e, self.k.vars[i]) {
             Val::I(f) => Box::new(move |m| {
                 let x = f(m);
                 m.ints[i] = x;
@@ -542,54 +231,17 @@ impl Compiler<'_> {
                 let x = f(m);
                 m.floats[i] = x;
             }),
-        })
+        }
     }
 
-    fn block(&self, stmts: &[Stmt]) -> Result<Vec<StmtFn>, KirError> {
+    fn block(&self, stmts: &[Stmt]) -> Vec<StmtFn> {
         stmts.iter().map(|s| self.stmt(s)).collect()
     }
 
-    fn stmt(&self, s: &Stmt) -> Result<StmtFn, KirError> {
-        Ok(match s {
-            Stmt::Let(v, e) => self.let_(*v, e)?,
-            Stmt::Store(buf, i, v) => {
-                check_subscript(self.k, i)?;
-                let a = self.array(*buf)?;
-                let ix = self.int(i, Ty::Index)?;
-                match a.loc {
-                    Loc::F(slot) => {
-                        let val = self.float(v)?;
-                        Box::new(move |m| {
-                            let i = ix(m);
-                            let x = val(m);
-                            if let Some(p) = m.at("store to", &a, i) {
-                                m.fmem[slot][p] = x;
-                            }
-                        })
-                    }
-                    Loc::I32(slot) => {
-                        let val = self.int(v, Ty::I32)?;
-                        Box::new(move |m| {
-                            let i = ix(m);
-                            let x = val(m);
-                            if let Some(p) = m.at("store to", &a, i) {
-                                m.imem[slot][p] = x as i32;
-                            }
-                        })
-                    }
-                    Loc::L(slot) => {
-                        let elem = self.elem(*buf);
-                        let val = self.int(v, elem)?;
-                        Box::new(move |m| {
-                            let i = ix(m);
-                            let x = val(m);
-                            if let Some(p) = m.at("store to", &a, i) {
-                                m.lmem[slot][p] = x;
-                            }
-                        })
-                    }
-                }
-            }
+    fn stmt(&self, s: &Stmt) -> StmtFn {
+        match s {
+            Stmt::Let(v, e) => self.let_(*v, e),
+            Stmt::Store(buf, i, v) => self.store(*buf, i, v),
             Stmt::For {
                 var,
                 lo,
@@ -598,10 +250,10 @@ impl Compiler<'_> {
                 body,
             } => {
                 let v = var.0 as usize;
-                let lo = self.int(lo, Ty::Index)?;
-                let hi = self.int(hi, Ty::Index)?;
-                let step = check_step(*step)?;
-                let body = self.block(body)?;
+                let lo = self.int(lo, Ty::Index);
+                let hi = self.int(hi, Ty::Index);
+                let step = *step;
+                let body = self.block(body);
                 Box::new(move |m| {
                     let (mut i, hi) = (lo(m), hi(m));
                     while i < hi && m.err.is_none() {
@@ -618,9 +270,9 @@ impl Compiler<'_> {
                 then,
                 otherwise,
             } => {
-                let cond = self.int(cond, Ty::Bool)?;
-                let then = self.block(then)?;
-                let otherwise = self.block(otherwise)?;
+                let cond = self.int(cond, Ty::Bool);
+                let then = self.block(then);
+                let otherwise = self.block(otherwise);
                 Box::new(move |m| {
                     let body = if cond(m) != 0 { &then } else { &otherwise };
                     for s in body {
@@ -628,57 +280,74 @@ impl Compiler<'_> {
                     }
                 })
             }
-            Stmt::Barrier => {
-                return Err(KirError("a barrier inside a barrier-free stretch".into()))
+            // Stretches hold no barriers (fission splits at them).
+            Stmt::Barrier => unreachable!("a barrier inside a barrier-free stretch"),
+        }
+    }
+
+    fn store(&self, buf: Buf, i: &Expr, v: &Expr) -> StmtFn {
+        let a = self.array(buf);
+        let ix = self.int(i, Ty::Index);
+        match a.loc {
+            Loc::F(slot) => {
+                let val = self.float(v);
+                Box::new(move |m| {
+                    let i = ix(m);
+                    let x = val(m);
+                    if let Some(p) = m.at("store to", &a, i) {
+                        m.fmem[slot][p] = x;
+                    }
+                })
             }
-        })
-    }
-
-    fn elem(&self, buf: Buf) -> Ty {
-        super::kir::buf_elem(self.k, buf).unwrap_or(Ty::Index)
-    }
-
-    fn int(&self, e: &Expr, want: Ty) -> Result<IntFn, KirError> {
-        match self.expr(e, want)? {
-            Val::I(f) => Ok(f),
-            Val::F(_) => Err(KirError(format!("an f32 where {want:?} is needed"))),
+            Loc::I32(slot) => {
+                let val = self.int(v, Ty::I32);
+                Box::new(move |m| {
+                    let i = ix(m);
+                    let x = val(m);
+                    if let Some(p) = m.at("store to", &a, i) {
+                        m.imem[slot][p] = x as i32;
+                    }
+                })
+            }
+            Loc::L(slot) => {
+                let elem = buf_elem(self.k, buf).expect("a declared buffer");
+                let val = self.int(v, elem);
+                Box::new(move |m| {
+                    let i = ix(m);
+                    let x = val(m);
+                    if let Some(p) = m.at("store to", &a, i) {
+                        m.lmem[slot][p] = x;
+                    }
+                })
+            }
         }
     }
 
-    fn float(&self, e: &Expr) -> Result<FloatFn, KirError> {
-        match self.expr(e, Ty::F32)? {
-            Val::F(f) => Ok(f),
-            Val::I(_) => Err(KirError("an integer where f32 is needed".into())),
+    /// `e` as an integer (the checker guarantees it is one where `want` is needed).
+    fn int(&self, e: &Expr, want: Ty) -> IntFn {
+        match self.expr(e, want) {
+            Val::I(f) => f,
+            Val::F(_) => unreachable!("an f32 where {want:?} is needed"),
         }
     }
 
-    fn expr(&self, e: &Expr, want: Ty) -> Result<Val, KirError> {
+    fn float(&self, e: &Expr) -> FloatFn {
+        match self.expr(e, Ty::F32) {
+            Val::F(f) => f,
+            Val::I(_) => unreachable!("an integer where f32 is needed"),
+        }
+    }
+
+    fn expr(&self, e: &Expr, want: Ty) -> Val {
         let t = ty_in(self.k, e, want);
-        Ok(match e {
-            Expr::Int(v) => {
-                let v = *v;
-                match t {
-                    Ty::F32 => Val::F(Box::new(move |_| v as f32)),
-                    Ty::I32 => {
-                        let v = v as i32 as i64;
-                        Val::I(Box::new(move |_| v))
-                    }
-                    Ty::Bool => {
-                        let v = (v != 0) as i64;
-                        Val::I(Box::new(move |_| v))
-                    }
-                    Ty::Index | Ty::I64 => Val::I(Box::new(move |_| v)),
-                }
-            }
+        match e {
+            Expr::Int(v) => int_literal(*v, t),
             Expr::F32(v) => {
                 let v = *v;
                 Val::F(Box::new(move |_| v))
             }
             Expr::Var(v) => {
                 let i = v.0 as usize;
-                if i >= self.k.vars.len() {
-                    return Err(KirError(format!("undeclared v{i}")));
-                }
                 if t == Ty::F32 {
                     Val::F(Box::new(move |m| m.floats[i]))
                 } else {
@@ -687,186 +356,169 @@ impl Compiler<'_> {
             }
             Expr::ThreadId => Val::I(Box::new(|m| m.tid)),
             Expr::BlockId => Val::I(Box::new(|m| m.bid)),
-            Expr::Bin(op, a, b) => {
-                check_bin(*op, t)?;
-                if t == Ty::F32 {
-                    Val::F(float_bin(*op, self.float(a)?, self.float(b)?))
-                } else {
-                    // A literal right operand is the common case (offsets, strides).
-                    if let Expr::Int(c) = **b {
-                        if let Some(f) = int_bin_const(*op, t, self.int(a, t)?, c) {
-                            return Ok(Val::I(f));
-                        }
-                    }
-                    Val::I(int_bin(*op, t, self.int(a, t)?, self.int(b, t)?))
-                }
-            }
-            Expr::Cmp(op, a, b) => {
-                let ot = operand_ty(self.k, a, b, Ty::Index);
-                check_cmp(*op, ot)?;
-                if ot == Ty::F32 {
-                    let (x, y) = (self.float(a)?, self.float(b)?);
-                    Val::I(match op {
-                        CmpOp::Lt => Box::new(move |m| (x(m) < y(m)) as i64),
-                        CmpOp::Le => Box::new(move |m| (x(m) <= y(m)) as i64),
-                        CmpOp::Gt => Box::new(move |m| (x(m) > y(m)) as i64),
-                        CmpOp::Ge => Box::new(move |m| (x(m) >= y(m)) as i64),
-                        CmpOp::Eq => Box::new(move |m| (x(m) == y(m)) as i64),
-                        CmpOp::Ne => Box::new(move |m| (x(m) != y(m)) as i64),
-                    })
-                } else {
-                    let (x, y) = (self.int(a, ot)?, self.int(b, ot)?);
-                    Val::I(if ot == Ty::I64 {
-                        match op {
-                            CmpOp::Lt => Box::new(move |m| ((x(m) as u64) < (y(m) as u64)) as i64),
-                            CmpOp::Le => Box::new(move |m| ((x(m) as u64) <= (y(m) as u64)) as i64),
-                            CmpOp::Gt => Box::new(move |m| ((x(m) as u64) > (y(m) as u64)) as i64),
-                            CmpOp::Ge => Box::new(move |m| ((x(m) as u64) >= (y(m) as u64)) as i64),
-                            CmpOp::Eq => Box::new(move |m| (x(m) == y(m)) as i64),
-                            CmpOp::Ne => Box::new(move |m| (x(m) != y(m)) as i64),
-                        }
-                    } else {
-                        match op {
-                            CmpOp::Lt => Box::new(move |m| (x(m) < y(m)) as i64),
-                            CmpOp::Le => Box::new(move |m| (x(m) <= y(m)) as i64),
-                            CmpOp::Gt => Box::new(move |m| (x(m) > y(m)) as i64),
-                            CmpOp::Ge => Box::new(move |m| (x(m) >= y(m)) as i64),
-                            CmpOp::Eq => Box::new(move |m| (x(m) == y(m)) as i64),
-                            CmpOp::Ne => Box::new(move |m| (x(m) != y(m)) as i64),
-                        }
-                    })
-                }
-            }
-            Expr::Select(c, a, b) => {
-                let c = self.int(c, Ty::Bool)?;
-                // Both sides are evaluated, as on the GPU.
-                if t == Ty::F32 {
-                    let (x, y) = (self.float(a)?, self.float(b)?);
-                    Val::F(Box::new(move |m| {
-                        let (c, x, y) = (c(m), x(m), y(m));
-                        if c != 0 {
-                            x
-                        } else {
-                            y
-                        }
-                    }))
-                } else {
-                    let (x, y) = (self.int(a, t)?, self.int(b, t)?);
-                    Val::I(Box::new(move |m| {
-                        let (c, x, y) = (c(m), x(m), y(m));
-                        if c != 0 {
-                            x
-                        } else {
-                            y
-                        }
-                    }))
-                }
-            }
-            Expr::Load(buf, i) => {
-                check_subscript(self.k, i)?;
-                let a = self.array(*buf)?;
-                let ix = self.int(i, Ty::Index)?;
-                match a.loc {
-                    Loc::F(slot) => Val::F(Box::new(move |m| {
-                        let i = ix(m);
-                        match m.at("load from", &a, i) {
-                            Some(p) => m.fmem[slot][p],
-                            None => 0.0,
-                        }
-                    })),
-                    Loc::I32(slot) => Val::I(Box::new(move |m| {
-                        let i = ix(m);
-                        match m.at("load from", &a, i) {
-                            Some(p) => m.imem[slot][p] as i64,
-                            None => 0,
-                        }
-                    })),
-                    Loc::L(slot) => Val::I(Box::new(move |m| {
-                        let i = ix(m);
-                        match m.at("load from", &a, i) {
-                            Some(p) => m.lmem[slot][p],
-                            None => 0,
-                        }
-                    })),
-                }
-            }
-            Expr::Unary(op, a) => {
-                check_unary(*op, t)?;
-                if t == Ty::F32 {
-                    let x = self.float(a)?;
-                    Val::F(match op {
-                        UnOp::Neg => Box::new(move |m| -x(m)),
-                        UnOp::Exp => Box::new(move |m| x(m).exp()),
-                        UnOp::Log => Box::new(move |m| x(m).ln()),
-                        UnOp::Sqrt => Box::new(move |m| x(m).sqrt()),
-                        UnOp::Not => unreachable!("checked"),
-                    })
-                } else {
-                    let x = self.int(a, t)?;
-                    Val::I(match (op, t) {
-                        (UnOp::Neg, Ty::I32) => {
-                            Box::new(move |m| (x(m) as i32).wrapping_neg() as i64)
-                        }
-                        (UnOp::Neg, _) => Box::new(move |m| x(m).wrapping_neg()),
-                        (UnOp::Not, Ty::Bool) => Box::new(move |m| x(m) ^ 1),
-                        (UnOp::Not, _) => Box::new(move |m| !x(m)),
-                        _ => unreachable!("checked"),
-                    })
-                }
-            }
+            Expr::Bin(op, a, b) => self.bin(*op, a, b, t),
+            Expr::Cmp(op, a, b) => self.cmp(*op, a, b),
+            Expr::Select(c, a, b) => self.select(c, a, b, t),
+            Expr::Load(buf, i) => self.load(*buf, i),
+            Expr::Unary(op, a) => self.unary(*op, a, t),
             Expr::Cast(to, a) => {
-                let from = ty_in(self.k, a, Ty::Index);
-                let to = *to;
-                if from == to {
-                    return self.expr(a, to);
-                }
-                match (from, to) {
-                    (Ty::F32, Ty::Bool) => {
-                        let x = self.float(a)?;
-                        Val::I(Box::new(move |m| (x(m) != 0.0) as i64))
-                    }
-                    (Ty::F32, Ty::I32) => {
-                        let x = self.float(a)?;
-                        Val::I(Box::new(move |m| x(m) as i32 as i64))
-                    }
-                    (Ty::F32, Ty::Index) => {
-                        let x = self.float(a)?;
-                        Val::I(Box::new(move |m| x(m) as i64))
-                    }
-                    (Ty::F32, Ty::I64) => {
-                        let x = self.float(a)?;
-                        Val::I(Box::new(move |m| x(m) as u64 as i64))
-                    }
-                    (_, Ty::F32) => {
-                        let x = self.int(a, from)?;
-                        Val::F(if from == Ty::I64 {
-                            Box::new(move |m| x(m) as u64 as f32)
-                        } else {
-                            Box::new(move |m| x(m) as f32)
-                        })
-                    }
-                    (_, Ty::Bool) => {
-                        let x = self.int(a, from)?;
-                        Val::I(Box::new(move |m| (x(m) != 0) as i64))
-                    }
-                    (_, Ty::I32) => {
-                        let x = self.int(a, from)?;
-                        Val::I(Box::new(move |m| x(m) as i32 as i64))
-                    }
-                    // i32 values are kept sign-extended, booleans as 0 or 1, index and i64
-                    // share their bits.
-                    (_, Ty::Index | Ty::I64) => self.expr(a, from)?,
-                }
+                let from = cast_source_ty(self.k, a);
+                cast_steps(from, *to)
+                    .into_iter()
+                    .fold(self.expr(a, from), cast_val)
             }
+        }
+    }
+
+    fn bin(&self, op: BinOp, a: &Expr, b: &Expr, t: Ty) -> Val {
+        if t == Ty::F32 {
+            return Val::F(float_bin(op, self.float(a), self.float(b)));
+        }
+        // A literal right operand is the common case (offsets, strides).
+        if let Expr::Int(c) = *b {
+            if let Some(f) = int_bin_const(op, t, self.int(a, t), c) {
+                return Val::I(f);
+            }
+        }
+        Val::I(int_bin(op, t, self.int(a, t), self.int(b, t)))
+    }
+
+    fn cmp(&self, op: CmpOp, a: &Expr, b: &Expr) -> Val {
+        let ot = operand_ty(self.k, a, b);
+        if ot == Ty::F32 {
+            let (x, y) = (self.float(a), self.float(b));
+            return Val::I(match op {
+                CmpOp::Lt => Box::new(move |m| (x(m) < y(m)) as i64),
+                CmpOp::Le => Box::new(move |m| (x(m) <= y(m)) as i64),
+                CmpOp::Gt => Box::new(move |m| (x(m) > y(m)) as i64),
+                CmpOp::Ge => Box::new(move |m| (x(m) >= y(m)) as i64),
+                CmpOp::Eq => Box::new(move |m| (x(m) == y(m)) as i64),
+                CmpOp::Ne => Box::new(move |m| (x(m) != y(m)) as i64),
+            });
+        }
+        let (x, y) = (self.int(a, ot), self.int(b, ot));
+        Val::I(if ot == Ty::I64 {
+            match op {
+                CmpOp::Lt => Box::new(move |m| ((x(m) as u64) < (y(m) as u64)) as i64),
+                CmpOp::Le => Box::new(move |m| ((x(m) as u64) <= (y(m) as u64)) as i64),
+                CmpOp::Gt => Box::new(move |m| ((x(m) as u64) > (y(m) as u64)) as i64),
+                CmpOp::Ge => Box::new(move |m| ((x(m) as u64) >= (y(m) as u64)) as i64),
+                CmpOp::Eq => Box::new(move |m| (x(m) == y(m)) as i64),
+                CmpOp::Ne => Box::new(move |m| (x(m) != y(m)) as i64),
+            }
+        } else {
+            match op {
+                CmpOp::Lt => Box::new(move |m| (x(m) < y(m)) as i64),
+                CmpOp::Le => Box::new(move |m| (x(m) <= y(m)) as i64),
+                CmpOp::Gt => Box::new(move |m| (x(m) > y(m)) as i64),
+                CmpOp::Ge => Box::new(move |m| (x(m) >= y(m)) as i64),
+                CmpOp::Eq => Box::new(move |m| (x(m) == y(m)) as i64),
+                CmpOp::Ne => Box::new(move |m| (x(m) != y(m)) as i64),
+            }
+        })
+    }
+
+    fn select(&self, c: &Expr, a: &Expr, b: &Expr, t: Ty) -> Val {
+        let c = self.int(c, Ty::Bool);
+        // Both sides are evaluated, as on the GPU.
+        if t == Ty::F32 {
+            let (x, y) = (self.float(a), self.float(b));
+            Val::F(Box::new(move |m| {
+                let (c, x, y) = (c(m), x(m), y(m));
+                if c != 0 {
+                    x
+                } else {
+                    y
+                }
+            }))
+        } else {
+            let (x, y) = (self.int(a, t), self.int(b, t));
+            Val::I(Box::new(move |m| {
+                let (c, x, y) = (c(m), x(m), y(m));
+                if c != 0 {
+                    x
+                } else {
+                    y
+                }
+            }))
+        }
+    }
+
+    fn load(&self, buf: Buf, i: &Expr) -> Val {
+        let a = self.array(buf);
+        let ix = self.int(i, Ty::Index);
+        match a.loc {
+            Loc::F(slot) => Val::F(Box::new(move |m| {
+                let i = ix(m);
+                match m.at("load from", &a, i) {
+                    Some(p) => m.fmem[slot][p],
+                    None => 0.0,
+                }
+            })),
+            Loc::I32(slot) => Val::I(Box::new(move |m| {
+                let i = ix(m);
+                match m.at("load from", &a, i) {
+                    Some(p) => m.imem[slot][p] as i64,
+                    None => 0,
+                }
+            })),
+            Loc::L(slot) => Val::I(Box::new(move |m| {
+                let i = ix(m);
+                match m.at("load from", &a, i) {
+                    Some(p) => m.lmem[slot][p],
+                    None => 0,
+                }
+            })),
+        }
+    }
+
+    fn unary(&self, op: UnOp, a: &Expr, t: Ty) -> Val {
+        if t == Ty::F32 {
+            let x = self.float(a);
+            return Val::F(match op {
+                UnOp::Neg => Box::new(move |m| -x(m)),
+                UnOp::Exp => Box::new(move |m| x(m).exp()),
+                UnOp::Log => Box::new(move |m| x(m).ln()),
+                UnOp::Sqrt => Box::new(move |m| x(m).sqrt()),
+                UnOp::Not => unreachable!("checked: not of f32"),
+            });
+        }
+        let x = self.int(a, t);
+        Val::I(match (op, t) {
+            (UnOp::Neg, Ty::I32) => Box::new(move |m| (x(m) as i32).wrapping_neg() as i64),
+            (UnOp::Neg, _) => Box::new(move |m| x(m).wrapping_neg()),
+            (UnOp::Not, Ty::Bool) => Box::new(move |m| x(m) ^ 1),
+            (UnOp::Not, _) => Box::new(move |m| !x(m)),
+            (UnOp::Exp | UnOp::Log | UnOp::Sqrt, _) => unreachable!("checked: {op:?} of {t:?}"),
         })
     }
 }
 
-fn check_step(step: i64) -> Result<i64, KirError> {
-    if step > 0 {
-        Ok(step)
-    } else {
-        Err(KirError(format!("loop step {step} is not positive")))
+/// An integer literal as a value of type `t`.
+fn int_literal(v: i64, t: Ty) -> Val {
+    match t {
+        Ty::F32 => Val::F(Box::new(move |_| v as f32)),
+        Ty::I32 => {
+            let v = v as i32 as i64;
+            Val::I(Box::new(move |_| v))
+        }
+        Ty::Bool => {
+            let v = (v != 0) as i64;
+            Val::I(Box::new(move |_| v))
+        }
+        Ty::Index | Ty::I64 => Val::I(Box::new(move |_| v)),
+    }
+}
+
+/// One primitive conversion of a compiled value ([`CastStep`]); conversions between
+/// integer types that keep the held bits compile to nothing.
+fn cast_val(x: Val, step: CastStep) -> Val {
+    match (x, step.to == Ty::F32) {
+        (Val::F(x), false) => Val::I(Box::new(move |m| step.float_to_int(x(m)))),
+        (Val::I(x), true) => Val::F(Box::new(move |m| step.int_to_float(x(m)))),
+        (Val::I(x), false) if step.keeps_int() => Val::I(x),
+        (Val::I(x), false) => Val::I(Box::new(move |m| step.int_to_int(x(m)))),
+        (Val::F(_), true) => unreachable!("no conversion from f32 to f32"),
     }
 }
 
@@ -1009,11 +661,7 @@ fn int_bin(op: BinOp, t: Ty, x: IntFn, y: IntFn) -> IntFn {
 /// Runs `k` on a grid of `grid` blocks over the parameter buffers `params` (one per declared
 /// parameter, of its element type and length). On an error the buffers hold what was
 /// written before it.
-pub fn run_kernel(k: &KernelFn, grid: u64, params: &mut [KirBuffer]) -> Result<(), KirError> {
-    k.check()?;
-    if k.block == 0 {
-        return Err(KirError("a block of 0 threads".into()));
-    }
+pub fn run_kernel(k: &CheckedKernel, grid: u64, params: &mut [KirBuffer]) -> Result<(), KirError> {
     if params.len() != k.params.len() {
         return Err(KirError(format!(
             "{} buffers for {} parameters",
@@ -1082,14 +730,14 @@ pub fn run_kernel(k: &KernelFn, grid: u64, params: &mut [KirBuffer]) -> Result<(
             buf,
         });
     }
-    let steps = fission(k)?;
+    let loops = split(k)?;
     let compiler = Compiler {
         k,
         arrays,
         nparams: k.params.len(),
         nshared: k.shared.len(),
     };
-    let program = compiler.steps(&steps)?;
+    let program = compiler.steps(loops.steps());
 
     // Move the parameter buffers into the machine (and back afterwards).
     let (mut fi, mut ii) = (0, 0);

@@ -17,8 +17,9 @@
 
 use std::collections::HashMap;
 
+use super::check::CheckedKernel;
 use super::gemm::{conv_kernel, ConvKind, ConvOperand, ConvProblem};
-use super::kir::{Buf, Expr, KernelBuilder, KernelFn, Ty};
+use super::kir::{Buf, Expr, KernelBuilder, Ty};
 use crate::ir::{DType, Graph, NodeId, Op, OpKind, Reduction};
 use crate::passes::fusion::Kernel;
 use crate::rng::splitmix64;
@@ -38,7 +39,7 @@ pub enum Arg {
 /// One launch of a lowered kernel.
 #[derive(Clone, Debug)]
 pub struct LoweredLaunch {
-    pub kernel: KernelFn,
+    pub kernel: CheckedKernel,
     pub grid: u64,
     pub args: Vec<Arg>,
 }
@@ -133,14 +134,17 @@ impl<'g> Launch<'g> {
         }
     }
 
-    fn finish(self, grid: u64) -> LoweredLaunch {
+    fn finish(self, grid: u64) -> Result<LoweredLaunch, LowerError> {
         let kernel = self.b.finish();
-        debug_assert_eq!(kernel.check(), Ok(()), "{}", kernel.ops);
-        LoweredLaunch {
+        let ops = kernel.ops.clone();
+        let kernel = kernel
+            .into_checked()
+            .map_err(|e| LowerError(format!("kernel {ops}: {e}")))?;
+        Ok(LoweredLaunch {
             kernel,
             grid,
             args: self.args,
-        }
+        })
     }
 
     fn dims(&self, n: NodeId) -> &'g [u64] {
@@ -774,7 +778,7 @@ fn lower_elementwise(
     l.b.begin_if(flat.clone().lt(total));
     l.emit_outputs(&flat, &dims, None)?;
     l.b.end_if();
-    Ok(l.finish(total.div_ceil(BLOCK as u64)))
+    l.finish(total.div_ceil(BLOCK as u64))
 }
 
 /// Per-channel sum over batch and space: one block per channel.
@@ -802,7 +806,7 @@ fn lower_channel_sum(
     let total = l.b.let_(total);
     l.emit_outputs(&channel, &[c], Some((a, total)))?;
     l.b.end_if();
-    Ok(l.finish(c))
+    l.finish(c)
 }
 
 /// A loss: one block sums the per-element losses and counts the elements that count.
@@ -885,7 +889,7 @@ fn lower_loss(
     };
     l.emit_outputs(&Expr::Int(0), &[], Some((a, value)))?;
     l.b.end_if();
-    Ok(l.finish(1))
+    l.finish(1)
 }
 
 /// The number of elements a mean-reduced loss gradient divides by, into scratch[0].
@@ -924,7 +928,7 @@ fn lower_count(graph: &Graph, a: NodeId) -> Result<LoweredLaunch, LowerError> {
     l.b.begin_if(Expr::ThreadId.eq(0));
     l.b.store(out, 0, total);
     l.b.end_if();
-    Ok(l.finish(1))
+    l.finish(1)
 }
 
 /// A convolution or one of its gradients as an implicit GEMM.
@@ -1050,5 +1054,5 @@ fn lower_conv(
     }
     let mut l = launch.into_inner();
     l.b = b;
-    Ok(l.finish(grid))
+    l.finish(grid)
 }

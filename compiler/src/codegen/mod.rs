@@ -1,11 +1,16 @@
-//! Code generation without LLVM: fused kernels become kernel IR ([`kir`]), which prints as
-//! MLIR for the GPU and for the host; the bundle format the runtime reads.
+//! Code generation without LLVM: fused kernels become kernel IR ([`kir`]), which is
+//! checked once ([`check`]), split at its barriers ([`fission`]) and printed as MLIR for the
+//! GPU and for the host ([`mlir_text`]) or run by the reference interpreter
+//! ([`kir_interp`]); the bundle format the runtime reads.
 
 /// The bundle format lives in its own crate, shared with the runtime.
 pub use rfnc_bundle as bundle;
+pub mod check;
+pub mod fission;
 pub mod gemm;
 pub mod kir;
 pub mod kir_interp;
 pub mod lower;
-pub mod mlir;
+pub mod mlir_text;
 pub mod program;
+pub mod semantics;

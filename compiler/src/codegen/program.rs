@@ -12,6 +12,7 @@ use super::bundle::{
     Bundle, DType, KernelInfo, Launch, Leaf, LeafRole, Mode, Output, Program, Region, Slot,
     BUNDLE_FORMAT, BUNDLE_VERSION, SLOT_ALIGN,
 };
+use super::check::CheckedKernel;
 use super::kir::KernelFn;
 use super::lower::{lower_kernel, Arg, LowerError};
 use crate::ir::{Graph, NodeId, Op, ParamKind};
@@ -21,7 +22,7 @@ use crate::passes::pipeline::Compiled;
 #[derive(Clone, Debug)]
 pub struct NamedKernel {
     pub name: String,
-    pub kernel: KernelFn,
+    pub kernel: CheckedKernel,
 }
 
 /// FNV-1a, 64-bit: a stable content hash for kernel names.

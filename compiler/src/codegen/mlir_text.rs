@@ -17,8 +17,8 @@
 //! Host form: `func.func @NAME(..., %first_block: index, %end_block: index)` running blocks
 //! `first_block..end_block` in a loop (`%bid`). Shared arrays are allocas of their length;
 //! private arrays are allocas of `block * len` elements, thread `t` using `[t*len, (t+1)*len)`.
-//! The body is split by thread-loop fission ([`super::kir_interp::fission`], the same split
-//! the interpreter runs): each barrier-free stretch becomes `scf.for %tidN = %c0 to %cBLOCK`,
+//! The body is split by thread-loop fission ([`super::fission`], the same split the
+//! interpreter runs): each barrier-free stretch becomes `scf.for %tidN = %c0 to %cBLOCK`,
 //! uniform loops and conditionals that contain barriers stay loops and conditionals around
 //! their split bodies, `Let`s that cannot differ between threads are hoisted out of the
 //! thread loops, and barriers print nothing.
@@ -26,18 +26,16 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use super::kir::{type_of, BinOp, Buf, CmpOp, Expr, KernelFn, KirError, Stmt, Ty, UnOp, Var};
-use super::kir_interp::{
-    check_bin, check_cmp, check_subscript, check_unary, fission, operand_ty, ty_in, Step,
-};
+use super::check::CheckedKernel;
+use super::fission::{split, Step, ThreadLoops};
+use super::kir::{ArrayDecl, BinOp, Buf, CmpOp, Expr, KirError, Stmt, Ty, UnOp, Var};
+use super::semantics::{buf_decl, cast_source_ty, cast_steps, operand_ty, ty_in, CastOp};
 
 /// The kernel as a `gpu.func` in `gpu.module @kernels`.
-pub fn gpu_module(k: &KernelFn, name: &str) -> Result<String, KirError> {
-    k.check()?;
-    check_decls(k)?;
+pub fn gpu_module(k: &CheckedKernel, name: &str) -> String {
     let mut p = Printer::new(k, false);
     p.indent = 3;
-    p.stmts(&k.body)?;
+    p.stmts(&k.body);
 
     let args: Vec<String> = (0..k.params.len())
         .map(|i| format!("%arg{i}: {}", p.memref(Buf::Param(i))))
@@ -77,20 +75,24 @@ pub fn gpu_module(k: &KernelFn, name: &str) -> Result<String, KirError> {
     s.push_str("    }\n");
     s.push_str("  }\n");
     s.push_str("}\n");
-    Ok(s)
+    s
+}
+
+/// The kernel as a host function running blocks `first_block..end_block`: thread-loop
+/// fission ([`split`]), then [`host_text`]. Fails only where fission does.
+pub fn host_module(k: &CheckedKernel, name: &str) -> Result<String, KirError> {
+    Ok(host_text(&split(k)?, name))
 }
 
 /// The kernel as a host function running blocks `first_block..end_block`.
-pub fn host_module(k: &KernelFn, name: &str) -> Result<String, KirError> {
-    k.check()?;
-    check_decls(k)?;
-    let steps = fission(k)?;
+pub fn host_text(loops: &ThreadLoops<'_>, name: &str) -> String {
+    let k = loops.kernel();
     let mut p = Printer::new(k, true);
     // The thread and block loops use these names.
     p.int_const(Ty::Index, 0);
     p.int_const(Ty::Index, 1);
     p.indent = 3;
-    p.steps(&steps)?;
+    p.steps(loops.steps());
 
     let mut args: Vec<String> = (0..k.params.len())
         .map(|i| format!("%arg{i}: {}", p.memref(Buf::Param(i))))
@@ -123,22 +125,7 @@ pub fn host_module(k: &KernelFn, name: &str) -> Result<String, KirError> {
     s.push_str("    return\n");
     s.push_str("  }\n");
     s.push_str("}\n");
-    Ok(s)
-}
-
-fn check_decls(k: &KernelFn) -> Result<(), KirError> {
-    if k.block == 0 {
-        return Err(KirError("a block of 0 threads".into()));
-    }
-    for (i, d) in k.params.iter().enumerate() {
-        if !matches!(d.elem, Ty::F32 | Ty::I32) {
-            return Err(KirError(format!(
-                "parameter {i} has elements of {:?} (f32 or i32 only)",
-                d.elem
-            )));
-        }
-    }
-    Ok(())
+    s
 }
 
 /// `name` as a symbol: bare where MLIR allows, quoted otherwise.
@@ -232,7 +219,7 @@ fn bin_op(op: BinOp, t: Ty) -> &'static str {
 }
 
 struct Printer<'k> {
-    k: &'k KernelFn,
+    k: &'k CheckedKernel,
     host: bool,
     /// The body, indented.
     out: String,
@@ -251,7 +238,7 @@ struct Printer<'k> {
 }
 
 impl<'k> Printer<'k> {
-    fn new(k: &'k KernelFn, host: bool) -> Self {
+    fn new(k: &'k CheckedKernel, host: bool) -> Self {
         Printer {
             k,
             host,
@@ -325,25 +312,8 @@ impl<'k> Printer<'k> {
         name
     }
 
-    fn decl(&self, buf: Buf) -> super::kir::ArrayDecl {
-        match buf {
-            Buf::Param(i) => self.k.params[i],
-            Buf::Shared(i) => self.k.shared[i],
-            Buf::Private(i) => self.k.private[i],
-        }
-    }
-
-    fn check_buf(&self, buf: Buf) -> Result<(), KirError> {
-        let ok = match buf {
-            Buf::Param(i) => i < self.k.params.len(),
-            Buf::Shared(i) => i < self.k.shared.len(),
-            Buf::Private(i) => i < self.k.private.len(),
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(KirError(format!("undeclared {buf:?}")))
-        }
+    fn decl(&self, buf: Buf) -> ArrayDecl {
+        buf_decl(self.k, buf).expect("a checked kernel declares its buffers")
     }
 
     fn memref(&self, buf: Buf) -> String {
@@ -370,49 +340,42 @@ impl<'k> Printer<'k> {
     }
 
     /// The memref subscript of element `index` of `buf`.
-    fn subscript(&mut self, buf: Buf, i: &Expr) -> Result<String, KirError> {
-        let index = self.val(i, Ty::Index, None)?;
+    fn subscript(&mut self, buf: Buf, i: &Expr) -> String {
+        let index = self.val(i, Ty::Index, None);
         match buf {
             Buf::Private(p) if self.host => {
+                // Fission keeps private data inside thread loops.
                 let base = self.private_base[p]
                     .clone()
-                    .ok_or_else(|| KirError("a private array outside a thread loop".into()))?;
+                    .expect("a private array inside a thread loop");
                 if *i == Expr::Int(0) {
-                    return Ok(base);
+                    return base;
                 }
                 let r = self.fresh();
                 self.line(&format!("{r} = arith.addi {base}, {index} : index"));
-                Ok(r)
+                r
             }
-            _ => Ok(index),
+            _ => index,
         }
     }
 
-    fn stmts(&mut self, stmts: &[Stmt]) -> Result<(), KirError> {
-        stmts.iter().try_for_each(|s| self.stmt(s))
+    fn stmts(&mut self, stmts: &[Stmt]) {
+        stmts.iter().for_each(|s| self.stmt(s))
     }
 
-    fn let_(&mut self, v: Var, e: &Expr) -> Result<(), KirError> {
+    fn let_(&mut self, v: Var, e: &Expr) {
         let i = v.0 as usize;
-        let ty = *self
-            .k
-            .vars
-            .get(i)
-            .ok_or_else(|| KirError(format!("undeclared v{i}")))?;
-        let n = self.val(e, ty, Some(format!("%v{i}")))?;
+        let n = self.val(e, self.k.vars[i], Some(format!("%v{i}")));
         self.names[i] = Some(n);
-        Ok(())
     }
 
-    fn stmt(&mut self, s: &Stmt) -> Result<(), KirError> {
+    fn stmt(&mut self, s: &Stmt) {
         match s {
-            Stmt::Let(v, e) => self.let_(*v, e)?,
+            Stmt::Let(v, e) => self.let_(*v, e),
             Stmt::Store(buf, i, v) => {
-                self.check_buf(*buf)?;
-                check_subscript(self.k, i)?;
                 let elem = self.decl(*buf).elem;
-                let sub = self.subscript(*buf, i)?;
-                let x = self.val(v, elem, None)?;
+                let sub = self.subscript(*buf, i);
+                let x = self.val(v, elem, None);
                 let line = format!(
                     "memref.store {x}, {}[{sub}] : {}",
                     Self::buf_name(*buf),
@@ -427,8 +390,8 @@ impl<'k> Printer<'k> {
                 step,
                 body,
             } => {
-                self.open_for(*var, lo, hi, *step)?;
-                self.stmts(body)?;
+                self.open_for(*var, lo, hi, *step);
+                self.stmts(body);
                 self.close();
             }
             Stmt::If {
@@ -436,46 +399,38 @@ impl<'k> Printer<'k> {
                 then,
                 otherwise,
             } => {
-                self.open_if(cond)?;
-                self.stmts(then)?;
+                self.open_if(cond);
+                self.stmts(then);
                 if !otherwise.is_empty() {
                     self.open_else();
-                    self.stmts(otherwise)?;
+                    self.stmts(otherwise);
                 }
                 self.close();
             }
-            Stmt::Barrier if !self.host => self.line("gpu.barrier"),
+            // Host stretches hold no barriers (fission splits at them).
             Stmt::Barrier => {
-                return Err(KirError("a barrier inside a barrier-free stretch".into()))
+                assert!(!self.host, "a barrier inside a barrier-free stretch");
+                self.line("gpu.barrier")
             }
         }
-        Ok(())
     }
 
-    fn open_for(&mut self, var: Var, lo: &Expr, hi: &Expr, step: i64) -> Result<(), KirError> {
-        if step <= 0 {
-            return Err(KirError(format!("loop step {step} is not positive")));
-        }
+    fn open_for(&mut self, var: Var, lo: &Expr, hi: &Expr, step: i64) {
         let i = var.0 as usize;
-        if i >= self.names.len() {
-            return Err(KirError(format!("undeclared v{i}")));
-        }
-        let lo = self.val(lo, Ty::Index, None)?;
-        let hi = self.val(hi, Ty::Index, None)?;
+        let lo = self.val(lo, Ty::Index, None);
+        let hi = self.val(hi, Ty::Index, None);
         let step = self.int_const(Ty::Index, step);
         let v = format!("%v{i}");
         self.line(&format!("scf.for {v} = {lo} to {hi} step {step} {{"));
         self.names[i] = Some(v);
         self.indent += 1;
-        Ok(())
     }
 
     /// `scf.if COND {` (closed by [`Self::close`]).
-    fn open_if(&mut self, cond: &Expr) -> Result<(), KirError> {
-        let c = self.val(cond, Ty::Bool, None)?;
+    fn open_if(&mut self, cond: &Expr) {
+        let c = self.val(cond, Ty::Bool, None);
         self.line(&format!("scf.if {c} {{"));
         self.indent += 1;
-        Ok(())
     }
 
     fn open_else(&mut self) {
@@ -490,39 +445,11 @@ impl<'k> Printer<'k> {
     }
 
     /// Host: the steps of thread-loop fission.
-    fn steps(&mut self, steps: &[Step<'_>]) -> Result<(), KirError> {
+    fn steps(&mut self, steps: &[Step<'_>]) {
         for s in steps {
             match s {
-                Step::Uniform(v, e) => self.let_(*v, e)?,
-                Step::Threads(stmts) => {
-                    let tid = format!("%tid{}", self.threads);
-                    self.threads += 1;
-                    let block = self.int_const(Ty::Index, self.k.block as i64);
-                    self.line(&format!("scf.for {tid} = %c0 to {block} step %c1 {{"));
-                    self.indent += 1;
-                    let mut used = vec![false; self.k.private.len()];
-                    for s in stmts {
-                        privates_in_stmt(s, &mut used);
-                    }
-                    for (i, used) in used.into_iter().enumerate() {
-                        let len = self.k.private[i].len as i64;
-                        if used && len == 1 {
-                            self.private_base[i] = Some(tid.clone());
-                        } else if used {
-                            let len = self.int_const(Ty::Index, len);
-                            let base = self.fresh();
-                            self.line(&format!("{base} = arith.muli {tid}, {len} : index"));
-                            self.private_base[i] = Some(base);
-                        }
-                    }
-                    self.tid = Some(tid);
-                    for s in stmts {
-                        self.stmt(s)?;
-                    }
-                    self.tid = None;
-                    self.private_base.iter_mut().for_each(|b| *b = None);
-                    self.close();
-                }
+                Step::Uniform(v, e) => self.let_(*v, e),
+                Step::Threads(stmts) => self.thread_loop(stmts),
                 Step::For {
                     var,
                     lo,
@@ -530,8 +457,8 @@ impl<'k> Printer<'k> {
                     step,
                     body,
                 } => {
-                    self.open_for(*var, lo, hi, *step)?;
-                    self.steps(body)?;
+                    self.open_for(*var, lo, hi, *step);
+                    self.steps(body);
                     self.close();
                 }
                 Step::If {
@@ -539,61 +466,69 @@ impl<'k> Printer<'k> {
                     then,
                     otherwise,
                 } => {
-                    self.open_if(cond)?;
-                    self.steps(then)?;
+                    self.open_if(cond);
+                    self.steps(then);
                     if !otherwise.is_empty() {
                         self.open_else();
-                        self.steps(otherwise)?;
+                        self.steps(otherwise);
                     }
                     self.close();
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Host: one barrier-free stretch as a loop over the threads of the block.
+    fn thread_loop(&mut self, stmts: &[&Stmt]) {
+        let tid = format!("%tid{}", self.threads);
+        self.threads += 1;
+        let block = self.int_const(Ty::Index, self.k.block as i64);
+        self.line(&format!("scf.for {tid} = %c0 to {block} step %c1 {{"));
+        self.indent += 1;
+        let mut used = vec![false; self.k.private.len()];
+        for s in stmts {
+            privates_in_stmt(s, &mut used);
+        }
+        for (i, used) in used.into_iter().enumerate() {
+            let len = self.k.private[i].len as i64;
+            if used && len == 1 {
+                self.private_base[i] = Some(tid.clone());
+            } else if used {
+                let len = self.int_const(Ty::Index, len);
+                let base = self.fresh();
+                self.line(&format!("{base} = arith.muli {tid}, {len} : index"));
+                self.private_base[i] = Some(base);
+            }
+        }
+        self.tid = Some(tid);
+        for s in stmts {
+            self.stmt(s);
+        }
+        self.tid = None;
+        self.private_base.iter_mut().for_each(|b| *b = None);
+        self.close();
     }
 
     /// Prints `e` (of type `want` where its own type does not decide) and returns its SSA
     /// value; the last op is named `name` where given.
-    fn val(&mut self, e: &Expr, want: Ty, name: Option<String>) -> Result<String, KirError> {
+    fn val(&mut self, e: &Expr, want: Ty, name: Option<String>) -> String {
         let t = ty_in(self.k, e, want);
-        let ts = t.mlir();
-        Ok(match e {
+        match e {
             Expr::Int(v) => self.int_const(t, *v),
             Expr::F32(v) => self.f32_const(*v),
-            Expr::Var(v) => self
-                .names
-                .get(v.0 as usize)
-                .cloned()
-                .flatten()
-                .ok_or_else(|| KirError(format!("v{} used before it is bound", v.0)))?,
+            Expr::Var(v) => self.names[v.0 as usize]
+                .clone()
+                .expect("a checked (and split) kernel binds variables before their uses"),
             Expr::ThreadId => self
                 .tid
                 .clone()
-                .ok_or_else(|| KirError("the thread id outside a thread loop".into()))?,
+                .expect("fission keeps the thread id inside thread loops"),
             Expr::BlockId => "%bid".to_string(),
-            Expr::Bin(op, a, b) => {
-                check_bin(*op, t)?;
-                let a = self.val(a, t, None)?;
-                let b = self.val(b, t, None)?;
-                let r = name.unwrap_or_else(|| self.fresh());
-                // Multiply-adds may fuse into FMAs (as CUDA compilers do by default).
-                let contract = if t == Ty::F32 && matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul)
-                {
-                    " fastmath<contract>"
-                } else {
-                    ""
-                };
-                self.line(&format!(
-                    "{r} = arith.{} {a}, {b}{contract} : {ts}",
-                    bin_op(*op, t)
-                ));
-                r
-            }
+            Expr::Bin(op, a, b) => self.bin(*op, a, b, t, name),
             Expr::Cmp(op, a, b) => {
-                let ot = operand_ty(self.k, a, b, Ty::Index);
-                check_cmp(*op, ot)?;
-                let a = self.val(a, ot, None)?;
-                let b = self.val(b, ot, None)?;
+                let ot = operand_ty(self.k, a, b);
+                let a = self.val(a, ot, None);
+                let b = self.val(b, ot, None);
                 let r = name.unwrap_or_else(|| self.fresh());
                 let kind = if ot == Ty::F32 { "cmpf" } else { "cmpi" };
                 self.line(&format!(
@@ -604,17 +539,15 @@ impl<'k> Printer<'k> {
                 r
             }
             Expr::Select(c, a, b) => {
-                let c = self.val(c, Ty::Bool, None)?;
-                let a = self.val(a, t, None)?;
-                let b = self.val(b, t, None)?;
+                let c = self.val(c, Ty::Bool, None);
+                let a = self.val(a, t, None);
+                let b = self.val(b, t, None);
                 let r = name.unwrap_or_else(|| self.fresh());
-                self.line(&format!("{r} = arith.select {c}, {a}, {b} : {ts}"));
+                self.line(&format!("{r} = arith.select {c}, {a}, {b} : {}", t.mlir()));
                 r
             }
             Expr::Load(buf, i) => {
-                self.check_buf(*buf)?;
-                check_subscript(self.k, i)?;
-                let sub = self.subscript(*buf, i)?;
+                let sub = self.subscript(*buf, i);
                 let r = name.unwrap_or_else(|| self.fresh());
                 let line = format!(
                     "{r} = memref.load {}[{sub}] : {}",
@@ -624,81 +557,87 @@ impl<'k> Printer<'k> {
                 self.line(&line);
                 r
             }
-            Expr::Unary(op, a) => {
-                check_unary(*op, t)?;
-                let a = self.val(a, t, None)?;
-                let line = match (op, t) {
-                    (UnOp::Neg, Ty::F32) => format!("arith.negf {a} : f32"),
-                    (UnOp::Neg, _) => {
-                        let zero = self.int_const(t, 0);
-                        format!("arith.subi {zero}, {a} : {ts}")
-                    }
-                    (UnOp::Exp, _) => format!("math.exp {a} : f32"),
-                    (UnOp::Log, _) => format!("math.log {a} : f32"),
-                    (UnOp::Sqrt, _) => format!("math.sqrt {a} : f32"),
-                    (UnOp::Not, _) => {
-                        let ones = self.int_const(t, -1);
-                        format!("arith.xori {a}, {ones} : {ts}")
-                    }
-                };
-                let r = name.unwrap_or_else(|| self.fresh());
-                self.line(&format!("{r} = {line}"));
-                r
+            Expr::Unary(op, a) => self.unary(*op, a, t, name),
+            Expr::Cast(to, a) => self.cast(*to, a, name),
+        }
+    }
+
+    fn bin(&mut self, op: BinOp, a: &Expr, b: &Expr, t: Ty, name: Option<String>) -> String {
+        let a = self.val(a, t, None);
+        let b = self.val(b, t, None);
+        let r = name.unwrap_or_else(|| self.fresh());
+        // Multiply-adds may fuse into FMAs (as CUDA compilers do by default).
+        let contract = if t == Ty::F32 && matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul) {
+            " fastmath<contract>"
+        } else {
+            ""
+        };
+        self.line(&format!(
+            "{r} = arith.{} {a}, {b}{contract} : {}",
+            bin_op(op, t),
+            t.mlir()
+        ));
+        r
+    }
+
+    fn unary(&mut self, op: UnOp, a: &Expr, t: Ty, name: Option<String>) -> String {
+        let ts = t.mlir();
+        let a = self.val(a, t, None);
+        let line = match (op, t) {
+            (UnOp::Neg, Ty::F32) => format!("arith.negf {a} : f32"),
+            (UnOp::Neg, _) => {
+                let zero = self.int_const(t, 0);
+                format!("arith.subi {zero}, {a} : {ts}")
             }
-            Expr::Cast(to, a) => {
-                let from = type_of(self.k, a).unwrap_or(Ty::Index);
-                let to = *to;
-                let x = self.val(a, from, None)?;
-                if from == to {
-                    return Ok(x);
-                }
-                let (f, tt) = (from.mlir(), to.mlir());
-                let mut ops: Vec<String> = Vec::new();
-                match (from, to) {
-                    (Ty::F32, Ty::Bool) => {
-                        let zero = self.f32_const(0.0);
-                        ops.push(format!("arith.cmpf une, {{}}, {zero} : f32"));
-                    }
-                    (Ty::F32, Ty::Index) => {
-                        ops.push("arith.fptosi {} : f32 to i64".into());
-                        ops.push("arith.index_cast {} : i64 to index".into());
-                    }
-                    (Ty::F32, Ty::I32) => ops.push("arith.fptosi {} : f32 to i32".into()),
-                    (Ty::F32, Ty::I64) => ops.push("arith.fptoui {} : f32 to i64".into()),
-                    (Ty::Index, Ty::F32) => {
-                        ops.push("arith.index_cast {} : index to i64".into());
-                        ops.push("arith.sitofp {} : i64 to f32".into());
-                    }
-                    (Ty::I32, Ty::F32) => ops.push("arith.sitofp {} : i32 to f32".into()),
-                    (Ty::I64 | Ty::Bool, Ty::F32) => {
-                        ops.push(format!("arith.uitofp {{}} : {f} to f32"))
-                    }
-                    (_, Ty::Bool) => {
-                        let zero = self.int_const(from, 0);
-                        ops.push(format!("arith.cmpi ne, {{}}, {zero} : {f}"));
-                    }
-                    (Ty::Bool, Ty::Index) => ops.push("arith.index_castui {} : i1 to index".into()),
-                    (Ty::Bool, _) => ops.push(format!("arith.extui {{}} : i1 to {tt}")),
-                    (Ty::I32, Ty::I64) => ops.push("arith.extsi {} : i32 to i64".into()),
-                    (Ty::I64, Ty::I32) => ops.push("arith.trunci {} : i64 to i32".into()),
-                    // index <-> i32 (sign-extending) and index <-> i64.
-                    _ => ops.push(format!("arith.index_cast {{}} : {f} to {tt}")),
-                }
-                let n = ops.len();
-                let mut x = x;
-                let mut name = name;
-                for (j, op) in ops.into_iter().enumerate() {
-                    let r = if j + 1 == n {
-                        name.take().unwrap_or_else(|| self.fresh())
-                    } else {
-                        self.fresh()
-                    };
-                    self.line(&format!("{r} = {}", op.replacen("{}", &x, 1)));
-                    x = r;
-                }
-                x
+            (UnOp::Exp, _) => format!("math.exp {a} : f32"),
+            (UnOp::Log, _) => format!("math.log {a} : f32"),
+            (UnOp::Sqrt, _) => format!("math.sqrt {a} : f32"),
+            (UnOp::Not, _) => {
+                let ones = self.int_const(t, -1);
+                format!("arith.xori {a}, {ones} : {ts}")
             }
-        })
+        };
+        let r = name.unwrap_or_else(|| self.fresh());
+        self.line(&format!("{r} = {line}"));
+        r
+    }
+
+    /// A conversion: the primitive steps of [`cast_steps`], one op each.
+    fn cast(&mut self, to: Ty, a: &Expr, name: Option<String>) -> String {
+        let from = cast_source_ty(self.k, a);
+        let mut x = self.val(a, from, None);
+        let steps = cast_steps(from, to);
+        let mut name = name;
+        for (j, step) in steps.iter().enumerate() {
+            let (f, tt) = (step.from.mlir(), step.to.mlir());
+            let op = match step.op {
+                CastOp::FloatNonZero => {
+                    let zero = self.f32_const(0.0);
+                    format!("arith.cmpf une, {x}, {zero} : f32")
+                }
+                CastOp::IntNonZero => {
+                    let zero = self.int_const(step.from, 0);
+                    format!("arith.cmpi ne, {x}, {zero} : {f}")
+                }
+                CastOp::FpToSi => format!("arith.fptosi {x} : {f} to {tt}"),
+                CastOp::FpToUi => format!("arith.fptoui {x} : {f} to {tt}"),
+                CastOp::SiToFp => format!("arith.sitofp {x} : {f} to {tt}"),
+                CastOp::UiToFp => format!("arith.uitofp {x} : {f} to {tt}"),
+                CastOp::IndexCast => format!("arith.index_cast {x} : {f} to {tt}"),
+                CastOp::IndexCastUi => format!("arith.index_castui {x} : {f} to {tt}"),
+                CastOp::ExtUi => format!("arith.extui {x} : {f} to {tt}"),
+                CastOp::ExtSi => format!("arith.extsi {x} : {f} to {tt}"),
+                CastOp::TruncI => format!("arith.trunci {x} : {f} to {tt}"),
+            };
+            let r = if j + 1 == steps.len() {
+                name.take().unwrap_or_else(|| self.fresh())
+            } else {
+                self.fresh()
+            };
+            self.line(&format!("{r} = {op}"));
+            x = r;
+        }
+        x
     }
 }
 

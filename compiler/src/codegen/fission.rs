@@ -1,0 +1,280 @@
+//! Thread-loop fission: a checked kernel's body split at its barriers into the steps a
+//! block runs one after the other ([`ThreadLoops`]), the form the host printer and the
+//! interpreter walk.
+//!
+//! Each barrier-free stretch of the body becomes a [`Step::Threads`], run by thread 0, then
+//! thread 1, ...; a `for`/`if` that contains a barrier is uniform (the checker guarantees
+//! it), so it stays one loop or conditional per block around its split body; a `Let` whose
+//! value cannot differ between threads is hoisted out of its stretch ([`Step::Uniform`]).
+//!
+//! Invariants of the result (checked once, by [`split`]): the bounds and conditions of
+//! split constructs are block-level values; every variable a stretch uses is block-level or
+//! bound earlier in the same stretch (in scope), so the host function is valid SSA; no
+//! stretch contains a barrier.
+
+use super::check::CheckedKernel;
+use super::kir::{Buf, Expr, KernelFn, KirError, Stmt, Var};
+
+/// One step of a block after thread-loop fission.
+#[derive(Debug)]
+pub enum Step<'k> {
+    /// A `Let` whose value is the same for every thread: evaluated once per block.
+    Uniform(Var, &'k Expr),
+    /// A barrier-free stretch of statements, run by every thread in turn.
+    Threads(Vec<&'k Stmt>),
+    /// A uniform loop whose body contains a barrier.
+    For {
+        var: Var,
+        lo: &'k Expr,
+        hi: &'k Expr,
+        step: i64,
+        body: Vec<Step<'k>>,
+    },
+    /// A uniform conditional whose branches contain a barrier.
+    If {
+        cond: &'k Expr,
+        then: Vec<Step<'k>>,
+        otherwise: Vec<Step<'k>>,
+    },
+}
+
+/// A checked kernel split at its barriers (made only by [`split`]).
+#[derive(Debug)]
+pub struct ThreadLoops<'k> {
+    kernel: &'k CheckedKernel,
+    steps: Vec<Step<'k>>,
+}
+
+impl<'k> ThreadLoops<'k> {
+    pub fn kernel(&self) -> &'k CheckedKernel {
+        self.kernel
+    }
+
+    pub fn steps(&self) -> &[Step<'k>] {
+        &self.steps
+    }
+}
+
+/// Splits the body of `k` at its barriers.
+///
+/// A `Let` is hoisted out of its stretch when its value uses no thread id, no shared or
+/// private data and only variables that are themselves block-level, and it reads no
+/// parameter that its stretch stored to before it (there each thread could see its own
+/// store). Fails where a value a stretch needs is bound in another stretch.
+pub fn split(k: &CheckedKernel) -> Result<ThreadLoops<'_>, KirError> {
+    let mut f = Fission {
+        uniform: vec![false; k.vars.len()],
+    };
+    let steps = f.steps(&k.body)?;
+    Ok(ThreadLoops { kernel: k, steps })
+}
+
+struct Fission {
+    /// Variables bound at block level (visible to every stretch).
+    uniform: Vec<bool>,
+}
+
+/// The stretch being collected: its statements and the parameters they store to.
+#[derive(Default)]
+struct Stretch<'k> {
+    stmts: Vec<&'k Stmt>,
+    stored: Vec<usize>,
+}
+
+impl Fission {
+    fn steps<'k>(&mut self, stmts: &'k [Stmt]) -> Result<Vec<Step<'k>>, KirError> {
+        let saved = self.uniform.clone();
+        let mut out = Vec::new();
+        let mut stretch = Stretch::default();
+        for s in stmts {
+            match s {
+                Stmt::Barrier => self.flush(&mut out, &mut stretch)?,
+                Stmt::For {
+                    var,
+                    lo,
+                    hi,
+                    step,
+                    body,
+                } if KernelFn::has_barrier(body) => {
+                    self.flush(&mut out, &mut stretch)?;
+                    self.need_uniform(lo, "loop bound")?;
+                    self.need_uniform(hi, "loop bound")?;
+                    self.uniform[var.0 as usize] = true;
+                    let body = self.steps(body)?;
+                    self.uniform[var.0 as usize] = false;
+                    out.push(Step::For {
+                        var: *var,
+                        lo,
+                        hi,
+                        step: *step,
+                        body,
+                    });
+                }
+                Stmt::If {
+                    cond,
+                    then,
+                    otherwise,
+                } if KernelFn::has_barrier(then) || KernelFn::has_barrier(otherwise) => {
+                    self.flush(&mut out, &mut stretch)?;
+                    self.need_uniform(cond, "condition")?;
+                    let then = self.steps(then)?;
+                    let otherwise = self.steps(otherwise)?;
+                    out.push(Step::If {
+                        cond,
+                        then,
+                        otherwise,
+                    });
+                }
+                Stmt::Let(v, e) if self.is_uniform(e) && !reads_any(e, &stretch.stored) => {
+                    self.uniform[v.0 as usize] = true;
+                    out.push(Step::Uniform(*v, e));
+                }
+                _ => {
+                    stores_of(s, &mut stretch.stored);
+                    stretch.stmts.push(s);
+                }
+            }
+        }
+        self.flush(&mut out, &mut stretch)?;
+        self.uniform = saved;
+        Ok(out)
+    }
+
+    fn flush<'k>(
+        &mut self,
+        out: &mut Vec<Step<'k>>,
+        stretch: &mut Stretch<'k>,
+    ) -> Result<(), KirError> {
+        if stretch.stmts.is_empty() {
+            return Ok(());
+        }
+        let mut defined = self.uniform.clone();
+        for s in &stretch.stmts {
+            validate(s, &mut defined)?;
+        }
+        out.push(Step::Threads(std::mem::take(&mut stretch.stmts)));
+        stretch.stored.clear();
+        Ok(())
+    }
+
+    fn is_uniform(&self, e: &Expr) -> bool {
+        match e {
+            Expr::ThreadId | Expr::Load(Buf::Shared(_) | Buf::Private(_), _) => false,
+            Expr::Int(_) | Expr::F32(_) | Expr::BlockId => true,
+            Expr::Var(v) => self.uniform.get(v.0 as usize).copied().unwrap_or(false),
+            Expr::Load(Buf::Param(_), a) | Expr::Unary(_, a) | Expr::Cast(_, a) => {
+                self.is_uniform(a)
+            }
+            Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => self.is_uniform(a) && self.is_uniform(b),
+            Expr::Select(c, a, b) => self.is_uniform(c) && self.is_uniform(a) && self.is_uniform(b),
+        }
+    }
+
+    fn need_uniform(&self, e: &Expr, what: &str) -> Result<(), KirError> {
+        if self.is_uniform(e) {
+            Ok(())
+        } else {
+            Err(KirError(format!(
+                "the {what} of a construct with a barrier is not a block-level value"
+            )))
+        }
+    }
+}
+
+/// Checks that the stretch statement `s` only uses variables of `defined` (block-level or
+/// earlier in the stretch), with the bodies of loops and conditionals as nested scopes.
+fn validate(s: &Stmt, defined: &mut Vec<bool>) -> Result<(), KirError> {
+    let uses = |e: &Expr, defined: &Vec<bool>| -> Result<(), KirError> {
+        let mut vars = Vec::new();
+        vars_of(e, &mut vars);
+        match vars
+            .into_iter()
+            .find(|v| !defined.get(v.0 as usize).copied().unwrap_or(false))
+        {
+            Some(v) => Err(KirError(format!(
+                "v{} is used outside the scope or barrier-free stretch that binds it",
+                v.0
+            ))),
+            None => Ok(()),
+        }
+    };
+    match s {
+        Stmt::Let(v, e) => {
+            uses(e, defined)?;
+            defined[v.0 as usize] = true;
+        }
+        Stmt::Store(_, i, v) => {
+            uses(i, defined)?;
+            uses(v, defined)?;
+        }
+        Stmt::For {
+            var, lo, hi, body, ..
+        } => {
+            uses(lo, defined)?;
+            uses(hi, defined)?;
+            let mut inner = defined.clone();
+            inner[var.0 as usize] = true;
+            for s in body {
+                validate(s, &mut inner)?;
+            }
+        }
+        Stmt::If {
+            cond,
+            then,
+            otherwise,
+        } => {
+            uses(cond, defined)?;
+            for branch in [then, otherwise] {
+                let mut inner = defined.clone();
+                for s in branch {
+                    validate(s, &mut inner)?;
+                }
+            }
+        }
+        // Stretches hold no barriers: `steps` ends a stretch at each one.
+        Stmt::Barrier => unreachable!("a barrier inside a barrier-free stretch"),
+    }
+    Ok(())
+}
+
+fn vars_of(e: &Expr, out: &mut Vec<Var>) {
+    match e {
+        Expr::Var(v) => out.push(*v),
+        Expr::Int(_) | Expr::F32(_) | Expr::ThreadId | Expr::BlockId => {}
+        Expr::Load(_, a) | Expr::Unary(_, a) | Expr::Cast(_, a) => vars_of(a, out),
+        Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => {
+            vars_of(a, out);
+            vars_of(b, out);
+        }
+        Expr::Select(c, a, b) => {
+            vars_of(c, out);
+            vars_of(a, out);
+            vars_of(b, out);
+        }
+    }
+}
+
+/// Whether `e` loads from one of the parameters `params`.
+fn reads_any(e: &Expr, params: &[usize]) -> bool {
+    match e {
+        Expr::Load(Buf::Param(p), a) => params.contains(p) || reads_any(a, params),
+        Expr::Load(_, a) | Expr::Unary(_, a) | Expr::Cast(_, a) => reads_any(a, params),
+        Expr::Int(_) | Expr::F32(_) | Expr::Var(_) | Expr::ThreadId | Expr::BlockId => false,
+        Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => reads_any(a, params) || reads_any(b, params),
+        Expr::Select(c, a, b) => {
+            reads_any(c, params) || reads_any(a, params) || reads_any(b, params)
+        }
+    }
+}
+
+/// Adds the parameters `s` stores to.
+fn stores_of(s: &Stmt, out: &mut Vec<usize>) {
+    match s {
+        Stmt::Store(Buf::Param(p), ..) => out.push(*p),
+        Stmt::For { body, .. } => body.iter().for_each(|s| stores_of(s, out)),
+        Stmt::If {
+            then, otherwise, ..
+        } => then.iter().chain(otherwise).for_each(|s| stores_of(s, out)),
+        Stmt::Let(..) | Stmt::Store(..) | Stmt::Barrier => {}
+    }
+}

@@ -1,0 +1,183 @@
+//! The meaning of KIR operations, in one place for the checker, the printers and the
+//! interpreter: the type of an expression in its context, which operations each type
+//! has, and what every conversion does (as the MLIR ops it prints to).
+//!
+//! Typing: an expression has its own type ([`type_of`]) except a bare integer literal,
+//! which takes the type its context wants ([`ty_in`]); a binary operation or comparison
+//! takes the type of whichever operand has one ([`operand_ty`], index when neither has).
+
+use super::kir::{ArrayDecl, BinOp, Buf, CmpOp, Expr, KernelFn, Ty, UnOp};
+
+/// The declaration of a buffer, if it is declared.
+pub fn buf_decl(k: &KernelFn, buf: Buf) -> Option<ArrayDecl> {
+    match buf {
+        Buf::Param(i) => k.params.get(i),
+        Buf::Shared(i) => k.shared.get(i),
+        Buf::Private(i) => k.private.get(i),
+    }
+    .copied()
+}
+
+/// The element type of a buffer.
+pub fn buf_elem(k: &KernelFn, buf: Buf) -> Option<Ty> {
+    buf_decl(k, buf).map(|d| d.elem)
+}
+
+/// The type of `e`; `None` for a bare integer literal (its context decides).
+pub fn type_of(k: &KernelFn, e: &Expr) -> Option<Ty> {
+    match e {
+        Expr::Int(_) => None,
+        Expr::F32(_) => Some(Ty::F32),
+        Expr::Var(v) => k.vars.get(v.0 as usize).copied(),
+        Expr::ThreadId | Expr::BlockId => Some(Ty::Index),
+        Expr::Bin(_, a, b) => type_of(k, a).or_else(|| type_of(k, b)),
+        Expr::Cmp(..) => Some(Ty::Bool),
+        Expr::Select(_, a, b) => type_of(k, a).or_else(|| type_of(k, b)),
+        Expr::Load(buf, _) => buf_elem(k, *buf),
+        Expr::Unary(_, a) => type_of(k, a),
+        Expr::Cast(t, _) => Some(*t),
+    }
+}
+
+/// The type of `e` where its context wants `want` (integer literals take it).
+pub fn ty_in(k: &KernelFn, e: &Expr, want: Ty) -> Ty {
+    type_of(k, e).unwrap_or(want)
+}
+
+/// The type both operands of a comparison are computed in.
+pub fn operand_ty(k: &KernelFn, a: &Expr, b: &Expr) -> Ty {
+    type_of(k, a).or_else(|| type_of(k, b)).unwrap_or(Ty::Index)
+}
+
+/// The type a converted value is computed in before the conversion.
+pub fn cast_source_ty(k: &KernelFn, a: &Expr) -> Ty {
+    ty_in(k, a, Ty::Index)
+}
+
+/// Whether the binary operation is defined on values of type `t`.
+pub fn bin_defined(op: BinOp, t: Ty) -> bool {
+    match t {
+        Ty::F32 => matches!(
+            op,
+            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Min | BinOp::Max
+        ),
+        Ty::Bool => matches!(op, BinOp::And | BinOp::Or | BinOp::Xor),
+        Ty::Index | Ty::I64 | Ty::I32 => true,
+    }
+}
+
+/// Whether the comparison is defined on operands of type `t` (booleans: equality only).
+pub fn cmp_defined(op: CmpOp, t: Ty) -> bool {
+    t != Ty::Bool || matches!(op, CmpOp::Eq | CmpOp::Ne)
+}
+
+/// Whether the unary operation is defined on values of type `t`.
+pub fn unary_defined(op: UnOp, t: Ty) -> bool {
+    match op {
+        UnOp::Neg => t != Ty::Bool,
+        UnOp::Exp | UnOp::Log | UnOp::Sqrt => t == Ty::F32,
+        UnOp::Not => t != Ty::F32,
+    }
+}
+
+/// One primitive conversion (an `arith` op).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CastOp {
+    /// `arith.cmpf une, x, 0.0`: f32 to bool.
+    FloatNonZero,
+    /// `arith.cmpi ne, x, 0`: integer to bool.
+    IntNonZero,
+    /// `arith.fptosi`: f32 to a signed integer (Rust's saturating `as`).
+    FpToSi,
+    /// `arith.fptoui`: f32 to an unsigned integer.
+    FpToUi,
+    /// `arith.sitofp`: signed integer to f32.
+    SiToFp,
+    /// `arith.uitofp`: unsigned integer (or bool) to f32.
+    UiToFp,
+    /// `arith.index_cast`: between index and i32 (sign-extending) or i64.
+    IndexCast,
+    /// `arith.index_castui`: bool to index.
+    IndexCastUi,
+    /// `arith.extui`: bool to i32 or i64.
+    ExtUi,
+    /// `arith.extsi`: i32 to i64.
+    ExtSi,
+    /// `arith.trunci`: i64 to i32.
+    TruncI,
+}
+
+/// A primitive conversion from one type to another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CastStep {
+    pub op: CastOp,
+    pub from: Ty,
+    pub to: Ty,
+}
+
+/// The primitive conversions, in order, that convert a `from` value to `to` (none when the
+/// types agree). Integers convert by sign extension from i32, to f32 signed from index and
+/// i32 and unsigned from i64; values convert to bool by comparison with zero.
+pub fn cast_steps(from: Ty, to: Ty) -> Vec<CastStep> {
+    let step = |op, from, to| CastStep { op, from, to };
+    if from == to {
+        return Vec::new();
+    }
+    match (from, to) {
+        (Ty::F32, Ty::Bool) => vec![step(CastOp::FloatNonZero, from, to)],
+        (Ty::F32, Ty::Index) => vec![
+            step(CastOp::FpToSi, Ty::F32, Ty::I64),
+            step(CastOp::IndexCast, Ty::I64, Ty::Index),
+        ],
+        (Ty::F32, _) if to == Ty::I32 => vec![step(CastOp::FpToSi, from, to)],
+        (Ty::F32, _) => vec![step(CastOp::FpToUi, from, to)],
+        (Ty::Index, Ty::F32) => vec![
+            step(CastOp::IndexCast, Ty::Index, Ty::I64),
+            step(CastOp::SiToFp, Ty::I64, Ty::F32),
+        ],
+        (Ty::I32, Ty::F32) => vec![step(CastOp::SiToFp, from, to)],
+        (_, Ty::F32) => vec![step(CastOp::UiToFp, from, to)],
+        (_, Ty::Bool) => vec![step(CastOp::IntNonZero, from, to)],
+        (Ty::Bool, Ty::Index) => vec![step(CastOp::IndexCastUi, from, to)],
+        (Ty::Bool, _) => vec![step(CastOp::ExtUi, from, to)],
+        (Ty::I32, Ty::I64) => vec![step(CastOp::ExtSi, from, to)],
+        (Ty::I64, Ty::I32) => vec![step(CastOp::TruncI, from, to)],
+        _ => vec![step(CastOp::IndexCast, from, to)],
+    }
+}
+
+impl CastStep {
+    /// The step on an integer value as the interpreter holds it (i32 sign-extended,
+    /// booleans 0 or 1, index and i64 as their 64 bits), to an integer.
+    pub fn int_to_int(self, x: i64) -> i64 {
+        match self.op {
+            CastOp::IntNonZero => (x != 0) as i64,
+            _ if self.to == Ty::I32 => x as i32 as i64,
+            _ => x,
+        }
+    }
+
+    /// Whether [`Self::int_to_int`] leaves every value as it is (the step only changes how
+    /// the printed code types it).
+    pub fn keeps_int(self) -> bool {
+        self.op != CastOp::IntNonZero && self.to != Ty::I32
+    }
+
+    /// The step on an integer value, to f32.
+    pub fn int_to_float(self, x: i64) -> f32 {
+        match self.op {
+            CastOp::UiToFp => x as u64 as f32,
+            _ => x as f32,
+        }
+    }
+
+    /// The step on an f32 value, to an integer.
+    pub fn float_to_int(self, x: f32) -> i64 {
+        match (self.op, self.to) {
+            (CastOp::FloatNonZero, _) => (x != 0.0) as i64,
+            (CastOp::FpToUi, _) => x as u64 as i64,
+            (_, Ty::I32) => x as i32 as i64,
+            _ => x as i64,
+        }
+    }
+}
