@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rfnc_compiler::passes::pipeline::{compile_inference, compile_training};
+use rfnc_compiler::passes::pipeline::{plan_inference, plan_training};
 use rfnc_compiler::passes::train::train_step;
 use rfnc_dsl::{elaborate_with_training, load_file, Options};
 
@@ -36,9 +36,9 @@ fn main() {
             for _ in 0..RUNS {
                 let t = Instant::now();
                 let c = if mode == "inference" {
-                    compile_inference(graph)
+                    plan_inference(graph)
                 } else {
-                    compile_training(graph)
+                    plan_training(graph)
                 };
                 times.push(t.elapsed());
                 last = Some(c.expect("lowers"));

@@ -1,6 +1,7 @@
-//! Hashes this crate's sources (its MLIR and LLVM pipelines) into `RFNC_CODEGEN_SOURCE_HASH`,
+//! Hashes this crate's sources (its MLIR and LLVM drivers) into `RFNC_CODEGEN_SOURCE_HASH`,
 //! part of every cache key: a compiler whose code generation changed never reuses kernels
-//! compiled by an older one. The kernel generators are hashed by their own crate
+//! compiled by an older one. The kernel generators (and the pass pipelines, which live beside
+//! the MLIR printers) are hashed by their own crate
 //! (rfnc-compiler's build.rs), whose hash the caller passes in `CompileOptions::generator`.
 
 include!("../scripts/source_hash.rs");

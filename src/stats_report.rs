@@ -1,6 +1,6 @@
 //! Renders `rfnc stats` as a table or as JSON.
 
-use rfnc_compiler::passes::render::MemoryReport;
+use rfnc_compiler::report::MemoryReport;
 use rfnc_compiler::stats::{Cost, Stats};
 use serde_json::{json, Map, Value};
 

@@ -631,6 +631,39 @@ fn memory_budget_is_refused_where_it_cannot_apply() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// A CPU run compiles host code only, so it needs no libdevice (an empty RFNC_LIBDEVICE
+/// means none); the bundle that `rfnc compile` writes has PTX too, which does need it.
+#[test]
+fn a_cpu_run_needs_no_gpu_tools() {
+    let no_libdevice = [("RFNC_LIBDEVICE", "")];
+    let args = [
+        "run",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x16x16",
+        "--no-cache",
+    ];
+    let out = rfnc_with_env(&args, &no_libdevice);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("scores"), "{}", stdout(&out));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("tiny");
+    let bundle = bundle.to_str().unwrap();
+    let args = [
+        "compile",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x16x16",
+        "--no-cache",
+        "-o",
+        bundle,
+    ];
+    let out = rfnc_with_env(&args, &no_libdevice);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("libdevice"), "{}", stderr(&out));
+}
+
 /// `rfnc run` with the small settings of the tiny network.
 fn run_tiny(extra: &[&str]) -> std::process::Output {
     let mut args = vec!["run", "examples/tiny.rfn", "--input", "1x3x16x16"];

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use common::*;
-use rfnc_compiler::interp::{run, Value};
+use rfnc_compiler::interp::Value;
 use rfnc_compiler::passes::canonical::inference;
 use rfnc_runtime::{load_bundle, Device, Session};
 
@@ -89,24 +89,13 @@ fn cpu_executor_matches_the_interpreter_for_every_example() {
         // Inference: the interpreter on the unfolded, unfused inference graph.
         let dir = tmp.path().join(format!("{example}-inference"));
         bundle(example, false, &dir);
-        let unplanned = inference(&forward);
-        let feeds = perturbed_feeds(&unplanned);
-        let expected = run(&unplanned, &feeds).unwrap();
-        assert_outputs_match(
-            &format!("{example} inference"),
-            &run_bundle(&dir, &feeds),
-            &expected,
-        );
+        let what = format!("{example} inference");
+        assert_matches_interpreter(&what, &inference(&forward), |f| run_bundle(&dir, f));
         // The training step: loss, updated parameters and momentum.
         let dir = tmp.path().join(format!("{example}-train"));
         bundle(example, true, &dir);
-        let feeds = perturbed_feeds(&step);
-        let expected = run(&step, &feeds).unwrap();
-        assert_outputs_match(
-            &format!("{example} training step"),
-            &run_bundle(&dir, &feeds),
-            &expected,
-        );
+        let what = format!("{example} training step");
+        assert_matches_interpreter(&what, &step, |f| run_bundle(&dir, f));
     }
 }
 
@@ -123,7 +112,7 @@ fn kernels(text: &str) -> Vec<(String, String)> {
 
 #[test]
 fn emitted_mlir_passes_mlir_opt() {
-    let Some(mlir_opt) = mlir_opt() else { return };
+    let mlir_opt = mlir_opt();
     let tmp = tempfile::tempdir().unwrap();
     for example in ["tiny", "refinenet4", "refinenet4_depth"] {
         for train in [false, true] {
@@ -161,14 +150,7 @@ fn spilling(report: &str) -> usize {
 
 #[test]
 fn every_ptx_module_assembles_without_spills_for_sm80_and_sm90() {
-    if std::env::var_os("RFNC_PTXAS").is_none() {
-        assert!(
-            std::env::var("RFNC_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "ptxas is required (RFNC_REQUIRE_TOOLS=1) but RFNC_PTXAS is not set; run scripts/setup.sh"
-        );
-        eprintln!("SKIPPED: ptxas not found (RFNC_PTXAS unset; run scripts/setup.sh)");
-        return;
-    }
+    // rfnc finds ptxas where the set-up put it; without one --ptx-report fails the test.
     let tmp = tempfile::tempdir().unwrap();
     for example in EXAMPLES {
         for train in [false, true] {
@@ -205,6 +187,28 @@ fn kernel_with<'a>(all: &'a [(String, String)], ops: &str) -> &'a str {
         })
 }
 
+/// A kernel's MLIR with its name's content hash replaced by `HASH`, so that a snapshot
+/// changes when the kernel's code does, not when an unrelated detail moves the hash.
+fn without_hash(mlir: &str) -> String {
+    let mut out = String::with_capacity(mlir.len());
+    let mut rest = mlir;
+    while let Some(i) = rest.find('_') {
+        let (head, tail) = rest.split_at(i);
+        out.push_str(head);
+        let hex = tail[1..].bytes().take_while(u8::is_ascii_hexdigit).count();
+        let after = tail.as_bytes().get(1 + hex);
+        if hex == 16 && !after.is_some_and(|b| b.is_ascii_alphanumeric()) {
+            out.push_str("_HASH");
+            rest = &tail[17..];
+        } else {
+            out.push('_');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[test]
 fn mlir_of_representative_kernels() {
     let inference = kernels(&stdout(&compile("refinenet1", &["--emit", "mlir"])));
@@ -212,23 +216,32 @@ fn mlir_of_representative_kernels() {
         "refinenet1",
         &["--emit", "mlir", "--train"],
     )));
+    let snapshot = |all: &[(String, String)], ops: &str| without_hash(kernel_with(all, ops));
     // A convolution with its fused residual add and relu (tiled implicit GEMM).
-    insta::assert_snapshot!("conv_add_relu", kernel_with(&inference, "conv2d+add+relu"));
+    insta::assert_snapshot!("conv_add_relu", snapshot(&inference, "conv2d+add+relu"));
     // Max pooling (CRP).
-    insta::assert_snapshot!("max_pool", kernel_with(&inference, "max_pool2d"));
-    // Multi-resolution fusion: a conv whose epilogue adds the upsampled other paths.
-    insta::assert_snapshot!(
-        "upsample_and_sum",
-        kernel_with(
-            &inference,
-            "conv2d+resize_bilinear+add+resize_bilinear+add+resize_bilinear+add+relu"
-        )
-    );
+    insta::assert_snapshot!("max_pool", snapshot(&inference, "max_pool2d"));
     // The loss (a block reduction) and its gradient.
-    insta::assert_snapshot!("loss", kernel_with(&train, "softmax_cross_entropy"));
+    insta::assert_snapshot!("loss", snapshot(&train, "softmax_cross_entropy"));
     insta::assert_snapshot!(
         "loss_gradient",
-        kernel_with(&train, "softmax_cross_entropy_grad")
+        snapshot(&train, "softmax_cross_entropy_grad")
+    );
+    // Multi-resolution fusion: one conv kernel whose epilogue adds the upsampled other
+    // paths (its code is checked by the executor tests; here only that fusion made it).
+    let fused = kernel_with(
+        &inference,
+        "conv2d+resize_bilinear+add+resize_bilinear+add+resize_bilinear+add+relu",
+    );
+    assert!(fused.contains("gpu.func @conv2d_resize_bilinear_add_resize_bilinear_"));
+}
+
+#[test]
+fn kernel_hashes_are_masked_in_snapshots() {
+    let text = "gpu.func @conv2d_relu_0123456789abcdef(%arg0 x_1 y_0123456789abcdef0";
+    assert_eq!(
+        without_hash(text),
+        "gpu.func @conv2d_relu_HASH(%arg0 x_1 y_0123456789abcdef0"
     );
 }
 

@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use common::*;
 use rfnc_compiler::ir::{parse_graph, print_graph, verify, Op};
 use rfnc_dsl::ast_print::print_modules;
@@ -88,28 +85,11 @@ fn print_parse_print_is_identity_for_every_example() {
 
 #[test]
 fn mlir_opt_accepts_every_graph_dump() {
-    let Some(mlir_opt) = mlir_opt() else { return };
     for name in EXAMPLES {
         for depth in ["50", "152"] {
             let text = print_graph(&graph(name, &SMALL, &[("depth", depth)]));
-            let mut child = Command::new(&mlir_opt)
-                .args(["--allow-unregistered-dialect", "-o", "/dev/null"])
-                .stdin(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("mlir-opt starts");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write IR");
-            let out = child.wait_with_output().expect("mlir-opt finishes");
-            assert!(
-                out.status.success(),
-                "mlir-opt rejected {name} (depth {depth}): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let what = format!("{name} (depth {depth})");
+            assert_mlir_opt_accepts(&text, &["--allow-unregistered-dialect"], &what);
         }
     }
 }

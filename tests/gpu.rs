@@ -93,15 +93,10 @@ fn gpu_executor_matches_the_cpu_executor() {
             for run in 0..2 {
                 let (g, c) = (outputs(&mut gpu), outputs(&mut cpu));
                 for ((name, a), (_, b)) in g.iter().zip(&c) {
-                    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-                    let worst = a
-                        .iter()
-                        .zip(b)
-                        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+                    let error = relative_error(a, b, 1e-6);
                     assert!(
-                        worst / scale < 1e-4,
-                        "{example} (train: {train}) run {run}: `{name}` differs by {:e}",
-                        worst / scale
+                        error < 1e-4,
+                        "{example} (train: {train}) run {run}: `{name}` differs by {error:e}"
                     );
                 }
             }

@@ -13,10 +13,10 @@ use rfnc_bundle::Mode;
 use rfnc_bundle::{Bundle, LeafRole, Program, Region, Slot};
 use rfnc_compiler::codegen::kir::Ty;
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
-use rfnc_compiler::codegen::program::{lower_bundle, Lowered};
-use rfnc_compiler::interp::{run, Value};
+use rfnc_compiler::codegen::program::{lower_programs, Lowered};
+use rfnc_compiler::interp::Value;
 use rfnc_compiler::passes::canonical::inference;
-use rfnc_compiler::passes::pipeline::{compile_inference, compile_program, compile_training};
+use rfnc_compiler::passes::pipeline::{plan_inference, plan_program, plan_training};
 
 /// The three regions as 32-bit words (f32 and i32 alike).
 struct Memory {
@@ -140,29 +140,18 @@ fn execute(lowered: &Lowered, feeds: &HashMap<String, Value<f64>>) -> HashMap<St
 fn check_example(example: &str) {
     let (forward, step) = small_graphs(example);
     // Inference, with batch norm folded by the prepare program.
-    let main = compile_inference(&forward).unwrap();
-    let prepare = main.prepare.as_ref().map(|p| compile_program(p).unwrap());
-    let lowered = lower_bundle(example, Mode::Inference, "sm_80", &main, prepare.as_ref())
+    let main = plan_inference(&forward).unwrap();
+    let prepare = main.prepare.as_ref().map(|p| plan_program(p).unwrap());
+    let lowered = lower_programs(example, Mode::Inference, &main, prepare.as_ref())
         .unwrap_or_else(|e| panic!("{example}: {e}"));
-    let unplanned = inference(&forward);
-    let feeds = perturbed_feeds(&unplanned);
-    let expected = run(&unplanned, &feeds).unwrap();
-    assert_outputs_match(
-        &format!("{example} inference"),
-        &execute(&lowered, &feeds),
-        &expected,
-    );
+    let what = format!("{example} inference");
+    assert_matches_interpreter(&what, &inference(&forward), |f| execute(&lowered, f));
     // The training step.
-    let main = compile_training(&step).unwrap();
-    let lowered = lower_bundle(example, Mode::Train, "sm_80", &main, None)
+    let main = plan_training(&step).unwrap();
+    let lowered = lower_programs(example, Mode::Train, &main, None)
         .unwrap_or_else(|e| panic!("{example} train: {e}"));
-    let feeds = perturbed_feeds(&step);
-    let expected = run(&step, &feeds).unwrap();
-    assert_outputs_match(
-        &format!("{example} training step"),
-        &execute(&lowered, &feeds),
-        &expected,
-    );
+    let what = format!("{example} training step");
+    assert_matches_interpreter(&what, &step, |f| execute(&lowered, f));
 }
 
 #[test]

@@ -26,9 +26,9 @@ fn planned(graph: &Graph) -> (rfnc_compiler::passes::fusion::Fused, Plan) {
 
 #[test]
 fn paper_model_plans_near_the_lower_bound() {
-    use rfnc_compiler::passes::pipeline::{compile_inference, compile_training};
+    use rfnc_compiler::passes::pipeline::{plan_inference, plan_training};
     let forward = graph("refinenet4", &[1, 3, 512, 512], &[("depth", "101")]);
-    let c = compile_inference(&forward).unwrap();
+    let c = plan_inference(&forward).unwrap();
     let p = &c.plan;
     eprintln!(
         "inference: arena {} lower bound {} naive {} ({})",
@@ -36,7 +36,7 @@ fn paper_model_plans_near_the_lower_bound() {
     );
     assert!(p.arena_bytes as f64 <= 1.05 * p.lower_bound as f64);
     let step = train_step(&forward, &TrainConfig::default()).unwrap();
-    let c = compile_training(&step).unwrap();
+    let c = plan_training(&step).unwrap();
     let p = &c.plan;
     eprintln!(
         "training: arena {} lower bound {} naive {} ({})",
@@ -61,17 +61,8 @@ fn agree(name: &str, a: &[(String, Value<f64>)], b: &[(String, Value<f64>)]) {
     assert_eq!(a.len(), b.len());
     for ((na, va), (nb, vb)) in a.iter().zip(b) {
         assert_eq!(na, nb);
-        let (x, y) = (&va.real().data, &vb.real().data);
-        let scale = y.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
-        let worst = x
-            .iter()
-            .zip(y)
-            .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
-        assert!(
-            worst / scale < 1e-10,
-            "{name}: output `{na}` differs by {:e}",
-            worst / scale
-        );
+        let error = relative_error(&va.real().data, &vb.real().data, 1e-30);
+        assert!(error < 1e-10, "{name}: output `{na}` differs by {error:e}");
     }
 }
 
@@ -195,7 +186,6 @@ fn fused_and_plan_snapshots() {
 
 #[test]
 fn mlir_opt_accepts_the_fused_program() {
-    let Some(mlir_opt) = mlir_opt() else { return };
     for train in [false, true] {
         let mut args = vec![
             "compile",
@@ -209,20 +199,9 @@ fn mlir_opt_accepts_the_fused_program() {
             args.push("--train");
         }
         let out = rfnc(&args);
-        let path =
-            std::env::temp_dir().join(format!("rfnc_fused_{}_{train}.mlir", std::process::id()));
-        std::fs::write(&path, &out.stdout).unwrap();
-        let check = std::process::Command::new(&mlir_opt)
-            .args(["--allow-unregistered-dialect", "-o", "/dev/null"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        std::fs::remove_file(&path).ok();
-        assert!(
-            check.status.success(),
-            "{}",
-            String::from_utf8_lossy(&check.stderr)
-        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let what = format!("--emit fused (train: {train})");
+        assert_mlir_opt_accepts(&stdout(&out), &["--allow-unregistered-dialect"], &what);
     }
 }
 
@@ -266,14 +245,14 @@ fn stats_memory_json_reports_the_plan() {
 
 #[test]
 fn recomputation_fits_a_budget_and_keeps_the_results() {
-    use rfnc_compiler::passes::pipeline::{compile_training, compile_training_within, BudgetError};
+    use rfnc_compiler::passes::pipeline::{plan_training, plan_training_within, BudgetError};
     for example in ["tiny", "refinenet4"] {
         let forward = graph(example, SMALL, &defines(example));
         let step = train_step(&forward, &TrainConfig::default()).unwrap();
-        let full = compile_training(&step).unwrap().plan.arena_bytes;
+        let full = plan_training(&step).unwrap().plan.arena_bytes;
         // Any budget below the plain plan forces recomputation.
         let budget = full - 1;
-        match compile_training_within(&step, budget) {
+        match plan_training_within(&step, budget) {
             Ok((c, report)) => {
                 eprintln!(
                     "{example}: {} -> {} bytes ({}, {} values, {} extra MACs)",
@@ -299,7 +278,7 @@ fn recomputation_fits_a_budget_and_keeps_the_results() {
             Err(e) => panic!("{example}: {e:?} (plain plan {full})"),
         }
         // An impossible budget names the smallest one that works.
-        match compile_training_within(&step, 1024) {
+        match plan_training_within(&step, 1024) {
             Err(BudgetError::TooSmall { smallest, .. }) => {
                 assert!(smallest < full && smallest > 1024)
             }

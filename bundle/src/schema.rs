@@ -2,7 +2,10 @@
 //!
 //! `DIR/bundle.json` holds a [`Bundle`]; next to it, `kernels/<name>.ptx` holds each unique
 //! kernel's PTX and `host.bc` the same kernels compiled for the host (LLVM bitcode, one
-//! function per kernel, named like the kernel). The format is documented in docs/runtime.md.
+//! function per kernel, named like the kernel). A bundle may hold only one of the two (a
+//! temporary bundle that `rfnc run FILE` compiles for one device): `gpu_target` is absent
+//! without PTX, `host_code` false without `host.bc`. The format is documented in
+//! docs/runtime.md.
 //!
 //! Memory model: the runtime allocates three regions once: the *arena* (every intermediate
 //! value at its planned offset, the largest `arena_bytes` of the programs), the *scratch*
@@ -17,7 +20,7 @@ use crate::init::Init;
 /// `format` of every bundle.
 pub const BUNDLE_FORMAT: &str = "rfnc-bundle";
 /// Bumped whenever the format changes incompatibly.
-pub const BUNDLE_VERSION: u32 = 2;
+pub const BUNDLE_VERSION: u32 = 3;
 /// Alignment of every slot in every region, in bytes.
 pub const SLOT_ALIGN: u64 = 256;
 
@@ -28,8 +31,11 @@ pub struct Bundle {
     /// The source program's file name, for messages.
     pub network: String,
     pub mode: Mode,
-    /// The GPU architecture the PTX was generated for, e.g. `sm_80`.
-    pub gpu_target: String,
+    /// The GPU architecture the PTX was generated for, e.g. `sm_80`; `None`: no PTX (the
+    /// bundle runs on the CPU only).
+    pub gpu_target: Option<String>,
+    /// Whether `host.bc` holds the kernels for the CPU executor.
+    pub host_code: bool,
     /// Every leaf of both programs, each at its own offset in the leaves region.
     pub leaves: Vec<Leaf>,
     pub leaves_bytes: u64,
@@ -49,7 +55,8 @@ pub enum Mode {
     Train,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Element type of a tensor: one definition for the graph IR, the bundle and the runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,
@@ -57,6 +64,23 @@ pub enum DType {
 }
 
 impl DType {
+    /// The name in `.rfn` types, the IR text and messages: `f32`, `i32`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::I32 => "i32",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<DType> {
+        match s {
+            "f32" => Some(DType::F32),
+            "i32" => Some(DType::I32),
+            _ => None,
+        }
+    }
+
+    /// Size of one element in bytes.
     pub fn bytes(self) -> u64 {
         4
     }
@@ -114,8 +138,9 @@ impl Leaf {
 pub struct KernelInfo {
     /// Symbol of the kernel in its PTX module and of the host function in `host.bc`.
     pub name: String,
-    /// PTX file, relative to the bundle directory.
-    pub ptx: String,
+    /// PTX file, relative to the bundle directory; present exactly when the bundle has a
+    /// `gpu_target`.
+    pub ptx: Option<String>,
     /// Threads per block.
     pub block: u32,
     /// Number of pointer parameters.
@@ -132,7 +157,7 @@ pub struct Program {
     pub arena_bytes: u64,
     pub scratch_bytes: u64,
     pub launches: Vec<Launch>,
-    pub outputs: Vec<Output>,
+    pub outputs: Vec<BundleOutput>,
 }
 
 /// One kernel launch: a 1-D grid of `grid` blocks of the kernel's block size; argument `i`
@@ -162,7 +187,7 @@ pub struct Slot {
 
 /// A graph output and where it is after the program ran.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Output {
+pub struct BundleOutput {
     pub name: String,
     pub dtype: DType,
     pub shape: Vec<u64>,
@@ -177,8 +202,8 @@ fn inside(offset: u64, bytes: u64, size: u64) -> bool {
 impl Bundle {
     /// Checks what the runtime relies on: the format and version; leaves and slots inside
     /// their regions (no overflow); outputs as large as their shapes; unique names; kernel
-    /// files inside the bundle; block sizes a GPU accepts; every launch naming a known
-    /// kernel with the right number of arguments.
+    /// files inside the bundle, one per kernel exactly when there is a GPU target; block sizes
+    /// a GPU accepts; every launch naming a known kernel with the right number of arguments.
     pub fn validate(&self) -> Result<(), String> {
         if self.format != BUNDLE_FORMAT {
             return Err(format!(
@@ -209,15 +234,31 @@ impl Bundle {
             if !kernels.insert(k.name.as_str()) {
                 return Err(format!("kernel `{}` appears twice", k.name));
             }
-            let path = std::path::Path::new(&k.ptx);
-            let within = path
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-            if !within || k.ptx.is_empty() {
-                return Err(format!(
-                    "kernel `{}`: its PTX file `{}` is not a path inside the bundle",
-                    k.name, k.ptx
-                ));
+            match (&k.ptx, &self.gpu_target) {
+                (Some(ptx), Some(_)) => {
+                    let within = std::path::Path::new(ptx)
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)));
+                    if !within || ptx.is_empty() {
+                        return Err(format!(
+                            "kernel `{}`: its PTX file `{ptx}` is not a path inside the bundle",
+                            k.name
+                        ));
+                    }
+                }
+                (None, None) => {}
+                (Some(_), None) => {
+                    return Err(format!(
+                        "kernel `{}` has a PTX file, but the bundle has no GPU target",
+                        k.name
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(format!(
+                        "kernel `{}` has no PTX file, but the bundle has a GPU target",
+                        k.name
+                    ))
+                }
             }
             if !(1..=1024).contains(&k.block) {
                 return Err(format!(
@@ -303,7 +344,8 @@ mod tests {
             version: BUNDLE_VERSION,
             network: "n.rfn".into(),
             mode: Mode::Inference,
-            gpu_target: "sm_80".into(),
+            gpu_target: Some("sm_80".into()),
+            host_code: true,
             leaves: vec![Leaf {
                 name: "x".into(),
                 role: LeafRole::Input,
@@ -317,7 +359,7 @@ mod tests {
             leaves_bytes: 256,
             kernels: vec![KernelInfo {
                 name: "k".into(),
-                ptx: "kernels/k.ptx".into(),
+                ptx: Some("kernels/k.ptx".into()),
                 block: 256,
                 params: 1,
                 shared_bytes: 0,
@@ -332,7 +374,7 @@ mod tests {
                     grid: 1,
                     args: vec![slot],
                 }],
-                outputs: vec![Output {
+                outputs: vec![BundleOutput {
                     name: "y".into(),
                     dtype: DType::F32,
                     shape: vec![4],
@@ -361,11 +403,11 @@ mod tests {
             "outside",
         );
         refused(
-            &|b| b.kernels[0].ptx = "../../etc/passwd".into(),
+            &|b| b.kernels[0].ptx = Some("../../etc/passwd".into()),
             "inside the bundle",
         );
         refused(
-            &|b| b.kernels[0].ptx = "/tmp/k.ptx".into(),
+            &|b| b.kernels[0].ptx = Some("/tmp/k.ptx".into()),
             "inside the bundle",
         );
         refused(&|b| b.kernels[0].block = 0, "threads per block");
@@ -373,5 +415,17 @@ mod tests {
         refused(&|b| b.kernels.push(b.kernels[0].clone()), "appears twice");
         refused(&|b| b.main.launches[0].args.clear(), "passes 0 arguments");
         refused(&|b| b.version = 1, "recompile");
+        refused(
+            &|b| b.kernels[0].ptx = None,
+            "has no PTX file, but the bundle has a GPU target",
+        );
+        refused(
+            &|b| b.gpu_target = None,
+            "has a PTX file, but the bundle has no GPU target",
+        );
+        let mut host_only = bundle();
+        host_only.gpu_target = None;
+        host_only.kernels[0].ptx = None;
+        assert_eq!(host_only.validate(), Ok(()));
     }
 }

@@ -8,6 +8,7 @@ pub mod init;
 pub mod interp;
 pub mod ir;
 pub mod passes;
+pub mod report;
 pub mod rng;
 pub mod stats;
 

@@ -3,14 +3,20 @@
 //! element exactly once, pass the KIR checker, and (when the LLVM tools are installed)
 //! compile to PTX that uses no local memory.
 
+use std::convert::Infallible;
 use std::path::PathBuf;
-use std::process::Command;
+
+mod common;
+
+use common::{llvm_tool, mlir_opt, run_tool};
 
 use rfnc_compiler::codegen::check::CheckedKernel;
-use rfnc_compiler::codegen::gemm::{conv_kernel, ConvKind, ConvOperand, ConvProblem, BLOCK};
-use rfnc_compiler::codegen::kir::{Expr, KernelBuilder, Ty};
+use rfnc_compiler::codegen::gemm::{
+    conv_kernel, ConvIo, ConvKind, ConvOperand, ConvProblem, BLOCK,
+};
+use rfnc_compiler::codegen::kir::{Buf, Expr, KernelBuilder, Ty};
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
-use rfnc_compiler::codegen::mlir_text::gpu_module;
+use rfnc_compiler::codegen::mlir_text::{gpu_module, GPU_PIPELINE};
 use rfnc_compiler::interp::kernels::{conv2d, conv2d_grad_input, conv2d_grad_weight, ConvGeometry};
 use rfnc_compiler::interp::Tensor;
 use rfnc_compiler::rng::splitmix64;
@@ -88,6 +94,42 @@ fn len(d: [u64; 4]) -> u64 {
     d.iter().product()
 }
 
+/// Plain loads from the params, and a store that also counts the writes of each element.
+struct PlainIo {
+    b: KernelBuilder,
+    x: Buf,
+    w: Buf,
+    bias: Buf,
+    dy: Buf,
+    out: Buf,
+    count: Buf,
+}
+
+impl ConvIo for PlainIo {
+    type Error = Infallible;
+
+    fn builder(&mut self) -> &mut KernelBuilder {
+        &mut self.b
+    }
+
+    fn load(&mut self, op: ConvOperand, idx: Expr) -> Result<Expr, Infallible> {
+        let buf = match op {
+            ConvOperand::X => self.x,
+            ConvOperand::W => self.w,
+            ConvOperand::Dy => self.dy,
+            ConvOperand::Bias => self.bias,
+        };
+        Ok(self.b.let_(Expr::load(buf, idx)))
+    }
+
+    fn store(&mut self, idx: Expr, v: Expr) -> Result<(), Infallible> {
+        let (out, count) = (self.out, self.count);
+        self.b.store(out, idx.clone(), v);
+        self.b.store(count, idx.clone(), Expr::load(count, idx) + 1);
+        Ok(())
+    }
+}
+
 /// The kernel with params x, w, bias, dy, out (f32) and count (i32): plain loads, and a
 /// store that also counts the writes of each element.
 fn build(p: &ConvProblem) -> (CheckedKernel, u64) {
@@ -103,21 +145,17 @@ fn build(p: &ConvProblem) -> (CheckedKernel, u64) {
     let dy = b.param(Ty::F32, len(p.y));
     let out = b.param(Ty::F32, len(result));
     let count = b.param(Ty::I32, len(result));
-    let mut load = |b: &mut KernelBuilder, op: ConvOperand, idx: Expr| {
-        let buf = match op {
-            ConvOperand::X => x,
-            ConvOperand::W => w,
-            ConvOperand::Dy => dy,
-            ConvOperand::Bias => bias,
-        };
-        b.let_(Expr::load(buf, idx))
+    let mut io = PlainIo {
+        b,
+        x,
+        w,
+        bias,
+        dy,
+        out,
+        count,
     };
-    let mut store = |b: &mut KernelBuilder, idx: Expr, v: Expr| {
-        b.store(out, idx.clone(), v);
-        b.store(count, idx.clone(), Expr::load(count, idx) + 1);
-    };
-    let grid = conv_kernel(&mut b, p, &mut load, &mut store);
-    let k = b.finish();
+    let Ok(grid) = conv_kernel(&mut io, p);
+    let k = io.b.finish();
     assert_eq!(k.check().map(|_| ()), Ok(()), "{:?}", p);
     let k = k.into_checked().expect("checked");
     assert_eq!(grid, p.grid());
@@ -350,45 +388,15 @@ fn grid_and_problem_sizes() {
 
 // ----- PTX --------------------------------------------------------------------------------
 
-fn tool(name: &str, debian: &str) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    [Some(PathBuf::from(debian)), on_path]
-        .into_iter()
-        .flatten()
-        .find(|p| p.is_file())
-}
-
-fn run(tool: &PathBuf, args: &[&str], what: &str) {
-    let out = Command::new(tool).args(args).output().expect("tool runs");
-    assert!(
-        out.status.success(),
-        "{what}: {tool:?} {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The GPU form of each kind lowers through NVVM and LLVM to PTX for sm_80 and sm_90 whose
 /// register tiles, staging registers and decoded coordinates all stay in registers: no
 /// local memory (`.local`, a local depot) at all.
 #[test]
 fn ptx_uses_no_local_memory() {
-    let tools = [
-        tool("mlir-opt-22", "/usr/lib/llvm-22/bin/mlir-opt"),
-        tool("mlir-translate-22", "/usr/lib/llvm-22/bin/mlir-translate"),
-        tool("opt-22", "/usr/lib/llvm-22/bin/opt"),
-        tool("llc-22", "/usr/lib/llvm-22/bin/llc"),
-    ];
-    let [Some(mlir_opt), Some(translate), Some(opt), Some(llc)] = tools else {
-        if std::env::var("RFNC_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("mlir-opt-22, mlir-translate-22, opt-22 and llc-22 are required");
-        }
-        eprintln!("SKIPPED: LLVM 22 tools not found");
-        return;
-    };
+    let mlir_opt = mlir_opt();
+    let translate = llvm_tool("mlir-translate", None);
+    let opt = llvm_tool("opt", None);
+    let llc = llvm_tool("llc", None);
     let c = Case {
         stride: [2, 2],
         pad: [1, 1, 1, 1],
@@ -403,10 +411,10 @@ fn ptx_uses_no_local_memory() {
         let path = |ext: &str| dir.path().join(format!("{name}.{ext}"));
         let p = |ext: &str| path(ext).to_string_lossy().into_owned();
         std::fs::write(path("mlir"), gpu).expect("write");
-        run(
+        run_tool(
             &mlir_opt,
             &[
-                "--pass-pipeline=builtin.module(gpu.module(convert-scf-to-cf,convert-gpu-to-nvvm,reconcile-unrealized-casts))",
+                &format!("--pass-pipeline={GPU_PIPELINE}"),
                 &p("mlir"),
                 "-o",
                 &p("nvvm.mlir"),
@@ -421,14 +429,14 @@ fn ptx_uses_no_local_memory() {
         let inner = &body[..end];
         let inner = &inner[..inner.rfind('}').expect("}")];
         std::fs::write(path("dev.mlir"), format!("module {{\n{inner}\n}}\n")).expect("write");
-        run(
+        run_tool(
             &translate,
             &["--mlir-to-llvmir", &p("dev.mlir"), "-o", &p("ll")],
             &name,
         );
         for sm in ["sm_80", "sm_90"] {
             let ptx = path(&format!("{sm}.ptx"));
-            run(
+            run_tool(
                 &opt,
                 &[
                     "-O3",
@@ -440,7 +448,7 @@ fn ptx_uses_no_local_memory() {
                 ],
                 &name,
             );
-            run(
+            run_tool(
                 &llc,
                 &[
                     "-O3",

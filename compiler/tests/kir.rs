@@ -1,84 +1,45 @@
 //! Kernel IR: the interpreter against plain Rust, and the MLIR printers against mlir-opt-22.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
 use std::time::Instant;
+
+use common::{mlir_opt, run_tool};
 
 use rfnc_compiler::codegen::check::CheckedKernel;
 use rfnc_compiler::codegen::kir::{Expr, KernelBuilder, Ty};
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
-use rfnc_compiler::codegen::mlir_text::{gpu_module, host_module};
+use rfnc_compiler::codegen::mlir_text::{gpu_module, host_module, GPU_PIPELINE, HOST_PIPELINE};
 use rfnc_compiler::rng::splitmix64;
 
 // ----- tools -------------------------------------------------------------------------------
 
-/// `mlir-opt-22` if installed: $RFNC_MLIR_OPT, then the Debian location, then PATH. With
-/// RFNC_REQUIRE_TOOLS=1 a missing tool fails the test.
-fn mlir_opt() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("mlir-opt-22"))
-            .find(|p| p.is_file())
-    });
-    let candidates = [
-        std::env::var("RFNC_MLIR_OPT").ok().map(PathBuf::from),
-        Some(PathBuf::from("/usr/lib/llvm-22/bin/mlir-opt")),
-        on_path,
-    ];
-    let found = candidates.into_iter().flatten().find(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var("RFNC_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("mlir-opt-22 is required (RFNC_REQUIRE_TOOLS=1) but was not found");
-        }
-        eprintln!("SKIPPED: mlir-opt-22 not found (install mlir-22-tools)");
-    }
-    found
-}
-
-/// Runs mlir-opt on `text` with `args`; panics with its diagnostics on failure.
-fn opt(tool: &PathBuf, text: &str, args: &[&str], what: &str) -> String {
+/// Runs mlir-opt on `text` with `args`; fails with its diagnostics on failure.
+fn opt(text: &str, args: &[&str], what: &str) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("k.mlir");
     std::fs::write(&path, text).expect("write");
-    let out = Command::new(tool)
-        .args(args)
-        .arg(&path)
-        .output()
-        .expect("mlir-opt runs");
-    assert!(
-        out.status.success(),
-        "{what}: mlir-opt {args:?} failed:\n{}\n--- input ---\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let path = path.to_string_lossy();
+    let args: Vec<&str> = args.iter().copied().chain([path.as_ref()]).collect();
+    run_tool(&mlir_opt(), &args, what)
 }
 
-const HOST_TO_LLVM: &str = "--pass-pipeline=builtin.module(convert-scf-to-cf,convert-math-to-llvm,\
-convert-arith-to-llvm,convert-index-to-llvm,finalize-memref-to-llvm,convert-cf-to-llvm,\
-convert-func-to-llvm{use-bare-ptr-memref-call-conv=1},reconcile-unrealized-casts)";
-
-const GPU_TO_NVVM: &str = "--pass-pipeline=builtin.module(gpu.module(convert-scf-to-cf,\
-convert-gpu-to-nvvm,reconcile-unrealized-casts))";
-
-/// Both printed forms verify, the host form lowers to the LLVM dialect and the GPU form to
-/// NVVM.
+/// Both printed forms verify, and the production pipelines lower the host form to the LLVM
+/// dialect and the GPU form to NVVM.
 fn check_mlir(k: &CheckedKernel, name: &str) {
     let gpu = gpu_module(k, name);
     let host = host_module(k, name).expect("host module");
-    let Some(tool) = mlir_opt() else { return };
-    opt(&tool, &gpu, &[], &format!("{name} (gpu)"));
-    opt(&tool, &host, &[], &format!("{name} (host)"));
+    opt(&gpu, &[], &format!("{name} (gpu)"));
+    opt(&host, &[], &format!("{name} (host)"));
     let llvm = opt(
-        &tool,
         &host,
-        &[HOST_TO_LLVM],
+        &[&format!("--pass-pipeline={HOST_PIPELINE}")],
         &format!("{name} (host lowering)"),
     );
     assert!(llvm.contains("llvm.func"), "{llvm}");
     let nvvm = opt(
-        &tool,
         &gpu,
-        &[GPU_TO_NVVM],
+        &[&format!("--pass-pipeline={GPU_PIPELINE}")],
         &format!("{name} (gpu lowering)"),
     );
     assert!(nvvm.contains("llvm.func"), "{nvvm}");

@@ -13,12 +13,12 @@ use std::time::Instant;
 use rfnc_bundle::atomic::write_dir_atomically;
 use rfnc_bundle::{Bundle, LeafRole, Mode};
 use rfnc_compiler::codegen::mlir_text::{gpu_module, host_module};
-use rfnc_compiler::codegen::program::{lower_bundle, Lowered, NamedKernel};
+use rfnc_compiler::codegen::program::{lower_programs, Lowered, NamedKernel};
 use rfnc_compiler::init::param_inits;
-use rfnc_compiler::passes::pipeline::compile_program;
+use rfnc_compiler::passes::pipeline::plan_program;
 use rfnc_llvm::{
-    compile_gpu, compile_kernels, default_cache_dir, link_host_cached, ptxas_report, CodegenError,
-    CompileOptions, CompiledKernel, GpuTarget, KernelSource,
+    compile_gpu, compile_kernels, default_cache_dir, find_libdevice, link_host_cached,
+    ptxas_report, CodegenError, CompileOptions, CompiledKernel, GpuTarget, KernelSource,
 };
 
 use crate::error::Error;
@@ -36,14 +36,14 @@ pub fn lower_to_kernels(network: &Network, target: &Target, log: &Log) -> Result
     let prepare = main
         .prepare
         .as_ref()
-        .map(compile_program)
+        .map(plan_program)
         .transpose()
         .map_err(|e| Error::internal(format!("lowering the prepare program failed: {e}")))?;
     let mode = match target {
         Target::Train { .. } => Mode::Train,
         Target::Inference => Mode::Inference,
     };
-    let mut lowered = lower_bundle(&network.source.name(), mode, "", &main, prepare.as_ref())
+    let mut lowered = lower_programs(&network.source.name(), mode, &main, prepare.as_ref())
         .map_err(|e| Error::internal(format!("kernel generation failed: {e}")))?;
     record_inits(network, &mut lowered.bundle)?;
     log.since("kernel generation (KIR)", start);
@@ -79,24 +79,41 @@ pub const DEFAULT_GPU: &str = "sm_80";
 pub struct CodegenOptions {
     /// `sm_80`, `sm_90`, ...
     pub gpu: String,
+    /// Generate PTX for `gpu`.
+    pub ptx: bool,
+    /// Generate host code for the CPU executor.
+    pub host: bool,
     /// Compiled kernels are cached here by content hash (`None`: no cache).
     pub cache: Option<std::path::PathBuf>,
     pub threads: usize,
 }
 
 impl CodegenOptions {
+    /// PTX for `gpu` and host code.
     pub fn new(gpu: &str, use_cache: bool) -> Self {
         CodegenOptions {
             gpu: gpu.to_string(),
+            ptx: true,
+            host: true,
             cache: if use_cache { default_cache_dir() } else { None },
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    /// Only the code one device runs: PTX for a GPU, host code for the CPU (which then needs
+    /// neither libdevice nor a GPU tool).
+    pub fn for_device(self, gpu: bool) -> Self {
+        CodegenOptions {
+            ptx: gpu,
+            host: !gpu,
+            ..self
         }
     }
 
     fn target(&self) -> GpuTarget {
         GpuTarget {
             sm: self.gpu.clone(),
-            libdevice: std::env::var_os("RFNC_LIBDEVICE").map(Into::into),
+            libdevice: find_libdevice(),
         }
     }
 }
@@ -174,12 +191,11 @@ pub fn render_llvm(lowered: &Lowered, options: &CodegenOptions) -> Result<String
     Ok(out)
 }
 
-/// Compiles every kernel to PTX, and to host code when `host` (in parallel, through the
+/// Compiles every kernel to PTX and to host code, as `options` ask (in parallel, through the
 /// cache).
 pub fn compile_all(
     lowered: &Lowered,
     options: &CodegenOptions,
-    host: bool,
     log: &Log,
 ) -> Result<Vec<CompiledKernel>, String> {
     let start = Instant::now();
@@ -194,15 +210,20 @@ pub fn compile_all(
             cache_dir: options.cache.clone(),
             generator: rfnc_compiler::CODEGEN_SOURCE_HASH.to_string(),
             threads: options.threads,
-            host,
+            ptx: options.ptx,
+            host: options.host,
         },
     )
     .map_err(|e| e.to_string())?;
     let cached = compiled.iter().filter(|k| k.cached).count();
+    let what = match (options.ptx, options.host) {
+        (true, true) => "PTX + host",
+        (true, false) => "PTX",
+        (false, _) => "host",
+    };
     log.since(
         &format!(
-            "MLIR -> LLVM -> PTX{} ({} kernels, {cached} cached)",
-            if host { " + host" } else { "" },
+            "MLIR -> LLVM -> {what} ({} kernels, {cached} cached)",
             compiled.len()
         ),
         start,
@@ -231,40 +252,46 @@ fn is_bundle(dir: &Path) -> bool {
     dir.join("bundle.json").is_file()
 }
 
-/// Writes the bundle directory atomically: bundle.json, kernels/NAME.ptx, host.bc.
+/// Writes the bundle directory atomically: bundle.json, kernels/NAME.ptx (with PTX),
+/// host.bc (with host code). Returns the bundle as written, which records the code it has.
 pub fn write_bundle(
     dir: &Path,
     lowered: &Lowered,
     compiled: &[CompiledKernel],
     options: &CodegenOptions,
     log: &Log,
-) -> Result<(), String> {
-    let start = Instant::now();
-    let names: Vec<&str> = compiled.iter().map(|c| c.name.as_str()).collect();
-    let host = link_host_cached(
-        &compiled
-            .iter()
-            .map(|c| c.host_bitcode.clone())
-            .collect::<Vec<_>>(),
-        &names.join(","),
-        options.cache.as_deref(),
-    )
-    .map_err(|e| e.to_string())?;
-    log.since("link host code", start);
-    let start = Instant::now();
-    let json = serde_json::to_string_pretty(&lowered.bundle)
-        .map_err(|e| format!("cannot serialise the bundle: {e}"))?;
-    let mut files = vec![
-        ("bundle.json".to_string(), json.into_bytes()),
-        ("host.bc".to_string(), host),
-    ];
-    for (info, c) in lowered.bundle.kernels.iter().zip(compiled) {
-        files.push((info.ptx.clone(), c.ptx.clone().into_bytes()));
+) -> Result<Bundle, String> {
+    let mut bundle = lowered.bundle.clone();
+    let mut files = Vec::new();
+    if options.host {
+        let start = Instant::now();
+        let names: Vec<&str> = compiled.iter().map(|c| c.name.as_str()).collect();
+        let bitcode: Vec<Vec<u8>> = compiled.iter().map(|c| c.host_bitcode.clone()).collect();
+        let host = link_host_cached(&bitcode, &names.join(","), options.cache.as_deref())
+            .map_err(|e| e.to_string())?;
+        log.since("link host code", start);
+        files.push(("host.bc".to_string(), host));
+        bundle.host_code = true;
     }
+    if options.ptx {
+        bundle.gpu_target = Some(options.gpu.clone());
+        for (info, c) in bundle.kernels.iter_mut().zip(compiled) {
+            let path = format!("kernels/{}.ptx", info.name);
+            files.push((path.clone(), c.ptx.clone().into_bytes()));
+            info.ptx = Some(path);
+        }
+    }
+    bundle
+        .validate()
+        .map_err(|e| format!("internal error: the bundle to write is inconsistent: {e}"))?;
+    let start = Instant::now();
+    let json = serde_json::to_string_pretty(&bundle)
+        .map_err(|e| format!("cannot serialise the bundle: {e}"))?;
+    files.push(("bundle.json".to_string(), json.into_bytes()));
     write_dir_atomically(dir, &files, is_bundle)
         .map_err(|e| format!("cannot write the bundle `{}`: {e}", dir.display()))?;
     log.since("write bundle", start);
-    Ok(())
+    Ok(bundle)
 }
 
 /// `ptxas -v` for every kernel: registers, shared memory, stack and spills.
@@ -320,29 +347,31 @@ pub fn bundle_summary(dir: &Path, bundle: &Bundle) -> String {
         Mode::Train => "training step",
         Mode::Inference => "inference",
     };
+    let code = match (&bundle.gpu_target, bundle.host_code) {
+        (Some(gpu), true) => format!("PTX for {gpu} and host code"),
+        (Some(gpu), false) => format!("PTX for {gpu}"),
+        (None, _) => "host code".to_string(),
+    };
     format!(
-        "wrote {}: {} ({mode}), {launches} launches of {} kernels, arena {}, leaves {}, PTX for {}\n",
+        "wrote {}: {} ({mode}), {launches} launches of {} kernels, arena {}, leaves {}, {code}\n",
         dir.display(),
         bundle.network,
         bundle.kernels.len(),
         crate::plan::mib(arena),
         crate::plan::mib(bundle.leaves_bytes),
-        bundle.gpu_target
     )
 }
 
-/// Compiles a program into the bundle directory `dir` (PTX for `options.gpu` and host code),
-/// returning the kernels as lowered.
+/// Compiles a program into the bundle directory `dir` (the code `options` ask for),
+/// returning the bundle as written.
 pub fn compile_bundle(
     network: &Network,
     target: &Target,
     options: &CodegenOptions,
     dir: &Path,
     log: &Log,
-) -> Result<Lowered, Error> {
-    let mut lowered = lower_to_kernels(network, target, log)?;
-    lowered.bundle.gpu_target = options.gpu.clone();
-    let compiled = compile_all(&lowered, options, true, log).map_err(Error::message)?;
-    write_bundle(dir, &lowered, &compiled, options, log).map_err(Error::message)?;
-    Ok(lowered)
+) -> Result<Bundle, Error> {
+    let lowered = lower_to_kernels(network, target, log)?;
+    let compiled = compile_all(&lowered, options, log).map_err(Error::message)?;
+    write_bundle(dir, &lowered, &compiled, options, log).map_err(Error::message)
 }

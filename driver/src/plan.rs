@@ -4,7 +4,7 @@
 
 use rfnc_compiler::ir::Graph;
 use rfnc_compiler::passes::pipeline::{
-    compile_inference, compile_training, compile_training_within, BudgetError, Compiled,
+    plan_inference, plan_training, plan_training_within, BudgetError, Planned,
 };
 use rfnc_dsl::Diagnostic;
 
@@ -54,12 +54,12 @@ pub fn graph(network: &Network, target: &Target, log: &Log) -> Result<Graph> {
 }
 
 /// Canonicalisation, fusion, scheduling and memory planning of `graph` for `target`.
-pub fn plan(graph: &Graph, target: &Target, log: &Log) -> Result<Compiled> {
+pub fn plan(graph: &Graph, target: &Target, log: &Log) -> Result<Planned> {
     let compiled = match target {
         Target::Train {
             budget: Some(text), ..
         } => plan_within(graph, parse_size(text)?, log)?,
-        Target::Train { budget: None, .. } => compile_training(graph),
+        Target::Train { budget: None, .. } => plan_training(graph),
         Target::Inference => {
             let computed = graph
                 .outputs
@@ -73,7 +73,7 @@ pub fn plan(graph: &Graph, target: &Target, log: &Log) -> Result<Compiled> {
                 .hint("add `output NAME = ...;` for what inference should compute, or use --train")
                 .into());
             }
-            compile_inference(graph)
+            plan_inference(graph)
         }
     };
     let compiled = compiled.map_err(|e| Error::internal(format!("lowering failed: {e}")))?;
@@ -84,12 +84,12 @@ pub fn plan(graph: &Graph, target: &Target, log: &Log) -> Result<Compiled> {
 }
 
 /// A plan, or the pipeline's internal failure (a compiler bug).
-type Planned = std::result::Result<Compiled, String>;
+type PlanOutcome = std::result::Result<Planned, String>;
 
 /// The training step planned within `budget` bytes, with a note of what that cost; a budget
 /// that cannot be met is the user's error.
-fn plan_within(graph: &Graph, budget: u64, log: &Log) -> Result<Planned> {
-    match compile_training_within(graph, budget) {
+fn plan_within(graph: &Graph, budget: u64, log: &Log) -> Result<PlanOutcome> {
+    match plan_training_within(graph, budget) {
         Ok((compiled, r)) => {
             log.note(&format!(
                 "memory budget {}: {}; arena {} -> {} (saved {}), {} values recomputed, {} extra multiply-accumulates",

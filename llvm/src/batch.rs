@@ -31,13 +31,16 @@ pub struct CompileOptions {
     /// every cache key.
     pub generator: String,
     pub threads: usize,
-    /// Also compile the host code (the CPU executor's); PTX alone otherwise.
+    /// Compile PTX (for the GPU executor).
+    pub ptx: bool,
+    /// Compile host code (for the CPU executor).
     pub host: bool,
 }
 
 #[derive(Clone, Debug)]
 pub struct CompiledKernel {
     pub name: String,
+    /// Empty when PTX was not asked for.
     pub ptx: String,
     /// Empty when host code was not asked for.
     pub host_bitcode: Vec<u8>,
@@ -79,7 +82,10 @@ impl Worker<'_> {
         ]);
         let host_key = cache::key(&["host", generator, &source.host_mlir]);
         let dir = options.cache_dir.as_deref();
-        let mut ptx = dir.and_then(|d| cache::load_ptx(d, &gpu_key));
+        let mut ptx = match options.ptx {
+            true => dir.and_then(|d| cache::load_ptx(d, &gpu_key)),
+            false => Some(String::new()),
+        };
         let mut host = match options.host {
             true => dir.and_then(|d| cache::load_bitcode(d, &host_key)),
             false => Some(Vec::new()),
@@ -118,7 +124,7 @@ impl Worker<'_> {
     }
 }
 
-/// Compiles every kernel (PTX, and host bitcode when asked); the first error stops the
+/// Compiles every kernel (PTX and host bitcode, as asked); the first error stops the
 /// batch. `names[i]` is kernel `i`'s symbol.
 pub fn compile_kernels(
     names: &[String],

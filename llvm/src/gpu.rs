@@ -26,7 +26,7 @@ pub struct GpuTarget {
     /// `sm_80`, `sm_90`, ...
     pub sm: String,
     /// NVIDIA's libdevice bitcode (`libdevice.10.bc`), needed by kernels that call math
-    /// functions; `$RFNC_LIBDEVICE` by convention.
+    /// functions; [`crate::find_libdevice`] finds it.
     pub libdevice: Option<PathBuf>,
 }
 
@@ -104,7 +104,7 @@ pub fn compile_gpu_with<'c>(
             CodegenError::new(
                 &stage,
                 "the kernel calls math functions from NVIDIA's libdevice, but no libdevice.10.bc \
-                 is configured; set RFNC_LIBDEVICE (scripts/setup.sh installs it under .cache/cuda-nvcc)",
+                 was found; set RFNC_LIBDEVICE (scripts/setup.sh installs it under .cache/cuda-nvcc)",
             )
         })?;
         // Parsed once per context; each kernel links a copy (linking consumes it).

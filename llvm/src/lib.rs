@@ -5,7 +5,8 @@
 //! [`mlir`] lowers either with MLIR's own passes to the LLVM dialect and translates it to
 //! LLVM IR; [`gpu`] links libdevice, optimises and emits PTX with the NVPTX target
 //! machine; [`host`] produces host bitcode; [`batch`] compiles many kernels on several
-//! threads through a content-addressed [`cache`]; [`ptxas`] reads `ptxas -v`.
+//! threads through a content-addressed [`cache`]; [`ptxas`] reads `ptxas -v`; [`tools`] finds
+//! libdevice and `ptxas` where the set-up put them.
 
 pub mod batch;
 pub mod cache;
@@ -14,10 +15,12 @@ pub mod gpu;
 pub mod host;
 pub mod mlir;
 pub mod ptxas;
+pub mod tools;
 
 pub use batch::{compile_kernels, CompileOptions, CompiledKernel, KernelSource, Render};
 pub use cache::default_cache_dir;
 pub use error::CodegenError;
 pub use gpu::{compile_gpu, GpuArtifacts, GpuTarget};
 pub use host::{compile_host, link_host, link_host_cached};
-pub use ptxas::{find_ptxas, ptxas_report, PtxasKernel};
+pub use ptxas::{ptxas_report, PtxasKernel};
+pub use tools::{find_libdevice, find_ptxas};

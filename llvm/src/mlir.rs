@@ -17,18 +17,9 @@ use melior::Context;
 
 use crate::CodegenError;
 
-/// The host lowering: structured control flow, math, arithmetic, memrefs and functions to
-/// the LLVM dialect, memrefs passed as bare pointers.
-pub const HOST_PIPELINE: &str = "builtin.module(convert-scf-to-cf, convert-math-to-llvm, \
-     convert-arith-to-llvm, convert-index-to-llvm, finalize-memref-to-llvm, convert-cf-to-llvm, \
-     convert-func-to-llvm{use-bare-ptr-memref-call-conv=1}, reconcile-unrealized-casts)";
-
-/// The GPU lowering: inside the `gpu.module`, scf to cf, then the GPU, math (to libdevice
-/// calls), arith and memref ops to the LLVM and NVVM dialects with bare-pointer kernel
-/// parameters; cf to LLVM at module level.
-pub const GPU_PIPELINE: &str = "builtin.module(gpu.module(convert-scf-to-cf, \
-     convert-gpu-to-nvvm{use-bare-ptr-memref-call-conv=1 index-bitwidth=64}, \
-     reconcile-unrealized-casts), convert-cf-to-llvm, reconcile-unrealized-casts)";
+/// The pass pipelines live beside the printers whose output they lower, so that the
+/// compiler's own tests run exactly these through `mlir-opt`.
+pub use rfnc_compiler::codegen::mlir_text::{GPU_PIPELINE, HOST_PIPELINE};
 
 static REGISTER: Once = Once::new();
 
@@ -84,7 +75,7 @@ impl Mlir {
             .ok_or_else(|| self.failure(stage, "the MLIR does not parse or verify"))
     }
 
-    fn lower(
+    fn run_pipeline(
         &self,
         module: &mut Module<'_>,
         pipeline: &str,
@@ -105,7 +96,7 @@ impl Mlir {
     pub fn host_to_llvm_ir(&self, text: &str, name: &str) -> Result<String, CodegenError> {
         let stage = format!("MLIR lowering of host kernel {name}");
         let mut module = self.parse(text, &stage)?;
-        self.lower(&mut module, HOST_PIPELINE, &stage)?;
+        self.run_pipeline(&mut module, HOST_PIPELINE, &stage)?;
         translate(&module, &stage)
     }
 
@@ -113,7 +104,7 @@ impl Mlir {
     pub fn gpu_to_llvm_ir(&self, text: &str, name: &str) -> Result<String, CodegenError> {
         let stage = format!("MLIR lowering of GPU kernel {name}");
         let mut module = self.parse(text, &stage)?;
-        self.lower(&mut module, GPU_PIPELINE, &stage)?;
+        self.run_pipeline(&mut module, GPU_PIPELINE, &stage)?;
         // The gpu.module itself is translated: it is a module of the LLVM dialect now.
         let gpu_module = module
             .body()

@@ -1,7 +1,6 @@
 //! `ptxas -v`: NVIDIA's PTX assembler checks a module and reports, per kernel, registers,
 //! shared memory, stack frame and register spills.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use crate::CodegenError;
@@ -17,36 +16,9 @@ pub struct PtxasKernel {
     pub spill_loads_bytes: u64,
 }
 
-/// `$RFNC_PTXAS`, else `ptxas` on the PATH.
-pub fn find_ptxas() -> Result<PathBuf, CodegenError> {
-    if let Some(p) = std::env::var_os("RFNC_PTXAS").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        return Err(CodegenError::new(
-            "ptxas",
-            format!("RFNC_PTXAS is `{}`, which is not a file", p.display()),
-        ));
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("ptxas"))
-                .find(|p| p.is_file())
-        })
-        .ok_or_else(|| {
-            CodegenError::new(
-                "ptxas",
-                "ptxas not found: set RFNC_PTXAS or put ptxas on the PATH (scripts/setup.sh installs \
-                 it from the nvidia-cuda-nvcc-cu12 wheel; `source .cache/env.sh`)",
-            )
-        })
-}
-
 /// Assembles `ptx` for `sm` and returns ptxas's report of each kernel.
 pub fn ptxas_report(ptx: &str, sm: &str) -> Result<Vec<PtxasKernel>, CodegenError> {
-    let ptxas = find_ptxas()?;
+    let ptxas = crate::tools::find_ptxas()?;
     let dir = tempfile::tempdir()
         .map_err(|e| CodegenError::new("ptxas", format!("no temporary directory: {e}")))?;
     let input = dir.path().join("kernel.ptx");

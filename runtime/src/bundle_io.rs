@@ -1,5 +1,6 @@
 //! Reading a bundle directory: `bundle.json` parsed and validated, every kernel's PTX file
-//! checked to exist. Nothing is compiled or allocated here.
+//! and the host code checked to exist where the bundle says it has them. Nothing is compiled
+//! or allocated here.
 
 use std::path::{Path, PathBuf};
 
@@ -21,17 +22,27 @@ impl LoadedBundle {
         self.dir.join("host.bc")
     }
 
-    /// The PTX file of a kernel, `DIR/<kernel.ptx>`.
-    pub fn ptx_path(&self, kernel: &str) -> Option<PathBuf> {
-        self.bundle
-            .kernels
-            .iter()
-            .find(|k| k.name == kernel)
-            .map(|k| self.dir.join(&k.ptx))
+    /// Refuses a device whose code the bundle does not hold (a bundle compiled by `rfnc run
+    /// FILE` for the other device).
+    pub fn require_code(&self, gpu: bool) -> Result<(), RuntimeError> {
+        let (has, what, device) = match gpu {
+            true => (self.bundle.gpu_target.is_some(), "PTX", "a GPU"),
+            false => (self.bundle.host_code, "host code", "the CPU"),
+        };
+        if has {
+            return Ok(());
+        }
+        Err(RuntimeError::Bundle {
+            path: self.dir.join("bundle.json"),
+            message: format!(
+                "it holds no {what}, so it cannot run on {device}; compile it with `rfnc compile FILE -o DIR`, which writes both"
+            ),
+        })
     }
 }
 
-/// Reads and checks `dir/bundle.json` and checks that every kernel's PTX file exists.
+/// Reads and checks `dir/bundle.json` and checks that every kernel's PTX file and the host
+/// code exist where the bundle has them.
 pub fn load_bundle(dir: &Path) -> Result<LoadedBundle, RuntimeError> {
     let path = dir.join("bundle.json");
     let text = std::fs::read_to_string(&path).map_err(|e| RuntimeError::File {
@@ -51,7 +62,8 @@ pub fn load_bundle(dir: &Path) -> Result<LoadedBundle, RuntimeError> {
         message,
     })?;
     for kernel in &bundle.kernels {
-        let ptx = dir.join(&kernel.ptx);
+        let Some(ptx) = &kernel.ptx else { continue };
+        let ptx = dir.join(ptx);
         if !ptx.is_file() {
             return Err(RuntimeError::File {
                 path: ptx,
@@ -61,6 +73,13 @@ pub fn load_bundle(dir: &Path) -> Result<LoadedBundle, RuntimeError> {
                 ),
             });
         }
+    }
+    let host = dir.join("host.bc");
+    if bundle.host_code && !host.is_file() {
+        return Err(RuntimeError::File {
+            path: host,
+            message: "the host code is missing; the bundle is incomplete, recompile it".into(),
+        });
     }
     Ok(LoadedBundle {
         dir: dir.to_path_buf(),

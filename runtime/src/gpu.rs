@@ -146,8 +146,9 @@ impl CudaExecutor {
         let stream = ctx.new_stream().map_err(cuda("creating a CUDA stream"))?;
 
         let mut functions = HashMap::new();
+        let gpu_target = bundle.gpu_target.as_deref().unwrap_or("no GPU");
         for kernel in &bundle.kernels {
-            let path = loaded.dir.join(&kernel.ptx);
+            let path = loaded.dir.join(kernel.ptx.as_deref().unwrap_or_default());
             let src = std::fs::read_to_string(&path).map_err(|e| RuntimeError::File {
                 path: path.clone(),
                 message: e.to_string(),
@@ -165,7 +166,7 @@ impl CudaExecutor {
                         "loading `{}` (kernel `{}`, generated for {})",
                         path.display(),
                         kernel.name,
-                        bundle.gpu_target
+                        gpu_target
                     ),
                     message: describe(&e),
                 })?;

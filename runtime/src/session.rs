@@ -72,8 +72,14 @@ impl Session {
     /// Opens the device, compiles or loads the kernels and allocates the regions.
     pub fn new(loaded: &LoadedBundle, device: Device) -> Result<Session, RuntimeError> {
         let executor: Box<dyn Executor> = match device {
-            Device::Cpu { threads } => Box::new(CpuExecutor::new(loaded, threads)?),
-            Device::Cuda { ordinal } => Box::new(CudaExecutor::new(loaded, ordinal)?),
+            Device::Cpu { threads } => {
+                loaded.require_code(false)?;
+                Box::new(CpuExecutor::new(loaded, threads)?)
+            }
+            Device::Cuda { ordinal } => {
+                loaded.require_code(true)?;
+                Box::new(CudaExecutor::new(loaded, ordinal)?)
+            }
         };
         let bundle = loaded.bundle.clone();
         // Momentum starts at zero (the regions are zeroed): it counts as set.
@@ -145,8 +151,8 @@ impl Session {
         if leaf.dtype != dtype {
             return Err(error(format!(
                 "it holds {} values, {} were given",
-                dtype_name(leaf.dtype),
-                dtype_name(dtype)
+                leaf.dtype.name(),
+                dtype.name()
             )));
         }
         if len as u64 != leaf.elements() {
@@ -244,7 +250,7 @@ impl Session {
                         problems.push(format!(
                             "tensor `{}` is f32, the bundle's leaf is {}",
                             leaf.name,
-                            dtype_name(leaf.dtype)
+                            leaf.dtype.name()
                         ));
                     }
                 }
@@ -319,9 +325,9 @@ impl Session {
                     message: format!(
                         "the prepare program's output is {} bytes of {}, the leaf {} bytes of {}",
                         output.slot.bytes,
-                        dtype_name(output.dtype),
+                        output.dtype.name(),
                         leaf.bytes(),
-                        dtype_name(leaf.dtype)
+                        leaf.dtype.name()
                     ),
                 });
             }
@@ -368,7 +374,7 @@ impl Session {
             message: format!(
                 "{} {} of shape {} was never given a value: {how}{more}",
                 role_name(first.role),
-                dtype_name(first.dtype),
+                first.dtype.name(),
                 shape_text(&first.shape)
             ),
         })
@@ -458,13 +464,6 @@ impl Session {
             }
         }
         Ok(weights)
-    }
-}
-
-fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F32 => "f32",
-        DType::I32 => "i32",
     }
 }
 

@@ -179,6 +179,33 @@ fn missing_kernel_file_is_named() {
     assert!(text.contains("kernel `add`"), "{text}");
 }
 
+/// A bundle with one device's code only (as `rfnc run FILE` compiles) refuses the other
+/// device before touching it, and does not look for the files it does not have.
+#[test]
+fn a_bundle_runs_only_on_devices_whose_code_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bundle = inference_bundle(dir.path());
+    bundle.gpu_target = None;
+    for k in &mut bundle.kernels {
+        k.ptx = None;
+    }
+    write_bundle(dir.path(), &bundle);
+    std::fs::remove_dir_all(dir.path().join("kernels")).unwrap();
+    let loaded = load_bundle(dir.path()).expect("a host-only bundle loads");
+    let text = error_text(Session::new(&loaded, Device::Cuda { ordinal: 0 }));
+    assert!(text.contains("holds no PTX"), "{text}");
+    assert!(Session::new(&loaded, Device::Cpu { threads: 1 }).is_ok());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut bundle = inference_bundle(dir.path());
+    bundle.host_code = false;
+    write_bundle(dir.path(), &bundle);
+    std::fs::remove_file(dir.path().join("host.bc")).unwrap();
+    let loaded = load_bundle(dir.path()).expect("a PTX-only bundle loads");
+    let text = error_text(Session::new(&loaded, Device::Cpu { threads: 1 }));
+    assert!(text.contains("holds no host code"), "{text}");
+}
+
 #[test]
 fn missing_or_corrupt_host_code_is_named() {
     let (dir, loaded) = inference();

@@ -1,7 +1,7 @@
 //! `rfnc compile`: the bundle directory, or one stage of the lowering printed.
 
 use rfnc_compiler::ir::{print_graph, to_dot};
-use rfnc_compiler::passes::render::{memory_report, print_fused, render_plan};
+use rfnc_compiler::report::{memory_report, print_fused, render_plan};
 use rfnc_driver::codegen::{
     bundle_summary, compile_all, lower_to_kernels, render_llvm, render_mlir, render_ptx,
     render_ptx_report, write_bundle, CodegenOptions,
@@ -85,16 +85,17 @@ fn generate(
     target: &Target,
     log: &Log,
 ) -> Result<(), Error> {
-    let options = CodegenOptions::new(&args.gpu, !args.no_cache);
+    let mut options = CodegenOptions::new(&args.gpu, !args.no_cache);
+    // Only the bundle needs host code.
+    options.host = args.emit == Emit::Bundle;
     // The program's own errors come first, then the missing output.
-    let mut lowered = lower_to_kernels(network, target, log)?;
+    let lowered = lower_to_kernels(network, target, log)?;
     let output = args.output.as_deref();
     if args.emit == Emit::Bundle && output.is_none() {
         return Err(Diagnostic::new("the bundle is a directory: give it with -o DIR")
             .hint("for example -o build/refinenet4, or --emit STAGE to print one stage (see --help)")
             .into());
     }
-    lowered.bundle.gpu_target = options.gpu.clone();
     let text = match args.emit {
         Emit::Mlir => Some(render_mlir(&lowered, false).map_err(Error::internal)?),
         Emit::MlirHost => Some(render_mlir(&lowered, true).map_err(Error::internal)?),
@@ -102,10 +103,9 @@ fn generate(
         _ => None,
     };
     let compiled = match args.emit {
-        Emit::Ptx | Emit::Bundle => Some(
-            compile_all(&lowered, &options, args.emit == Emit::Bundle, log)
-                .map_err(Error::message)?,
-        ),
+        Emit::Ptx | Emit::Bundle => {
+            Some(compile_all(&lowered, &options, log).map_err(Error::message)?)
+        }
         _ => None,
     };
     let text = match (&compiled, args.emit) {
@@ -116,8 +116,8 @@ fn generate(
         emit_text(text, output)?;
     }
     if let (Some(c), Emit::Bundle, Some(dir)) = (&compiled, args.emit, output) {
-        write_bundle(dir, &lowered, c, &options, log).map_err(Error::message)?;
-        print_stdout(&bundle_summary(dir, &lowered.bundle))?;
+        let bundle = write_bundle(dir, &lowered, c, &options, log).map_err(Error::message)?;
+        print_stdout(&bundle_summary(dir, &bundle))?;
     }
     if args.ptx_report {
         let compiled = compiled.as_deref().unwrap_or_default();

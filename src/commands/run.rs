@@ -24,7 +24,9 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
     } else {
         let network = Network::elaborate(&common.source(), &log)?;
         let dir = staging.path().join("bundle");
-        let options = CodegenOptions::new(&args.gpu, !args.no_cache);
+        // Only the code the device runs: a CPU run needs no libdevice and no GPU tools.
+        let options = CodegenOptions::new(&args.gpu, !args.no_cache)
+            .for_device(args.device == DeviceArg::Cuda);
         compile_bundle(&network, &args.train.target(), &options, &dir, &log)?;
         (dir, Some(network))
     };

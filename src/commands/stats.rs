@@ -1,7 +1,7 @@
 //! `rfnc stats`: parameters, multiply-accumulates and feature memory per component; with
 //! `--memory` the planned arena.
 
-use rfnc_compiler::passes::render::{memory_report, render_memory};
+use rfnc_compiler::report::{memory_report, render_memory};
 use rfnc_driver::plan::{graph, plan};
 use rfnc_driver::{Error, Network, Target};
 

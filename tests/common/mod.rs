@@ -65,10 +65,16 @@ pub fn test_cache_dir() -> PathBuf {
 
 /// Runs the rfnc binary from the workspace root, with the tests' kernel cache.
 pub fn rfnc<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    rfnc_with_env(args, &[])
+}
+
+/// [`rfnc`] with extra environment variables.
+pub fn rfnc_with_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rfnc"))
         .args(args)
         .current_dir(root())
         .env("RFNC_CACHE_DIR", test_cache_dir())
+        .envs(env.iter().copied())
         .output()
         .expect("rfnc runs")
 }
@@ -81,24 +87,43 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// `mlir-opt-22` if installed: $RFNC_MLIR_OPT, then PATH, then the Debian location.
-/// With RFNC_REQUIRE_TOOLS=1 (set by `./dev test`) a missing tool fails the test.
-pub fn mlir_opt() -> Option<PathBuf> {
+/// `mlir-opt-22`: $RFNC_MLIR_OPT, then the Debian location, then PATH. The set-up installs
+/// it, so a missing one fails the test (never a silent pass).
+pub fn mlir_opt() -> PathBuf {
     let candidates = [
         std::env::var("RFNC_MLIR_OPT").ok().map(PathBuf::from),
         Some(PathBuf::from("/usr/lib/llvm-22/bin/mlir-opt")),
         which("mlir-opt-22"),
     ];
-    let found = candidates.into_iter().flatten().find(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var("RFNC_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("mlir-opt-22 is required (RFNC_REQUIRE_TOOLS=1) but was not found; run scripts/setup.sh");
-        }
-        eprintln!(
-            "SKIPPED: mlir-opt-22 not found (install mlir-22-tools, or run scripts/setup.sh)"
-        );
-    }
-    found
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .expect(
+            "mlir-opt-22 not found: install mlir-22-tools (scripts/setup.sh, run by ./dev test)",
+        )
+}
+
+/// Feeds `text` to `mlir-opt ARGS -o /dev/null` and fails the test, naming `what`, unless
+/// mlir-opt accepts it.
+pub fn assert_mlir_opt_accepts(text: &str, args: &[&str], what: &str) {
+    use std::io::Write;
+    let mut child = Command::new(mlir_opt())
+        .args(args)
+        .args(["-o", "/dev/null", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mlir-opt starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(text.as_bytes()).expect("write to mlir-opt");
+    drop(stdin);
+    let out = child.wait_with_output().expect("mlir-opt finishes");
+    assert!(
+        out.status.success(),
+        "mlir-opt rejected {what}: {}",
+        stderr(&out)
+    );
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -234,6 +259,29 @@ pub fn perturbed_feeds(graph: &Graph) -> HashMap<String, Value<f64>> {
 
 /// Every output of a compiled run agrees with the interpreter's to `1e-4` of the largest
 /// magnitude of that output.
+/// The largest difference between `got` and `want`, relative to the largest magnitude of
+/// `want` (at least `floor`).
+pub fn relative_error<T: Into<f64> + Copy>(got: &[T], want: &[T], floor: f64) -> f64 {
+    let scale = want.iter().fold(floor, |m, &v| m.max(v.into().abs()));
+    let worst = got
+        .iter()
+        .zip(want)
+        .fold(0.0f64, |m, (&a, &b)| m.max((a.into() - b.into()).abs()));
+    worst / scale
+}
+
+/// Runs `graph` on perturbed feeds with the reference interpreter and with `execute`, and
+/// asserts that every output agrees (relative 1e-4).
+pub fn assert_matches_interpreter(
+    what: &str,
+    graph: &Graph,
+    execute: impl FnOnce(&HashMap<String, Value<f64>>) -> HashMap<String, Vec<f64>>,
+) {
+    let feeds = perturbed_feeds(graph);
+    let expected = rfnc_compiler::interp::run(graph, &feeds).expect("the interpreter runs");
+    assert_outputs_match(what, &execute(&feeds), &expected);
+}
+
 pub fn assert_outputs_match(
     what: &str,
     actual: &HashMap<String, Vec<f64>>,
@@ -244,15 +292,10 @@ pub fn assert_outputs_match(
         let want = &value.real().data;
         let got = &actual[name];
         assert_eq!(got.len(), want.len(), "{what}: `{name}` size");
-        let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-        let worst = got
-            .iter()
-            .zip(want)
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        let error = relative_error(got, want, 1e-6);
         assert!(
-            worst / scale < 1e-4,
-            "{what}: output `{name}` differs from the interpreter by {:e} (relative)",
-            worst / scale
+            error < 1e-4,
+            "{what}: output `{name}` differs from the interpreter by {error:e} (relative)"
         );
     }
 }

@@ -124,17 +124,11 @@ impl Checker<'_> {
             match s {
                 Stmt::Let(v, e) => self.let_(v.0 as usize, e, scope)?,
                 Stmt::Store(buf, i, v) => self.store(*buf, i, v, scope)?,
-                Stmt::For {
-                    var,
-                    lo,
-                    hi,
-                    step,
-                    body,
-                } => {
-                    if *step <= 0 {
-                        return Err(KirError(format!("loop step {step} is not positive")));
+                Stmt::For(l) => {
+                    if l.step <= 0 {
+                        return Err(KirError(format!("loop step {} is not positive", l.step)));
                     }
-                    self.for_(var.0 as usize, lo, hi, body, scope, uniform)?
+                    self.for_(l.var.0 as usize, &l.lo, &l.hi, &l.body, scope, uniform)?
                 }
                 Stmt::If {
                     cond,
@@ -332,25 +326,15 @@ impl Checker<'_> {
 
 /// Whether `e` can differ between the threads of a block.
 fn thread_dependent(e: &Expr, scope: &Scope) -> bool {
-    match e {
-        Expr::ThreadId => true,
-        Expr::Load(Buf::Private(_) | Buf::Shared(_), _) => true,
+    e.any(&mut |x| match x {
+        Expr::ThreadId | Expr::Load(Buf::Private(_) | Buf::Shared(_), _) => true,
         Expr::Var(v) => scope
             .thread_dependent
             .get(v.0 as usize)
             .copied()
             .unwrap_or(true),
-        Expr::Int(_) | Expr::F32(_) | Expr::BlockId => false,
-        Expr::Load(Buf::Param(_), i) | Expr::Unary(_, i) | Expr::Cast(_, i) => {
-            thread_dependent(i, scope)
-        }
-        Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => {
-            thread_dependent(a, scope) || thread_dependent(b, scope)
-        }
-        Expr::Select(c, a, b) => {
-            thread_dependent(c, scope) || thread_dependent(a, scope) || thread_dependent(b, scope)
-        }
-    }
+        _ => false,
+    })
 }
 
 #[cfg(test)]

@@ -89,24 +89,18 @@ impl Fission {
         for s in stmts {
             match s {
                 Stmt::Barrier => self.flush(&mut out, &mut stretch)?,
-                Stmt::For {
-                    var,
-                    lo,
-                    hi,
-                    step,
-                    body,
-                } if KernelFn::has_barrier(body) => {
+                Stmt::For(l) if KernelFn::has_barrier(&l.body) => {
                     self.flush(&mut out, &mut stretch)?;
-                    self.need_uniform(lo, "loop bound")?;
-                    self.need_uniform(hi, "loop bound")?;
-                    self.uniform[var.0 as usize] = true;
-                    let body = self.steps(body)?;
-                    self.uniform[var.0 as usize] = false;
+                    self.need_uniform(&l.lo, "loop bound")?;
+                    self.need_uniform(&l.hi, "loop bound")?;
+                    self.uniform[l.var.0 as usize] = true;
+                    let body = self.steps(&l.body)?;
+                    self.uniform[l.var.0 as usize] = false;
                     out.push(Step::For {
-                        var: *var,
-                        lo,
-                        hi,
-                        step: *step,
+                        var: l.var,
+                        lo: &l.lo,
+                        hi: &l.hi,
+                        step: l.step,
                         body,
                     });
                 }
@@ -158,16 +152,11 @@ impl Fission {
     }
 
     fn is_uniform(&self, e: &Expr) -> bool {
-        match e {
-            Expr::ThreadId | Expr::Load(Buf::Shared(_) | Buf::Private(_), _) => false,
-            Expr::Int(_) | Expr::F32(_) | Expr::BlockId => true,
-            Expr::Var(v) => self.uniform.get(v.0 as usize).copied().unwrap_or(false),
-            Expr::Load(Buf::Param(_), a) | Expr::Unary(_, a) | Expr::Cast(_, a) => {
-                self.is_uniform(a)
-            }
-            Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => self.is_uniform(a) && self.is_uniform(b),
-            Expr::Select(c, a, b) => self.is_uniform(c) && self.is_uniform(a) && self.is_uniform(b),
-        }
+        !e.any(&mut |x| match x {
+            Expr::ThreadId | Expr::Load(Buf::Shared(_) | Buf::Private(_), _) => true,
+            Expr::Var(v) => !self.uniform.get(v.0 as usize).copied().unwrap_or(false),
+            _ => false,
+        })
     }
 
     fn need_uniform(&self, e: &Expr, what: &str) -> Result<(), KirError> {
@@ -207,14 +196,12 @@ fn validate(s: &Stmt, defined: &mut Vec<bool>) -> Result<(), KirError> {
             uses(i, defined)?;
             uses(v, defined)?;
         }
-        Stmt::For {
-            var, lo, hi, body, ..
-        } => {
-            uses(lo, defined)?;
-            uses(hi, defined)?;
+        Stmt::For(l) => {
+            uses(&l.lo, defined)?;
+            uses(&l.hi, defined)?;
             let mut inner = defined.clone();
-            inner[var.0 as usize] = true;
-            for s in body {
+            inner[l.var.0 as usize] = true;
+            for s in &l.body {
                 validate(s, &mut inner)?;
             }
         }
@@ -238,40 +225,23 @@ fn validate(s: &Stmt, defined: &mut Vec<bool>) -> Result<(), KirError> {
 }
 
 fn vars_of(e: &Expr, out: &mut Vec<Var>) {
-    match e {
-        Expr::Var(v) => out.push(*v),
-        Expr::Int(_) | Expr::F32(_) | Expr::ThreadId | Expr::BlockId => {}
-        Expr::Load(_, a) | Expr::Unary(_, a) | Expr::Cast(_, a) => vars_of(a, out),
-        Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => {
-            vars_of(a, out);
-            vars_of(b, out);
+    e.visit(&mut |x| {
+        if let Expr::Var(v) = x {
+            out.push(*v);
         }
-        Expr::Select(c, a, b) => {
-            vars_of(c, out);
-            vars_of(a, out);
-            vars_of(b, out);
-        }
-    }
+    });
 }
 
 /// Whether `e` loads from one of the parameters `params`.
 fn reads_any(e: &Expr, params: &[usize]) -> bool {
-    match e {
-        Expr::Load(Buf::Param(p), a) => params.contains(p) || reads_any(a, params),
-        Expr::Load(_, a) | Expr::Unary(_, a) | Expr::Cast(_, a) => reads_any(a, params),
-        Expr::Int(_) | Expr::F32(_) | Expr::Var(_) | Expr::ThreadId | Expr::BlockId => false,
-        Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => reads_any(a, params) || reads_any(b, params),
-        Expr::Select(c, a, b) => {
-            reads_any(c, params) || reads_any(a, params) || reads_any(b, params)
-        }
-    }
+    e.any(&mut |x| matches!(x, Expr::Load(Buf::Param(p), _) if params.contains(p)))
 }
 
 /// Adds the parameters `s` stores to.
 fn stores_of(s: &Stmt, out: &mut Vec<usize>) {
     match s {
         Stmt::Store(Buf::Param(p), ..) => out.push(*p),
-        Stmt::For { body, .. } => body.iter().for_each(|s| stores_of(s, out)),
+        Stmt::For(l) => l.body.iter().for_each(|s| stores_of(s, out)),
         Stmt::If {
             then, otherwise, ..
         } => then.iter().chain(otherwise).for_each(|s| stores_of(s, out)),

@@ -36,7 +36,8 @@
 
 use super::kir::{Buf, Expr, KernelBuilder, Ty};
 
-/// Threads per block of a GEMM kernel (the builder must have this block size).
+/// Threads per block of a GEMM kernel (the builder must have this block size), and of
+/// every other kernel that lowering emits ([`super::lower`]).
 pub const BLOCK: u32 = 256;
 /// Rows (M) of the block tile.
 pub const TILE_M: u64 = 64;
@@ -417,36 +418,7 @@ impl Conv {
                 add(mul(row, self.cig * self.khw()), k)
             }
             (ConvKind::Forward, Side::B) | (ConvKind::GradWeight, Side::B) => {
-                // Forward: pre = (x base, ih0, iw0), kd = (ci, t, kh*dh, kw*dw).
-                // Weight gradient: pre = (x channel base, kh*dh - top, kw*dw - left),
-                // kd = (dy, x batch base, oh*sh, ow*sw).
-                let (base, ih, iw) = if self.kind == ConvKind::Forward {
-                    let base = add(pre[0].clone(), mul(kd[0].clone(), self.h * self.w));
-                    (
-                        base,
-                        add(pre[1].clone(), kd[2].clone()),
-                        add(pre[2].clone(), kd[3].clone()),
-                    )
-                } else {
-                    let base = add(pre[0].clone(), kd[1].clone());
-                    (
-                        base,
-                        add(kd[2].clone(), pre[1].clone()),
-                        add(kd[3].clone(), pre[2].clone()),
-                    )
-                };
-                let ih = b.let_(ih);
-                let iw = b.let_(iw);
-                for (axis, v, size) in [(0, &ih, self.h), (1, &iw, self.w)] {
-                    let (lo, hi) = self.gather_checks(axis);
-                    if lo {
-                        conds.push(v.clone().ge(0));
-                    }
-                    if hi {
-                        conds.push(v.clone().lt(size));
-                    }
-                }
-                add(base, add(mul(ih, self.w), iw))
+                self.x_tap(b, pre, kd, &mut conds)
             }
             (ConvKind::GradInput, Side::A) => {
                 // w[g*Cout_g + co, m, kh, kw], kd = (co, t, ..).
@@ -454,31 +426,7 @@ impl Conv {
                 let row = add(mul(o, self.cig), mn);
                 add(mul(row, self.khw()), kd[1].clone())
             }
-            (ConvKind::GradInput, Side::B) => {
-                // pre = (dy base, ih + top, iw + left), kd = (co, t, kh*dh, kw*dw).
-                let mut coord = |b: &mut KernelBuilder, num: Expr, axis: usize| {
-                    let (s, k, d, pad, size, out) = if axis == 0 {
-                        (self.sh, self.kh, self.dh, self.pt, self.h, self.ho)
-                    } else {
-                        (self.sw, self.kw, self.dw, self.pl, self.w, self.wo)
-                    };
-                    let num = b.let_(num);
-                    if (k - 1) * d > pad {
-                        conds.push(num.clone().ge(0));
-                    }
-                    if s > 1 {
-                        conds.push(rem(num.clone(), s).eq(0));
-                    }
-                    if size - 1 + pad >= out * s {
-                        conds.push(num.clone().lt(out * s));
-                    }
-                    div(num, s)
-                };
-                let oh = coord(b, sub_expr(pre[1].clone(), kd[2].clone()), 0);
-                let ow = coord(b, sub_expr(pre[2].clone(), kd[3].clone()), 1);
-                let base = add(pre[0].clone(), mul(kd[0].clone(), self.ho * self.wo));
-                add(base, add(mul(oh, self.wo), ow))
-            }
+            (ConvKind::GradInput, Side::B) => self.dy_tap(b, pre, kd, &mut conds),
             (ConvKind::GradWeight, Side::A) => {
                 // dy[b, g*M + m, oh, ow], kd = (batch offset + pixel, ..).
                 let ch = add(mul(g.clone(), self.cog), mn);
@@ -486,6 +434,93 @@ impl Conv {
             }
         };
         (conds, idx)
+    }
+
+    /// The flat index of `x` at a tap of an output pixel (the B operand of the forward conv
+    /// and of the weight gradient), pushing the bounds checks the padding needs.
+    ///
+    /// Forward: `pre` = (x base, ih0, iw0), `kd` = (ci, t, kh*dh, kw*dw). Weight gradient:
+    /// `pre` = (x channel base, kh*dh - top, kw*dw - left), `kd` = (dy, x batch base, oh*sh,
+    /// ow*sw).
+    fn x_tap(
+        &self,
+        b: &mut KernelBuilder,
+        pre: &[Expr],
+        kd: &[Expr],
+        conds: &mut Vec<Expr>,
+    ) -> Expr {
+        let (base, ih, iw) = if self.kind == ConvKind::Forward {
+            let base = add(pre[0].clone(), mul(kd[0].clone(), self.h * self.w));
+            (
+                base,
+                add(pre[1].clone(), kd[2].clone()),
+                add(pre[2].clone(), kd[3].clone()),
+            )
+        } else {
+            let base = add(pre[0].clone(), kd[1].clone());
+            (
+                base,
+                add(kd[2].clone(), pre[1].clone()),
+                add(kd[3].clone(), pre[2].clone()),
+            )
+        };
+        let ih = b.let_(ih);
+        let iw = b.let_(iw);
+        for (axis, v, size) in [(0, &ih, self.h), (1, &iw, self.w)] {
+            let (lo, hi) = self.gather_checks(axis);
+            if lo {
+                conds.push(v.clone().ge(0));
+            }
+            if hi {
+                conds.push(v.clone().lt(size));
+            }
+        }
+        add(base, add(mul(ih, self.w), iw))
+    }
+
+    /// The flat index of `dy` at the output pixel that a tap of an input pixel comes from
+    /// (the B operand of the data gradient), pushing the checks that the tap exists.
+    ///
+    /// `pre` = (dy base, ih + top, iw + left), `kd` = (co, t, kh*dh, kw*dw).
+    fn dy_tap(
+        &self,
+        b: &mut KernelBuilder,
+        pre: &[Expr],
+        kd: &[Expr],
+        conds: &mut Vec<Expr>,
+    ) -> Expr {
+        let oh = self.dy_coord(b, sub_expr(pre[1].clone(), kd[2].clone()), 0, conds);
+        let ow = self.dy_coord(b, sub_expr(pre[2].clone(), kd[3].clone()), 1, conds);
+        let base = add(pre[0].clone(), mul(kd[0].clone(), self.ho * self.wo));
+        add(base, add(mul(oh, self.wo), ow))
+    }
+
+    /// The output coordinate `num / stride` along `axis` of a data-gradient tap, where
+    /// `num` is the padded input coordinate less the tap offset; the division must be exact
+    /// and in range.
+    fn dy_coord(
+        &self,
+        b: &mut KernelBuilder,
+        num: Expr,
+        axis: usize,
+        conds: &mut Vec<Expr>,
+    ) -> Expr {
+        let (s, k, d, pad, size, out) = if axis == 0 {
+            (self.sh, self.kh, self.dh, self.pt, self.h, self.ho)
+        } else {
+            (self.sw, self.kw, self.dw, self.pl, self.w, self.wo)
+        };
+        let num = b.let_(num);
+        if (k - 1) * d > pad {
+            conds.push(num.clone().ge(0));
+        }
+        if s > 1 {
+            conds.push(rem(num.clone(), s).eq(0));
+        }
+        if size - 1 + pad >= out * s {
+            conds.push(num.clone().lt(out * s));
+        }
+        div(num, s)
     }
 
     /// The flat result index of `C[m, n]` as `row(m) + col(n)`.
@@ -519,164 +554,269 @@ fn sub_expr(a: Expr, b: Expr) -> Expr {
     }
 }
 
-/// Emits a convolution as a tiled implicit GEMM into `b` (whose block size must be
-/// [`BLOCK`]) and returns the grid (number of blocks).
+/// What a GEMM kernel is emitted into, where its operands come from and where its results
+/// go; implemented by whoever fuses code around the GEMM.
 ///
-/// `load(b, operand, flat)` returns the value of `operand` at the flat index `flat` of its
-/// own layout (always in bounds); it may emit statements (a fused prologue) and is called
-/// where the value is needed. `store(b, flat, value)` writes the result element at `flat`
-/// (of `y`, `dx` or `dw`); it is called exactly once per element of the result and runs the
-/// fused epilogue.
-pub fn conv_kernel(
-    b: &mut KernelBuilder,
-    p: &ConvProblem,
-    load: &mut dyn FnMut(&mut KernelBuilder, ConvOperand, Expr) -> Expr,
-    store: &mut dyn FnMut(&mut KernelBuilder, Expr, Expr),
-) -> u64 {
+/// `load(operand, flat)` returns the value of `operand` at the flat index `flat` of its own
+/// layout (always in bounds); it may emit statements into the builder (a fused prologue)
+/// and is called where the value is needed. `store(flat, value)` writes the result element
+/// at `flat` (of `y`, `dx` or `dw`); it is called exactly once per element of the result and
+/// runs the fused epilogue. An error from either ends [`conv_kernel`] with that error (the
+/// builder is then left half-built).
+pub trait ConvIo {
+    type Error;
+
+    /// The builder the kernel is emitted into (its block size must be [`BLOCK`]).
+    fn builder(&mut self) -> &mut KernelBuilder;
+
+    /// The prologue: the value of `operand` at `flat`.
+    fn load(&mut self, operand: ConvOperand, flat: Expr) -> Result<Expr, Self::Error>;
+
+    /// The epilogue: writes `value` to the result element `flat`.
+    fn store(&mut self, flat: Expr, value: Expr) -> Result<(), Self::Error>;
+}
+
+/// Emits a convolution as a tiled implicit GEMM into `io`'s builder (whose block size must
+/// be [`BLOCK`]), reading and writing through `io`, and returns the grid (number of blocks).
+pub fn conv_kernel<Io: ConvIo + ?Sized>(io: &mut Io, p: &ConvProblem) -> Result<u64, Io::Error> {
     assert_eq!(
-        b.block(),
+        io.builder().block(),
         BLOCK,
         "GEMM kernels run {BLOCK} threads per block"
     );
-    let conv = Conv::new(p);
-    let (m_size, n_size, k_size) = p.gemm();
-    let tiles_m = m_size.div_ceil(TILE_M);
-    let tiles_n = n_size.div_ceil(TILE_N);
-    let grid = p.groups * tiles_m * tiles_n;
-    if grid == 0 {
-        return 0;
+    let Some(gemm) = Gemm::new(io.builder(), p) else {
+        return Ok(0);
+    };
+    if gemm.k_tiles > 0 {
+        gemm.fetch(io, Expr::Int(0))?;
     }
-    let k_tiles = k_size.div_ceil(TILE_K);
-    let (a, bop) = conv.operands(m_size, n_size);
-    let ops = [&a, &bop];
+    let kt = io.builder().begin_for(0, gemm.k_tiles as i64, 1);
+    gemm.k_slice(io, kt)?;
+    io.builder().end_for();
+    gemm.epilogue(io)?;
+    Ok(gemm.grid)
+}
 
-    let shared: Vec<Buf> = ops
-        .iter()
-        .map(|op| b.shared(Ty::F32, TILE_K * op.ld))
-        .collect();
-    let acc = b.private(Ty::F32, REG * REG);
-    let stage = b.private(Ty::F32, 2 * LOADS);
-    let pre: Vec<Option<Buf>> = ops
-        .iter()
-        .map(|op| (op.pre_len > 0).then(|| b.private(Ty::Index, op.rows() * op.pre_len)))
-        .collect();
+/// A GEMM kernel being emitted: its sizes, its two operands, the arrays it allocated and the
+/// block's coordinates (uniform: they cross barriers as plain variables).
+struct Gemm {
+    conv: Conv,
+    /// `(M, N, K)` of one group.
+    m_size: u64,
+    n_size: u64,
+    k_size: u64,
+    k_tiles: u64,
+    grid: u64,
+    /// A and B.
+    ops: [Operand; 2],
+    /// The shared tile of each operand.
+    shared: [Buf; 2],
+    /// The thread's register tile of `C`.
+    acc: Buf,
+    /// The staging registers of the next slice, `LOADS` per operand.
+    stage: Buf,
+    /// The per-row values each operand decodes once per block.
+    pre: [Option<Buf>; 2],
+    /// The block's group.
+    g: Expr,
+    /// The origin of the block tile in M and in N.
+    m0: Expr,
+    n0: Expr,
+}
 
-    // The block's group and tile (uniform: they cross barriers as plain variables).
-    let per_group = (tiles_m * tiles_n) as i64;
-    let g = if p.groups == 1 {
-        Expr::Int(0)
-    } else {
-        b.let_(div(Expr::BlockId, per_group))
-    };
-    let in_group = if p.groups == 1 {
-        Expr::BlockId
-    } else {
-        b.let_(rem(Expr::BlockId, per_group))
-    };
-    let m0 = b.let_(mul(div(in_group.clone(), tiles_n as i64), TILE_M as i64));
-    let n0 = b.let_(mul(rem(in_group, tiles_n as i64), TILE_N as i64));
-    let origin = |op: &Operand| match op.side {
-        Side::A => m0.clone(),
-        Side::B => n0.clone(),
-    };
+impl Gemm {
+    /// Allocates the arrays, decodes the block's tile and the thread's rows, and zeroes the
+    /// accumulators; `None` when the grid is empty (nothing is emitted).
+    fn new(b: &mut KernelBuilder, p: &ConvProblem) -> Option<Gemm> {
+        let conv = Conv::new(p);
+        let (m_size, n_size, k_size) = p.gemm();
+        let tiles_m = m_size.div_ceil(TILE_M);
+        let tiles_n = n_size.div_ceil(TILE_N);
+        let grid = p.groups * tiles_m * tiles_n;
+        if grid == 0 {
+            return None;
+        }
+        let (a, bop) = conv.operands(m_size, n_size);
+        let ops = [a, bop];
+        let shared = ops.each_ref().map(|op| b.shared(Ty::F32, TILE_K * op.ld));
+        let acc = b.private(Ty::F32, REG * REG);
+        let stage = b.private(Ty::F32, 2 * LOADS);
+        let pre = ops
+            .each_ref()
+            .map(|op| (op.pre_len > 0).then(|| b.private(Ty::Index, op.rows() * op.pre_len)));
 
-    // Per-thread row decoding, once per block.
-    for (op, pre) in ops.iter().zip(&pre) {
-        let Some(pre) = pre else { continue };
-        for r in 0..op.rows() {
-            let mn = b.let_(add(origin(op), op.mn_local(r)));
-            let vals = conv.decode_mn(b, op, &g, mn);
-            for (q, v) in vals.into_iter().enumerate() {
-                b.store(*pre, (r * op.pre_len) as i64 + q as i64, v);
+        // The block's group and tile.
+        let per_group = (tiles_m * tiles_n) as i64;
+        let g = if p.groups == 1 {
+            Expr::Int(0)
+        } else {
+            b.let_(div(Expr::BlockId, per_group))
+        };
+        let in_group = if p.groups == 1 {
+            Expr::BlockId
+        } else {
+            b.let_(rem(Expr::BlockId, per_group))
+        };
+        let m0 = b.let_(mul(div(in_group.clone(), tiles_n as i64), TILE_M as i64));
+        let n0 = b.let_(mul(rem(in_group, tiles_n as i64), TILE_N as i64));
+        let gemm = Gemm {
+            conv,
+            m_size,
+            n_size,
+            k_size,
+            k_tiles: k_size.div_ceil(TILE_K),
+            grid,
+            ops,
+            shared,
+            acc,
+            stage,
+            pre,
+            g,
+            m0,
+            n0,
+        };
+        gemm.decode_rows(b);
+        for i in 0..REG * REG {
+            b.store(gemm.acc, i as i64, Expr::f32(0.0));
+        }
+        Some(gemm)
+    }
+
+    /// The tile origin of an operand's rows.
+    fn origin(&self, op: &Operand) -> Expr {
+        match op.side {
+            Side::A => self.m0.clone(),
+            Side::B => self.n0.clone(),
+        }
+    }
+
+    /// Per-thread row decoding, once per block.
+    fn decode_rows(&self, b: &mut KernelBuilder) {
+        for (op, pre) in self.ops.iter().zip(&self.pre) {
+            let Some(pre) = pre else { continue };
+            for r in 0..op.rows() {
+                let mn = b.let_(add(self.origin(op), op.mn_local(r)));
+                let vals = self.conv.decode_mn(b, op, &self.g, mn);
+                for (q, v) in vals.into_iter().enumerate() {
+                    b.store(*pre, (r * op.pre_len) as i64 + q as i64, v);
+                }
             }
         }
     }
-    for i in 0..REG * REG {
-        b.store(acc, i as i64, Expr::f32(0.0));
-    }
 
-    // Fetches the slice at depth `k0` into the staging registers.
-    let mut fetch = |b: &mut KernelBuilder, k0: Expr| {
+    /// Fetches the slice at depth `k0` into the staging registers.
+    fn fetch<Io: ConvIo + ?Sized>(&self, io: &mut Io, k0: Expr) -> Result<(), Io::Error> {
         // The one k of the k-fast loads, decoded once.
-        let kfast = ops.iter().any(|op| op.layout == Layout::KFast).then(|| {
-            let k = b.let_(add(k0.clone(), Expr::ThreadId.and(Expr::Int(15))));
-            let kd = conv.decode_k(b, k.clone());
-            (k, kd)
-        });
-        for (s, op) in ops.iter().enumerate() {
+        let kfast = self
+            .ops
+            .iter()
+            .any(|op| op.layout == Layout::KFast)
+            .then(|| {
+                let b = io.builder();
+                let k = b.let_(add(k0.clone(), Expr::ThreadId.and(Expr::Int(15))));
+                let kd = self.conv.decode_k(b, k.clone());
+                (k, kd)
+            });
+        for (s, op) in self.ops.iter().enumerate() {
             for r in 0..LOADS {
                 let (k, kd) = match (op.layout, &kfast) {
                     (Layout::KFast, Some(kf)) => kf.clone(),
                     _ => {
+                        let b = io.builder();
                         let k = b.let_(add(k0.clone(), op.k_local(r)));
-                        let kd = conv.decode_k(b, k.clone());
+                        let kd = self.conv.decode_k(b, k.clone());
                         (k, kd)
                     }
                 };
-                let mn = b.let_(add(origin(op), op.mn_local(r)));
-                let row = match op.layout {
-                    Layout::KFast => r,
-                    Layout::MnFast => 0,
-                };
-                let vals: Vec<Expr> = match pre[s] {
-                    Some(buf) => (0..op.pre_len)
-                        .map(|q| Expr::load(buf, (row * op.pre_len + q) as i64))
-                        .collect(),
-                    None => Vec::new(),
-                };
-                let vals: Vec<Expr> = vals.into_iter().map(|v| b.let_(v)).collect();
-                let (mut conds, idx) =
-                    conv.address(b, op, &g, (mn.clone(), &vals), (k.clone(), &kd));
-                if op.size % (if op.side == Side::A { TILE_M } else { TILE_N }) != 0 {
-                    conds.insert(0, mn.lt(op.size as i64));
-                }
-                if k_size % TILE_K != 0 {
-                    conds.insert(0, k.lt(k_size as i64));
-                }
-                let value = match all(conds) {
-                    Some(ok) => {
-                        let ok = b.let_(ok);
-                        let safe = b.let_(Expr::select(ok.clone(), idx, Expr::Int(0)));
-                        let v = load(b, op.operand, safe);
-                        Expr::select(ok, v, Expr::f32(0.0))
-                    }
-                    None => {
-                        let idx = b.let_(idx);
-                        load(b, op.operand, idx)
-                    }
-                };
-                b.store(stage, (s as u64 * LOADS + r) as i64, value);
+                let value = self.fetch_one(io, s, r, (k, &kd))?;
+                io.builder()
+                    .store(self.stage, (s as u64 * LOADS + r) as i64, value);
             }
         }
-    };
-
-    if k_tiles > 0 {
-        fetch(b, Expr::Int(0));
+        Ok(())
     }
-    b.for_(0, k_tiles as i64, 1, |b, kt| {
-        // Staged registers to shared memory.
-        for (s, op) in ops.iter().enumerate() {
+
+    /// The `r`-th element that the thread fetches of operand `s`, at depth `k` (with its
+    /// decoded values); zero out of range.
+    fn fetch_one<Io: ConvIo + ?Sized>(
+        &self,
+        io: &mut Io,
+        s: usize,
+        r: u64,
+        (k, kd): (Expr, &[Expr]),
+    ) -> Result<Expr, Io::Error> {
+        let op = &self.ops[s];
+        let b = io.builder();
+        let mn = b.let_(add(self.origin(op), op.mn_local(r)));
+        let row = match op.layout {
+            Layout::KFast => r,
+            Layout::MnFast => 0,
+        };
+        let vals: Vec<Expr> = match self.pre[s] {
+            Some(buf) => (0..op.pre_len)
+                .map(|q| Expr::load(buf, (row * op.pre_len + q) as i64))
+                .collect(),
+            None => Vec::new(),
+        };
+        let vals: Vec<Expr> = vals.into_iter().map(|v| b.let_(v)).collect();
+        let (mut conds, idx) =
+            self.conv
+                .address(b, op, &self.g, (mn.clone(), &vals), (k.clone(), kd));
+        let tile = if op.side == Side::A { TILE_M } else { TILE_N };
+        if !op.size.is_multiple_of(tile) {
+            conds.insert(0, mn.lt(op.size as i64));
+        }
+        if !self.k_size.is_multiple_of(TILE_K) {
+            conds.insert(0, k.lt(self.k_size as i64));
+        }
+        match all(conds) {
+            Some(ok) => {
+                let ok = b.let_(ok);
+                let safe = b.let_(Expr::select(ok.clone(), idx, Expr::Int(0)));
+                let v = io.load(op.operand, safe)?;
+                Ok(Expr::select(ok, v, Expr::f32(0.0)))
+            }
+            None => {
+                let idx = b.let_(idx);
+                io.load(op.operand, idx)
+            }
+        }
+    }
+
+    /// The body of the K loop at slice `kt`: the staged slice goes to shared memory, the
+    /// next one is fetched while this one is multiplied.
+    fn k_slice<Io: ConvIo + ?Sized>(&self, io: &mut Io, kt: Expr) -> Result<(), Io::Error> {
+        let b = io.builder();
+        for (s, op) in self.ops.iter().enumerate() {
             for r in 0..LOADS {
                 let at = b.let_(add(mul(op.k_local(r), op.ld as i64), op.mn_local(r)));
-                let v = Expr::load(stage, (s as u64 * LOADS + r) as i64);
-                b.store(shared[s], at, v);
+                let v = Expr::load(self.stage, (s as u64 * LOADS + r) as i64);
+                b.store(self.shared[s], at, v);
             }
         }
         b.barrier();
-        // The next slice is in flight while this one is multiplied.
-        if k_tiles > 1 {
-            b.if_((kt.clone() + 1).lt(k_tiles as i64), |b| {
-                fetch(b, mul(kt.clone() + 1, TILE_K as i64))
-            });
+        if self.k_tiles > 1 {
+            b.begin_if((kt.clone() + 1).lt(self.k_tiles as i64));
+            self.fetch(io, mul(kt + 1, TILE_K as i64))?;
+            io.builder().end_if();
         }
+        let b = io.builder();
+        self.multiply(b);
+        b.barrier();
+        Ok(())
+    }
+
+    /// The products of one slice from the shared tiles into the register tile.
+    fn multiply(&self, b: &mut KernelBuilder) {
+        let ([a, bop], [sa, sb], acc) = (&self.ops, self.shared, self.acc);
         let ty = b.let_(Expr::ThreadId.shift_right(4) * REG as i64);
         let tx = b.let_(Expr::ThreadId.and(Expr::Int(15)) * REG as i64);
         for kk in 0..TILE_K {
             let av: Vec<Expr> = (0..REG)
-                .map(|i| b.let_(Expr::load(shared[0], ty.clone() + (kk * a.ld + i) as i64)))
+                .map(|i| b.let_(Expr::load(sa, ty.clone() + (kk * a.ld + i) as i64)))
                 .collect();
             let bv: Vec<Expr> = (0..REG)
-                .map(|j| b.let_(Expr::load(shared[1], tx.clone() + (kk * bop.ld + j) as i64)))
+                .map(|j| b.let_(Expr::load(sb, tx.clone() + (kk * bop.ld + j) as i64)))
                 .collect();
             for i in 0..REG {
                 for j in 0..REG {
@@ -686,48 +826,55 @@ pub fn conv_kernel(
                 }
             }
         }
-        b.barrier();
-    });
-
-    // Epilogue: each in-range element of the thread's register tile, once.
-    let ty = b.let_(Expr::ThreadId.shift_right(4) * REG as i64);
-    let tx = b.let_(Expr::ThreadId.and(Expr::Int(15)) * REG as i64);
-    let cols: Vec<(Expr, Expr)> = (0..REG)
-        .map(|j| {
-            let n = b.let_(add(n0.clone(), tx.clone() + j as i64));
-            let col = b.let_(conv.result_col(n.clone()));
-            (n, col)
-        })
-        .collect();
-    for i in 0..REG {
-        let m = b.let_(add(m0.clone(), ty.clone() + i as i64));
-        let row_ok = m_size % TILE_M != 0;
-        if row_ok {
-            b.begin_if(m.clone().lt(m_size as i64));
-        }
-        let row = b.let_(conv.result_row(&g, m.clone()));
-        let bias = conv.bias.then(|| {
-            let ch = b.let_(add(mul(g.clone(), conv.cog), m.clone()));
-            load(b, ConvOperand::Bias, ch)
-        });
-        for (j, (n, col)) in cols.iter().enumerate() {
-            let col_ok = n_size % TILE_N != 0;
-            if col_ok {
-                b.begin_if(n.clone().lt(n_size as i64));
-            }
-            let flat = b.let_(add(row.clone(), col.clone()));
-            let mut v = Expr::load(acc, (i * REG) as i64 + j as i64);
-            if let Some(bias) = &bias {
-                v = v + bias.clone();
-            }
-            store(b, flat, v);
-            if col_ok {
-                b.end_if();
-            }
-        }
-        if row_ok {
-            b.end_if();
-        }
     }
-    grid
+
+    /// Each in-range element of the thread's register tile, once, with the bias added.
+    fn epilogue<Io: ConvIo + ?Sized>(&self, io: &mut Io) -> Result<(), Io::Error> {
+        let conv = &self.conv;
+        let b = io.builder();
+        let ty = b.let_(Expr::ThreadId.shift_right(4) * REG as i64);
+        let tx = b.let_(Expr::ThreadId.and(Expr::Int(15)) * REG as i64);
+        let cols: Vec<(Expr, Expr)> = (0..REG)
+            .map(|j| {
+                let n = b.let_(add(self.n0.clone(), tx.clone() + j as i64));
+                let col = b.let_(conv.result_col(n.clone()));
+                (n, col)
+            })
+            .collect();
+        let row_ok = !self.m_size.is_multiple_of(TILE_M);
+        let col_ok = !self.n_size.is_multiple_of(TILE_N);
+        for i in 0..REG {
+            let b = io.builder();
+            let m = b.let_(add(self.m0.clone(), ty.clone() + i as i64));
+            if row_ok {
+                b.begin_if(m.clone().lt(self.m_size as i64));
+            }
+            let row = b.let_(conv.result_row(&self.g, m.clone()));
+            let bias = if conv.bias {
+                let ch = b.let_(add(mul(self.g.clone(), conv.cog), m.clone()));
+                Some(io.load(ConvOperand::Bias, ch)?)
+            } else {
+                None
+            };
+            for (j, (n, col)) in cols.iter().enumerate() {
+                let b = io.builder();
+                if col_ok {
+                    b.begin_if(n.clone().lt(self.n_size as i64));
+                }
+                let flat = b.let_(add(row.clone(), col.clone()));
+                let mut v = Expr::load(self.acc, (i * REG) as i64 + j as i64);
+                if let Some(bias) = &bias {
+                    v = v + bias.clone();
+                }
+                io.store(flat, v)?;
+                if col_ok {
+                    io.builder().end_if();
+                }
+            }
+            if row_ok {
+                io.builder().end_if();
+            }
+        }
+        Ok(())
+    }
 }

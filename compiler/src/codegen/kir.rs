@@ -115,24 +115,53 @@ pub enum Expr {
     Cast(Ty, Box<Expr>),
 }
 
+impl Expr {
+    /// The operand expressions, in order.
+    pub fn children(&self) -> impl Iterator<Item = &Expr> {
+        let (a, b, c) = match self {
+            Expr::Int(_) | Expr::F32(_) | Expr::Var(_) | Expr::ThreadId | Expr::BlockId => {
+                (None, None, None)
+            }
+            Expr::Load(_, a) | Expr::Unary(_, a) | Expr::Cast(_, a) => (Some(&**a), None, None),
+            Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => (Some(&**a), Some(&**b), None),
+            Expr::Select(c, a, b) => (Some(&**c), Some(&**a), Some(&**b)),
+        };
+        [a, b, c].into_iter().flatten()
+    }
+
+    /// Whether `pred` holds for this expression or any expression inside it.
+    pub fn any(&self, pred: &mut impl FnMut(&Expr) -> bool) -> bool {
+        pred(self) || self.children().any(|c| c.any(pred))
+    }
+
+    /// Calls `f` on this expression and every expression inside it, outermost first.
+    pub fn visit(&self, f: &mut impl FnMut(&Expr)) {
+        f(self);
+        self.children().for_each(|c| c.visit(f));
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stmt {
     Let(Var, Expr),
     Store(Buf, Expr, Expr),
-    /// `for var in (lo..hi).step_by(step)`, index-typed.
-    For {
-        var: Var,
-        lo: Expr,
-        hi: Expr,
-        step: i64,
-        body: Vec<Stmt>,
-    },
+    For(Loop),
     If {
         cond: Expr,
         then: Vec<Stmt>,
         otherwise: Vec<Stmt>,
     },
     Barrier,
+}
+
+/// `for var in (lo..hi).step_by(step) { body }`, index-typed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loop {
+    pub var: Var,
+    pub lo: Expr,
+    pub hi: Expr,
+    pub step: i64,
+    pub body: Vec<Stmt>,
 }
 
 /// A declared array: element type and length in elements.
@@ -444,13 +473,13 @@ impl KernelBuilder {
     pub fn end_for(&mut self) {
         let body = self.stack.pop().expect("loop body");
         match self.open.pop() {
-            Some(Open::For { var, lo, hi, step }) => self.push(Stmt::For {
+            Some(Open::For { var, lo, hi, step }) => self.push(Stmt::For(Loop {
                 var,
                 lo,
                 hi,
                 step,
                 body,
-            }),
+            })),
             _ => panic!("end_for without begin_for"),
         }
     }
@@ -518,7 +547,7 @@ impl KernelFn {
     pub fn has_barrier(stmts: &[Stmt]) -> bool {
         stmts.iter().any(|s| match s {
             Stmt::Barrier => true,
-            Stmt::For { body, .. } => Self::has_barrier(body),
+            Stmt::For(l) => Self::has_barrier(&l.body),
             Stmt::If {
                 then, otherwise, ..
             } => Self::has_barrier(then) || Self::has_barrier(otherwise),

@@ -74,7 +74,7 @@ impl KirBuffer {
 
 /// Where an array lives in the machine: its storage class and slot.
 #[derive(Clone, Copy, Debug)]
-enum Loc {
+enum Storage {
     /// `fmem[slot]`.
     F(usize),
     /// `imem[slot]` (i32 parameters).
@@ -85,7 +85,7 @@ enum Loc {
 
 #[derive(Clone, Copy, Debug)]
 struct ArrayInfo {
-    loc: Loc,
+    loc: Storage,
     len: i64,
     /// Private arrays are indexed `tid * len + i`.
     private: bool,
@@ -242,18 +242,12 @@ impl Compiler<'_> {
         match s {
             Stmt::Let(v, e) => self.let_(*v, e),
             Stmt::Store(buf, i, v) => self.store(*buf, i, v),
-            Stmt::For {
-                var,
-                lo,
-                hi,
-                step,
-                body,
-            } => {
-                let v = var.0 as usize;
-                let lo = self.int(lo, Ty::Index);
-                let hi = self.int(hi, Ty::Index);
-                let step = *step;
-                let body = self.block(body);
+            Stmt::For(l) => {
+                let v = l.var.0 as usize;
+                let lo = self.int(&l.lo, Ty::Index);
+                let hi = self.int(&l.hi, Ty::Index);
+                let step = l.step;
+                let body = self.block(&l.body);
                 Box::new(move |m| {
                     let (mut i, hi) = (lo(m), hi(m));
                     while i < hi && m.err.is_none() {
@@ -289,7 +283,7 @@ impl Compiler<'_> {
         let a = self.array(buf);
         let ix = self.int(i, Ty::Index);
         match a.loc {
-            Loc::F(slot) => {
+            Storage::F(slot) => {
                 let val = self.float(v);
                 Box::new(move |m| {
                     let i = ix(m);
@@ -299,7 +293,7 @@ impl Compiler<'_> {
                     }
                 })
             }
-            Loc::I32(slot) => {
+            Storage::I32(slot) => {
                 let val = self.int(v, Ty::I32);
                 Box::new(move |m| {
                     let i = ix(m);
@@ -309,7 +303,7 @@ impl Compiler<'_> {
                     }
                 })
             }
-            Loc::L(slot) => {
+            Storage::L(slot) => {
                 let elem = buf_elem(self.k, buf).expect("a declared buffer");
                 let val = self.int(v, elem);
                 Box::new(move |m| {
@@ -448,21 +442,21 @@ impl Compiler<'_> {
         let a = self.array(buf);
         let ix = self.int(i, Ty::Index);
         match a.loc {
-            Loc::F(slot) => Val::F(Box::new(move |m| {
+            Storage::F(slot) => Val::F(Box::new(move |m| {
                 let i = ix(m);
                 match m.at("load from", &a, i) {
                     Some(p) => m.fmem[slot][p],
                     None => 0.0,
                 }
             })),
-            Loc::I32(slot) => Val::I(Box::new(move |m| {
+            Storage::I32(slot) => Val::I(Box::new(move |m| {
                 let i = ix(m);
                 match m.at("load from", &a, i) {
                     Some(p) => m.imem[slot][p] as i64,
                     None => 0,
                 }
             })),
-            Loc::L(slot) => Val::I(Box::new(move |m| {
+            Storage::L(slot) => Val::I(Box::new(move |m| {
                 let i = ix(m);
                 match m.at("load from", &a, i) {
                     Some(p) => m.lmem[slot][p],
@@ -689,11 +683,11 @@ pub fn run_kernel(k: &CheckedKernel, grid: u64, params: &mut [KirBuffer]) -> Res
         let loc = match buf {
             KirBuffer::F32(_) => {
                 fmem.push(Vec::new());
-                Loc::F(fmem.len() - 1)
+                Storage::F(fmem.len() - 1)
             }
             KirBuffer::I32(_) => {
                 imem.push(Vec::new());
-                Loc::I32(imem.len() - 1)
+                Storage::I32(imem.len() - 1)
             }
         };
         arrays.push(ArrayInfo {
@@ -718,10 +712,10 @@ pub fn run_kernel(k: &CheckedKernel, grid: u64, params: &mut [KirBuffer]) -> Res
         let size = decl.len as usize * copies;
         let loc = if decl.elem == Ty::F32 {
             fmem.push(vec![f32::NAN; size]);
-            Loc::F(fmem.len() - 1)
+            Storage::F(fmem.len() - 1)
         } else {
             lmem.push(vec![0; size]);
-            Loc::L(lmem.len() - 1)
+            Storage::L(lmem.len() - 1)
         };
         arrays.push(ArrayInfo {
             loc,

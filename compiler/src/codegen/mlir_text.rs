@@ -31,6 +31,20 @@ use super::fission::{split, Step, ThreadLoops};
 use super::kir::{ArrayDecl, BinOp, Buf, CmpOp, Expr, KirError, Stmt, Ty, UnOp, Var};
 use super::semantics::{buf_decl, cast_source_ty, cast_steps, operand_ty, ty_in, CastOp};
 
+/// The host lowering of [`host_module`]'s output (the CPU executor's code, through MLIR
+/// passes in the LLVM crate): structured control flow, math, arithmetic, memrefs and functions to
+/// the LLVM dialect, memrefs passed as bare pointers.
+pub const HOST_PIPELINE: &str = "builtin.module(convert-scf-to-cf, convert-math-to-llvm, \
+     convert-arith-to-llvm, convert-index-to-llvm, finalize-memref-to-llvm, convert-cf-to-llvm, \
+     convert-func-to-llvm{use-bare-ptr-memref-call-conv=1}, reconcile-unrealized-casts)";
+
+/// The GPU lowering of [`gpu_module`]'s output: inside the `gpu.module`, scf to cf, then the GPU, math (to libdevice
+/// calls), arith and memref ops to the LLVM and NVVM dialects with bare-pointer kernel
+/// parameters; cf to LLVM at module level.
+pub const GPU_PIPELINE: &str = "builtin.module(gpu.module(convert-scf-to-cf, \
+     convert-gpu-to-nvvm{use-bare-ptr-memref-call-conv=1 index-bitwidth=64}, \
+     reconcile-unrealized-casts), convert-cf-to-llvm, reconcile-unrealized-casts)";
+
 /// The kernel as a `gpu.func` in `gpu.module @kernels`.
 pub fn gpu_module(k: &CheckedKernel, name: &str) -> String {
     let mut p = Printer::new(k, false);
@@ -383,15 +397,9 @@ impl<'k> Printer<'k> {
                 );
                 self.line(&line);
             }
-            Stmt::For {
-                var,
-                lo,
-                hi,
-                step,
-                body,
-            } => {
-                self.open_for(*var, lo, hi, *step);
-                self.stmts(body);
+            Stmt::For(l) => {
+                self.open_for(l.var, &l.lo, &l.hi, l.step);
+                self.stmts(&l.body);
                 self.close();
             }
             Stmt::If {
@@ -642,27 +650,13 @@ impl<'k> Printer<'k> {
 }
 
 fn privates_in_expr(e: &Expr, used: &mut [bool]) {
-    match e {
-        Expr::Load(buf, a) => {
-            if let Buf::Private(i) = buf {
-                if let Some(u) = used.get_mut(*i) {
-                    *u = true;
-                }
+    e.visit(&mut |x| {
+        if let Expr::Load(Buf::Private(i), _) = x {
+            if let Some(u) = used.get_mut(*i) {
+                *u = true;
             }
-            privates_in_expr(a, used);
         }
-        Expr::Unary(_, a) | Expr::Cast(_, a) => privates_in_expr(a, used),
-        Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => {
-            privates_in_expr(a, used);
-            privates_in_expr(b, used);
-        }
-        Expr::Select(c, a, b) => {
-            privates_in_expr(c, used);
-            privates_in_expr(a, used);
-            privates_in_expr(b, used);
-        }
-        Expr::Int(_) | Expr::F32(_) | Expr::Var(_) | Expr::ThreadId | Expr::BlockId => {}
-    }
+    });
 }
 
 fn privates_in_stmt(s: &Stmt, used: &mut [bool]) {
@@ -677,10 +671,10 @@ fn privates_in_stmt(s: &Stmt, used: &mut [bool]) {
             privates_in_expr(i, used);
             privates_in_expr(v, used);
         }
-        Stmt::For { lo, hi, body, .. } => {
-            privates_in_expr(lo, used);
-            privates_in_expr(hi, used);
-            body.iter().for_each(|s| privates_in_stmt(s, used));
+        Stmt::For(l) => {
+            privates_in_expr(&l.lo, used);
+            privates_in_expr(&l.hi, used);
+            l.body.iter().for_each(|s| privates_in_stmt(s, used));
         }
         Stmt::If {
             cond,

@@ -9,14 +9,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::bundle::{
-    Bundle, DType, KernelInfo, Launch, Leaf, LeafRole, Mode, Output, Program, Region, Slot,
+    Bundle, BundleOutput, KernelInfo, Launch, Leaf, LeafRole, Mode, Program, Region, Slot,
     BUNDLE_FORMAT, BUNDLE_VERSION, SLOT_ALIGN,
 };
 use super::check::CheckedKernel;
 use super::kir::KernelFn;
 use super::lower::{lower_kernel, Arg, LowerError};
 use crate::ir::{Graph, NodeId, Op, ParamKind};
-use crate::passes::pipeline::Compiled;
+use crate::passes::pipeline::Planned;
 
 /// A unique kernel and the name launches call it by.
 #[derive(Clone, Debug)]
@@ -45,13 +45,6 @@ pub fn kernel_name(kernel: &KernelFn) -> String {
 
 fn aligned(bytes: u64) -> u64 {
     bytes.div_ceil(SLOT_ALIGN) * SLOT_ALIGN
-}
-
-fn dtype(graph: &Graph, n: NodeId) -> DType {
-    match graph.node(n).ty.dtype {
-        crate::ir::DType::I32 => DType::I32,
-        _ => DType::F32,
-    }
 }
 
 /// For labels read by softmax cross-entropy: the number of classes and the ignored label.
@@ -93,7 +86,7 @@ fn layout_leaves(main: &Graph, prepare: Option<&Graph>) -> (Vec<Leaf>, u64) {
             leaves.entry(name.clone()).or_insert(Leaf {
                 name: name.clone(),
                 role,
-                dtype: dtype(graph, id),
+                dtype: graph.node(id).ty.dtype,
                 shape: node.ty.dims.clone(),
                 offset: 0,
                 classes: labels.map(|c| c.0),
@@ -115,7 +108,7 @@ fn layout_leaves(main: &Graph, prepare: Option<&Graph>) -> (Vec<Leaf>, u64) {
 
 /// Lowers one planned program; new kernels are added to `kernels`.
 fn lower_program(
-    compiled: &Compiled,
+    compiled: &Planned,
     leaves: &[Leaf],
     kernels: &mut Vec<NamedKernel>,
     known: &mut HashMap<String, usize>,
@@ -196,9 +189,9 @@ fn lower_program(
         .outputs
         .iter()
         .map(|o| {
-            Ok(Output {
+            Ok(BundleOutput {
                 name: o.name.clone(),
-                dtype: dtype(graph, o.value),
+                dtype: graph.node(o.value).ty.dtype,
                 shape: graph.node(o.value).ty.dims.clone(),
                 slot: value_slot(o.value)?,
             })
@@ -212,19 +205,19 @@ fn lower_program(
     })
 }
 
-/// Everything code generation needs: the bundle (without compiled code) and its kernels.
+/// Everything code generation needs: the bundle (without compiled code: no GPU target, no
+/// PTX files, no host code until code generation records what it wrote) and its kernels.
 pub struct Lowered {
     pub bundle: Bundle,
     pub kernels: Vec<NamedKernel>,
 }
 
 /// Lowers the main program (and the prepare program, when inference folds batch norm).
-pub fn lower_bundle(
+pub fn lower_programs(
     network: &str,
     mode: Mode,
-    gpu_target: &str,
-    main: &Compiled,
-    prepare: Option<&Compiled>,
+    main: &Planned,
+    prepare: Option<&Planned>,
 ) -> Result<Lowered, LowerError> {
     let (leaves, leaves_bytes) = layout_leaves(&main.graph, prepare.map(|p| &p.graph));
     let mut kernels = Vec::new();
@@ -237,7 +230,7 @@ pub fn lower_bundle(
         .iter()
         .map(|k| KernelInfo {
             name: k.name.clone(),
-            ptx: format!("kernels/{}.ptx", k.name),
+            ptx: None,
             block: k.kernel.block,
             params: k.kernel.params.len() as u32,
             shared_bytes: k.kernel.shared.iter().map(|s| s.len * 4).sum(),
@@ -249,7 +242,8 @@ pub fn lower_bundle(
         version: BUNDLE_VERSION,
         network: network.into(),
         mode,
-        gpu_target: gpu_target.into(),
+        gpu_target: None,
+        host_code: false,
         leaves,
         leaves_bytes,
         kernels: infos,

@@ -2,34 +2,8 @@
 
 use std::fmt;
 
-/// Element type of a tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DType {
-    F32,
-    I32,
-}
-
-impl DType {
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::I32 => "i32",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<DType> {
-        match s {
-            "f32" => Some(DType::F32),
-            "i32" => Some(DType::I32),
-            _ => None,
-        }
-    }
-
-    /// Size of one element in bytes.
-    pub fn bytes(self) -> u64 {
-        4
-    }
-}
+/// Element type of a tensor (defined with the bundle format, which records it).
+pub use rfnc_bundle::DType;
 
 /// A ranked tensor type with static dimensions, printed as MLIR's `tensor<1x3x64x64xf32>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

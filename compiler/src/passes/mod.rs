@@ -7,5 +7,4 @@ pub mod fusion;
 pub mod memory;
 pub mod pipeline;
 pub mod remat;
-pub mod render;
 pub mod train;

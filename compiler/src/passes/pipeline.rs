@@ -9,8 +9,8 @@ use super::memory::{plan, schedule_with, verify_plan, Plan};
 use super::remat::{rematerialize, Stage};
 use crate::ir::{verify, Graph};
 
-/// A graph lowered to kernels with a memory plan.
-pub struct Compiled {
+/// A graph after the passes: canonical, fused into kernels, scheduled, with a memory plan.
+pub struct Planned {
     pub graph: Graph,
     /// Inference only: computes the folded conv parameters once, when weights are loaded
     /// (`None` when there is no batch norm to fold).
@@ -41,7 +41,7 @@ fn checked(stage: &str, graph: &Graph) -> Result<(), String> {
 }
 
 /// Inference: drop the objective, fold batch norm into the convs, CSE, DCE, fuse, plan.
-pub fn compile_inference(forward: &Graph) -> Result<Compiled, String> {
+pub fn plan_inference(forward: &Graph) -> Result<Planned, String> {
     let mut timings = Vec::new();
     let g = timed(&mut timings, "inference graph", || inference(forward));
     let folded = timed(&mut timings, "fold batch norm", || fold_batch_norm(&g));
@@ -62,7 +62,7 @@ pub fn compile_inference(forward: &Graph) -> Result<Compiled, String> {
 }
 
 /// The training step graph (already built): CSE, DCE, fuse, plan.
-pub fn compile_training(step: &Graph) -> Result<Compiled, String> {
+pub fn plan_training(step: &Graph) -> Result<Planned, String> {
     let mut timings = Vec::new();
     let mut g = step.clone();
     timed(&mut timings, "cse + dce", || {
@@ -74,7 +74,7 @@ pub fn compile_training(step: &Graph) -> Result<Compiled, String> {
 }
 
 /// A graph as it is (the prepare program): fuse and plan only.
-pub fn compile_program(graph: &Graph) -> Result<Compiled, String> {
+pub fn plan_program(graph: &Graph) -> Result<Planned, String> {
     checked("the program", graph)?;
     finish(graph.clone(), None, Vec::new(), &[])
 }
@@ -94,10 +94,10 @@ pub struct BudgetReport {
 /// The training step planned to fit `budget` arena bytes, recomputing more and more forward
 /// values (see [`super::remat`]) until it does. When no stage fits, the error names the
 /// smallest arena that any stage reached.
-pub fn compile_training_within(
+pub fn plan_training_within(
     step: &Graph,
     budget: u64,
-) -> Result<(Compiled, BudgetReport), BudgetError> {
+) -> Result<(Planned, BudgetReport), BudgetError> {
     let mut base = step.clone();
     common_subexpressions(&mut base);
     dead_code(&mut base);
@@ -141,7 +141,7 @@ fn finish(
     prepare: Option<Graph>,
     mut timings: Vec<(&'static str, Duration)>,
     after: &[(crate::ir::NodeId, crate::ir::NodeId)],
-) -> Result<Compiled, String> {
+) -> Result<Planned, String> {
     let fused = timed(&mut timings, "fusion", || fuse(&graph));
     let order = timed(&mut timings, "schedule", || {
         schedule_with(&graph, &fused, after)
@@ -151,7 +151,7 @@ fn finish(
         verify_plan(&graph, &fused, &plan)
     })?;
     let fusion = report(&graph, &fused);
-    Ok(Compiled {
+    Ok(Planned {
         graph,
         prepare,
         fused,

@@ -168,7 +168,7 @@ pub fn write_kernels(dir: &Path, kernels: &[&Elementwise]) -> Vec<KernelInfo> {
             std::fs::write(dir.join(&file), ptx(k)).unwrap();
             KernelInfo {
                 name: k.name.to_string(),
-                ptx: file,
+                ptx: Some(file),
                 block: BLOCK as u32,
                 params: k.inputs as u32 + 1,
                 shared_bytes: 0,
@@ -209,8 +209,8 @@ pub fn launch(kernel: &Elementwise, args: Vec<Slot>) -> Launch {
     }
 }
 
-pub fn output(name: &str, slot: Slot) -> Output {
-    Output {
+pub fn output(name: &str, slot: Slot) -> BundleOutput {
+    BundleOutput {
         name: name.to_string(),
         dtype: DType::F32,
         shape: vec![N],
@@ -237,7 +237,8 @@ pub fn inference_bundle(dir: &Path) -> Bundle {
         version: BUNDLE_VERSION,
         network: "test.rfn".to_string(),
         mode: Mode::Inference,
-        gpu_target: "sm_80".to_string(),
+        gpu_target: Some("sm_80".to_string()),
+        host_code: true,
         leaves,
         leaves_bytes: 1280,
         kernels,
@@ -277,7 +278,8 @@ pub fn train_bundle(dir: &Path) -> Bundle {
         version: BUNDLE_VERSION,
         network: "test.rfn".to_string(),
         mode: Mode::Train,
-        gpu_target: "sm_80".to_string(),
+        gpu_target: Some("sm_80".to_string()),
+        host_code: true,
         leaves,
         leaves_bytes: 768,
         kernels,

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use super::fusion::{Fused, FusionReport};
-use super::memory::Plan;
 use crate::ir::{escape, Graph, NodeId};
+use crate::passes::fusion::{Fused, FusionReport};
+use crate::passes::memory::Plan;
 
 /// The fused program in MLIR generic syntax: leaves first, then one `rfn.kernel` per
 /// kernel in schedule order, whose region holds its ops and yields its outputs.

@@ -1,0 +1,196 @@
+//! The per-element formulas: every op a fused kernel computes at one element index (the
+//! gathers delegate to `gather`), and the launch that runs one thread per output element.
+
+use super::gather::Window;
+use super::{dropout, f, Launch, LowerError, LoweredLaunch, BLOCK};
+use crate::codegen::kir::{Expr, Ty};
+use crate::ir::{Graph, NodeId, Op, Reduction};
+use crate::passes::fusion::Kernel;
+
+/// One thread per element of the kernel's domain (its anchor's shape, else its first
+/// output's); `counted` is a mean-reduced loss gradient whose count is in scratch.
+pub(super) fn lower(
+    graph: &Graph,
+    kernel: &Kernel,
+    name: &str,
+    counted: Option<NodeId>,
+) -> Result<LoweredLaunch, LowerError> {
+    let domain_node = kernel
+        .anchor
+        .or(kernel.outputs.first().copied())
+        .ok_or_else(|| LowerError("a kernel without outputs".into()))?;
+    let dims = graph.node(domain_node).ty.dims.clone();
+    let total: u64 = dims.iter().product();
+    let mut l = Launch::new(graph, kernel, name, BLOCK);
+    if counted.is_some() {
+        l.count = Some(l.scratch(0, 1));
+    }
+    let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
+    l.b.begin_if(flat.clone().lt(total));
+    l.emit_outputs(&flat, &dims, None)?;
+    l.b.end_if();
+    l.finish(total.div_ceil(BLOCK as u64))
+}
+
+impl Launch<'_> {
+    /// Computes member op `n` at `flat`.
+    pub(super) fn compute(&mut self, n: NodeId, flat: &Expr) -> Result<Expr, LowerError> {
+        let node = self.graph.node(n);
+        match &node.op {
+            Op::Relu => self.relu(n, flat),
+            Op::Add => Ok(self.operand_at(n, 0, flat)? + self.operand_at(n, 1, flat)?),
+            Op::BatchNorm { eps } => self.batch_norm(n, flat, *eps),
+            Op::BatchNormGrad { eps } => self.batch_norm_grad(n, flat, *eps),
+            Op::ReluGrad => self.relu_grad(n, flat),
+            Op::Dropout { rate, seed, stream } => self.dropout(n, flat, *rate, *seed, *stream),
+            Op::SgdMomentum {
+                momentum,
+                weight_decay,
+            } => self.sgd_momentum(n, flat, *momentum, *weight_decay),
+            Op::SgdStep { lr } => self.sgd_step(n, flat, *lr),
+            Op::FoldBnWeight { eps } => self.fold_bn_weight(n, flat, *eps),
+            Op::FoldBnBias { eps } => self.fold_bn_bias(n, flat, *eps),
+            Op::MaxPool2d {
+                kernel,
+                stride,
+                pad,
+            } => self.max_pool(n, flat, Window::new(*kernel, *stride, *pad)),
+            Op::MaxPool2dGrad {
+                kernel,
+                stride,
+                pad,
+            } => self.max_pool_grad(n, flat, Window::new(*kernel, *stride, *pad)),
+            Op::ResizeBilinear { align_corners, .. } => self.resize(n, flat, *align_corners),
+            Op::ResizeBilinearGrad { align_corners, .. } => {
+                self.resize_grad(n, flat, *align_corners)
+            }
+            Op::SoftmaxCrossEntropyGrad {
+                ignore_index,
+                reduction,
+            } => self.softmax_grad(n, flat, *ignore_index, *reduction),
+            Op::LeastSquaresGrad {
+                ignore_value,
+                reduction,
+            } => self.least_squares_grad(n, flat, *ignore_value, *reduction),
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Constant { .. }
+            | Op::Conv2d { .. }
+            | Op::Conv2dGradInput { .. }
+            | Op::Conv2dGradWeight { .. }
+            | Op::ChannelSum
+            | Op::SoftmaxCrossEntropy { .. }
+            | Op::LeastSquares { .. } => Err(LowerError(format!(
+                "rfn.{} cannot be computed element by element inside a fused kernel",
+                node.op.mnemonic()
+            ))),
+        }
+    }
+
+    /// Operands `0..N` of `n` at `flat`, in order.
+    fn operands_at<const N: usize>(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+    ) -> Result<[Expr; N], LowerError> {
+        let mut values = [const { Expr::Int(0) }; N];
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = self.operand_at(n, i, flat)?;
+        }
+        Ok(values)
+    }
+
+    fn relu(&mut self, n: NodeId, flat: &Expr) -> Result<Expr, LowerError> {
+        let x = self.operand_at(n, 0, flat)?;
+        Ok(Expr::select(x.clone().gt(0.0f32), x, 0.0f32))
+    }
+
+    fn relu_grad(&mut self, n: NodeId, flat: &Expr) -> Result<Expr, LowerError> {
+        let [dy, y] = self.operands_at(n, flat)?;
+        Ok(Expr::select(y.gt(0.0f32), dy, 0.0f32))
+    }
+
+    fn batch_norm(&mut self, n: NodeId, flat: &Expr, eps: f64) -> Result<Expr, LowerError> {
+        let [x, mean, var, gamma, beta] = self.operands_at(n, flat)?;
+        let scale = self.b.let_(gamma / (var + f(eps)).sqrt());
+        Ok((x - mean) * scale + beta)
+    }
+
+    fn batch_norm_grad(&mut self, n: NodeId, flat: &Expr, eps: f64) -> Result<Expr, LowerError> {
+        let [dy, var, gamma] = self.operands_at(n, flat)?;
+        Ok(dy * (gamma / (var + f(eps)).sqrt()))
+    }
+
+    /// Inverted dropout: kept elements scaled by `1 / (1 - rate)`; the identity without a
+    /// step operand.
+    fn dropout(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+        rate: f64,
+        seed: u64,
+        stream: u64,
+    ) -> Result<Expr, LowerError> {
+        let x = self.operand_at(n, 0, flat)?;
+        if self.graph.operands(n).len() < 2 {
+            return Ok(x);
+        }
+        let step = self
+            .value_at(self.operand(n, 1), &Expr::Int(0))?
+            .cast(Ty::I64);
+        let keep = dropout::keep(&mut self.b, rate, seed, stream, step, flat);
+        Ok(Expr::select(keep, x * f(1.0 / (1.0 - rate)), 0.0f32))
+    }
+
+    fn sgd_momentum(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+        momentum: f64,
+        weight_decay: f64,
+    ) -> Result<Expr, LowerError> {
+        let [v, g, p] = self.operands_at(n, flat)?;
+        Ok(f(momentum) * v + g + f(weight_decay) * p)
+    }
+
+    fn sgd_step(&mut self, n: NodeId, flat: &Expr, lr: f64) -> Result<Expr, LowerError> {
+        let [p, v] = self.operands_at(n, flat)?;
+        Ok(p - f(lr) * v)
+    }
+
+    /// The folded weight: the frozen scale of the weight's output channel applied.
+    fn fold_bn_weight(&mut self, n: NodeId, flat: &Expr, eps: f64) -> Result<Expr, LowerError> {
+        let dims = self.dims(n);
+        let per_out = dims[1..].iter().product::<u64>() as i64;
+        let c = self.b.let_(flat.clone() / per_out);
+        let w = self.operand_at(n, 0, flat)?;
+        let var = self.value_at(self.operand(n, 1), &c)?;
+        let gamma = self.value_at(self.operand(n, 2), &c)?;
+        Ok(w * (gamma / (var + f(eps)).sqrt()))
+    }
+
+    /// The folded bias (the conv's own bias, when it has one, included).
+    fn fold_bn_bias(&mut self, n: NodeId, flat: &Expr, eps: f64) -> Result<Expr, LowerError> {
+        let [mean, var, gamma, beta] = self.operands_at(n, flat)?;
+        let b = if self.graph.operands(n).len() > 4 {
+            self.operand_at(n, 4, flat)?
+        } else {
+            Expr::F32(0.0)
+        };
+        Ok((b - mean) * (gamma / (var + f(eps)).sqrt()) + beta)
+    }
+
+    fn least_squares_grad(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+        ignore_value: f64,
+        reduction: Reduction,
+    ) -> Result<Expr, LowerError> {
+        let [p, t] = self.operands_at(n, flat)?;
+        let d = self.value_at(self.operand(n, 2), &Expr::Int(0))?;
+        let scale = self.loss_scale(reduction);
+        let valid = t.clone().ne(f(ignore_value));
+        Ok(Expr::select(valid, f(2.0) * (p - t) * scale * d, 0.0f32))
+    }
+}

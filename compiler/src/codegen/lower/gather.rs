@@ -1,0 +1,346 @@
+//! The gathers: ops whose element reads a neighbourhood of its inputs through loops and
+//! taps (max-pooling and its gradient, bilinear resize and its adjoint, the softmax
+//! cross-entropy gradient and the softmax statistics the loss shares).
+
+use super::{dims4, Launch, LowerError};
+use crate::codegen::kir::{Buf, Expr, KernelBuilder, Ty};
+use crate::ir::{NodeId, Reduction};
+
+/// The window geometry of a max-pooling (`pad` is [top, left, bottom, right]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Window {
+    kernel: [u64; 2],
+    stride: [u64; 2],
+    pad: [u64; 4],
+}
+
+impl Window {
+    pub(super) fn new(kernel: [u64; 2], stride: [u64; 2], pad: [u64; 4]) -> Self {
+        Window {
+            kernel,
+            stride,
+            pad,
+        }
+    }
+}
+
+impl Launch<'_> {
+    /// Splits an NCHW flat index into (plane = n * C + c, y, x).
+    fn plane_yx(&mut self, flat: &Expr, dims: [u64; 4]) -> (Expr, Expr, Expr) {
+        let (h, w) = (dims[2] as i64, dims[3] as i64);
+        let x = self.b.let_(flat.clone() % w);
+        let rest = self.b.let_(flat.clone() / w);
+        let y = self.b.let_(rest.clone() % h);
+        let plane = self.b.let_(rest / h);
+        (plane, y, x)
+    }
+
+    /// The maximum over the window of output element `flat` (padding never wins).
+    pub(super) fn max_pool(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+        w: Window,
+    ) -> Result<Expr, LowerError> {
+        let input = self.operand(n, 0);
+        let (xd, yd) = (dims4(self.dims(input))?, dims4(self.dims(n))?);
+        let (plane, oy, ox) = self.plane_yx(flat, yd);
+        let best = self.b.private(Ty::F32, 1);
+        self.b.store(best, 0, f32::NEG_INFINITY);
+        let ky = self.b.begin_for(0, w.kernel[0], 1);
+        let iy = self.b.let_(oy * w.stride[0] + ky - w.pad[0]);
+        let kx = self.b.begin_for(0, w.kernel[1], 1);
+        let ix = self.b.let_(ox * w.stride[1] + kx - w.pad[1]);
+        let ok = self.b.let_(inside(&iy, xd[2]).and(inside(&ix, xd[3])));
+        let index = self.b.let_(Expr::select(
+            ok.clone(),
+            (plane * xd[2] + iy) * xd[3] + ix,
+            0,
+        ));
+        let v = self.value_at(input, &index)?;
+        let current = self.b.let_(Expr::load(best, 0));
+        self.b.begin_if(ok.and(v.clone().gt(current)));
+        self.b.store(best, 0, v);
+        self.b.end_if();
+        self.b.end_for();
+        self.b.end_for();
+        Ok(Expr::load(best, 0))
+    }
+
+    /// The gradient at input element `flat`: the sum of `dy` over the windows whose first
+    /// maximal element it is.
+    pub(super) fn max_pool_grad(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+        w: Window,
+    ) -> Result<Expr, LowerError> {
+        let (dy, x) = (self.operand(n, 0), self.operand(n, 1));
+        let (xd, yd) = (dims4(self.dims(x))?, dims4(self.dims(dy))?);
+        let (plane, iy, ix) = self.plane_yx(flat, xd);
+        let acc = self.b.private(Ty::F32, 1);
+        let best = self.b.private(Ty::F32, 1);
+        let arg = self.b.private(Ty::Index, 1);
+        self.b.store(acc, 0, 0.0f32);
+        // The windows that contain (iy, ix): oy * stride + ky - pad = iy.
+        let ky = self.b.begin_for(0, w.kernel[0], 1);
+        let (ok_y, oy) = containing_window(&mut self.b, &iy, ky, w, 0, yd[2]);
+        let kx = self.b.begin_for(0, w.kernel[1], 1);
+        let (ok_x, ox) = containing_window(&mut self.b, &ix, kx, w, 1, yd[3]);
+        self.b.begin_if(ok_y.and(ok_x));
+        let winner = self.window_argmax(x, xd, &plane, (&oy, &ox), w, (best, arg))?;
+        self.b.begin_if(winner.eq(flat.clone()));
+        let g = self.value_at(dy, &((plane.clone() * yd[2] + oy) * yd[3] + ox))?;
+        self.accumulate(acc, g);
+        self.b.end_if();
+        self.b.end_if();
+        self.b.end_for();
+        self.b.end_for();
+        Ok(Expr::load(acc, 0))
+    }
+
+    /// The flat index of the first maximal element of window `(oy, ox)` in plane `plane` of
+    /// `x` (the element max-pooling picked), found with the scratch registers `best` and
+    /// `arg`.
+    fn window_argmax(
+        &mut self,
+        x: NodeId,
+        xd: [u64; 4],
+        plane: &Expr,
+        (oy, ox): (&Expr, &Expr),
+        w: Window,
+        (best, arg): (Buf, Buf),
+    ) -> Result<Expr, LowerError> {
+        self.b.store(best, 0, f32::NEG_INFINITY);
+        self.b.store(arg, 0, -1);
+        let wy = self.b.begin_for(0, w.kernel[0], 1);
+        let yy = self.b.let_(oy.clone() * w.stride[0] + wy - w.pad[0]);
+        let wx = self.b.begin_for(0, w.kernel[1], 1);
+        let xx = self.b.let_(ox.clone() * w.stride[1] + wx - w.pad[1]);
+        let inside_window = self.b.let_(inside(&yy, xd[2]).and(inside(&xx, xd[3])));
+        let index = self.b.let_(Expr::select(
+            inside_window.clone(),
+            (plane.clone() * xd[2] + yy) * xd[3] + xx,
+            0,
+        ));
+        let v = self.value_at(x, &index)?;
+        let (current, current_arg) = (
+            self.b.let_(Expr::load(best, 0)),
+            self.b.let_(Expr::load(arg, 0)),
+        );
+        self.b
+            .begin_if(inside_window.and(current_arg.lt(0).or(v.clone().gt(current))));
+        self.b.store(best, 0, v);
+        self.b.store(arg, 0, index);
+        self.b.end_if();
+        self.b.end_for();
+        self.b.end_for();
+        Ok(self.b.let_(Expr::load(arg, 0)))
+    }
+
+    /// Bilinear interpolation of the four taps of output element `flat`.
+    pub(super) fn resize(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+        align: bool,
+    ) -> Result<Expr, LowerError> {
+        let input = self.operand(n, 0);
+        let (xd, yd) = (dims4(self.dims(input))?, dims4(self.dims(n))?);
+        let (plane, oy, ox) = self.plane_yx(flat, yd);
+        let (y0, y1, ly) = bilinear_taps(&mut self.b, &oy, xd[2], yd[2], align);
+        let (x0, x1, lx) = bilinear_taps(&mut self.b, &ox, xd[3], yd[3], align);
+        let row = self.b.let_(plane * xd[2]);
+        let tap = |this: &mut Self, y: &Expr, x: &Expr| {
+            let index = this.b.let_((row.clone() + y.clone()) * xd[3] + x.clone());
+            this.value_at(input, &index)
+        };
+        let v00 = tap(self, &y0, &x0)?;
+        let v01 = tap(self, &y0, &x1)?;
+        let v10 = tap(self, &y1, &x0)?;
+        let v11 = tap(self, &y1, &x1)?;
+        let (hy, hx) = (
+            self.b.let_(Expr::F32(1.0) - ly.clone()),
+            self.b.let_(Expr::F32(1.0) - lx.clone()),
+        );
+        Ok(v00 * (hy.clone() * hx.clone())
+            + v01 * (hy * lx.clone())
+            + v10 * (ly.clone() * hx)
+            + v11 * (ly * lx))
+    }
+
+    /// The adjoint of the resize at input element `flat`: `dy` over the output rows and
+    /// columns whose taps can reach it, times the tap weights.
+    pub(super) fn resize_grad(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+        align: bool,
+    ) -> Result<Expr, LowerError> {
+        let dy = self.operand(n, 0);
+        let (xd, yd) = (dims4(self.dims(n))?, dims4(self.dims(dy))?);
+        let (plane, iy, ix) = self.plane_yx(flat, xd);
+        let acc = self.b.private(Ty::F32, 1);
+        self.b.store(acc, 0, 0.0f32);
+        // Output rows whose taps can reach input row i: a superset, weights decide.
+        let range = |b: &mut KernelBuilder, i: &Expr, input: u64, output: u64| {
+            let (num, den) = ratio(input, output, align);
+            let lo = b.let_(((i.clone() - 1) * num / den - 2).max(0));
+            let hi = b.let_(((i.clone() + 2) * num / den + 2).min(output));
+            (lo, hi)
+        };
+        let (lo_y, hi_y) = range(&mut self.b, &iy, xd[2], yd[2]);
+        let (lo_x, hi_x) = range(&mut self.b, &ix, xd[3], yd[3]);
+        let oy = self.b.begin_for(lo_y, hi_y, 1);
+        let wy = tap_weight(&mut self.b, &oy, &iy, xd[2], yd[2], align);
+        let ox = self.b.begin_for(lo_x, hi_x, 1);
+        let wx = tap_weight(&mut self.b, &ox, &ix, xd[3], yd[3], align);
+        let g = self.value_at(dy, &((plane.clone() * yd[2] + oy) * yd[3] + ox))?;
+        self.accumulate(acc, g * (wy * wx));
+        self.b.end_for();
+        self.b.end_for();
+        Ok(Expr::load(acc, 0))
+    }
+
+    /// The softmax cross-entropy gradient at logit `flat`: `(softmax - onehot) * scale * d`
+    /// (0 at ignored pixels).
+    pub(super) fn softmax_grad(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+        ignore: i64,
+        reduction: Reduction,
+    ) -> Result<Expr, LowerError> {
+        let ops = self.graph.operands(n);
+        let (logits, labels, dloss) = (ops[0], ops[1], ops[2]);
+        let d = dims4(self.dims(logits))?;
+        let (classes, plane) = (d[1], d[2] * d[3]);
+        let p = self.b.let_(flat.clone() % plane);
+        let rest = self.b.let_(flat.clone() / plane);
+        let ch = self.b.let_(rest.clone() % classes);
+        let batch = self.b.let_(rest / classes);
+        let pixel = self.b.let_(batch.clone() * plane + p.clone());
+        let label = self.value_at(labels, &pixel)?;
+        let label = self.b.let_(label.cast(Ty::Index));
+        let (max, sum) = self.softmax_stats(logits, &batch, &p, classes, plane)?;
+        let x = self.value_at(logits, flat)?;
+        let softmax = (x - max).exp() / sum;
+        let onehot = Expr::select(ch.eq(label.clone()), 1.0f32, 0.0f32);
+        let scale = self.loss_scale(reduction);
+        let dl = self.value_at(dloss, &Expr::Int(0))?;
+        Ok(Expr::select(
+            label.ne(ignore),
+            (softmax - onehot) * scale * dl,
+            0.0f32,
+        ))
+    }
+
+    /// The maximum logit and the sum of `exp(logit - max)` over the classes of a pixel.
+    pub(super) fn softmax_stats(
+        &mut self,
+        logits: NodeId,
+        batch: &Expr,
+        p: &Expr,
+        classes: u64,
+        plane: u64,
+    ) -> Result<(Expr, Expr), LowerError> {
+        let max = self.b.private(Ty::F32, 1);
+        let sum = self.b.private(Ty::F32, 1);
+        self.b.store(max, 0, f32::NEG_INFINITY);
+        self.b.store(sum, 0, 0.0f32);
+        let k = self.b.begin_for(0, classes, 1);
+        let v = self.value_at(logits, &((batch.clone() * classes + k) * plane + p.clone()))?;
+        let m = self.b.let_(Expr::load(max, 0).max(v));
+        self.b.store(max, 0, m);
+        self.b.end_for();
+        let m = self.b.let_(Expr::load(max, 0));
+        let k = self.b.begin_for(0, classes, 1);
+        let v = self.value_at(logits, &((batch.clone() * classes + k) * plane + p.clone()))?;
+        self.accumulate(sum, (v - m.clone()).exp());
+        self.b.end_for();
+        let s = self.b.let_(Expr::load(sum, 0));
+        Ok((m, s))
+    }
+}
+
+/// Whether the window at tap `k` along `axis` contains input position `i`
+/// (`o * stride + k - pad = i` for an output position `o` in `0..out`), and that `o`
+/// (0 when it does not).
+fn containing_window(
+    b: &mut KernelBuilder,
+    i: &Expr,
+    k: Expr,
+    w: Window,
+    axis: usize,
+    out: u64,
+) -> (Expr, Expr) {
+    let stride = w.stride[axis] as i64;
+    let t = b.let_(i.clone() + w.pad[axis] - k);
+    let ok = b.let_(
+        t.clone()
+            .ge(0)
+            .and((t.clone() % stride).eq(0))
+            .and((t.clone() / stride).lt(out)),
+    );
+    let o = b.let_(Expr::select(ok.clone(), t / stride, 0));
+    (ok, o)
+}
+
+/// Whether index `i` is inside `0..size`.
+pub(super) fn inside(i: &Expr, size: u64) -> Expr {
+    i.clone().ge(0).and(i.clone().lt(size))
+}
+
+/// `src / dst` positions ratio of a bilinear resize as a fraction.
+fn ratio(input: u64, output: u64, align: bool) -> (i64, i64) {
+    if align && input > 1 && output > 1 {
+        (output as i64 - 1, input as i64 - 1)
+    } else {
+        (output as i64, input as i64)
+    }
+}
+
+/// The two source indices and the weight of the second for output position `dst` of a
+/// bilinear resize from `input` to `output` (PyTorch's conventions, see interp::kernels),
+/// in exact integer arithmetic.
+fn bilinear_taps(
+    b: &mut KernelBuilder,
+    dst: &Expr,
+    input: u64,
+    output: u64,
+    align: bool,
+) -> (Expr, Expr, Expr) {
+    let (num, den) = if align {
+        if output > 1 {
+            (dst.clone() * (input as i64 - 1), output as i64 - 1)
+        } else {
+            (Expr::Int(0), 1)
+        }
+    } else {
+        (
+            ((dst.clone() * 2 + 1) * input - output).max(0),
+            2 * output as i64,
+        )
+    };
+    let num = b.let_(num);
+    let floor = b.let_(num.clone() / den);
+    let frac = b.let_((num - floor.clone() * den).cast(Ty::F32) / Expr::F32(den as f32));
+    let i0 = b.let_(floor.min(input - 1));
+    let i1 = b.let_((i0.clone() + 1).min(input - 1));
+    (i0, i1, frac)
+}
+
+/// The weight with which output position `o` reads input position `i` along one axis.
+fn tap_weight(
+    b: &mut KernelBuilder,
+    o: &Expr,
+    i: &Expr,
+    input: u64,
+    output: u64,
+    align: bool,
+) -> Expr {
+    let (i0, i1, l) = bilinear_taps(b, o, input, output, align);
+    let first = Expr::select(i0.eq(i.clone()), Expr::F32(1.0) - l.clone(), 0.0f32);
+    let second = Expr::select(i1.eq(i.clone()), l, 0.0f32);
+    b.let_(first + second)
+}

@@ -1,0 +1,310 @@
+//! Lowering: one fused kernel of the graph becomes one or more kernel launches in KIR.
+//!
+//! Every op of a fused kernel is computed where its value is needed, at one element index:
+//! elementwise ops from their operands at the same index (per-channel operands at the
+//! element's channel, scalars at 0), gathers (max-pooling, bilinear resize, their
+//! gradients, batch-norm folding, loss gradients) by loops over the inputs they read.
+//! The kernel's *anchor* decides the launch shape: the convolutions are tiled implicit
+//! GEMMs ([`super::gemm`]) whose fused prologue runs where a tile is loaded and whose
+//! epilogue runs where a result is stored; channel sums and losses are block-wide tree
+//! reductions; everything else runs one thread per output element. A mean-reduced loss
+//! gradient first counts the elements that count, in one extra launch, into scratch.
+//!
+//! Invariants: the launches of a kernel read only its inputs (and scratch they wrote) and
+//! write exactly its outputs, each element once; every value an element needs is loaded
+//! before any of the element's outputs is stored (outputs may share storage with inputs
+//! that are read only at the same index); the kernels pass [`KernelFn::check`].
+//!
+//! This module holds the entry point and the `Launch` under construction (its buffers,
+//! operands, memoised values and outputs); the launch shapes and the formulas live in:
+//!
+//! - `elementwise`: the per-element formulas and the one-thread-per-element launch;
+//! - `gather`: max-pooling, bilinear resize, softmax and their gradients (loops and taps);
+//! - `reduce`: tree sums, the channel-sum, loss and count launches, the loss scale;
+//! - `dropout`: dropout's keep mask (the SplitMix64 chain of `crate::rng`);
+//! - `conv`: the glue to the implicit GEMMs of [`super::gemm`].
+//!
+//! [`KernelFn::check`]: super::kir::KernelFn::check
+
+mod conv;
+mod dropout;
+mod elementwise;
+mod gather;
+mod reduce;
+
+use std::collections::HashMap;
+
+use super::check::CheckedKernel;
+use super::gemm::BLOCK;
+use super::kir::{Buf, Expr, KernelBuilder, Ty};
+use crate::ir::{DType, Graph, NodeId, Op, OpKind, Reduction};
+use crate::passes::fusion::Kernel;
+
+/// What a kernel argument points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arg {
+    /// The storage of a value (an arena slot, or a leaf's slot).
+    Value(NodeId),
+    /// Bytes of the scratch region.
+    Scratch { offset: u64, bytes: u64 },
+}
+
+/// One launch of a lowered kernel.
+#[derive(Clone, Debug)]
+pub struct LoweredLaunch {
+    pub kernel: CheckedKernel,
+    pub grid: u64,
+    pub args: Vec<Arg>,
+}
+
+/// Why a kernel cannot be lowered (a combination fusion should not have produced).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LowerError(pub String);
+
+impl std::fmt::Display for LowerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Lowers one fused kernel of `graph` to its launches.
+pub fn lower_kernel(graph: &Graph, kernel: &Kernel) -> Result<Vec<LoweredLaunch>, LowerError> {
+    let name = kernel_ops(graph, kernel);
+    let Some(a) = kernel.anchor else {
+        return Ok(vec![elementwise::lower(graph, kernel, &name, None)?]);
+    };
+    match graph.node(a).op.kind() {
+        OpKind::Conv(_) => Ok(vec![conv::lower(graph, kernel, a, &name)?]),
+        OpKind::ChannelSum => Ok(vec![reduce::lower_channel_sum(graph, kernel, a, &name)?]),
+        OpKind::Loss { .. } => Ok(vec![reduce::lower_loss(graph, kernel, a, &name)?]),
+        OpKind::LossGrad {
+            reduction: Reduction::Mean,
+        } => {
+            let count = reduce::lower_count(graph, a)?;
+            let elementwise = elementwise::lower(graph, kernel, &name, Some(a))?;
+            Ok(vec![count, elementwise])
+        }
+        OpKind::LossGrad {
+            reduction: Reduction::Sum,
+        }
+        | OpKind::Leaf
+        | OpKind::Elementwise { .. }
+        | OpKind::Pool { .. }
+        | OpKind::Resize { .. }
+        | OpKind::FoldBn => Ok(vec![elementwise::lower(graph, kernel, &name, None)?]),
+    }
+}
+
+/// `conv2d+add+relu`: the kernel's ops in order, anchor first.
+pub fn kernel_ops(graph: &Graph, kernel: &Kernel) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    if let Some(a) = kernel.anchor {
+        names.push(graph.node(a).op.mnemonic());
+    }
+    for &n in &kernel.nodes {
+        if Some(n) != kernel.anchor {
+            names.push(graph.node(n).op.mnemonic());
+        }
+    }
+    names.join("+")
+}
+
+/// The launch under construction: its builder, arguments and element-level values.
+struct Launch<'g> {
+    graph: &'g Graph,
+    kernel: &'g Kernel,
+    b: KernelBuilder,
+    args: Vec<Arg>,
+    bufs: HashMap<Arg, Buf>,
+    /// Values computed at the current element (memoised so that each op runs once).
+    memo: HashMap<NodeId, Expr>,
+    /// The scratch slot holding a loss gradient's element count, when it has one.
+    count: Option<Buf>,
+    /// The element index and nesting depth at which `memo` is valid.
+    element: Option<(Expr, usize)>,
+}
+
+fn dims4(dims: &[u64]) -> Result<[u64; 4], LowerError> {
+    <[u64; 4]>::try_from(dims)
+        .map_err(|_| LowerError(format!("expected an NCHW tensor, got {dims:?}")))
+}
+
+fn f(v: f64) -> Expr {
+    Expr::F32(v as f32)
+}
+
+impl<'g> Launch<'g> {
+    fn new(graph: &'g Graph, kernel: &'g Kernel, name: &str, block: u32) -> Self {
+        Launch {
+            graph,
+            kernel,
+            b: KernelBuilder::new(name, block),
+            args: Vec::new(),
+            bufs: HashMap::new(),
+            memo: HashMap::new(),
+            count: None,
+            element: None,
+        }
+    }
+
+    fn finish(self, grid: u64) -> Result<LoweredLaunch, LowerError> {
+        let kernel = self.b.finish();
+        let ops = kernel.ops.clone();
+        let kernel = kernel
+            .into_checked()
+            .map_err(|e| LowerError(format!("kernel {ops}: {e}")))?;
+        Ok(LoweredLaunch {
+            kernel,
+            grid,
+            args: self.args,
+        })
+    }
+
+    fn dims(&self, n: NodeId) -> &'g [u64] {
+        &self.graph.node(n).ty.dims
+    }
+
+    /// Operand `i` of `n`.
+    fn operand(&self, n: NodeId, i: usize) -> NodeId {
+        self.graph.operands(n)[i]
+    }
+
+    fn member(&self, n: NodeId) -> bool {
+        self.kernel.nodes.contains(&n)
+    }
+
+    /// The buffer holding value `n` (an input or output of the kernel).
+    fn buf(&mut self, n: NodeId) -> Buf {
+        let arg = Arg::Value(n);
+        if let Some(&b) = self.bufs.get(&arg) {
+            return b;
+        }
+        let ty = &self.graph.node(n).ty;
+        let elem = match ty.dtype {
+            DType::I32 => Ty::I32,
+            _ => Ty::F32,
+        };
+        let buf = self.b.param(elem, ty.elements());
+        self.args.push(arg);
+        self.bufs.insert(arg, buf);
+        buf
+    }
+
+    fn scratch(&mut self, offset: u64, len: u64) -> Buf {
+        let arg = Arg::Scratch {
+            offset,
+            bytes: len * 4,
+        };
+        if let Some(&b) = self.bufs.get(&arg) {
+            return b;
+        }
+        let buf = self.b.param(Ty::F32, len);
+        self.args.push(arg);
+        self.bufs.insert(arg, buf);
+        buf
+    }
+
+    /// Adds `term` to the one-element accumulator `acc`.
+    fn accumulate(&mut self, acc: Buf, term: impl Into<Expr>) {
+        let sum = self.b.let_(Expr::load(acc, 0) + term.into());
+        self.b.store(acc, 0, sum);
+    }
+
+    /// The value of operand `i` of `n`, at the element `flat` of `n` (broadcasting
+    /// per-channel vectors and scalars).
+    fn operand_at(&mut self, n: NodeId, i: usize, flat: &Expr) -> Result<Expr, LowerError> {
+        let operand = self.operand(n, i);
+        let own = self.dims(n);
+        let theirs = self.dims(operand);
+        let index = if theirs == own {
+            flat.clone()
+        } else if theirs.iter().product::<u64>() == 1 {
+            Expr::Int(0)
+        } else if theirs.len() == 1 && own.len() == 4 && theirs[0] == own[1] {
+            self.b
+                .let_((flat.clone() / (own[2] * own[3]) as i64) % own[1] as i64)
+        } else {
+            return Err(LowerError(format!(
+                "operand {i} of rfn.{} has shape {theirs:?}, which does not broadcast to {own:?}",
+                self.graph.node(n).op.mnemonic()
+            )));
+        };
+        self.value_at(operand, &index)
+    }
+
+    /// The value of `n` at flat index `flat` of its own shape.
+    fn value_at(&mut self, n: NodeId, flat: &Expr) -> Result<Expr, LowerError> {
+        let at_element = self
+            .element
+            .as_ref()
+            .is_some_and(|(e, depth)| e == flat && *depth == self.b.depth());
+        if at_element {
+            if let Some(v) = self.memo.get(&n) {
+                return Ok(v.clone());
+            }
+        }
+        let node = self.graph.node(n);
+        if let Op::Constant { value } = node.op {
+            return Ok(f(value));
+        }
+        let value = if self.member(n) {
+            self.compute(n, flat)?
+        } else {
+            let buf = self.buf(n);
+            Expr::load(buf, flat.clone())
+        };
+        let value = self.b.let_(value);
+        if at_element {
+            self.memo.insert(n, value.clone());
+        }
+        Ok(value)
+    }
+
+    /// Runs `f` with the element-level memo enabled for `flat` (values computed at `flat`
+    /// at this nesting depth are reused), seeded with the anchor's value.
+    fn at_element<T>(
+        &mut self,
+        flat: &Expr,
+        anchor: Option<(NodeId, Expr)>,
+        f: impl FnOnce(&mut Self) -> T,
+    ) -> T {
+        self.memo.clear();
+        self.element = Some((flat.clone(), self.b.depth()));
+        if let Some((a, v)) = anchor {
+            self.memo.insert(a, v);
+        }
+        let out = f(self);
+        self.memo.clear();
+        self.element = None;
+        out
+    }
+
+    /// Computes every output of the kernel at element `flat` (of the domain `dims`), then
+    /// stores them all.
+    fn emit_outputs(
+        &mut self,
+        flat: &Expr,
+        dims: &[u64],
+        anchor: Option<(NodeId, Expr)>,
+    ) -> Result<(), LowerError> {
+        let outputs = self.kernel.outputs.clone();
+        self.at_element(flat, anchor, |this| {
+            let mut values = Vec::with_capacity(outputs.len());
+            for &o in &outputs {
+                if this.dims(o) != dims {
+                    return Err(LowerError(format!(
+                        "output rfn.{} has shape {:?}, not the kernel's {dims:?}",
+                        this.graph.node(o).op.mnemonic(),
+                        this.dims(o)
+                    )));
+                }
+                values.push((o, this.value_at(o, flat)?));
+            }
+            for (o, v) in values {
+                let buf = this.buf(o);
+                this.b.store(buf, flat.clone(), v);
+            }
+            Ok(())
+        })
+    }
+}
