@@ -18,7 +18,7 @@ use rfnc_compiler::init::param_inits;
 use rfnc_compiler::passes::pipeline::plan_program;
 use rfnc_llvm::{
     compile_gpu, compile_kernels, default_cache_dir, find_libdevice, link_host_cached,
-    ptxas_report, CodegenError, CompileOptions, CompiledKernel, GpuTarget, KernelSource,
+    ptxas_report, CompileOptions, CompiledKernel, GpuTarget, KernelSource,
 };
 
 use crate::error::Error;
@@ -142,7 +142,7 @@ fn header(out: &mut String, k: &NamedKernel, launches: usize) {
 
 /// Every unique kernel as MLIR, one module each, separated by `// -----` (the separator of
 /// `mlir-opt --split-input-file`).
-pub fn render_mlir(lowered: &Lowered, host: bool) -> Result<String, String> {
+pub fn render_mlir(lowered: &Lowered, host: bool) -> String {
     let counts = launch_counts(&lowered.bundle);
     let mut out = String::new();
     for (i, k) in lowered.kernels.iter().enumerate() {
@@ -154,23 +154,21 @@ pub fn render_mlir(lowered: &Lowered, host: bool) -> Result<String, String> {
             k,
             counts.get(k.name.as_str()).copied().unwrap_or(0),
         );
-        let text = if host {
+        out.push_str(&if host {
             host_module(&k.kernel, &k.name)
         } else {
-            Ok(gpu_module(&k.kernel, &k.name))
-        };
-        out.push_str(&text.map_err(|e| format!("kernel {}: {e}", k.name))?);
+            gpu_module(&k.kernel, &k.name)
+        });
     }
-    Ok(out)
+    out
 }
 
 /// The MLIR of one kernel, in both forms.
-fn source(k: &NamedKernel) -> Result<KernelSource, String> {
-    Ok(KernelSource {
+fn source(k: &NamedKernel) -> KernelSource {
+    KernelSource {
         gpu_mlir: gpu_module(&k.kernel, &k.name),
-        host_mlir: host_module(&k.kernel, &k.name)
-            .map_err(|e| format!("kernel {}: {e}", k.name))?,
-    })
+        host_mlir: host_module(&k.kernel, &k.name),
+    }
 }
 
 /// Every kernel's optimised NVPTX LLVM IR.
@@ -184,7 +182,7 @@ pub fn render_llvm(lowered: &Lowered, options: &CodegenOptions) -> Result<String
             k,
             counts.get(k.name.as_str()).copied().unwrap_or(0),
         );
-        let artifacts = compile_gpu(&source(k)?.gpu_mlir, &target).map_err(|e| e.to_string())?;
+        let artifacts = compile_gpu(&source(k).gpu_mlir, &target).map_err(|e| e.to_string())?;
         out.push_str(&artifacts.llvm_ir);
         out.push('\n');
     }
@@ -200,8 +198,7 @@ pub fn compile_all(
 ) -> Result<Vec<CompiledKernel>, String> {
     let start = Instant::now();
     let names: Vec<String> = lowered.kernels.iter().map(|k| k.name.clone()).collect();
-    let render =
-        |i: usize| source(&lowered.kernels[i]).map_err(|e| CodegenError::new("printing MLIR", e));
+    let render = |i: usize| Ok(source(&lowered.kernels[i]));
     let compiled = compile_kernels(
         &names,
         &render,

@@ -97,8 +97,8 @@ fn generate(
             .into());
     }
     let text = match args.emit {
-        Emit::Mlir => Some(render_mlir(&lowered, false).map_err(Error::internal)?),
-        Emit::MlirHost => Some(render_mlir(&lowered, true).map_err(Error::internal)?),
+        Emit::Mlir => Some(render_mlir(&lowered, false)),
+        Emit::MlirHost => Some(render_mlir(&lowered, true)),
         Emit::Llvm => Some(render_llvm(&lowered, &options).map_err(Error::message)?),
         _ => None,
     };

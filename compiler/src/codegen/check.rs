@@ -10,7 +10,9 @@
 //!   next barrier or inside a following construct that contains one;
 //! - every expression well typed in its context ([`super::semantics`]): operands of one
 //!   type, every operation defined on it, subscripts and loop bounds of index type,
-//!   conditions boolean, stored and bound values of the declared type.
+//!   conditions boolean, stored and bound values of the declared type;
+//! - thread-loop fission ([`super::fission::split`]) succeeds on it, so the host printer and
+//!   the interpreter, which run the split kernel, cannot fail.
 
 use std::ops::Deref;
 
@@ -53,7 +55,11 @@ impl KernelFn {
         check_decls(&self)?;
         let mut scope = Scope::new(self.vars.len());
         Checker { k: &self }.stmts(&self.body, &mut scope, true)?;
-        Ok(CheckedKernel { kernel: self })
+        let checked = CheckedKernel { kernel: self };
+        // The host form and the interpreter run the kernel split at its barriers: a kernel
+        // that cannot be split is refused here, so that they cannot fail later.
+        super::fission::split(&checked)?;
+        Ok(checked)
     }
 }
 

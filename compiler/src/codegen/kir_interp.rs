@@ -724,7 +724,7 @@ pub fn run_kernel(k: &CheckedKernel, grid: u64, params: &mut [KirBuffer]) -> Res
             buf,
         });
     }
-    let loops = split(k)?;
+    let loops = split(k).expect("a checked kernel splits (checked in KernelFn::into_checked)");
     let compiler = Compiler {
         k,
         arrays,

@@ -28,7 +28,7 @@ use std::fmt::Write;
 
 use super::check::CheckedKernel;
 use super::fission::{split, Step, ThreadLoops};
-use super::kir::{ArrayDecl, BinOp, Buf, CmpOp, Expr, KirError, Stmt, Ty, UnOp, Var};
+use super::kir::{ArrayDecl, BinOp, Buf, CmpOp, Expr, Stmt, Ty, UnOp, Var};
 use super::semantics::{buf_decl, cast_source_ty, cast_steps, operand_ty, ty_in, CastOp};
 
 /// The host lowering of [`host_module`]'s output (the CPU executor's code, through MLIR
@@ -94,8 +94,9 @@ pub fn gpu_module(k: &CheckedKernel, name: &str) -> String {
 
 /// The kernel as a host function running blocks `first_block..end_block`: thread-loop
 /// fission ([`split`]), then [`host_text`]. Fails only where fission does.
-pub fn host_module(k: &CheckedKernel, name: &str) -> Result<String, KirError> {
-    Ok(host_text(&split(k)?, name))
+pub fn host_module(k: &CheckedKernel, name: &str) -> String {
+    let loops = split(k).expect("a checked kernel splits (checked in KernelFn::into_checked)");
+    host_text(&loops, name)
 }
 
 /// The kernel as a host function running blocks `first_block..end_block`.

@@ -1,10 +1,9 @@
 //! Code generation without LLVM: fused kernels become kernel IR ([`kir`]), which is
 //! checked once ([`check`]), split at its barriers ([`fission`]) and printed as MLIR for the
 //! GPU and for the host ([`mlir_text`]) or run by the reference interpreter
-//! ([`kir_interp`]); the bundle format the runtime reads.
+//! ([`kir_interp`]); the bundle's contents ([`program`], in the format of the `rfnc-bundle`
+//! crate).
 
-/// The bundle format lives in its own crate, shared with the runtime.
-pub use rfnc_bundle as bundle;
 pub mod check;
 pub mod fission;
 pub mod gemm;

@@ -8,15 +8,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::bundle::{
-    Bundle, BundleOutput, KernelInfo, Launch, Leaf, LeafRole, Mode, Program, Region, Slot,
-    BUNDLE_FORMAT, BUNDLE_VERSION, SLOT_ALIGN,
-};
 use super::check::CheckedKernel;
 use super::kir::KernelFn;
 use super::lower::{lower_kernel, Arg, LowerError};
 use crate::ir::{Graph, NodeId, Op, ParamKind};
 use crate::passes::pipeline::Planned;
+use rfnc_bundle::{
+    Bundle, BundleOutput, KernelInfo, Launch, Leaf, LeafRole, Mode, Program, Region, Slot,
+    BUNDLE_FORMAT, BUNDLE_VERSION, SLOT_ALIGN,
+};
 
 /// A unique kernel and the name launches call it by.
 #[derive(Clone, Debug)]
