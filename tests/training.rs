@@ -170,6 +170,8 @@ fn sgd_update_follows_the_rule_with_groups_and_frozen_parameters() {
             Value::Real(Tensor::filled(dims, 0.5)),
         );
     }
+    // The schedule's factor scales every update.
+    feeds.insert("lr_factor".into(), Value::Real(Tensor::scalar(0.75)));
     let out: HashMap<String, Tensor<f64>> = run(&step, &feeds)
         .unwrap()
         .into_iter()
@@ -184,7 +186,7 @@ fn sgd_update_follows_the_rule_with_groups_and_frozen_parameters() {
         let p = feeds[name].real();
         for i in [0, p.data.len() / 2, p.data.len() - 1] {
             let v = 0.9 * 0.5 + grad[name].data[i] + 0.01 * p.data[i];
-            let expected = p.data[i] - 0.1 * scale * v;
+            let expected = p.data[i] - 0.1 * scale * 0.75 * v;
             assert!(
                 (out[&format!("{name}.momentum")].data[i] - v).abs() < 1e-12,
                 "{name}: momentum"

@@ -21,6 +21,12 @@ use crate::init::Init;
 pub const BUNDLE_FORMAT: &str = "rfnc-bundle";
 /// Bumped whenever the format changes incompatibly.
 pub const BUNDLE_VERSION: u32 = 3;
+/// The training step's step counter (i32 scalar input): keys the dropout masks.
+pub const STEP_INPUT: &str = "step";
+/// The training step's learning-rate schedule (f32 scalar input): every update is scaled
+/// by it; 1 trains at the compiled rates.
+pub const LR_FACTOR_INPUT: &str = "lr_factor";
+
 /// Alignment of every slot in every region, in bytes.
 pub const SLOT_ALIGN: u64 = 256;
 

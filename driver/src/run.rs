@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rfnc_bundle::rng::splitmix64;
-use rfnc_bundle::{DType, LeafRole, Mode};
+use rfnc_bundle::{DType, LeafRole, Mode, LR_FACTOR_INPUT, STEP_INPUT};
 use rfnc_compiler::ir::Graph;
 use rfnc_dsl::Diagnostic;
 use rfnc_runtime::weights::bundle_init_weights;
@@ -93,12 +93,15 @@ pub fn start_session(
     Ok(session)
 }
 
-/// Deterministic random inputs for every input leaf except the step counter: images
-/// uniform in [-1, 1), depth targets in [1, 3), labels uniform over the classes.
+/// Deterministic random inputs for every input leaf except the training step's counter and
+/// learning-rate factor: images uniform in [-1, 1), depth targets in [1, 3), labels uniform
+/// over the classes.
 pub fn random_inputs(session: &mut Session, seed: u64) -> Result<(), RuntimeError> {
     let leaves = session.bundle().leaves.clone();
     for (k, leaf) in leaves.iter().enumerate() {
-        if leaf.role != LeafRole::Input || leaf.name == "step" {
+        if leaf.role != LeafRole::Input
+            || [STEP_INPUT, LR_FACTOR_INPUT].contains(&leaf.name.as_str())
+        {
             continue;
         }
         let n = leaf.elements() as usize;
@@ -130,10 +133,14 @@ pub fn random_inputs(session: &mut Session, seed: u64) -> Result<(), RuntimeErro
     Ok(())
 }
 
-/// Sets the training step counter (when the program has one).
-pub fn set_step(session: &mut Session, step: i32) -> Result<(), RuntimeError> {
-    if session.bundle().leaves.iter().any(|l| l.name == "step") {
-        session.set_leaf_i32("step", &[step])?;
+/// Sets the training step's counter and learning-rate factor (when the program has them).
+pub fn set_step(session: &mut Session, step: i32, lr_factor: f32) -> Result<(), RuntimeError> {
+    let has = |s: &Session, name: &str| s.bundle().leaves.iter().any(|l| l.name == name);
+    if has(session, STEP_INPUT) {
+        session.set_leaf_i32(STEP_INPUT, &[step])?;
+    }
+    if has(session, LR_FACTOR_INPUT) {
+        session.set_leaf_f32(LR_FACTOR_INPUT, &[lr_factor])?;
     }
     Ok(())
 }
@@ -171,7 +178,7 @@ pub fn run_steps(session: &mut Session, steps: u32, train: bool) -> Result<Strin
         .find(|o| o.shape.is_empty())
         .map(|o| o.name.clone());
     for step in 0..steps {
-        set_step(session, step as i32)?;
+        set_step(session, step as i32, 1.0)?;
         let start = Instant::now();
         session.run()?;
         let elapsed = start.elapsed();

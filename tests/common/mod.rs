@@ -160,6 +160,7 @@ pub fn feeds<T: Real>(graph: &Graph, seed: u64) -> HashMap<String, Value<T>> {
         let n = node.ty.elements() as usize;
         let value = match (name.as_str(), node.ty.dtype) {
             ("step", _) => Value::Int(Tensor::scalar(7)),
+            ("lr_factor", _) => Value::Real(Tensor::scalar(T::of(0.75))),
             ("labels", _) => Value::Int(Tensor::new(
                 node.ty.dims.clone(),
                 (0..n)

@@ -279,7 +279,10 @@ pub fn eval<T: Real>(op: &Op, args: &[&Value<T>], out: &[u64]) -> Result<Value<T
                 .map(|((&v, &g), &p)| mu * v + g + wd * p);
             real(Tensor::new(v.dims.clone(), data.collect()))
         }
-        Op::SgdStep { lr } => real(kernels::zip(r(0), r(1), |p, v| p - T::of(*lr) * v)),
+        Op::SgdStep { lr } => {
+            let rate = T::of(*lr) * r(2).data[0];
+            real(kernels::zip(r(0), r(1), |p, v| p - rate * v))
+        }
         Op::FoldBnWeight { eps } => real(kernels::fold_bn_weight(r(0), r(1), r(2), *eps)),
         Op::FoldBnBias { eps } => real(kernels::fold_bn_bias(
             r(0),

@@ -285,7 +285,8 @@ pub enum Op {
         momentum: f64,
         weight_decay: f64,
     },
-    /// SGD parameter update: `(p, v) -> p - lr * v`.
+    /// SGD parameter update: `(p, v, factor) -> p - lr * factor * v`, where `factor` is
+    /// the scalar learning-rate schedule of the step (the training step's `lr_factor`).
     SgdStep {
         lr: f64,
     },
@@ -360,12 +361,12 @@ impl Op {
             | Op::Conv2dGradInput { .. }
             | Op::Conv2dGradWeight { .. }
             | Op::ReluGrad
-            | Op::MaxPool2dGrad { .. }
-            | Op::SgdStep { .. } => (2, 2),
+            | Op::MaxPool2dGrad { .. } => (2, 2),
             Op::BatchNormGrad { .. }
             | Op::SoftmaxCrossEntropyGrad { .. }
             | Op::LeastSquaresGrad { .. }
             | Op::SgdMomentum { .. }
+            | Op::SgdStep { .. }
             | Op::FoldBnWeight { .. } => (3, 3),
             Op::FoldBnBias { .. } => (4, 5),
         }

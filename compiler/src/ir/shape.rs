@@ -427,7 +427,20 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
             same_as_forward(name, &forward, &inputs[..2], inputs[2])?;
             Ok(inputs[0].clone())
         }
-        Op::SgdMomentum { .. } | Op::SgdStep { .. } => same_shapes(name, inputs),
+        Op::SgdMomentum { .. } => same_shapes(name, inputs),
+        Op::SgdStep { .. } => {
+            expect_dtype(name, "the learning-rate factor", inputs[2], DType::F32, 2)?;
+            if !inputs[2].dims.is_empty() {
+                return Err(ShapeError::new(
+                    format!(
+                        "{name}: the learning-rate factor must be a scalar, not {}",
+                        inputs[2].shape_string()
+                    ),
+                    [2],
+                ));
+            }
+            same_shapes(name, &inputs[..2])
+        }
         Op::FoldBnWeight { .. } => {
             let w = inputs[0];
             expect_rank(name, "a weight", w, 4, 0)?;

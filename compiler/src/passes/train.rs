@@ -2,14 +2,15 @@
 //!
 //! Stages: (1) copy the forward graph and add the `step` input (i32 scalar); every dropout
 //! gets it as a second operand (so it is active, keyed by seed and step) and the configured
-//! seed; (2) choose the trainable parameters (conv weights and biases; frozen batch norm is
+//! seed; add the `lr_factor` input (f32 scalar, the learning-rate schedule: 1 trains at the
+//! configured rate); (2) choose the trainable parameters (conv weights and biases; frozen batch norm is
 //! never trained) minus those matched by a `freeze` pattern; (3) differentiate the
 //! objective with respect to them ([`super::autodiff`]); (4) for each, add a momentum
 //! buffer `NAME.momentum` (a parameter of kind momentum) and the updates
-//! `v' = momentum * v + g + weight_decay * p`, `p' = p - lr * scale * v'`.
+//! `v' = momentum * v + g + weight_decay * p`, `p' = p - lr * scale * lr_factor * v'`.
 //!
 //! Invariants: the result takes the forward graph's inputs and parameters, the momentum
-//! buffers and `step`; it returns the objective (under its own name) first, then for each
+//! buffers, `step` and `lr_factor`; it returns the objective (under its own name) first, then for each
 //! trained parameter its new value under the parameter's name and its new momentum under
 //! `NAME.momentum`. Parameters the objective does not depend on are left out (unchanged).
 //! Every `freeze` and `lr_scale` pattern must match some trainable parameter, so that a
@@ -20,6 +21,10 @@ use std::collections::HashMap;
 use super::autodiff::{gradients, AutodiffError};
 pub use crate::ir::train_config::{pattern_matches, TrainConfig};
 use crate::ir::{DType, Graph, Loc, NodeId, Op, Output, ParamKind, TensorType};
+
+/// The training step's input that scales every learning rate of the step: the schedule
+/// (poly, step, ...) sets it for each step; 1 trains at the configured rates.
+pub use rfnc_bundle::{LR_FACTOR_INPUT as LR_FACTOR, STEP_INPUT};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainError(pub String);
@@ -36,7 +41,7 @@ pub fn with_active_dropout(forward: &Graph, seed: u64) -> Graph {
     let mut g = forward.clone();
     let step = g.add(
         Op::Input {
-            name: "step".into(),
+            name: STEP_INPUT.into(),
         },
         &[],
         TensorType::new(DType::I32, vec![]),
@@ -88,14 +93,27 @@ pub fn train_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, TrainE
             config.seed
         )));
     }
-    let step_taken = forward.node_ids().any(|id| matches!(&forward.node(id).op, Op::Input { name } | Op::Param { name, .. } if name == "step"));
-    if step_taken {
-        return Err(TrainError(
-            "the training step adds an input named `step` (the step counter), and the network already has a value named `step`: rename it".into(),
-        ));
+    for (taken, what) in [
+        (STEP_INPUT, "the step counter"),
+        (LR_FACTOR, "the learning-rate schedule"),
+    ] {
+        let exists = forward.node_ids().any(|id| matches!(&forward.node(id).op, Op::Input { name } | Op::Param { name, .. } if name == taken));
+        if exists {
+            return Err(TrainError(format!(
+                "the training step adds an input named `{taken}` ({what}), and the network already has a value named `{taken}`: rename it"
+            )));
+        }
     }
     let mut g = with_active_dropout(forward, config.seed);
     g.name = format!("{}_train", forward.name);
+    let lr_factor = g.add(
+        Op::Input {
+            name: LR_FACTOR.into(),
+        },
+        &[],
+        TensorType::scalar_f32(),
+        Loc::default(),
+    );
 
     let mut trainable: Vec<(String, NodeId)> = Vec::new();
     let mut used_patterns: HashMap<&str, bool> = config
@@ -182,7 +200,7 @@ pub fn train_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, TrainE
                 Op::SgdStep {
                     lr: config.lr * scale,
                 },
-                &[*p, v_new],
+                &[*p, v_new, lr_factor],
                 loc,
             )
             .map_err(|e| TrainError(e.message))?;

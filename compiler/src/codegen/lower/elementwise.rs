@@ -154,8 +154,8 @@ impl Launch<'_> {
     }
 
     fn sgd_step(&mut self, n: NodeId, flat: &Expr, lr: f64) -> Result<Expr, LowerError> {
-        let [p, v] = self.operands_at(n, flat)?;
-        Ok(p - f(lr) * v)
+        let [p, v, factor] = self.operands_at(n, flat)?;
+        Ok(p - f(lr) * factor * v)
     }
 
     /// The folded weight: the frozen scale of the weight's output channel applied.
