@@ -52,7 +52,8 @@ pub enum Command {
     },
     /// Write deterministic random initial weights for the program's parameters as safetensors
     /// (He-normal for convs followed by batch norm, std 1/sqrt(3 fan_in) for other convs,
-    /// zero biases, identity batch norm)
+    /// zero biases, identity batch norm); with --from-torchvision, the ResNet backbones come
+    /// from ImageNet-pretrained torchvision or timm weights instead
     Weights {
         #[command(flatten)]
         common: Common,
@@ -62,6 +63,23 @@ pub enum Command {
         /// Seed of the random generator; the same seed gives the same weights
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Fill every ResNet backbone from ImageNet-pretrained torchvision/timm weights
+        /// (safetensors); the network must use the torchvision style (-D style=torchvision)
+        ///
+        /// Every ResNet backbone of the network (each `resnet(...) as X`) is filled from a
+        /// torchvision or timm ResNet state_dict saved as safetensors; the other parameters
+        /// (RefineNet blocks, head) get the random weights of --seed. Make the file in
+        /// Python with `safetensors.torch.save_file(model.state_dict(), "resnet101.safetensors")`,
+        /// e.g. for `model = torchvision.models.resnet101(weights="IMAGENET1K_V2")`; a
+        /// checkpoint saved with torch.save is first loaded with `torch.load("ckpt.pth",
+        /// map_location="cpu")` and its state_dict saved the same way. Names map as
+        /// `layer1.0.conv1.weight` -> `X.layer1.unit0.conv1.weight` and `downsample.0`/`.1`
+        /// -> `downsample.conv`/`.bn`; `fc.*` and `num_batches_tracked` are dropped; F32,
+        /// F64, F16 and BF16 tensors are read. The depth must match (-D depth=...), and the
+        /// network must put the stride on the 3x3 conv as torchvision does: compile with
+        /// -D style=torchvision (MSRA-style networks are refused). See docs/weights.md
+        #[arg(long, value_name = "FILE.safetensors")]
+        from_torchvision: Option<PathBuf>,
     },
     /// Compile a program and print a stage of the lowering
     Compile(CompileArgs),
@@ -292,7 +310,8 @@ fn execute(command: Command) -> Result<(), Error> {
             common,
             output,
             seed,
-        } => commands::weights::run(&common, &output, seed),
+            from_torchvision,
+        } => commands::weights::run(&common, &output, seed, from_torchvision.as_deref()),
         Command::Stats(args) => commands::stats::run(&args),
     }
 }

@@ -8,7 +8,8 @@
 //!   memory planning (within a budget by recomputation);
 //! - [`codegen`]: fused kernels to kernel IR, MLIR, LLVM IR, PTX and host code, and the
 //!   bundle directory;
-//! - [`weights`]: random and loaded weights checked against a graph;
+//! - [`weights`]: random and loaded weights checked against a graph; [`pretrained`]:
+//!   torchvision/timm ResNet backbones imported under the graph's names;
 //! - [`run`]: a bundle executed on a device with random inputs, steps and outputs;
 //! - [`error`]: the one error type, a user's diagnostic or an internal error; [`log`]:
 //!   stage timings.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod frontend;
 pub mod log;
 pub mod plan;
+pub mod pretrained;
 pub mod run;
 pub mod weights;
 
