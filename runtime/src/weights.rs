@@ -16,10 +16,12 @@ use rfnc_bundle::{Bundle, LeafRole};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
-/// Named tensors: shape and row-major float32 data.
+/// Named tensors: shape and row-major float32 data; and the file's free-form metadata
+/// (safetensors `__metadata__`, e.g. a training checkpoint's iteration and data order).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Weights {
     pub tensors: BTreeMap<String, (Vec<u64>, Vec<f32>)>,
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Why weights cannot be used.
@@ -68,7 +70,16 @@ pub fn load_weights(path: &Path) -> Result<Weights, WeightsError> {
         message,
     };
     let file = SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
-    let mut weights = Weights::default();
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
+    let mut weights = Weights {
+        metadata: header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        ..Weights::default()
+    };
     for (name, view) in file.tensors() {
         if view.dtype() != Dtype::F32 {
             return Err(format(format!(
@@ -172,6 +183,8 @@ pub fn save_weights(path: &Path, weights: &Weights) -> Result<(), WeightsError> 
         let view = TensorView::new(Dtype::F32, shape, &bytes[name.as_str()]).map_err(|e| io(&e))?;
         views.push((name.as_str(), view));
     }
-    let serialized = safetensors::serialize(views, None).map_err(|e| io(&e))?;
+    let metadata =
+        (!weights.metadata.is_empty()).then(|| weights.metadata.clone().into_iter().collect());
+    let serialized = safetensors::serialize(views, metadata).map_err(|e| io(&e))?;
     write_atomically(path, &serialized).map_err(|e| io(&e))
 }

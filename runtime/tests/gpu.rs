@@ -19,6 +19,7 @@ fn cuda_session(loaded: &LoadedBundle, test: &str) -> Session {
 fn load(session: &mut Session) {
     let weights = Weights {
         tensors: BTreeMap::from([("p".to_string(), (vec![N], p_values()))]),
+        ..Weights::default()
     };
     session.load_weights(&weights).unwrap();
     session.set_leaf_f32("x", &x_values()).unwrap();
@@ -85,6 +86,7 @@ fn gpu_training_steps_update_parameters_in_place() {
     let mut gpu = cuda_session(&loaded, "gpu_training_steps_update_parameters_in_place");
     let weights = Weights {
         tensors: BTreeMap::from([("p".to_string(), (vec![N], p_values()))]),
+        ..Weights::default()
     };
     gpu.load_weights(&weights).unwrap();
     gpu.set_leaf_f32("x", &x_values()).unwrap();

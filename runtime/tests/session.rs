@@ -15,6 +15,7 @@ fn weights(entries: &[(&str, Vec<u64>, Vec<f32>)]) -> Weights {
             .iter()
             .map(|(n, s, d)| (n.to_string(), (s.clone(), d.clone())))
             .collect::<BTreeMap<_, _>>(),
+        ..Weights::default()
     }
 }
 

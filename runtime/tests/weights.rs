@@ -1,4 +1,5 @@
-//! Weights files: corrupt and wrongly typed files are errors naming the file.
+//! Weights files: corrupt and wrongly typed files are errors naming the file; tensors and
+//! metadata round-trip.
 
 use rfnc_runtime::{load_weights, WeightsError};
 
@@ -34,4 +35,23 @@ fn corrupt_and_wrongly_typed_files_are_errors_naming_the_file() {
     let missing = load_weights(&dir.path().join("nope.safetensors")).unwrap_err();
     assert!(matches!(missing, WeightsError::Io { .. }));
     assert!(missing.to_string().contains("nope.safetensors"));
+}
+
+/// Tensors and metadata (a checkpoint's iteration, say) survive a save and a load.
+#[test]
+fn tensors_and_metadata_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let mut weights = rfnc_runtime::Weights::default();
+    weights
+        .tensors
+        .insert("a.weight".into(), (vec![2, 1], vec![1.5, -2.0]));
+    weights
+        .metadata
+        .insert("rfnc.iteration".into(), "12".into());
+    rfnc_runtime::save_weights(&path, &weights).unwrap();
+    assert_eq!(load_weights(&path).unwrap(), weights);
+    weights.metadata.clear();
+    rfnc_runtime::save_weights(&path, &weights).unwrap();
+    assert_eq!(load_weights(&path).unwrap(), weights);
 }
