@@ -89,6 +89,158 @@ pub enum Command {
     Run(RunArgs),
     /// Report parameters, multiply-accumulates and naive feature memory per component
     Stats(StatsArgs),
+    /// Train a network on an image dataset with the RefineNet paper's protocol: random
+    /// scale, crop and flip, SGD with momentum under a learning-rate schedule, checkpoints
+    /// that --resume continues exactly, validation with the best checkpoint kept, a log and
+    /// curves in the work dir (see docs/training.md)
+    #[command(after_help = TRAIN_EXAMPLES)]
+    Train(TrainCmdArgs),
+    /// Write a small synthetic dataset (coloured shapes with segmentation labels, or smooth
+    /// depth scenes) in the VOC, list or NYUDv2 layout, to try `rfnc train` without a
+    /// download
+    Dataset(DatasetArgs),
+}
+
+const TRAIN_EXAMPLES: &str = "\
+Examples:
+  rfnc dataset voc -o data/shapes
+  rfnc train examples/tiny.rfn --input 4x3x64x64 --dataset voc --data-root data/shapes \\
+      --work-dir runs/tiny --iters 300 --lr 0.01
+  rfnc train examples/refinenet4.rfn -D style=torchvision --input 8x3x512x512 \\
+      --dataset voc_aug --data-root VOC2012 --val-split val --init init.safetensors \\
+      --work-dir runs/r4 --epochs 40 --device cuda
+  rfnc train ... --resume          (continue the run in --work-dir where it stopped)
+
+Exit status: 0 when the run finished, 130 when it was interrupted (Ctrl-C; a checkpoint
+was written), 1 on an error.";
+
+#[derive(Args)]
+pub struct TrainCmdArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The dataset's layout: voc (JPEGImages, SegmentationClass palette PNGs,
+    /// ImageSets/Segmentation), voc_aug (SegmentationClassAug, train_aug.txt), cityscapes
+    /// (leftImg8bit, gtFine labelTrainIds), nyud_depth, nyud_seg, or list (SPLIT.txt of
+    /// `image<TAB>label` lines)
+    #[arg(long, value_name = "KIND", value_parser = parse_dataset)]
+    pub dataset: rfnc_data::DatasetKind,
+    /// The dataset's root directory
+    #[arg(long, value_name = "DIR")]
+    pub data_root: PathBuf,
+    /// Where the run keeps its bundles, checkpoints, log and curves
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: PathBuf,
+    /// Train for N iterations (steps of one batch)
+    #[arg(long, value_name = "N", conflicts_with = "epochs", required_unless_present = "epochs", value_parser = clap::value_parser!(u64).range(1..))]
+    pub iters: Option<u64>,
+    /// Train for N passes over the training split
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub epochs: Option<u64>,
+    /// The batch size: a number, or `auto` for the largest whose training step fits
+    /// --memory-budget (else the GPU's free memory, or the host's available memory), trying
+    /// recomputation before a smaller batch (default: the N of --input)
+    #[arg(long, value_name = "N|auto")]
+    pub batch: Option<String>,
+    /// Learning-rate schedule: poly (power 0.9), poly:POWER, step:EVERY[:GAMMA] (gamma 0.1),
+    /// or const
+    #[arg(long, value_name = "SCHEDULE", default_value = "poly")]
+    pub schedule: rfnc_driver::train::schedule::Schedule,
+    /// Start from these weights (e.g. from `rfnc weights --from-torchvision`, or another run's
+    /// checkpoint); parameters not in the file start from the network's rules and are listed
+    #[arg(long, value_name = "W.safetensors", conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
+    /// Continue the run in --work-dir from its latest checkpoint, exactly where it stopped
+    #[arg(long)]
+    pub resume: bool,
+    /// Write a checkpoint every K iterations (and at the end)
+    #[arg(long, value_name = "K", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: u64,
+    /// Keep the last N periodic checkpoints (best.safetensors is kept as well)
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: u64,
+    /// The training split
+    #[arg(long, value_name = "NAME", default_value = "train")]
+    pub train_split: String,
+    /// The validation split (mean IoU, or rms for depth)
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "val",
+        conflicts_with = "no_val"
+    )]
+    pub val_split: String,
+    /// Do not validate
+    #[arg(long)]
+    pub no_val: bool,
+    /// Validate every K iterations (0: only at the end)
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub val_every: u64,
+    /// Validate on the first N images of the split (0: all)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub val_images: usize,
+    /// Random scaling range of the augmentation, MIN,MAX
+    #[arg(long, value_name = "MIN,MAX", default_value = "0.7,1.3", value_parser = parse_scale)]
+    pub scale: (f32, f32),
+    /// No random horizontal flips
+    #[arg(long)]
+    pub no_flip: bool,
+    /// Threads decoding and augmenting images ahead of the step (default: every core)
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Where to train: `cpu` or `cuda` (GPU 0)
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// CPU threads (default: every core)
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// GPU architecture to compile for (with --device cuda)
+    #[arg(long, value_name = "sm_XX", default_value = DEFAULT_GPU, value_parser = parse_gpu)]
+    pub gpu: String,
+    /// Compile every kernel afresh instead of using the cache
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Seed of the data order, the augmentation, the dropout masks and the initial weights
+    /// (0 to 2^63 - 1), and the training step's settings
+    #[command(flatten)]
+    pub step: StepArgs,
+}
+
+#[derive(Args)]
+pub struct DatasetArgs {
+    /// The layout to write: voc (JPEG photos, palette PNG labels, 3 classes), list (the same
+    /// photos as PNG with a train.txt/val.txt of `image<TAB>label` lines), or nyud (depth
+    /// scenes: images, 16-bit depth PNGs in millimetres, 3-class labels)
+    #[arg(value_name = "LAYOUT", value_parser = ["voc", "list", "nyud"])]
+    pub layout: String,
+    /// The directory to write (created; existing files are overwritten)
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Images in the training split
+    #[arg(long, default_value_t = 64)]
+    pub train: usize,
+    /// Images in the validation split
+    #[arg(long, default_value_t = 16)]
+    pub val: usize,
+    /// Seed of the scenes
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+fn parse_dataset(text: &str) -> Result<rfnc_data::DatasetKind, String> {
+    text.parse()
+        .map_err(|e: rfnc_data::DataError| e.to_string())
+}
+
+fn parse_scale(text: &str) -> Result<(f32, f32), String> {
+    let parsed = text
+        .split_once(',')
+        .and_then(|(a, b)| Some((a.trim().parse::<f32>().ok()?, b.trim().parse::<f32>().ok()?)));
+    match parsed {
+        Some((lo, hi)) if lo > 0.0 && lo <= hi && hi.is_finite() => Ok((lo, hi)),
+        _ => Err(format!(
+            "`{text}` is not a scale range: give MIN,MAX with 0 < MIN <= MAX, e.g. 0.7,1.3"
+        )),
+    }
 }
 
 #[derive(Args)]
@@ -202,38 +354,46 @@ pub struct Common {
     pub timings: bool,
 }
 
-/// The training step: one graph for forward, loss, gradients and the SGD update. Values
-/// given here override the network's `sgd(...)`; patterns add to its `lr_scale`/`freeze`.
+/// `--train`: compile the training step (one graph for forward, loss, gradients and the
+/// SGD update) with the settings of [`StepArgs`].
 #[derive(Args)]
 pub struct TrainArgs {
     /// Compile the training step instead of inference: the graph takes parameters, momentum
-    /// buffers, the batch and the step counter, and returns the loss, the updated
-    /// parameters and the updated momentum buffers
+    /// buffers, the batch, the step counter and the learning-rate factor, and returns the
+    /// loss, the updated parameters and the updated momentum buffers
     #[arg(long)]
     pub train: bool,
+    #[command(flatten)]
+    pub step: StepArgs,
+}
+
+/// The training step's settings. Values given here override the network's `sgd(...)`;
+/// patterns add to its `lr_scale`/`freeze`.
+#[derive(Args)]
+pub struct StepArgs {
     /// Learning rate (default 5e-4, or the network's `sgd(lr = ...)`)
-    #[arg(long, requires = "train")]
+    #[arg(long)]
     pub lr: Option<f64>,
     /// SGD momentum (default 0.9)
-    #[arg(long, requires = "train")]
+    #[arg(long)]
     pub momentum: Option<f64>,
     /// L2 weight decay added to every gradient (default 5e-4)
-    #[arg(long, requires = "train")]
+    #[arg(long)]
     pub weight_decay: Option<f64>,
     /// Train parameters matching PATTERN at lr * FACTOR, e.g. --lr-scale backbone=0.1
     /// (a pattern is a scope such as `backbone`, or uses `*`, such as `*.bias`; repeatable)
-    #[arg(long, value_name = "PATTERN=FACTOR", requires = "train")]
+    #[arg(long, value_name = "PATTERN=FACTOR")]
     pub lr_scale: Vec<String>,
     /// Do not train parameters matching PATTERN (repeatable)
-    #[arg(long, value_name = "PATTERN", requires = "train")]
+    #[arg(long, value_name = "PATTERN")]
     pub freeze: Vec<String>,
     /// Fit the training step's arena into SIZE (e.g. 700MiB, 3GiB) by recomputing cheap
     /// forward values in the backward pass; reports what was saved, or the smallest budget
     /// that can be met
-    #[arg(long, value_name = "SIZE", requires = "train")]
+    #[arg(long, value_name = "SIZE")]
     pub memory_budget: Option<String>,
     /// Seed of the dropout masks (0 to 2^63 - 1)
-    #[arg(long, default_value_t = 0, requires = "train", value_parser = clap::value_parser!(u64).range(0..=i64::MAX as u64))]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=i64::MAX as u64))]
     pub seed: u64,
 }
 
@@ -301,8 +461,10 @@ pub fn run() -> ExitCode {
     report(execute(cli.command))
 }
 
-fn execute(command: Command) -> Result<(), Error> {
-    match command {
+/// Runs a command; the exit status is 0 unless the command says otherwise (an interrupted
+/// `rfnc train`: 130).
+fn execute(command: Command) -> Result<ExitCode, Error> {
+    let done = match command {
         Command::Check { common, weights } => commands::check::run(&common, weights.as_deref()),
         Command::Compile(args) => commands::compile::run(&args),
         Command::Run(args) => commands::run::run(&args),
@@ -313,7 +475,10 @@ fn execute(command: Command) -> Result<(), Error> {
             from_torchvision,
         } => commands::weights::run(&common, &output, seed, from_torchvision.as_deref()),
         Command::Stats(args) => commands::stats::run(&args),
-    }
+        Command::Train(args) => return commands::train::run(&args),
+        Command::Dataset(args) => commands::dataset::run(&args),
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 impl Common {
@@ -332,21 +497,38 @@ impl Common {
 }
 
 impl TrainArgs {
-    /// The compilation target these flags ask for.
-    pub fn target(&self) -> Target {
-        if !self.train {
-            return Target::Inference;
+    /// The compilation target these flags ask for; a training setting without `--train` is
+    /// an error.
+    pub fn target(&self) -> Result<Target, Error> {
+        if self.train {
+            return Ok(Target::Train {
+                settings: self.step.settings(),
+                budget: self.step.memory_budget.clone(),
+            });
         }
-        Target::Train {
-            settings: TrainSettings {
-                lr: self.lr,
-                momentum: self.momentum,
-                weight_decay: self.weight_decay,
-                lr_scale: self.lr_scale.clone(),
-                freeze: self.freeze.clone(),
-                seed: self.seed,
-            },
-            budget: self.memory_budget.clone(),
+        let given = self.step.settings().given().or(self
+            .step
+            .memory_budget
+            .as_ref()
+            .map(|_| "--memory-budget"));
+        match given {
+            Some(flag) => Err(Error::message(format!(
+                "{flag} is a setting of the training step: add --train"
+            ))),
+            None => Ok(Target::Inference),
+        }
+    }
+}
+
+impl StepArgs {
+    pub fn settings(&self) -> TrainSettings {
+        TrainSettings {
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            lr_scale: self.lr_scale.clone(),
+            freeze: self.freeze.clone(),
+            seed: self.seed,
         }
     }
 }

@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use rfnc_bundle::atomic::write_atomically;
 use rfnc_driver::Error;
 
-/// Exit status 0, 1 with the diagnostic (a user error), or 70 (an internal error).
-pub fn report(result: Result<(), Error>) -> ExitCode {
+/// The command's exit status, 1 with the diagnostic (a user error), or 70 (an internal
+/// error).
+pub fn report(result: Result<ExitCode, Error>) -> ExitCode {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(Error::User(d, sources)) => {
             eprint!("{}", d.render(&sources));
             ExitCode::from(1)

@@ -11,16 +11,22 @@
 //! - [`weights`]: random and loaded weights checked against a graph; [`pretrained`]:
 //!   torchvision/timm ResNet backbones imported under the graph's names;
 //! - [`run`]: a bundle executed on a device with random inputs, steps and outputs;
+//! - [`train`]: `rfnc train`, the paper's training protocol on a dataset, with
+//!   checkpoints, validation and logs in a work dir;
+//! - [`evaluate`]: the paper's evaluation protocol as pure functions: sliding windows,
+//!   scales and flips over a network callback, segmentation and depth metrics;
 //! - [`error`]: the one error type, a user's diagnostic or an internal error; [`log`]:
 //!   stage timings.
 
 pub mod codegen;
 pub mod error;
+pub mod evaluate;
 pub mod frontend;
 pub mod log;
 pub mod plan;
 pub mod pretrained;
 pub mod run;
+pub mod train;
 pub mod weights;
 
 pub use error::Error;

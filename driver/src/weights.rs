@@ -66,3 +66,51 @@ pub fn weights_failure(e: WeightsError) -> Error {
     };
     Error::user(d)
 }
+
+/// Initial weights for training from a file that may cover only part of the network (e.g.
+/// a pretrained backbone, or another run's checkpoint): every parameter the file holds with
+/// the right shape is taken from it, the others are initialised by the graph's rules under
+/// `seed` and returned by name. Momentum buffers in the file are dropped (a new run starts
+/// its optimizer afresh); a tensor that is not a parameter, or has the wrong shape, is an
+/// error listing every such tensor.
+pub fn init_from_file(
+    graph: &Graph,
+    path: &Path,
+    seed: u64,
+) -> Result<(Weights, Vec<String>), Error> {
+    let file = load_weights(path).map_err(weights_failure)?;
+    let taken: std::collections::BTreeSet<String> = file.tensors.keys().cloned().collect();
+    let mut weights = init_weights(graph, seed);
+    let mut problems = Vec::new();
+    for (name, (shape, data)) in file.tensors {
+        let is_momentum = name
+            .strip_suffix(".momentum")
+            .is_some_and(|p| weights.tensors.contains_key(p));
+        match weights.tensors.get_mut(&name) {
+            Some((want, slot)) if *want == shape => *slot = data,
+            Some((want, _)) => problems.push(format!(
+                "tensor `{name}` has shape {shape:?}, the network needs {want:?}"
+            )),
+            None if is_momentum => {}
+            None => problems.push(format!(
+                "extra tensor `{name}` is not a parameter of the network"
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(
+            weights_failure(WeightsError::Mismatch { problems }).with_title(format!(
+                "`{}` does not fit network `{}`",
+                path.display(),
+                graph.name
+            )),
+        );
+    }
+    let initialised = weights
+        .tensors
+        .keys()
+        .filter(|n| !taken.contains(*n))
+        .cloned()
+        .collect();
+    Ok((weights, initialised))
+}

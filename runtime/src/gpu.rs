@@ -53,6 +53,42 @@ pub fn probe_driver() -> Result<(), RuntimeError> {
     )))
 }
 
+/// A context on CUDA device `ordinal`; no device, or no device of that number, is
+/// [`RuntimeError::NoGpu`]. The driver must have been probed.
+fn open_context(ordinal: usize) -> Result<Arc<CudaContext>, RuntimeError> {
+    let count = CudaContext::device_count().map_err(|e| {
+        RuntimeError::NoGpu(format!(
+            "the NVIDIA driver is installed but reports no usable GPU ({})",
+            describe(&e)
+        ))
+    })?;
+    if count <= 0 {
+        return Err(RuntimeError::NoGpu(
+            "the NVIDIA driver is installed but this machine has no CUDA device".to_string(),
+        ));
+    }
+    if ordinal >= count as usize {
+        return Err(RuntimeError::NoGpu(format!(
+            "there is no CUDA device {ordinal}: this machine has {count} (0..{})",
+            count - 1
+        )));
+    }
+    CudaContext::new(ordinal).map_err(cuda(format!("opening CUDA device {ordinal}")))
+}
+
+/// The free memory of CUDA device `ordinal`, in bytes (for choosing a batch size).
+pub fn free_memory(ordinal: usize) -> Result<u64, RuntimeError> {
+    probe_driver()?;
+    guarded("asking the GPU for its free memory", || {
+        let ctx = open_context(ordinal)?;
+        ctx.bind_to_thread()
+            .map_err(cuda(format!("using CUDA device {ordinal}")))?;
+        let (free, _total) =
+            cu::mem_get_info().map_err(cuda("querying free memory".to_string()))?;
+        Ok(free as u64)
+    })
+}
+
 /// A driver error as text: its name and description.
 fn describe(e: &DriverError) -> String {
     let name = e.error_name().map(|s| s.to_string_lossy().into_owned());
@@ -119,25 +155,7 @@ impl CudaExecutor {
 
     fn open(loaded: &LoadedBundle, ordinal: usize) -> Result<Self, RuntimeError> {
         let bundle = loaded.bundle.clone();
-        let count = CudaContext::device_count().map_err(|e| {
-            RuntimeError::NoGpu(format!(
-                "the NVIDIA driver is installed but reports no usable GPU ({})",
-                describe(&e)
-            ))
-        })?;
-        if count <= 0 {
-            return Err(RuntimeError::NoGpu(
-                "the NVIDIA driver is installed but this machine has no CUDA device".to_string(),
-            ));
-        }
-        if ordinal >= count as usize {
-            return Err(RuntimeError::NoGpu(format!(
-                "there is no CUDA device {ordinal}: this machine has {count} (0..{})",
-                count - 1
-            )));
-        }
-        let ctx =
-            CudaContext::new(ordinal).map_err(cuda(format!("opening CUDA device {ordinal}")))?;
+        let ctx = open_context(ordinal)?;
         // One stream orders everything; cudarc's per-allocation events are not needed (and
         // would be recorded into the captured graph).
         // SAFETY: all work goes to `stream`, in order.

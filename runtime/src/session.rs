@@ -34,6 +34,27 @@ impl Device {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
+    /// The memory a session could still use, in bytes: the GPU's free memory, or the
+    /// host's available memory (`MemAvailable` of /proc/meminfo).
+    pub fn available_memory(self) -> Result<u64, RuntimeError> {
+        match self {
+            Device::Cuda { ordinal } => crate::gpu::free_memory(ordinal),
+            Device::Cpu { .. } => {
+                let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+                meminfo
+                    .lines()
+                    .find_map(|l| l.strip_prefix("MemAvailable:"))
+                    .and_then(|v| v.trim().strip_suffix("kB"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|kib| kib * 1024)
+                    .ok_or_else(|| {
+                        RuntimeError::Unsupported(
+                            "cannot tell how much memory this machine has available (no MemAvailable in /proc/meminfo); give a budget".to_string(),
+                        )
+                    })
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for Device {

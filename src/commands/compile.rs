@@ -16,7 +16,8 @@ use crate::print::{emit_text, print_stdout};
 pub fn run(args: &CompileArgs) -> Result<(), Error> {
     // A memory budget shapes the plan, so only the stages after planning use it.
     let planned = matches!(args.emit, Emit::Fused | Emit::Plan) || args.emit.generates_code();
-    if args.train.memory_budget.is_some() && !planned {
+    let target = args.train.target()?;
+    if args.train.step.memory_budget.is_some() && !planned {
         return Err(
             Diagnostic::new("--memory-budget applies to the stages after memory planning")
                 .hint("add --emit plan to see the budgeted plan, or compile a bundle with -o DIR")
@@ -37,7 +38,6 @@ pub fn run(args: &CompileArgs) -> Result<(), Error> {
         return emit_text(&text, args.output.as_deref());
     }
     let network = Network::elaborate(&source, &log)?;
-    let target = args.train.target();
     if args.emit.generates_code() {
         return generate(args, &network, &target, &log);
     }

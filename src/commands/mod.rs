@@ -2,6 +2,8 @@
 
 pub mod check;
 pub mod compile;
+pub mod dataset;
 pub mod run;
 pub mod stats;
+pub mod train;
 pub mod weights;

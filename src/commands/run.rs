@@ -27,7 +27,7 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
         // Only the code the device runs: a CPU run needs no libdevice and no GPU tools.
         let options = CodegenOptions::new(&args.gpu, !args.no_cache)
             .for_device(args.device == DeviceArg::Cuda);
-        compile_bundle(&network, &args.train.target(), &options, &dir, &log)?;
+        compile_bundle(&network, &args.train.target()?, &options, &dir, &log)?;
         (dir, Some(network))
     };
     let loaded = load_bundle(&dir).map_err(runtime_failure)?;
@@ -62,7 +62,7 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
 /// A bundle is already compiled: flags that shape compilation cannot apply to it.
 fn refuse_compile_flags(args: &RunArgs) -> Result<(), Error> {
     let common = &args.common;
-    let settings = match args.train.target() {
+    let settings = match args.train.target()? {
         rfnc_driver::Target::Train { settings, .. } => settings.given(),
         rfnc_driver::Target::Inference => None,
     };
@@ -71,7 +71,7 @@ fn refuse_compile_flags(args: &RunArgs) -> Result<(), Error> {
         (common.input != DEFAULT_INPUT, "--input"),
         (args.gpu != DEFAULT_GPU, "--gpu"),
         (args.no_cache, "--no-cache"),
-        (args.train.memory_budget.is_some(), "--memory-budget"),
+        (args.train.step.memory_budget.is_some(), "--memory-budget"),
     ]
     .into_iter()
     .find_map(|(given, flag)| given.then_some(flag))
