@@ -191,19 +191,26 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
     ensure_bundle(
         &network, &target, &codegen, &train_dir, &program, observer, &log,
     )?;
+    let total = total_iterations(options.length, train_set.len(), batch as usize);
     let (weights, state) = match resumed {
-        Some((path, weights, state)) => {
+        Some((path, weights, mut state)) => {
             observer.note(&format!(
                 "resuming from {} (iteration {} of {})",
                 path.display(),
                 state.iteration,
                 state.total
             ));
+            if state.total != total {
+                observer.note(&format!(
+                    "the run now ends at iteration {total} (it was to end at {}): the learning-rate schedule changes from here",
+                    state.total
+                ));
+                state.total = total;
+            }
             (weights, state)
         }
         None => {
             let weights = initial_weights(options, &network, observer)?;
-            let total = total_iterations(options.length, train_set.len(), batch as usize);
             (weights, RunState::new(&name, &program, total, options.seed))
         }
     };
