@@ -409,3 +409,127 @@ fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(losses(work.path()).len(), 4);
 }
+
+/// Depth: the NYUDv2 layout feeds `depth_gt`, validation reports rms (lower is better) and
+/// it falls as the network trains.
+#[test]
+fn a_depth_network_trains_on_the_nyud_layout() {
+    let (_d, data) = dataset("nyud", 32, 8);
+    let work = tempfile::tempdir().unwrap();
+    let out = rfnc(&[
+        "train",
+        "tests/programs/tiny_depth.rfn",
+        "--input",
+        "4x3x64x64",
+        "--dataset",
+        "nyud_depth",
+        "--data-root",
+        data.to_str().unwrap(),
+        "--work-dir",
+        work.path().to_str().unwrap(),
+        "--iters",
+        "60",
+        "--lr",
+        "1e-4",
+        "--val-every",
+        "30",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let val = records(work.path(), "val");
+    assert_eq!(val.len(), 2);
+    assert!(val.iter().all(|r| r["metric"] == "rms"));
+    let rms: Vec<f64> = val.iter().map(|r| r["value"].as_f64().unwrap()).collect();
+    assert!(rms[1] < rms[0], "rms {rms:?}");
+    for figure in ["rel", "log10", "delta1", "delta2", "delta3"] {
+        assert!(val[1]["figures"][figure].is_number(), "{figure}");
+    }
+    assert!(stdout(&out).contains("best rms"), "{}", stdout(&out));
+}
+
+/// `--init` takes what a file has (a pretrained backbone, say) and initialises the rest,
+/// listing it; a tensor of the wrong shape is an error naming it.
+#[test]
+fn init_from_a_partial_file_lists_what_it_initialises() {
+    let (_d, data) = dataset("voc", 8, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.safetensors");
+    let f = file.to_str().unwrap();
+    let out = rfnc(&["weights", "examples/tiny.rfn", "-o", f]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut weights = rfnc_runtime::load_weights(&file).unwrap();
+    weights.tensors.retain(|name, _| !name.starts_with("head."));
+    rfnc_runtime::save_weights(&file, &weights).unwrap();
+    let work = dir.path().join("run");
+    let out = rfnc(&train_args(
+        &data,
+        &work,
+        1,
+        &["--no-val", "--batch", "2", "--init", f],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("are not in"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("head.*"), "{}", stderr(&out));
+
+    let (_, data_) = weights
+        .tensors
+        .get_mut("backbone.conv1.weight")
+        .unwrap()
+        .clone();
+    weights.tensors.insert(
+        "backbone.conv1.weight".into(),
+        (vec![1, data_.len() as u64], data_),
+    );
+    rfnc_runtime::save_weights(&file, &weights).unwrap();
+    let out = rfnc(&train_args(
+        &data,
+        &dir.path().join("run2"),
+        1,
+        &["--no-val", "--batch", "2", "--init", f],
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("backbone.conv1.weight"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `--batch auto` takes the largest batch whose step fits the budget (recomputing first),
+/// says what it chose, and refuses a budget not even a batch of 1 fits.
+#[test]
+fn batch_auto_fits_the_memory_budget() {
+    let (_d, data) = dataset("voc", 64, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let args = |work: &str, budget: &str| {
+        let mut a = train_args(
+            &data,
+            &dir.path().join(work),
+            1,
+            &["--no-val", "--batch", "auto", "--memory-budget", budget],
+        );
+        let input = a.iter().position(|x| x == "8x3x64x64").unwrap();
+        a[input] = "1x3x64x64".into();
+        a
+    };
+    let out = rfnc(&args("a", "20MiB"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stderr(&out);
+    let chosen: u64 = text
+        .split("--batch auto chose ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(chosen > 1, "{text}");
+    assert!(
+        text.contains(&format!("training tiny.rfn: batch {chosen} of")),
+        "{text}"
+    );
+    let out = rfnc(&args("b", "1MiB"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not even a batch of 1 fits"),
+        "{}",
+        stderr(&out)
+    );
+}

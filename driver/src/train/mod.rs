@@ -152,7 +152,7 @@ pub struct TrainSummary {
 pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<TrainSummary> {
     let log = Log::new(options.timings);
     let train_set = open_dataset(options, &options.train_split)?;
-    let batch = choose_batch(options, train_set.len(), observer)?;
+    let (batch, arena_budget) = choose_batch(options, train_set.len(), observer)?;
     let mut source = options.source.clone();
     source.input = batch::with_batch(&source.input, batch);
     let network = Network::elaborate(&source, &log)?;
@@ -161,7 +161,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
     let train_set = inputs.fit_dataset(train_set, observer)?;
     let target = Target::Train {
         settings: options.settings.clone(),
-        budget: options.memory_budget.clone(),
+        budget: arena_budget,
     };
     let step_graph = graph(&network, &target, &log)?;
     let program = hex_sha256(print_graph(&step_graph).as_bytes());
@@ -450,11 +450,19 @@ pub fn data_failure(e: rfnc_data::DataError) -> Error {
     Error::message(e.to_string())
 }
 
-fn choose_batch(options: &TrainOptions, images: usize, observer: &mut dyn Observer) -> Result<u64> {
+/// The batch size and the arena's budget: `--memory-budget` itself for a given batch (as
+/// for `rfnc compile`); with `--batch auto` it is the budget of the whole step, and the
+/// arena gets what the chosen batch's leaves leave of it, when it needs recomputation.
+fn choose_batch(
+    options: &TrainOptions,
+    images: usize,
+    observer: &mut dyn Observer,
+) -> Result<(u64, Option<String>)> {
     let input = parse_input(&options.source.input)?;
+    let given = options.memory_budget.clone();
     match options.batch {
-        BatchSize::FromInput => Ok(input[0]),
-        BatchSize::Fixed(n) => Ok(n),
+        BatchSize::FromInput => Ok((input[0], given)),
+        BatchSize::Fixed(n) => Ok((n, given)),
         BatchSize::Auto => {
             let budget = match &options.memory_budget {
                 Some(text) => parse_size(text)?,
@@ -467,7 +475,10 @@ fn choose_batch(options: &TrainOptions, images: usize, observer: &mut dyn Observ
                 images.clamp(1, 256) as u64,
             )?;
             observer.note(&choice.describe());
-            Ok(choice.batch)
+            let arena = choice
+                .recomputes
+                .then(|| (budget - choice.leaves_bytes).to_string());
+            Ok((choice.batch, arena))
         }
     }
 }
