@@ -470,15 +470,11 @@ fn init_from_a_partial_file_lists_what_it_initialises() {
     assert!(stderr(&out).contains("are not in"), "{}", stderr(&out));
     assert!(stderr(&out).contains("head.*"), "{}", stderr(&out));
 
-    let (_, data_) = weights
+    let (_, values) = weights.tensors["backbone.conv1.weight"].clone();
+    let flat = vec![1, values.len() as u64];
+    weights
         .tensors
-        .get_mut("backbone.conv1.weight")
-        .unwrap()
-        .clone();
-    weights.tensors.insert(
-        "backbone.conv1.weight".into(),
-        (vec![1, data_.len() as u64], data_),
-    );
+        .insert("backbone.conv1.weight".into(), (flat, values));
     rfnc_runtime::save_weights(&file, &weights).unwrap();
     let out = rfnc(&train_args(
         &data,
