@@ -295,6 +295,11 @@ pub struct RunArgs {
     /// Seed of the random weights and of the random inputs
     #[arg(long, default_value_t = 0)]
     pub init_seed: u64,
+    /// The inputs from a safetensors file (one tensor per input, named as in the program,
+    /// with its shape and dtype: f32, or i32 for labels) instead of random ones, e.g. to
+    /// compare with another framework on the same tensors
+    #[arg(long, value_name = "IN.safetensors")]
+    pub inputs: Option<PathBuf>,
     /// CPU threads (default: every core)
     #[arg(long)]
     pub threads: Option<usize>,

@@ -837,3 +837,83 @@ fn a_bundle_never_replaces_a_directory_that_is_not_one() {
     // Nothing left over beside it.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
 }
+
+/// `rfnc run --inputs`: the outputs for inputs from a file are the reference interpreter's
+/// for the same inputs and weights; a file that does not fit the inputs is an error naming
+/// every problem.
+#[test]
+fn run_takes_its_inputs_from_a_file() {
+    use rfnc_compiler::interp::{run as interpret, Tensor, Value};
+    use rfnc_driver::weights::init_weights;
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().unwrap();
+    let dims = vec![1u64, 3, 32, 32];
+    let image: Vec<f32> = (0..3 * 32 * 32)
+        .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+        .collect();
+    let mut inputs = rfnc_runtime::Weights::default();
+    inputs
+        .tensors
+        .insert("image".into(), (dims.clone(), image.clone()));
+    let file = dir.path().join("in.safetensors");
+    rfnc_runtime::save_weights(&file, &inputs).unwrap();
+    let out_file = dir.path().join("out.safetensors");
+    let (f, o) = (file.to_str().unwrap(), out_file.to_str().unwrap());
+    let out = rfnc(&[
+        "run",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x32x32",
+        "--inputs",
+        f,
+        "-o",
+        o,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let forward = graph("tiny", &[1, 3, 32, 32], &[]);
+    let program = rfnc_compiler::passes::canonical::inference(&forward);
+    let mut feeds: HashMap<String, Value<f32>> = HashMap::new();
+    for (name, (shape, data)) in init_weights(&forward, 0).tensors {
+        feeds.insert(name, Value::Real(Tensor::new(shape, data)));
+    }
+    feeds.insert("image".into(), Value::Real(Tensor::new(dims, image)));
+    let expected = interpret(&program, &feeds).unwrap();
+    let got = rfnc_runtime::load_weights(&out_file).unwrap();
+    for (name, value) in expected {
+        let (_, data) = &got.tensors[&name];
+        let error = relative_error(data, &value.real().data, 1e-6);
+        assert!(
+            error < 1e-4,
+            "`{name}` differs from the interpreter by {error:e}"
+        );
+    }
+
+    inputs
+        .tensors
+        .insert("image".into(), (vec![1, 3, 16, 16], vec![0.0; 768]));
+    inputs.tensors.insert("imgae".into(), (vec![1], vec![0.0]));
+    rfnc_runtime::save_weights(&file, &inputs).unwrap();
+    let out = rfnc(&[
+        "run",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x32x32",
+        "--inputs",
+        f,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    assert!(
+        text.contains("in.safetensors` does not fit the network's inputs"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`image` is f32[1, 3, 16, 16], the network's input is f32[1, 3, 32, 32]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`imgae` is not an input of the network"),
+        "{text}"
+    );
+}

@@ -39,6 +39,8 @@ pub struct SessionOptions {
     pub init_seed: u64,
     /// Whether a training-step bundle is expected (else inference).
     pub train: bool,
+    /// The inputs from this safetensors file instead of random ones.
+    pub inputs: Option<PathBuf>,
 }
 
 /// Checks the bundle's mode against `--train`.
@@ -87,6 +89,9 @@ pub fn start_session(
     log.since("load bundle (JIT or PTX modules)", start);
     session.load_weights(&weights).map_err(runtime_failure)?;
     random_inputs(&mut session, options.init_seed).map_err(runtime_failure)?;
+    if let Some(path) = &options.inputs {
+        file_inputs(&mut session, path)?;
+    }
     let start = Instant::now();
     session.prepare().map_err(runtime_failure)?;
     log.since("prepare (fold batch norm)", start);
@@ -129,6 +134,62 @@ pub fn random_inputs(session: &mut Session, seed: u64) -> Result<(), RuntimeErro
                 session.set_leaf_f32(&leaf.name, &data)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Sets every data input from a safetensors file: each tensor must name an input of the
+/// bundle with its shape and dtype, and every input (but the training step's counter and
+/// learning-rate factor, which the run sets) must be there; every problem is listed.
+pub fn file_inputs(session: &mut Session, path: &Path) -> Result<(), Error> {
+    let tensors = rfnc_runtime::load_tensors(path).map_err(weights_failure)?;
+    let leaves = session.bundle().leaves.clone();
+    let is_input = |name: &str| {
+        leaves
+            .iter()
+            .find(|l| l.role == LeafRole::Input && l.name == name)
+    };
+    let mut problems = Vec::new();
+    for (name, t) in &tensors {
+        match is_input(name) {
+            None => problems.push(format!("`{name}` is not an input of the network")),
+            Some(leaf) if leaf.shape != t.shape || leaf.dtype != t.dtype => problems.push(format!(
+                "`{name}` is {}{:?}, the network's input is {}{:?}",
+                t.dtype.name(),
+                t.shape,
+                leaf.dtype.name(),
+                leaf.shape
+            )),
+            Some(_) => {}
+        }
+    }
+    for leaf in leaves.iter().filter(|l| l.role == LeafRole::Input) {
+        let control = [STEP_INPUT, LR_FACTOR_INPUT].contains(&leaf.name.as_str());
+        if !control && !tensors.contains_key(&leaf.name) {
+            problems.push(format!(
+                "input `{}` ({}{:?}) is missing",
+                leaf.name,
+                leaf.dtype.name(),
+                leaf.shape
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        let mut d = Diagnostic::new(format!(
+            "`{}` does not fit the network's inputs",
+            path.display()
+        ));
+        for p in problems {
+            d = d.note(p);
+        }
+        return Err(Error::user(d.hint("name each tensor after an input of the program, with its shape and dtype (f32, or i32 for labels)")));
+    }
+    for (name, t) in tensors {
+        let set = match &t.data {
+            TensorData::F32(v) => session.set_leaf_f32(&name, v),
+            TensorData::I32(v) => session.set_leaf_i32(&name, v),
+        };
+        set.map_err(runtime_failure)?;
     }
     Ok(())
 }

@@ -30,4 +30,6 @@ pub use gpu::probe_driver;
 pub use jit::MAX_HOST_ARGS;
 pub use session::{Device, Session, Timings};
 pub use tensor::{HostTensor, TensorData};
-pub use weights::{check_weights, init_weights, load_weights, save_weights, Weights, WeightsError};
+pub use weights::{
+    check_weights, init_weights, load_tensors, load_weights, save_weights, Weights, WeightsError,
+};

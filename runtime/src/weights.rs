@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 
 use rfnc_bundle::atomic::write_atomically;
 use rfnc_bundle::init::{sample, Init};
-use rfnc_bundle::{Bundle, LeafRole};
+use rfnc_bundle::{Bundle, DType, LeafRole};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+
+use crate::tensor::HostTensor;
 
 /// Named tensors: shape and row-major float32 data; and the file's free-form metadata
 /// (safetensors `__metadata__`, e.g. a training checkpoint's iteration and data order).
@@ -96,6 +98,35 @@ pub fn load_weights(path: &Path) -> Result<Weights, WeightsError> {
         weights.tensors.insert(name, (shape, data));
     }
     Ok(weights)
+}
+
+/// Reads a safetensors file of named f32 and i32 tensors (e.g. a network's inputs, labels
+/// included).
+pub fn load_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, WeightsError> {
+    let bytes = std::fs::read(path).map_err(|e| WeightsError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let format = |message: String| WeightsError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
+    let mut tensors = BTreeMap::new();
+    for (name, view) in file.tensors() {
+        let dtype = match view.dtype() {
+            Dtype::F32 => DType::F32,
+            Dtype::I32 => DType::I32,
+            other => {
+                return Err(format(format!(
+                    "tensor `{name}` is {other:?}; inputs are F32 or I32"
+                )))
+            }
+        };
+        let shape = view.shape().iter().map(|&d| d as u64).collect();
+        tensors.insert(name, HostTensor::from_bytes(dtype, shape, view.data()));
+    }
+    Ok(tensors)
 }
 
 /// Checks that the weights hold exactly the `expected` tensors (name and shape), listing

@@ -55,3 +55,41 @@ fn tensors_and_metadata_round_trip() {
     rfnc_runtime::save_weights(&path, &weights).unwrap();
     assert_eq!(load_weights(&path).unwrap(), weights);
 }
+
+/// Input files hold f32 and i32 tensors (labels); other dtypes are refused by name.
+#[test]
+fn input_tensors_of_f32_and_i32_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.safetensors");
+    let labels: Vec<u8> = [3i32, -1].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let image: Vec<u8> = [0.5f32].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let views = vec![
+        (
+            "labels",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![1, 2], &labels)
+                .unwrap(),
+        ),
+        (
+            "image",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &image).unwrap(),
+        ),
+    ];
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let tensors = rfnc_runtime::load_tensors(&path).unwrap();
+    assert_eq!(tensors["labels"].as_i32(), Some(&[3, -1][..]));
+    assert_eq!(tensors["labels"].shape, [1, 2]);
+    assert_eq!(tensors["image"].as_f32(), Some(&[0.5][..]));
+    let bytes = [0u8; 8];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![1], &bytes).unwrap();
+    std::fs::write(
+        &path,
+        safetensors::serialize(vec![("x", view)], None).unwrap(),
+    )
+    .unwrap();
+    let e = rfnc_runtime::load_tensors(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("tensor `x` is F64; inputs are F32 or I32"),
+        "{e}"
+    );
+}

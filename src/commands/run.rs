@@ -44,6 +44,7 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
         weights: args.weights.clone(),
         init_seed: args.init_seed,
         train: args.train.train,
+        inputs: args.inputs.clone(),
     };
     let forward = network.as_ref().map(|n| &n.forward);
     let mut session = start_session(&loaded, forward, &options, &log)?;
