@@ -917,3 +917,30 @@ fn run_takes_its_inputs_from_a_file() {
         "{text}"
     );
 }
+
+/// A training setting is an error without `--train` (the flags are shared with `rfnc train`).
+#[test]
+fn training_settings_need_train() {
+    for (flag, value) in [
+        ("--lr", "0.1"),
+        ("--freeze", "backbone"),
+        ("--memory-budget", "1GiB"),
+    ] {
+        let out = rfnc(&[
+            "compile",
+            "examples/tiny.rfn",
+            "--emit",
+            "graph",
+            flag,
+            value,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{flag}");
+        let text = stderr(&out);
+        assert!(
+            text.contains(&format!(
+                "{flag} is a setting of the training step: add --train"
+            )),
+            "{text}"
+        );
+    }
+}
