@@ -31,7 +31,7 @@ ips = statistics.median(s["images_per_s"] for s in steps)
 data = sum(s["data_s"] for s in steps)
 total = data + sum(s["step_s"] for s in steps)
 step = statistics.median(s["step_s"] for s in steps)
-print(f"{sys.argv[2]:<44} {ips:10.2f} img/s   step {step*1e3:10.1f} ms   data {100*data/total:5.1f}%   ({len(steps)} steps)")
+print(f"{sys.argv[2]:<44} {ips:10.3f} img/s   step {step*1e3:10.1f} ms   data {100*data/total:5.1f}%   ({len(steps)} steps)")
 PY
 }
 
