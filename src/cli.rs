@@ -95,6 +95,13 @@ pub enum Command {
     /// curves in the work dir (see docs/training.md)
     #[command(after_help = TRAIN_EXAMPLES)]
     Train(TrainCmdArgs),
+    /// Measure a network on a dataset split the way the RefineNet paper does: whole images
+    /// or sliding windows, several scales and flips averaged; mean IoU, pixel and mean
+    /// accuracy with a per-class table, or the depth errors (see docs/evaluation.md)
+    Eval(EvalArgs),
+    /// Predict images (files or directories): class-index palette PNGs (optionally blended
+    /// over the photos), or depth as 16-bit PNGs in millimetres with a colour preview
+    Predict(PredictArgs),
     /// Write a small synthetic dataset (coloured shapes with segmentation labels, or smooth
     /// depth scenes) in the VOC, list or NYUDv2 layout, to try `rfnc train` without a
     /// download
@@ -203,6 +210,127 @@ pub struct TrainCmdArgs {
     /// (0 to 2^63 - 1), and the training step's settings
     #[command(flatten)]
     pub step: StepArgs,
+}
+
+/// How an image is predicted: windows, scales and flips.
+#[derive(Args)]
+pub struct ProtocolArgs {
+    /// Predict windows of HxW (at most the compiled size of --input) instead of one window
+    /// of the compiled size; images larger than a window are covered by overlapping windows
+    #[arg(long, value_name = "HxW", value_parser = parse_pair)]
+    pub crop: Option<(usize, usize)>,
+    /// Step of the windows, HxW or one number (default: 2/3 of --crop, else the compiled size)
+    #[arg(long, value_name = "HxW", value_parser = parse_pair)]
+    pub stride: Option<(usize, usize)>,
+    /// Scales to predict at, averaged (class probabilities, or depth), e.g. 0.5,0.75,1,1.25,1.5
+    #[arg(long, value_name = "S,S,...", default_value = "1", value_parser = parse_scales)]
+    pub scales: Scales,
+    /// Also predict the mirrored image and average
+    #[arg(long)]
+    pub flip: bool,
+}
+
+/// Where a network runs.
+#[derive(Args)]
+pub struct DeviceArgs {
+    /// `cpu` or `cuda` (GPU 0)
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// CPU threads (default: every core)
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// GPU architecture to compile for (with --device cuda)
+    #[arg(long, value_name = "sm_XX", default_value = DEFAULT_GPU, value_parser = parse_gpu)]
+    pub gpu: String,
+    /// Compile every kernel afresh instead of using the cache
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The weights to evaluate (a checkpoint is fine: its momentum is ignored)
+    #[arg(
+        long,
+        value_name = "W.safetensors",
+        required_unless_present = "predictions"
+    )]
+    pub weights: Option<PathBuf>,
+    /// The dataset's layout (as for `rfnc train`)
+    #[arg(long, value_name = "KIND", value_parser = parse_dataset)]
+    pub dataset: rfnc_data::DatasetKind,
+    /// The dataset's root directory
+    #[arg(long, value_name = "DIR")]
+    pub data_root: PathBuf,
+    /// The split to evaluate
+    #[arg(long, value_name = "NAME", default_value = "val")]
+    pub split: String,
+    /// Evaluate the first N images only (0: all)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub limit: usize,
+    /// Score the class-index PNGs `rfnc predict` wrote into DIR (DIR/<id>.png) instead of
+    /// running the network
+    #[arg(long, value_name = "DIR", conflicts_with = "weights")]
+    pub predictions: Option<PathBuf>,
+    /// Also write every figure as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The weights (a checkpoint is fine)
+    #[arg(long, value_name = "W.safetensors")]
+    pub weights: PathBuf,
+    /// Images (.jpg, .jpeg, .png) or directories of them
+    #[arg(value_name = "IMG|DIR", required = true, num_args = 1..)]
+    pub images: Vec<PathBuf>,
+    /// The directory to write the predictions into (OUT/<stem>.png, ...)
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// The class colours: voc, cityscapes, or a file with one `R G B` or `#RRGGBB` per class
+    #[arg(long, value_name = "voc|cityscapes|FILE", default_value = "voc")]
+    pub palette: String,
+    /// Also write OUT/<stem>_overlay.png: the class colours blended over the photo
+    #[arg(long)]
+    pub overlay: bool,
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// `HxW` or one number for both.
+fn parse_pair(text: &str) -> Result<(usize, usize), String> {
+    let parse = |s: &str| s.trim().parse::<usize>().ok().filter(|&v| v > 0);
+    let pair = match text.split_once(['x', 'X']) {
+        Some((h, w)) => parse(h).zip(parse(w)),
+        None => parse(text).map(|v| (v, v)),
+    };
+    pair.ok_or_else(|| format!("`{text}` is not a size: give HxW or one positive number"))
+}
+
+/// The scales of `--scales`.
+#[derive(Clone, Debug)]
+pub struct Scales(pub Vec<f64>);
+
+fn parse_scales(text: &str) -> Result<Scales, String> {
+    let scales = text
+        .split(',')
+        .map(|s| match s.trim().parse::<f64>() {
+            Ok(v) if v > 0.0 && v <= 16.0 => Ok(v),
+            _ => Err(format!("`{s}` is not a scale (a number in (0, 16])")),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Scales(scales))
 }
 
 #[derive(Args)]
@@ -482,6 +610,8 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
         Command::Stats(args) => commands::stats::run(&args),
         Command::Train(args) => return commands::train::run(&args),
         Command::Dataset(args) => commands::dataset::run(&args),
+        Command::Eval(args) => commands::eval::run(&args),
+        Command::Predict(args) => commands::predict::run(&args),
     };
     done.map(|()| ExitCode::SUCCESS)
 }

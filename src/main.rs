@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod print;
+mod progress;
 mod stats_report;
 
 use std::process::ExitCode;

@@ -4,6 +4,7 @@
 //! key, so they are a pure function of (seed, epoch, position).
 
 use crate::dataset::IGNORE_LABEL;
+use crate::decode::Plane;
 use crate::error::DataError;
 use crate::rng::{key, Rng, TAG_AUGMENT};
 use crate::sample::{Sample, Target};
@@ -243,13 +244,7 @@ fn nearest_indices(
 pub fn eval_example(sample: &Sample, cfg: &AugmentConfig) -> Example {
     let img = &sample.image;
     let (h, w) = (img.height, img.width);
-    let mut image = vec![0.0f32; 3 * h * w];
-    let last = img.channels.saturating_sub(1);
-    for (i, px) in img.data.chunks_exact(img.channels.max(1)).enumerate() {
-        for c in 0..3 {
-            image[c * h * w + i] = (px[c.min(last)] - cfg.mean[c]) / cfg.std[c];
-        }
-    }
+    let image = normalised(img, cfg);
     let (labels, depth) = match &sample.target {
         Target::Labels(p) => (Some(p.data.iter().map(|&v| v as i32).collect()), None),
         Target::Depth(p) => (None, Some(p.data.clone())),
@@ -262,6 +257,20 @@ pub fn eval_example(sample: &Sample, cfg: &AugmentConfig) -> Example {
         labels,
         depth,
     }
+}
+
+/// An image (HWC, [0, 255]) normalised with `cfg`'s mean and std into CHW (a greyscale
+/// plane replicated to three channels).
+pub fn normalised(img: &Plane<f32>, cfg: &AugmentConfig) -> Vec<f32> {
+    let (h, w) = (img.height, img.width);
+    let mut image = vec![0.0f32; 3 * h * w];
+    let last = img.channels.saturating_sub(1);
+    for (i, px) in img.data.chunks_exact(img.channels.max(1)).enumerate() {
+        for c in 0..3 {
+            image[c * h * w + i] = (px[c.min(last)] - cfg.mean[c]) / cfg.std[c];
+        }
+    }
+    image
 }
 
 impl Example {

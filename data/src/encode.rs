@@ -1,8 +1,9 @@
-//! Writing image files: palette PNGs with the VOC colour map, 8- and 16-bit greyscale
-//! PNGs, RGB PNGs and JPEGs. Used by the synthetic datasets, and for writing predictions.
+//! Writing image files: palette PNGs (the VOC colour map or another), 8- and 16-bit
+//! greyscale PNGs, RGB PNGs and JPEGs. Used by the synthetic datasets, and for writing
+//! predictions. Every file is encoded in memory and written atomically (a temporary file
+//! beside it, renamed over it), so a crash never leaves half an image.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
 use crate::error::DataError;
@@ -25,13 +26,29 @@ pub fn voc_palette() -> [u8; 768] {
     palette
 }
 
-fn create(path: &Path) -> Result<BufWriter<File>, DataError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+/// Writes `bytes` to `path` atomically, creating missing folders.
+fn save(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| DataError::io(path, e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| DataError::io(path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o644);
+        tmp.as_file()
+            .set_permissions(mode)
+            .map_err(|e| DataError::io(path, e))?;
     }
-    Ok(BufWriter::new(
-        File::create(path).map_err(|e| DataError::io(path, e))?,
-    ))
+    tmp.persist(path)
+        .map_err(|e| DataError::io(path, e.error))?;
+    Ok(())
 }
 
 fn check_len(path: &Path, len: usize, expected: usize) -> Result<(), DataError> {
@@ -51,6 +68,17 @@ fn write_png(
     depth: png::BitDepth,
     bytes: &[u8],
 ) -> Result<(), DataError> {
+    write_png_with(path, (width, height), color, depth, bytes, &voc_palette())
+}
+
+fn write_png_with(
+    path: &Path,
+    (width, height): (usize, usize),
+    color: png::ColorType,
+    depth: png::BitDepth,
+    bytes: &[u8],
+    palette: &[u8],
+) -> Result<(), DataError> {
     let channels = match color {
         png::ColorType::Rgb => 3,
         _ => 1,
@@ -68,18 +96,18 @@ fn write_png(
             format!("size {width}x{height} too large"),
         ));
     };
-    let mut out = create(path)?;
+    let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, w, h);
     encoder.set_color(color);
     encoder.set_depth(depth);
     if color == png::ColorType::Indexed {
-        encoder.set_palette(voc_palette().to_vec());
+        encoder.set_palette(palette.to_vec());
     }
     let fail = |e: png::EncodingError| DataError::write(path, e);
     let mut writer = encoder.write_header().map_err(fail)?;
     writer.write_image_data(bytes).map_err(fail)?;
     writer.finish().map_err(fail)?;
-    out.flush().map_err(|e| DataError::io(path, e))
+    save(path, &out)
 }
 
 /// An 8-bit palette PNG with the VOC colour map whose pixel values are `indices`
@@ -96,6 +124,33 @@ pub fn write_palette_png(
         png::ColorType::Indexed,
         png::BitDepth::Eight,
         indices,
+    )
+}
+
+/// An 8-bit palette PNG with the colour map `palette` (RGB triples, at most 256) whose pixel
+/// values are `indices`.
+pub fn write_indexed_png(
+    path: &Path,
+    (width, height): (usize, usize),
+    indices: &[u8],
+    palette: &[u8],
+) -> Result<(), DataError> {
+    if palette.is_empty() || !palette.len().is_multiple_of(3) || palette.len() > 768 {
+        return Err(DataError::write(
+            path,
+            format!(
+                "a palette of {} bytes is not 1 to 256 RGB colours",
+                palette.len()
+            ),
+        ));
+    }
+    write_png_with(
+        path,
+        (width, height),
+        png::ColorType::Indexed,
+        png::BitDepth::Eight,
+        indices,
+        palette,
     )
 }
 
@@ -163,10 +218,10 @@ pub fn write_rgb_jpeg(
             format!("size {width}x{height} too large"),
         ));
     };
-    let mut out = create(path)?;
+    let mut out = Vec::new();
     let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
     encoder
         .encode(rgb, w, h, image::ExtendedColorType::Rgb8)
         .map_err(|e| DataError::write(path, e))?;
-    out.flush().map_err(|e| DataError::io(path, e))
+    save(path, &out)
 }

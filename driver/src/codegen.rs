@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
-use rfnc_bundle::atomic::write_dir_atomically;
+use rfnc_bundle::atomic::{write_atomically, write_dir_atomically};
 use rfnc_bundle::{Bundle, LeafRole, Mode};
 use rfnc_compiler::codegen::mlir_text::{gpu_module, host_module};
 use rfnc_compiler::codegen::program::{lower_programs, Lowered, NamedKernel};
@@ -357,6 +357,48 @@ pub fn bundle_summary(dir: &Path, bundle: &Bundle) -> String {
         crate::plan::mib(arena),
         crate::plan::mib(bundle.leaves_bytes),
     )
+}
+
+/// SHA-256 (hex) of a graph's IR text: identifies a program (checkpoints, bundle keys).
+pub fn program_hash(graph: &rfnc_compiler::ir::Graph) -> String {
+    use sha2::{Digest, Sha256};
+    let text = rfnc_compiler::ir::print_graph(graph);
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Compiles `network` for `target` into `dir` unless `dir` already holds that program
+/// compiled the same way (device code, GPU) by this rfnc, as its `key` file records.
+/// Returns whether it compiled.
+pub fn ensure_bundle(
+    network: &Network,
+    target: &Target,
+    options: &CodegenOptions,
+    dir: &Path,
+    log: &Log,
+) -> Result<bool, Error> {
+    let graph = crate::plan::graph(network, target, log)?;
+    let key = format!(
+        "{} {} {} {} ptx={} host={} {}",
+        program_hash(&graph),
+        env!("CARGO_PKG_VERSION"),
+        rfnc_compiler::CODEGEN_SOURCE_HASH,
+        options.gpu,
+        options.ptx,
+        options.host,
+        target.describe()
+    );
+    let key_file = dir.join("key");
+    let current = std::fs::read_to_string(&key_file).is_ok_and(|k| k == key);
+    if current && rfnc_runtime::load_bundle(dir).is_ok() {
+        return Ok(false);
+    }
+    compile_bundle(network, target, options, dir, log)?;
+    write_atomically(&key_file, key.as_bytes())
+        .map_err(|e| Error::message(format!("`{}`: {e}", key_file.display())))?;
+    Ok(true)
 }
 
 /// Compiles a program into the bundle directory `dir` (the code `options` ask for),

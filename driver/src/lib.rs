@@ -13,6 +13,8 @@
 //! - [`run`]: a bundle executed on a device with random inputs, steps and outputs;
 //! - [`train`]: `rfnc train`, the paper's training protocol on a dataset, with
 //!   checkpoints, validation and logs in a work dir;
+//! - [`eval`]: a network evaluated on images and dataset splits (`rfnc eval`, `rfnc
+//!   predict`, validation); [`predict`]: predictions written as pictures;
 //! - [`evaluate`]: the paper's evaluation protocol as pure functions: sliding windows,
 //!   scales and flips over a network callback, segmentation and depth metrics;
 //! - [`error`]: the one error type, a user's diagnostic or an internal error; [`log`]:
@@ -20,10 +22,12 @@
 
 pub mod codegen;
 pub mod error;
+pub mod eval;
 pub mod evaluate;
 pub mod frontend;
 pub mod log;
 pub mod plan;
+pub mod predict;
 pub mod pretrained;
 pub mod run;
 pub mod train;

@@ -3,6 +3,8 @@
 pub mod check;
 pub mod compile;
 pub mod dataset;
+pub mod eval;
+pub mod predict;
 pub mod run;
 pub mod stats;
 pub mod train;

@@ -7,12 +7,12 @@ use std::path::Path;
 
 use rfnc_compiler::ir::{DType, Graph, NodeId, Op};
 use rfnc_data::loader::Batch;
-use rfnc_data::{Dataset, DatasetKind, Task};
+use rfnc_data::{Dataset, DatasetKind};
 use rfnc_dsl::Diagnostic;
 use rfnc_runtime::{RuntimeError, Session};
 
-use super::Observer;
 use crate::error::{Error, Result};
+use crate::evaluate::Task;
 
 /// What the loss reads as its target.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,7 +42,7 @@ pub struct StepInputs {
 
 impl StepInputs {
     /// Finds the image and target inputs of `forward`, whose objective must be one loss.
-    pub fn find(forward: &Graph, dataset: DatasetKind, file: &Path) -> Result<StepInputs> {
+    pub fn find(forward: &Graph, file: &Path) -> Result<StepInputs> {
         let objective = forward.objective.clone().ok_or_else(|| {
             Error::user(
                 Diagnostic::new(format!("`{}` has no objective to train", file.display())).hint(
@@ -73,20 +73,6 @@ impl StepInputs {
                 return Err(unfit(file, &format!("input `{name}` is neither the image nor the loss's target, and rfnc train does not know what to feed it")));
             }
         }
-        let wants_depth = matches!(target, TargetInput::Depth { .. });
-        if wants_depth != (dataset.task() == Task::Depth) {
-            let (net, data) = if wants_depth {
-                ("depth", "segmentation")
-            } else {
-                ("segmentation", "depth")
-            };
-            return Err(Diagnostic::new(format!(
-                "`{}` trains {net}, but the dataset `{dataset}` is a {data} dataset",
-                file.display()
-            ))
-            .hint(if wants_depth { "use --dataset nyud_depth, or a segmentation network" } else { "use a segmentation dataset (voc, voc_aug, cityscapes, nyud_seg, list), or a depth network" })
-            .into());
-        }
         Ok(StepInputs {
             image: image.clone(),
             target,
@@ -96,19 +82,47 @@ impl StepInputs {
         })
     }
 
-    /// The dataset with the network's number of classes (its labels are checked against
-    /// them as they are read); a different nominal count is noted.
-    pub fn fit_dataset(&self, dataset: Dataset, observer: &mut dyn Observer) -> Result<Dataset> {
-        let TargetInput::Labels { classes, .. } = self.target else {
-            return Ok(dataset);
+    /// What the network predicts.
+    pub fn task(&self) -> Task {
+        match self.target {
+            TargetInput::Labels { .. } => Task::Segmentation,
+            TargetInput::Depth { .. } => Task::Depth,
+        }
+    }
+
+    /// Refuses a dataset of the other task.
+    pub fn check_dataset(&self, dataset: DatasetKind, file: &Path) -> Result<()> {
+        let wants_depth = self.task() == Task::Depth;
+        if wants_depth == (dataset.task() == rfnc_data::Task::Depth) {
+            return Ok(());
+        }
+        let (net, data) = if wants_depth {
+            ("depth", "segmentation")
+        } else {
+            ("segmentation", "depth")
         };
-        if let Some(nominal) = dataset.num_classes().filter(|&n| n != classes) {
-            observer.note(&format!(
+        Err(Diagnostic::new(format!(
+            "`{}` predicts {net}, but the dataset `{dataset}` is a {data} dataset",
+            file.display()
+        ))
+        .hint(if wants_depth { "use --dataset nyud_depth, or a segmentation network" } else { "use a segmentation dataset (voc, voc_aug, cityscapes, nyud_seg, list), or a depth network" })
+        .into())
+    }
+
+    /// The dataset with the network's number of classes (its labels are checked against
+    /// them as they are read), and a note when the layout's nominal count differs.
+    pub fn fit_dataset(&self, dataset: Dataset) -> Result<(Dataset, Option<String>)> {
+        let TargetInput::Labels { classes, .. } = self.target else {
+            return Ok((dataset, None));
+        };
+        let note = dataset.num_classes().filter(|&n| n != classes).map(|nominal| {
+            format!(
                 "the network has {classes} classes and the `{}` layout {nominal}; labels are checked against {classes}",
                 dataset.kind()
-            ));
-        }
-        dataset.with_classes(classes).map_err(super::data_failure)
+            )
+        });
+        let dataset = dataset.with_classes(classes).map_err(super::data_failure)?;
+        Ok((dataset, note))
     }
 
     /// Sets the image and target leaves from a batch.

@@ -15,7 +15,7 @@
 
 pub mod batch;
 pub mod checkpoint;
-mod inputs;
+pub(crate) mod inputs;
 mod report;
 pub mod schedule;
 mod validate;
@@ -25,15 +25,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rfnc_compiler::ir::print_graph;
 use rfnc_data::augment::AugmentConfig;
 use rfnc_data::{Dataset, DatasetKind, Loader};
 use rfnc_dsl::Diagnostic;
 use rfnc_runtime::{load_bundle, Device, Session, Weights};
-use sha2::{Digest, Sha256};
 
-use crate::codegen::{compile_bundle, CodegenOptions};
+use crate::codegen::{ensure_bundle, program_hash, CodegenOptions};
 use crate::error::{Error, Result};
+pub use crate::eval::Metrics as Validation;
 use crate::frontend::{parse_input, Network, Source, TrainSettings};
 use crate::log::Log;
 use crate::plan::{graph, parse_size, Target};
@@ -43,7 +42,6 @@ use checkpoint::{Best, Checkpoints, RunState};
 use inputs::StepInputs;
 use report::{Record, RunLog};
 use schedule::Schedule;
-pub use validate::Validation;
 
 /// How long to train.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -156,15 +154,16 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
     let mut source = options.source.clone();
     source.input = batch::with_batch(&source.input, batch);
     let network = Network::elaborate(&source, &log)?;
-    let mut inputs = StepInputs::find(&network.forward, options.dataset, source.file.as_path())?;
+    let mut inputs = StepInputs::find(&network.forward, source.file.as_path())?;
+    inputs.check_dataset(options.dataset, &source.file)?;
     inputs.base_lr = options.settings.merge(network.training.clone())?.lr;
-    let train_set = inputs.fit_dataset(train_set, observer)?;
+    let train_set = fit(&inputs, train_set, observer)?;
     let target = Target::Train {
         settings: options.settings.clone(),
         budget: arena_budget,
     };
     let step_graph = graph(&network, &target, &log)?;
-    let program = hex_sha256(print_graph(&step_graph).as_bytes());
+    let program = program_hash(&step_graph);
     let name = source.name();
 
     let checkpoints = Checkpoints::new(&options.work_dir, options.keep);
@@ -188,9 +187,12 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         .for_device(matches!(options.device, Device::Cuda { .. }));
     let bundles = options.work_dir.join("bundles");
     let train_dir = bundles.join("train");
-    ensure_bundle(
-        &network, &target, &codegen, &train_dir, &program, observer, &log,
-    )?;
+    if ensure_bundle(&network, &target, &codegen, &train_dir, &log)? {
+        observer.note(&format!(
+            "compiled the training step into {}",
+            train_dir.display()
+        ));
+    }
     let total = total_iterations(options.length, train_set.len(), batch as usize);
     let (weights, state) = match resumed {
         Some((path, weights, mut state)) => {
@@ -216,21 +218,14 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
     };
     let validator = match &options.val_split {
         Some(split) => {
-            let val_set = inputs.fit_dataset(open_dataset(options, split)?, observer)?;
+            let val_set = fit(&inputs, open_dataset(options, split)?, observer)?;
             let mut val_source = source.clone();
             val_source.input = batch::with_batch(&source.input, 1);
             let val_network = Network::elaborate(&val_source, &log)?;
             let dir = bundles.join("val");
-            let val_program = hex_sha256(print_graph(&val_network.forward).as_bytes());
-            ensure_bundle(
-                &val_network,
-                &Target::Inference,
-                &codegen,
-                &dir,
-                &val_program,
-                observer,
-                &log,
-            )?;
+            if ensure_bundle(&val_network, &Target::Inference, &codegen, &dir, &log)? {
+                observer.note(&format!("compiled the inference into {}", dir.display()));
+            }
             Some(validate::Validator::new(&dir, options, val_set, &inputs)?)
         }
         None => None,
@@ -441,6 +436,14 @@ impl Run<'_> {
     }
 }
 
+fn fit(inputs: &StepInputs, dataset: Dataset, observer: &mut dyn Observer) -> Result<Dataset> {
+    let (dataset, note) = inputs.fit_dataset(dataset)?;
+    if let Some(note) = note {
+        observer.note(&note);
+    }
+    Ok(dataset)
+}
+
 fn open_dataset(options: &TrainOptions, split: &str) -> Result<Dataset> {
     Dataset::open(options.dataset, &options.data_root, split).map_err(data_failure)
 }
@@ -530,48 +533,4 @@ fn open_session(dir: &Path, device: Device, weights: &Weights) -> Result<Session
     let mut session = Session::new(&loaded, device).map_err(runtime_failure)?;
     session.load_weights(weights).map_err(runtime_failure)?;
     Ok(session)
-}
-
-/// Compiles the bundle into `dir` unless it holds one of the same program, compiled the
-/// same way by this rfnc (its `key` file).
-fn ensure_bundle(
-    network: &Network,
-    target: &Target,
-    codegen: &CodegenOptions,
-    dir: &Path,
-    program: &str,
-    observer: &mut dyn Observer,
-    log: &Log,
-) -> Result<()> {
-    let key = hex_sha256(
-        format!(
-            "{program} {} {} {} {:?} {}",
-            env!("CARGO_PKG_VERSION"),
-            rfnc_compiler::CODEGEN_SOURCE_HASH,
-            codegen.gpu,
-            (codegen.ptx, codegen.host),
-            target.describe()
-        )
-        .as_bytes(),
-    );
-    let key_file = dir.join("key");
-    if std::fs::read_to_string(&key_file).is_ok_and(|k| k.trim() == key) && load_bundle(dir).is_ok()
-    {
-        return Ok(());
-    }
-    observer.note(&format!(
-        "compiling the {} into {}",
-        target.describe(),
-        dir.display()
-    ));
-    compile_bundle(network, target, codegen, dir, log)?;
-    rfnc_bundle::atomic::write_atomically(&key_file, key.as_bytes())
-        .map_err(|e| Error::message(format!("`{}`: {e}", key_file.display())))
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

@@ -1,0 +1,61 @@
+//! `rfnc predict`: predictions for image files written as pictures; also the shared
+//! conversion of the protocol and device flags of `eval` and `predict`.
+
+use rfnc_driver::eval::ProtocolOptions;
+use rfnc_driver::predict::{run_predict, Palette, PredictOptions};
+use rfnc_driver::Error;
+use rfnc_runtime::Device;
+
+use crate::cli::{DeviceArg, DeviceArgs, PredictArgs, ProtocolArgs};
+use crate::print::print_stdout;
+use crate::progress::ImageProgress;
+
+pub fn run(args: &PredictArgs) -> Result<(), Error> {
+    let palette = match args.palette.as_str() {
+        "voc" => Palette::Voc,
+        "cityscapes" => Palette::Cityscapes,
+        file => Palette::File(file.into()),
+    };
+    let options = PredictOptions {
+        source: args.common.source(),
+        weights: args.weights.clone(),
+        inputs: args.images.clone(),
+        output: args.output.clone(),
+        protocol: protocol(&args.protocol),
+        palette,
+        overlay: args.overlay,
+        device: device(&args.device),
+        gpu: args.device.gpu.clone(),
+        use_cache: !args.device.no_cache,
+        timings: args.common.timings,
+    };
+    let mut progress = ImageProgress::new("predicting");
+    let written = run_predict(&options, &mut progress);
+    progress.finish();
+    let written = written?;
+    print_stdout(&format!(
+        "wrote {} files to {}\n",
+        written.len(),
+        args.output.display()
+    ))
+}
+
+pub fn protocol(args: &ProtocolArgs) -> ProtocolOptions {
+    ProtocolOptions {
+        crop: args.crop,
+        stride: args.stride,
+        scales: args.scales.0.clone(),
+        flip: args.flip,
+    }
+}
+
+pub fn device(args: &DeviceArgs) -> Device {
+    match args.device {
+        DeviceArg::Cpu => Device::Cpu {
+            threads: args
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        },
+        DeviceArg::Cuda => Device::Cuda { ordinal: 0 },
+    }
+}
