@@ -375,7 +375,7 @@ fn train_flag_errors() {
                 "--freeze",
                 "bakbone",
             ],
-            "the pattern `bakbone` matches no trainable parameter",
+            "--freeze bakbone: the pattern matches no trainable parameter",
         ),
         (
             &[

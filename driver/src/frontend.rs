@@ -177,11 +177,56 @@ impl Network {
 
     /// The training-step graph: the network's settings with `settings` merged over them.
     pub fn train_step(&self, settings: &TrainSettings, log: &Log) -> Result<Graph> {
+        self.check_patterns(settings)?;
         let config = settings.merge(self.training.clone())?;
         let start = Instant::now();
         let step = train_step(&self.forward, &config).map_err(|e| Error::message(e.0))?;
         log.since("autodiff + training step", start);
         verified(log, step, "training-step")
+    }
+}
+
+impl Network {
+    /// Every `--freeze` and `--lr-scale` pattern must match a trainable parameter (as the
+    /// program's own must): a typo is an error with the nearest scope, not a different run.
+    fn check_patterns(&self, settings: &TrainSettings) -> Result<()> {
+        let names: Vec<&str> = self
+            .forward
+            .node_ids()
+            .filter_map(|id| match &self.forward.node(id).op {
+                rfnc_compiler::ir::Op::Param { name, kind } if kind.is_trainable() => {
+                    Some(name.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        let scales = settings.lr_scale.iter().map(|e| {
+            (
+                "--lr-scale",
+                e.rsplit_once('=').map_or(e.as_str(), |(p, _)| p.trim()),
+            )
+        });
+        let frozen = settings.freeze.iter().map(|p| ("--freeze", p.as_str()));
+        for (flag, pattern) in frozen.chain(scales) {
+            if names
+                .iter()
+                .any(|n| rfnc_compiler::ir::train_config::pattern_matches(pattern, n))
+            {
+                continue;
+            }
+            let mut scopes: Vec<&str> = names
+                .iter()
+                .map(|n| n.split('.').next().unwrap_or(n))
+                .collect();
+            scopes.dedup();
+            let mut d = Diagnostic::new(format!("{flag} {pattern}: the pattern matches no trainable parameter"))
+                .note("a pattern names a scope (`backbone` covers `backbone.conv1.weight`) or uses `*` (`*.bias`)");
+            if let Some(s) = rfnc_dsl::did_you_mean(pattern, scopes.iter().copied()) {
+                d = d.hint(format!("did you mean \"{s}\"?"));
+            }
+            return Err(d.into());
+        }
+        Ok(())
     }
 }
 

@@ -139,11 +139,13 @@ pub enum ElemType {
     I32,
 }
 
-/// A dimension of a network input: a number, or a symbol fixed by `--input`.
+/// A dimension of a network input: a number, a symbol fixed by `--input`, or (after the
+/// first input) an int expression over the symbols and configs, e.g. `H / 4`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Dim {
     Fixed(u64, Span),
     Symbol(Ident),
+    Expr(Expr),
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -94,12 +94,18 @@ impl Printer<'_> {
                 self.line(d, format!("assign {} {at}", n.name));
                 self.expr(e, d + 1);
             }
-            StmtKind::Input { name, dtype, dims } => {
-                let dims: Vec<String> = dims
+            StmtKind::Input {
+                name,
+                dtype,
+                dims: dims_ast,
+            } => {
+                let dims: Vec<String> = dims_ast
                     .iter()
-                    .map(|x| match x {
+                    .enumerate()
+                    .map(|(i, x)| match x {
                         Dim::Fixed(v, _) => v.to_string(),
                         Dim::Symbol(s) => s.name.clone(),
+                        Dim::Expr(_) => format!("<dim {i}>"),
                     })
                     .collect();
                 let t = if *dtype == ElemType::F32 {
@@ -111,6 +117,12 @@ impl Printer<'_> {
                     d,
                     format!("input {}: {t}[{}] {at}", name.name, dims.join(", ")),
                 );
+                for (i, dim) in dims_ast.iter().enumerate() {
+                    if let Dim::Expr(e) = dim {
+                        self.line(d + 1, format!("dim {i}"));
+                        self.expr(e, d + 2);
+                    }
+                }
             }
             StmtKind::Output(n, e) => {
                 self.line(d, format!("output {} {at}", n.name));

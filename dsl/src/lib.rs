@@ -16,3 +16,4 @@ pub use diagnostic::Diagnostic;
 pub use elab::{elaborate, elaborate_with_training, Options};
 pub use loader::{load_file, load_source, Program};
 pub use source::SourceMap;
+pub use suggest::did_you_mean;

@@ -421,6 +421,7 @@ impl Builder {
                     let inner = d.into_inner().next().expect("grammar: dim");
                     dims.push(match inner.as_rule() {
                         Rule::int => Dim::Fixed(self.int_value(&inner)? as u64, self.span(&inner)),
+                        Rule::expr => Dim::Expr(self.expr(inner)?),
                         _ => Dim::Symbol(self.ident(inner)),
                     });
                 }

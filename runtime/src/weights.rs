@@ -61,17 +61,43 @@ impl fmt::Display for WeightsError {
 
 impl std::error::Error for WeightsError {}
 
-/// Reads a safetensors file of float32 tensors.
-pub fn load_weights(path: &Path) -> Result<Weights, WeightsError> {
-    let bytes = std::fs::read(path).map_err(|e| WeightsError::Io {
+/// The file's bytes, and a `Format` error maker for it.
+fn read(path: &Path) -> Result<Vec<u8>, WeightsError> {
+    std::fs::read(path).map_err(|e| WeightsError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })?;
-    let format = |message: String| WeightsError::Format {
+    })
+}
+
+fn format_error(path: &Path, message: String) -> WeightsError {
+    WeightsError::Format {
         path: path.to_path_buf(),
         message,
-    };
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
+    }
+}
+
+/// Parses safetensors bytes; a file of another kind says what it looks like instead of
+/// safetensors' "header too large".
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>, WeightsError> {
+    SafeTensors::deserialize(bytes).map_err(|e| {
+        let what = if bytes.starts_with(b"PK\x03\x04") {
+            "it is a zip archive, as PyTorch's torch.save writes; convert it with safetensors.torch.save_file(torch.load(FILE), OUT)".to_string()
+        } else if bytes.starts_with(b"\x80") {
+            "it is a Python pickle (an old torch.save format); convert it with safetensors.torch.save_file".to_string()
+        } else if bytes.len() < 8 {
+            format!("it has {} bytes, fewer than a safetensors header", bytes.len())
+        } else {
+            format!("it does not start with a safetensors header ({e})")
+        };
+        format_error(path, format!("not a safetensors file: {what}"))
+    })
+}
+
+/// Reads a safetensors file of float32 tensors.
+pub fn load_weights(path: &Path) -> Result<Weights, WeightsError> {
+    let bytes = read(path)?;
+    let format = |message: String| format_error(path, message);
+    let file = parse(path, &bytes)?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
     let mut weights = Weights {
         metadata: header
@@ -103,15 +129,9 @@ pub fn load_weights(path: &Path) -> Result<Weights, WeightsError> {
 /// Reads a safetensors file of named f32 and i32 tensors (e.g. a network's inputs, labels
 /// included).
 pub fn load_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, WeightsError> {
-    let bytes = std::fs::read(path).map_err(|e| WeightsError::Io {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let format = |message: String| WeightsError::Format {
-        path: path.to_path_buf(),
-        message,
-    };
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
+    let bytes = read(path)?;
+    let format = |message: String| format_error(path, message);
+    let file = parse(path, &bytes)?;
     let mut tensors = BTreeMap::new();
     for (name, view) in file.tensors() {
         let dtype = match view.dtype() {

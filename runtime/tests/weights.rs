@@ -93,3 +93,36 @@ fn input_tensors_of_f32_and_i32_load() {
         "{e}"
     );
 }
+
+/// A file that is not safetensors says so (and what it looks like), not "header too large".
+#[test]
+fn a_file_of_another_kind_says_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[u8], &str); 3] = [
+        (
+            "model.pth",
+            b"PK\x03\x04 a zip archive of pickles",
+            "zip archive, as PyTorch's torch.save writes",
+        ),
+        (
+            "old.pt",
+            b"\x80\x02 a pickle with some length",
+            "Python pickle",
+        ),
+        (
+            "notes.txt",
+            b"these are not weights at all",
+            "does not start with a safetensors header",
+        ),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let e = load_weights(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(name) && e.contains("not a safetensors file"),
+            "{e}"
+        );
+        assert!(e.contains(needle), "{e}");
+    }
+}

@@ -625,8 +625,23 @@ impl<'p> Elab<'p> {
                         }
                     }
                     self.symbols.insert(sym.name.clone(), (g[i], sym.span));
+                    // The network body may compute with the sizes (`H / 4`); a variable of
+                    // the same name keeps its own value.
+                    if env.get(&sym.name).is_none() {
+                        env.define(&sym.name, Value::Int(g[i] as i64), sym.span);
+                    }
                     g[i]
                 }
+                (Dim::Expr(e), Some(_)) => {
+                    return Diagnostic::new(format!(
+                        "the sizes of `{}`, the first input, come from --input",
+                        name.name
+                    ))
+                    .label(e.span, "an expression here")
+                    .hint("declare the first input with numbers and symbols (e.g. f32[N, 3, H, W]); later inputs may compute sizes from them")
+                    .err()
+                }
+                (Dim::Expr(e), None) => self.size_expr(env, e)?,
                 (Dim::Symbol(sym), None) => match self.symbols.get(&sym.name) {
                     Some((v, _)) => *v,
                     None => {
@@ -680,6 +695,23 @@ impl<'p> Elab<'p> {
     }
 
     // ----- expressions ------------------------------------------------------------------
+
+    /// A size computed from the symbols of the first input (`N`, `H`, `W`, ...) and the
+    /// configs, e.g. `H / 4`; at least 1.
+    fn size_expr(&mut self, env: &mut Env, e: &Expr) -> Result<u64> {
+        env.push();
+        for (name, (value, span)) in &self.symbols {
+            env.define(name, Value::Int(*value as i64), *span);
+        }
+        let v = self.int(env, e, "a size");
+        env.pop();
+        match v? {
+            v if v >= 1 => Ok(v as u64),
+            v => Diagnostic::new(format!("this size is {v}"))
+                .label(e.span, "every size must be at least 1")
+                .err(),
+        }
+    }
 
     fn int(&mut self, env: &mut Env, e: &Expr, what: &str) -> Result<i64> {
         match self.eval(env, e, None)? {
@@ -1448,7 +1480,7 @@ fn example_shape(dims: &[Dim]) -> String {
         .map(|(i, d)| match d {
             Dim::Fixed(v, _) => v.to_string(),
             Dim::Symbol(_) if i == 0 => "1".to_string(),
-            Dim::Symbol(_) => "64".to_string(),
+            Dim::Symbol(_) | Dim::Expr(_) => "64".to_string(),
         })
         .collect();
     parts.join("x")
