@@ -307,3 +307,42 @@ fn a_training_run_is_reproducible_and_the_seed_matters() {
         "another seed draws other dropout masks"
     );
 }
+
+/// Random initial weights keep a ResNet-152 RefineNet sane: logits with a standard deviation
+/// between 0.1 and 10, and three training steps with finite losses that fall or stay flat
+/// (the residual branches' last convs start scaled by 1/sqrt(branches), compiler/src/init.rs).
+#[test]
+fn random_weights_stay_sane_at_resnet_152() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scores.safetensors");
+    let net = [
+        "run",
+        "examples/refinenet4.rfn",
+        "-D",
+        "depth=152",
+        "--input",
+        "1x3x64x64",
+    ];
+    let run = rfnc(&[&net[..], &["-o", out.to_str().unwrap()]].concat());
+    assert!(run.status.success(), "{}", stderr(&run));
+    let scores = &rfnc_runtime::load_weights(&out).unwrap().tensors["scores"].1;
+    let mean = scores.iter().map(|&v| v as f64).sum::<f64>() / scores.len() as f64;
+    let var = scores
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / scores.len() as f64;
+    let std = var.sqrt();
+    eprintln!("ResNet-152 RefineNet, random weights: logits std {std:.4}");
+    assert!((0.1..=10.0).contains(&std), "logits std {std}");
+
+    let train = rfnc(&[&net[..], &["--train", "--steps", "3"]].concat());
+    assert!(train.status.success(), "{}", stderr(&train));
+    let losses: Vec<f64> = stdout(&train)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4)?.parse().ok())
+        .collect();
+    assert_eq!(losses.len(), 3, "{}", stdout(&train));
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(losses[2] <= losses[0] * 1.01, "losses {losses:?} rise");
+}
