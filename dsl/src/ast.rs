@@ -239,6 +239,8 @@ pub struct Arg {
 /// The `as name` or `as name[i]` naming of a call.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CallName {
+    /// `as shared NAME`: the call reuses the parameters an earlier call under this name made.
+    pub shared: bool,
     pub base: Ident,
     pub index: Option<Box<Expr>>,
     pub span: Span,

@@ -203,7 +203,8 @@ impl Printer<'_> {
             ExprKind::Call { callee, args, name } => {
                 let named = match name {
                     Some(n) => format!(
-                        " as {}{}",
+                        " as {}{}{}",
+                        if n.shared { "shared " } else { "" },
                         n.base.name,
                         if n.index.is_some() { "[..]" } else { "" }
                     ),

@@ -581,10 +581,12 @@ impl Builder {
                 let name = match it.next() {
                     Some(n) => {
                         let nspan = self.span(&n);
-                        let mut ni = n.into_inner();
+                        let mut ni = n.into_inner().peekable();
+                        let shared = ni.next_if(|p| p.as_rule() == Rule::shared).is_some();
                         let base = self.ident(ni.next().expect("grammar: as name"));
                         let index = ni.next().map(|e| self.expr(e)).transpose()?.map(Box::new);
                         Some(CallName {
+                            shared,
                             base,
                             index,
                             span: nspan,

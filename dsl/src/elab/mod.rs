@@ -148,6 +148,10 @@ pub(crate) struct Elab<'p> {
     scope: Vec<String>,
     /// Where each parameter was made: the block-call spans leading to it, then the call itself.
     param_spans: HashMap<String, Vec<Span>>,
+    /// Each parameter's node, for `as shared` calls that reuse it.
+    param_ids: HashMap<String, NodeId>,
+    /// How many `as shared` block calls are being elaborated.
+    shared_depth: usize,
     /// Spans of the block calls being elaborated, outermost first.
     call_stack: Vec<Span>,
     output_spans: HashMap<String, Span>,
@@ -220,6 +224,8 @@ impl<'p> Elab<'p> {
             origins: HashMap::new(),
             scope: Vec::new(),
             param_spans: HashMap::new(),
+            param_ids: HashMap::new(),
+            shared_depth: 0,
             call_stack: Vec::new(),
             output_spans: HashMap::new(),
             objective_span: None,
@@ -1047,8 +1053,11 @@ impl<'p> Elab<'p> {
             let segment = segment
                 .or(hint.map(str::to_string))
                 .unwrap_or_else(|| callee.name.clone());
+            let shared = name.is_some_and(|n| n.shared);
             self.call_stack.push(span);
+            self.shared_depth += usize::from(shared);
             let result = self.call_block(block, actuals, segment, span);
+            self.shared_depth -= usize::from(shared);
             self.call_stack.pop();
             return result.map_err(|mut d| {
                 if d.labels.len() < 8 && !d.labels.iter().any(|l| l.span == span) {
@@ -1116,7 +1125,11 @@ impl<'p> Elab<'p> {
                 };
                 values.push((v, vspan));
             }
-            return builtins::apply(self, builtin, values, &segment, span);
+            let shared = usize::from(name.is_some_and(|n| n.shared));
+            self.shared_depth += shared;
+            let result = builtins::apply(self, builtin, values, &segment, span);
+            self.shared_depth -= shared;
+            return result;
         }
         let mut d = Diagnostic::new(format!("unknown block `{}`", callee.name))
             .label(callee.span, "not defined");
@@ -1380,6 +1393,20 @@ impl<'p> Elab<'p> {
         let name = format!("{}.{suffix}", loc.scope);
         let mut path = self.call_stack.clone();
         path.push(span);
+        if let Some(&existing) = self.param_ids.get(&name).filter(|_| self.shared_depth > 0) {
+            let have = &self.graph.node(existing).ty.dims;
+            if *have != dims {
+                return Diagnostic::new(format!(
+                    "shared parameter `{name}` is {dims:?} here but {have:?} where it was made"
+                ))
+                .label(
+                    span,
+                    "a shared call must make parameters of the same shapes",
+                )
+                .err();
+            }
+            return Ok(existing);
+        }
         if let Some(first) = self.param_spans.get(&name) {
             // Point at the outermost calls that differ: the ones the user named alike.
             let differ = path.iter().zip(first).position(|(a, b)| a != b);
@@ -1388,7 +1415,7 @@ impl<'p> Elab<'p> {
                 Some(i) => d
                     .label(path[i], "defined again by this call")
                     .label(first[i], "first defined by this call")
-                    .hint("give the calls different names with `as NAME`"),
+                    .hint("give the calls different names with `as NAME`, or reuse the first call's parameters with `as shared NAME`"),
                 None => d
                     .label(span, "this call runs more than once and makes the same name each time")
                     .note("a call is named by `as NAME`, else by the variable it is assigned to, else by the callee")
@@ -1399,7 +1426,16 @@ impl<'p> Elab<'p> {
         let ty = TensorType::f32(dims);
         self.check_size(&ty, span)?;
         self.param_spans.insert(name.clone(), path);
-        let id = self.graph.add(Op::Param { name, kind }, &[], ty, loc);
+        let id = self.graph.add(
+            Op::Param {
+                name: name.clone(),
+                kind,
+            },
+            &[],
+            ty,
+            loc,
+        );
+        self.param_ids.insert(name, id);
         self.origins.insert(id, span);
         Ok(id)
     }
