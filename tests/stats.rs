@@ -139,3 +139,38 @@ fn naive_feature_memory_counts_every_op_output() {
         .sum();
     assert_eq!(sum, expected);
 }
+
+/// `rfnc stats --train` counts the training step's work: the forward convolutions, both
+/// gradients of each (the data gradient only where a gradient flows: not into the image),
+/// and the SGD update (two multiply-accumulates per parameter for the momentum, one for
+/// the step).
+#[test]
+fn training_macs_count_the_backward_pass_and_the_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("two.rfn");
+    std::fs::write(
+        &file,
+        "network two {
+            input image: f32[N, 3, H, W];
+            input labels: i32[N, H, W];
+            let y = conv(relu(conv(image, 4, k = 3) as a), 5, k = 1) as b;
+            objective loss = softmax_cross_entropy(y, labels);
+        }",
+    )
+    .unwrap();
+    let macs = |train: bool| {
+        let mut args = vec!["stats", file.to_str().unwrap(), "--json", "--input", "1x3x8x8"];
+        if train {
+            args.push("--train");
+        }
+        let out = rfnc(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        json["total"]["macs"].as_u64().unwrap()
+    };
+    let (a, b) = (3 * 3 * 3 * 4 * 64, 4 * 5 * 64); // the two convs at 8x8
+    let params = 3 * 3 * 3 * 4 + 4 * 5;
+    assert_eq!(macs(false), a + b);
+    // forward, weight gradients of both, data gradient of `b` only, updates.
+    assert_eq!(macs(true), (a + b) + (a + b) + b + 3 * params);
+}

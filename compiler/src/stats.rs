@@ -4,7 +4,9 @@
 //! Definitions (see docs/ir.md):
 //! - params: elements of every `rfn.param` except batch-norm running statistics;
 //! - macs: for each conv, `kh*kw*Cin*Cout*Hout*Wout/groups` per image times the batch;
-//!   other ops count no multiply-accumulates;
+//!   in a training step as much again for each of its gradients (data and weight), and
+//!   per parameter element 2 for the momentum update and 1 for the step; other ops count
+//!   no multiply-accumulates;
 //! - naive feature bytes: every computed op's output as its own buffer (no reuse);
 //!   inputs and parameters are not features.
 //!
@@ -44,6 +46,29 @@ pub struct Stats {
 
 pub const TOP_LEVEL_COMPONENT: &str = "network";
 
+/// The multiply-accumulates of op `id`: a convolution and each of its two gradients do
+/// `kh*kw*Cin/groups` per element of the convolution's output, `N*Cout*Hout*Wout` of them;
+/// the SGD updates one (`p - lr * v`) or two (`momentum * v + g + decay * p`) per element;
+/// everything else none.
+fn macs(graph: &Graph, id: crate::ir::NodeId, op: &Op) -> u64 {
+    let dims = |n: crate::ir::NodeId| graph.node(n).ty.dims.clone();
+    let elements = graph.node(id).ty.elements();
+    let ops = graph.operands(id);
+    // (the convolution's output, its weight)
+    let conv = match op {
+        Op::Conv2d { .. } => Some((dims(id), dims(ops[1]))),
+        Op::Conv2dGradInput { .. } => Some((dims(ops[0]), dims(ops[1]))),
+        Op::Conv2dGradWeight { .. } => Some((dims(ops[1]), dims(id))),
+        Op::SgdStep { .. } => return elements,
+        Op::SgdMomentum { .. } => return elements.saturating_mul(2),
+        _ => None,
+    };
+    let Some((y, w)) = conv else { return 0 };
+    y.iter()
+        .chain(&w[1..])
+        .fold(1u64, |m, &d| m.saturating_mul(d))
+}
+
 /// Computes the statistics of a verified graph.
 pub fn stats(graph: &Graph) -> Stats {
     let order = graph
@@ -64,17 +89,7 @@ pub fn stats(graph: &Graph) -> Stats {
             }
             op => {
                 cost.naive_feature_bytes = node.ty.bytes();
-                if let Op::Conv2d { .. } = op {
-                    let w = &graph.node(graph.operands(id)[1]).ty.dims;
-                    let (kh, kw, cin_per_group) = (w[2], w[3], w[1]);
-                    // Output elements times the work of one output: kh*kw*Cin/groups.
-                    cost.macs = node
-                        .ty
-                        .elements()
-                        .saturating_mul(kh)
-                        .saturating_mul(kw)
-                        .saturating_mul(cin_per_group);
-                }
+                cost.macs = macs(graph, id, op);
             }
         }
         let component = match node.loc.component() {
