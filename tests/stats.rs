@@ -159,7 +159,13 @@ fn training_macs_count_the_backward_pass_and_the_update() {
     )
     .unwrap();
     let macs = |train: bool| {
-        let mut args = vec!["stats", file.to_str().unwrap(), "--json", "--input", "1x3x8x8"];
+        let mut args = vec![
+            "stats",
+            file.to_str().unwrap(),
+            "--json",
+            "--input",
+            "1x3x8x8",
+        ];
         if train {
             args.push("--train");
         }
