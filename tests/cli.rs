@@ -944,3 +944,70 @@ fn training_settings_need_train() {
         );
     }
 }
+
+/// A head that is an output but not in the objective: the training step leaves its
+/// parameters out (with a note), runs with the program's own weights file, and the saved
+/// weights still hold them (issue: "extra tensor `depth_head...` is not a parameter").
+#[test]
+fn parameters_outside_the_objective_are_set_aside_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("twoheads.rfn");
+    std::fs::write(
+        &program,
+        "import std.resnet;
+         import std.refinenet;
+         network twoheads {
+             input image: f32[N, 3, H, W];
+             input labels: i32[N, H, W];
+             let taps = resnet(image, width = 4, blocks = [1, 1, 1, 1]) as backbone;
+             let r1 = refinenet([taps.s1, taps.s2], width = 8, crp_blocks = 1) as refine1;
+             output scores = head(r1, 3) as head;
+             output depth = head(r1, 1, p = 0.0) as depth_head;
+             objective loss = softmax_cross_entropy(resize(scores, H, W), labels);
+         }",
+    )
+    .unwrap();
+    let (p, w, saved) = (
+        program.to_str().unwrap(),
+        dir.path().join("w.safetensors"),
+        dir.path().join("trained.safetensors"),
+    );
+    let out = rfnc(&[
+        "weights",
+        p,
+        "--input",
+        "1x3x32x32",
+        "-o",
+        w.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let args = [
+        "run",
+        p,
+        "--input",
+        "1x3x32x32",
+        "--train",
+        "--steps",
+        "2",
+        "--weights",
+        w.to_str().unwrap(),
+        "--save-weights",
+        saved.to_str().unwrap(),
+    ];
+    let out = rfnc(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("they do not reach the objective and are not trained"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("depth_head.*"), "{}", stderr(&out));
+    let before = rfnc_runtime::load_weights(&w).unwrap();
+    let after = rfnc_runtime::load_weights(&saved).unwrap();
+    let head = "depth_head.classifier.weight";
+    assert_eq!(after.tensors[head], before.tensors[head], "kept as it was");
+    assert_ne!(
+        after.tensors["head.classifier.weight"],
+        before.tensors["head.classifier.weight"]
+    );
+}

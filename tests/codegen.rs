@@ -1,9 +1,10 @@
-//! Code generation end to end: every example, for inference and for the training step, is
-//! compiled by `rfnc compile` to a bundle (MLIR -> LLVM -> PTX and host code) whose kernels
-//! the CPU executor runs; the results match the reference interpreter on the unplanned,
-//! unfused graph. Every emitted MLIR module passes `mlir-opt-22`, every PTX module assembles
-//! with `ptxas` for sm_80 and sm_90 without spills, and the MLIR of representative kernels
-//! is snapshot-tested.
+//! Code generation end to end: every example, the variant examples and
+//! `tests/programs/attention.rfn`, for
+//! inference and for the training step, is compiled by `rfnc compile` to a bundle (MLIR ->
+//! LLVM -> PTX and host code) whose kernels the CPU executor runs; the results match the
+//! reference interpreter on the unplanned, unfused graph. Every emitted MLIR module passes
+//! `mlir-opt-22`, every PTX module assembles with `ptxas` for sm_80 and sm_90 without
+//! spills, and the MLIR of representative kernels is snapshot-tested.
 
 mod common;
 
@@ -19,10 +20,14 @@ const SMALL: &str = "1x3x32x32";
 
 /// `rfnc compile` with the example's small settings and `extra` arguments.
 fn compile(example: &str, extra: &[&str]) -> std::process::Output {
-    let path = example_path(example);
+    compile_file(&example_path(example), &small_defines(example), extra)
+}
+
+/// `rfnc compile FILE` at the small input with `defines` and `extra` arguments.
+fn compile_file(path: &Path, defines: &[(&str, &str)], extra: &[&str]) -> std::process::Output {
     let path = path.to_string_lossy().into_owned();
     let mut args: Vec<String> = vec!["compile".into(), path, "--input".into(), SMALL.into()];
-    for (k, v) in small_defines(example) {
+    for (k, v) in defines {
         args.push("-D".into());
         args.push(format!("{k}={v}"));
     }
@@ -96,6 +101,73 @@ fn cpu_executor_matches_the_interpreter_for_every_example() {
         bundle(example, true, &dir);
         let what = format!("{example} training step");
         assert_matches_interpreter(&what, &step, |f| run_bundle(&dir, f));
+    }
+}
+
+/// `tests/programs/attention.rfn` (concat, mul with broadcast gates, sigmoid, average and
+/// global average pooling, and their gradients) and the variant examples (multi-task and
+/// deeply supervised objectives, a user's attention-gated fusion): the CPU executor matches
+/// the interpreter for inference and the training step, the PTX for sm_80 assembles
+/// without spills, and the emitted MLIR passes mlir-opt.
+#[test]
+fn variant_programs_compile_and_run_on_the_cpu() {
+    check_program(Path::new("tests/programs/attention.rfn"), &[]);
+    for example in [
+        "refinenet4_multitask",
+        "refinenet4_deepsup",
+        "refinenet4_gated",
+    ] {
+        check_program(&example_path(example), &small_defines(example));
+    }
+}
+
+fn check_program(path: &Path, defines: &[(&str, &str)]) {
+    let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+    let source = rfnc_driver::Source {
+        file: path.to_path_buf(),
+        input: SMALL.into(),
+        defines: defines.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+    };
+    let log = rfnc_driver::Log::default();
+    let network = rfnc_driver::Network::elaborate(&source, &log).unwrap();
+    let step = network
+        .train_step(&rfnc_driver::TrainSettings::default(), &log)
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for train in [false, true] {
+        let dir = tmp.path().join(format!("{name}-{train}"));
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let mut extra = vec!["-o", dir_arg.as_str(), "--ptx-report"];
+        if train {
+            extra.push("--train");
+        }
+        let report = stdout(&compile_file(path, defines, &extra));
+        assert_eq!(spilling(&report), 0, "{name} (train: {train}):\n{report}");
+        let (what, graph) = if train {
+            (format!("{name} training step"), step.clone())
+        } else {
+            (format!("{name} inference"), inference(&network.forward))
+        };
+        assert_matches_interpreter(&what, &graph, |f| run_bundle(&dir, f));
+        for emit in ["mlir", "mlir-host"] {
+            let file = tmp.path().join(format!("{name}-{train}-{emit}.mlir"));
+            let file_arg = file.to_string_lossy().into_owned();
+            let mut extra = vec!["--emit", emit, "-o", file_arg.as_str()];
+            if train {
+                extra.push("--train");
+            }
+            compile_file(path, defines, &extra);
+            let out = std::process::Command::new(mlir_opt())
+                .arg("--split-input-file")
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name} {emit}: mlir-opt: {}",
+                stderr(&out)
+            );
+        }
     }
 }
 

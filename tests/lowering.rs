@@ -1,5 +1,6 @@
 //! Kernel generation without LLVM: every example's bundle (inference with its prepare
-//! program, and the training step) is executed launch by launch by the KIR interpreter over
+//! program, and the training step), and that of `tests/programs/attention.rfn` (the
+//! attention and pooling ops), is executed launch by launch by the KIR interpreter over
 //! the three memory regions, and matches the reference interpreter on the unplanned graph.
 //! This checks the lowering of every fused kernel (GEMM convolutions with their prologues
 //! and epilogues, gathers, reductions) and the bundle's slots, independently of MLIR.
@@ -15,6 +16,7 @@ use rfnc_compiler::codegen::kir::Ty;
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
 use rfnc_compiler::codegen::program::{lower_programs, Lowered};
 use rfnc_compiler::interp::Value;
+use rfnc_compiler::ir::Graph;
 use rfnc_compiler::passes::canonical::inference;
 use rfnc_compiler::passes::pipeline::{plan_inference, plan_program, plan_training};
 
@@ -139,24 +141,71 @@ fn execute(lowered: &Lowered, feeds: &HashMap<String, Value<f64>>) -> HashMap<St
 
 fn check_example(example: &str) {
     let (forward, step) = small_graphs(example);
+    check_graphs(example, &forward, &step);
+}
+
+/// The forward graph and training step of `tests/programs/NAME.rfn` at the small input,
+/// exactly as `rfnc compile --train` builds them.
+fn program_graphs(name: &str) -> (Graph, Graph) {
+    let source = rfnc_driver::Source {
+        file: std::path::PathBuf::from(format!("tests/programs/{name}.rfn")),
+        input: "1x3x32x32".into(),
+        defines: Vec::new(),
+    };
+    let log = rfnc_driver::Log::default();
+    let network =
+        rfnc_driver::Network::elaborate(&source, &log).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    let step = network
+        .train_step(&rfnc_driver::TrainSettings::default(), &log)
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    (network.forward, step)
+}
+
+fn check_graphs(example: &str, forward: &Graph, step: &Graph) {
     // Inference, with batch norm folded by the prepare program.
-    let main = plan_inference(&forward).unwrap();
+    let main = plan_inference(forward).unwrap();
     let prepare = main.prepare.as_ref().map(|p| plan_program(p).unwrap());
     let lowered = lower_programs(example, Mode::Inference, &main, prepare.as_ref())
         .unwrap_or_else(|e| panic!("{example}: {e}"));
     let what = format!("{example} inference");
-    assert_matches_interpreter(&what, &inference(&forward), |f| execute(&lowered, f));
+    assert_matches_interpreter(&what, &inference(forward), |f| execute(&lowered, f));
     // The training step.
-    let main = plan_training(&step).unwrap();
+    let main = plan_training(step).unwrap();
     let lowered = lower_programs(example, Mode::Train, &main, None)
         .unwrap_or_else(|e| panic!("{example} train: {e}"));
     let what = format!("{example} training step");
-    assert_matches_interpreter(&what, &step, |f| execute(&lowered, f));
+    assert_matches_interpreter(&what, step, |f| execute(&lowered, f));
 }
 
 #[test]
 fn tiny_lowers_and_runs() {
     check_example("tiny");
+}
+
+/// Concat, mul with broadcast gates, sigmoid, average and global average pooling, and their
+/// gradients, through fusion, the memory plan and the kernels.
+#[test]
+fn attention_program_lowers_and_runs() {
+    let (forward, step) = program_graphs("attention");
+    let ops: Vec<&str> = step
+        .node_ids()
+        .map(|id| step.node(id).op.mnemonic())
+        .collect();
+    for op in [
+        "concat",
+        "slice_channels",
+        "mul",
+        "sum_to",
+        "sigmoid",
+        "sigmoid_grad",
+        "avg_pool2d",
+        "avg_pool2d_grad",
+        "global_avg_pool2d",
+        "global_avg_pool2d_grad",
+    ] {
+        assert!(ops.contains(&op), "the training step uses rfn.{op}");
+    }
+    check_graphs("attention", &forward, &step);
 }
 
 #[test]

@@ -18,18 +18,12 @@ fn scalar<T: rfnc_compiler::interp::Real>(v: &Value<T>) -> f64 {
 }
 
 /// Checks d loss / d params of the whole network (dropout active) against central
-/// differences on a deterministic sample of parameter elements.
+/// differences on a deterministic sample of parameter elements. The bound on the relative
+/// error is 1e-5: a wrong or missing gradient contribution is an error of order 1, while a
+/// central difference whose step crosses a ReLU or max-pool kink of the sampled element is
+/// off by about 1e-6 (seen with some initial weights).
 fn check_network_gradient(example: &str, defines: &[(&str, &str)], input: &[u64]) {
-    check_network_gradient_within(example, defines, input, 1e-6);
-}
-
-/// [`check_network_gradient`] with a given bound on the relative error.
-fn check_network_gradient_within(
-    example: &str,
-    defines: &[(&str, &str)],
-    input: &[u64],
-    bound: f64,
-) {
+    let bound = 1e-5;
     let forward = graph(example, input, defines);
     let mut g = with_active_dropout(&forward, 1);
     let loss = g.output(g.objective.as_deref().unwrap()).unwrap();
@@ -118,14 +112,12 @@ fn cascade_variants_training_gradients_match_finite_differences() {
 }
 
 /// One backbone applied to both scales (`as shared`): the gradients of its parameters
-/// accumulate over both uses. (A missing use would be an error of order 1; the bound is
-/// 1e-5 because each shared element's difference quotient crosses the max-pool and ReLU
-/// kinks of both uses, 1.4e-6 here.)
+/// accumulate over both uses.
 #[test]
 fn a_shared_backbone_accumulates_gradients_from_both_uses() {
     let mut defines = TINY_WIDTHS.to_vec();
     defines.push(("share_backbone", "true"));
-    check_network_gradient_within("refinenet4_2scale", &defines, &[1, 3, 32, 32], 1e-5);
+    check_network_gradient("refinenet4_2scale", &defines, &[1, 3, 32, 32]);
 }
 
 #[test]
@@ -236,7 +228,7 @@ fn unknown_patterns_are_errors() {
 fn tiny_overfits_one_batch() {
     let forward = graph("tiny", &[1, 3, 32, 32], &[("dropout", "0.0")]);
     let config = TrainConfig {
-        lr: 0.02,
+        lr: 0.01,
         momentum: 0.9,
         weight_decay: 0.0,
         seed: 1,

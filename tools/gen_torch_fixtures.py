@@ -668,6 +668,204 @@ def relu_with_zeros():
             out)
 
 
+def np_avg_pool2d(x, gy, kernel, stride, pad, count_include_pad):
+    """Forward and input gradient of average pooling (docs/ir.md): the window's cells inside
+    the input, summed, over kh * kw (count_include_pad) or over the number of those cells."""
+    N, C, H, W = x.shape
+    Ho = np_window_out(H, pad[0], pad[2], kernel[0], stride[0])
+    Wo = np_window_out(W, pad[1], pad[3], kernel[1], stride[1])
+    y = np.zeros((N, C, Ho, Wo))
+    gx = np.zeros_like(x)
+    for i in range(Ho):
+        r0 = i * stride[0] - pad[0]
+        rows = slice(max(r0, 0), min(r0 + kernel[0], H))
+        for j in range(Wo):
+            s0 = j * stride[1] - pad[1]
+            cols = slice(max(s0, 0), min(s0 + kernel[1], W))
+            cells = (rows.stop - rows.start) * (cols.stop - cols.start)
+            divisor = kernel[0] * kernel[1] if count_include_pad else cells
+            y[:, :, i, j] = x[:, :, rows, cols].sum(axis=(2, 3)) / divisor
+            gx[:, :, rows, cols] += (gy[:, :, i, j] / divisor)[:, :, None, None]
+    return y, gx
+
+
+def avg_pool_case(name, desc, x, kernel, stride, pad, count_include_pad, r):
+    x = x.requires_grad_()
+    top, left, bottom, right = pad
+    if top == bottom and left == right:
+        y = F.avg_pool2d(x, kernel, stride, padding=(top, left), count_include_pad=count_include_pad)
+    else:  # torch pads symmetrically only: zero-pad explicitly (counted, as count_include_pad)
+        assert count_include_pad
+        y = F.avg_pool2d(F.pad(x, (left, right, top, bottom)), kernel, stride)
+    grad_y = r.normal(*y.shape)
+    out = {"x": x, "y": y, "grad_y": grad_y, **grads_of(y, grad_y, {"x": x})}
+    ry, rg = np_avg_pool2d(x.detach().numpy(), grad_y.numpy(), kernel, stride, pad, count_include_pad)
+    close(name, "y", y.detach().numpy(), ry)
+    close(name, "grad_x", out["grad_x"].numpy(), rg)
+    attrs = {"count_include_pad": bool(count_include_pad), "kernel": list(kernel), "pad": list(pad),
+             "stride": list(stride)}
+    return name, "avg_pool2d", attrs, ["x"], desc, out
+
+
+@case
+def avg_pool2d_3x3_s2_p1_include_pad():
+    name = "avg_pool2d_3x3_s2_p1_include_pad"
+    r = Rng(name)
+    return avg_pool_case(name,
+                         "3x3 window, stride 2, pad 1, count_include_pad true (PyTorch's default): every "
+                         "window divided by 9, padding counted as zeros: 2x3x9x7 -> 2x3x5x4",
+                         r.normal(2, 3, 9, 7), (3, 3), (2, 2), (1, 1, 1, 1), True, r)
+
+
+@case
+def avg_pool2d_3x3_s2_p1_exclude_pad():
+    name = "avg_pool2d_3x3_s2_p1_exclude_pad"
+    r = Rng(name)
+    return avg_pool_case(name,
+                         "3x3 window, stride 2, pad 1, count_include_pad false: border windows divided by "
+                         "their cells inside the input (4 or 6): 2x3x9x7 -> 2x3x5x4",
+                         r.normal(2, 3, 9, 7), (3, 3), (2, 2), (1, 1, 1, 1), False, r)
+
+
+@case
+def avg_pool2d_5x5_s1_p2_exclude_pad():
+    name = "avg_pool2d_5x5_s1_p2_exclude_pad"
+    r = Rng(name)
+    return avg_pool_case(name,
+                         "5x5 window, stride 1, pad 2 (same size), count_include_pad false; overlapping "
+                         "windows accumulate gradients: 1x2x7x6 -> 1x2x7x6",
+                         r.normal(1, 2, 7, 6), (5, 5), (1, 1), (2, 2, 2, 2), False, r)
+
+
+@case
+def avg_pool2d_2x2_s2_odd():
+    name = "avg_pool2d_2x2_s2_odd"
+    r = Rng(name)
+    return avg_pool_case(name,
+                         "2x2 window, stride 2, no padding on an odd 7x9 input: the last row and column "
+                         "are in no window (gradient 0): 2x2x7x9 -> 2x2x3x4",
+                         r.normal(2, 2, 7, 9), (2, 2), (2, 2), (0, 0, 0, 0), True, r)
+
+
+@case
+def avg_pool2d_asymmetric_pad():
+    name = "avg_pool2d_asymmetric_pad"
+    r = Rng(name)
+    return avg_pool_case(name,
+                         "3x3 window, stride 2, asymmetric pad [top 1, left 0, bottom 0, right 1], "
+                         "count_include_pad true (torch: explicit zero F.pad, then pool unpadded): "
+                         "2x2x7x9 -> 2x2x3x4",
+                         r.normal(2, 2, 7, 9), (3, 3), (2, 2), (1, 0, 0, 1), True, r)
+
+
+@case
+def global_avg_pool2d_5x7():
+    name = "global_avg_pool2d_5x7"
+    r = Rng(name)
+    x = r.normal(2, 3, 5, 7).requires_grad_()
+    y = F.adaptive_avg_pool2d(x, 1)
+    grad_y = r.normal(*y.shape)
+    out = {"x": x, "y": y, "grad_y": grad_y, **grads_of(y, grad_y, {"x": x})}
+    xn = x.detach().numpy()
+    close(name, "y", y.detach().numpy(), xn.mean(axis=(2, 3), keepdims=True))
+    close(name, "grad_x", out["grad_x"].numpy(), np.broadcast_to(grad_y.numpy() / 35.0, xn.shape))
+    return (name, "global_avg_pool2d", {}, ["x"],
+            "mean over H and W, F.adaptive_avg_pool2d(x, 1): 2x3x5x7 -> 2x3x1x1; the gradient is "
+            "grad_y / 35 at every pixel", out)
+
+
+@case
+def concat_three():
+    name = "concat_three"
+    r = Rng(name)
+    a, b, c = (r.normal(2, ch, 3, 5).requires_grad_() for ch in (2, 3, 1))
+    y = torch.cat([a, b, c], dim=1)
+    grad_y = r.normal(*y.shape)
+    leaves = {"a": a, "b": b, "c": c}
+    out = {**leaves, "y": y, "grad_y": grad_y, **grads_of(y, grad_y, leaves)}
+    gy = grad_y.numpy()
+    close(name, "y", y.detach().numpy(),
+          np.concatenate([a.detach().numpy(), b.detach().numpy(), c.detach().numpy()], axis=1))
+    for k, (lo, hi) in {"a": (0, 2), "b": (2, 5), "c": (5, 6)}.items():
+        close(name, f"grad_{k}", out[f"grad_{k}"].numpy(), gy[:, lo:hi])
+    return (name, "concat", {}, ["a", "b", "c"],
+            "torch.cat along dim 1 of 2x2x3x5, 2x3x3x5 and 2x1x3x5 -> 2x6x3x5; each gradient is "
+            "its channel slice of grad_y", out)
+
+
+def mul_case(name, desc, a_shape, b_shape):
+    r = Rng(name)
+    draw = lambda shape: r.normal(*shape) if shape else r.normal(1).reshape(())
+    a = draw(a_shape).requires_grad_()
+    b = draw(b_shape).requires_grad_()
+    y = a * b
+    grad_y = draw(tuple(y.shape))
+    out = {"a": a, "b": b, "y": y, "grad_y": grad_y, **grads_of(y, grad_y, {"a": a, "b": b})}
+    an, bn, gy = a.detach().numpy(), b.detach().numpy(), grad_y.numpy()
+
+    def unbroadcast(g, shape):  # the sum over the broadcast dimensions (docs/ir.md, sum_to)
+        if len(shape) == 0:
+            return g.sum()
+        axes = tuple(d for d, n in enumerate(shape) if n == 1 and g.shape[d] != 1)
+        return g.sum(axis=axes, keepdims=True)
+
+    close(name, "y", y.detach().numpy(), an * bn)
+    close(name, "grad_a", out["grad_a"].numpy(), unbroadcast(gy * bn, a_shape))
+    close(name, "grad_b", out["grad_b"].numpy(), unbroadcast(gy * an, b_shape))
+    return name, "mul", {}, ["a", "b"], desc, out
+
+
+@case
+def mul_same_shape():
+    return mul_case("mul_same_shape", "elementwise product of two 2x3x4x5 tensors", (2, 3, 4, 5), (2, 3, 4, 5))
+
+
+@case
+def mul_channel_gate():
+    return mul_case("mul_channel_gate",
+                    "2x3x4x5 times a 2x3x1x1 gate (channel attention): the gate's gradient is the sum over "
+                    "H and W of grad_y * a", (2, 3, 4, 5), (2, 3, 1, 1))
+
+
+@case
+def mul_mutual_broadcast():
+    return mul_case("mul_mutual_broadcast",
+                    "2x1x4x5 (spatial map) times 2x3x1x1 (channel gate): both broadcast, result 2x3x4x5",
+                    (2, 1, 4, 5), (2, 3, 1, 1))
+
+
+@case
+def mul_scalar():
+    return mul_case("mul_scalar",
+                    "2x3x4x5 times a rank-0 scalar: the scalar's gradient is the sum of grad_y * a",
+                    (2, 3, 4, 5), ())
+
+
+@case
+def mul_scalars():
+    return mul_case("mul_scalars", "two rank-0 scalars (a weighted loss)", (), ())
+
+
+@case
+def sigmoid_wide_range():
+    name = "sigmoid_wide_range"
+    r = Rng(name)
+    x = r.normal(2, 3, 4, 5, scale=3.0)
+    x[0, 0, 0, :4] = torch.tensor([-100.0, -30.0, 30.0, 100.0], dtype=DT)  # saturated both ways
+    x[1, 2, 3, 4] = 0.0
+    x.requires_grad_()
+    y = torch.sigmoid(x)
+    grad_y = r.normal(*y.shape)
+    out = {"x": x, "y": y, "grad_y": grad_y, **grads_of(y, grad_y, {"x": x})}
+    xn = x.detach().numpy()
+    ref = 1.0 / (1.0 + np.exp(-xn))
+    close(name, "y", y.detach().numpy(), ref)
+    close(name, "grad_x", out["grad_x"].numpy(), grad_y.numpy() * ref * (1.0 - ref))
+    return (name, "sigmoid", {}, ["x"],
+            "1 / (1 + exp(-x)) on 2x3x4x5 with std 3 and saturated values -100, -30, 30, 100; the "
+            "gradient is grad_y * y * (1 - y)", out)
+
+
 # ----- driver --------------------------------------------------------------------------------
 
 def to_numpy(t):

@@ -365,3 +365,120 @@ fn loss_gradients() {
         c.check(loss);
     }
 }
+
+impl Case {
+    /// A real input leaf of any rank (a scalar cannot be a parameter) to differentiate.
+    fn input(&mut self, name: &str, dims: &[u64]) -> NodeId {
+        let id = self.graph.add(
+            Op::Input { name: name.into() },
+            &[],
+            TensorType::f32(dims.to_vec()),
+            Loc::default(),
+        );
+        let t = self.rand.tensor(dims);
+        self.feeds.insert(name.into(), Value::Real(t));
+        self.wrt.push((name.into(), id));
+        id
+    }
+}
+
+#[test]
+fn concat_gradients() {
+    let mut c = Case::new(60);
+    let a = c.leaf("a", &[2, 2, 3, 5]);
+    let b = c.leaf("b", &[2, 3, 3, 5]);
+    let d = c.leaf("d", &[2, 1, 3, 5]);
+    let y = c.op(Op::Concat, &[a, b, d]);
+    c.check(y);
+    // The same operand twice: its two slices accumulate.
+    let mut c = Case::new(61);
+    let x = c.leaf("x", &[1, 2, 4, 3]);
+    let y = c.op(Op::Concat, &[x, x]);
+    c.check(y);
+}
+
+#[test]
+fn mul_gradients_with_every_broadcast() {
+    for (seed, a, b) in [
+        (70, vec![2, 3, 4, 5], vec![2, 3, 4, 5]),
+        (71, vec![2, 3, 4, 5], vec![2, 3, 1, 1]),
+        (72, vec![2, 3, 1, 1], vec![2, 3, 4, 5]),
+        (73, vec![2, 1, 4, 5], vec![2, 3, 1, 1]),
+        (74, vec![2, 3, 4, 5], vec![]),
+        (75, vec![], vec![]),
+    ] {
+        let mut c = Case::new(seed);
+        let x = c.input("a", &a);
+        let g = c.input("b", &b);
+        let y = c.op(Op::Mul, &[x, g]);
+        c.check(y);
+    }
+    // A square: both adjoints reach the same leaf.
+    let mut c = Case::new(76);
+    let x = c.leaf("x", &[1, 2, 3, 3]);
+    let y = c.op(Op::Mul, &[x, x]);
+    c.check(y);
+}
+
+#[test]
+fn sigmoid_gradients() {
+    let mut c = Case::new(80);
+    let x = c.leaf("x", &[2, 3, 4, 5]);
+    let y = c.op(Op::Sigmoid, &[x]);
+    c.check(y);
+}
+
+#[test]
+fn avg_pool_gradients() {
+    for (seed, dims, k, s, pad, include) in [
+        (90, [1, 2, 7, 9], 3, 2, [1, 1, 1, 1], true),
+        (91, [1, 2, 7, 9], 3, 2, [1, 1, 1, 1], false),
+        (92, [2, 1, 7, 6], 5, 1, [2, 2, 2, 2], false),
+        (93, [1, 2, 7, 9], 2, 2, [0, 0, 0, 0], true),
+        (94, [1, 1, 7, 9], 3, 2, [1, 0, 0, 1], false),
+    ] {
+        let mut c = Case::new(seed);
+        let x = c.leaf("x", &dims);
+        let y = c.op(
+            Op::AvgPool2d {
+                kernel: [k; 2],
+                stride: [s; 2],
+                pad,
+                count_include_pad: include,
+            },
+            &[x],
+        );
+        c.check(y);
+    }
+}
+
+#[test]
+fn global_avg_pool_gradients() {
+    let mut c = Case::new(100);
+    let x = c.leaf("x", &[2, 3, 5, 7]);
+    let y = c.op(Op::GlobalAvgPool2d, &[x]);
+    c.check(y);
+}
+
+/// Channel attention and a concatenation, as in tests/programs/attention.rfn: every new
+/// rule composed, with `a` and `b` reaching the loss along several paths.
+#[test]
+fn attention_gate_gradients() {
+    let mut c = Case::new(110);
+    let a = c.leaf("a", &[1, 3, 4, 5]);
+    let b = c.leaf("b", &[1, 3, 4, 5]);
+    let pooled = c.op(Op::GlobalAvgPool2d, &[b]);
+    let gate = c.op(Op::Sigmoid, &[pooled]);
+    let gated = c.op(Op::Mul, &[a, gate]);
+    let joined = c.op(Op::Concat, &[gated, b]);
+    let y = c.op(
+        Op::AvgPool2d {
+            kernel: [3, 3],
+            stride: [1, 1],
+            pad: [1, 1, 1, 1],
+            count_include_pad: false,
+        },
+        &[joined],
+    );
+    c.check(y);
+}

@@ -210,7 +210,7 @@ fn check<T: Real>(f: &Fixture, tolerance: f64) {
 #[test]
 fn interpreter_matches_pytorch_in_f64() {
     let all = fixtures();
-    assert!(all.len() >= 30, "fixtures present: {}", all.len());
+    assert!(all.len() >= 47, "fixtures present: {}", all.len());
     for f in &all {
         check::<f64>(f, 1e-9);
     }
@@ -234,6 +234,11 @@ fn fixtures_cover_every_op_family() {
         "least_squares",
         "batch_norm",
         "relu",
+        "concat",
+        "mul",
+        "sigmoid",
+        "avg_pool2d",
+        "global_avg_pool2d",
     ] {
         assert!(ops.contains(op), "a fixture for {op}");
     }

@@ -65,14 +65,16 @@ fn check_mode(loaded: &LoadedBundle, train: bool) -> Result<(), Error> {
     )))
 }
 
-/// A session over `loaded` with weights and random inputs, prepared (batch norm folded).
-/// `forward`, when the program is at hand, checks a weights file against its parameters.
+/// A session over `loaded` with weights and random inputs, prepared (batch norm folded),
+/// and the weights of the network's parameters that the compiled program does not use
+/// (noted; [`crate::weights::split_unused`]). `forward`, when the program is at hand,
+/// checks a weights file against its parameters.
 pub fn start_session(
     loaded: &LoadedBundle,
     forward: Option<&Graph>,
     options: &SessionOptions,
     log: &Log,
-) -> Result<Session, Error> {
+) -> Result<(Session, Weights), Error> {
     check_mode(loaded, options.train)?;
     let weights = match (&options.weights, forward) {
         (Some(path), Some(graph)) => load_for(graph, path)?,
@@ -84,6 +86,25 @@ pub fn start_session(
             )
         })?,
     };
+    let (weights, unused) = match forward {
+        Some(_) => crate::weights::split_unused(weights, &loaded.bundle),
+        None => (weights, Weights::default()),
+    };
+    if !unused.tensors.is_empty() {
+        let why = match loaded.bundle.mode {
+            Mode::Train => "the training step does not use them: they do not reach the objective and are not trained",
+            Mode::Inference => "the compiled program does not use them: they reach no output",
+        };
+        log.note(&format!(
+            "{} parameters are set aside ({why}): {}",
+            unused
+                .tensors
+                .keys()
+                .filter(|n| !n.ends_with(".momentum"))
+                .count(),
+            crate::weights::scopes(unused.tensors.keys())
+        ));
+    }
     let start = Instant::now();
     let mut session = Session::new(loaded, options.device).map_err(runtime_failure)?;
     log.since("load bundle (JIT or PTX modules)", start);
@@ -95,7 +116,7 @@ pub fn start_session(
     let start = Instant::now();
     session.prepare().map_err(runtime_failure)?;
     log.since("prepare (fold batch norm)", start);
-    Ok(session)
+    Ok((session, unused))
 }
 
 /// Deterministic random inputs for every input leaf except the training step's counter and
@@ -231,23 +252,40 @@ pub fn summary(name: &str, t: &HostTensor) -> String {
 /// describes the outputs; returns the text to print.
 pub fn run_steps(session: &mut Session, steps: u32, train: bool) -> Result<String, RuntimeError> {
     let mut out = String::new();
-    let objective: Option<String> = session
+    // The training step's scalar outputs: the objective first, then a weighted objective's
+    // terms.
+    let scalars: Vec<String> = session
         .bundle()
         .main
         .outputs
         .iter()
-        .find(|o| o.shape.is_empty())
-        .map(|o| o.name.clone());
+        .filter(|o| o.shape.is_empty())
+        .map(|o| o.name.clone())
+        .collect();
+    let objective = scalars.first().cloned();
     for step in 0..steps {
         set_step(session, step as i32, 1.0)?;
         let start = Instant::now();
         session.run()?;
         let elapsed = start.elapsed();
         if train {
-            let loss = match &objective {
+            let mut loss = match &objective {
                 Some(name) => summary(name, &session.output(name)?),
                 None => String::new(),
             };
+            let mut terms = Vec::new();
+            for name in scalars.iter().skip(1) {
+                let value = session.output(name)?;
+                let v = value
+                    .as_f32()
+                    .and_then(|v| v.first())
+                    .copied()
+                    .unwrap_or(f32::NAN);
+                terms.push(format!("{name} {v}"));
+            }
+            if !terms.is_empty() {
+                loss.push_str(&format!(" ({})", terms.join(", ")));
+            }
             let _ = writeln!(
                 out,
                 "step {step}: {loss} ({:.1} ms)",

@@ -114,3 +114,48 @@ pub fn init_from_file(
         .collect();
     Ok((weights, initialised))
 }
+
+/// Splits weights into those of `bundle`'s parameters and the rest: parameters of the
+/// network that the compiled program does not use (they reach neither its outputs nor its
+/// objective, e.g. a head left out of the loss), kept aside so that saved weights still
+/// hold them. Momentum buffers follow their parameter.
+pub fn split_unused(weights: Weights, bundle: &rfnc_bundle::Bundle) -> (Weights, Weights) {
+    use rfnc_bundle::LeafRole;
+    let used: std::collections::HashSet<&str> = bundle
+        .leaves
+        .iter()
+        .filter(|l| matches!(l.role, LeafRole::Param | LeafRole::Momentum))
+        .map(|l| l.name.as_str())
+        .collect();
+    let (mut kept, mut aside) = (Weights::default(), Weights::default());
+    kept.metadata = weights.metadata;
+    for (name, tensor) in weights.tensors {
+        let param = name.strip_suffix(".momentum").unwrap_or(&name);
+        if used.contains(name.as_str()) || used.contains(param) {
+            kept.tensors.insert(name, tensor);
+        } else {
+            aside.tensors.insert(name, tensor);
+        }
+    }
+    (kept, aside)
+}
+
+/// `a.*, b.*`: the scopes of some parameter names, in order, each once.
+pub fn scopes(names: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for n in names {
+        let n = n.as_ref();
+        let n = n.strip_suffix(".momentum").unwrap_or(n);
+        let scope = match n.rsplit_once('.') {
+            Some((scope, _)) => scope.rsplit_once('.').map_or(scope, |(s, _)| s),
+            None => n,
+        };
+        if !seen.iter().any(|s| s == scope) {
+            seen.push(scope.to_string());
+        }
+    }
+    seen.iter()
+        .map(|s| format!("{s}.*"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

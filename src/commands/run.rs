@@ -47,14 +47,15 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
         inputs: args.inputs.clone(),
     };
     let forward = network.as_ref().map(|n| &n.forward);
-    let mut session = start_session(&loaded, forward, &options, &log)?;
+    let (mut session, unused) = start_session(&loaded, forward, &options, &log)?;
     let text = run_steps(&mut session, args.steps, args.train.train).map_err(runtime_failure)?;
     print_stdout(&text)?;
     if let Some(path) = &args.output {
         save_outputs(&session, path)?;
     }
     if let Some(path) = &args.save_weights {
-        let trained = session.weights().map_err(runtime_failure)?;
+        let mut trained = session.weights().map_err(runtime_failure)?;
+        trained.tensors.extend(unused.tensors);
         save_weights(path, &trained).map_err(weights_failure)?;
     }
     Ok(())

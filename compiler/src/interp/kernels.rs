@@ -3,7 +3,8 @@
 //!
 //! Conventions (see docs/ir.md): NCHW layout; `pad` is [top, left, bottom, right];
 //! max pooling pads with -inf and sends gradients to the first maximal element of a window
-//! in row-major order; bilinear resize follows PyTorch (`align_corners = false`:
+//! in row-major order; average pooling divides by the whole window (`count_include_pad`)
+//! or by its cells inside the input; bilinear resize follows PyTorch (`align_corners = false`:
 //! `src = max(0, (dst + 0.5) * in / out - 0.5)`; `true`: `src = dst * (in - 1) / (out - 1)`).
 
 use super::tensor::{Real, Tensor};
@@ -294,6 +295,112 @@ pub fn max_pool2d_grad<T: Real>(
         }
     }
     dx
+}
+
+/// The geometry of an average pooling: window, stride, pad (`[top, left, bottom, right]`)
+/// and whether padding cells count in the divisor.
+#[derive(Clone, Copy)]
+pub struct AvgPool {
+    pub kernel: [u64; 2],
+    pub stride: [u64; 2],
+    pub pad: [u64; 4],
+    pub count_include_pad: bool,
+}
+
+impl AvgPool {
+    /// The input rows (or columns, `axis` 1) of window position `o`: `lo..hi`, clipped to
+    /// the input's `size`.
+    fn cells(&self, axis: usize, o: usize, size: usize) -> (usize, usize) {
+        let start = (o * self.stride[axis] as usize) as i64 - self.pad[axis] as i64;
+        let end = start + self.kernel[axis] as i64;
+        (start.max(0) as usize, end.clamp(0, size as i64) as usize)
+    }
+
+    /// Visits every output element with the input cells of its window and its divisor:
+    /// `f(output index, input indices, divisor)`.
+    fn visit<T: Real>(
+        &self,
+        x: [usize; 4],
+        out: [usize; 2],
+        mut f: impl FnMut(usize, &mut dyn Iterator<Item = usize>, T),
+    ) {
+        let [n, c, h, w] = x;
+        let [oh, ow] = out;
+        for plane in 0..n * c {
+            for oy in 0..oh {
+                let (y0, y1) = self.cells(0, oy, h);
+                for ox in 0..ow {
+                    let (x0, x1) = self.cells(1, ox, w);
+                    let divisor = if self.count_include_pad {
+                        self.kernel[0] * self.kernel[1]
+                    } else {
+                        ((y1 - y0) * (x1 - x0)) as u64
+                    };
+                    let mut inputs =
+                        (y0..y1).flat_map(|yy| (x0..x1).map(move |xx| (plane * h + yy) * w + xx));
+                    f(
+                        (plane * oh + oy) * ow + ox,
+                        &mut inputs,
+                        T::of(divisor as f64),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Average pooling: the sum of each window's cells inside the input, divided by `kh * kw`
+/// (`count_include_pad`) or by the number of those cells.
+pub fn avg_pool2d<T: Real>(x: &Tensor<T>, pool: &AvgPool, out: &[u64]) -> Tensor<T> {
+    let mut y = Tensor::filled(out.to_vec(), T::zero());
+    pool.visit::<T>(
+        x.nchw(),
+        [out[2] as usize, out[3] as usize],
+        |o, inputs, divisor| {
+            let sum: T = inputs.map(|i| x.data[i]).sum();
+            y.data[o] = sum / divisor;
+        },
+    );
+    y
+}
+
+/// The adjoint of [`avg_pool2d`]: each `dy` divided by its window's divisor and added to
+/// the window's cells inside the input (`x_dims`).
+pub fn avg_pool2d_grad<T: Real>(dy: &Tensor<T>, pool: &AvgPool, x_dims: &[u64]) -> Tensor<T> {
+    let mut dx = Tensor::filled(x_dims.to_vec(), T::zero());
+    let [_, _, oh, ow] = dy.nchw();
+    pool.visit::<T>(dx.nchw(), [oh, ow], |o, inputs, divisor| {
+        let g = dy.data[o] / divisor;
+        for i in inputs {
+            dx.data[i] = dx.data[i] + g;
+        }
+    });
+    dx
+}
+
+/// The operands one after the other along the channels.
+pub fn concat<T: Real>(xs: &[&Tensor<T>], out: &[u64]) -> Tensor<T> {
+    let (n, plane) = (out[0] as usize, (out[2] * out[3]) as usize);
+    let mut data = Vec::with_capacity(out.iter().product::<u64>() as usize);
+    for b in 0..n {
+        for x in xs {
+            let chunk = x.dims[1] as usize * plane;
+            data.extend_from_slice(&x.data[b * chunk..(b + 1) * chunk]);
+        }
+    }
+    Tensor::new(out.to_vec(), data)
+}
+
+/// Channels `start..start + size` of an NCHW tensor.
+pub fn slice_channels<T: Real>(x: &Tensor<T>, start: u64, size: u64) -> Tensor<T> {
+    let [n, c, h, w] = x.nchw();
+    let (start, size, plane) = (start as usize, size as usize, h * w);
+    let mut data = Vec::with_capacity(n * size * plane);
+    for b in 0..n {
+        let from = (b * c + start) * plane;
+        data.extend_from_slice(&x.data[from..from + size * plane]);
+    }
+    Tensor::new(vec![n as u64, size as u64, h as u64, w as u64], data)
 }
 
 /// The two source indices and the weight of the second along one axis of a bilinear resize.

@@ -6,6 +6,7 @@
 //! use; every feed is checked against the graph (name, element type, shape) before anything
 //! runs, and data problems (a label out of range) are errors, not panics.
 
+pub mod broadcast;
 pub mod kernels;
 mod planned;
 mod tensor;
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::ir::{DType, Graph, NodeId, Op};
-use kernels::ConvGeometry;
+use kernels::{AvgPool, ConvGeometry};
 pub use planned::run_planned;
 pub use tensor::{Real, Tensor, Value};
 
@@ -188,6 +189,48 @@ pub fn eval<T: Real>(op: &Op, args: &[&Value<T>], out: &[u64]) -> Result<Value<T
             }
         })),
         Op::Add => real(kernels::zip(r(0), r(1), |a, b| a + b)),
+        Op::Mul => real(broadcast::mul(r(0), r(1), out)),
+        Op::SumTo { shape } => real(broadcast::sum_to(r(0), shape)),
+        Op::Sigmoid => real(kernels::map(r(0), |v| T::one() / (T::one() + (-v).exp()))),
+        Op::SigmoidGrad => real(kernels::zip(r(0), r(1), |dy, y| dy * y * (T::one() - y))),
+        Op::Concat => {
+            let xs: Vec<&Tensor<T>> = args.iter().map(|a| a.real()).collect();
+            real(kernels::concat(&xs, out))
+        }
+        Op::SliceChannels { start, size } => real(kernels::slice_channels(r(0), *start, *size)),
+        Op::AvgPool2d {
+            kernel,
+            stride,
+            pad,
+            count_include_pad,
+        } => {
+            let pool = AvgPool {
+                kernel: *kernel,
+                stride: *stride,
+                pad: *pad,
+                count_include_pad: *count_include_pad,
+            };
+            real(kernels::avg_pool2d(r(0), &pool, out))
+        }
+        Op::AvgPool2dGrad {
+            kernel,
+            stride,
+            pad,
+            count_include_pad,
+            ..
+        } => {
+            let pool = AvgPool {
+                kernel: *kernel,
+                stride: *stride,
+                pad: *pad,
+                count_include_pad: *count_include_pad,
+            };
+            real(kernels::avg_pool2d_grad(r(0), &pool, out))
+        }
+        Op::GlobalAvgPool2d => real(broadcast::global_avg_pool2d(r(0))),
+        Op::GlobalAvgPool2dGrad { input_size } => {
+            real(broadcast::global_avg_pool2d_grad(r(0), *input_size))
+        }
         Op::MaxPool2d {
             kernel,
             stride,

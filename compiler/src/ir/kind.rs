@@ -22,13 +22,20 @@ pub enum ConvRole {
 pub enum OpKind {
     /// Supplied from outside: inputs, parameters, constants.
     Leaf,
-    /// Computed element by element from operands of its own shape (per-channel statistics
-    /// and the step counter broadcast). `forward` is false for gradients and the optimiser.
+    /// Computed element by element from its operands at the same element; an operand of
+    /// another shape broadcasts (per-channel statistics, scalars such as the step counter,
+    /// sizes of 1). `forward` is false for gradients and the optimiser.
     Elementwise { forward: bool },
     /// A convolution or one of its gradients (an implicit GEMM).
     Conv(ConvRole),
-    /// Max-pooling (`grad`: its gradient): a gather over windows.
+    /// Max or average pooling (`grad`: its gradient): a gather over windows.
     Pool { grad: bool },
+    /// Channel concatenation (`grad`: its gradient, a channel slice): a gather that reads
+    /// each output channel from one operand.
+    Concat { grad: bool },
+    /// A sum over the dimensions where the result has size 1 (global average pooling, and
+    /// `sum_to`, the gradient of a broadcast operand): a reduction per result element.
+    Reduce,
     /// Bilinear resize (`grad`: its adjoint): a gather over taps.
     Resize { grad: bool },
     /// The per-channel sum over batch and space (a reduction).
@@ -46,18 +53,26 @@ impl Op {
     pub fn kind(&self) -> OpKind {
         match self {
             Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } => OpKind::Leaf,
-            Op::Relu | Op::Add | Op::BatchNorm { .. } | Op::Dropout { .. } => {
-                OpKind::Elementwise { forward: true }
-            }
+            Op::Relu
+            | Op::Add
+            | Op::Mul
+            | Op::Sigmoid
+            | Op::BatchNorm { .. }
+            | Op::Dropout { .. } => OpKind::Elementwise { forward: true },
             Op::ReluGrad
+            | Op::SigmoidGrad
+            | Op::GlobalAvgPool2dGrad { .. }
             | Op::BatchNormGrad { .. }
             | Op::SgdMomentum { .. }
             | Op::SgdStep { .. } => OpKind::Elementwise { forward: false },
             Op::Conv2d { .. } => OpKind::Conv(ConvRole::Forward),
             Op::Conv2dGradInput { .. } => OpKind::Conv(ConvRole::GradInput),
             Op::Conv2dGradWeight { .. } => OpKind::Conv(ConvRole::GradWeight),
-            Op::MaxPool2d { .. } => OpKind::Pool { grad: false },
-            Op::MaxPool2dGrad { .. } => OpKind::Pool { grad: true },
+            Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => OpKind::Pool { grad: false },
+            Op::MaxPool2dGrad { .. } | Op::AvgPool2dGrad { .. } => OpKind::Pool { grad: true },
+            Op::Concat => OpKind::Concat { grad: false },
+            Op::SliceChannels { .. } => OpKind::Concat { grad: true },
+            Op::GlobalAvgPool2d | Op::SumTo { .. } => OpKind::Reduce,
             Op::ResizeBilinear { .. } => OpKind::Resize { grad: false },
             Op::ResizeBilinearGrad { .. } => OpKind::Resize { grad: true },
             Op::ChannelSum => OpKind::ChannelSum,
@@ -82,6 +97,8 @@ impl OpKind {
             OpKind::Leaf | OpKind::Elementwise { .. } => false,
             OpKind::Conv(_)
             | OpKind::Pool { .. }
+            | OpKind::Concat { .. }
+            | OpKind::Reduce
             | OpKind::Resize { .. }
             | OpKind::ChannelSum
             | OpKind::Loss { .. }
@@ -90,13 +107,15 @@ impl OpKind {
         }
     }
 
-    /// Computed element by element from operands of its own shape.
+    /// Computed element by element (operands of other shapes broadcast).
     pub fn is_elementwise(self) -> bool {
         match self {
             OpKind::Elementwise { .. } => true,
             OpKind::Leaf
             | OpKind::Conv(_)
             | OpKind::Pool { .. }
+            | OpKind::Concat { .. }
+            | OpKind::Reduce
             | OpKind::Resize { .. }
             | OpKind::ChannelSum
             | OpKind::Loss { .. }

@@ -219,6 +219,23 @@ pub enum Op {
     Constant {
         value: f64,
     },
+    /// Concatenation of NCHW tensors along the channels (same N, H and W), operands in order.
+    Concat,
+    /// Elementwise product with broadcasting: equal shapes, a rank-0 scalar, or equal ranks
+    /// whose sizes are equal or 1 in every dimension.
+    Mul,
+    /// The logistic function `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// Average pooling; `count_include_pad` divides every window by `kh * kw` (PyTorch's
+    /// default), otherwise by the number of its cells inside the input.
+    AvgPool2d {
+        kernel: [u64; 2],
+        stride: [u64; 2],
+        pad: [u64; 4],
+        count_include_pad: bool,
+    },
+    /// The mean over the spatial dimensions: `NxCxHxW -> NxCx1x1`.
+    GlobalAvgPool2d,
 
     // ----- gradients (made by autodiff) --------------------------------------------------
     /// Gradient of conv2d with respect to its input: `(dy, w) -> dx` of size `input_size`.
@@ -267,6 +284,31 @@ pub enum Op {
         ignore_value: f64,
         reduction: Reduction,
     },
+    /// Channels `start..start + size` of an NCHW tensor (the gradient of one concat operand).
+    SliceChannels {
+        start: u64,
+        size: u64,
+    },
+    /// The sum over the dimensions that broadcasting expanded, down to `shape` (the gradient
+    /// of a broadcast `mul` operand); an empty `shape` sums everything to a scalar.
+    SumTo {
+        shape: Vec<u64>,
+    },
+    /// Gradient of the sigmoid from its output: `(dy, y) -> dy * y * (1 - y)`.
+    SigmoidGrad,
+    /// Adjoint of average pooling: `dy -> dx` of spatial size `input_size`.
+    AvgPool2dGrad {
+        kernel: [u64; 2],
+        stride: [u64; 2],
+        pad: [u64; 4],
+        count_include_pad: bool,
+        input_size: [u64; 2],
+    },
+    /// Adjoint of global average pooling: `dy (NxCx1x1) -> dy / (h * w)` spread over
+    /// `input_size = [h, w]`.
+    GlobalAvgPool2dGrad {
+        input_size: [u64; 2],
+    },
 
     // ----- batch-norm folding (the prepare program, run once when weights load) ---------
     /// `(w, var, gamma) -> w * gamma / sqrt(var + eps)`, per output channel of `w`.
@@ -312,6 +354,16 @@ impl Op {
             Op::SoftmaxCrossEntropy { .. } => "softmax_cross_entropy",
             Op::LeastSquares { .. } => "least_squares",
             Op::Constant { .. } => "constant",
+            Op::Concat => "concat",
+            Op::Mul => "mul",
+            Op::Sigmoid => "sigmoid",
+            Op::AvgPool2d { .. } => "avg_pool2d",
+            Op::GlobalAvgPool2d => "global_avg_pool2d",
+            Op::SliceChannels { .. } => "slice_channels",
+            Op::SumTo { .. } => "sum_to",
+            Op::SigmoidGrad => "sigmoid_grad",
+            Op::AvgPool2dGrad { .. } => "avg_pool2d_grad",
+            Op::GlobalAvgPool2dGrad { .. } => "global_avg_pool2d_grad",
             Op::Conv2dGradInput { .. } => "conv2d_grad_input",
             Op::Conv2dGradWeight { .. } => "conv2d_grad_weight",
             Op::ChannelSum => "channel_sum",
@@ -343,10 +395,12 @@ impl Op {
         )
     }
 
-    /// Allowed operand counts, inclusive.
+    /// Allowed operand counts, inclusive; `usize::MAX` as the upper bound means "any number"
+    /// (`concat`).
     pub fn arity(&self) -> (usize, usize) {
         match self {
             Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } => (0, 0),
+            Op::Concat => (1, usize::MAX),
             Op::Conv2d { .. } => (2, 3),
             Op::BatchNorm { .. } => (5, 5),
             Op::Dropout { .. } => (1, 2),
@@ -354,8 +408,17 @@ impl Op {
             | Op::MaxPool2d { .. }
             | Op::ResizeBilinear { .. }
             | Op::ChannelSum
-            | Op::ResizeBilinearGrad { .. } => (1, 1),
+            | Op::ResizeBilinearGrad { .. }
+            | Op::Sigmoid
+            | Op::AvgPool2d { .. }
+            | Op::GlobalAvgPool2d
+            | Op::SliceChannels { .. }
+            | Op::SumTo { .. }
+            | Op::AvgPool2dGrad { .. }
+            | Op::GlobalAvgPool2dGrad { .. } => (1, 1),
             Op::Add
+            | Op::Mul
+            | Op::SigmoidGrad
             | Op::SoftmaxCrossEntropy { .. }
             | Op::LeastSquares { .. }
             | Op::Conv2dGradInput { .. }
@@ -369,6 +432,17 @@ impl Op {
             | Op::SgdStep { .. }
             | Op::FoldBnWeight { .. } => (3, 3),
             Op::FoldBnBias { .. } => (4, 5),
+        }
+    }
+
+    /// The allowed operand counts in words: `1 operand`, `2 or 3 operands`, `at least 1
+    /// operand`.
+    pub fn arity_text(&self) -> String {
+        let noun = |n: usize| if n == 1 { "operand" } else { "operands" };
+        match self.arity() {
+            (lo, usize::MAX) => format!("at least {lo} {}", noun(lo)),
+            (lo, hi) if lo == hi => format!("{lo} {}", noun(lo)),
+            (lo, hi) => format!("{lo} or {hi} {}", noun(hi)),
         }
     }
 
@@ -461,7 +535,43 @@ impl Op {
             Op::SgdStep { lr } => vec![("lr", Attr::Float(*lr))],
             Op::FoldBnWeight { eps } | Op::FoldBnBias { eps } => vec![("eps", Attr::Float(*eps))],
             Op::BatchNorm { eps } => vec![("eps", Attr::Float(*eps))],
-            Op::Relu | Op::Add => vec![],
+            Op::Relu
+            | Op::Add
+            | Op::Concat
+            | Op::Mul
+            | Op::Sigmoid
+            | Op::GlobalAvgPool2d
+            | Op::SigmoidGrad => vec![],
+            Op::AvgPool2d {
+                kernel,
+                stride,
+                pad,
+                count_include_pad,
+            } => vec![
+                ("count_include_pad", Attr::Bool(*count_include_pad)),
+                ("kernel", ints(kernel)),
+                ("pad", ints(pad)),
+                ("stride", ints(stride)),
+            ],
+            Op::AvgPool2dGrad {
+                kernel,
+                stride,
+                pad,
+                count_include_pad,
+                input_size,
+            } => vec![
+                ("count_include_pad", Attr::Bool(*count_include_pad)),
+                ("input_size", ints(input_size)),
+                ("kernel", ints(kernel)),
+                ("pad", ints(pad)),
+                ("stride", ints(stride)),
+            ],
+            Op::GlobalAvgPool2dGrad { input_size } => vec![("input_size", ints(input_size))],
+            Op::SliceChannels { start, size } => vec![
+                ("size", Attr::Int(*size as i64)),
+                ("start", Attr::Int(*start as i64)),
+            ],
+            Op::SumTo { shape } => vec![("shape", ints(shape))],
             Op::MaxPool2d {
                 kernel,
                 stride,
@@ -606,6 +716,34 @@ impl Op {
                 ignore_value: reader.float("ignore_value")?,
                 reduction: reader.reduction()?,
             },
+            "concat" => Op::Concat,
+            "mul" => Op::Mul,
+            "sigmoid" => Op::Sigmoid,
+            "sigmoid_grad" => Op::SigmoidGrad,
+            "global_avg_pool2d" => Op::GlobalAvgPool2d,
+            "avg_pool2d" => Op::AvgPool2d {
+                count_include_pad: reader.boolean("count_include_pad")?,
+                kernel: reader.array("kernel")?,
+                pad: reader.array("pad")?,
+                stride: reader.array("stride")?,
+            },
+            "avg_pool2d_grad" => Op::AvgPool2dGrad {
+                count_include_pad: reader.boolean("count_include_pad")?,
+                input_size: reader.array("input_size")?,
+                kernel: reader.array("kernel")?,
+                pad: reader.array("pad")?,
+                stride: reader.array("stride")?,
+            },
+            "global_avg_pool2d_grad" => Op::GlobalAvgPool2dGrad {
+                input_size: reader.array("input_size")?,
+            },
+            "slice_channels" => Op::SliceChannels {
+                size: reader.positive("size")?,
+                start: reader.non_negative("start")?,
+            },
+            "sum_to" => Op::SumTo {
+                shape: reader.dims("shape")?,
+            },
             other => return Err(OpParseError(format!("unknown operation \"rfn.{other}\""))),
         };
         reader.finish()?;
@@ -696,6 +834,17 @@ impl AttrReader<'_> {
             *o = *v as u64;
         }
         Ok(out)
+    }
+
+    /// An integer array of any length (a shape), every entry non-negative.
+    fn dims(&mut self, key: &str) -> Result<Vec<u64>, OpParseError> {
+        let got = self.get(key)?.clone();
+        match &got {
+            Attr::Ints(vs) if vs.iter().all(|&v| v >= 0) => {
+                Ok(vs.iter().map(|&v| v as u64).collect())
+            }
+            _ => Err(self.wrong(key, "an array of non-negative integers", &got)),
+        }
     }
 
     fn reduction(&mut self) -> Result<Reduction, OpParseError> {

@@ -134,7 +134,8 @@ fn parse_op(
         return Err(error_at(
             &whole,
             format!(
-                "rfn.{mnemonic} takes {lo}..={hi} operands, found {}",
+                "rfn.{mnemonic} takes {}, found {}",
+                op.arity_text(),
                 operands.len()
             ),
         ));

@@ -87,13 +87,8 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
     let name = op.mnemonic();
     let (lo, hi) = op.arity();
     if inputs.len() < lo || inputs.len() > hi {
-        let want = if lo == hi {
-            lo.to_string()
-        } else {
-            format!("{lo} or {hi}")
-        };
         return Err(ShapeError::new(
-            format!("{name} takes {want} operands, found {}", inputs.len()),
+            format!("{name} takes {}, found {}", op.arity_text(), inputs.len()),
             Vec::new(),
         ));
     }
@@ -214,39 +209,59 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
             kernel,
             stride,
             pad,
-        } => {
+        }
+        | Op::AvgPool2d {
+            kernel,
+            stride,
+            pad,
+            ..
+        } => pool_type(name, inputs[0], *kernel, *stride, *pad),
+        Op::Concat => concat_type(name, inputs),
+        Op::Mul => broadcast_type(inputs[0], inputs[1]),
+        Op::Sigmoid => {
+            expect_dtype(name, "an input", inputs[0], DType::F32, 0)?;
+            Ok(inputs[0].clone())
+        }
+        Op::GlobalAvgPool2d => {
             let x = inputs[0];
             expect_rank(name, "an input", x, 4, 0)?;
             expect_dtype(name, "an input", x, DType::F32, 0)?;
-            for a in 0..2 {
-                if pad[a] > kernel[a] / 2 || pad[2 + a] > kernel[a] / 2 {
-                    return Err(ShapeError::new(
-                        format!(
-                            "{name}: padding {:?} is more than half the {}x{} window",
-                            pad, kernel[0], kernel[1]
-                        ),
-                        Vec::new(),
-                    ));
-                }
+            Ok(TensorType::f32([x.dims[0], x.dims[1], 1, 1]))
+        }
+        Op::SliceChannels { start, size } => slice_channels_type(name, inputs[0], *start, *size),
+        Op::SumTo { shape } => sum_to_type(name, inputs[0], shape),
+        Op::SigmoidGrad => same_shapes(name, inputs),
+        Op::AvgPool2dGrad {
+            kernel,
+            stride,
+            pad,
+            count_include_pad,
+            input_size,
+        } => {
+            let dy = inputs[0];
+            expect_rank(name, "a gradient", dy, 4, 0)?;
+            let x = TensorType::f32([dy.dims[0], dy.dims[1], input_size[0], input_size[1]]);
+            let forward = Op::AvgPool2d {
+                kernel: *kernel,
+                stride: *stride,
+                pad: *pad,
+                count_include_pad: *count_include_pad,
+            };
+            same_as_forward(name, &forward, &[&x], dy)?;
+            Ok(x)
+        }
+        Op::GlobalAvgPool2dGrad { input_size } => {
+            let dy = inputs[0];
+            expect_rank(name, "a gradient", dy, 4, 0)?;
+            if input_size.contains(&0) {
+                return Err(ShapeError::new(
+                    format!("{name}: input size {input_size:?} is empty"),
+                    Vec::new(),
+                ));
             }
-            let mut out = x.dims.clone();
-            for a in 0..2 {
-                out[2 + a] = window_out(x.dims[2 + a], pad[a], pad[2 + a], kernel[a], stride[a], 1)
-                    .filter(|&v| v > 0)
-                    .ok_or_else(|| {
-                        ShapeError::new(
-                            format!(
-                                "{name}: a {}x{} window with stride {:?} does not fit the input {}",
-                                kernel[0],
-                                kernel[1],
-                                stride,
-                                x.shape_string()
-                            ),
-                            [0],
-                        )
-                    })?;
-            }
-            Ok(TensorType::f32(out))
+            let x = TensorType::f32([dy.dims[0], dy.dims[1], input_size[0], input_size[1]]);
+            same_as_forward(name, &Op::GlobalAvgPool2d, &[&x], dy)?;
+            Ok(x)
         }
         Op::ResizeBilinear { size, .. } => {
             let x = inputs[0];
@@ -473,6 +488,162 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> 
     }
 }
 
+/// Max or average pooling of `x`: rank 4 f32, every pad at most half the window, the
+/// window formula with dilation 1 for the output size.
+fn pool_type(
+    name: &str,
+    x: &TensorType,
+    kernel: [u64; 2],
+    stride: [u64; 2],
+    pad: [u64; 4],
+) -> Result<TensorType, ShapeError> {
+    expect_rank(name, "an input", x, 4, 0)?;
+    expect_dtype(name, "an input", x, DType::F32, 0)?;
+    for a in 0..2 {
+        if pad[a] > kernel[a] / 2 || pad[2 + a] > kernel[a] / 2 {
+            return Err(ShapeError::new(
+                format!(
+                    "{name}: padding {:?} is more than half the {}x{} window",
+                    pad, kernel[0], kernel[1]
+                ),
+                Vec::new(),
+            ));
+        }
+    }
+    let mut out = x.dims.clone();
+    for a in 0..2 {
+        out[2 + a] = window_out(x.dims[2 + a], pad[a], pad[2 + a], kernel[a], stride[a], 1)
+            .filter(|&v| v > 0)
+            .ok_or_else(|| {
+                ShapeError::new(
+                    format!(
+                        "{name}: a {}x{} window with stride {:?} does not fit the input {}",
+                        kernel[0],
+                        kernel[1],
+                        stride,
+                        x.shape_string()
+                    ),
+                    [0],
+                )
+            })?;
+    }
+    Ok(TensorType::f32(out))
+}
+
+/// Concatenation along the channels: every operand rank 4 f32 with the first's N, H and W;
+/// the channel counts add up (without overflowing).
+fn concat_type(name: &str, inputs: &[&TensorType]) -> Result<TensorType, ShapeError> {
+    let first = inputs[0];
+    let mut channels = 0u64;
+    for (i, t) in inputs.iter().enumerate() {
+        expect_rank(name, "inputs", t, 4, i)?;
+        expect_dtype(name, "inputs", t, DType::F32, i)?;
+        let (n, h, w) = (t.dims[0], t.dims[2], t.dims[3]);
+        if [n, h, w] != [first.dims[0], first.dims[2], first.dims[3]] {
+            return Err(ShapeError::new(
+                format!(
+                    "cannot concatenate {} and {}: batch, height and width must be equal",
+                    first.shape_string(),
+                    t.shape_string()
+                ),
+                [0, i],
+            ));
+        }
+        channels = channels
+            .checked_add(t.dims[1])
+            .ok_or_else(|| ShapeError::new(format!("{name}: too many channels"), Vec::new()))?;
+    }
+    Ok(TensorType::f32([
+        first.dims[0],
+        channels,
+        first.dims[2],
+        first.dims[3],
+    ]))
+}
+
+/// The shape both operands of an elementwise product broadcast to: equal shapes; a rank-0
+/// scalar with anything; or equal ranks whose sizes are equal or 1 in every dimension (the
+/// result takes the larger). Both f32.
+fn broadcast_type(a: &TensorType, b: &TensorType) -> Result<TensorType, ShapeError> {
+    expect_dtype("mul", "operands", a, DType::F32, 0)?;
+    expect_dtype("mul", "operands", b, DType::F32, 1)?;
+    if b.rank() == 0 {
+        return Ok(a.clone());
+    }
+    if a.rank() == 0 {
+        return Ok(b.clone());
+    }
+    let mismatch = || {
+        ShapeError::new(
+            format!(
+                "cannot multiply {} and {}: in every dimension the sizes must be equal or one of them 1 (or one operand a scalar)",
+                a.shape_string(),
+                b.shape_string()
+            ),
+            [0, 1],
+        )
+    };
+    if a.rank() != b.rank() {
+        return Err(mismatch());
+    }
+    let dims = a
+        .dims
+        .iter()
+        .zip(&b.dims)
+        .map(|(&x, &y)| match (x, y) {
+            _ if x == y => Some(x),
+            (1, y) => Some(y),
+            (x, 1) => Some(x),
+            _ => None,
+        })
+        .collect::<Option<Vec<u64>>>()
+        .ok_or_else(mismatch)?;
+    Ok(TensorType::f32(dims))
+}
+
+/// Whether a value of type `small` broadcasts to `dims` by [`broadcast_type`]'s rule.
+pub fn broadcasts_to(small: &[u64], dims: &[u64]) -> bool {
+    small.is_empty()
+        || (small.len() == dims.len() && small.iter().zip(dims).all(|(&s, &d)| s == d || s == 1))
+}
+
+fn slice_channels_type(
+    name: &str,
+    x: &TensorType,
+    start: u64,
+    size: u64,
+) -> Result<TensorType, ShapeError> {
+    expect_rank(name, "an input", x, 4, 0)?;
+    expect_dtype(name, "an input", x, DType::F32, 0)?;
+    let fits = start.checked_add(size).is_some_and(|end| end <= x.dims[1]);
+    if size == 0 || !fits {
+        return Err(ShapeError::new(
+            format!(
+                "{name}: channels {start}..{} are not a non-empty range of the {} channels of {}",
+                start.saturating_add(size),
+                x.dims[1],
+                x.shape_string()
+            ),
+            [0],
+        ));
+    }
+    Ok(TensorType::f32([x.dims[0], size, x.dims[2], x.dims[3]]))
+}
+
+fn sum_to_type(name: &str, x: &TensorType, shape: &[u64]) -> Result<TensorType, ShapeError> {
+    expect_dtype(name, "an input", x, DType::F32, 0)?;
+    if !broadcasts_to(shape, &x.dims) {
+        return Err(ShapeError::new(
+            format!(
+                "{name}: {} does not broadcast to {shape:?}: the target needs the input's rank (or rank 0) and each size equal to the input's or 1",
+                x.shape_string()
+            ),
+            [0],
+        ));
+    }
+    Ok(TensorType::f32(shape.to_vec()))
+}
+
 /// Checks that the forward op applied to `forward_inputs` produces `dy`'s type (for the
 /// gradient ops, whose attributes describe the forward op they differentiate).
 fn same_as_forward(
@@ -626,6 +797,144 @@ mod tests {
         assert!(add
             .message
             .contains("cannot add f32[1, 4, 256, 256] and f32[1, 4, 256, 255]"));
+    }
+
+    #[test]
+    fn concat_adds_channels_and_names_the_mismatched_operand() {
+        let a = TensorType::f32([2, 3, 8, 8]);
+        let b = TensorType::f32([2, 5, 8, 8]);
+        assert_eq!(
+            infer(&Op::Concat, &[&a, &b, &a]).unwrap().dims,
+            [2, 11, 8, 8]
+        );
+        assert_eq!(infer(&Op::Concat, &[&a]).unwrap(), a);
+        let e = infer(&Op::Concat, &[&a, &b, &TensorType::f32([2, 5, 4, 8])]).unwrap_err();
+        assert_eq!(e.operands, vec![0, 2]);
+        assert_eq!(
+            e.message,
+            "cannot concatenate f32[2, 3, 8, 8] and f32[2, 5, 4, 8]: batch, height and width must be equal"
+        );
+        let e = infer(&Op::Concat, &[&a, &TensorType::f32([3, 8, 8])]).unwrap_err();
+        assert_eq!(e.operands, vec![1]);
+        assert!(e.message.contains("rank 4"));
+        let labels = TensorType::new(DType::I32, [2, 1, 8, 8]);
+        assert!(infer(&Op::Concat, &[&a, &labels])
+            .unwrap_err()
+            .message
+            .contains("element type f32"));
+        assert_eq!(
+            infer(&Op::Concat, &[]).unwrap_err().message,
+            "concat takes at least 1 operand, found 0"
+        );
+    }
+
+    #[test]
+    fn mul_broadcasts_scalars_and_sizes_of_one() {
+        let x = TensorType::f32([2, 3, 8, 8]);
+        let gate = TensorType::f32([2, 3, 1, 1]);
+        let spatial = TensorType::f32([2, 1, 8, 8]);
+        let scalar = TensorType::scalar_f32();
+        assert_eq!(infer(&Op::Mul, &[&x, &x]).unwrap(), x);
+        assert_eq!(infer(&Op::Mul, &[&x, &gate]).unwrap(), x);
+        assert_eq!(infer(&Op::Mul, &[&gate, &x]).unwrap(), x);
+        assert_eq!(infer(&Op::Mul, &[&spatial, &gate]).unwrap(), x);
+        assert_eq!(infer(&Op::Mul, &[&scalar, &x]).unwrap(), x);
+        assert_eq!(infer(&Op::Mul, &[&scalar, &scalar]).unwrap(), scalar);
+        for bad in [
+            TensorType::f32([2, 2, 8, 8]),
+            TensorType::f32([3]),
+            TensorType::f32([3, 8, 8]),
+        ] {
+            let e = infer(&Op::Mul, &[&x, &bad]).unwrap_err();
+            assert_eq!(e.operands, vec![0, 1]);
+            assert!(
+                e.message.starts_with("cannot multiply f32[2, 3, 8, 8] and"),
+                "{}",
+                e.message
+            );
+        }
+        let ints = TensorType::new(DType::I32, [2, 3, 8, 8]);
+        assert_eq!(infer(&Op::Mul, &[&x, &ints]).unwrap_err().operands, vec![1]);
+    }
+
+    #[test]
+    fn average_pooling_and_its_gradients() {
+        let x = TensorType::f32([1, 4, 9, 7]);
+        let pool = |k: u64, s: u64, p: u64, include: bool| Op::AvgPool2d {
+            kernel: [k; 2],
+            stride: [s; 2],
+            pad: [p; 4],
+            count_include_pad: include,
+        };
+        assert_eq!(
+            infer(&pool(3, 2, 1, true), &[&x]).unwrap().dims,
+            [1, 4, 5, 4]
+        );
+        assert_eq!(
+            infer(&pool(2, 2, 0, false), &[&x]).unwrap().dims,
+            [1, 4, 4, 3]
+        );
+        assert!(infer(&pool(3, 1, 2, false), &[&x])
+            .unwrap_err()
+            .message
+            .contains("more than half the 3x3 window"));
+        assert!(infer(&pool(11, 1, 0, true), &[&x])
+            .unwrap_err()
+            .message
+            .contains("does not fit the input"));
+        let grad = Op::AvgPool2dGrad {
+            kernel: [3, 3],
+            stride: [2, 2],
+            pad: [1; 4],
+            count_include_pad: true,
+            input_size: [9, 7],
+        };
+        let dy = TensorType::f32([1, 4, 5, 4]);
+        assert_eq!(infer(&grad, &[&dy]).unwrap(), x);
+        assert!(infer(&grad, &[&TensorType::f32([1, 4, 5, 5])])
+            .unwrap_err()
+            .message
+            .contains("does not match the forward result f32[1, 4, 5, 4]"));
+        assert_eq!(
+            infer(&Op::GlobalAvgPool2d, &[&x]).unwrap().dims,
+            [1, 4, 1, 1]
+        );
+        assert!(infer(&Op::GlobalAvgPool2d, &[&TensorType::f32([4, 9, 7])]).is_err());
+        let back = Op::GlobalAvgPool2dGrad { input_size: [9, 7] };
+        assert_eq!(infer(&back, &[&TensorType::f32([1, 4, 1, 1])]).unwrap(), x);
+        assert!(infer(&back, &[&TensorType::f32([1, 4, 2, 1])]).is_err());
+        let empty = Op::GlobalAvgPool2dGrad { input_size: [0, 7] };
+        assert!(infer(&empty, &[&TensorType::f32([1, 4, 1, 1])]).is_err());
+    }
+
+    #[test]
+    fn gradient_helpers_slice_and_sum() {
+        let x = TensorType::f32([2, 6, 4, 4]);
+        let slice = |start, size| Op::SliceChannels { start, size };
+        assert_eq!(infer(&slice(2, 3), &[&x]).unwrap().dims, [2, 3, 4, 4]);
+        assert_eq!(infer(&slice(0, 6), &[&x]).unwrap(), x);
+        for (start, size) in [(4, 3), (0, 0), (u64::MAX, 2)] {
+            let e = infer(&slice(start, size), &[&x]).unwrap_err();
+            assert!(
+                e.message
+                    .contains("are not a non-empty range of the 6 channels"),
+                "{}",
+                e.message
+            );
+        }
+        let sum = |shape: &[u64]| Op::SumTo {
+            shape: shape.to_vec(),
+        };
+        assert_eq!(
+            infer(&sum(&[2, 6, 1, 1]), &[&x]).unwrap().dims,
+            [2, 6, 1, 1]
+        );
+        assert_eq!(infer(&sum(&[]), &[&x]).unwrap(), TensorType::scalar_f32());
+        assert!(infer(&sum(&[6, 1, 1]), &[&x]).is_err());
+        assert!(infer(&sum(&[2, 3, 1, 1]), &[&x]).is_err());
+        let y = TensorType::f32([2, 6, 4, 4]);
+        assert_eq!(infer(&Op::SigmoidGrad, &[&x, &y]).unwrap(), x);
+        assert!(infer(&Op::SigmoidGrad, &[&x, &TensorType::f32([2, 6, 4, 3])]).is_err());
     }
 
     #[test]

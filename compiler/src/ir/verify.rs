@@ -39,9 +39,10 @@ pub fn verify(graph: &Graph) -> Vec<VerifyError> {
         if slots.len() < lo || slots.len() > hi {
             err(
                 format!(
-                    "rfn.{} has {} operands, expected {lo}..={hi}",
+                    "rfn.{} has {} operands, expected {}",
                     node.op.mnemonic(),
-                    slots.len()
+                    slots.len(),
+                    node.op.arity_text()
                 ),
                 &node.loc,
             );
@@ -134,9 +135,9 @@ pub fn verify(graph: &Graph) -> Vec<VerifyError> {
     }
     if let Some(objective) = &graph.objective {
         match graph.output(objective) {
-            Some(v) if graph.contains(v) && graph.node(v).op.is_loss() => {}
+            Some(v) if graph.contains(v) && super::objective_terms(graph, v).is_some() => {}
             Some(_) => err(
-                format!("objective \"{objective}\" is not a loss"),
+                format!("objective \"{objective}\" is not a loss or a weighted sum of losses"),
                 &Loc::default(),
             ),
             None => err(

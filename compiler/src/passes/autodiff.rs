@@ -16,6 +16,9 @@ use std::collections::{HashMap, HashSet};
 
 use crate::ir::{Graph, Loc, NodeId, Op, ShapeError};
 
+/// Operand adjoints of one op, `None` where not wanted or not differentiable.
+type Adjoints = Vec<Option<NodeId>>;
+
 /// Why gradients cannot be formed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutodiffError(pub String);
@@ -119,7 +122,12 @@ fn on_paths(graph: &Graph, order: &[NodeId], loss: NodeId, wrt: &[NodeId]) -> Ha
 /// | batch_norm(x, mean, var, gamma, beta) (frozen) | batch_norm_grad(dy, var, gamma); none for the rest |
 /// | relu(x) = y | relu_grad(dy, y) |
 /// | add(a, b) | dy, dy |
+/// | mul(a, b) | mul(dy, b), mul(dy, a), each through sum_to(., shape) when that operand was broadcast |
+/// | sigmoid(x) = y | sigmoid_grad(dy, y) |
+/// | concat(x1, ..., xk) | slice_channels(dy) at each operand's channels |
 /// | max_pool2d(x) | max_pool2d_grad(dy, x) |
+/// | avg_pool2d(x) | avg_pool2d_grad(dy) |
+/// | global_avg_pool2d(x) | global_avg_pool2d_grad(dy) |
 /// | resize_bilinear(x) | resize_bilinear_grad(dy) |
 /// | dropout(x[, step]) | dropout(dy[, step]) (the same mask) |
 /// | softmax_cross_entropy(s, labels) | softmax_cross_entropy_grad(s, labels, dy); none |
@@ -129,7 +137,7 @@ fn vjp(
     id: NodeId,
     dy: NodeId,
     wanted: &[bool],
-) -> Result<Vec<Option<NodeId>>, AutodiffError> {
+) -> Result<Adjoints, AutodiffError> {
     let node = graph.node(id).clone();
     let ops = graph.operands(id);
     let loc: Loc = node.loc.clone();
@@ -190,6 +198,35 @@ fn vjp(
             &[dy, ops[2], ops[3]],
         )?,
         Op::Relu => emit(graph, 0, Op::ReluGrad, &[dy, id])?,
+        Op::Sigmoid => emit(graph, 0, Op::SigmoidGrad, &[dy, id])?,
+        Op::Mul => return mul_adjoints(graph, id, dy, wanted),
+        Op::Concat => {
+            let mut start = 0;
+            for (slot, &x) in ops.iter().enumerate() {
+                let size = graph.node(x).ty.dims[1];
+                emit(graph, slot, Op::SliceChannels { start, size }, &[dy])?;
+                start += size;
+            }
+        }
+        Op::AvgPool2d {
+            kernel,
+            stride,
+            pad,
+            count_include_pad,
+        } => {
+            let grad = Op::AvgPool2dGrad {
+                kernel: *kernel,
+                stride: *stride,
+                pad: *pad,
+                count_include_pad: *count_include_pad,
+                input_size: hw(graph, ops[0]),
+            };
+            emit(graph, 0, grad, &[dy])?
+        }
+        Op::GlobalAvgPool2d => {
+            let input_size = hw(graph, ops[0]);
+            emit(graph, 0, Op::GlobalAvgPool2dGrad { input_size }, &[dy])?
+        }
         Op::Add => {
             out[0] = wanted[0].then_some(dy);
             out[1] = wanted[1].then_some(dy);
@@ -256,6 +293,32 @@ fn vjp(
                 other.mnemonic()
             )))
         }
+    }
+    Ok(out)
+}
+
+/// `mul(a, b)`: `dy * b` for `a` and `dy * a` for `b`, each summed back to its operand's
+/// shape where broadcasting expanded it.
+fn mul_adjoints(
+    graph: &mut Graph,
+    id: NodeId,
+    dy: NodeId,
+    wanted: &[bool],
+) -> Result<Adjoints, AutodiffError> {
+    let ops = graph.operands(id);
+    let loc = graph.node(id).loc.clone();
+    let mut out = vec![None; 2];
+    for slot in 0..2 {
+        if !wanted[slot] {
+            continue;
+        }
+        let (mine, other) = (ops[slot], ops[1 - slot]);
+        let mut grad = graph.add_inferred(Op::Mul, &[dy, other], loc.clone())?;
+        let shape = graph.node(mine).ty.dims.clone();
+        if graph.node(grad).ty.dims != shape {
+            grad = graph.add_inferred(Op::SumTo { shape }, &[grad], loc.clone())?;
+        }
+        out[slot] = Some(grad);
     }
     Ok(out)
 }

@@ -8,14 +8,20 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::ir::{Graph, Loc, NodeId, Op, Output, ParamKind, TensorType};
+use crate::ir::{objective_terms, Graph, Loc, NodeId, Op, Output, ParamKind, TensorType};
 
-/// The inference graph: the outputs without the objective, nothing only it needed (the
-/// loss, its upsampling, the labels input), and no dropout (the identity at inference).
+/// The inference graph: the outputs without the objective and its terms (the losses a
+/// weighted objective sums), nothing only they needed (the losses, their upsampling, the
+/// labels input), and no dropout (the identity at inference).
 pub fn inference(graph: &Graph) -> Graph {
     let mut g = graph.clone();
     if let Some(objective) = g.objective.take() {
-        g.outputs.retain(|o| o.name != objective);
+        let terms = g
+            .output(&objective)
+            .and_then(|root| objective_terms(&g, root))
+            .unwrap_or_default();
+        g.outputs
+            .retain(|o| o.name != objective && !terms.contains(&o.value));
     }
     let dropouts: Vec<NodeId> = g
         .node_ids()

@@ -4,15 +4,17 @@
 //! max-pool that feeds its input when nothing else uses it (the RCU's pre-activation, CRP's
 //! pool-then-conv), and a sum absorbs a bilinear resize that only it reads (the
 //! multi-resolution fusion's upsample-and-sum); (2) *epilogue*: an elementwise op (relu,
-//! add, batch norm, dropout, their gradients, the SGD updates) joins the kernel of an
-//! operand of its own shape that nothing else uses (conv, bias, folded BN, residual add and
-//! relu become one kernel; chains of elementwise ops become one). Gradient ops follow the
-//! same rules.
+//! add, mul, sigmoid, batch norm, dropout, their gradients, the SGD updates) joins the
+//! kernel of an operand of its own shape that nothing else uses (conv, bias, folded BN,
+//! residual add and relu become one kernel; chains of elementwise ops become one; a
+//! broadcast operand, such as a channel gate, has another shape and stays in its own
+//! kernel). Gradient ops follow the same rules.
 //!
 //! Invariants: every computed op is in exactly one kernel; a kernel holds at most one
-//! *anchor* (a conv or conv gradient, pooling or its gradient, a resize or its gradient, a
-//! loss or its gradient, a channel sum, a batch-norm folding op), not counting a pool or
-//! resize absorbed as a prologue; kernels are convex (no
+//! *anchor* (a conv or conv gradient, max or average pooling or its gradient, a resize or
+//! its gradient, a concatenation or channel slice, a global pooling or `sum_to`, a loss or
+//! its gradient, a channel sum, a batch-norm folding op), not counting a pool or resize
+//! absorbed as a prologue; kernels are convex (no
 //! path leaves a kernel and comes back), so the kernels form an acyclic graph; a value is
 //! written to memory only if it is a kernel output (used by another kernel or a graph
 //! output). Leaves (inputs, parameters, constants) belong to no kernel.

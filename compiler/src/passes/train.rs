@@ -10,7 +10,8 @@
 //! `v' = momentum * v + g + weight_decay * p`, `p' = p - lr * scale * lr_factor * v'`.
 //!
 //! Invariants: the result takes the forward graph's inputs and parameters, the momentum
-//! buffers, `step` and `lr_factor`; it returns the objective (under its own name) first, then for each
+//! buffers, `step` and `lr_factor`; it returns the objective (under its own name) first,
+//! then the terms of a weighted objective (the forward graph's outputs that it sums), then for each
 //! trained parameter its new value under the parameter's name and its new momentum under
 //! `NAME.momentum`. Parameters the objective does not depend on are left out (unchanged).
 //! Every `freeze` and `lr_scale` pattern must match some trainable parameter, so that a
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 
 use super::autodiff::{gradients, AutodiffError};
 pub use crate::ir::train_config::{pattern_matches, TrainConfig};
-use crate::ir::{DType, Graph, Loc, NodeId, Op, Output, ParamKind, TensorType};
+use crate::ir::{objective_terms, DType, Graph, Loc, NodeId, Op, Output, ParamKind, TensorType};
 
 /// The training step's input that scales every learning rate of the step: the schedule
 /// (poly, step, ...) sets it for each step; 1 trains at the configured rates.
@@ -168,6 +169,13 @@ pub fn train_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, TrainE
         name: objective.clone(),
         value: loss,
     }];
+    // The terms of a weighted objective, each reported under its output's name.
+    let terms = objective_terms(&g, loss).unwrap_or_default();
+    for o in &forward.outputs {
+        if o.name != objective && terms.contains(&o.value) {
+            outputs.push(o.clone());
+        }
+    }
     for ((name, p), grad) in trainable.iter().zip(grads) {
         let Some(grad) = grad else { continue };
         let scale = config

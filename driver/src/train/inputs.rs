@@ -152,6 +152,32 @@ impl StepInputs {
         }
     }
 
+    /// The terms of a weighted objective after a step (the step's other scalar outputs).
+    pub fn terms(
+        &self,
+        session: &Session,
+    ) -> std::result::Result<std::collections::BTreeMap<String, f64>, RuntimeError> {
+        let names: Vec<String> = session
+            .bundle()
+            .main
+            .outputs
+            .iter()
+            .filter(|o| o.shape.is_empty() && o.name != self.objective)
+            .map(|o| o.name.clone())
+            .collect();
+        let mut terms = std::collections::BTreeMap::new();
+        for name in names {
+            let out = session.output(&name)?;
+            terms.insert(
+                name,
+                out.as_f32()
+                    .and_then(|v| v.first())
+                    .map_or(f64::NAN, |&v| v as f64),
+            );
+        }
+        Ok(terms)
+    }
+
     /// The objective's value after a step.
     pub fn loss(&self, session: &Session) -> std::result::Result<f64, RuntimeError> {
         let out = session.output(&self.objective)?;

@@ -230,11 +230,12 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         }
         None => None,
     };
-    let mut session = open_session(&train_dir, options.device, &weights)?;
+    let (mut session, aside) = open_session(&train_dir, options.device, weights, observer)?;
     let log = RunLog::open(&options.work_dir, options.resume.then_some(state.iteration))?;
     let mut run = Run {
         options,
         checkpoints,
+        aside,
         inputs,
         state,
         log,
@@ -275,6 +276,8 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
 struct Run<'a> {
     options: &'a TrainOptions,
     checkpoints: Checkpoints,
+    /// Parameters the training step does not use, saved with every checkpoint.
+    aside: Weights,
     inputs: StepInputs,
     state: RunState,
     log: RunLog,
@@ -377,6 +380,7 @@ impl Run<'_> {
             data_s: data_secs,
             step_s: step_secs,
             images_per_s: report.images_per_sec,
+            terms: self.inputs.terms(session).map_err(runtime_failure)?,
         })?;
         observer.step(&report);
         Ok(())
@@ -394,8 +398,15 @@ impl Run<'_> {
         )
     }
 
+    /// Every parameter and momentum buffer: the session's and those kept aside.
+    fn weights(&self, session: &Session) -> Result<Weights> {
+        let mut weights = session.weights().map_err(runtime_failure)?;
+        weights.tensors.extend(self.aside.tensors.clone());
+        Ok(weights)
+    }
+
     fn save(&mut self, session: &Session, observer: &mut dyn Observer) -> Result<()> {
-        let weights = session.weights().map_err(runtime_failure)?;
+        let weights = self.weights(session)?;
         let path = self.checkpoints.save(&weights, &self.state)?;
         observer.checkpoint(&path);
         self.last_checkpoint = Some(path);
@@ -403,11 +414,14 @@ impl Run<'_> {
     }
 
     fn validate(&mut self, session: &Session, observer: &mut dyn Observer) -> Result<()> {
+        if self.validator.is_none() {
+            return Ok(());
+        }
+        let weights = self.weights(session)?;
         let Some(validator) = self.validator.as_mut() else {
             return Ok(());
         };
         observer.validating(validator.images());
-        let weights = session.weights().map_err(runtime_failure)?;
         let result = validator.run(&weights)?;
         let (metric, value, higher_better) = result.headline();
         let i = self.state.iteration;
@@ -528,9 +542,23 @@ fn components(names: &[String]) -> String {
         .join(", ")
 }
 
-fn open_session(dir: &Path, device: Device, weights: &Weights) -> Result<Session> {
+/// The training session with `weights`, and the weights of parameters the step does not
+/// use (noted): they are kept aside and saved with every checkpoint.
+fn open_session(
+    dir: &Path,
+    device: Device,
+    weights: Weights,
+    observer: &mut dyn Observer,
+) -> Result<(Session, Weights)> {
     let loaded = load_bundle(dir).map_err(runtime_failure)?;
+    let (weights, aside) = crate::weights::split_unused(weights, &loaded.bundle);
+    if !aside.tensors.is_empty() {
+        observer.note(&format!(
+            "parameters that do not reach the objective are not trained (kept as they are in checkpoints): {}",
+            crate::weights::scopes(aside.tensors.keys())
+        ));
+    }
     let mut session = Session::new(&loaded, device).map_err(runtime_failure)?;
-    session.load_weights(weights).map_err(runtime_failure)?;
-    Ok(session)
+    session.load_weights(&weights).map_err(runtime_failure)?;
+    Ok((session, aside))
 }

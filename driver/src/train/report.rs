@@ -27,6 +27,9 @@ pub enum Record {
         data_s: f64,
         step_s: f64,
         images_per_s: f64,
+        /// The terms of a weighted objective, by name.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        terms: std::collections::BTreeMap<String, f64>,
     },
     /// A validation after `iter` steps: `metric` (`mean_iou`, `rms`) and its value, with the
     /// other figures of the task.

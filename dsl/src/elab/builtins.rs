@@ -11,6 +11,8 @@ use crate::diagnostic::{Diagnostic, Result};
 #[derive(Clone, Copy)]
 pub(crate) enum Default {
     Required,
+    /// `none`, for an optional parameter (`tensor?`).
+    None,
     Int(i64),
     Float(f64),
     Bool(bool),
@@ -21,6 +23,7 @@ impl Default {
     pub fn value(self) -> Option<Value> {
         match self {
             Default::Required => None,
+            Default::None => Some(Value::None),
             Default::Int(v) => Some(Value::Int(v)),
             Default::Float(v) => Some(Value::Float(v)),
             Default::Bool(v) => Some(Value::Bool(v)),
@@ -55,6 +58,7 @@ impl Builtin {
                 let ty = format!("{}{}", p.base.name(), if p.optional { "?" } else { "" });
                 match p.default {
                     Default::Required => format!("{}: {ty}", p.name),
+                    Default::None => format!("{}: {ty} = none", p.name),
                     Default::Int(v) => format!("{}: {ty} = {v}", p.name),
                     Default::Float(v) => format!("{}: {ty} = {v:?}", p.name),
                     Default::Bool(v) => format!("{}: {ty} = {v}", p.name),
@@ -81,6 +85,16 @@ const fn opt(name: &'static str, base: BaseType, default: Default) -> BuiltinPar
         base,
         optional: false,
         default,
+    }
+}
+
+/// An optional tensor parameter that defaults to `none`.
+const fn maybe_tensor(name: &'static str) -> BuiltinParam {
+    BuiltinParam {
+        name,
+        base: BaseType::Tensor,
+        optional: true,
+        default: Default::None,
     }
 }
 
@@ -115,6 +129,34 @@ static BUILTINS: &[Builtin] = &[
         true,
     ),
     b("relu", &[req("x", Tensor)], false),
+    b("sigmoid", &[req("x", Tensor)], false),
+    b("mul", &[req("a", Tensor), req("b", Tensor)], false),
+    b(
+        "concat",
+        &[
+            req("a", Tensor),
+            req("b", Tensor),
+            maybe_tensor("c"),
+            maybe_tensor("d"),
+            maybe_tensor("e"),
+            maybe_tensor("f"),
+            maybe_tensor("g"),
+            maybe_tensor("h"),
+        ],
+        false,
+    ),
+    b(
+        "avgpool",
+        &[
+            req("x", Tensor),
+            req("k", Int),
+            opt("stride", Int, Default::Int(-1)),
+            opt("pad", Int, Default::Int(0)),
+            opt("count_include_pad", Bool, Default::Bool(true)),
+        ],
+        false,
+    ),
+    b("global_avgpool", &[req("x", Tensor)], false),
     b(
         "dropout",
         &[req("x", Tensor), opt("p", Float, Default::Float(0.5))],
@@ -288,6 +330,97 @@ fn window_fits(
     .err()
 }
 
+/// Argument `i`, a tensor, as NCHW dims; an error naming the built-in otherwise.
+fn need_nchw(el: &Elab, b: &Builtin, args: &[(Value, Span)], i: usize) -> Result<Vec<u64>> {
+    let d = el.graph.node(tensor_of(&args[i].0)).ty.dims.clone();
+    if d.len() == 4 {
+        return Ok(d);
+    }
+    Diagnostic::new(format!("`{}` needs an NxCxHxW tensor", b.name))
+        .label(
+            args[i].1,
+            format!("this is {}", args[i].0.describe(&el.graph)),
+        )
+        .err()
+}
+
+/// `maxpool(x, k, stride, pad)` and `avgpool(x, k, stride, pad, count_include_pad)`: a
+/// `k`x`k` window, `stride = -1` meaning `k`, `0 <= pad <= k/2` on every side.
+fn pool(el: &mut Elab, b: &Builtin, args: &[(Value, Span)], span: Span) -> Result<Value> {
+    let spans: Vec<Span> = args.iter().map(|(_, s)| *s).collect();
+    let d = need_nchw(el, b, args, 0)?;
+    let k = positive("k", int_of(&args[1].0), spans[1])?;
+    let stride = match int_of(&args[2].0) {
+        -1 => k,
+        s => positive("stride", s, spans[2])?,
+    };
+    let pad = int_of(&args[3].0);
+    let average = b.name == "avgpool";
+    if pad < 0 || pad as u64 > k / 2 {
+        let what = if average { "average-pool" } else { "max-pool" };
+        return Diagnostic::new(format!(
+            "{what} padding must be between 0 and half the window ({})",
+            k / 2
+        ))
+        .label(spans[3], format!("this is {pad}"))
+        .err();
+    }
+    let pad = pad as u64;
+    window_fits(
+        el,
+        "pooling window",
+        [d[2], d[3]],
+        k,
+        stride,
+        pad,
+        1,
+        (spans[0], spans[1]),
+        &args[0].0,
+    )?;
+    let (kernel, stride, pad) = ([k; 2], [stride; 2], [pad; 4]);
+    let op = if average {
+        Op::AvgPool2d {
+            kernel,
+            stride,
+            pad,
+            count_include_pad: bool_of(&args[4].0),
+        }
+    } else {
+        Op::MaxPool2d {
+            kernel,
+            stride,
+            pad,
+        }
+    };
+    Ok(Value::Tensor(el.emit(
+        op,
+        &[tensor_of(&args[0].0)],
+        span,
+        &spans[..1],
+    )?))
+}
+
+/// `concat(a, b, ...)`: the tensors given (`none`s skipped) joined along the channels.
+fn concat(el: &mut Elab, b: &Builtin, args: &[(Value, Span)], span: Span) -> Result<Value> {
+    let given: Vec<&(Value, Span)> = args
+        .iter()
+        .filter(|(v, _)| !matches!(v, Value::None))
+        .collect();
+    for (i, arg) in args.iter().enumerate() {
+        if !matches!(arg.0, Value::None) {
+            need_nchw(el, b, args, i)?;
+        }
+    }
+    let operands: Vec<_> = given.iter().map(|(v, _)| tensor_of(v)).collect();
+    let spans: Vec<Span> = given.iter().map(|(_, s)| *s).collect();
+    Ok(Value::Tensor(el.emit(
+        Op::Concat,
+        &operands,
+        span,
+        &spans,
+    )?))
+}
+
 /// Runs a built-in on conformed arguments (one per parameter, defaults filled in).
 pub(crate) fn apply(
     el: &mut Elab,
@@ -420,42 +553,17 @@ pub(crate) fn apply(
                 &spans,
             )?)
         }
-        "maxpool" => {
+        "maxpool" | "avgpool" => pool(el, b, &args, span)?,
+        "global_avgpool" => {
             need_rank(el, 0, 4, "an NxCxHxW tensor")?;
-            let k = positive("k", int_of(&args[1].0), spans[1])?;
-            let stride = match int_of(&args[2].0) {
-                -1 => k,
-                s => positive("stride", s, spans[2])?,
-            };
-            let pad = int_of(&args[3].0);
-            if pad < 0 || pad as u64 > k / 2 {
-                return Diagnostic::new(format!(
-                    "max-pool padding must be between 0 and half the window ({})",
-                    k / 2
-                ))
-                .label(spans[3], format!("this is {pad}"))
-                .err();
-            }
-            let pad = pad as u64;
-            let d = dims(el, 0);
-            window_fits(
-                el,
-                "pooling window",
-                [d[2], d[3]],
-                k,
-                stride,
-                pad,
-                1,
-                (spans[0], spans[1]),
-                &args[0].0,
-            )?;
-            let op = Op::MaxPool2d {
-                kernel: [k; 2],
-                stride: [stride; 2],
-                pad: [pad; 4],
-            };
-            Value::Tensor(el.emit(op, &[tensor_of(&args[0].0)], span, &spans)?)
+            Value::Tensor(el.emit(Op::GlobalAvgPool2d, &[tensor_of(&args[0].0)], span, &spans)?)
         }
+        "sigmoid" => Value::Tensor(el.emit(Op::Sigmoid, &[tensor_of(&args[0].0)], span, &spans)?),
+        "mul" => {
+            let operands = [tensor_of(&args[0].0), tensor_of(&args[1].0)];
+            Value::Tensor(el.emit(Op::Mul, &operands, span, &spans)?)
+        }
+        "concat" => concat(el, b, &args, span)?,
         "resize" | "rescale" => {
             let x = tensor_of(&args[0].0);
             let d = need_rank(el, 0, 4, "an NxCxHxW tensor")?;
@@ -603,4 +711,178 @@ pub(crate) fn apply(
         other => unreachable!("builtin `{other}` has no implementation"),
     };
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The tensor built-ins of attention and pooling: what they build and how their
+    //! mistakes are reported (title, primary location, labels), in the style of
+    //! `tests/diagnostics.rs`.
+
+    use rfnc_compiler::ir::{Graph, Op};
+
+    use crate::{elaborate, load_source, Options};
+
+    fn options() -> Options {
+        Options {
+            input: vec![1, 3, 16, 16],
+            defines: Vec::new(),
+        }
+    }
+
+    /// The network `body` (after `input x: f32[N, 3, H, W];`) elaborated, or its rendered
+    /// error.
+    fn compile(body: &str) -> Result<Graph, String> {
+        let text = format!("network n {{\n    input x: f32[N, 3, H, W];\n{body}}}\n");
+        let program = load_source("main.rfn", text, None).map_err(|(d, s)| d.render(&s))?;
+        elaborate(&program, &options()).map_err(|d| d.render(&program.sources))
+    }
+
+    fn error(body: &str) -> String {
+        match compile(body) {
+            Ok(_) => panic!("expected an error:\n{body}"),
+            Err(rendered) => rendered,
+        }
+    }
+
+    fn assert_contains(rendered: &str, parts: &[&str]) {
+        for part in parts {
+            assert!(rendered.contains(part), "missing {part:?} in:\n{rendered}");
+        }
+    }
+
+    fn ops(g: &Graph) -> Vec<Op> {
+        let order = g.topo_order().expect("acyclic");
+        order.into_iter().map(|id| g.node(id).op.clone()).collect()
+    }
+
+    #[test]
+    fn attention_built_ins_make_their_ops() {
+        let g = compile(
+            r#"    let a = conv(x, 4, k = 1) as a;
+    let gate = sigmoid(global_avgpool(a));
+    let p = avgpool(mul(a, gate), 3, stride = 2, pad = 1, count_include_pad = false);
+    output y = concat(p, avgpool(x, 2), none, p);
+"#,
+        )
+        .expect("compiles");
+        let ops = ops(&g);
+        assert!(ops.contains(&Op::GlobalAvgPool2d));
+        assert!(ops.contains(&Op::Sigmoid));
+        assert!(ops.contains(&Op::Mul));
+        assert!(ops.contains(&Op::AvgPool2d {
+            kernel: [3, 3],
+            stride: [2, 2],
+            pad: [1; 4],
+            count_include_pad: false,
+        }));
+        // `stride` defaults to the window and `count_include_pad` to true (PyTorch's).
+        assert!(ops.contains(&Op::AvgPool2d {
+            kernel: [2, 2],
+            stride: [2, 2],
+            pad: [0; 4],
+            count_include_pad: true,
+        }));
+        let y = g.output("y").unwrap();
+        assert_eq!(g.node(y).op, Op::Concat);
+        assert_eq!(g.operands(y).len(), 3, "`none` is skipped");
+        assert_eq!(g.node(y).ty.dims, [1, 11, 8, 8]);
+    }
+
+    #[test]
+    fn concat_of_mismatched_sizes_points_at_both_operands() {
+        let r = error("    let small = maxpool(x, 2);\n    output y = concat(x, small);\n");
+        assert_contains(
+            &r,
+            &[
+                "Error: cannot concatenate f32[1, 3, 16, 16] and f32[1, 3, 8, 8]: batch, height and width must be equal",
+                "main.rfn:4:16",
+                "in this operation",
+                "this is f32[1, 3, 16, 16]",
+                "this is f32[1, 3, 8, 8]",
+                "f32[1, 3, 8, 8] made here",
+            ],
+        );
+    }
+
+    #[test]
+    fn concat_needs_nchw_tensors_and_at_least_two() {
+        let r = error("    output y = concat(x, global_avgpool(x), 3);\n");
+        assert_contains(
+            &r,
+            &[
+                "argument `c` of `concat` must be a tensor or none",
+                "this is the int 3",
+            ],
+        );
+        let r = error("    input labels: i32[N, H, W];\n    output y = concat(x, labels);\n");
+        assert_contains(
+            &r,
+            &[
+                "Error: `concat` needs an NxCxHxW tensor",
+                "main.rfn:4:26",
+                "this is a tensor i32[1, 16, 16]",
+            ],
+        );
+        let r = error("    output y = concat(x);\n");
+        assert_contains(
+            &r,
+            &[
+                "`concat` needs the argument `b`",
+                "signature: concat(a: tensor, b: tensor, c: tensor? = none",
+            ],
+        );
+    }
+
+    #[test]
+    fn mul_of_incompatible_shapes_says_how_they_broadcast() {
+        let r = error(
+            "    let y4 = conv(x, 4, k = 1) as c;\n    output y = mul(x, global_avgpool(y4));\n",
+        );
+        assert_contains(
+            &r,
+            &[
+                "Error: cannot multiply f32[1, 3, 16, 16] and f32[1, 4, 1, 1]: in every dimension the sizes must be equal or one of them 1 (or one operand a scalar)",
+                "main.rfn:4:16",
+                "this is f32[1, 4, 1, 1]",
+            ],
+        );
+    }
+
+    #[test]
+    fn avgpool_checks_its_window() {
+        let r = error("    output y = avgpool(x, 3, pad = 2);\n");
+        assert_contains(
+            &r,
+            &[
+                "Error: average-pool padding must be between 0 and half the window (1)",
+                "main.rfn:3:36",
+                "this is 2",
+            ],
+        );
+        let r = error("    output y = avgpool(x, 17);\n");
+        assert_contains(
+            &r,
+            &["Error: a 17x17 pooling window does not fit a 16x16 input padded by 0"],
+        );
+        let r = error("    output y = avgpool(x, 2, stride = 0);\n");
+        assert_contains(&r, &["Error: `stride` must be at least 1"]);
+    }
+
+    #[test]
+    fn global_avgpool_and_sigmoid_need_real_tensors() {
+        let r = error("    input labels: i32[N, H, W];\n    output y = global_avgpool(labels);\n");
+        assert_contains(
+            &r,
+            &[
+                "Error: `global_avgpool` needs an NxCxHxW tensor",
+                "this is a tensor i32[1, 16, 16]",
+            ],
+        );
+        let r = error("    input labels: i32[N, H, W];\n    output y = sigmoid(labels);\n");
+        assert_contains(
+            &r,
+            &["Error: sigmoid expects an input of element type f32, found i32[1, 16, 16]"],
+        );
+    }
 }

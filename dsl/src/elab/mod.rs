@@ -14,7 +14,9 @@ mod value;
 use std::collections::HashMap;
 
 use rfnc_compiler::ir::train_config::{pattern_matches, TrainConfig};
-use rfnc_compiler::ir::{DType, Graph, Loc, NodeId, Op, Output, ParamKind, TensorType};
+use rfnc_compiler::ir::{
+    objective_terms, DType, Graph, Loc, NodeId, Op, Output, ParamKind, TensorType,
+};
 
 use crate::ast::*;
 use crate::diagnostic::{Diagnostic, Result};
@@ -460,29 +462,68 @@ impl<'p> Elab<'p> {
                     return Diagnostic::new("a network has one objective")
                         .label(stmt.span, "second objective")
                         .label(first, "first objective")
-                        .hint("a network trains one loss; make the other one an `output` to see its value")
+                        .hint("train several losses as one weighted sum: `objective loss = seg + 0.5 * depth;` (each term is reported on its own)")
                         .err();
                 }
                 let v = self.eval(env, e, Some(&name.name))?;
-                let id = match v {
-                    Value::Tensor(id) if self.graph.node(id).op.is_loss() => id,
-                    _ => return Diagnostic::new(format!(
-                        "objective `{}` must be a loss",
+                let terms = match v {
+                    Value::Tensor(id) => objective_terms(&self.graph, id).map(|t| (id, t)),
+                    _ => None,
+                };
+                let Some((id, terms)) = terms else {
+                    return Diagnostic::new(format!(
+                        "objective `{}` must be a loss or a weighted sum of losses",
                         name.name
                     ))
                     .label(e.span, format!("this is {}", v.describe(&self.graph)))
                     .hint(
-                        "use softmax_cross_entropy(scores, labels) or least_squares(pred, target)",
+                        "use softmax_cross_entropy(scores, labels) or least_squares(pred, target), or a sum of them weighted by numbers: `seg + 0.5 * depth`",
                     )
-                    .err(),
+                    .err();
                 };
                 self.add_output(name, id)?;
+                self.add_terms(env, name, id, &terms)?;
                 self.graph.objective = Some(name.name.clone());
                 self.objective_span = Some(stmt.span);
                 self.define_new(env, name, v, "objective")?;
             }
         }
         Ok(Flow::Next)
+    }
+}
+
+impl Elab<'_> {
+    /// Makes every term of a weighted-sum objective an output (unless it is one already),
+    /// named after the variable that holds it, else `<objective>_term<i>`: the training step
+    /// reports each term beside the objective.
+    fn add_terms(
+        &mut self,
+        env: &Env,
+        objective: &Ident,
+        root: NodeId,
+        terms: &[NodeId],
+    ) -> Result<()> {
+        if terms == [root] {
+            return Ok(());
+        }
+        for (i, &t) in terms.iter().enumerate() {
+            if self.graph.outputs.iter().any(|o| o.value == t) {
+                continue;
+            }
+            let var = env
+                .names()
+                .find(|n| matches!(env.get(n), Some(Value::Tensor(v)) if v == t));
+            let name = var.map_or_else(|| format!("{}_term{i}", objective.name), str::to_string);
+            if self.graph.output(&name).is_some() {
+                continue;
+            }
+            let ident = Ident {
+                name,
+                span: objective.span,
+            };
+            self.add_output(&ident, t)?;
+        }
+        Ok(())
     }
 }
 
@@ -893,6 +934,20 @@ impl<'p> Elab<'p> {
                 let id = self.emit(Op::Add, &[*a, *b], span, &[l.span, r.span])?;
                 Some(Value::Tensor(id))
             }
+            (BinOp::Mul, Value::Tensor(a), Value::Tensor(b)) => {
+                let id = self.emit(Op::Mul, &[*a, *b], span, &[l.span, r.span])?;
+                Some(Value::Tensor(id))
+            }
+            (BinOp::Mul, Value::Int(_) | Value::Float(_), Value::Tensor(t))
+            | (BinOp::Mul, Value::Tensor(t), Value::Int(_) | Value::Float(_)) => {
+                let (number, number_span, tensor_span) = match lv {
+                    Value::Tensor(_) => (as_f64(&rv), r.span, l.span),
+                    _ => (as_f64(&lv), l.span, r.span),
+                };
+                let c = self.emit(Op::Constant { value: number }, &[], number_span, &[])?;
+                let id = self.emit(Op::Mul, &[c, *t], span, &[number_span, tensor_span])?;
+                Some(Value::Tensor(id))
+            }
             (BinOp::Add, Value::List(a), Value::List(b)) => {
                 if a.len() + b.len() > MAX_LIST {
                     return Diagnostic::new("list is too long")
@@ -966,7 +1021,7 @@ impl<'p> Elab<'p> {
                 .label(l.span, lv.describe(&self.graph))
                 .label(r.span, rv.describe(&self.graph));
                 if matches!(lv, Value::Tensor(_)) || matches!(rv, Value::Tensor(_)) {
-                    d = d.hint("tensors support `+` (elementwise sum of equal shapes); other tensor maths is done by built-in operations such as conv and relu");
+                    d = d.hint("tensors support `+` (the elementwise sum of equal shapes) and `*` (the elementwise product, with `mul`'s broadcasting, or a number times a tensor); other tensor maths is done by built-in operations such as conv and relu");
                 }
                 d.err()
             }

@@ -39,6 +39,44 @@ impl Launch<'_> {
         match &node.op {
             Op::Relu => self.relu(n, flat),
             Op::Add => Ok(self.operand_at(n, 0, flat)? + self.operand_at(n, 1, flat)?),
+            Op::Mul => Ok(self.operand_at(n, 0, flat)? * self.operand_at(n, 1, flat)?),
+            Op::Sigmoid => {
+                let x = self.operand_at(n, 0, flat)?;
+                Ok(Expr::F32(1.0) / (Expr::F32(1.0) + (-x).exp()))
+            }
+            Op::SigmoidGrad => {
+                let [dy, y] = self.operands_at(n, flat)?;
+                Ok(dy * y.clone() * (Expr::F32(1.0) - y))
+            }
+            Op::GlobalAvgPool2dGrad { input_size } => {
+                let dy = self.operand_at(n, 0, flat)?;
+                Ok(dy / f((input_size[0] * input_size[1]) as f64))
+            }
+            Op::AvgPool2d {
+                kernel,
+                stride,
+                pad,
+                count_include_pad,
+            } => self.avg_pool(
+                n,
+                flat,
+                Window::new(*kernel, *stride, *pad),
+                *count_include_pad,
+            ),
+            Op::AvgPool2dGrad {
+                kernel,
+                stride,
+                pad,
+                count_include_pad,
+                ..
+            } => self.avg_pool_grad(
+                n,
+                flat,
+                Window::new(*kernel, *stride, *pad),
+                *count_include_pad,
+            ),
+            Op::Concat => self.concat(n, flat),
+            Op::SliceChannels { start, .. } => self.slice_channels(n, flat, *start),
             Op::BatchNorm { eps } => self.batch_norm(n, flat, *eps),
             Op::BatchNormGrad { eps } => self.batch_norm_grad(n, flat, *eps),
             Op::ReluGrad => self.relu_grad(n, flat),
@@ -79,6 +117,8 @@ impl Launch<'_> {
             | Op::Conv2dGradInput { .. }
             | Op::Conv2dGradWeight { .. }
             | Op::ChannelSum
+            | Op::GlobalAvgPool2d
+            | Op::SumTo { .. }
             | Op::SoftmaxCrossEntropy { .. }
             | Op::LeastSquares { .. } => Err(LowerError(format!(
                 "rfn.{} cannot be computed element by element inside a fused kernel",

@@ -1,12 +1,12 @@
 //! The gathers: ops whose element reads a neighbourhood of its inputs through loops and
-//! taps (max-pooling and its gradient, bilinear resize and its adjoint, the softmax
-//! cross-entropy gradient and the softmax statistics the loss shares).
+//! taps (max- and average pooling and their gradients, bilinear resize and its adjoint,
+//! the softmax cross-entropy gradient and the softmax statistics the loss shares).
 
 use super::{dims4, Launch, LowerError};
 use crate::codegen::kir::{Buf, Expr, KernelBuilder, Ty};
 use crate::ir::{NodeId, Reduction};
 
-/// The window geometry of a max-pooling (`pad` is [top, left, bottom, right]).
+/// The window geometry of a pooling (`pad` is [top, left, bottom, right]).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Window {
     kernel: [u64; 2],
@@ -97,6 +97,90 @@ impl Launch<'_> {
         self.b.end_for();
         self.b.end_for();
         Ok(Expr::load(acc, 0))
+    }
+
+    /// The average over the window of output element `flat`: the sum of its cells inside
+    /// the input over the window's divisor.
+    pub(super) fn avg_pool(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+        w: Window,
+        count_include_pad: bool,
+    ) -> Result<Expr, LowerError> {
+        let input = self.operand(n, 0);
+        let (xd, yd) = (dims4(self.dims(input))?, dims4(self.dims(n))?);
+        let (plane, oy, ox) = self.plane_yx(flat, yd);
+        let acc = self.b.private(Ty::F32, 1);
+        self.b.store(acc, 0, 0.0f32);
+        let ky = self.b.begin_for(0, w.kernel[0], 1);
+        let iy = self.b.let_(oy.clone() * w.stride[0] + ky - w.pad[0]);
+        let kx = self.b.begin_for(0, w.kernel[1], 1);
+        let ix = self.b.let_(ox.clone() * w.stride[1] + kx - w.pad[1]);
+        let ok = self.b.let_(inside(&iy, xd[2]).and(inside(&ix, xd[3])));
+        let index = self.b.let_(Expr::select(
+            ok.clone(),
+            (plane.clone() * xd[2] + iy) * xd[3] + ix,
+            0,
+        ));
+        let v = self.value_at(input, &index)?;
+        self.accumulate(acc, Expr::select(ok, v, 0.0f32));
+        self.b.end_for();
+        self.b.end_for();
+        let divisor = self.avg_divisor((&oy, &ox), w, xd, count_include_pad);
+        Ok(Expr::load(acc, 0) / divisor)
+    }
+
+    /// The adjoint of average pooling at input element `flat`: `dy / divisor` summed over
+    /// the windows that contain it.
+    pub(super) fn avg_pool_grad(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+        w: Window,
+        count_include_pad: bool,
+    ) -> Result<Expr, LowerError> {
+        let dy = self.operand(n, 0);
+        let (xd, yd) = (dims4(self.dims(n))?, dims4(self.dims(dy))?);
+        let (plane, iy, ix) = self.plane_yx(flat, xd);
+        let acc = self.b.private(Ty::F32, 1);
+        self.b.store(acc, 0, 0.0f32);
+        let ky = self.b.begin_for(0, w.kernel[0], 1);
+        let (ok_y, oy) = containing_window(&mut self.b, &iy, ky, w, 0, yd[2]);
+        let kx = self.b.begin_for(0, w.kernel[1], 1);
+        let (ok_x, ox) = containing_window(&mut self.b, &ix, kx, w, 1, yd[3]);
+        self.b.begin_if(ok_y.and(ok_x));
+        let g = self.value_at(
+            dy,
+            &((plane.clone() * yd[2] + oy.clone()) * yd[3] + ox.clone()),
+        )?;
+        let divisor = self.avg_divisor((&oy, &ox), w, xd, count_include_pad);
+        self.accumulate(acc, g / divisor);
+        self.b.end_if();
+        self.b.end_for();
+        self.b.end_for();
+        Ok(Expr::load(acc, 0))
+    }
+
+    /// What the window at `(oy, ox)` is divided by: `kh * kw`, or with
+    /// `count_include_pad = false` the number of its cells inside the input.
+    fn avg_divisor(
+        &mut self,
+        (oy, ox): (&Expr, &Expr),
+        w: Window,
+        xd: [u64; 4],
+        count_include_pad: bool,
+    ) -> Expr {
+        if count_include_pad {
+            return Expr::F32((w.kernel[0] * w.kernel[1]) as f32);
+        }
+        let mut cells = |o: &Expr, axis: usize| {
+            let start = self.b.let_(o.clone() * w.stride[axis] - w.pad[axis]);
+            let end = (start.clone() + w.kernel[axis]).min(xd[2 + axis]);
+            self.b.let_(end - start.max(0))
+        };
+        let (rows, columns) = (cells(oy, 0), cells(ox, 1));
+        self.b.let_((rows * columns).cast(Ty::F32))
     }
 
     /// The flat index of the first maximal element of window `(oy, ox)` in plane `plane` of

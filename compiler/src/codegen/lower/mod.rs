@@ -2,13 +2,15 @@
 //!
 //! Every op of a fused kernel is computed where its value is needed, at one element index:
 //! elementwise ops from their operands at the same index (per-channel operands at the
-//! element's channel, scalars at 0), gathers (max-pooling, bilinear resize, their
-//! gradients, batch-norm folding, loss gradients) by loops over the inputs they read.
+//! element's channel, scalars at 0, size-1 dimensions at 0), gathers (pooling, bilinear
+//! resize, their gradients, concatenation and channel slices, batch-norm folding, loss
+//! gradients) by loops over the inputs they read.
 //! The kernel's *anchor* decides the launch shape: the convolutions are tiled implicit
 //! GEMMs ([`super::gemm`]) whose fused prologue runs where a tile is loaded and whose
-//! epilogue runs where a result is stored; channel sums and losses are block-wide tree
-//! reductions; everything else runs one thread per output element. A mean-reduced loss
-//! gradient first counts the elements that count, in one extra launch, into scratch.
+//! epilogue runs where a result is stored; channel sums, losses and broadcast sums are
+//! block-wide tree reductions; everything else runs one thread per output element. A
+//! mean-reduced loss gradient first counts the elements that count, in one extra launch,
+//! into scratch.
 //!
 //! Invariants: the launches of a kernel read only its inputs (and scratch they wrote) and
 //! write exactly its outputs, each element once; every value an element needs is loaded
@@ -19,13 +21,17 @@
 //! operands, memoised values and outputs); the launch shapes and the formulas live in:
 //!
 //! - `elementwise`: the per-element formulas and the one-thread-per-element launch;
-//! - `gather`: max-pooling, bilinear resize, softmax and their gradients (loops and taps);
-//! - `reduce`: tree sums, the channel-sum, loss and count launches, the loss scale;
+//! - `gather`: max- and average pooling, bilinear resize, softmax and their gradients
+//!   (loops and taps);
+//! - `channels`: concatenation along the channels and its adjoint, the channel slice;
+//! - `reduce`: tree sums, the channel-sum, loss, count and broadcast-sum (global pooling,
+//!   `sum_to`) launches, the loss scale;
 //! - `dropout`: dropout's keep mask (the SplitMix64 chain of `crate::rng`);
 //! - `conv`: the glue to the implicit GEMMs of [`super::gemm`].
 //!
 //! [`KernelFn::check`]: super::kir::KernelFn::check
 
+mod channels;
 mod conv;
 mod dropout;
 mod elementwise;
@@ -37,7 +43,7 @@ use std::collections::HashMap;
 use super::check::CheckedKernel;
 use super::gemm::BLOCK;
 use super::kir::{Buf, Expr, KernelBuilder, Ty};
-use crate::ir::{DType, Graph, NodeId, Op, OpKind, Reduction};
+use crate::ir::{broadcasts_to, DType, Graph, NodeId, Op, OpKind, Reduction};
 use crate::passes::fusion::Kernel;
 
 /// What a kernel argument points at.
@@ -77,6 +83,7 @@ pub fn lower_kernel(graph: &Graph, kernel: &Kernel) -> Result<Vec<LoweredLaunch>
         OpKind::Conv(_) => Ok(vec![conv::lower(graph, kernel, a, &name)?]),
         OpKind::ChannelSum => Ok(vec![reduce::lower_channel_sum(graph, kernel, a, &name)?]),
         OpKind::Loss { .. } => Ok(vec![reduce::lower_loss(graph, kernel, a, &name)?]),
+        OpKind::Reduce => Ok(vec![reduce::lower_sum(graph, kernel, a, &name)?]),
         OpKind::LossGrad {
             reduction: Reduction::Mean,
         } => {
@@ -90,6 +97,7 @@ pub fn lower_kernel(graph: &Graph, kernel: &Kernel) -> Result<Vec<LoweredLaunch>
         | OpKind::Leaf
         | OpKind::Elementwise { .. }
         | OpKind::Pool { .. }
+        | OpKind::Concat { .. }
         | OpKind::Resize { .. }
         | OpKind::FoldBn => Ok(vec![elementwise::lower(graph, kernel, &name, None)?]),
     }
@@ -131,6 +139,31 @@ fn dims4(dims: &[u64]) -> Result<[u64; 4], LowerError> {
 
 fn f(v: f64) -> Expr {
     Expr::F32(v as f32)
+}
+
+/// Row-major strides of `dims`.
+fn strides(dims: &[u64]) -> Vec<u64> {
+    let mut out = vec![1u64; dims.len()];
+    for d in (0..dims.len().saturating_sub(1)).rev() {
+        out[d] = out[d + 1] * dims[d + 1];
+    }
+    out
+}
+
+/// `flat`, a row-major index over `dims`, taken apart into coordinates that are put back
+/// together with `strides` (a stride of 0 drops that coordinate): the index of the same
+/// element in another layout, such as the operand a broadcast element reads.
+fn reindex(b: &mut KernelBuilder, flat: &Expr, dims: &[u64], strides: &[u64]) -> Expr {
+    let mut index = Expr::Int(0);
+    let mut inner = 1u64;
+    for (&d, &s) in dims.iter().zip(strides).rev() {
+        if d != 1 && s != 0 {
+            let coordinate = (flat.clone() / inner as i64) % d as i64;
+            index = index + coordinate * s as i64;
+        }
+        inner = inner.saturating_mul(d);
+    }
+    b.let_(index)
 }
 
 impl<'g> Launch<'g> {
@@ -211,7 +244,7 @@ impl<'g> Launch<'g> {
     }
 
     /// The value of operand `i` of `n`, at the element `flat` of `n` (broadcasting
-    /// per-channel vectors and scalars).
+    /// per-channel vectors, scalars and dimensions of size 1).
     fn operand_at(&mut self, n: NodeId, i: usize, flat: &Expr) -> Result<Expr, LowerError> {
         let operand = self.operand(n, i);
         let own = self.dims(n);
@@ -223,6 +256,13 @@ impl<'g> Launch<'g> {
         } else if theirs.len() == 1 && own.len() == 4 && theirs[0] == own[1] {
             self.b
                 .let_((flat.clone() / (own[2] * own[3]) as i64) % own[1] as i64)
+        } else if broadcasts_to(theirs, own) {
+            let kept: Vec<u64> = strides(theirs)
+                .iter()
+                .zip(theirs)
+                .map(|(&s, &d)| if d == 1 { 0 } else { s })
+                .collect();
+            reindex(&mut self.b, flat, own, &kept)
         } else {
             return Err(LowerError(format!(
                 "operand {i} of rfn.{} has shape {theirs:?}, which does not broadcast to {own:?}",

@@ -1,9 +1,10 @@
 //! The reductions: block-wide tree sums, the launches built on them (per-channel sums,
-//! losses, the element count of a mean-reduced loss gradient) and the `1/count` scale that
-//! the loss gradients read back.
+//! sums over broadcast dimensions (global average pooling, `sum_to`), losses, the element
+//! count of a mean-reduced loss gradient) and the `1/count` scale that the loss gradients
+//! read back.
 
 use super::gather::inside;
-use super::{dims4, f, Launch, LowerError, LoweredLaunch, BLOCK};
+use super::{dims4, f, reindex, strides, Launch, LowerError, LoweredLaunch, BLOCK};
 use crate::codegen::kir::{Buf, Expr, Ty};
 use crate::ir::{Graph, NodeId, Op, Reduction};
 use crate::passes::fusion::Kernel;
@@ -33,6 +34,54 @@ pub(super) fn lower_channel_sum(
     l.emit_outputs(&channel, &[c], Some((a, total)))?;
     l.b.end_if();
     l.finish(c)
+}
+
+/// A sum over the dimensions where the anchor's result has size 1 (all of them for a
+/// rank-0 result): one block per result element. Global average pooling divides the sum
+/// by the number of elements summed.
+pub(super) fn lower_sum(
+    graph: &Graph,
+    kernel: &Kernel,
+    a: NodeId,
+    name: &str,
+) -> Result<LoweredLaunch, LowerError> {
+    let x = graph.operands(a)[0];
+    let (xd, yd) = (&graph.node(x).ty.dims, &graph.node(a).ty.dims);
+    if !yd.is_empty() && yd.len() != xd.len() {
+        return Err(LowerError(format!(
+            "cannot sum {xd:?} to {yd:?}: the ranks differ"
+        )));
+    }
+    let kept = |d: usize| !yd.is_empty() && yd[d] == xd[d];
+    let x_strides = strides(xd);
+    let (summed_dims, summed_strides): (Vec<u64>, Vec<u64>) = (0..xd.len())
+        .filter(|&d| !kept(d))
+        .map(|d| (xd[d], x_strides[d]))
+        .unzip();
+    let count: u64 = summed_dims.iter().product();
+    let mut l = Launch::new(graph, kernel, name, BLOCK);
+    let out = Expr::BlockId;
+    // The first input element of result element `out`, then the offsets of the others.
+    let base_strides: Vec<u64> = (0..yd.len())
+        .map(|d| if kept(d) { x_strides[d] } else { 0 })
+        .collect();
+    let base = reindex(&mut l.b, &out, yd, &base_strides);
+    let acc = l.b.private(Ty::F32, 1);
+    l.b.store(acc, 0, 0.0f32);
+    let i = l.b.begin_for(Expr::ThreadId, count, BLOCK as i64);
+    let offset = reindex(&mut l.b, &i, &summed_dims, &summed_strides);
+    let v = l.value_at(x, &(base.clone() + offset))?;
+    l.accumulate(acc, v);
+    l.b.end_for();
+    let total = l.tree_sum(&[acc]).remove(0);
+    l.b.begin_if(Expr::ThreadId.eq(0));
+    let value = match graph.node(a).op {
+        Op::GlobalAvgPool2d => l.b.let_(total / f(count as f64)),
+        _ => l.b.let_(total),
+    };
+    l.emit_outputs(&out, yd, Some((a, value)))?;
+    l.b.end_if();
+    l.finish(yd.iter().product())
 }
 
 /// A loss: one block sums the per-element losses and counts the elements that count.
