@@ -13,8 +13,12 @@
 #   2. Rust (rustup, stable) when no `cargo` is on PATH.
 #   3. The PyPI wheel nvidia-cuda-nvcc-cu12 (`pip download --no-deps`, unzipped into
 #      .cache/cuda-nvcc/): `ptxas` and `libdevice.10.bc` without a CUDA toolkit or GPU.
-#   4. .cache/env.sh exporting MLIR_SYS_220_PREFIX, TABLEGEN_220_PREFIX,
-#      LLVM_SYS_221_PREFIX, RFNC_PTXAS, RFNC_LIBDEVICE, RFNC_MLIR_OPT.
+#   4. The PyPI wheels onnx and onnxruntime (with numpy; versions pinned), installed with
+#      `pip install --target` into .cache/onnx-py/ for the tests of `rfnc export`
+#      (tools/onnx_check.py); reinstalled only when the pins or the Python change.
+#   5. .cache/env.sh exporting MLIR_SYS_220_PREFIX, TABLEGEN_220_PREFIX,
+#      LLVM_SYS_221_PREFIX, RFNC_PTXAS, RFNC_LIBDEVICE, RFNC_MLIR_OPT, RFNC_PYTHON,
+#      RFNC_ONNX_PYTHONPATH.
 set -euo pipefail
 
 QUIET=0
@@ -26,6 +30,9 @@ LLVM_PREFIX=/usr/lib/llvm-22
 # Pinned for reproducible tool versions; override with RFNC_NVCC_WHEEL_VERSION=X.Y.Z.
 NVCC_WHEEL_VERSION="${RFNC_NVCC_WHEEL_VERSION:-12.9.86}"
 NVCC_DIR="$CACHE/cuda-nvcc"
+# onnx, onnxruntime and everything they import, pinned (override with RFNC_ONNX_PACKAGES).
+ONNX_PACKAGES="${RFNC_ONNX_PACKAGES:-onnx==1.23.2 onnxruntime==1.32.0 numpy==2.4.6 protobuf==7.36.2 ml_dtypes==0.7.0 flatbuffers==25.12.19 packaging==26.4 typing_extensions==4.16.0}"
+ONNX_DIR="$CACHE/onnx-py"
 
 say() { echo "setup: $*" >&2; }
 note() { [[ $QUIET == 1 ]] || say "$@"; }
@@ -95,7 +102,27 @@ else
   note "ptxas and libdevice present in .cache/cuda-nvcc"
 fi
 
-# --- 4. .cache/env.sh --------------------------------------------------------------------
+# --- 4. onnx and onnxruntime for the export tests -----------------------------------------
+PYTHON="$(python3 -c 'import sys; print(sys.executable)')" || die "python3 not found (package python3)"
+onnx_stamp="$("$PYTHON" --version 2>&1) $ONNX_PACKAGES"
+if [[ ! -f "$ONNX_DIR/.rfnc-stamp" || "$(cat "$ONNX_DIR/.rfnc-stamp")" != "$onnx_stamp" ]]; then
+  say "installing $ONNX_PACKAGES into .cache/onnx-py (~190 MB)"
+  tmp="$(mktemp -d "$CACHE/onnx-py.tmp.XXXXXX")"
+  trap 'rm -rf "$tmp"' EXIT
+  # shellcheck disable=SC2086
+  "$PYTHON" -m pip install --quiet --no-input --disable-pip-version-check --no-warn-script-location \
+    --root-user-action=ignore --only-binary=:all: --target "$tmp" $ONNX_PACKAGES >&2 \
+    || die "pip could not install the onnx packages"
+  PYTHONPATH="$tmp" "$PYTHON" -c 'import onnx, onnxruntime, numpy' || die "the onnx packages do not import"
+  printf '%s' "$onnx_stamp" > "$tmp/.rfnc-stamp"
+  rm -rf "$ONNX_DIR"
+  mv "$tmp" "$ONNX_DIR"   # only a complete install ever appears under the final name
+  trap - EXIT
+else
+  note "onnx and onnxruntime present in .cache/onnx-py"
+fi
+
+# --- 5. .cache/env.sh --------------------------------------------------------------------
 MLIR_OPT="$LLVM_PREFIX/bin/mlir-opt"
 [[ -x "$MLIR_OPT" ]] || MLIR_OPT="$(command -v mlir-opt-22 || true)"
 [[ -n "$MLIR_OPT" ]] || die "mlir-opt not found (package mlir-22-tools)"
@@ -108,6 +135,8 @@ export LLVM_SYS_221_PREFIX=$LLVM_PREFIX
 export RFNC_PTXAS=$PTXAS
 export RFNC_LIBDEVICE=$LIBDEVICE
 export RFNC_MLIR_OPT=$MLIR_OPT
+export RFNC_PYTHON=$PYTHON
+export RFNC_ONNX_PYTHONPATH=$ONNX_DIR
 case \":\$PATH:\" in *\":\$HOME/.cargo/bin:\"*) ;; *) [ -d \"\$HOME/.cargo/bin\" ] && export PATH=\"\$HOME/.cargo/bin:\$PATH\" ;; esac
 "
 if [[ ! -f "$CACHE/env.sh" || "$(cat "$CACHE/env.sh")"$'\n' != "$env_text" ]]; then

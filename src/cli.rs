@@ -51,7 +51,8 @@ pub enum Command {
         weights: Option<PathBuf>,
     },
     /// Write deterministic random initial weights for the program's parameters as safetensors
-    /// (He-normal for convs followed by batch norm, std 1/sqrt(3 fan_in) for other convs,
+    /// (He-normal for convs followed by batch norm, the last conv of each of the L residual
+    /// branches scaled by 1/sqrt(L), std 1/sqrt(3 fan_in) for other convs,
     /// zero biases, identity batch norm); with --from-torchvision, the ResNet backbones come
     /// from ImageNet-pretrained torchvision or timm weights instead
     Weights {
@@ -106,6 +107,64 @@ pub enum Command {
     /// depth scenes) in the VOC, list or NYUDv2 layout, to try `rfnc train` without a
     /// download
     Dataset(DatasetArgs),
+    /// Export the network's inference graph with its weights as an ONNX model for ONNX
+    /// Runtime and TensorRT: Conv (batch norm folded in), Relu, Add, MaxPool, Resize with
+    /// rfnc's bilinear conventions; inputs and outputs named as in the program, dropout and
+    /// the objective left out (see docs/export.md)
+    #[command(after_help = EXPORT_EXAMPLES)]
+    Export(ExportArgs),
+}
+
+const EXPORT_EXAMPLES: &str = "\
+Examples:
+  rfnc export examples/refinenet4.rfn --weights best.safetensors -o refinenet4.onnx
+  rfnc export examples/tiny.rfn --init-seed 0 --input 1x3x64x64 --dynamic-size --argmax -o tiny.onnx
+
+Check a model in Python with onnx.checker.check_model(\"tiny.onnx\", full_check=True) and
+run it with onnxruntime.InferenceSession(\"tiny.onnx\").run(None, {\"image\": x}).";
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The ONNX file to write (atomically)
+    #[arg(short, long, value_name = "MODEL.onnx")]
+    pub output: PathBuf,
+    /// Write ONNX (the default and, so far, the only format)
+    #[arg(long)]
+    pub onnx: bool,
+    /// The weights (safetensors, named by the graph's parameter names, e.g. from `rfnc
+    /// train` or `rfnc run --train --save-weights`); momentum buffers in it are ignored
+    #[arg(
+        long,
+        value_name = "W.safetensors",
+        required_unless_present = "init_seed",
+        conflicts_with = "init_seed"
+    )]
+    pub weights: Option<PathBuf>,
+    /// Export the deterministic random weights of `rfnc weights --seed N` instead of a file
+    #[arg(long, value_name = "N")]
+    pub init_seed: Option<u64>,
+    /// The ONNX opset to write (13 to 21)
+    #[arg(long, default_value_t = rfnc_driver::export::DEFAULT_OPSET, value_parser = clap::value_parser!(i64).range(13..=21))]
+    pub opset: i64,
+    /// Leave the batch N, and the height H and width W of the first input, symbolic where
+    /// the network allows it (sizes the program computes from the input, as `rescale`
+    /// does, keep H and W fixed, with a note)
+    #[arg(long)]
+    pub dynamic_size: bool,
+    /// Append an output NAME_argmax (int64 NxHxW) with the class of each pixel for every
+    /// output of class scores (f32 NxCxHxW, C >= 2)
+    #[arg(long)]
+    pub argmax: bool,
+    /// Keep frozen batch norm as BatchNormalization nodes instead of folding it into the
+    /// preceding convs
+    #[arg(long)]
+    pub keep_batch_norm: bool,
+    /// Put the weights in MODEL.onnx.data beside the model (ONNX external data) even when
+    /// the model is below protobuf's 2 GiB limit, above which this happens anyway
+    #[arg(long)]
+    pub external_data: bool,
 }
 
 const TRAIN_EXAMPLES: &str = "\
@@ -612,6 +671,7 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
         Command::Dataset(args) => commands::dataset::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
         Command::Predict(args) => commands::predict::run(&args),
+        Command::Export(args) => commands::export::run(&args),
     };
     done.map(|()| ExitCode::SUCCESS)
 }

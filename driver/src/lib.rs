@@ -10,6 +10,7 @@
 //!   bundle directory;
 //! - [`weights`]: random and loaded weights checked against a graph; [`pretrained`]:
 //!   torchvision/timm ResNet backbones imported under the graph's names;
+//! - [`export`]: the inference graph and its weights as an ONNX model (`rfnc export`);
 //! - [`run`]: a bundle executed on a device with random inputs, steps and outputs;
 //! - [`train`]: `rfnc train`, the paper's training protocol on a dataset, with
 //!   checkpoints, validation and logs in a work dir;
@@ -24,6 +25,7 @@ pub mod codegen;
 pub mod error;
 pub mod eval;
 pub mod evaluate;
+pub mod export;
 pub mod frontend;
 pub mod log;
 pub mod plan;

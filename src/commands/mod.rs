@@ -4,6 +4,7 @@ pub mod check;
 pub mod compile;
 pub mod dataset;
 pub mod eval;
+pub mod export;
 pub mod predict;
 pub mod run;
 pub mod stats;
