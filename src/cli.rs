@@ -253,18 +253,8 @@ pub struct TrainCmdArgs {
     /// Threads decoding and augmenting images ahead of the step (default: every core)
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// Where to train: `cpu` or `cuda` (GPU 0)
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
-    /// CPU threads (default: every core)
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// GPU architecture to compile for (with --device cuda)
-    #[arg(long, value_name = "sm_XX", default_value = DEFAULT_GPU, value_parser = parse_gpu)]
-    pub gpu: String,
-    /// Compile every kernel afresh instead of using the cache
-    #[arg(long)]
-    pub no_cache: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Seed of the data order, the augmentation, the dropout masks and the initial weights
     /// (0 to 2^63 - 1), and the training step's settings
     #[command(flatten)]

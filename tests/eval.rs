@@ -10,24 +10,6 @@ use std::process::Command;
 
 use common::*;
 
-fn dataset(layout: &str, train: usize, val: usize) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join(layout);
-    let (t, v) = (train.to_string(), val.to_string());
-    let out = rfnc(&[
-        "dataset",
-        layout,
-        "-o",
-        root.to_str().unwrap(),
-        "--train",
-        &t,
-        "--val",
-        &v,
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    (dir, root)
-}
-
 /// Random weights of `program` (evaluation does not care how good they are).
 fn weights(dir: &Path, program: &str) -> PathBuf {
     let path = dir.join("w.safetensors");

@@ -6,29 +6,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
-
-/// A synthetic dataset in `layout` under a fresh directory.
-fn dataset(layout: &str, train: usize, val: usize) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join(layout);
-    let (t, v) = (train.to_string(), val.to_string());
-    let out = rfnc(&[
-        "dataset",
-        layout,
-        "-o",
-        root.to_str().unwrap(),
-        "--train",
-        &t,
-        "--val",
-        &v,
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    (dir, root)
-}
 
 /// `rfnc train examples/tiny.rfn` on the VOC-layout shapes with the test settings.
 fn train_args(data: &Path, work: &Path, iters: u64, extra: &[&str]) -> Vec<String> {

@@ -7,7 +7,8 @@ use rfnc_driver::eval::{run_eval, EvalOptions, EvalReport, Metrics};
 use rfnc_driver::Error;
 
 use crate::cli::EvalArgs;
-use crate::commands::predict::{device, protocol};
+use crate::commands::device;
+use crate::commands::predict::protocol;
 use crate::print::{emit_text, print_stdout};
 use crate::progress::ImageProgress;
 

@@ -10,3 +10,19 @@ pub mod run;
 pub mod stats;
 pub mod train;
 pub mod weights;
+
+use rfnc_runtime::Device;
+
+use crate::cli::{DeviceArg, DeviceArgs};
+
+/// The device of `--device` (GPU 0) with `--threads` (default: every core).
+pub fn device(args: &DeviceArgs) -> Device {
+    match args.device {
+        DeviceArg::Cpu => Device::Cpu {
+            threads: args
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        },
+        DeviceArg::Cuda => Device::Cuda { ordinal: 0 },
+    }
+}

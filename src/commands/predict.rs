@@ -1,12 +1,12 @@
-//! `rfnc predict`: predictions for image files written as pictures; also the shared
-//! conversion of the protocol and device flags of `eval` and `predict`.
+//! `rfnc predict`: predictions for image files written as pictures; also the conversion of
+//! the protocol flags `eval` shares.
 
 use rfnc_driver::eval::ProtocolOptions;
 use rfnc_driver::predict::{run_predict, Palette, PredictOptions};
 use rfnc_driver::Error;
-use rfnc_runtime::Device;
 
-use crate::cli::{DeviceArg, DeviceArgs, PredictArgs, ProtocolArgs};
+use crate::cli::{PredictArgs, ProtocolArgs};
+use crate::commands::device;
 use crate::print::print_stdout;
 use crate::progress::ImageProgress;
 
@@ -46,16 +46,5 @@ pub fn protocol(args: &ProtocolArgs) -> ProtocolOptions {
         stride: args.stride,
         scales: args.scales.0.clone(),
         flip: args.flip,
-    }
-}
-
-pub fn device(args: &DeviceArgs) -> Device {
-    match args.device {
-        DeviceArg::Cpu => Device::Cpu {
-            threads: args
-                .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        },
-        DeviceArg::Cuda => Device::Cuda { ordinal: 0 },
     }
 }

@@ -14,9 +14,9 @@ use rfnc_driver::train::{
     train, BatchSize, Length, Observer, RunPlan, StepReport, TrainOptions, TrainSummary, Validation,
 };
 use rfnc_driver::Error;
-use rfnc_runtime::Device;
 
-use crate::cli::{DeviceArg, TrainCmdArgs};
+use crate::cli::TrainCmdArgs;
+use crate::commands::device;
 use crate::print::print_stdout;
 
 pub fn run(args: &TrainCmdArgs) -> Result<ExitCode, Error> {
@@ -54,14 +54,9 @@ fn options(args: &TrainCmdArgs) -> Result<TrainOptions, Error> {
         source: args.common.source(),
         settings: args.step.settings(),
         memory_budget: args.step.memory_budget.clone(),
-        device: match args.device {
-            DeviceArg::Cpu => Device::Cpu {
-                threads: args.threads.unwrap_or(cores),
-            },
-            DeviceArg::Cuda => Device::Cuda { ordinal: 0 },
-        },
-        gpu: args.gpu.clone(),
-        use_cache: !args.no_cache,
+        device: device(&args.device),
+        gpu: args.device.gpu.clone(),
+        use_cache: !args.device.no_cache,
         dataset: args.dataset,
         data_root: args.data_root.clone(),
         train_split: args.train_split.clone(),

@@ -58,6 +58,20 @@ pub fn graph(name: &str, input: &[u64], defines: &[(&str, &str)]) -> Graph {
     graph
 }
 
+/// A synthetic dataset in `layout` (`rfnc dataset`) under a fresh directory: the directory
+/// (kept alive by the caller) and the dataset's root.
+pub fn dataset(layout: &str, train: usize, val: usize) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join(layout);
+    let (t, v) = (train.to_string(), val.to_string());
+    let root_arg = root.to_str().unwrap();
+    let out = rfnc(&[
+        "dataset", layout, "-o", root_arg, "--train", &t, "--val", &v,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    (dir, root)
+}
+
 /// The kernel cache every test run of rfnc shares (so each kernel is compiled once).
 pub fn test_cache_dir() -> PathBuf {
     root().join("target").join("rfnc-test-cache")

@@ -122,28 +122,16 @@ pub fn choose_batch(
     };
     // Doubling, then bisection between the last fit and the first miss.
     let (mut lo, mut hi) = (1u64, None::<(u64, String)>);
-    while hi.is_none() && lo < max {
-        let n = (lo * 2).min(max);
-        match fits(n)? {
-            Ok((l, a, r)) => {
-                lo = n;
-                best = BatchChoice {
-                    batch: n,
-                    leaves_bytes: l,
-                    arena_bytes: a,
-                    recomputes: r,
-                    ..best
-                };
+    loop {
+        let n = match &hi {
+            None if lo < max => (lo * 2).min(max),
+            None => break,
+            Some((miss, why)) if miss - lo <= 1 => {
+                best.limit = Some(why.clone());
+                break;
             }
-            Err(why) => hi = Some((n, why)),
-        }
-    }
-    while let Some((miss, why)) = hi.clone() {
-        if miss - lo <= 1 {
-            best.limit = Some(why);
-            break;
-        }
-        let n = lo + (miss - lo) / 2;
+            Some((miss, _)) => lo + (miss - lo) / 2,
+        };
         match fits(n)? {
             Ok((l, a, r)) => {
                 lo = n;
