@@ -282,7 +282,8 @@ pub struct ProtocolArgs {
 /// Where a network runs.
 #[derive(Args)]
 pub struct DeviceArgs {
-    /// `cpu` or `cuda` (GPU 0)
+    /// `cpu`, `cuda` (GPU 0), or `cpu-gpu-kernels` (the GPU's kernels on the CPU, to check
+    /// them without a GPU)
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
     /// CPU threads (default: every core)
@@ -461,8 +462,9 @@ pub struct CompileArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Where to run: `cpu` (the host kernels, JIT-compiled, on every core) or `cuda` (the
-    /// PTX kernels on GPU 0 through the CUDA driver)
+    /// Where to run: `cpu` (the CPU's schedule: convolutions as packed GEMMs, on every
+    /// core), `cuda` (the PTX kernels on GPU 0 through the CUDA driver) or `cpu-gpu-kernels`
+    /// (the GPU's kernels run on the CPU: slow, checks them without a GPU)
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
     /// Weights (safetensors, named by the graph's parameter names); without it, random
@@ -487,6 +489,10 @@ pub struct RunArgs {
     /// With --train: write the trained parameters and momentum buffers here (atomically)
     #[arg(long, value_name = "W.safetensors", requires = "train")]
     pub save_weights: Option<PathBuf>,
+    /// Time every launch (the device waits after each one) and print the 25 that took the
+    /// most time in the last run, summed by kernel or GEMM shape
+    #[arg(long)]
+    pub profile: bool,
     /// Write the outputs of the last run as safetensors (atomically)
     #[arg(short, long, value_name = "OUT.safetensors")]
     pub output: Option<PathBuf>,
@@ -581,8 +587,12 @@ pub struct StepArgs {
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 pub enum DeviceArg {
+    /// The CPU's own schedule: convolutions as packed GEMMs, every core
     Cpu,
+    /// GPU 0, through the CUDA driver
     Cuda,
+    /// The GPU's kernels run on the CPU (slow): checks the GPU kernels without a GPU
+    CpuGpuKernels,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]

@@ -1,8 +1,9 @@
 //! Code generation end to end: every example, the variant examples and
 //! `tests/programs/attention.rfn`, for
 //! inference and for the training step, is compiled by `rfnc compile` to a bundle (MLIR ->
-//! LLVM -> PTX and host code) whose kernels the CPU executor runs; the results match the
-//! reference interpreter on the unplanned, unfused graph. Every emitted MLIR module passes
+//! LLVM -> PTX and host code) that the CPU executor runs twice: in the CPU's schedule
+//! (convolutions as packed GEMMs) and in the GPU's (the GPU kernels, proved without a
+//! GPU); both match the reference interpreter on the unplanned, unfused graph. Every emitted MLIR module passes
 //! `mlir-opt-22`, every PTX module assembles with `ptxas` for sm_80 and sm_90 without
 //! spills, and the MLIR of representative kernels is snapshot-tested.
 
@@ -20,13 +21,23 @@ const SMALL: &str = "1x3x32x32";
 
 /// `rfnc compile` with the example's small settings and `extra` arguments.
 fn compile(example: &str, extra: &[&str]) -> std::process::Output {
-    compile_file(&example_path(example), &small_defines(example), extra)
+    compile_file(
+        &example_path(example),
+        &small_defines(example),
+        SMALL,
+        extra,
+    )
 }
 
 /// `rfnc compile FILE` at the small input with `defines` and `extra` arguments.
-fn compile_file(path: &Path, defines: &[(&str, &str)], extra: &[&str]) -> std::process::Output {
+fn compile_file(
+    path: &Path,
+    defines: &[(&str, &str)],
+    input: &str,
+    extra: &[&str],
+) -> std::process::Output {
     let path = path.to_string_lossy().into_owned();
-    let mut args: Vec<String> = vec!["compile".into(), path, "--input".into(), SMALL.into()];
+    let mut args: Vec<String> = vec!["compile".into(), path, "--input".into(), input.into()];
     for (k, v) in defines {
         args.push("-D".into());
         args.push(format!("{k}={v}"));
@@ -51,10 +62,35 @@ fn bundle(example: &str, train: bool, dir: &Path) {
     compile(example, &extra);
 }
 
-/// Runs a bundle on the CPU with `feeds` and returns every output.
-fn run_bundle(dir: &Path, feeds: &HashMap<String, Value<f64>>) -> HashMap<String, Vec<f64>> {
+/// The CPU's schedule, and the GPU's kernels run by the CPU.
+const CPU_SCHEDULES: [Device; 2] = [
+    Device::Cpu { threads: 2 },
+    Device::CpuGpuKernels { threads: 2 },
+];
+
+/// Checks the bundle in `dir` on both CPU schedules against the interpreter.
+fn assert_bundle_matches(what: &str, graph: &rfnc_compiler::ir::Graph, dir: &Path) {
     let loaded = load_bundle(dir).unwrap_or_else(|e| panic!("{e}"));
-    let mut session = Session::new(&loaded, Device::Cpu { threads: 2 }).unwrap();
+    assert!(
+        loaded.bundle.main.host.is_some(),
+        "{what}: the bundle has no CPU schedule"
+    );
+    let feeds = perturbed_feeds(graph);
+    let expected = rfnc_compiler::interp::run(graph, &feeds).expect("the interpreter runs");
+    for device in CPU_SCHEDULES {
+        let actual = run_bundle(dir, device, &feeds);
+        assert_outputs_match(&format!("{what} on {device}"), &actual, &expected);
+    }
+}
+
+/// Runs a bundle on `device` with `feeds` and returns every output.
+fn run_bundle(
+    dir: &Path,
+    device: Device,
+    feeds: &HashMap<String, Value<f64>>,
+) -> HashMap<String, Vec<f64>> {
+    let loaded = load_bundle(dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut session = Session::new(&loaded, device).unwrap();
     for leaf in &loaded.bundle.leaves {
         match feeds.get(&leaf.name) {
             Some(Value::Real(t)) => {
@@ -95,12 +131,12 @@ fn cpu_executor_matches_the_interpreter_for_every_example() {
         let dir = tmp.path().join(format!("{example}-inference"));
         bundle(example, false, &dir);
         let what = format!("{example} inference");
-        assert_matches_interpreter(&what, &inference(&forward), |f| run_bundle(&dir, f));
+        assert_bundle_matches(&what, &inference(&forward), &dir);
         // The training step: loss, updated parameters and momentum.
         let dir = tmp.path().join(format!("{example}-train"));
         bundle(example, true, &dir);
         let what = format!("{example} training step");
-        assert_matches_interpreter(&what, &step, |f| run_bundle(&dir, f));
+        assert_bundle_matches(&what, &step, &dir);
     }
 }
 
@@ -111,21 +147,33 @@ fn cpu_executor_matches_the_interpreter_for_every_example() {
 /// without spills, and the emitted MLIR passes mlir-opt.
 #[test]
 fn variant_programs_compile_and_run_on_the_cpu() {
-    check_program(Path::new("tests/programs/attention.rfn"), &[]);
+    check_program(Path::new("tests/programs/attention.rfn"), &[], SMALL);
     for example in [
         "refinenet4_multitask",
         "refinenet4_deepsup",
         "refinenet4_gated",
     ] {
-        check_program(&example_path(example), &small_defines(example));
+        check_program(&example_path(example), &small_defines(example), SMALL);
     }
 }
 
-fn check_program(path: &Path, defines: &[(&str, &str)]) {
+/// `tests/programs/conv_geometry.rfn` at batch 2 and odd sizes: strided, dilated, grouped,
+/// padded and pointwise convolutions (with prologues and bias) and their gradients, in both
+/// CPU schedules.
+#[test]
+fn every_conv_geometry_runs_in_both_cpu_schedules() {
+    check_program(
+        Path::new("tests/programs/conv_geometry.rfn"),
+        &[],
+        "2x3x13x11",
+    );
+}
+
+fn check_program(path: &Path, defines: &[(&str, &str)], input: &str) {
     let name = path.file_stem().unwrap().to_string_lossy().into_owned();
     let source = rfnc_driver::Source {
         file: path.to_path_buf(),
-        input: SMALL.into(),
+        input: input.into(),
         defines: defines.iter().map(|(k, v)| format!("{k}={v}")).collect(),
     };
     let log = rfnc_driver::Log::default();
@@ -141,14 +189,14 @@ fn check_program(path: &Path, defines: &[(&str, &str)]) {
         if train {
             extra.push("--train");
         }
-        let report = stdout(&compile_file(path, defines, &extra));
+        let report = stdout(&compile_file(path, defines, input, &extra));
         assert_eq!(spilling(&report), 0, "{name} (train: {train}):\n{report}");
         let (what, graph) = if train {
             (format!("{name} training step"), step.clone())
         } else {
             (format!("{name} inference"), inference(&network.forward))
         };
-        assert_matches_interpreter(&what, &graph, |f| run_bundle(&dir, f));
+        assert_bundle_matches(&what, &graph, &dir);
         for emit in ["mlir", "mlir-host"] {
             let file = tmp.path().join(format!("{name}-{train}-{emit}.mlir"));
             let file_arg = file.to_string_lossy().into_owned();
@@ -156,7 +204,7 @@ fn check_program(path: &Path, defines: &[(&str, &str)]) {
             if train {
                 extra.push("--train");
             }
-            compile_file(path, defines, &extra);
+            compile_file(path, defines, input, &extra);
             let out = std::process::Command::new(mlir_opt())
                 .arg("--split-input-file")
                 .arg(&file)

@@ -456,6 +456,13 @@ def main(argv=None):
     ap.add_argument("--outputs", default=None,
                     help="comma-separated output names to compute (default: every output "
                          "whose inputs are available)")
+    ap.add_argument("--train-step", action="store_true",
+                    help="time a training step instead: forward, the first loss output (random "
+                         "labels), backward and an SGD momentum update of the convolutions' "
+                         "weights and biases (batch norm frozen, as rfnc trains)")
+    ap.add_argument("--compile", action="store_true",
+                    help="run the forward pass through torch.compile (inductor); the warm-up "
+                         "run compiles")
     ap.add_argument("--double", action="store_true", help="compute in float64")
     ap.add_argument("--weights", help="safetensors of parameters, by rfn.param name "
                                       "(e.g. from `rfnc weights`); missing ones are an error")
@@ -563,20 +570,59 @@ def main(argv=None):
         sys.exit("torch_run_graph: no output can be computed (skipped: %s)"
                  % json.dumps(skipped))
 
+    if args.train_step:
+        losses = [(n, v) for n, v in outputs if g.by_id[v].shape == ()]
+        if not losses:
+            sys.exit("torch_run_graph: --train-step needs a scalar loss output (with "
+                     "--with-losses)")
+        outputs = losses[:1]
     runner = Runner(g, [v for _, v in outputs], torch, F)
     run_leaves = {op.id: leaf_values[op.id] for op in runner.leaves}
 
-    with torch.inference_mode():
+    if args.train_step:
+        trained = set()
+        for op in runner.compute:
+            if op.name == "conv2d":
+                trained.update(v for v in op.operands[1:] if g.by_id[v].name == "param")
+        params = []
+        for v in trained:
+            run_leaves[v] = run_leaves[v].clone().requires_grad_(True)
+            params.append(run_leaves[v])
+        sgd = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4)
+
+        def step():
+            sgd.zero_grad(set_to_none=True)
+            loss = runner.run(run_leaves)[0]
+            loss.backward()
+            sgd.step()
+            return [loss.detach()]
+
         load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
-        results = runner.run(run_leaves, check_shapes=True, by_id=g.by_id)  # warm-up
+        results = step()  # warm-up
         warm = time.perf_counter() - t0
         times = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            results = runner.run(run_leaves)
+            results = step()
             times.append(time.perf_counter() - t0)
         load_after = os.getloadavg()[0]
+    else:
+        run = torch.compile(runner.run) if args.compile else runner.run
+        with torch.inference_mode():
+            load_before = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            if args.compile:
+                results = run(run_leaves)  # warm-up: compiles
+            else:
+                results = run(run_leaves, check_shapes=True, by_id=g.by_id)  # warm-up
+            warm = time.perf_counter() - t0
+            times = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                results = run(run_leaves)
+                times.append(time.perf_counter() - t0)
+            load_after = os.getloadavg()[0]
 
     from collections import Counter
     op_counts = Counter(op.name for op in runner.compute)
@@ -655,8 +701,8 @@ def main(argv=None):
         print("ops run     %s" % ", ".join("%s %d" % kv for kv in report["ops_run"].items()))
         print("conv GMACs  %.2f" % report["conv_gmacs"])
         if times:
-            print("forward     median %.4f s, min %.4f s over %d runs (warm-up %.4f s)"
-                  % (report["median_s"], report["min_s"], len(times), warm))
+            print("%-11s median %.4f s, min %.4f s over %d runs (warm-up %.4f s)"
+                  % ("train step" if args.train_step else "forward", report["median_s"], report["min_s"], len(times), warm))
         print("torch       %s, %d threads, %s" % (torch.__version__, report["threads"],
                                                  report["dtype"]))
         print("load avg    %.2f before, %.2f after (1 min)" % (load_before, load_after))

@@ -7,9 +7,11 @@
 //!   turns a rule into values, so a bundle runs with random weights by itself and `rfnc
 //!   weights` writes exactly the same numbers;
 //! - [`rng`]: the counter-based generator both sides share;
-//! - [`atomic`]: files and directories written so that a crash never leaves half of one.
+//! - [`atomic`]: files and directories written so that a crash never leaves half of one;
+//! - [`cache`]: the cache directory compiler and runtime share, and checksummed entries.
 
 pub mod atomic;
+pub mod cache;
 pub mod init;
 pub mod rng;
 pub mod schema;

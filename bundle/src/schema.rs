@@ -20,7 +20,7 @@ use crate::init::Init;
 /// `format` of every bundle.
 pub const BUNDLE_FORMAT: &str = "rfnc-bundle";
 /// Bumped whenever the format changes incompatibly.
-pub const BUNDLE_VERSION: u32 = 3;
+pub const BUNDLE_VERSION: u32 = 4;
 /// The training step's step counter (i32 scalar input): keys the dropout masks.
 pub const STEP_INPUT: &str = "step";
 /// The training step's learning-rate schedule (f32 scalar input): every update is scaled
@@ -155,15 +155,98 @@ pub struct KernelInfo {
     pub shared_bytes: u64,
     /// The ops it computes, e.g. `conv2d+add+relu`.
     pub ops: String,
+    /// Only the CPU's launches call it (a step of a host schedule): it has host code and
+    /// no PTX.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_only: bool,
 }
 
 /// A program: launches in order over the regions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Program {
     pub arena_bytes: u64,
+    /// The scratch the GPU's launches need.
     pub scratch_bytes: u64,
+    /// The GPU's launches (and the CPU's where `host` is absent, or when the CPU runs the
+    /// GPU kernels to prove them).
     pub launches: Vec<Launch>,
     pub outputs: Vec<BundleOutput>,
+    /// The CPU's schedule, where it differs: convolutions as packed GEMMs between kernels
+    /// that gather their operands and apply their epilogues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostProgram>,
+}
+
+/// The CPU's launches of a program, over the same arena and leaves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostProgram {
+    pub scratch_bytes: u64,
+    pub launches: Vec<HostLaunch>,
+}
+
+/// One step of the CPU's schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostLaunch {
+    /// A kernel over a grid of blocks, as on the GPU.
+    Kernel(Launch),
+    /// A matrix product run by the runtime's packed GEMM.
+    Gemm(Gemm),
+}
+
+/// `C[i, j] (+)= sum_k A[i, k] * B[k, j]` over f32 matrices given by element strides,
+/// repeated over two nested batch levels (`batch[0]` outer): operand `X` of batch `(p, q)`
+/// starts `p * X.batch[0] + q * X.batch[1]` elements into its slot. At a level whose C
+/// stride is 0 the products of that level's batches are summed into one C (the first one
+/// overwrites it); elsewhere C is overwritten.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gemm {
+    /// Rows of C, columns of C, and the summed dimension.
+    pub m: u64,
+    pub n: u64,
+    pub k: u64,
+    pub batch: [u64; 2],
+    pub a: Matrix,
+    pub b: Matrix,
+    pub c: Matrix,
+}
+
+/// A strided f32 matrix in a slot: element `(i, j)` of batch `(p, q)` is element
+/// `p * batch[0] + q * batch[1] + i * rows + j * cols` of the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Matrix {
+    pub slot: Slot,
+    pub rows: u64,
+    pub cols: u64,
+    pub batch: [u64; 2],
+}
+
+impl Gemm {
+    /// Checks that every element the product touches lies inside its slot (no overflow).
+    pub fn validate(&self) -> Result<(), String> {
+        let span = |x: &Matrix, r: u64, c: u64| -> Option<u64> {
+            let last = |count: u64, stride: u64| count.checked_sub(1)?.checked_mul(stride);
+            let end = last(r, x.rows)?
+                .checked_add(last(c, x.cols)?)?
+                .checked_add(last(self.batch[0], x.batch[0])?)?
+                .checked_add(last(self.batch[1], x.batch[1])?)?;
+            end.checked_add(1)?.checked_mul(4)
+        };
+        if self.m == 0 || self.n == 0 || self.k == 0 || self.batch.contains(&0) {
+            return Err("a GEMM with an empty dimension".into());
+        }
+        for (what, x, r, c) in [
+            ("A", &self.a, self.m, self.k),
+            ("B", &self.b, self.k, self.n),
+            ("C", &self.c, self.m, self.n),
+        ] {
+            match span(x, r, c) {
+                Some(bytes) if bytes <= x.slot.bytes => {}
+                _ => return Err(format!("a GEMM reads or writes {what} outside its slot")),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One kernel launch: a 1-D grid of `grid` blocks of the kernel's block size; argument `i`
@@ -240,7 +323,14 @@ impl Bundle {
             if !kernels.insert(k.name.as_str()) {
                 return Err(format!("kernel `{}` appears twice", k.name));
             }
-            match (&k.ptx, &self.gpu_target) {
+            if k.host_only && k.ptx.is_some() {
+                return Err(format!(
+                    "kernel `{}` runs only on the CPU but has a PTX file",
+                    k.name
+                ));
+            }
+            let gpu_target = if k.host_only { &None } else { &self.gpu_target };
+            match (&k.ptx, gpu_target) {
                 (Some(ptx), Some(_)) => {
                     let within = std::path::Path::new(ptx)
                         .components()
@@ -279,43 +369,39 @@ impl Bundle {
         ];
         for (name, program) in programs {
             let Some(program) = program else { continue };
-            let within = |slot: &Slot, what: &str| -> Result<(), String> {
-                let size = match slot.region {
-                    Region::Arena => program.arena_bytes,
-                    Region::Scratch => program.scratch_bytes,
-                    Region::Leaves => self.leaves_bytes,
-                };
-                if !inside(slot.offset, slot.bytes, size) {
-                    return Err(format!(
-                        "{name} program: {what} lies outside the {:?} region",
-                        slot.region
-                    ));
-                }
-                Ok(())
+            let gpu = Schedule {
+                program: name,
+                arena: program.arena_bytes,
+                scratch: program.scratch_bytes,
+                device: "GPU",
             };
             for (i, launch) in program.launches.iter().enumerate() {
-                let kernel = self
-                    .kernels
-                    .iter()
-                    .find(|k| k.name == launch.kernel)
-                    .ok_or_else(|| {
-                        format!(
-                            "{name} program: launch {i} names unknown kernel `{}`",
-                            launch.kernel
-                        )
-                    })?;
-                if kernel.params as usize != launch.args.len() {
-                    return Err(format!(
-                        "{name} program: launch {i} passes {} arguments to `{}`, which takes {}",
-                        launch.args.len(),
-                        kernel.name,
-                        kernel.params
-                    ));
-                }
-                for slot in &launch.args {
-                    within(slot, &format!("an argument of launch {i}"))?;
+                self.check_launch(&gpu, i, launch)?;
+            }
+            if let Some(host) = &program.host {
+                let cpu = Schedule {
+                    scratch: host.scratch_bytes,
+                    device: "CPU",
+                    ..gpu
+                };
+                for (i, launch) in host.launches.iter().enumerate() {
+                    match launch {
+                        HostLaunch::Kernel(launch) => self.check_launch(&cpu, i, launch)?,
+                        HostLaunch::Gemm(gemm) => {
+                            for m in [&gemm.a, &gemm.b, &gemm.c] {
+                                cpu.within(
+                                    &m.slot,
+                                    self.leaves_bytes,
+                                    &format!("an operand of GEMM {i}"),
+                                )?;
+                            }
+                            gemm.validate()
+                                .map_err(|e| format!("{name} program, CPU launch {i}: {e}"))?;
+                        }
+                    }
                 }
             }
+            let within = |slot: &Slot, what: &str| gpu.within(slot, self.leaves_bytes, what);
             for output in &program.outputs {
                 within(&output.slot, &format!("output `{}`", output.name))?;
                 let elements = output
@@ -330,6 +416,71 @@ impl Bundle {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+/// The regions one device's launches of one program see.
+#[derive(Clone, Copy)]
+struct Schedule<'a> {
+    program: &'a str,
+    arena: u64,
+    scratch: u64,
+    device: &'a str,
+}
+
+impl Schedule<'_> {
+    fn within(&self, slot: &Slot, leaves: u64, what: &str) -> Result<(), String> {
+        let size = match slot.region {
+            Region::Arena => self.arena,
+            Region::Scratch => self.scratch,
+            Region::Leaves => leaves,
+        };
+        if !inside(slot.offset, slot.bytes, size) {
+            return Err(format!(
+                "{} program: {what} lies outside the {:?} region",
+                self.program, slot.region
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Bundle {
+    /// Launch `i` of a schedule: a known kernel the device has, its arity, its slots.
+    fn check_launch(&self, on: &Schedule, i: usize, launch: &Launch) -> Result<(), String> {
+        let name = on.program;
+        let kernel = self
+            .kernels
+            .iter()
+            .find(|k| k.name == launch.kernel)
+            .ok_or_else(|| {
+                format!(
+                    "{name} program: launch {i} names unknown kernel `{}`",
+                    launch.kernel
+                )
+            })?;
+        if kernel.host_only && on.device == "GPU" {
+            return Err(format!(
+                "{name} program: GPU launch {i} calls `{}`, which runs only on the CPU",
+                kernel.name
+            ));
+        }
+        if kernel.params as usize != launch.args.len() {
+            return Err(format!(
+                "{name} program: launch {i} passes {} arguments to `{}`, which takes {}",
+                launch.args.len(),
+                kernel.name,
+                kernel.params
+            ));
+        }
+        for slot in &launch.args {
+            on.within(
+                slot,
+                self.leaves_bytes,
+                &format!("an argument of {} launch {i}", on.device),
+            )?;
         }
         Ok(())
     }
@@ -370,6 +521,7 @@ mod tests {
                 params: 1,
                 shared_bytes: 0,
                 ops: "relu".into(),
+                host_only: false,
             }],
             prepare: None,
             main: Program {
@@ -386,6 +538,7 @@ mod tests {
                     shape: vec![4],
                     slot,
                 }],
+                host: None,
             },
         }
     }
@@ -433,5 +586,76 @@ mod tests {
         host_only.gpu_target = None;
         host_only.kernels[0].ptx = None;
         assert_eq!(host_only.validate(), Ok(()));
+    }
+
+    /// A CPU schedule with one GEMM: `[2, 2] x [2, 2]` in the 16 bytes of the slot.
+    fn with_gemm() -> Bundle {
+        let mut b = bundle();
+        let slot = b.main.outputs[0].slot;
+        let m = Matrix {
+            slot,
+            rows: 2,
+            cols: 1,
+            batch: [0, 0],
+        };
+        b.main.host = Some(HostProgram {
+            scratch_bytes: 0,
+            launches: vec![
+                HostLaunch::Kernel(b.main.launches[0].clone()),
+                HostLaunch::Gemm(Gemm {
+                    m: 2,
+                    n: 2,
+                    k: 2,
+                    batch: [1, 1],
+                    a: m,
+                    b: m,
+                    c: m,
+                }),
+            ],
+        });
+        b
+    }
+
+    #[test]
+    fn cpu_schedules_are_checked() {
+        assert_eq!(with_gemm().validate(), Ok(()));
+        let refused = |change: &dyn Fn(&mut Bundle), needle: &str| {
+            let mut b = with_gemm();
+            change(&mut b);
+            let e = b.validate().unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
+        };
+        fn gemm(b: &mut Bundle) -> &mut Gemm {
+            match &mut b.main.host.as_mut().unwrap().launches[1] {
+                HostLaunch::Gemm(g) => g,
+                HostLaunch::Kernel(_) => unreachable!(),
+            }
+        }
+        refused(&|b| gemm(b).n = 3, "B outside its slot");
+        refused(&|b| gemm(b).k = u64::MAX, "outside its slot");
+        refused(
+            &|b| {
+                gemm(b).batch = [2, 1];
+                gemm(b).c.batch = [4, 0];
+            },
+            "C outside its slot",
+        );
+        refused(&|b| gemm(b).a.cols = u64::MAX / 2, "A outside its slot");
+        refused(&|b| gemm(b).m = 0, "empty dimension");
+        refused(
+            &|b| gemm(b).b.slot.offset = 1 << 40,
+            "outside the Arena region",
+        );
+        refused(
+            &|b| b.kernels[0].host_only = true,
+            "runs only on the CPU but has a PTX file",
+        );
+        refused(
+            &|b| {
+                b.kernels[0].host_only = true;
+                b.kernels[0].ptx = None;
+            },
+            "GPU launch 0 calls `k`, which runs only on the CPU",
+        );
     }
 }

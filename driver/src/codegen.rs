@@ -5,13 +5,13 @@
 //! Invariant: every bundle written records each parameter's initialisation rule, so it runs
 //! with random weights by itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
 use rfnc_bundle::atomic::{write_atomically, write_dir_atomically};
-use rfnc_bundle::{Bundle, LeafRole, Mode};
+use rfnc_bundle::{Bundle, HostLaunch, LeafRole, Mode};
 use rfnc_compiler::codegen::mlir_text::{gpu_module, host_module};
 use rfnc_compiler::codegen::program::{lower_programs, Lowered, NamedKernel};
 use rfnc_compiler::init::param_inits;
@@ -121,9 +121,25 @@ impl CodegenOptions {
 /// How many launches use each kernel.
 fn launch_counts(bundle: &Bundle) -> HashMap<&str, usize> {
     let mut counts = HashMap::new();
-    let programs = bundle.prepare.iter().chain([&bundle.main]);
-    for launch in programs.flat_map(|p| &p.launches) {
+    let programs = || bundle.prepare.iter().chain([&bundle.main]);
+    for launch in programs().flat_map(|p| &p.launches) {
         *counts.entry(launch.kernel.as_str()).or_default() += 1;
+    }
+    // The CPU-only kernels are counted in the CPU's schedule.
+    let host_only: HashSet<&str> = bundle
+        .kernels
+        .iter()
+        .filter(|k| k.host_only)
+        .map(|k| k.name.as_str())
+        .collect();
+    for program in programs().filter_map(|p| p.host.as_ref()) {
+        for launch in &program.launches {
+            if let HostLaunch::Kernel(l) = launch {
+                if host_only.contains(l.kernel.as_str()) {
+                    *counts.entry(l.kernel.as_str()).or_default() += 1;
+                }
+            }
+        }
     }
     counts
 }
@@ -145,7 +161,8 @@ fn header(out: &mut String, k: &NamedKernel, launches: usize) {
 pub fn render_mlir(lowered: &Lowered, host: bool) -> String {
     let counts = launch_counts(&lowered.bundle);
     let mut out = String::new();
-    for (i, k) in lowered.kernels.iter().enumerate() {
+    let kernels = lowered.kernels.iter().filter(|k| host || !k.host_only);
+    for (i, k) in kernels.enumerate() {
         if i > 0 {
             out.push_str("\n// -----\n\n");
         }
@@ -166,7 +183,7 @@ pub fn render_mlir(lowered: &Lowered, host: bool) -> String {
 /// The MLIR of one kernel, in both forms.
 fn source(k: &NamedKernel) -> KernelSource {
     KernelSource {
-        gpu_mlir: gpu_module(&k.kernel, &k.name),
+        gpu_mlir: (!k.host_only).then(|| gpu_module(&k.kernel, &k.name)),
         host_mlir: host_module(&k.kernel, &k.name),
     }
 }
@@ -182,7 +199,10 @@ pub fn render_llvm(lowered: &Lowered, options: &CodegenOptions) -> Result<String
             k,
             counts.get(k.name.as_str()).copied().unwrap_or(0),
         );
-        let artifacts = compile_gpu(&source(k).gpu_mlir, &target).map_err(|e| e.to_string())?;
+        let Some(gpu_mlir) = source(k).gpu_mlir else {
+            continue;
+        };
+        let artifacts = compile_gpu(&gpu_mlir, &target).map_err(|e| e.to_string())?;
         out.push_str(&artifacts.llvm_ir);
         out.push('\n');
     }
@@ -233,6 +253,9 @@ pub fn render_ptx(lowered: &Lowered, compiled: &[CompiledKernel]) -> String {
     let counts = launch_counts(&lowered.bundle);
     let mut out = String::new();
     for (k, c) in lowered.kernels.iter().zip(compiled) {
+        if k.host_only {
+            continue;
+        }
         header(
             &mut out,
             k,
@@ -273,6 +296,9 @@ pub fn write_bundle(
     if options.ptx {
         bundle.gpu_target = Some(options.gpu.clone());
         for (info, c) in bundle.kernels.iter_mut().zip(compiled) {
+            if info.host_only {
+                continue;
+            }
             let path = format!("kernels/{}.ptx", info.name);
             files.push((path.clone(), c.ptx.clone().into_bytes()));
             info.ptx = Some(path);
@@ -300,7 +326,7 @@ pub fn render_ptx_report(
     let counts = launch_counts(&lowered.bundle);
     let mut out = format!(
         "ptxas report for {gpu} ({} kernels)\n{:<52} {:>8} {:>5} {:>10} {:>7} {:>12} {:>12}\n",
-        compiled.len(),
+        compiled.iter().filter(|c| !c.ptx.is_empty()).count(),
         "kernel",
         "launches",
         "regs",
@@ -310,7 +336,7 @@ pub fn render_ptx_report(
         "spill ld B"
     );
     let mut spilling = 0;
-    for c in compiled {
+    for c in compiled.iter().filter(|c| !c.ptx.is_empty()) {
         for r in ptxas_report(&c.ptx, gpu).map_err(|e| e.to_string())? {
             if r.spill_stores_bytes + r.spill_loads_bytes > 0 {
                 spilling += 1;

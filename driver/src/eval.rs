@@ -97,7 +97,7 @@ impl Predictor {
             task,
             input_size: (image.shape[2] as usize, image.shape[3] as usize),
             output_size: (output.shape[2] as usize, output.shape[3] as usize),
-            session: Session::new(&loaded, device).map_err(runtime_failure)?,
+            session: crate::run::open_session(&loaded, device)?.0,
         };
         Ok(predictor)
     }

@@ -11,8 +11,8 @@ use rfnc_compiler::ir::Graph;
 use rfnc_dsl::Diagnostic;
 use rfnc_runtime::weights::bundle_init_weights;
 use rfnc_runtime::{
-    load_weights, save_weights, Device, HostTensor, LoadedBundle, RuntimeError, Session,
-    TensorData, Weights,
+    load_weights, save_weights, Device, HostOrigin, HostTensor, LoadedBundle, RuntimeError,
+    Session, TensorData, Weights,
 };
 
 use crate::error::Error;
@@ -106,8 +106,11 @@ pub fn start_session(
         ));
     }
     let start = Instant::now();
-    let mut session = Session::new(loaded, options.device).map_err(runtime_failure)?;
-    log.since("load bundle (JIT or PTX modules)", start);
+    let (mut session, note) = open_session(loaded, options.device)?;
+    log.since("load bundle (host code or PTX modules)", start);
+    if let Some(note) = note {
+        log.note(&note);
+    }
     session.load_weights(&weights).map_err(runtime_failure)?;
     random_inputs(&mut session, options.init_seed).map_err(runtime_failure)?;
     if let Some(path) = &options.inputs {
@@ -117,6 +120,30 @@ pub fn start_session(
     session.prepare().map_err(runtime_failure)?;
     log.since("prepare (fold batch norm)", start);
     Ok((session, unused))
+}
+
+/// A session over `loaded` on `device`, and a note for the user when its host code was
+/// compiled for this CPU now (the first run of a bundle here; later runs open it cached) or
+/// JIT-compiled because it could not be cached.
+pub fn open_session(
+    loaded: &LoadedBundle,
+    device: Device,
+) -> Result<(Session, Option<String>), Error> {
+    let start = Instant::now();
+    let session = Session::new(loaded, device).map_err(runtime_failure)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let note = match session.host_origin() {
+        Some(HostOrigin::Compiled) => Some(format!(
+            "compiled the host code of `{}` for this CPU in {seconds:.1} s; later runs on this kind of CPU open it from the cache",
+            loaded.dir.display()
+        )),
+        Some(HostOrigin::Jit) => Some(format!(
+            "JIT-compiled the host code of `{}` in {seconds:.1} s: no cache directory (RFNC_CACHE_DIR, XDG_CACHE_HOME or HOME) or no C compiler (CC, else cc) to keep it",
+            loaded.dir.display()
+        )),
+        Some(HostOrigin::Cached) | None => None,
+    };
+    Ok((session, note))
 }
 
 /// Deterministic random inputs for every input leaf except the training step's counter and
@@ -250,6 +277,54 @@ pub fn summary(name: &str, t: &HostTensor) -> String {
 
 /// Runs the main program `steps` times (training: the step counter counts up) and
 /// describes the outputs; returns the text to print.
+/// The launches of the last run that took the most time, summed by what they ran (a
+/// kernel, or a GEMM's shape), at most `top` lines; `None` unless profiling was on.
+pub fn profile_report(session: &Session, top: usize) -> Option<String> {
+    let launches = session.last_timings()?.launches.as_ref()?;
+    let total: f64 = launches.iter().map(|l| l.time.as_secs_f64()).sum();
+    let mut by_what: Vec<(String, f64, usize)> = Vec::new();
+    for l in launches {
+        let what = l.what.clone();
+        match by_what.iter_mut().find(|(w, _, _)| *w == what) {
+            Some(entry) => {
+                entry.1 += l.time.as_secs_f64();
+                entry.2 += 1;
+            }
+            None => by_what.push((what, l.time.as_secs_f64(), 1)),
+        }
+    }
+    by_what.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut out = format!(
+        "profile of the last run: {} launches, {:.1} ms (each launch timed on its own)\n{:>10} {:>6} {:>8}  launch\n",
+        launches.len(),
+        total * 1e3,
+        "ms",
+        "share",
+        "launches"
+    );
+    for (what, time, count) in by_what.iter().take(top) {
+        let _ = writeln!(
+            out,
+            "{:>10.2} {:>5.1}% {:>8}  {what}",
+            time * 1e3,
+            100.0 * time / total.max(f64::MIN_POSITIVE),
+            count
+        );
+    }
+    if by_what.len() > top {
+        let rest: f64 = by_what[top..].iter().map(|e| e.1).sum();
+        let _ = writeln!(
+            out,
+            "{:>10.2} {:>5.1}% {:>8}  ({} others)",
+            rest * 1e3,
+            100.0 * rest / total.max(f64::MIN_POSITIVE),
+            by_what[top..].iter().map(|e| e.2).sum::<usize>(),
+            by_what.len() - top
+        );
+    }
+    Some(out)
+}
+
 pub fn run_steps(session: &mut Session, steps: u32, train: bool) -> Result<String, RuntimeError> {
     let mut out = String::new();
     // The training step's scalar outputs: the objective first, then a weighted objective's

@@ -19,7 +19,8 @@ use crate::{cache, CodegenError};
 /// One kernel's MLIR, in both forms.
 #[derive(Clone, Debug)]
 pub struct KernelSource {
-    pub gpu_mlir: String,
+    /// `None` for a kernel only the CPU runs (no PTX).
+    pub gpu_mlir: Option<String>,
     pub host_mlir: String,
 }
 
@@ -78,13 +79,13 @@ impl Worker<'_> {
             generator,
             &options.target.sm,
             &libdevice,
-            &source.gpu_mlir,
+            source.gpu_mlir.as_deref().unwrap_or(""),
         ]);
         let host_key = cache::key(&["host", generator, &source.host_mlir]);
         let dir = options.cache_dir.as_deref();
-        let mut ptx = match options.ptx {
-            true => dir.and_then(|d| cache::load_ptx(d, &gpu_key)),
-            false => Some(String::new()),
+        let mut ptx = match (options.ptx, &source.gpu_mlir) {
+            (true, Some(_)) => dir.and_then(|d| cache::load_ptx(d, &gpu_key)),
+            _ => Some(String::new()),
         };
         let mut host = match options.host {
             true => dir.and_then(|d| cache::load_bitcode(d, &host_key)),
@@ -93,12 +94,12 @@ impl Worker<'_> {
         let cached = ptx.is_some() && host.is_some();
         if !cached {
             let mlir = self.mlir.get_or_insert_with(Mlir::new);
-            if ptx.is_none() {
+            if let (None, Some(gpu_mlir)) = (&ptx, &source.gpu_mlir) {
                 let gpu = compile_gpu_with(
                     mlir,
                     self.context,
                     &mut self.libdevice,
-                    &source.gpu_mlir,
+                    gpu_mlir,
                     name,
                     &options.target,
                 )?;

@@ -1,24 +1,44 @@
-//! The CPU executor: the bundle's host kernels (`host.bc`, JIT-compiled) over host regions.
-//! Each launch's grid is split into `threads` contiguous block ranges run on scoped threads
-//! (blocks are independent, so any split gives the same result).
+//! The CPU executor: the bundle's host kernels (`host.bc`, as a native library for this CPU
+//! or JIT-compiled) over host regions, in the CPU's schedule (convolutions as packed GEMMs
+//! run by the `gemm` crate between gather and epilogue kernels) or, to prove the GPU
+//! kernels, in the GPU's.
+//!
+//! Parallelism: one persistent rayon pool of `threads` workers per executor. A kernel
+//! launch's grid is split into `threads` contiguous block ranges run as tasks of the pool
+//! (blocks are independent, so any split gives the same result); a GEMM splits its own
+//! work over the same pool.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rfnc_bundle::{Bundle, Launch, Region, Slot};
+use rfnc_bundle::{Bundle, Gemm, HostLaunch, Launch, Matrix, Region, Slot};
 
 use crate::bundle_io::LoadedBundle;
 use crate::error::RuntimeError;
-use crate::executor::{check_range, region_index, region_sizes, Executor, ProgramId};
+use crate::executor::{check_range, region_index, region_sizes, Executor, LaunchTime, ProgramId};
 use crate::host_memory::HostBuffer;
-use crate::jit::{call_kernel, HostKernels, MAX_HOST_ARGS};
+use crate::jit::{call_kernel, MAX_HOST_ARGS};
+use crate::native::{load_host, HostCode, HostOrigin};
 
 /// Runs bundles on the host.
 pub(crate) struct CpuExecutor {
     bundle: Bundle,
-    kernels: HostKernels,
+    kernels: HostCode,
+    origin: HostOrigin,
     /// Arena, scratch, leaves.
     regions: [HostBuffer; 3],
     threads: usize,
+    pool: rayon::ThreadPool,
+    schedule: CpuSchedule,
+}
+
+/// Which launches the CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuSchedule {
+    /// The CPU's own schedule where the bundle has one (convolutions as packed GEMMs).
+    Host,
+    /// The GPU's launches, the GPU kernels run with thread-loop fission: a proof of the
+    /// GPU kernels on a machine without a GPU.
+    GpuKernels,
 }
 
 /// Kernel argument pointers, shared with the threads of one launch.
@@ -37,7 +57,11 @@ impl<'a> Args<'a> {
 }
 
 impl CpuExecutor {
-    pub(crate) fn new(loaded: &LoadedBundle, threads: usize) -> Result<Self, RuntimeError> {
+    pub(crate) fn new(
+        loaded: &LoadedBundle,
+        threads: usize,
+        schedule: CpuSchedule,
+    ) -> Result<Self, RuntimeError> {
         let bundle = loaded.bundle.clone();
         for kernel in &bundle.kernels {
             if kernel.params as usize > MAX_HOST_ARGS {
@@ -48,7 +72,7 @@ impl CpuExecutor {
             }
         }
         let names: Vec<&str> = bundle.kernels.iter().map(|k| k.name.as_str()).collect();
-        let kernels = HostKernels::load(&loaded.host_bitcode(), &names)?;
+        let (kernels, origin) = load_host(&loaded.host_bitcode(), &names)?;
         let alloc = |(region, bytes): (Region, u64)| {
             HostBuffer::zeroed(bytes).ok_or_else(|| {
                 RuntimeError::Unsupported(format!(
@@ -56,13 +80,24 @@ impl CpuExecutor {
                 ))
             })
         };
-        let [a, s, l] = region_sizes(&bundle);
+        let [a, s, l] = region_sizes(&bundle, schedule == CpuSchedule::Host);
         let regions = [alloc(a)?, alloc(s)?, alloc(l)?];
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("rfnc-cpu-{i}"))
+            .build()
+            .map_err(|e| {
+                RuntimeError::Unsupported(format!("cannot start {threads} worker threads: {e}"))
+            })?;
         Ok(CpuExecutor {
             bundle,
             kernels,
+            origin,
             regions,
-            threads: threads.max(1),
+            threads,
+            pool,
+            schedule,
         })
     }
 
@@ -93,29 +128,111 @@ impl CpuExecutor {
             // SAFETY: the bundle was validated: arity matches, pointers lie in the regions.
             return unsafe { call_kernel(address, args.get(), 0, grid) };
         }
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (1..chunks)
-                .map(|i| {
-                    let (first, end) = range(i);
+        let results: Vec<std::sync::Mutex<Result<(), RuntimeError>>> =
+            (0..chunks).map(|_| std::sync::Mutex::new(Ok(()))).collect();
+        self.pool.scope(|scope| {
+            for (i, slot) in results.iter().enumerate() {
+                let (first, end) = range(i as i64);
+                scope.spawn(move |_| {
                     // SAFETY: as above; the block ranges are disjoint.
-                    scope.spawn(move || unsafe { call_kernel(address, args.get(), first, end) })
-                })
-                .collect();
-            let (first, end) = range(0);
-            // SAFETY: as above.
-            let mut result = unsafe { call_kernel(address, args.get(), first, end) };
-            for handle in handles {
-                let joined = handle.join().unwrap_or_else(|_| {
-                    Err(RuntimeError::Unsupported(format!(
-                        "a thread running kernel `{}` panicked",
-                        launch.kernel
-                    )))
+                    let result = unsafe { call_kernel(address, args.get(), first, end) };
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = result;
                 });
-                result = result.and(joined);
             }
-            result
-        })
+        });
+        results
+            .into_iter()
+            .try_for_each(|r| r.into_inner().unwrap_or_else(|p| p.into_inner()))
     }
+
+    /// The f32 pointer to the start of `matrix`'s slot.
+    fn matrix_base(&self, matrix: &Matrix) -> Result<*mut f32, RuntimeError> {
+        let slot = &matrix.slot;
+        let buffer = self.region(slot.region);
+        let (start, _) = check_range(slot.region, buffer.len() as u64, slot.offset, slot.bytes)?;
+        // SAFETY: `start` is inside the buffer (checked above).
+        Ok(unsafe { buffer.as_mut_ptr().add(start) }.cast::<f32>())
+    }
+
+    /// Runs one GEMM of the CPU's schedule on the pool.
+    fn gemm(&self, g: &Gemm) -> Result<(), RuntimeError> {
+        // The bundle was validated: every element each batch touches lies in its slot.
+        // Addresses (not pointers) cross into the pool.
+        let [a, b, c] = [&g.a, &g.b, &g.c].map(|m| self.matrix_base(m).map(|p| p as usize));
+        let (a, b, c) = (a?, b?, c?);
+        let parallelism = match self.threads {
+            1 => gemm::Parallelism::None,
+            n => gemm::Parallelism::Rayon(n),
+        };
+        let at = |base: usize, m: &Matrix, p: u64, q: u64| {
+            (base as *mut f32).wrapping_add((p * m.batch[0] + q * m.batch[1]) as usize)
+        };
+        self.pool.install(|| {
+            for p in 0..g.batch[0] {
+                for q in 0..g.batch[1] {
+                    // Batches at a level whose C stride is 0 sum into one C.
+                    let sum = (g.c.batch[0] == 0 && p > 0) || (g.c.batch[1] == 0 && q > 0);
+                    // SAFETY: in bounds (validated), A and B are only read, C's elements are
+                    // written by this call alone, and no other launch runs meanwhile.
+                    unsafe {
+                        gemm::gemm(
+                            g.m as usize,
+                            g.n as usize,
+                            g.k as usize,
+                            at(c, &g.c, p, q),
+                            g.c.cols as isize,
+                            g.c.rows as isize,
+                            sum,
+                            at(a, &g.a, p, q),
+                            g.a.cols as isize,
+                            g.a.rows as isize,
+                            at(b, &g.b, p, q),
+                            g.b.cols as isize,
+                            g.b.rows as isize,
+                            1.0f32,
+                            1.0f32,
+                            false,
+                            false,
+                            false,
+                            parallelism,
+                        );
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Runs `f` over the launches of the schedule this executor runs for `program`.
+    fn each_launch(
+        &self,
+        program: &rfnc_bundle::Program,
+        mut f: impl FnMut(&Self, Step) -> Result<(), RuntimeError>,
+    ) -> Result<(), RuntimeError> {
+        match (&program.host, self.schedule) {
+            (Some(host), CpuSchedule::Host) => {
+                for launch in &host.launches {
+                    match launch {
+                        HostLaunch::Kernel(l) => f(self, Step::Kernel(l))?,
+                        HostLaunch::Gemm(g) => f(self, Step::Gemm(g))?,
+                    }
+                }
+            }
+            _ => {
+                for l in &program.launches {
+                    f(self, Step::Kernel(l))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One step of a schedule.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Kernel(&'a Launch),
+    Gemm(&'a Gemm),
 }
 
 impl Executor for CpuExecutor {
@@ -137,22 +254,41 @@ impl Executor for CpuExecutor {
         self.write(to.region, to.offset, &bytes)
     }
 
+    fn host_origin(&self) -> Option<HostOrigin> {
+        Some(self.origin)
+    }
+
     fn run(
         &mut self,
         program: ProgramId,
         per_launch: bool,
-    ) -> Result<Option<Vec<Duration>>, RuntimeError> {
+    ) -> Result<Option<Vec<LaunchTime>>, RuntimeError> {
         let Some(p) = program.of(&self.bundle) else {
             return Ok(per_launch.then(Vec::new));
         };
         let mut times = Vec::new();
-        for launch in &p.launches {
+        self.each_launch(p, |this, step| {
             let start = Instant::now();
-            self.launch(launch)?;
-            if per_launch {
-                times.push(start.elapsed());
+            let what = match step {
+                Step::Kernel(l) => {
+                    this.launch(l)?;
+                    per_launch.then(|| l.kernel.clone())
+                }
+                Step::Gemm(g) => {
+                    this.gemm(g)?;
+                    per_launch.then(|| {
+                        format!("gemm {}x{}x{} x{}", g.m, g.n, g.k, g.batch[0] * g.batch[1])
+                    })
+                }
+            };
+            if let Some(what) = what {
+                times.push(LaunchTime {
+                    what,
+                    time: start.elapsed(),
+                });
             }
-        }
+            Ok(())
+        })?;
         Ok(per_launch.then_some(times))
     }
 }

@@ -24,6 +24,14 @@ impl ProgramId {
     }
 }
 
+/// The time one launch took, and what it ran: a kernel's name, or `gemm MxNxK` (with
+/// `xB` batches).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaunchTime {
+    pub what: String,
+    pub time: Duration,
+}
+
 /// A device that runs bundles. Offsets and lengths passed in lie inside their region
 /// (the bundle was validated and the session checks leaf sizes); executors still check.
 pub(crate) trait Executor: Send {
@@ -39,16 +47,26 @@ pub(crate) trait Executor: Send {
         &mut self,
         program: ProgramId,
         per_launch: bool,
-    ) -> Result<Option<Vec<Duration>>, RuntimeError>;
+    ) -> Result<Option<Vec<LaunchTime>>, RuntimeError>;
+    /// Where the host kernels came from (the CPU executor only).
+    fn host_origin(&self) -> Option<crate::native::HostOrigin> {
+        None
+    }
 }
 
 /// The sizes of the three regions: the arena and scratch region serve both programs, so each
-/// is the larger of the two; never 0 (some allocators refuse empty allocations), and rounded
-/// up to [`SLOT_ALIGN`].
-pub(crate) fn region_sizes(bundle: &Bundle) -> [(Region, u64); 3] {
+/// is the larger of the two (the scratch of the CPU's schedules with `host`); never 0 (some
+/// allocators refuse empty allocations), and rounded up to [`SLOT_ALIGN`].
+pub(crate) fn region_sizes(bundle: &Bundle, host: bool) -> [(Region, u64); 3] {
     let programs = || bundle.prepare.iter().chain([&bundle.main]);
     let arena = programs().map(|p| p.arena_bytes).max().unwrap_or(0);
-    let scratch = programs().map(|p| p.scratch_bytes).max().unwrap_or(0);
+    let scratch = programs()
+        .map(|p| match (&p.host, host) {
+            (Some(h), true) => h.scratch_bytes,
+            _ => p.scratch_bytes,
+        })
+        .max()
+        .unwrap_or(0);
     let round = |b: u64| b.max(1).div_ceil(SLOT_ALIGN) * SLOT_ALIGN;
     [
         (Region::Arena, round(arena)),

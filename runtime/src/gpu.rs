@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cudarc::driver::{
     result as cu, sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr,
@@ -26,7 +26,7 @@ use rfnc_bundle::{Bundle, Launch, Region, Slot};
 
 use crate::bundle_io::LoadedBundle;
 use crate::error::RuntimeError;
-use crate::executor::{check_range, region_index, region_sizes, Executor, ProgramId};
+use crate::executor::{check_range, region_index, region_sizes, Executor, LaunchTime, ProgramId};
 
 #[cfg(windows)]
 const DRIVER_LIBRARIES: &[&str] = &["nvcuda.dll"];
@@ -203,7 +203,7 @@ impl CudaExecutor {
                     "allocating the {region:?} region ({bytes} bytes)"
                 )))
         };
-        let [a, s, l] = region_sizes(&bundle);
+        let [a, s, l] = region_sizes(&bundle, false);
         let regions = [alloc(a)?, alloc(s)?, alloc(l)?];
         let base = |slice: &CudaSlice<u8>| slice.device_ptr(&stream).0;
         let bases = [
@@ -300,7 +300,7 @@ impl CudaExecutor {
         &mut self,
         program: ProgramId,
         per_launch: bool,
-    ) -> Result<Option<Vec<Duration>>, RuntimeError> {
+    ) -> Result<Option<Vec<LaunchTime>>, RuntimeError> {
         let what = match program {
             ProgramId::Prepare => "running the prepare program",
             ProgramId::Main => "running the main program",
@@ -315,7 +315,10 @@ impl CudaExecutor {
                 let start = Instant::now();
                 self.enqueue(launch)?;
                 self.synchronize(&format!("running kernel `{}`", launch.kernel))?;
-                times.push(start.elapsed());
+                times.push(LaunchTime {
+                    what: launch.kernel.clone(),
+                    time: start.elapsed(),
+                });
             }
             return Ok(Some(times));
         }
@@ -411,7 +414,7 @@ impl Executor for CudaExecutor {
         &mut self,
         program: ProgramId,
         per_launch: bool,
-    ) -> Result<Option<Vec<Duration>>, RuntimeError> {
+    ) -> Result<Option<Vec<LaunchTime>>, RuntimeError> {
         guarded("running kernels", || self.run_program(program, per_launch))
     }
 }

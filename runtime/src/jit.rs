@@ -71,7 +71,9 @@ impl HostKernels {
                 .map_err(|e| jit_error(format!("cannot read: {e}")))?;
             let module = Module::parse_bitcode_from_buffer(&buffer, ctx)
                 .map_err(|e| jit_error(format!("not valid LLVM bitcode: {e}")))?;
-            optimise_for_host(ctx, &module).map_err(jit_error)?;
+            let machine =
+                host_machine(RelocMode::Default, CodeModel::JITDefault).map_err(jit_error)?;
+            optimise_for_host(ctx, &module, &machine).map_err(jit_error)?;
             let math = declare_math(ctx, &module);
             let engine = module
                 .create_jit_execution_engine(OptimizationLevel::Aggressive)
@@ -123,22 +125,41 @@ impl Drop for HostKernels {
     }
 }
 
-/// Tunes every defined function for the host CPU and runs the `default<O3>` pipeline.
-fn optimise_for_host(ctx: &Context, module: &Module) -> Result<(), String> {
+/// This CPU's name and features, as LLVM names them.
+pub(crate) fn host_cpu() -> (String, String) {
+    (
+        TargetMachine::get_host_cpu_name().to_string(),
+        TargetMachine::get_host_cpu_features().to_string(),
+    )
+}
+
+/// A target machine for this CPU.
+pub(crate) fn host_machine(reloc: RelocMode, model: CodeModel) -> Result<TargetMachine, String> {
+    Target::initialize_native(&InitializationConfig::default())
+        .map_err(|e| format!("LLVM has no native target: {e}"))?;
     let triple = TargetMachine::get_default_triple();
-    let cpu = TargetMachine::get_host_cpu_name().to_string();
-    let features = TargetMachine::get_host_cpu_features().to_string();
+    let (cpu, features) = host_cpu();
     let target = Target::from_triple(&triple).map_err(|e| format!("no LLVM target: {e}"))?;
-    let machine = target
+    target
         .create_target_machine(
             &triple,
             &cpu,
             &features,
             OptimizationLevel::Aggressive,
-            RelocMode::Default,
-            CodeModel::JITDefault,
+            reloc,
+            model,
         )
-        .ok_or_else(|| format!("LLVM cannot target this CPU ({cpu})"))?;
+        .ok_or_else(|| format!("LLVM cannot target this CPU ({cpu})"))
+}
+
+/// Tunes every defined function for the host CPU and runs the `default<O3>` pipeline.
+pub(crate) fn optimise_for_host(
+    ctx: &Context,
+    module: &Module,
+    machine: &TargetMachine,
+) -> Result<(), String> {
+    let triple = TargetMachine::get_default_triple();
+    let (cpu, features) = host_cpu();
     for function in module.get_functions() {
         if function.count_basic_blocks() > 0 {
             let attribute = |k, v| ctx.create_string_attribute(k, v);
@@ -152,7 +173,7 @@ fn optimise_for_host(ctx: &Context, module: &Module) -> Result<(), String> {
     module.set_triple(&triple);
     module.set_data_layout(&machine.get_target_data().get_data_layout());
     module
-        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
+        .run_passes("default<O3>", machine, PassBuilderOptions::create())
         .map_err(|e| format!("optimising: {e}"))
 }
 

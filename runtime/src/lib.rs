@@ -8,7 +8,8 @@
 //!
 //! - [`bundle_io`]: reading and checking a bundle directory;
 //! - [`session`]: leaves, weights, programs and outputs, the same for every device;
-//! - `cpu` / `jit`: the CPU executor; `gpu`: the CUDA executor;
+//! - `cpu` / `native` / `jit`: the CPU executor, its host code as a cached native library
+//!   for this CPU or JIT-compiled; `gpu`: the CUDA executor;
 //! - [`tensor`]: host tensors read back; [`error`]: [`RuntimeError`];
 //! - [`weights`]: safetensors weights.
 
@@ -19,15 +20,17 @@ mod executor;
 pub mod gpu;
 mod host_memory;
 mod jit;
+mod native;
 pub mod session;
 pub mod tensor;
 pub mod weights;
 
 pub use bundle_io::{load_bundle, LoadedBundle};
 pub use error::RuntimeError;
-pub use executor::ProgramId;
+pub use executor::{LaunchTime, ProgramId};
 pub use gpu::probe_driver;
 pub use jit::MAX_HOST_ARGS;
+pub use native::HostOrigin;
 pub use session::{Device, Session, Timings};
 pub use tensor::{HostTensor, TensorData};
 pub use weights::{

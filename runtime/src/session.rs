@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use rfnc_bundle::{Bundle, DType, Leaf, LeafRole, Region, Slot};
 
 use crate::bundle_io::LoadedBundle;
-use crate::cpu::CpuExecutor;
+use crate::cpu::{CpuExecutor, CpuSchedule};
 use crate::error::RuntimeError;
-use crate::executor::{Executor, ProgramId};
+use crate::executor::{Executor, LaunchTime, ProgramId};
 use crate::gpu::CudaExecutor;
 use crate::tensor::HostTensor;
 use crate::weights::Weights;
@@ -21,8 +21,12 @@ use crate::weights::Weights;
 /// Where a session runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
-    /// The host kernels, with each launch's blocks split over `threads` threads (0 means 1).
+    /// The host kernels in the CPU's schedule (convolutions as packed GEMMs), each launch
+    /// split over `threads` threads (0 means 1).
     Cpu { threads: usize },
+    /// The GPU's launches run by the CPU (the GPU kernels with thread-loop fission, in the
+    /// host code): slow, a proof of the GPU kernels on a machine without a GPU.
+    CpuGpuKernels { threads: usize },
     /// The PTX kernels on CUDA device `ordinal`.
     Cuda { ordinal: usize },
 }
@@ -39,7 +43,7 @@ impl Device {
     pub fn available_memory(self) -> Result<u64, RuntimeError> {
         match self {
             Device::Cuda { ordinal } => crate::gpu::free_memory(ordinal),
-            Device::Cpu { .. } => {
+            Device::Cpu { .. } | Device::CpuGpuKernels { .. } => {
                 let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
                 meminfo
                     .lines()
@@ -61,6 +65,9 @@ impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Device::Cpu { threads } => write!(f, "cpu ({threads} threads)"),
+            Device::CpuGpuKernels { threads } => {
+                write!(f, "cpu running the GPU kernels ({threads} threads)")
+            }
             Device::Cuda { ordinal } => write!(f, "cuda:{ordinal}"),
         }
     }
@@ -73,7 +80,7 @@ pub struct Timings {
     /// Wall time of the whole program, including waiting for the device.
     pub total: Duration,
     /// Per launch, in order (only with [`Session::set_profiling`]).
-    pub launches: Option<Vec<Duration>>,
+    pub launches: Option<Vec<LaunchTime>>,
 }
 
 /// One bundle loaded on one device.
@@ -95,7 +102,11 @@ impl Session {
         let executor: Box<dyn Executor> = match device {
             Device::Cpu { threads } => {
                 loaded.require_code(false)?;
-                Box::new(CpuExecutor::new(loaded, threads)?)
+                Box::new(CpuExecutor::new(loaded, threads, CpuSchedule::Host)?)
+            }
+            Device::CpuGpuKernels { threads } => {
+                loaded.require_code(false)?;
+                Box::new(CpuExecutor::new(loaded, threads, CpuSchedule::GpuKernels)?)
             }
             Device::Cuda { ordinal } => {
                 loaded.require_code(true)?;
@@ -122,6 +133,11 @@ impl Session {
 
     pub fn bundle(&self) -> &Bundle {
         &self.bundle
+    }
+
+    /// On the CPU, where the host kernels came from: the cache, compiled now, or the JIT.
+    pub fn host_origin(&self) -> Option<crate::HostOrigin> {
+        self.executor.host_origin()
     }
 
     pub fn device(&self) -> Device {

@@ -17,12 +17,16 @@ use crate::cli::{DeviceArg, DeviceArgs};
 
 /// The device of `--device` (GPU 0) with `--threads` (default: every core).
 pub fn device(args: &DeviceArgs) -> Device {
-    match args.device {
-        DeviceArg::Cpu => Device::Cpu {
-            threads: args
-                .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        },
+    device_of(args.device, args.threads)
+}
+
+/// `device` with `threads` (default: every core).
+pub fn device_of(device: DeviceArg, threads: Option<usize>) -> Device {
+    let threads =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    match device {
+        DeviceArg::Cpu => Device::Cpu { threads },
+        DeviceArg::CpuGpuKernels => Device::CpuGpuKernels { threads },
         DeviceArg::Cuda => Device::Cuda { ordinal: 0 },
     }
 }

@@ -3,11 +3,13 @@
 
 use rfnc_driver::codegen::{compile_bundle, CodegenOptions, DEFAULT_GPU};
 use rfnc_driver::frontend::DEFAULT_INPUT;
-use rfnc_driver::run::{run_steps, runtime_failure, save_outputs, start_session, SessionOptions};
+use rfnc_driver::run::{
+    profile_report, run_steps, runtime_failure, save_outputs, start_session, SessionOptions,
+};
 use rfnc_driver::weights::weights_failure;
 use rfnc_driver::{Error, Network};
 use rfnc_dsl::Diagnostic;
-use rfnc_runtime::{load_bundle, save_weights, Device};
+use rfnc_runtime::{load_bundle, save_weights};
 
 use crate::cli::{DeviceArg, RunArgs};
 use crate::print::print_stdout;
@@ -31,14 +33,7 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
         (dir, Some(network))
     };
     let loaded = load_bundle(&dir).map_err(runtime_failure)?;
-    let device = match args.device {
-        DeviceArg::Cpu => Device::Cpu {
-            threads: args
-                .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        },
-        DeviceArg::Cuda => Device::Cuda { ordinal: 0 },
-    };
+    let device = super::device_of(args.device, args.threads);
     let options = SessionOptions {
         device,
         weights: args.weights.clone(),
@@ -48,7 +43,12 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
     };
     let forward = network.as_ref().map(|n| &n.forward);
     let (mut session, unused) = start_session(&loaded, forward, &options, &log)?;
-    let text = run_steps(&mut session, args.steps, args.train.train).map_err(runtime_failure)?;
+    session.set_profiling(args.profile);
+    let mut text =
+        run_steps(&mut session, args.steps, args.train.train).map_err(runtime_failure)?;
+    if let Some(report) = profile_report(&session, 25) {
+        text.push_str(&report);
+    }
     print_stdout(&text)?;
     if let Some(path) = &args.output {
         save_outputs(&session, path)?;

@@ -10,12 +10,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::check::CheckedKernel;
 use super::kir::KernelFn;
-use super::lower::{lower_kernel, Arg, LowerError};
+use super::lower::{
+    lower_kernel, lower_kernel_host, Arg, HostStep, LowerError, LoweredLaunch, LoweredMatrix,
+};
 use crate::ir::{Graph, NodeId, Op, ParamKind};
 use crate::passes::pipeline::Planned;
 use rfnc_bundle::{
-    Bundle, BundleOutput, KernelInfo, Launch, Leaf, LeafRole, Mode, Program, Region, Slot,
-    BUNDLE_FORMAT, BUNDLE_VERSION, SLOT_ALIGN,
+    Bundle, BundleOutput, Gemm, HostLaunch, HostProgram, KernelInfo, Launch, Leaf, LeafRole,
+    Matrix, Mode, Program, Region, Slot, BUNDLE_FORMAT, BUNDLE_VERSION, SLOT_ALIGN,
 };
 
 /// A unique kernel and the name launches call it by.
@@ -23,6 +25,34 @@ use rfnc_bundle::{
 pub struct NamedKernel {
     pub name: String,
     pub kernel: CheckedKernel,
+    /// Only the CPU's schedule launches it (no PTX).
+    pub host_only: bool,
+}
+
+/// The unique kernels of a bundle, by name.
+#[derive(Default)]
+struct Kernels {
+    list: Vec<NamedKernel>,
+    known: HashMap<String, usize>,
+}
+
+impl Kernels {
+    /// The name of `kernel`, added when new; a kernel both devices launch is not host-only.
+    fn intern(&mut self, kernel: CheckedKernel, host_only: bool) -> String {
+        let name = kernel_name(&kernel);
+        match self.known.get(&name) {
+            Some(&i) => self.list[i].host_only &= host_only,
+            None => {
+                self.known.insert(name.clone(), self.list.len());
+                self.list.push(NamedKernel {
+                    name: name.clone(),
+                    kernel,
+                    host_only,
+                });
+            }
+        }
+        name
+    }
 }
 
 /// FNV-1a, 64-bit: a stable content hash for kernel names.
@@ -110,8 +140,7 @@ fn layout_leaves(main: &Graph, prepare: Option<&Graph>) -> (Vec<Leaf>, u64) {
 fn lower_program(
     compiled: &Planned,
     leaves: &[Leaf],
-    kernels: &mut Vec<NamedKernel>,
-    known: &mut HashMap<String, usize>,
+    kernels: &mut Kernels,
 ) -> Result<Program, LowerError> {
     let graph = &compiled.graph;
     let plan = &compiled.plan;
@@ -149,39 +178,84 @@ fn lower_program(
             bytes: node.ty.bytes(),
         })
     };
+    // Each schedule's slots and the scratch it needs.
+    let slot = |arg: Arg, scratch_bytes: &mut u64| -> Result<Slot, LowerError> {
+        Ok(match arg {
+            Arg::Value(n) => value_slot(n)?,
+            Arg::Scratch { offset, bytes } => {
+                *scratch_bytes = (*scratch_bytes).max(aligned(offset + bytes));
+                Slot {
+                    region: Region::Scratch,
+                    offset,
+                    bytes,
+                }
+            }
+        })
+    };
+    let mut launch = |lowered: LoweredLaunch,
+                      host_only: bool,
+                      scratch_bytes: &mut u64|
+     -> Result<Option<Launch>, LowerError> {
+        let args = lowered
+            .args
+            .into_iter()
+            .map(|a| slot(a, scratch_bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        let kernel = kernels.intern(lowered.kernel, host_only);
+        // An empty tensor needs no work (and a GPU refuses an empty grid).
+        Ok((lowered.grid > 0).then_some(Launch {
+            kernel,
+            grid: lowered.grid,
+            args,
+        }))
+    };
     let mut launches = Vec::new();
     let mut scratch_bytes = 0;
+    let mut host = Vec::new();
+    let mut host_scratch = 0;
+    let mut host_differs = false;
     for &k in &plan.order {
-        for lowered in lower_kernel(graph, &compiled.fused.kernels[k])? {
-            let name = kernel_name(&lowered.kernel);
-            if !known.contains_key(&name) {
-                known.insert(name.clone(), kernels.len());
-                kernels.push(NamedKernel {
-                    name: name.clone(),
-                    kernel: lowered.kernel,
-                });
+        let kernel = &compiled.fused.kernels[k];
+        let steps = lower_kernel_host(graph, kernel)?;
+        for lowered in lower_kernel(graph, kernel)? {
+            let gpu = launch(lowered, false, &mut scratch_bytes)?;
+            if let (None, Some(l)) = (&steps, &gpu) {
+                // The CPU runs the same launch, with the same scratch.
+                for a in l.args.iter().filter(|a| a.region == Region::Scratch) {
+                    host_scratch = host_scratch.max(aligned(a.offset + a.bytes));
+                }
+                host.push(HostLaunch::Kernel(l.clone()));
             }
-            let mut args = Vec::with_capacity(lowered.args.len());
-            for arg in lowered.args {
-                args.push(match arg {
-                    Arg::Value(n) => value_slot(n)?,
-                    Arg::Scratch { offset, bytes } => {
-                        scratch_bytes = scratch_bytes.max(aligned(offset + bytes));
-                        Slot {
-                            region: Region::Scratch,
-                            offset,
-                            bytes,
-                        }
+            launches.extend(gpu);
+        }
+        for step in steps.into_iter().flatten() {
+            host_differs = true;
+            match step {
+                HostStep::Kernel(lowered) => {
+                    host.extend(launch(lowered, true, &mut host_scratch)?.map(HostLaunch::Kernel));
+                }
+                HostStep::Gemm(g) => {
+                    let mut matrix = |m: LoweredMatrix| -> Result<Matrix, LowerError> {
+                        Ok(Matrix {
+                            slot: slot(m.arg, &mut host_scratch)?,
+                            rows: m.rows,
+                            cols: m.cols,
+                            batch: m.batch,
+                        })
+                    };
+                    let gemm = Gemm {
+                        m: g.m,
+                        n: g.n,
+                        k: g.k,
+                        batch: g.batch,
+                        a: matrix(g.a)?,
+                        b: matrix(g.b)?,
+                        c: matrix(g.c)?,
+                    };
+                    if gemm.batch.iter().all(|&b| b > 0) && gemm.m * gemm.n * gemm.k > 0 {
+                        host.push(HostLaunch::Gemm(gemm));
                     }
-                });
-            }
-            // An empty tensor needs no work (and a GPU refuses an empty grid).
-            if lowered.grid > 0 {
-                launches.push(Launch {
-                    kernel: name,
-                    grid: lowered.grid,
-                    args,
-                });
+                }
             }
         }
     }
@@ -202,6 +276,10 @@ fn lower_program(
         scratch_bytes,
         launches,
         outputs,
+        host: host_differs.then_some(HostProgram {
+            scratch_bytes: host_scratch,
+            launches: host,
+        }),
     })
 }
 
@@ -220,12 +298,12 @@ pub fn lower_programs(
     prepare: Option<&Planned>,
 ) -> Result<Lowered, LowerError> {
     let (leaves, leaves_bytes) = layout_leaves(&main.graph, prepare.map(|p| &p.graph));
-    let mut kernels = Vec::new();
-    let mut known = HashMap::new();
+    let mut kernels = Kernels::default();
     let prepare = prepare
-        .map(|p| lower_program(p, &leaves, &mut kernels, &mut known))
+        .map(|p| lower_program(p, &leaves, &mut kernels))
         .transpose()?;
-    let main = lower_program(main, &leaves, &mut kernels, &mut known)?;
+    let main = lower_program(main, &leaves, &mut kernels)?;
+    let kernels = kernels.list;
     let infos = kernels
         .iter()
         .map(|k| KernelInfo {
@@ -235,6 +313,7 @@ pub fn lower_programs(
             params: k.kernel.params.len() as u32,
             shared_bytes: k.kernel.shared.iter().map(|s| s.len * 4).sum(),
             ops: k.kernel.ops.clone(),
+            host_only: k.host_only,
         })
         .collect();
     let bundle = Bundle {

@@ -558,7 +558,10 @@ fn open_session(
             crate::weights::scopes(aside.tensors.keys())
         ));
     }
-    let mut session = Session::new(&loaded, device).map_err(runtime_failure)?;
+    let (mut session, note) = crate::run::open_session(&loaded, device)?;
+    if let Some(note) = note {
+        observer.note(&note);
+    }
     session.load_weights(&weights).map_err(runtime_failure)?;
     Ok((session, aside))
 }

@@ -173,6 +173,7 @@ pub fn write_kernels(dir: &Path, kernels: &[&Elementwise]) -> Vec<KernelInfo> {
                 params: k.inputs as u32 + 1,
                 shared_bytes: 0,
                 ops: k.name.to_string(),
+                host_only: false,
             }
         })
         .collect()
@@ -247,6 +248,7 @@ pub fn inference_bundle(dir: &Path) -> Bundle {
             scratch_bytes: 0,
             launches: vec![launch(&EXP, vec![l(768), a(0)])],
             outputs: vec![output("p.folded", a(0))],
+            host: None,
         }),
         main: Program {
             arena_bytes: 768,
@@ -257,6 +259,7 @@ pub fn inference_bundle(dir: &Path) -> Bundle {
                 launch(&LOG, vec![l(256), a(512)]),
             ],
             outputs: vec![output("y", a(0)), output("z", a(256)), output("w", a(512))],
+            host: None,
         },
     };
     write_bundle(dir, &bundle);
@@ -289,6 +292,7 @@ pub fn train_bundle(dir: &Path) -> Bundle {
             scratch_bytes: 0,
             launches: vec![launch(&ADD, vec![l(0), l(256), l(256)])],
             outputs: vec![output("p", l(256))],
+            host: None,
         },
     };
     write_bundle(dir, &bundle);

@@ -28,7 +28,7 @@ pub(super) fn lower(
 
 /// The node behind each GEMM operand (`None` where the conv has no such operand).
 #[derive(Clone, Copy, Debug)]
-struct ConvOperands {
+pub(super) struct ConvOperands {
     x: Option<NodeId>,
     w: Option<NodeId>,
     dy: Option<NodeId>,
@@ -36,7 +36,10 @@ struct ConvOperands {
 }
 
 /// The GEMM problem of conv anchor `a`, and the nodes behind its operands.
-fn conv_problem(graph: &Graph, a: NodeId) -> Result<(ConvProblem, ConvOperands), LowerError> {
+pub(super) fn conv_problem(
+    graph: &Graph,
+    a: NodeId,
+) -> Result<(ConvProblem, ConvOperands), LowerError> {
     let ops = graph.operands(a);
     let dims = |n: NodeId| dims4(&graph.node(n).ty.dims);
     let (kind, stride, pad, dilation, groups) = match &graph.node(a).op {

@@ -8,12 +8,15 @@ use crate::ir::{Graph, NodeId, Op, Reduction};
 use crate::passes::fusion::Kernel;
 
 /// One thread per element of the kernel's domain (its anchor's shape, else its first
-/// output's); `counted` is a mean-reduced loss gradient whose count is in scratch.
+/// output's); `counted` is a mean-reduced loss gradient whose count is in scratch;
+/// `winners` are max pool gradients whose windows' winners are in scratch (node, offset,
+/// elements), stored by an earlier launch.
 pub(super) fn lower(
     graph: &Graph,
     kernel: &Kernel,
     name: &str,
     counted: Option<NodeId>,
+    winners: &[(NodeId, u64, u64)],
 ) -> Result<LoweredLaunch, LowerError> {
     let domain_node = kernel
         .anchor
@@ -24,6 +27,10 @@ pub(super) fn lower(
     let mut l = Launch::new(graph, kernel, name, BLOCK);
     if counted.is_some() {
         l.count = Some(l.scratch(0, 1));
+    }
+    for &(n, offset, len) in winners {
+        let buf = l.scratch(offset, len);
+        l.argmax.insert(n, buf);
     }
     let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
     l.b.begin_if(flat.clone().lt(total));

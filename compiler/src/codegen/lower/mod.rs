@@ -27,7 +27,9 @@
 //! - `reduce`: tree sums, the channel-sum, loss, count and broadcast-sum (global pooling,
 //!   `sum_to`) launches, the loss scale;
 //! - `dropout`: dropout's keep mask (the SplitMix64 chain of `crate::rng`);
-//! - `conv`: the glue to the implicit GEMMs of [`super::gemm`].
+//! - `conv`: the glue to the implicit GEMMs of [`super::gemm`];
+//! - `host_conv`: the CPU's schedule of a convolution kernel (gather, packed GEMM in the
+//!   runtime, epilogue), [`lower_kernel_host`].
 //!
 //! [`KernelFn::check`]: super::kir::KernelFn::check
 
@@ -36,7 +38,10 @@ mod conv;
 mod dropout;
 mod elementwise;
 mod gather;
+mod host_conv;
 mod reduce;
+
+pub use host_conv::{HostStep, LoweredGemm, LoweredMatrix};
 
 use std::collections::HashMap;
 
@@ -77,7 +82,7 @@ impl std::fmt::Display for LowerError {
 pub fn lower_kernel(graph: &Graph, kernel: &Kernel) -> Result<Vec<LoweredLaunch>, LowerError> {
     let name = kernel_ops(graph, kernel);
     let Some(a) = kernel.anchor else {
-        return Ok(vec![elementwise::lower(graph, kernel, &name, None)?]);
+        return Ok(vec![elementwise::lower(graph, kernel, &name, None, &[])?]);
     };
     match graph.node(a).op.kind() {
         OpKind::Conv(_) => Ok(vec![conv::lower(graph, kernel, a, &name)?]),
@@ -88,7 +93,7 @@ pub fn lower_kernel(graph: &Graph, kernel: &Kernel) -> Result<Vec<LoweredLaunch>
             reduction: Reduction::Mean,
         } => {
             let count = reduce::lower_count(graph, a)?;
-            let elementwise = elementwise::lower(graph, kernel, &name, Some(a))?;
+            let elementwise = elementwise::lower(graph, kernel, &name, Some(a), &[])?;
             Ok(vec![count, elementwise])
         }
         OpKind::LossGrad {
@@ -99,7 +104,33 @@ pub fn lower_kernel(graph: &Graph, kernel: &Kernel) -> Result<Vec<LoweredLaunch>
         | OpKind::Pool { .. }
         | OpKind::Concat { .. }
         | OpKind::Resize { .. }
-        | OpKind::FoldBn => Ok(vec![elementwise::lower(graph, kernel, &name, None)?]),
+        | OpKind::FoldBn => Ok(vec![elementwise::lower(graph, kernel, &name, None, &[])?]),
+    }
+}
+
+/// The CPU's steps for one fused kernel where they differ from the GPU's launches (the
+/// convolutions); `None` where the CPU runs [`lower_kernel`]'s launches.
+pub fn lower_kernel_host(
+    graph: &Graph,
+    kernel: &Kernel,
+) -> Result<Option<Vec<HostStep>>, LowerError> {
+    let name = kernel_ops(graph, kernel);
+    let Some(a) = kernel.anchor else {
+        return gather::lower_with_winners(graph, kernel, &name);
+    };
+    match graph.node(a).op.kind() {
+        OpKind::Conv(_) => host_conv::lower(graph, kernel, a, &name).map(Some),
+        // The kernels `lower_kernel` runs one thread per element.
+        OpKind::LossGrad {
+            reduction: Reduction::Sum,
+        }
+        | OpKind::Leaf
+        | OpKind::Elementwise { .. }
+        | OpKind::Pool { .. }
+        | OpKind::Concat { .. }
+        | OpKind::Resize { .. }
+        | OpKind::FoldBn => gather::lower_with_winners(graph, kernel, &name),
+        _ => Ok(None),
     }
 }
 
@@ -130,6 +161,9 @@ struct Launch<'g> {
     count: Option<Buf>,
     /// The element index and nesting depth at which `memo` is valid.
     element: Option<(Expr, usize)>,
+    /// Max pool gradients whose windows' winners an earlier launch stored (the CPU's
+    /// schedule), and where.
+    argmax: HashMap<NodeId, Buf>,
 }
 
 fn dims4(dims: &[u64]) -> Result<[u64; 4], LowerError> {
@@ -177,6 +211,7 @@ impl<'g> Launch<'g> {
             memo: HashMap::new(),
             count: None,
             element: None,
+            argmax: HashMap::new(),
         }
     }
 
