@@ -123,16 +123,16 @@ impl Geometry {
     }
 }
 
-struct HostConv<'g> {
+pub(super) struct HostConv<'g> {
     graph: &'g Graph,
     kernel: &'g Kernel,
-    anchor: NodeId,
+    pub(super) anchor: NodeId,
     name: &'g str,
-    p: ConvProblem,
+    pub(super) p: ConvProblem,
     g: Geometry,
     /// Scratch bytes taken by the steps so far.
     scratch: u64,
-    steps: Vec<HostStep>,
+    pub(super) steps: Vec<HostStep>,
 }
 
 fn matrix(arg: Arg, rows: u64, cols: u64, batch: [u64; 2]) -> LoweredMatrix {
@@ -155,7 +155,7 @@ impl<'g> HostConv<'g> {
     }
 
     /// A fresh scratch slot of `len` f32.
-    fn alloc(&mut self, len: u64) -> Arg {
+    pub(super) fn alloc(&mut self, len: u64) -> Arg {
         let offset = self.scratch;
         self.scratch += (len * 4).div_ceil(SLOT_ALIGN) * SLOT_ALIGN;
         Arg::Scratch {
@@ -164,7 +164,7 @@ impl<'g> HostConv<'g> {
         }
     }
 
-    fn scratch_buf(l: &mut Launch, arg: Arg) -> Buf {
+    pub(super) fn scratch_buf(l: &mut Launch, arg: Arg) -> Buf {
         match arg {
             Arg::Scratch { offset, bytes } => l.scratch(offset, bytes / 4),
             Arg::Value(n) => l.buf(n),
@@ -172,7 +172,7 @@ impl<'g> HostConv<'g> {
     }
 
     /// A one-thread-per-element kernel over `total` elements: `body` emits element `flat`.
-    fn elementwise(
+    pub(super) fn elementwise(
         &mut self,
         step: &str,
         total: u64,
@@ -189,7 +189,7 @@ impl<'g> HostConv<'g> {
     }
 
     /// Where operand `n` is stored: its own storage, or scratch when the kernel computes it.
-    fn stored(&mut self, n: NodeId) -> Result<Arg, LowerError> {
+    pub(super) fn stored(&mut self, n: NodeId) -> Result<Arg, LowerError> {
         if !self.kernel.nodes.contains(&n) {
             return Ok(Arg::Value(n));
         }
@@ -270,7 +270,7 @@ impl<'g> HostConv<'g> {
 
     /// The epilogue over the result's elements: the anchor's value at `flat` from
     /// `value`, every output of the kernel stored.
-    fn epilogue(
+    pub(super) fn epilogue(
         &mut self,
         value: impl FnOnce(&mut Launch<'g>, &Expr) -> Result<Expr, LowerError>,
     ) -> Result<(), LowerError> {
@@ -285,6 +285,9 @@ impl<'g> HostConv<'g> {
     }
 
     fn forward(&mut self, x: NodeId, w: NodeId, bias: Option<NodeId>) -> Result<(), LowerError> {
+        if super::winograd::applies(self) {
+            return self.winograd(x, w, bias);
+        }
         let g = self.g;
         let w = self.stored(w)?;
         let (col, [ck, cp, cb, cg]) = self.col(x)?;

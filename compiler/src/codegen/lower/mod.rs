@@ -29,7 +29,8 @@
 //! - `dropout`: dropout's keep mask (the SplitMix64 chain of `crate::rng`);
 //! - `conv`: the glue to the implicit GEMMs of [`super::gemm`];
 //! - `host_conv`: the CPU's schedule of a convolution kernel (gather, packed GEMM in the
-//!   runtime, epilogue), [`lower_kernel_host`].
+//!   runtime, epilogue), [`lower_kernel_host`]; `winograd`: its F(2x2, 3x3) form for 3x3
+//!   stride-1 convolutions.
 //!
 //! [`KernelFn::check`]: super::kir::KernelFn::check
 
@@ -40,6 +41,7 @@ mod elementwise;
 mod gather;
 mod host_conv;
 mod reduce;
+mod winograd;
 
 pub use host_conv::{HostStep, LoweredGemm, LoweredMatrix};
 
