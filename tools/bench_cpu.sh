@@ -2,9 +2,9 @@
 # rfnc's CPU backend against PyTorch on the same graph, on this machine, in one invocation:
 # refinenet4.rfn (ResNet-101 by default) at 512x512, float32, every core, inference and the
 # training step (forward, loss, backward, SGD momentum update; batch norm frozen, as rfnc
-# trains). Rounds alternate rfnc and PyTorch eager (and torch.compile with COMPILE=1) so
-# that load on the machine hits them alike; each figure is the median over ROUNDS rounds of
-# a warm run (each framework warms up once per round first). Then the GEMMs of the largest
+# trains). Rounds alternate rfnc and PyTorch eager so that load on the machine hits them
+# alike; each figure is the median over ROUNDS rounds of a warm run (each framework warms
+# up once per round first). COMPILE=1 adds torch.compile's inference (after the rounds). Then the GEMMs of the largest
 # convolutions from `rfnc run --profile`, in GFLOP/s against the machine's FMA peak.
 #
 #   tools/bench_cpu.sh      # DEPTH=101 INPUT=1x3x512x512 ROUNDS=3 PY=/tmp/torchenv/bin/python
@@ -51,10 +51,13 @@ for round in $(seq "$ROUNDS"); do
   times[torch_infer]+="$(torch_time) "
   times[rfnc_train]+="$(rfnc_time "$work/train" --train) "
   times[torch_train]+="$(torch_time --with-losses --train-step) "
-  if [[ "$COMPILE" == 1 ]]; then
-    times[compile_infer]+="$(torch_time --compile) "
-  fi
 done
+# torch.compile compiles for minutes in its warm-up run: once, then ROUNDS timed runs (not
+# alternated with the others).
+if [[ "$COMPILE" == 1 ]]; then
+  times[compile_infer]="$("$PY" tools/torch_run_graph.py "$work/graph.mlir" --threads "$THREADS" \
+    --repeat "$ROUNDS" --json --compile | python3 -c 'import json,sys; print(*json.load(sys.stdin)["times_s"])')"
+fi
 
 python3 - "$DEPTH" "$INPUT" "$THREADS" "${times[rfnc_infer]}" "${times[torch_infer]}" \
   "${times[rfnc_train]}" "${times[torch_train]}" "${times[compile_infer]:-}" <<'PY'
