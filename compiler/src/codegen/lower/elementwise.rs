@@ -1,7 +1,7 @@
 //! The per-element formulas: every op a fused kernel computes at one element index (the
 //! gathers delegate to `gather`), and the launch that runs one thread per output element.
 
-use super::gather::Window;
+use super::gather::{Stored, Window};
 use super::{dropout, f, Launch, LowerError, LoweredLaunch, BLOCK};
 use crate::codegen::kir::{Expr, Ty};
 use crate::ir::{Graph, NodeId, Op, Reduction};
@@ -9,14 +9,13 @@ use crate::passes::fusion::Kernel;
 
 /// One thread per element of the kernel's domain (its anchor's shape, else its first
 /// output's); `counted` is a mean-reduced loss gradient whose count is in scratch;
-/// `winners` are max pool gradients whose windows' winners are in scratch (node, offset,
-/// elements), stored by an earlier launch.
+/// `stored` what earlier launches stored for it (the CPU's schedule).
 pub(super) fn lower(
     graph: &Graph,
     kernel: &Kernel,
     name: &str,
     counted: Option<NodeId>,
-    winners: &[(NodeId, u64, u64)],
+    stored: &Stored,
 ) -> Result<LoweredLaunch, LowerError> {
     let domain_node = kernel
         .anchor
@@ -28,9 +27,13 @@ pub(super) fn lower(
     if counted.is_some() {
         l.count = Some(l.scratch(0, 1));
     }
-    for &(n, offset, len) in winners {
+    for &(n, offset, len) in &stored.winners {
         let buf = l.scratch(offset, len);
         l.argmax.insert(n, buf);
+    }
+    for &(n, offset, pixels) in &stored.softmax {
+        let buf = l.scratch(offset, 2 * pixels);
+        l.softmax.insert(n, (buf, pixels));
     }
     let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
     l.b.begin_if(flat.clone().lt(total));

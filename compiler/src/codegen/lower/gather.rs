@@ -9,57 +9,87 @@ use crate::codegen::kir::{Buf, Expr, KernelBuilder, Ty};
 use crate::ir::{Graph, NodeId, Op, Reduction};
 use crate::passes::fusion::Kernel;
 
-/// The CPU's schedule of a one-thread-per-element kernel that computes max pool
-/// gradients: one launch per gradient stores its windows' winners to scratch, then the
-/// kernel reads a winner per window instead of searching the window again for every
-/// element of it (`k*k` times less work: the CRP's 5x5 pools). `None` for a kernel
-/// without max pool gradients (the CPU runs the GPU's launch).
-pub(super) fn lower_with_winners(
+/// Values a one-thread-per-element kernel would otherwise recompute for every element,
+/// stored to scratch by earlier launches in the CPU's schedule: a max pool gradient's
+/// window winners, a softmax cross-entropy gradient's per-pixel maximum and sum.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Stored {
+    /// (gradient node, offset, elements): each window's winner.
+    pub winners: Vec<(NodeId, u64, u64)>,
+    /// (gradient node, offset, pixels): the maximum logit, then the sum of `exp(logit -
+    /// max)`, per pixel.
+    pub softmax: Vec<(NodeId, u64, u64)>,
+}
+
+/// The CPU's schedule of a one-thread-per-element kernel that computes max pool gradients
+/// or softmax cross-entropy gradients: one launch per gradient stores what every element
+/// of it would search again (a pool window's winner: `k*k` times less work for the CRP's
+/// 5x5 pools; a pixel's softmax maximum and sum: `2*classes` times fewer reads of the
+/// logits, which are often a fused bilinear resize), then the kernel reads them. `counted`
+/// is a mean-reduced loss gradient (its count launch runs first, as on the GPU). `None`
+/// for a kernel with neither (the CPU runs the GPU's launches).
+pub(super) fn lower_with_stored(
     graph: &Graph,
     kernel: &Kernel,
     name: &str,
+    counted: Option<NodeId>,
 ) -> Result<Option<Vec<HostStep>>, LowerError> {
-    let pools: Vec<(NodeId, Window)> = kernel
-        .nodes
-        .iter()
-        .filter_map(|&n| match graph.node(n).op {
-            Op::MaxPool2dGrad {
-                kernel,
-                stride,
-                pad,
-            } => Some((n, Window::new(kernel, stride, pad))),
-            _ => None,
-        })
-        .collect();
-    if pools.is_empty() {
-        return Ok(None);
-    }
     let mut steps = Vec::new();
-    let mut winners = Vec::new();
+    if let Some(a) = counted {
+        steps.push(HostStep::Kernel(super::reduce::lower_count(graph, a)?));
+    }
+    let mut stored = Stored::default();
     // Offset 0 holds a mean-reduced loss gradient's count when the kernel has one.
     let mut offset = SLOT_ALIGN;
-    for (n, w) in pools {
-        let dy = graph.operands(n)[0];
-        let total: u64 = graph.node(dy).ty.dims.iter().product();
-        let mut l = Launch::new(graph, kernel, &format!("host_pool_winners+{name}"), BLOCK);
-        let out = l.scratch(offset, total);
+    let mut take = |len: u64| {
+        let at = offset;
+        offset += (len * 4).div_ceil(SLOT_ALIGN) * SLOT_ALIGN;
+        at
+    };
+    let elements = |n: NodeId| -> u64 { graph.node(n).ty.dims.iter().product() };
+    for &n in &kernel.nodes {
+        let (step, len) = match graph.node(n).op {
+            Op::MaxPool2dGrad { .. } => ("host_pool_winners", elements(graph.operands(n)[0])),
+            Op::SoftmaxCrossEntropyGrad { .. } => {
+                ("host_softmax_stats", elements(graph.operands(n)[1]))
+            }
+            _ => continue,
+        };
+        let is_pool = step == "host_pool_winners";
+        let at = take(if is_pool { len } else { 2 * len });
+        let mut l = Launch::new(graph, kernel, &format!("{step}+{name}"), BLOCK);
+        let out = l.scratch(at, if is_pool { len } else { 2 * len });
         let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
-        l.b.begin_if(flat.clone().lt(total));
-        let v = l.max_pool_winner(n, &flat, w)?;
-        l.b.store(out, flat, v);
+        l.b.begin_if(flat.clone().lt(len));
+        match graph.node(n).op {
+            Op::MaxPool2dGrad {
+                kernel: k,
+                stride,
+                pad,
+            } => {
+                let v = l.max_pool_winner(n, &flat, Window::new(k, stride, pad))?;
+                l.b.store(out, flat, v);
+                stored.winners.push((n, at, len));
+            }
+            _ => {
+                let (max, sum) = l.softmax_pixel_stats(n, &flat)?;
+                l.b.store(out, flat.clone(), max);
+                l.b.store(out, flat + len as i64, sum);
+                stored.softmax.push((n, at, len));
+            }
+        }
         l.b.end_if();
-        steps.push(HostStep::Kernel(l.finish(total.div_ceil(BLOCK as u64))?));
-        winners.push((n, offset, total));
-        offset += (total * 4).div_ceil(SLOT_ALIGN) * SLOT_ALIGN;
+        steps.push(HostStep::Kernel(l.finish(len.div_ceil(BLOCK as u64))?));
     }
-    let counted = None;
+    if stored.winners.is_empty() && stored.softmax.is_empty() {
+        return Ok(None);
+    }
     steps.push(HostStep::Kernel(elementwise::lower(
-        graph, kernel, name, counted, &winners,
+        graph, kernel, name, counted, &stored,
     )?));
     Ok(Some(steps))
 }
 
-/// The window geometry of a pooling (`pad` is [top, left, bottom, right]).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Window {
     kernel: [u64; 2],
@@ -392,7 +422,14 @@ impl Launch<'_> {
         let pixel = self.b.let_(batch.clone() * plane + p.clone());
         let label = self.value_at(labels, &pixel)?;
         let label = self.b.let_(label.cast(Ty::Index));
-        let (max, sum) = self.softmax_stats(logits, &batch, &p, classes, plane)?;
+        let (max, sum) = match self.softmax.get(&n) {
+            Some(&(stats, pixels)) => (
+                self.b.let_(Expr::load(stats, pixel.clone())),
+                self.b
+                    .let_(Expr::load(stats, pixel.clone() + pixels as i64)),
+            ),
+            None => self.softmax_stats(logits, &batch, &p, classes, plane)?,
+        };
         let x = self.value_at(logits, flat)?;
         let softmax = (x - max).exp() / sum;
         let onehot = Expr::select(ch.eq(label.clone()), 1.0f32, 0.0f32);
@@ -403,6 +440,21 @@ impl Launch<'_> {
             (softmax - onehot) * scale * dl,
             0.0f32,
         ))
+    }
+
+    /// The softmax statistics of gradient `n`'s logits at pixel `flat` (of the labels):
+    /// what the CPU's schedule stores before the gradient.
+    pub(super) fn softmax_pixel_stats(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+    ) -> Result<(Expr, Expr), LowerError> {
+        let logits = self.graph.operands(n)[0];
+        let d = dims4(self.dims(logits))?;
+        let (classes, plane) = (d[1], d[2] * d[3]);
+        let p = self.b.let_(flat.clone() % plane);
+        let batch = self.b.let_(flat.clone() / plane);
+        self.softmax_stats(logits, &batch, &p, classes, plane)
     }
 
     /// The maximum logit and the sum of `exp(logit - max)` over the classes of a pixel.

@@ -317,6 +317,9 @@ impl<'g> HostConv<'g> {
     }
 
     fn grad_input(&mut self, dy: NodeId, w: NodeId) -> Result<(), LowerError> {
+        if super::winograd::applies(self) {
+            return self.winograd_grad_input(dy, w);
+        }
         let g = self.g;
         let w = self.stored(w)?;
         let dy = self.stored(dy)?;

@@ -84,7 +84,13 @@ impl std::fmt::Display for LowerError {
 pub fn lower_kernel(graph: &Graph, kernel: &Kernel) -> Result<Vec<LoweredLaunch>, LowerError> {
     let name = kernel_ops(graph, kernel);
     let Some(a) = kernel.anchor else {
-        return Ok(vec![elementwise::lower(graph, kernel, &name, None, &[])?]);
+        return Ok(vec![elementwise::lower(
+            graph,
+            kernel,
+            &name,
+            None,
+            &Default::default(),
+        )?]);
     };
     match graph.node(a).op.kind() {
         OpKind::Conv(_) => Ok(vec![conv::lower(graph, kernel, a, &name)?]),
@@ -95,7 +101,8 @@ pub fn lower_kernel(graph: &Graph, kernel: &Kernel) -> Result<Vec<LoweredLaunch>
             reduction: Reduction::Mean,
         } => {
             let count = reduce::lower_count(graph, a)?;
-            let elementwise = elementwise::lower(graph, kernel, &name, Some(a), &[])?;
+            let elementwise =
+                elementwise::lower(graph, kernel, &name, Some(a), &Default::default())?;
             Ok(vec![count, elementwise])
         }
         OpKind::LossGrad {
@@ -106,7 +113,13 @@ pub fn lower_kernel(graph: &Graph, kernel: &Kernel) -> Result<Vec<LoweredLaunch>
         | OpKind::Pool { .. }
         | OpKind::Concat { .. }
         | OpKind::Resize { .. }
-        | OpKind::FoldBn => Ok(vec![elementwise::lower(graph, kernel, &name, None, &[])?]),
+        | OpKind::FoldBn => Ok(vec![elementwise::lower(
+            graph,
+            kernel,
+            &name,
+            None,
+            &Default::default(),
+        )?]),
     }
 }
 
@@ -118,7 +131,7 @@ pub fn lower_kernel_host(
 ) -> Result<Option<Vec<HostStep>>, LowerError> {
     let name = kernel_ops(graph, kernel);
     let Some(a) = kernel.anchor else {
-        return gather::lower_with_winners(graph, kernel, &name);
+        return gather::lower_with_stored(graph, kernel, &name, None);
     };
     match graph.node(a).op.kind() {
         OpKind::Conv(_) => host_conv::lower(graph, kernel, a, &name).map(Some),
@@ -131,7 +144,10 @@ pub fn lower_kernel_host(
         | OpKind::Pool { .. }
         | OpKind::Concat { .. }
         | OpKind::Resize { .. }
-        | OpKind::FoldBn => gather::lower_with_winners(graph, kernel, &name),
+        | OpKind::FoldBn => gather::lower_with_stored(graph, kernel, &name, None),
+        OpKind::LossGrad {
+            reduction: Reduction::Mean,
+        } => gather::lower_with_stored(graph, kernel, &name, Some(a)),
         _ => Ok(None),
     }
 }
@@ -166,6 +182,9 @@ struct Launch<'g> {
     /// Max pool gradients whose windows' winners an earlier launch stored (the CPU's
     /// schedule), and where.
     argmax: HashMap<NodeId, Buf>,
+    /// Softmax cross-entropy gradients whose per-pixel maximum and sum an earlier launch
+    /// stored: where, and the number of pixels (the sums follow the maxima).
+    softmax: HashMap<NodeId, (Buf, u64)>,
 }
 
 fn dims4(dims: &[u64]) -> Result<[u64; 4], LowerError> {
@@ -214,6 +233,7 @@ impl<'g> Launch<'g> {
             count: None,
             element: None,
             argmax: HashMap::new(),
+            softmax: HashMap::new(),
         }
     }
 

@@ -22,13 +22,40 @@
 
 use super::host_conv::{HostConv, LoweredGemm, LoweredMatrix};
 use super::{Arg, HostStep, Launch, LowerError};
+use crate::codegen::gemm::ConvKind;
 use crate::codegen::kir::Expr;
 use crate::ir::NodeId;
 
-/// Whether a forward convolution is one F(2x2, 3x3) computes.
+/// Whether a convolution (or its data gradient) is one F(2x2, 3x3) computes: 3x3, stride
+/// 1, undilated, ungrouped (and for the data gradient, padding at most 2).
 pub(super) fn applies(conv: &HostConv) -> bool {
     let p = &conv.p;
-    p.w[2] == 3 && p.w[3] == 3 && p.stride == [1, 1] && p.dilation == [1, 1] && p.groups == 1
+    let square = p.w[2] == 3 && p.w[3] == 3 && p.stride == [1, 1] && p.dilation == [1, 1];
+    let padded = match p.kind {
+        ConvKind::GradInput => p.pad[0] <= 2 && p.pad[1] <= 2,
+        _ => true,
+    };
+    square && padded && p.groups == 1 && p.kind != ConvKind::GradWeight
+}
+
+/// The convolution F(2x2, 3x3) computes: `out[b, o] = sum_i conv(input[b, i], filter[o, i])`
+/// with `top`/`left` padding, the filter read from the weights `w[co, ci, kh, kw]` as is
+/// (forward) or transposed and rotated by 180 degrees (`filter[o, i, kh, kw] =
+/// w[i, o, 2 - kh, 2 - kw]`: the data gradient is the forward convolution of `dy` with
+/// it, padded by `2 - pad`).
+struct Geometry {
+    input: Arg,
+    batch: u64,
+    /// Input channels, height, width; output channels, height, width.
+    c_in: u64,
+    h: u64,
+    w: u64,
+    c_out: u64,
+    ho: u64,
+    wo: u64,
+    top: i64,
+    left: i64,
+    rotated: bool,
 }
 
 fn f(v: f32) -> Expr {
@@ -94,14 +121,68 @@ impl HostConv<'_> {
         w: NodeId,
         bias: Option<NodeId>,
     ) -> Result<(), LowerError> {
-        let [nb, ci, h, wd] = self.p.x;
-        let co = self.p.w[0];
-        let [_, _, ho, wo] = self.p.y;
-        let (top, left) = (self.p.pad[0] as i64, self.p.pad[1] as i64);
+        let [batch, c_in, h, w_] = self.p.x;
+        let [_, c_out, ho, wo] = self.p.y;
+        let geometry = Geometry {
+            input: self.stored(x)?,
+            batch,
+            c_in,
+            h,
+            w: w_,
+            c_out,
+            ho,
+            wo,
+            top: self.p.pad[0] as i64,
+            left: self.p.pad[1] as i64,
+            rotated: false,
+        };
+        let w = self.stored(w)?;
+        self.winograd_steps(&geometry, w, bias)
+    }
+
+    /// The data gradient `dx = conv2d_grad_input(dy, w)` by F(2x2, 3x3): the forward
+    /// convolution of `dy` with the rotated, transposed filter.
+    pub(super) fn winograd_grad_input(&mut self, dy: NodeId, w: NodeId) -> Result<(), LowerError> {
+        let [batch, c_out, ho, wo] = self.p.x;
+        let [_, c_in, h, w_] = self.p.y;
+        let geometry = Geometry {
+            input: self.stored(dy)?,
+            batch,
+            c_in,
+            h,
+            w: w_,
+            c_out,
+            ho,
+            wo,
+            top: 2 - self.p.pad[0] as i64,
+            left: 2 - self.p.pad[1] as i64,
+            rotated: true,
+        };
+        let w = self.stored(w)?;
+        self.winograd_steps(&geometry, w, None)
+    }
+
+    fn winograd_steps(
+        &mut self,
+        geometry: &Geometry,
+        w: Arg,
+        bias: Option<NodeId>,
+    ) -> Result<(), LowerError> {
+        let &Geometry {
+            input: x,
+            batch: nb,
+            c_in: ci,
+            h,
+            w: wd,
+            c_out: co,
+            ho,
+            wo,
+            top,
+            left,
+            rotated,
+        } = geometry;
         let (th, tw) = (ho.div_ceil(2), wo.div_ceil(2));
         let tiles = th * tw;
-        let x = self.stored(x)?;
-        let w = self.stored(w)?;
         // V[xi][b][ci][t]
         let v = self.alloc(16 * nb * ci * tiles);
         self.elementwise("host_winograd_input", nb * ci * tiles, |l, flat| {
@@ -134,11 +215,22 @@ impl HostConv<'_> {
         let u = self.alloc(16 * co * ci);
         self.elementwise("host_winograd_filter", co * ci, |l, flat| {
             let weights = Self::scratch_buf(l, w);
+            // flat = o * ci + i; the rotated filter reads w[i, o] (w is [ci, co, 3, 3]).
+            let first = match rotated {
+                false => flat.clone() * 9,
+                true => {
+                    let (o, i) = (flat.clone() / ci as i64, flat.clone() % ci as i64);
+                    l.b.let_((i * co as i64 + o) * 9)
+                }
+            };
             let mut g: [[Expr; 3]; 3] = zeros();
             for (i, row) in g.iter_mut().enumerate() {
                 for (j, cell) in row.iter_mut().enumerate() {
-                    *cell =
-                        l.b.let_(Expr::load(weights, flat.clone() * 9 + (i * 3 + j) as i64));
+                    let tap = match rotated {
+                        false => i * 3 + j,
+                        true => (2 - i) * 3 + (2 - j),
+                    };
+                    *cell = l.b.let_(Expr::load(weights, first.clone() + tap as i64));
                 }
             }
             let out = Self::scratch_buf(l, u);
@@ -168,7 +260,7 @@ impl HostConv<'_> {
         // The output transform and the epilogue, one thread per tile: its 16 products
         // read once, its four outputs (those inside y) stored.
         let anchor = self.anchor;
-        let dims = self.p.y.to_vec();
+        let dims = vec![nb, co, ho, wo];
         self.elementwise("host_winograd_output", nb * co * tiles, |l, flat| {
             let at = |l: &mut Launch, e: Expr| l.b.let_(e);
             let t = at(l, flat.clone() % tiles as i64);
