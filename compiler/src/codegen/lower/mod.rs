@@ -123,8 +123,9 @@ pub fn lower_kernel(graph: &Graph, kernel: &Kernel) -> Result<Vec<LoweredLaunch>
     }
 }
 
-/// The CPU's steps for one fused kernel where they differ from the GPU's launches (the
-/// convolutions); `None` where the CPU runs [`lower_kernel`]'s launches.
+/// The CPU's steps for one fused kernel where they differ from the GPU's launches
+/// (convolutions; kernels with max pool or softmax cross-entropy gradients); `None` where
+/// the CPU runs [`lower_kernel`]'s launches.
 pub fn lower_kernel_host(
     graph: &Graph,
     kernel: &Kernel,
@@ -135,20 +136,12 @@ pub fn lower_kernel_host(
     };
     match graph.node(a).op.kind() {
         OpKind::Conv(_) => host_conv::lower(graph, kernel, a, &name).map(Some),
-        // The kernels `lower_kernel` runs one thread per element.
-        OpKind::LossGrad {
-            reduction: Reduction::Sum,
-        }
-        | OpKind::Leaf
-        | OpKind::Elementwise { .. }
-        | OpKind::Pool { .. }
-        | OpKind::Concat { .. }
-        | OpKind::Resize { .. }
-        | OpKind::FoldBn => gather::lower_with_stored(graph, kernel, &name, None),
+        OpKind::ChannelSum | OpKind::Loss { .. } | OpKind::Reduce => Ok(None),
         OpKind::LossGrad {
             reduction: Reduction::Mean,
         } => gather::lower_with_stored(graph, kernel, &name, Some(a)),
-        _ => Ok(None),
+        // The one-thread-per-element kernels.
+        _ => gather::lower_with_stored(graph, kernel, &name, None),
     }
 }
 
