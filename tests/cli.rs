@@ -1011,3 +1011,46 @@ fn parameters_outside_the_objective_are_set_aside_not_refused() {
         before.tensors["head.classifier.weight"]
     );
 }
+
+/// `--device cpu-gpu-kernels` computes what the CPU's schedule computes, and `--profile`
+/// lists the launches of the last run, GEMMs of the CPU's schedule among them.
+#[test]
+fn cpu_schedules_agree_and_profile_lists_launches() {
+    let run = |device: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "examples/tiny.rfn",
+            "--input",
+            "1x3x32x32",
+            "--device",
+            device,
+        ];
+        args.extend(extra);
+        let out = rfnc(&args);
+        assert!(out.status.success(), "{device}: {}", stderr(&out));
+        stdout(&out)
+    };
+    // The mean, min and max of the scores.
+    let scores = |text: &str| -> Vec<f64> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("scores"))
+            .expect("a scores line");
+        line.split_whitespace()
+            .filter_map(|w| w.parse::<f64>().ok())
+            .collect()
+    };
+    let host = run("cpu", &["--profile"]);
+    let (a, b) = (scores(&host), scores(&run("cpu-gpu-kernels", &[])));
+    assert_eq!(a.len(), 3, "{host}");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{a:?} vs {b:?}");
+    }
+    assert!(host.contains("profile of the last run:"), "{host}");
+    assert!(host.lines().any(|l| l.contains(" gemm ")), "{host}");
+    assert!(
+        host.lines()
+            .any(|l| l.contains("host_im2col_") || l.contains("host_winograd_")),
+        "{host}"
+    );
+}

@@ -282,17 +282,14 @@ pub fn summary(name: &str, t: &HostTensor) -> String {
 pub fn profile_report(session: &Session, top: usize) -> Option<String> {
     let launches = session.last_timings()?.launches.as_ref()?;
     let total: f64 = launches.iter().map(|l| l.time.as_secs_f64()).sum();
-    let mut by_what: Vec<(String, f64, usize)> = Vec::new();
+    let mut sums: std::collections::HashMap<&str, (f64, usize)> = Default::default();
     for l in launches {
-        let what = l.what.clone();
-        match by_what.iter_mut().find(|(w, _, _)| *w == what) {
-            Some(entry) => {
-                entry.1 += l.time.as_secs_f64();
-                entry.2 += 1;
-            }
-            None => by_what.push((what, l.time.as_secs_f64(), 1)),
-        }
+        let entry = sums.entry(l.what.as_str()).or_default();
+        entry.0 += l.time.as_secs_f64();
+        entry.1 += 1;
     }
+    let mut by_what: Vec<(&str, f64, usize)> =
+        sums.into_iter().map(|(w, (t, n))| (w, t, n)).collect();
     by_what.sort_by(|a, b| b.1.total_cmp(&a.1));
     let mut out = format!(
         "profile of the last run: {} launches, {:.1} ms (each launch timed on its own)\n{:>10} {:>6} {:>8}  launch\n",

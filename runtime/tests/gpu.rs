@@ -17,14 +17,7 @@ fn cuda_session(loaded: &LoadedBundle, test: &str) -> Session {
 }
 
 fn load(session: &mut Session) {
-    let weights = Weights {
-        tensors: BTreeMap::from([("p".to_string(), (vec![N], p_values()))]),
-        ..Weights::default()
-    };
-    session.load_weights(&weights).unwrap();
-    session.set_leaf_f32("x", &x_values()).unwrap();
-    session.set_leaf_f32("x2", &x2_values()).unwrap();
-    session.set_leaf_i32("step", &[3]).unwrap();
+    feed_inference(session, 3);
 }
 
 fn close(a: &[f32], b: &[f32], what: &str) {

@@ -5,21 +5,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::*;
-use rfnc_runtime::{load_bundle, Device, HostOrigin, LoadedBundle, Session, Weights};
+use rfnc_runtime::{load_bundle, Device, HostOrigin, LoadedBundle, Session};
 
 fn run(loaded: &LoadedBundle) -> (HostOrigin, Vec<f32>, Vec<f32>) {
     let mut session = Session::new(loaded, Device::Cpu { threads: 2 }).unwrap();
-    let weights = Weights {
-        tensors: BTreeMap::from([("p".to_string(), (vec![N], p_values()))]),
-        ..Weights::default()
-    };
-    session.load_weights(&weights).unwrap();
-    session.set_leaf_f32("x", &x_values()).unwrap();
-    session.set_leaf_f32("x2", &x2_values()).unwrap();
-    session.set_leaf_i32("step", &[0]).unwrap();
+    feed_inference(&mut session, 0);
     session.run().unwrap();
     let output = |name: &str| session.output(name).unwrap().as_f32().unwrap().to_vec();
     (session.host_origin().unwrap(), output("y"), output("z"))

@@ -28,12 +28,7 @@ fn inference() -> (tempfile::TempDir, LoadedBundle) {
 
 fn ready_session(loaded: &LoadedBundle, threads: usize) -> Session {
     let mut session = Session::new(loaded, Device::Cpu { threads }).unwrap();
-    session
-        .load_weights(&weights(&[("p", vec![N], p_values())]))
-        .unwrap();
-    session.set_leaf_f32("x", &x_values()).unwrap();
-    session.set_leaf_f32("x2", &x2_values()).unwrap();
-    session.set_leaf_i32("step", &[0]).unwrap();
+    feed_inference(&mut session, 0);
     session
 }
 

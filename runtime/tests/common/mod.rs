@@ -318,3 +318,15 @@ pub fn p_values() -> Vec<f32> {
 pub fn x2_values() -> Vec<f32> {
     (0..N).map(|i| 0.5 + i as f32).collect()
 }
+
+/// Loads the inference bundle's weights (`p`) and inputs (`x`, `x2`, the step counter).
+pub fn feed_inference(session: &mut rfnc_runtime::Session, step: i32) {
+    let weights = rfnc_runtime::Weights {
+        tensors: std::collections::BTreeMap::from([("p".to_string(), (vec![N], p_values()))]),
+        ..rfnc_runtime::Weights::default()
+    };
+    session.load_weights(&weights).unwrap();
+    session.set_leaf_f32("x", &x_values()).unwrap();
+    session.set_leaf_f32("x2", &x2_values()).unwrap();
+    session.set_leaf_i32("step", &[step]).unwrap();
+}

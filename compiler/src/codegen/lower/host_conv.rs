@@ -318,7 +318,7 @@ impl<'g> HostConv<'g> {
 
     fn grad_input(&mut self, dy: NodeId, w: NodeId) -> Result<(), LowerError> {
         if super::winograd::applies(self) {
-            return self.winograd_grad_input(dy, w);
+            return self.winograd(dy, w, None);
         }
         let g = self.g;
         let w = self.stored(w)?;

@@ -114,52 +114,36 @@ fn filter_transform(g: &[[Expr; 3]; 3]) -> [[Expr; 4]; 4] {
 const AT: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
 
 impl HostConv<'_> {
-    /// The forward convolution `y = conv(x, w) [+ bias]` by F(2x2, 3x3).
+    /// The forward convolution `y = conv(input, w) [+ bias]`, or the data gradient
+    /// `dx = conv2d_grad_input(input = dy, w)` (the forward convolution of `dy` with the
+    /// rotated, transposed filter, padded by `2 - pad`), by F(2x2, 3x3).
     pub(super) fn winograd(
         &mut self,
-        x: NodeId,
+        input: NodeId,
         w: NodeId,
         bias: Option<NodeId>,
     ) -> Result<(), LowerError> {
-        let [batch, c_in, h, w_] = self.p.x;
-        let [_, c_out, ho, wo] = self.p.y;
+        let rotated = self.p.kind == ConvKind::GradInput;
+        let (from, to) = match rotated {
+            false => (self.p.x, self.p.y),
+            true => (self.p.y, self.p.x),
+        };
+        let pad = |p: u64| if rotated { 2 - p as i64 } else { p as i64 };
         let geometry = Geometry {
-            input: self.stored(x)?,
-            batch,
-            c_in,
-            h,
-            w: w_,
-            c_out,
-            ho,
-            wo,
-            top: self.p.pad[0] as i64,
-            left: self.p.pad[1] as i64,
-            rotated: false,
+            input: self.stored(input)?,
+            batch: from[0],
+            c_in: from[1],
+            h: from[2],
+            w: from[3],
+            c_out: to[1],
+            ho: to[2],
+            wo: to[3],
+            top: pad(self.p.pad[0]),
+            left: pad(self.p.pad[1]),
+            rotated,
         };
         let w = self.stored(w)?;
         self.winograd_steps(&geometry, w, bias)
-    }
-
-    /// The data gradient `dx = conv2d_grad_input(dy, w)` by F(2x2, 3x3): the forward
-    /// convolution of `dy` with the rotated, transposed filter.
-    pub(super) fn winograd_grad_input(&mut self, dy: NodeId, w: NodeId) -> Result<(), LowerError> {
-        let [batch, c_out, ho, wo] = self.p.x;
-        let [_, c_in, h, w_] = self.p.y;
-        let geometry = Geometry {
-            input: self.stored(dy)?,
-            batch,
-            c_in,
-            h,
-            w: w_,
-            c_out,
-            ho,
-            wo,
-            top: 2 - self.p.pad[0] as i64,
-            left: 2 - self.p.pad[1] as i64,
-            rotated: true,
-        };
-        let w = self.stored(w)?;
-        self.winograd_steps(&geometry, w, None)
     }
 
     fn winograd_steps(
