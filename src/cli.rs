@@ -292,6 +292,9 @@ pub struct DeviceArgs {
     /// GPU architecture to compile for (with --device cuda)
     #[arg(long, value_name = "sm_XX", default_value = DEFAULT_GPU, value_parser = parse_gpu)]
     pub gpu: String,
+    /// How the GPU's convolutions multiply (the CPU's own schedule always uses f32)
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Tf32)]
+    pub precision: PrecisionArg,
     /// Compile every kernel afresh instead of using the cache
     #[arg(long)]
     pub no_cache: bool,
@@ -447,6 +450,11 @@ pub struct CompileArgs {
     /// GPU architecture of the PTX, e.g. sm_80 (A100), sm_90 (H100)
     #[arg(long, value_name = "sm_XX", default_value = DEFAULT_GPU, value_parser = parse_gpu)]
     pub gpu: String,
+    /// How the GPU's convolutions multiply: `tf32` on tensor cores (operands rounded to 10
+    /// mantissa bits, sums in f32: PyTorch's default for convolutions on Ampere and Hopper)
+    /// or `f32` on the CUDA cores; the CPU's own schedule always uses f32
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Tf32)]
+    pub precision: PrecisionArg,
     /// Report each kernel's registers, shared memory, stack and spills from `ptxas -v`
     #[arg(long)]
     pub ptx_report: bool,
@@ -499,6 +507,10 @@ pub struct RunArgs {
     /// GPU architecture to compile for (a program, not a bundle)
     #[arg(long, value_name = "sm_XX", default_value = DEFAULT_GPU, value_parser = parse_gpu)]
     pub gpu: String,
+    /// How the GPU's convolutions multiply (a program, not a bundle; the CPU's own schedule
+    /// always uses f32)
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Tf32)]
+    pub precision: PrecisionArg,
     /// Compile every kernel afresh instead of using the cache
     #[arg(long)]
     pub no_cache: bool,
@@ -593,6 +605,24 @@ pub enum DeviceArg {
     Cuda,
     /// The GPU's kernels run on the CPU (slow): checks the GPU kernels without a GPU
     CpuGpuKernels,
+}
+
+/// `--precision`.
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+pub enum PrecisionArg {
+    /// Tensor cores, operands rounded to TF32, sums in f32
+    Tf32,
+    /// f32 fused multiply-adds on the CUDA cores
+    F32,
+}
+
+impl From<PrecisionArg> for rfnc_bundle::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::Tf32 => rfnc_bundle::Precision::Tf32,
+            PrecisionArg::F32 => rfnc_bundle::Precision::F32,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use common::*;
-use rfnc_compiler::interp::Value;
+use rfnc_compiler::interp::{Precision, Value};
 use rfnc_compiler::passes::canonical::inference;
 use rfnc_runtime::{load_bundle, Device, Session};
 
@@ -76,10 +76,17 @@ fn assert_bundle_matches(what: &str, graph: &rfnc_compiler::ir::Graph, dir: &Pat
         "{what}: the bundle has no CPU schedule"
     );
     let feeds = perturbed_feeds(graph);
-    let expected = rfnc_compiler::interp::run(graph, &feeds).expect("the interpreter runs");
     for device in CPU_SCHEDULES {
+        // The CPU's own schedule multiplies in f32; the GPU's kernels in the bundle's
+        // precision (TF32: against the interpreter on TF32-rounded operands).
+        let precision = match device {
+            Device::CpuGpuKernels { .. } => loaded.bundle.precision,
+            _ => Precision::F32,
+        };
+        let expected = reference_outputs(graph, &feeds, loaded.bundle.mode, precision);
         let actual = run_bundle(dir, device, &feeds);
-        assert_outputs_match(&format!("{what} on {device}"), &actual, &expected);
+        let what = format!("{what} on {device} ({})", precision.name());
+        assert_outputs_match_in(&what, (loaded.bundle.mode, precision), &actual, &expected);
     }
 }
 
@@ -147,13 +154,23 @@ fn cpu_executor_matches_the_interpreter_for_every_example() {
 /// without spills, and the emitted MLIR passes mlir-opt.
 #[test]
 fn variant_programs_compile_and_run_on_the_cpu() {
-    check_program(Path::new("tests/programs/attention.rfn"), &[], SMALL);
+    check_program(
+        Path::new("tests/programs/attention.rfn"),
+        &[],
+        SMALL,
+        "tf32",
+    );
     for example in [
         "refinenet4_multitask",
         "refinenet4_deepsup",
         "refinenet4_gated",
     ] {
-        check_program(&example_path(example), &small_defines(example), SMALL);
+        check_program(
+            &example_path(example),
+            &small_defines(example),
+            SMALL,
+            "tf32",
+        );
     }
 }
 
@@ -162,14 +179,16 @@ fn variant_programs_compile_and_run_on_the_cpu() {
 /// CPU schedules.
 #[test]
 fn every_conv_geometry_runs_in_both_cpu_schedules() {
-    check_program(
-        Path::new("tests/programs/conv_geometry.rfn"),
-        &[],
-        "2x3x13x11",
-    );
+    let path = Path::new("tests/programs/conv_geometry.rfn");
+    for precision in ["tf32", "f32"] {
+        check_program(path, &[], "2x3x13x11", precision);
+    }
 }
 
-fn check_program(path: &Path, defines: &[(&str, &str)], input: &str) {
+/// Compiles a program (inference and training step, the GPU's convolutions in `precision`),
+/// checks its bundles against the interpreter in both CPU schedules, that ptxas reports no
+/// spills, and its MLIR with mlir-opt.
+fn check_program(path: &Path, defines: &[(&str, &str)], input: &str, precision: &str) {
     let name = path.file_stem().unwrap().to_string_lossy().into_owned();
     let source = rfnc_driver::Source {
         file: path.to_path_buf(),
@@ -185,7 +204,13 @@ fn check_program(path: &Path, defines: &[(&str, &str)], input: &str) {
     for train in [false, true] {
         let dir = tmp.path().join(format!("{name}-{train}"));
         let dir_arg = dir.to_string_lossy().into_owned();
-        let mut extra = vec!["-o", dir_arg.as_str(), "--ptx-report"];
+        let mut extra = vec![
+            "-o",
+            dir_arg.as_str(),
+            "--ptx-report",
+            "--precision",
+            precision,
+        ];
         if train {
             extra.push("--train");
         }

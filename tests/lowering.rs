@@ -10,8 +10,8 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use rfnc_bundle::Mode;
 use rfnc_bundle::{Bundle, LeafRole, Program, Region, Slot};
+use rfnc_bundle::{Mode, Precision};
 use rfnc_compiler::codegen::kir::Ty;
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
 use rfnc_compiler::codegen::program::{lower_programs, Lowered};
@@ -161,20 +161,29 @@ fn program_graphs(name: &str) -> (Graph, Graph) {
     (network.forward, step)
 }
 
+/// Inference and the training step in both precisions, against the interpreter in the
+/// same precision.
 fn check_graphs(example: &str, forward: &Graph, step: &Graph) {
-    // Inference, with batch norm folded by the prepare program.
-    let main = plan_inference(forward).unwrap();
-    let prepare = main.prepare.as_ref().map(|p| plan_program(p).unwrap());
-    let lowered = lower_programs(example, Mode::Inference, &main, prepare.as_ref())
-        .unwrap_or_else(|e| panic!("{example}: {e}"));
-    let what = format!("{example} inference");
-    assert_matches_interpreter(&what, &inference(forward), |f| execute(&lowered, f));
-    // The training step.
-    let main = plan_training(step).unwrap();
-    let lowered = lower_programs(example, Mode::Train, &main, None)
-        .unwrap_or_else(|e| panic!("{example} train: {e}"));
-    let what = format!("{example} training step");
-    assert_matches_interpreter(&what, step, |f| execute(&lowered, f));
+    for precision in [Precision::F32, Precision::Tf32] {
+        // Inference, with batch norm folded by the prepare program.
+        let main = plan_inference(forward).unwrap();
+        let prepare = main.prepare.as_ref().map(|p| plan_program(p).unwrap());
+        let lowered = lower_programs(example, Mode::Inference, precision, &main, prepare.as_ref())
+            .unwrap_or_else(|e| panic!("{example}: {e}"));
+        let what = format!("{example} inference in {}", precision.name());
+        let graph = inference(forward);
+        assert_matches_interpreter_in(&what, &graph, (Mode::Inference, precision), |f| {
+            execute(&lowered, f)
+        });
+        // The training step.
+        let main = plan_training(step).unwrap();
+        let lowered = lower_programs(example, Mode::Train, precision, &main, None)
+            .unwrap_or_else(|e| panic!("{example} train: {e}"));
+        let what = format!("{example} training step in {}", precision.name());
+        assert_matches_interpreter_in(&what, step, (Mode::Train, precision), |f| {
+            execute(&lowered, f)
+        });
+    }
 }
 
 #[test]

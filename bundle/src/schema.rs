@@ -20,7 +20,7 @@ use crate::init::Init;
 /// `format` of every bundle.
 pub const BUNDLE_FORMAT: &str = "rfnc-bundle";
 /// Bumped whenever the format changes incompatibly.
-pub const BUNDLE_VERSION: u32 = 4;
+pub const BUNDLE_VERSION: u32 = 5;
 /// The training step's step counter (i32 scalar input): keys the dropout masks.
 pub const STEP_INPUT: &str = "step";
 /// The training step's learning-rate schedule (f32 scalar input): every update is scaled
@@ -42,6 +42,9 @@ pub struct Bundle {
     pub gpu_target: Option<String>,
     /// Whether `host.bc` holds the kernels for the CPU executor.
     pub host_code: bool,
+    /// How the GPU kernels' convolutions multiply (the CPU's own schedule always multiplies
+    /// in f32).
+    pub precision: Precision,
     /// Every leaf of both programs, each at its own offset in the leaves region.
     pub leaves: Vec<Leaf>,
     pub leaves_bytes: u64,
@@ -59,6 +62,28 @@ pub struct Bundle {
 pub enum Mode {
     Inference,
     Train,
+}
+
+/// The arithmetic of the GPU kernels' convolutions (everything else is f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 fused multiply-adds on the CUDA cores.
+    F32,
+    /// Tensor cores: the operands rounded to TF32 (10 mantissa bits, as PyTorch's
+    /// convolutions on Ampere and Hopper by default), products summed in f32.
+    #[default]
+    Tf32,
+}
+
+impl Precision {
+    /// The name on the command line and in messages: `f32`, `tf32`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+        }
+    }
 }
 
 /// Element type of a tensor: one definition for the graph IR, the bundle and the runtime.
@@ -503,6 +528,7 @@ mod tests {
             mode: Mode::Inference,
             gpu_target: Some("sm_80".into()),
             host_code: true,
+            precision: Precision::F32,
             leaves: vec![Leaf {
                 name: "x".into(),
                 role: LeafRole::Input,

@@ -1,7 +1,8 @@
-//! Convolutions as tiled implicit GEMMs (codegen::gemm): the kernels run in the KIR
-//! interpreter and match the reference convolutions on odd shapes, store every result
-//! element exactly once, pass the KIR checker, and (when the LLVM tools are installed)
-//! compile to PTX that uses no local memory.
+//! Convolutions as tiled implicit GEMMs (codegen::gemm), in both precisions (f32 FMA and
+//! TF32 tensor cores): the kernels run in the KIR interpreter and match the reference
+//! convolutions on odd shapes (for TF32, the reference on TF32-rounded operands), store
+//! every result element exactly once, pass the KIR checker, and compile to PTX that uses
+//! no local memory (and `mma.sync` for TF32).
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -12,11 +13,12 @@ use common::{llvm_tool, mlir_opt, run_tool};
 
 use rfnc_compiler::codegen::check::CheckedKernel;
 use rfnc_compiler::codegen::gemm::{
-    conv_kernel, ConvIo, ConvKind, ConvOperand, ConvProblem, BLOCK,
+    conv_kernel, ConvIo, ConvKind, ConvOperand, ConvProblem, Precision, BLOCK,
 };
 use rfnc_compiler::codegen::kir::{Buf, Expr, KernelBuilder, Ty};
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
 use rfnc_compiler::codegen::mlir_text::{gpu_module, GPU_PIPELINE};
+use rfnc_compiler::codegen::semantics::round_tf32;
 use rfnc_compiler::interp::kernels::{conv2d, conv2d_grad_input, conv2d_grad_weight, ConvGeometry};
 use rfnc_compiler::interp::Tensor;
 use rfnc_compiler::rng::splitmix64;
@@ -132,7 +134,7 @@ impl ConvIo for PlainIo {
 
 /// The kernel with params x, w, bias, dy, out (f32) and count (i32): plain loads, and a
 /// store that also counts the writes of each element.
-fn build(p: &ConvProblem) -> (CheckedKernel, u64) {
+fn build(p: &ConvProblem, precision: Precision) -> (CheckedKernel, u64) {
     let result = match p.kind {
         ConvKind::Forward => p.y,
         ConvKind::GradInput => p.x,
@@ -154,7 +156,7 @@ fn build(p: &ConvProblem) -> (CheckedKernel, u64) {
         out,
         count,
     };
-    let Ok(grid) = conv_kernel(&mut io, p);
+    let Ok(grid) = conv_kernel(&mut io, p, precision);
     let k = io.b.finish();
     assert_eq!(k.check().map(|_| ()), Ok(()), "{:?}", p);
     let k = k.into_checked().expect("checked");
@@ -179,10 +181,12 @@ fn reference(case: &Case, kind: ConvKind, bias: bool, data: [&[f64]; 4]) -> Vec<
     }
 }
 
-/// Runs one kind on one case in the interpreter and checks it against the reference.
-fn check(name: &str, case: &Case, kind: ConvKind, bias: bool) {
+/// Runs one kind on one case in the interpreter and checks it against the reference (on
+/// the operands rounded as the precision multiplies them).
+fn check(name: &str, case: &Case, kind: ConvKind, bias: bool, precision: Precision) {
+    let name = &format!("{name} {}", precision.name());
     let p = case.problem(kind, bias);
-    let (k, grid) = build(&p);
+    let (k, grid) = build(&p, precision);
     let seed = splitmix64(name.len() as u64 ^ (kind as u64) << 8);
     let x = numbers(len(case.x), seed);
     let w = numbers(len(case.w), seed ^ 1);
@@ -213,7 +217,11 @@ fn check(name: &str, case: &Case, kind: ConvKind, bias: bool) {
         count[bad[0]]
     );
 
-    let data = [to64(&x), to64(&w), to64(&bv), to64(&dy)];
+    let operand = |v: &[f32]| match precision {
+        Precision::F32 => to64(v),
+        Precision::Tf32 => v.iter().map(|&x| round_tf32(x) as f64).collect(),
+    };
+    let data = [operand(&x), operand(&w), to64(&bv), operand(&dy)];
     let want = reference(case, kind, bias, [&data[0], &data[1], &data[2], &data[3]]);
     // The sum of the magnitudes of each element's terms bounds its rounding error.
     let abs: Vec<Vec<f64>> = data
@@ -245,10 +253,12 @@ fn check(name: &str, case: &Case, kind: ConvKind, bias: bool) {
 }
 
 fn check_all(name: &str, case: Case) {
-    check(name, &case, ConvKind::Forward, true);
-    check(name, &case, ConvKind::Forward, false);
-    check(name, &case, ConvKind::GradInput, false);
-    check(name, &case, ConvKind::GradWeight, false);
+    for precision in [Precision::F32, Precision::Tf32] {
+        check(name, &case, ConvKind::Forward, true, precision);
+        check(name, &case, ConvKind::Forward, false, precision);
+        check(name, &case, ConvKind::GradInput, false, precision);
+        check(name, &case, ConvKind::GradWeight, false, precision);
+    }
 }
 
 fn case(x: [u64; 4], w: [u64; 4]) -> Case {
@@ -360,7 +370,9 @@ fn large_k_weight_gradient() {
         pad: [1, 1, 1, 1],
         ..case([2, 3, 17, 17], [4, 3, 3, 3])
     };
-    check("large K", &c, ConvKind::GradWeight, false);
+    for precision in [Precision::F32, Precision::Tf32] {
+        check("large K", &c, ConvKind::GradWeight, false, precision);
+    }
 }
 
 #[test]
@@ -388,9 +400,10 @@ fn grid_and_problem_sizes() {
 
 // ----- PTX --------------------------------------------------------------------------------
 
-/// The GPU form of each kind lowers through NVVM and LLVM to PTX for sm_80 and sm_90 whose
-/// register tiles, staging registers and decoded coordinates all stay in registers: no
-/// local memory (`.local`, a local depot) at all.
+/// The GPU form of each kind and precision lowers through NVVM and LLVM to PTX for sm_80
+/// and sm_90 whose register tiles, fragments, staging registers and decoded coordinates all
+/// stay in registers: no local memory (`.local`, a local depot) at all; TF32 kernels
+/// multiply with `mma.sync` on operands rounded by `cvt.rna.tf32.f32`, f32 ones never do.
 #[test]
 fn ptx_uses_no_local_memory() {
     let mlir_opt = mlir_opt();
@@ -404,9 +417,13 @@ fn ptx_uses_no_local_memory() {
         ..case([2, 6, 13, 11], [70, 3, 3, 3])
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    for kind in [ConvKind::Forward, ConvKind::GradInput, ConvKind::GradWeight] {
-        let (k, _) = build(&c.problem(kind, kind == ConvKind::Forward));
-        let name = format!("{kind:?}").to_lowercase();
+    let kinds = [ConvKind::Forward, ConvKind::GradInput, ConvKind::GradWeight];
+    for (kind, precision) in kinds
+        .into_iter()
+        .flat_map(|k| [(k, Precision::F32), (k, Precision::Tf32)])
+    {
+        let (k, _) = build(&c.problem(kind, kind == ConvKind::Forward), precision);
+        let name = format!("{kind:?}_{}", precision.name()).to_lowercase();
         let gpu = gpu_module(&k, &name);
         let path = |ext: &str| dir.path().join(format!("{name}.{ext}"));
         let p = |ext: &str| path(ext).to_string_lossy().into_owned();
@@ -475,6 +492,22 @@ fn ptx_uses_no_local_memory() {
                 !text.contains(".local") && !text.contains("__local_depot"),
                 "{name} {sm}: the PTX uses local memory:\n{text}"
             );
+            let tensor_cores = precision == Precision::Tf32;
+            for op in [
+                "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32",
+                "cvt.rna.tf32.f32",
+            ] {
+                assert_eq!(
+                    text.matches(op).count() > 0,
+                    tensor_cores,
+                    "{name} {sm}: `{op}` in the PTX"
+                );
+            }
+            if tensor_cores {
+                // 8 mma per slice of 16 (LLVM may unroll the K loop).
+                let mma = text.matches("mma.sync").count();
+                assert!(mma.is_multiple_of(8), "{name} {sm}: {mma} mma.sync");
+            }
         }
     }
 }

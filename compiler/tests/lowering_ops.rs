@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use rfnc_compiler::codegen::gemm::Precision;
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
 use rfnc_compiler::codegen::lower::{lower_kernel, Arg};
 use rfnc_compiler::interp::{run, Tensor, Value};
@@ -24,7 +25,8 @@ fn run_kernels(graph: &Graph, feeds: &HashMap<String, Value<f64>>) -> Vec<(Strin
     }
     let mut scratch = [0.0f32; 16];
     for kernel in &fuse(graph).kernels {
-        for launch in lower_kernel(graph, kernel).unwrap_or_else(|e| panic!("{e}")) {
+        for launch in lower_kernel(graph, kernel, Precision::F32).unwrap_or_else(|e| panic!("{e}"))
+        {
             let mut buffers: Vec<KirBuffer> = launch
                 .args
                 .iter()

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use rfnc_bundle::atomic::{write_atomically, write_dir_atomically};
-use rfnc_bundle::{Bundle, HostLaunch, LeafRole, Mode};
+use rfnc_bundle::{Bundle, HostLaunch, LeafRole, Mode, Precision};
 use rfnc_compiler::codegen::mlir_text::{gpu_module, host_module};
 use rfnc_compiler::codegen::program::{lower_programs, Lowered, NamedKernel};
 use rfnc_compiler::init::param_inits;
@@ -29,7 +29,13 @@ use crate::plan::{graph, plan, Target};
 /// The program lowered to kernels: the main program (inference or training step) and, for
 /// inference with batch norm, the prepare program; each parameter leaf carries its
 /// initialisation rule.
-pub fn lower_to_kernels(network: &Network, target: &Target, log: &Log) -> Result<Lowered, Error> {
+/// The GPU's convolutions multiply in `precision`.
+pub fn lower_to_kernels(
+    network: &Network,
+    target: &Target,
+    precision: Precision,
+    log: &Log,
+) -> Result<Lowered, Error> {
     let graph = graph(network, target, log)?;
     let main = plan(&graph, target, log)?;
     let start = Instant::now();
@@ -43,8 +49,14 @@ pub fn lower_to_kernels(network: &Network, target: &Target, log: &Log) -> Result
         Target::Train { .. } => Mode::Train,
         Target::Inference => Mode::Inference,
     };
-    let mut lowered = lower_programs(&network.source.name(), mode, &main, prepare.as_ref())
-        .map_err(|e| Error::internal(format!("kernel generation failed: {e}")))?;
+    let mut lowered = lower_programs(
+        &network.source.name(),
+        mode,
+        precision,
+        &main,
+        prepare.as_ref(),
+    )
+    .map_err(|e| Error::internal(format!("kernel generation failed: {e}")))?;
     record_inits(network, &mut lowered.bundle)?;
     log.since("kernel generation (KIR)", start);
     Ok(lowered)
@@ -79,6 +91,8 @@ pub const DEFAULT_GPU: &str = "sm_80";
 pub struct CodegenOptions {
     /// `sm_80`, `sm_90`, ...
     pub gpu: String,
+    /// How the GPU's convolutions multiply.
+    pub precision: Precision,
     /// Generate PTX for `gpu`.
     pub ptx: bool,
     /// Generate host code for the CPU executor.
@@ -89,10 +103,11 @@ pub struct CodegenOptions {
 }
 
 impl CodegenOptions {
-    /// PTX for `gpu` and host code.
-    pub fn new(gpu: &str, use_cache: bool) -> Self {
+    /// PTX for `gpu` (convolutions multiplying in `precision`) and host code.
+    pub fn new(gpu: &str, precision: Precision, use_cache: bool) -> Self {
         CodegenOptions {
             gpu: gpu.to_string(),
+            precision,
             ptx: true,
             host: true,
             cache: if use_cache { default_cache_dir() } else { None },
@@ -285,10 +300,9 @@ pub fn write_bundle(
     let mut files = Vec::new();
     if options.host {
         let start = Instant::now();
-        let names: Vec<&str> = compiled.iter().map(|c| c.name.as_str()).collect();
         let bitcode: Vec<Vec<u8>> = compiled.iter().map(|c| c.host_bitcode.clone()).collect();
-        let host = link_host_cached(&bitcode, &names.join(","), options.cache.as_deref())
-            .map_err(|e| e.to_string())?;
+        let host =
+            link_host_cached(&bitcode, options.cache.as_deref()).map_err(|e| e.to_string())?;
         log.since("link host code", start);
         files.push(("host.bc".to_string(), host));
         bundle.host_code = true;
@@ -407,11 +421,12 @@ pub fn ensure_bundle(
 ) -> Result<bool, Error> {
     let graph = crate::plan::graph(network, target, log)?;
     let key = format!(
-        "{} {} {} {} ptx={} host={} {}",
+        "{} {} {} {} {} ptx={} host={} {}",
         program_hash(&graph),
         env!("CARGO_PKG_VERSION"),
         rfnc_compiler::CODEGEN_SOURCE_HASH,
         options.gpu,
+        options.precision.name(),
         options.ptx,
         options.host,
         target.describe()
@@ -436,7 +451,7 @@ pub fn compile_bundle(
     dir: &Path,
     log: &Log,
 ) -> Result<Bundle, Error> {
-    let lowered = lower_to_kernels(network, target, log)?;
+    let lowered = lower_to_kernels(network, target, options.precision, log)?;
     let compiled = compile_all(&lowered, options, log).map_err(Error::message)?;
     write_bundle(dir, &lowered, &compiled, options, log).map_err(Error::message)
 }

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use rfnc_bundle::Precision;
 use rfnc_data::augment::{eval_example, AugmentConfig, Example};
 use rfnc_data::Dataset;
 use rfnc_dsl::Diagnostic;
@@ -367,6 +368,8 @@ pub struct EvalOptions {
     pub predictions: Option<std::path::PathBuf>,
     pub device: Device,
     pub gpu: String,
+    /// How the GPU's convolutions multiply.
+    pub precision: Precision,
     pub use_cache: bool,
     pub timings: bool,
 }
@@ -397,13 +400,13 @@ pub fn open_predictor(
     task: Task,
     weights: &Path,
     device: Device,
-    gpu: &str,
+    (gpu, precision): (&str, Precision),
     use_cache: bool,
     log: &crate::Log,
 ) -> Result<(Predictor, Option<tempfile::TempDir>)> {
     use crate::codegen::{ensure_bundle, program_hash, CodegenOptions};
-    let codegen =
-        CodegenOptions::new(gpu, use_cache).for_device(matches!(device, Device::Cuda { .. }));
+    let codegen = CodegenOptions::new(gpu, precision, use_cache)
+        .for_device(matches!(device, Device::Cuda { .. }));
     let (dir, temp) = match &codegen.cache {
         Some(cache) => (
             cache.join("bundles").join(program_hash(&network.forward)),
@@ -464,7 +467,7 @@ pub fn run_eval(options: &EvalOptions, progress: &mut dyn Progress) -> Result<Ev
         task,
         weights,
         options.device,
-        &options.gpu,
+        (&options.gpu, options.precision),
         options.use_cache,
         &log,
     )?;

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rfnc_bundle::Precision;
 use rfnc_data::augment::{normalised, AugmentConfig};
 use rfnc_data::decode::{decode_rgb, read_file, Plane};
 use rfnc_data::encode::{voc_palette, write_gray16_png, write_indexed_png, write_rgb_png};
@@ -40,6 +41,8 @@ pub struct PredictOptions {
     pub overlay: bool,
     pub device: Device,
     pub gpu: String,
+    /// How the GPU's convolutions multiply.
+    pub precision: Precision,
     pub use_cache: bool,
     pub timings: bool,
 }
@@ -57,7 +60,7 @@ pub fn run_predict(options: &PredictOptions, progress: &mut dyn Progress) -> Res
         task,
         &options.weights,
         options.device,
-        &options.gpu,
+        (&options.gpu, options.precision),
         options.use_cache,
         &log,
     )?;

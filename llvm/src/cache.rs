@@ -15,6 +15,12 @@ use rfnc_bundle::cache::{load, store};
 /// A cache key: the hash of the parts, with this compiler's version, its code-generation
 /// sources and the LLVM it links.
 pub fn key(parts: &[&str]) -> String {
+    let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+    key_bytes(&parts)
+}
+
+/// [`key`] of binary parts.
+pub fn key_bytes(parts: &[&[u8]]) -> String {
     let (major, minor, patch) = inkwell::support::get_llvm_version();
     let llvm = format!("llvm-{major}.{minor}.{patch}");
     let version = [
@@ -22,7 +28,11 @@ pub fn key(parts: &[&str]) -> String {
         env!("RFNC_CODEGEN_SOURCE_HASH"),
         llvm.as_str(),
     ];
-    let all: Vec<&[u8]> = version.iter().chain(parts).map(|p| p.as_bytes()).collect();
+    let all: Vec<&[u8]> = version
+        .iter()
+        .map(|p| p.as_bytes())
+        .chain(parts.iter().copied())
+        .collect();
     rfnc_bundle::cache::key(&all)
 }
 

@@ -85,11 +85,11 @@ fn generate(
     target: &Target,
     log: &Log,
 ) -> Result<(), Error> {
-    let mut options = CodegenOptions::new(&args.gpu, !args.no_cache);
+    let mut options = CodegenOptions::new(&args.gpu, args.precision.into(), !args.no_cache);
     // Only the bundle needs host code.
     options.host = args.emit == Emit::Bundle;
     // The program's own errors come first, then the missing output.
-    let lowered = lower_to_kernels(network, target, log)?;
+    let lowered = lower_to_kernels(network, target, options.precision, log)?;
     let output = args.output.as_deref();
     if args.emit == Emit::Bundle && output.is_none() {
         return Err(Diagnostic::new("the bundle is a directory: give it with -o DIR")

@@ -24,6 +24,7 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
         predictions: args.predictions.clone(),
         device: device(&args.device),
         gpu: args.device.gpu.clone(),
+        precision: args.device.precision.into(),
         use_cache: !args.device.no_cache,
         timings: args.common.timings,
     };

@@ -26,6 +26,7 @@ pub fn run(args: &PredictArgs) -> Result<(), Error> {
         overlay: args.overlay,
         device: device(&args.device),
         gpu: args.device.gpu.clone(),
+        precision: args.device.precision.into(),
         use_cache: !args.device.no_cache,
         timings: args.common.timings,
     };

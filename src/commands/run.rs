@@ -27,7 +27,7 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
         let network = Network::elaborate(&common.source(), &log)?;
         let dir = staging.path().join("bundle");
         // Only the code the device runs: a CPU run needs no libdevice and no GPU tools.
-        let options = CodegenOptions::new(&args.gpu, !args.no_cache)
+        let options = CodegenOptions::new(&args.gpu, args.precision.into(), !args.no_cache)
             .for_device(args.device == DeviceArg::Cuda);
         compile_bundle(&network, &args.train.target()?, &options, &dir, &log)?;
         (dir, Some(network))

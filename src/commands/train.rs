@@ -56,6 +56,7 @@ fn options(args: &TrainCmdArgs) -> Result<TrainOptions, Error> {
         memory_budget: args.step.memory_budget.clone(),
         device: device(&args.device),
         gpu: args.device.gpu.clone(),
+        precision: args.device.precision.into(),
         use_cache: !args.device.no_cache,
         dataset: args.dataset,
         data_root: args.data_root.clone(),

@@ -5,9 +5,11 @@
 //! - a block of at least one thread; parameters of f32 or i32; loop steps positive;
 //! - every buffer declared, every variable declared and bound once, used only in its
 //!   scope (the body that binds it) and after its binding;
-//! - a `Barrier` only at the top level or inside `for`/`if` whose bounds and conditions are
-//!   the same for every thread of a block; no thread-dependent variable used after the
-//!   next barrier or inside a following construct that contains one;
+//! - a `Barrier` or an `Mma` only at the top level or inside `for`/`if` whose bounds and
+//!   conditions are the same for every thread of a block; no thread-dependent variable used
+//!   after the next barrier or `Mma` or inside a following construct that contains one;
+//! - an `Mma` only in a block of whole warps, its fragments inside private f32 arrays, C
+//!   (written) overlapping neither A nor B (read by other threads);
 //! - every expression well typed in its context ([`super::semantics`]): operands of one
 //!   type, every operation defined on it, subscripts and loop bounds of index type,
 //!   conditions boolean, stored and bound values of the declared type;
@@ -16,9 +18,9 @@
 
 use std::ops::Deref;
 
-use super::kir::{Buf, Expr, KernelFn, KirError, Stmt, Ty};
+use super::kir::{Buf, Expr, KernelFn, KirError, Mma, Stmt, Ty};
 use super::semantics::{
-    bin_defined, buf_elem, cmp_defined, operand_ty, ty_in, type_of, unary_defined,
+    bin_defined, buf_decl, buf_elem, cmp_defined, operand_ty, ty_in, type_of, unary_defined,
 };
 
 /// A kernel that passed [`KernelFn::check`].
@@ -142,7 +144,44 @@ impl Checker<'_> {
                     otherwise,
                 } => self.if_(cond, then, otherwise, scope, uniform)?,
                 Stmt::Barrier => scope.kill_thread_values(),
+                Stmt::Mma(mma) => {
+                    self.mma(mma)?;
+                    scope.kill_thread_values()
+                }
             }
+        }
+        Ok(())
+    }
+
+    fn mma(&self, mma: &Mma) -> Result<(), KirError> {
+        if !self.k.block.is_multiple_of(32) {
+            return Err(KirError(format!(
+                "an mma in a block of {} threads (whole warps of 32 only)",
+                self.k.block
+            )));
+        }
+        let lens = mma.shape.fragment_lens();
+        let frags = [mma.a, mma.b, mma.acc];
+        for (((buf, at), len), name) in frags.iter().zip(lens).zip(["A", "B", "C"]) {
+            let fits = match (buf, buf_decl(self.k, *buf)) {
+                (Buf::Private(_), Some(d)) => d.elem == Ty::F32 && at + len <= d.len,
+                _ => false,
+            };
+            if !fits {
+                return Err(KirError(format!(
+                    "the {name} fragment of an mma ({len} elements at {at} of {buf:?}) is \
+                     not inside a private f32 array"
+                )));
+            }
+        }
+        let overlaps = |(b1, at1): (Buf, u64), l1: u64, (b2, at2): (Buf, u64), l2: u64| {
+            b1 == b2 && at1 < at2 + l2 && at2 < at1 + l1
+        };
+        if overlaps(mma.acc, lens[2], mma.a, lens[0]) || overlaps(mma.acc, lens[2], mma.b, lens[1])
+        {
+            return Err(KirError(
+                "the C fragment of an mma overlaps its A or B fragment".into(),
+            ));
         }
         Ok(())
     }
@@ -188,11 +227,11 @@ impl Checker<'_> {
     ) -> Result<(), KirError> {
         self.typed(lo, Ty::Index, "loop bound", scope)?;
         self.typed(hi, Ty::Index, "loop bound", scope)?;
-        let barrier = KernelFn::has_barrier(body);
+        let barrier = KernelFn::has_sync(body);
         let dependent = thread_dependent(lo, scope) || thread_dependent(hi, scope);
         if barrier && (dependent || !uniform) {
             return Err(KirError(
-                "a loop with a barrier has bounds that differ between threads".into(),
+                "a loop with a barrier or mma has bounds that differ between threads".into(),
             ));
         }
         if barrier {
@@ -222,10 +261,10 @@ impl Checker<'_> {
     ) -> Result<(), KirError> {
         self.typed(cond, Ty::Bool, "condition", scope)?;
         let dependent = thread_dependent(cond, scope);
-        let barrier = KernelFn::has_barrier(then) || KernelFn::has_barrier(otherwise);
+        let barrier = KernelFn::has_sync(then) || KernelFn::has_sync(otherwise);
         if barrier && (dependent || !uniform) {
             return Err(KirError(
-                "a barrier under a condition that differs between threads".into(),
+                "a barrier or mma under a condition that differs between threads".into(),
             ));
         }
         if barrier {

@@ -1,11 +1,14 @@
-//! Thread-loop fission: a checked kernel's body split at its barriers into the steps a
-//! block runs one after the other ([`ThreadLoops`]), the form the host printer and the
-//! interpreter walk.
+//! Thread-loop fission: a checked kernel's body split at its barriers and tensor-core
+//! operations into the steps a block runs one after the other ([`ThreadLoops`]), the form
+//! the host printer and the interpreter walk.
 //!
 //! Each barrier-free stretch of the body becomes a [`Step::Threads`], run by thread 0, then
-//! thread 1, ...; a `for`/`if` that contains a barrier is uniform (the checker guarantees
-//! it), so it stays one loop or conditional per block around its split body; a `Let` whose
-//! value cannot differ between threads is hoisted out of its stretch ([`Step::Uniform`]).
+//! thread 1, ...; an `Mma` becomes a [`Step::Mma`], run for the whole block at once (each
+//! thread's result reads the fragments of its whole warp, all written in the stretch
+//! before); a `for`/`if` that contains a barrier or an `Mma` is uniform (the checker
+//! guarantees it), so it stays one loop or conditional per block around its split body; a
+//! `Let` whose value cannot differ between threads is hoisted out of its stretch
+//! ([`Step::Uniform`]).
 //!
 //! Invariants of the result (checked once, by [`split`]): the bounds and conditions of
 //! split constructs are block-level values; every variable a stretch uses is block-level or
@@ -13,7 +16,7 @@
 //! stretch contains a barrier.
 
 use super::check::CheckedKernel;
-use super::kir::{Buf, Expr, KernelFn, KirError, Stmt, Var};
+use super::kir::{Buf, Expr, KernelFn, KirError, Mma, Stmt, Var};
 
 /// One step of a block after thread-loop fission.
 #[derive(Debug)]
@@ -22,6 +25,8 @@ pub enum Step<'k> {
     Uniform(Var, &'k Expr),
     /// A barrier-free stretch of statements, run by every thread in turn.
     Threads(Vec<&'k Stmt>),
+    /// A warp-level matrix multiply-accumulate of every warp of the block.
+    Mma(&'k Mma),
     /// A uniform loop whose body contains a barrier.
     For {
         var: Var,
@@ -89,7 +94,11 @@ impl Fission {
         for s in stmts {
             match s {
                 Stmt::Barrier => self.flush(&mut out, &mut stretch)?,
-                Stmt::For(l) if KernelFn::has_barrier(&l.body) => {
+                Stmt::Mma(mma) => {
+                    self.flush(&mut out, &mut stretch)?;
+                    out.push(Step::Mma(mma));
+                }
+                Stmt::For(l) if KernelFn::has_sync(&l.body) => {
                     self.flush(&mut out, &mut stretch)?;
                     self.need_uniform(&l.lo, "loop bound")?;
                     self.need_uniform(&l.hi, "loop bound")?;
@@ -108,7 +117,7 @@ impl Fission {
                     cond,
                     then,
                     otherwise,
-                } if KernelFn::has_barrier(then) || KernelFn::has_barrier(otherwise) => {
+                } if KernelFn::has_sync(then) || KernelFn::has_sync(otherwise) => {
                     self.flush(&mut out, &mut stretch)?;
                     self.need_uniform(cond, "condition")?;
                     let then = self.steps(then)?;
@@ -218,8 +227,8 @@ fn validate(s: &Stmt, defined: &mut Vec<bool>) -> Result<(), KirError> {
                 }
             }
         }
-        // Stretches hold no barriers: `steps` ends a stretch at each one.
-        Stmt::Barrier => unreachable!("a barrier inside a barrier-free stretch"),
+        // Stretches hold no barriers or mmas: `steps` ends a stretch at each one.
+        Stmt::Barrier | Stmt::Mma(_) => unreachable!("a barrier inside a barrier-free stretch"),
     }
     Ok(())
 }
@@ -245,6 +254,6 @@ fn stores_of(s: &Stmt, out: &mut Vec<usize>) {
         Stmt::If {
             then, otherwise, ..
         } => then.iter().chain(otherwise).for_each(|s| stores_of(s, out)),
-        Stmt::Let(..) | Stmt::Store(..) | Stmt::Barrier => {}
+        Stmt::Let(..) | Stmt::Store(..) | Stmt::Barrier | Stmt::Mma(_) => {}
     }
 }

@@ -33,8 +33,21 @@
 //!
 //! The epilogue calls `store` once for every in-range element of `C`, at its flat index in
 //! the result (`y`, `dx` or `dw`), with the forward bias already added.
+//!
+//! The multiply of a slice depends on the [`Precision`]:
+//! - `f32`: thread `t` owns a 4 x 4 register tile of `C` (above) and multiplies with f32
+//!   fused multiply-adds from the shared tiles.
+//! - `tf32`: tensor cores. The slice's elements are rounded to TF32 as they are stored to
+//!   shared memory; warp `w = t / 32` owns the 32 x 16 corner `(32 (w / 4), 16 (w % 4))`
+//!   of the block tile, four 16 x 8 tiles of `mma.m16n8k8` ([`Mma`]), so each thread
+//!   still holds 16 elements of `C` (4 rows x 4 columns, in the C fragment layout). Per slice
+//!   a thread loads its A and B fragments of both k-steps (16 and 8 elements, the layouts
+//!   of [`super::semantics::mma_a_element`] and [`super::semantics::mma_b_element`]) from
+//!   shared memory, then the warp issues 8 mma. The shared rows are 72 wide, so that the 32
+//!   elements of a fragment load (8 rows x 4 k) fall in 32 different banks.
 
-use super::kir::{Buf, Expr, KernelBuilder, Ty};
+use super::kir::{Buf, Expr, KernelBuilder, Mma, MmaShape, Ty};
+pub use rfnc_bundle::Precision;
 
 /// Threads per block of a GEMM kernel (the builder must have this block size), and of
 /// every other kernel that lowering emits ([`super::lower`]).
@@ -154,12 +167,21 @@ struct Operand {
 }
 
 impl Operand {
-    fn new(side: Side, operand: ConvOperand, size: u64, layout: Layout, pre_len: u64) -> Self {
+    fn new(
+        side: Side,
+        operand: ConvOperand,
+        size: u64,
+        layout: (Layout, Precision),
+        pre_len: u64,
+    ) -> Self {
+        let (layout, precision) = layout;
         // k-fast stores hit 16 different k rows at once: pad them off the same bank (68
-        // keeps the rows 16-byte aligned for vector reads).
-        let ld = match layout {
-            Layout::KFast => TILE_M + 4,
-            Layout::MnFast => TILE_M,
+        // keeps the rows 16-byte aligned for vector reads). Tensor-core fragment loads read
+        // 4 k rows x 8 columns: rows 8 banks apart (72) make them conflict-free.
+        let ld = match (precision, layout) {
+            (Precision::Tf32, _) => TILE_M + 8,
+            (Precision::F32, Layout::KFast) => TILE_M + 4,
+            (Precision::F32, Layout::MnFast) => TILE_M,
         };
         Operand {
             side,
@@ -292,28 +314,25 @@ impl Conv {
         self.kh * self.kw
     }
 
-    fn operands(&self, m: u64, n: u64) -> (Operand, Operand) {
+    fn operands(&self, m: u64, n: u64, precision: Precision) -> (Operand, Operand) {
         use ConvOperand::*;
+        let (k_fast, mn_fast) = ((Layout::KFast, precision), (Layout::MnFast, precision));
         match self.kind {
             ConvKind::Forward => (
-                Operand::new(Side::A, W, m, Layout::KFast, 0),
-                Operand::new(Side::B, X, n, Layout::MnFast, 3),
+                Operand::new(Side::A, W, m, k_fast, 0),
+                Operand::new(Side::B, X, n, mn_fast, 3),
             ),
             ConvKind::GradInput => {
                 // w[co, m, kh, kw]: k-contiguous within a kernel window, m-contiguous for 1x1.
-                let a = if self.khw() == 1 {
-                    Layout::MnFast
-                } else {
-                    Layout::KFast
-                };
+                let a = if self.khw() == 1 { mn_fast } else { k_fast };
                 (
                     Operand::new(Side::A, W, m, a, 0),
-                    Operand::new(Side::B, Dy, n, Layout::MnFast, 3),
+                    Operand::new(Side::B, Dy, n, mn_fast, 3),
                 )
             }
             ConvKind::GradWeight => (
-                Operand::new(Side::A, Dy, m, Layout::KFast, 0),
-                Operand::new(Side::B, X, n, Layout::KFast, 3),
+                Operand::new(Side::A, Dy, m, k_fast, 0),
+                Operand::new(Side::B, X, n, k_fast, 3),
             ),
         }
     }
@@ -576,15 +595,20 @@ pub trait ConvIo {
     fn store(&mut self, flat: Expr, value: Expr) -> Result<(), Self::Error>;
 }
 
-/// Emits a convolution as a tiled implicit GEMM into `io`'s builder (whose block size must
-/// be [`BLOCK`]), reading and writing through `io`, and returns the grid (number of blocks).
-pub fn conv_kernel<Io: ConvIo + ?Sized>(io: &mut Io, p: &ConvProblem) -> Result<u64, Io::Error> {
+/// Emits a convolution as a tiled implicit GEMM multiplying in `precision` into `io`'s
+/// builder (whose block size must be [`BLOCK`]), reading and writing through `io`, and
+/// returns the grid (number of blocks).
+pub fn conv_kernel<Io: ConvIo + ?Sized>(
+    io: &mut Io,
+    p: &ConvProblem,
+    precision: Precision,
+) -> Result<u64, Io::Error> {
     assert_eq!(
         io.builder().block(),
         BLOCK,
         "GEMM kernels run {BLOCK} threads per block"
     );
-    let Some(gemm) = Gemm::new(io.builder(), p) else {
+    let Some(gemm) = Gemm::new(io.builder(), p, precision) else {
         return Ok(0);
     };
     if gemm.k_tiles > 0 {
@@ -615,6 +639,9 @@ struct Gemm {
     acc: Buf,
     /// The staging registers of the next slice, `LOADS` per operand.
     stage: Buf,
+    precision: Precision,
+    /// Tensor cores: the thread's A and B fragments of a slice.
+    frags: Option<[Buf; 2]>,
     /// The per-row values each operand decodes once per block.
     pre: [Option<Buf>; 2],
     /// The block's group.
@@ -627,7 +654,7 @@ struct Gemm {
 impl Gemm {
     /// Allocates the arrays, decodes the block's tile and the thread's rows, and zeroes the
     /// accumulators; `None` when the grid is empty (nothing is emitted).
-    fn new(b: &mut KernelBuilder, p: &ConvProblem) -> Option<Gemm> {
+    fn new(b: &mut KernelBuilder, p: &ConvProblem, precision: Precision) -> Option<Gemm> {
         let conv = Conv::new(p);
         let (m_size, n_size, k_size) = p.gemm();
         let tiles_m = m_size.div_ceil(TILE_M);
@@ -636,11 +663,19 @@ impl Gemm {
         if grid == 0 {
             return None;
         }
-        let (a, bop) = conv.operands(m_size, n_size);
+        let (a, bop) = conv.operands(m_size, n_size, precision);
         let ops = [a, bop];
         let shared = ops.each_ref().map(|op| b.shared(Ty::F32, TILE_K * op.ld));
         let acc = b.private(Ty::F32, REG * REG);
         let stage = b.private(Ty::F32, 2 * LOADS);
+        let frags = (precision == Precision::Tf32).then(|| {
+            let [la, lb, _] = MMA.fragment_lens();
+            let steps = TILE_K / MMA.mnk().2;
+            [
+                b.private(Ty::F32, steps * MMA_TILES * la),
+                b.private(Ty::F32, steps * MMA_TILES * lb),
+            ]
+        });
         let pre = ops
             .each_ref()
             .map(|op| (op.pre_len > 0).then(|| b.private(Ty::Index, op.rows() * op.pre_len)));
@@ -670,6 +705,8 @@ impl Gemm {
             shared,
             acc,
             stage,
+            precision,
+            frags,
             pre,
             g,
             m0,
@@ -790,7 +827,10 @@ impl Gemm {
         for (s, op) in self.ops.iter().enumerate() {
             for r in 0..LOADS {
                 let at = b.let_(add(mul(op.k_local(r), op.ld as i64), op.mn_local(r)));
-                let v = Expr::load(self.stage, (s as u64 * LOADS + r) as i64);
+                let mut v = Expr::load(self.stage, (s as u64 * LOADS + r) as i64);
+                if self.precision == Precision::Tf32 {
+                    v = v.round_tf32();
+                }
                 b.store(self.shared[s], at, v);
             }
         }
@@ -808,6 +848,52 @@ impl Gemm {
 
     /// The products of one slice from the shared tiles into the register tile.
     fn multiply(&self, b: &mut KernelBuilder) {
+        match self.frags {
+            Some(frags) => self.multiply_mma(b, frags),
+            None => self.multiply_fma(b),
+        }
+    }
+
+    /// Tensor cores: the thread's fragments of both k-steps, then the warp's 8 mma.
+    fn multiply_mma(&self, b: &mut KernelBuilder, [fa, fb]: [Buf; 2]) {
+        let ([a, bop], [sa, sb]) = (&self.ops, self.shared);
+        let (mm, nn, kk) = MMA.mnk();
+        let [la, lb, lc] = MMA.fragment_lens();
+        let (wm, wn, g, q) = warp_coordinates(b);
+        // Element i of the A fragment: row g + 8 (i % 2), k q + 4 (i / 2); of B: k q + 4 i,
+        // column g.
+        for ks in 0..TILE_K / kk {
+            for t in 0..MMA_TILES {
+                for i in 0..la {
+                    let row = wm.clone() + (t * mm + 8 * (i % 2)) as i64 + g.clone();
+                    let k = q.clone() + (ks * kk + 4 * (i / 2)) as i64;
+                    let v = Expr::load(sa, add(mul(k, a.ld as i64), row));
+                    b.store(fa, ((ks * MMA_TILES + t) * la + i) as i64, v);
+                }
+                for i in 0..lb {
+                    let col = wn.clone() + (t * nn) as i64 + g.clone();
+                    let k = q.clone() + (ks * kk + 4 * i) as i64;
+                    let v = Expr::load(sb, add(mul(k, bop.ld as i64), col));
+                    b.store(fb, ((ks * MMA_TILES + t) * lb + i) as i64, v);
+                }
+            }
+        }
+        for ks in 0..TILE_K / kk {
+            for mi in 0..MMA_TILES {
+                for ni in 0..MMA_TILES {
+                    b.mma(Mma {
+                        shape: MMA,
+                        a: (fa, (ks * MMA_TILES + mi) * la),
+                        b: (fb, (ks * MMA_TILES + ni) * lb),
+                        acc: (self.acc, (mi * MMA_TILES + ni) * lc),
+                    });
+                }
+            }
+        }
+    }
+
+    /// CUDA cores: the thread's 4 x 4 tile by f32 fused multiply-adds.
+    fn multiply_fma(&self, b: &mut KernelBuilder) {
         let ([a, bop], [sa, sb], acc) = (&self.ops, self.shared, self.acc);
         let ty = b.let_(Expr::ThreadId.shift_right(4) * REG as i64);
         let tx = b.let_(Expr::ThreadId.and(Expr::Int(15)) * REG as i64);
@@ -828,24 +914,45 @@ impl Gemm {
         }
     }
 
+    /// The rows and columns (in the block tile) of the thread's 4 x 4 elements of `C`, and
+    /// where element `(i, j)` is in the register tile.
+    fn c_elements(&self, b: &mut KernelBuilder) -> ([Expr; 4], [Expr; 4], fn(u64, u64) -> u64) {
+        if self.frags.is_none() {
+            let ty = b.let_(Expr::ThreadId.shift_right(4) * REG as i64);
+            let tx = b.let_(Expr::ThreadId.and(Expr::Int(15)) * REG as i64);
+            let rows = [0, 1, 2, 3].map(|i| ty.clone() + i);
+            let cols = [0, 1, 2, 3].map(|j| tx.clone() + j);
+            return (rows, cols, |i, j| i * REG + j);
+        }
+        // Row i = 2 mi + h: m-tile mi, row g + 8h of it; column j = 2 ni + e: n-tile ni,
+        // column 2q + e of it (the C fragment layout, element 2h + e).
+        let (mm, nn, _) = MMA.mnk();
+        let (wm, wn, g, q) = warp_coordinates(b);
+        let q2 = b.let_(q * 2);
+        let rows = [0, 1, 2, 3].map(|i| wm.clone() + g.clone() + ((i / 2) * mm + 8 * (i % 2)));
+        let cols = [0, 1, 2, 3].map(|j| wn.clone() + q2.clone() + ((j / 2) * nn + j % 2));
+        let at = |i: u64, j: u64| ((i / 2) * MMA_TILES + j / 2) * 4 + 2 * (i % 2) + j % 2;
+        (rows, cols, at)
+    }
+
     /// Each in-range element of the thread's register tile, once, with the bias added.
     fn epilogue<Io: ConvIo + ?Sized>(&self, io: &mut Io) -> Result<(), Io::Error> {
         let conv = &self.conv;
         let b = io.builder();
-        let ty = b.let_(Expr::ThreadId.shift_right(4) * REG as i64);
-        let tx = b.let_(Expr::ThreadId.and(Expr::Int(15)) * REG as i64);
-        let cols: Vec<(Expr, Expr)> = (0..REG)
-            .map(|j| {
-                let n = b.let_(add(self.n0.clone(), tx.clone() + j as i64));
+        let (rows, cols, at) = self.c_elements(b);
+        let cols: Vec<(Expr, Expr)> = cols
+            .into_iter()
+            .map(|c| {
+                let n = b.let_(add(self.n0.clone(), c));
                 let col = b.let_(conv.result_col(n.clone()));
                 (n, col)
             })
             .collect();
         let row_ok = !self.m_size.is_multiple_of(TILE_M);
         let col_ok = !self.n_size.is_multiple_of(TILE_N);
-        for i in 0..REG {
+        for (i, r) in rows.into_iter().enumerate() {
             let b = io.builder();
-            let m = b.let_(add(self.m0.clone(), ty.clone() + i as i64));
+            let m = b.let_(add(self.m0.clone(), r));
             if row_ok {
                 b.begin_if(m.clone().lt(self.m_size as i64));
             }
@@ -862,7 +969,7 @@ impl Gemm {
                     b.begin_if(n.clone().lt(self.n_size as i64));
                 }
                 let flat = b.let_(add(row.clone(), col.clone()));
-                let mut v = Expr::load(self.acc, (i * REG) as i64 + j as i64);
+                let mut v = Expr::load(self.acc, at(i as u64, j as u64) as i64);
                 if let Some(bias) = &bias {
                     v = v + bias.clone();
                 }
@@ -877,4 +984,21 @@ impl Gemm {
         }
         Ok(())
     }
+}
+
+/// The tensor-core operation of `tf32` GEMMs.
+const MMA: MmaShape = MmaShape::Tf32M16N8K8;
+/// A warp's corner of the block tile is `MMA_TILES x MMA_TILES` mma tiles (32 x 16).
+const MMA_TILES: u64 = 2;
+
+/// The thread's warp corner in the block tile (row, column) and its lane's `g = lane / 4`
+/// and `q = lane % 4`.
+fn warp_coordinates(b: &mut KernelBuilder) -> (Expr, Expr, Expr, Expr) {
+    let (mm, nn, _) = MMA.mnk();
+    let warp = b.let_(Expr::ThreadId.shift_right(5));
+    let wm = b.let_(warp.clone().shift_right(2) * (MMA_TILES * mm) as i64);
+    let wn = b.let_(warp.and(Expr::Int(3)) * (MMA_TILES * nn) as i64);
+    let g = b.let_(Expr::ThreadId.shift_right(2).and(Expr::Int(7)));
+    let q = b.let_(Expr::ThreadId.and(Expr::Int(3)));
+    (wm, wn, g, q)
 }

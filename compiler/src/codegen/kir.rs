@@ -3,8 +3,9 @@
 //! A kernel runs as a 1-D grid of blocks of `block` threads. Its body is statements over
 //! typed expressions: `ThreadId` and `BlockId`, loads and stores of *parameters* (global
 //! buffers, one pointer each), *shared* arrays (one per block) and *private* arrays (one per
-//! thread: register tiles and mutable accumulators), structured `for` and `if`, and
-//! `Barrier`, which synchronises the threads of a block.
+//! thread: register tiles and mutable accumulators), structured `for` and `if`,
+//! `Barrier`, which synchronises the threads of a block, and `Mma`, a warp's tensor-core
+//! matrix multiply-accumulate over fragments in private arrays ([`Mma`]).
 //!
 //! This module holds the IR and [`KernelBuilder`]. The stages after it: [`KernelFn::check`]
 //! ([`super::check`]) makes a [`super::check::CheckedKernel`]; the GPU printer
@@ -95,6 +96,9 @@ pub enum UnOp {
     Log,
     Sqrt,
     Not,
+    /// f32 rounded to TF32 (10 mantissa bits, to nearest with ties away from zero, as
+    /// `cvt.rna.tf32.f32`); the low 13 bits of the result are zero.
+    RoundTf32,
 }
 
 /// An expression; integer literals take the type their context needs (index by default).
@@ -152,6 +156,45 @@ pub enum Stmt {
         otherwise: Vec<Stmt>,
     },
     Barrier,
+    Mma(Mma),
+}
+
+/// The tensor-core operations a kernel can issue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MmaShape {
+    /// `mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32`: a 16 x 8 tile of `D = A B + C`
+    /// with `K = 8`, f32 operands read as TF32 (their low 13 bits ignored), f32
+    /// accumulation.
+    Tf32M16N8K8,
+}
+
+impl MmaShape {
+    /// `(M, N, K)` of one operation.
+    pub fn mnk(self) -> (u64, u64, u64) {
+        match self {
+            MmaShape::Tf32M16N8K8 => (16, 8, 8),
+        }
+    }
+
+    /// Elements of A, B and C (= D) that each thread of the warp holds.
+    pub fn fragment_lens(self) -> [u64; 3] {
+        let (m, n, k) = self.mnk();
+        [m * k / 32, k * n / 32, m * n / 32]
+    }
+}
+
+/// A warp-level matrix multiply-accumulate: the 32 threads of each warp (threads
+/// `32w .. 32w + 32` of the block) together compute `D = A B + C` for one tile, each thread
+/// holding its fragments, in the layouts of [`super::semantics::mma_a_element`] and its
+/// siblings, in private f32 arrays: A at `a.1 ..`, B at `b.1 ..`, C at `acc.1 ..`, where
+/// D replaces C. Like a barrier it is executed by every thread of the block at once
+/// (uniform control flow, a block of whole warps); unlike a barrier it orders no memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mma {
+    pub shape: MmaShape,
+    pub a: (Buf, u64),
+    pub b: (Buf, u64),
+    pub acc: (Buf, u64),
 }
 
 /// `for var in (lo..hi).step_by(step) { body }`, index-typed.
@@ -250,6 +293,9 @@ impl Expr {
     }
     pub fn sqrt(self) -> Expr {
         Expr::Unary(UnOp::Sqrt, Box::new(self))
+    }
+    pub fn round_tf32(self) -> Expr {
+        Expr::Unary(UnOp::RoundTf32, Box::new(self))
     }
     pub fn cast(self, ty: Ty) -> Expr {
         Expr::Cast(ty, Box::new(self))
@@ -425,6 +471,10 @@ impl KernelBuilder {
         self.push(Stmt::Barrier);
     }
 
+    pub fn mma(&mut self, mma: Mma) {
+        self.push(Stmt::Mma(mma));
+    }
+
     /// `for i in (lo..hi).step_by(step) { body(i) }`.
     pub fn for_(
         &mut self,
@@ -543,14 +593,28 @@ impl fmt::Display for KirError {
 }
 
 impl KernelFn {
-    /// Whether a statement list contains a barrier anywhere.
-    pub fn has_barrier(stmts: &[Stmt]) -> bool {
+    /// Whether a statement list contains a statement that every thread of the block
+    /// executes together (a `Barrier` or an `Mma`) anywhere: such statements end the
+    /// barrier-free stretches of thread-loop fission.
+    pub fn has_sync(stmts: &[Stmt]) -> bool {
         stmts.iter().any(|s| match s {
-            Stmt::Barrier => true,
-            Stmt::For(l) => Self::has_barrier(&l.body),
+            Stmt::Barrier | Stmt::Mma(_) => true,
+            Stmt::For(l) => Self::has_sync(&l.body),
             Stmt::If {
                 then, otherwise, ..
-            } => Self::has_barrier(then) || Self::has_barrier(otherwise),
+            } => Self::has_sync(then) || Self::has_sync(otherwise),
+            _ => false,
+        })
+    }
+
+    /// Whether the body issues tensor-core operations.
+    pub fn has_mma(stmts: &[Stmt]) -> bool {
+        stmts.iter().any(|s| match s {
+            Stmt::Mma(_) => true,
+            Stmt::For(l) => Self::has_mma(&l.body),
+            Stmt::If {
+                then, otherwise, ..
+            } => Self::has_mma(then) || Self::has_mma(otherwise),
             _ => false,
         })
     }

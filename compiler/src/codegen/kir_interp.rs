@@ -26,8 +26,10 @@
 
 use super::check::CheckedKernel;
 use super::fission::{split, Step};
-use super::kir::{BinOp, Buf, CmpOp, Expr, KirError, Stmt, Ty, UnOp, Var};
-use super::semantics::{buf_elem, cast_source_ty, cast_steps, operand_ty, ty_in, CastStep};
+use super::kir::{BinOp, Buf, CmpOp, Expr, KirError, MmaShape, Stmt, Ty, UnOp, Var};
+use super::semantics::{
+    buf_elem, cast_source_ty, cast_steps, mma_element, operand_ty, round_tf32, ty_in, CastStep,
+};
 
 /// The contents of one parameter buffer.
 #[derive(Clone, Debug, PartialEq)]
@@ -166,6 +168,11 @@ enum XStep {
         then: Vec<XStep>,
         otherwise: Vec<XStep>,
     },
+    /// The fragments: `(fmem slot, private length, first element)` of A, B and C.
+    Mma {
+        shape: MmaShape,
+        frags: [(usize, usize, usize); 3],
+    },
 }
 
 struct Compiler<'k> {
@@ -193,6 +200,19 @@ impl Compiler<'_> {
                 Step::Uniform(v, e) => XStep::Uniform(self.let_(*v, e)),
                 Step::Threads(stmts) => {
                     XStep::Threads(stmts.iter().map(|s| self.stmt(s)).collect())
+                }
+                Step::Mma(mma) => {
+                    let frag = |(buf, at): (Buf, u64)| {
+                        let a = self.array(buf);
+                        match a.loc {
+                            Storage::F(slot) => (slot, a.len as usize, at as usize),
+                            _ => unreachable!("checked: mma fragments are private f32 arrays"),
+                        }
+                    };
+                    XStep::Mma {
+                        shape: mma.shape,
+                        frags: [frag(mma.a), frag(mma.b), frag(mma.acc)],
+                    }
                 }
                 Step::For {
                     var,
@@ -274,8 +294,10 @@ impl Compiler<'_> {
                     }
                 })
             }
-            // Stretches hold no barriers (fission splits at them).
-            Stmt::Barrier => unreachable!("a barrier inside a barrier-free stretch"),
+            // Stretches hold no barriers or mmas (fission splits at them).
+            Stmt::Barrier | Stmt::Mma(_) => {
+                unreachable!("a barrier inside a barrier-free stretch")
+            }
         }
     }
 
@@ -474,6 +496,7 @@ impl Compiler<'_> {
                 UnOp::Exp => Box::new(move |m| x(m).exp()),
                 UnOp::Log => Box::new(move |m| x(m).ln()),
                 UnOp::Sqrt => Box::new(move |m| x(m).sqrt()),
+                UnOp::RoundTf32 => Box::new(move |m| round_tf32(x(m))),
                 UnOp::Not => unreachable!("checked: not of f32"),
             });
         }
@@ -483,7 +506,9 @@ impl Compiler<'_> {
             (UnOp::Neg, _) => Box::new(move |m| x(m).wrapping_neg()),
             (UnOp::Not, Ty::Bool) => Box::new(move |m| x(m) ^ 1),
             (UnOp::Not, _) => Box::new(move |m| !x(m)),
-            (UnOp::Exp | UnOp::Log | UnOp::Sqrt, _) => unreachable!("checked: {op:?} of {t:?}"),
+            (UnOp::Exp | UnOp::Log | UnOp::Sqrt | UnOp::RoundTf32, _) => {
+                unreachable!("checked: {op:?} of {t:?}")
+            }
         })
     }
 }
@@ -837,6 +862,34 @@ fn run_steps(steps: &[XStep], m: &mut Machine, block: i64) {
                 } else {
                     run_steps(otherwise, m, block);
                 }
+            }
+            XStep::Mma { shape, frags } => run_mma(*shape, frags, m, block as usize),
+        }
+    }
+}
+
+/// Every warp's `D = A B + C` ([`mma_element`]), C replaced in place (the checker keeps it
+/// apart from A and B).
+fn run_mma(shape: MmaShape, frags: &[(usize, usize, usize); 3], m: &mut Machine, block: usize) {
+    let [(sa, la, aa), (sb, lb, ab), (sc, lc, ac)] = *frags;
+    let [_, _, c_len] = shape.fragment_lens();
+    for warp in (0..block).step_by(32) {
+        for lane in 0..32 {
+            for j in 0..c_len {
+                let at = (warp + lane) * lc + ac + j as usize;
+                let fmem = &m.fmem;
+                let read = |slot: usize, len: usize, first: usize| {
+                    move |l: u64, i: u64| fmem[slot][(warp + l as usize) * len + first + i as usize]
+                };
+                let d = mma_element(
+                    shape,
+                    lane as u64,
+                    j,
+                    fmem[sc][at],
+                    read(sa, la, aa),
+                    read(sb, lb, ab),
+                );
+                m.fmem[sc][at] = d;
             }
         }
     }

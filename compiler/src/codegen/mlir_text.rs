@@ -28,7 +28,7 @@ use std::fmt::Write;
 
 use super::check::CheckedKernel;
 use super::fission::{split, Step, ThreadLoops};
-use super::kir::{ArrayDecl, BinOp, Buf, CmpOp, Expr, Stmt, Ty, UnOp, Var};
+use super::kir::{ArrayDecl, BinOp, Buf, CmpOp, Expr, Mma, MmaShape, Stmt, Ty, UnOp, Var};
 use super::semantics::{buf_decl, cast_source_ty, cast_steps, operand_ty, ty_in, CastOp};
 
 /// The host lowering of [`host_module`]'s output (the CPU executor's code, through MLIR
@@ -40,7 +40,9 @@ pub const HOST_PIPELINE: &str = "builtin.module(convert-scf-to-cf, convert-math-
 
 /// The GPU lowering of [`gpu_module`]'s output: inside the `gpu.module`, scf to cf, then the GPU, math (to libdevice
 /// calls), arith and memref ops to the LLVM and NVVM dialects with bare-pointer kernel
-/// parameters; cf to LLVM at module level.
+/// parameters (the NVVM ops the printer writes itself, `nvvm.mma.sync` and
+/// `nvvm.convert.float.to.tf32`, translate to LLVM intrinsics as they are); cf to LLVM at
+/// module level.
 pub const GPU_PIPELINE: &str = "builtin.module(gpu.module(convert-scf-to-cf, \
      convert-gpu-to-nvvm{use-bare-ptr-memref-call-conv=1 index-bitwidth=64}, \
      reconcile-unrealized-casts), convert-cf-to-llvm, reconcile-unrealized-casts)";
@@ -416,10 +418,14 @@ impl<'k> Printer<'k> {
                 }
                 self.close();
             }
-            // Host stretches hold no barriers (fission splits at them).
+            // Host stretches hold no barriers or mmas (fission splits at them).
             Stmt::Barrier => {
                 assert!(!self.host, "a barrier inside a barrier-free stretch");
                 self.line("gpu.barrier")
+            }
+            Stmt::Mma(mma) => {
+                assert!(!self.host, "an mma inside a barrier-free stretch");
+                self.gpu_mma(mma)
             }
         }
     }
@@ -459,6 +465,7 @@ impl<'k> Printer<'k> {
             match s {
                 Step::Uniform(v, e) => self.let_(*v, e),
                 Step::Threads(stmts) => self.thread_loop(stmts),
+                Step::Mma(mma) => self.host_mma(mma),
                 Step::For {
                     var,
                     lo,
@@ -592,6 +599,9 @@ impl<'k> Printer<'k> {
     fn unary(&mut self, op: UnOp, a: &Expr, t: Ty, name: Option<String>) -> String {
         let ts = t.mlir();
         let a = self.val(a, t, None);
+        if op == UnOp::RoundTf32 {
+            return self.round_tf32(&a, name);
+        }
         let line = match (op, t) {
             (UnOp::Neg, Ty::F32) => format!("arith.negf {a} : f32"),
             (UnOp::Neg, _) => {
@@ -605,10 +615,183 @@ impl<'k> Printer<'k> {
                 let ones = self.int_const(t, -1);
                 format!("arith.xori {a}, {ones} : {ts}")
             }
+            (UnOp::RoundTf32, _) => unreachable!("printed by round_tf32"),
         };
         let r = name.unwrap_or_else(|| self.fresh());
         self.line(&format!("{r} = {line}"));
         r
+    }
+
+    /// `x` rounded to TF32 ([`super::semantics::round_tf32`]): `cvt.rna.tf32.f32` on the
+    /// GPU, its bit arithmetic on the host.
+    fn round_tf32(&mut self, x: &str, name: Option<String>) -> String {
+        let bits = self.fresh();
+        if !self.host {
+            self.line(&format!(
+                "{bits} = nvvm.convert.float.to.tf32 {x} {{rnd = #nvvm.fp_rnd_mode<rna>}}"
+            ));
+        } else {
+            let (exp, half, keep) = (
+                self.int_const(Ty::I32, 0x7f80_0000),
+                self.int_const(Ty::I32, 0x1000),
+                self.int_const(Ty::I32, !0x1fff),
+            );
+            let [raw, e, special, up, rounded] = [(); 5].map(|_| self.fresh());
+            self.line(&format!("{raw} = arith.bitcast {x} : f32 to i32"));
+            self.line(&format!("{e} = arith.andi {raw}, {exp} : i32"));
+            self.line(&format!("{special} = arith.cmpi eq, {e}, {exp} : i32"));
+            self.line(&format!("{up} = arith.addi {raw}, {half} : i32"));
+            self.line(&format!("{rounded} = arith.andi {up}, {keep} : i32"));
+            self.line(&format!(
+                "{bits} = arith.select {special}, {raw}, {rounded} : i32"
+            ));
+        }
+        let r = name.unwrap_or_else(|| self.fresh());
+        self.line(&format!("{r} = arith.bitcast {bits} : i32 to f32"));
+        r
+    }
+
+    /// GPU: an `Mma` as `nvvm.mma.sync` over the thread's fragments (private arrays at
+    /// constant subscripts, so they stay in registers).
+    fn gpu_mma(&mut self, mma: &Mma) {
+        let [la, lb, lc] = mma.shape.fragment_lens();
+        let frag = |p: &mut Self, (buf, at): (Buf, u64), len: u64, as_i32: bool| {
+            let ty = p.memref(buf);
+            (0..len)
+                .map(|i| {
+                    let sub = p.int_const(Ty::Index, (at + i) as i64);
+                    let v = p.fresh();
+                    p.line(&format!(
+                        "{v} = memref.load {}[{sub}] : {ty}",
+                        Self::buf_name(buf)
+                    ));
+                    if !as_i32 {
+                        return v;
+                    }
+                    let r = p.fresh();
+                    p.line(&format!("{r} = arith.bitcast {v} : f32 to i32"));
+                    r
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let a = frag(self, mma.a, la, true);
+        let b = frag(self, mma.b, lb, true);
+        let c = frag(self, mma.acc, lc, false);
+        let (m, n, k) = mma.shape.mnk();
+        let (types, ptx) = match mma.shape {
+            MmaShape::Tf32M16N8K8 => ("(i32, i32, f32)", "tf32"),
+        };
+        let result = format!("!llvm.struct<({})>", vec!["f32"; lc as usize].join(", "));
+        let d = self.fresh();
+        self.line(&format!(
+            "{d} = nvvm.mma.sync A[{a}] B[{b}] C[{c}] {{layoutA = #nvvm.mma_layout<row>, \
+             layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<{ptx}>, \
+             multiplicandBPtxType = #nvvm.mma_type<{ptx}>, shape = #nvvm.shape<m = {m}, \
+             n = {n}, k = {k}>}} : {types} -> {result}"
+        ));
+        let (buf, at) = mma.acc;
+        let ty = self.memref(buf);
+        for j in 0..lc {
+            let v = self.fresh();
+            self.line(&format!("{v} = llvm.extractvalue {d}[{j}] : {result}"));
+            let sub = self.int_const(Ty::Index, (at + j) as i64);
+            self.line(&format!(
+                "memref.store {v}, {}[{sub}] : {ty}",
+                Self::buf_name(buf)
+            ));
+        }
+    }
+
+    /// Host: an `Mma` as a loop over the threads of the block, each computing its D
+    /// elements ([`super::semantics::mma_element`]) from its warp's fragments: for the
+    /// m16n8k8 layouts, element `j` of lane `l` (`g = l / 4`, `q = l % 4`) takes A from
+    /// lanes `4g + k % 4` (element `j / 2 + 2 (k / 4)`) and B from lanes `8q + 4 (j % 2) +
+    /// k % 4` (element `k / 4`).
+    fn host_mma(&mut self, mma: &Mma) {
+        let MmaShape::Tf32M16N8K8 = mma.shape;
+        let tid = format!("%tid{}", self.threads);
+        self.threads += 1;
+        let block = self.int_const(Ty::Index, self.k.block as i64);
+        self.line(&format!("scf.for {tid} = %c0 to {block} step %c1 {{"));
+        self.indent += 1;
+        let (c31, c3, cm4, c8) = (
+            self.int_const(Ty::Index, 31),
+            self.int_const(Ty::Index, 3),
+            self.int_const(Ty::Index, -4),
+            self.int_const(Ty::Index, 8),
+        );
+        let [lane, warp, quad, q, q8, a_lane0, b_lane0] = [(); 7].map(|_| self.fresh());
+        self.line(&format!("{lane} = arith.andi {tid}, {c31} : index"));
+        self.line(&format!("{warp} = arith.subi {tid}, {lane} : index"));
+        self.line(&format!("{quad} = arith.andi {lane}, {cm4} : index"));
+        self.line(&format!("{q} = arith.andi {lane}, {c3} : index"));
+        self.line(&format!("{q8} = arith.muli {q}, {c8} : index"));
+        self.line(&format!("{a_lane0} = arith.addi {warp}, {quad} : index"));
+        self.line(&format!("{b_lane0} = arith.addi {warp}, {q8} : index"));
+        let keep = self.int_const(Ty::I32, !0x1fff);
+        let [_, _, lc] = mma.shape.fragment_lens();
+        let (_, _, kk) = mma.shape.mnk();
+        for j in 0..lc {
+            let mut acc = self.private_at(mma.acc, &tid, j);
+            for k in 0..kk {
+                let a_thread = self.offset(&a_lane0, k % 4);
+                let a = self.private_at(mma.a, &a_thread, j / 2 + 2 * (k / 4));
+                let b_thread = self.offset(&b_lane0, 4 * (j % 2) + k % 4);
+                let b = self.private_at(mma.b, &b_thread, k / 4);
+                let [a, b] = [a, b].map(|x| {
+                    let [bits, kept, r] = [(); 3].map(|_| self.fresh());
+                    self.line(&format!("{bits} = arith.bitcast {x} : f32 to i32"));
+                    self.line(&format!("{kept} = arith.andi {bits}, {keep} : i32"));
+                    self.line(&format!("{r} = arith.bitcast {kept} : i32 to f32"));
+                    r
+                });
+                let [p, sum] = [(); 2].map(|_| self.fresh());
+                self.line(&format!("{p} = arith.mulf {a}, {b} : f32"));
+                self.line(&format!("{sum} = arith.addf {acc}, {p} : f32"));
+                acc = sum;
+            }
+            let (buf, at) = mma.acc;
+            let sub = self.private_sub(buf, &tid, at + j);
+            self.line(&format!(
+                "memref.store {acc}, {}[{sub}] : {}",
+                Self::buf_name(buf),
+                self.memref(buf)
+            ));
+        }
+        self.close();
+    }
+
+    /// `base + delta` (an index).
+    fn offset(&mut self, base: &str, delta: u64) -> String {
+        if delta == 0 {
+            return base.to_string();
+        }
+        let d = self.int_const(Ty::Index, delta as i64);
+        let r = self.fresh();
+        self.line(&format!("{r} = arith.addi {base}, {d} : index"));
+        r
+    }
+
+    /// Host: the subscript of element `i` of thread `thread`'s part of a private array.
+    fn private_sub(&mut self, buf: Buf, thread: &str, i: u64) -> String {
+        let len = self.decl(buf).len;
+        let len = self.int_const(Ty::Index, len as i64);
+        let base = self.fresh();
+        self.line(&format!("{base} = arith.muli {thread}, {len} : index"));
+        self.offset(&base, i)
+    }
+
+    /// Host: loads element `i` of fragment `(buf, at)` of thread `thread`.
+    fn private_at(&mut self, (buf, at): (Buf, u64), thread: &str, i: u64) -> String {
+        let sub = self.private_sub(buf, thread, at + i);
+        let v = self.fresh();
+        self.line(&format!(
+            "{v} = memref.load {}[{sub}] : {}",
+            Self::buf_name(buf),
+            self.memref(buf)
+        ));
+        v
     }
 
     /// A conversion: the primitive steps of [`cast_steps`], one op each.
@@ -687,6 +870,6 @@ fn privates_in_stmt(s: &Stmt, used: &mut [bool]) {
                 .chain(otherwise)
                 .for_each(|s| privates_in_stmt(s, used));
         }
-        Stmt::Barrier => {}
+        Stmt::Barrier | Stmt::Mma(_) => {}
     }
 }

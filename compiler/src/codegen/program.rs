@@ -17,7 +17,7 @@ use crate::ir::{Graph, NodeId, Op, ParamKind};
 use crate::passes::pipeline::Planned;
 use rfnc_bundle::{
     Bundle, BundleOutput, Gemm, HostLaunch, HostProgram, KernelInfo, Launch, Leaf, LeafRole,
-    Matrix, Mode, Program, Region, Slot, BUNDLE_FORMAT, BUNDLE_VERSION, SLOT_ALIGN,
+    Matrix, Mode, Precision, Program, Region, Slot, BUNDLE_FORMAT, BUNDLE_VERSION, SLOT_ALIGN,
 };
 
 /// A unique kernel and the name launches call it by.
@@ -140,6 +140,7 @@ fn layout_leaves(main: &Graph, prepare: Option<&Graph>) -> (Vec<Leaf>, u64) {
 fn lower_program(
     compiled: &Planned,
     leaves: &[Leaf],
+    precision: Precision,
     kernels: &mut Kernels,
 ) -> Result<Program, LowerError> {
     let graph = &compiled.graph;
@@ -217,7 +218,7 @@ fn lower_program(
     for &k in &plan.order {
         let kernel = &compiled.fused.kernels[k];
         let steps = lower_kernel_host(graph, kernel)?;
-        for lowered in lower_kernel(graph, kernel)? {
+        for lowered in lower_kernel(graph, kernel, precision)? {
             let gpu = launch(lowered, false, &mut scratch_bytes)?;
             if let (None, Some(l)) = (&steps, &gpu) {
                 // The CPU runs the same launch, with the same scratch.
@@ -290,19 +291,21 @@ pub struct Lowered {
     pub kernels: Vec<NamedKernel>,
 }
 
-/// Lowers the main program (and the prepare program, when inference folds batch norm).
+/// Lowers the main program (and the prepare program, when inference folds batch norm), the
+/// GPU's convolutions multiplying in `precision`.
 pub fn lower_programs(
     network: &str,
     mode: Mode,
+    precision: Precision,
     main: &Planned,
     prepare: Option<&Planned>,
 ) -> Result<Lowered, LowerError> {
     let (leaves, leaves_bytes) = layout_leaves(&main.graph, prepare.map(|p| &p.graph));
     let mut kernels = Kernels::default();
     let prepare = prepare
-        .map(|p| lower_program(p, &leaves, &mut kernels))
+        .map(|p| lower_program(p, &leaves, precision, &mut kernels))
         .transpose()?;
-    let main = lower_program(main, &leaves, &mut kernels)?;
+    let main = lower_program(main, &leaves, precision, &mut kernels)?;
     let kernels = kernels.list;
     let infos = kernels
         .iter()
@@ -323,6 +326,7 @@ pub fn lower_programs(
         mode,
         gpu_target: None,
         host_code: false,
+        precision,
         leaves,
         leaves_bytes,
         kernels: infos,

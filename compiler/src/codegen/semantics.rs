@@ -6,7 +6,7 @@
 //! which takes the type its context wants ([`ty_in`]); a binary operation or comparison
 //! takes the type of whichever operand has one ([`operand_ty`], index when neither has).
 
-use super::kir::{ArrayDecl, BinOp, Buf, CmpOp, Expr, KernelFn, Ty, UnOp};
+use super::kir::{ArrayDecl, BinOp, Buf, CmpOp, Expr, KernelFn, MmaShape, Ty, UnOp};
 
 /// The declaration of a buffer, if it is declared.
 pub fn buf_decl(k: &KernelFn, buf: Buf) -> Option<ArrayDecl> {
@@ -75,7 +75,7 @@ pub fn cmp_defined(op: CmpOp, t: Ty) -> bool {
 pub fn unary_defined(op: UnOp, t: Ty) -> bool {
     match op {
         UnOp::Neg => t != Ty::Bool,
-        UnOp::Exp | UnOp::Log | UnOp::Sqrt => t == Ty::F32,
+        UnOp::Exp | UnOp::Log | UnOp::Sqrt | UnOp::RoundTf32 => t == Ty::F32,
         UnOp::Not => t != Ty::F32,
     }
 }
@@ -180,4 +180,68 @@ impl CastStep {
             _ => x as i64,
         }
     }
+}
+
+// ----- tensor cores --------------------------------------------------------------------------
+
+/// `x` rounded to TF32 as `cvt.rna.tf32.f32` does: to the nearest value with 10 mantissa
+/// bits, ties away from zero (the magnitude's bits plus half of the dropped part, then
+/// truncated); infinities and NaNs unchanged.
+pub fn round_tf32(x: f32) -> f32 {
+    let bits = x.to_bits();
+    if bits & 0x7f80_0000 == 0x7f80_0000 {
+        return x;
+    }
+    f32::from_bits(bits.wrapping_add(0x1000) & !0x1fff)
+}
+
+/// An f32 as a TF32 tensor-core operation reads it: the low 13 mantissa bits ignored.
+pub fn tf32_operand(x: f32) -> f32 {
+    f32::from_bits(x.to_bits() & !0x1fff)
+}
+
+/// Where element `(row, k)` of the A tile of an [`MmaShape`] lives: `(lane, index)` of the
+/// thread's fragment. For m16n8k8 (PTX ISA, "Matrix Fragments for mma.m16n8k8"), with
+/// `g = lane / 4` and `q = lane % 4`: `a0 = (g, q)`, `a1 = (g + 8, q)`, `a2 = (g, q + 4)`,
+/// `a3 = (g + 8, q + 4)`.
+pub fn mma_a_element(shape: MmaShape, row: u64, k: u64) -> (u64, u64) {
+    match shape {
+        MmaShape::Tf32M16N8K8 => ((row % 8) * 4 + k % 4, row / 8 + 2 * (k / 4)),
+    }
+}
+
+/// Where element `(k, col)` of the B tile lives: `b0 = (k = q, n = g)`, `b1 = (k = q + 4,
+/// n = g)`.
+pub fn mma_b_element(shape: MmaShape, k: u64, col: u64) -> (u64, u64) {
+    match shape {
+        MmaShape::Tf32M16N8K8 => (col * 4 + k % 4, k / 4),
+    }
+}
+
+/// The `(row, col)` of the C (and D) tile that element `j` of lane `lane` holds: `c0, c1 =
+/// (g, 2q + {0, 1})`, `c2, c3 = (g + 8, 2q + {0, 1})`.
+pub fn mma_c_element(shape: MmaShape, lane: u64, j: u64) -> (u64, u64) {
+    match shape {
+        MmaShape::Tf32M16N8K8 => (lane / 4 + 8 * (j / 2), 2 * (lane % 4) + j % 2),
+    }
+}
+
+/// How every implementation computes element `j` of lane `lane`'s D: `C` plus the products
+/// over `k = 0, 1, ...` in order, each operand read as the tensor core reads it, summed in
+/// f32. `a(lane, i)` and `b(lane, i)` read the warp's fragments, `c` is the lane's C.
+pub fn mma_element(
+    shape: MmaShape,
+    lane: u64,
+    j: u64,
+    c: f32,
+    a: impl Fn(u64, u64) -> f32,
+    b: impl Fn(u64, u64) -> f32,
+) -> f32 {
+    let (_, _, kk) = shape.mnk();
+    let (row, col) = mma_c_element(shape, lane, j);
+    (0..kk).fold(c, |acc, k| {
+        let (al, ai) = mma_a_element(shape, row, k);
+        let (bl, bi) = mma_b_element(shape, k, col);
+        acc + tf32_operand(a(al, ai)) * tf32_operand(b(bl, bi))
+    })
 }

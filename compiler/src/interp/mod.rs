@@ -14,9 +14,11 @@ mod tensor;
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::ir::{DType, Graph, NodeId, Op};
+use crate::codegen::semantics::round_tf32;
+use crate::ir::{DType, Graph, NodeId, Op, OpKind};
 use kernels::{AvgPool, ConvGeometry};
 pub use planned::run_planned;
+pub use rfnc_bundle::Precision;
 pub use tensor::{Real, Tensor, Value};
 
 /// Why a graph cannot be run on the values given.
@@ -36,6 +38,17 @@ impl std::error::Error for InterpError {}
 pub fn run<T: Real>(
     graph: &Graph,
     feeds: &HashMap<String, Value<T>>,
+) -> Result<Vec<(String, Value<T>)>, InterpError> {
+    run_in(graph, feeds, Precision::F32)
+}
+
+/// [`run`] with the convolutions multiplying in `precision`: for TF32 both multiplicands of
+/// every convolution and convolution gradient (x and w, dy and w, x and dy) are rounded to
+/// TF32 first (the oracle of the GPU's tensor-core kernels); sums stay in `T`.
+pub fn run_in<T: Real>(
+    graph: &Graph,
+    feeds: &HashMap<String, Value<T>>,
+    precision: Precision,
 ) -> Result<Vec<(String, Value<T>)>, InterpError> {
     let order = graph
         .topo_order()
@@ -57,7 +70,15 @@ pub fn run<T: Real>(
             Op::Input { name } | Op::Param { name, .. } => feed(graph, id, name, feeds)?,
             op => {
                 let args: Vec<&Value<T>> = operands.iter().map(|o| &values[o]).collect();
-                eval(op, &args, &node.ty.dims)?
+                if precision == Precision::Tf32 && matches!(op.kind(), OpKind::Conv(_)) {
+                    let rounded = [args[0], args[1]].map(tf32_rounded);
+                    let mut args = args;
+                    args[0] = &rounded[0];
+                    args[1] = &rounded[1];
+                    eval(op, &args, &node.ty.dims)?
+                } else {
+                    eval(op, &args, &node.ty.dims)?
+                }
             }
         };
         for o in operands {
@@ -108,6 +129,13 @@ pub(crate) fn feed<T: Real>(
         )));
     }
     Ok(value.clone())
+}
+
+/// A real value with every element rounded to TF32 (through f32).
+fn tf32_rounded<T: Real>(v: &Value<T>) -> Value<T> {
+    Value::Real(kernels::map(v.real(), |x| {
+        T::of(round_tf32(x.f64() as f32) as f64)
+    }))
 }
 
 fn real<T: Real>(t: Tensor<T>) -> Result<Value<T>, InterpError> {

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rfnc_bundle::Precision;
 use rfnc_data::augment::AugmentConfig;
 use rfnc_data::{Dataset, DatasetKind, Loader};
 use rfnc_dsl::Diagnostic;
@@ -68,6 +69,8 @@ pub struct TrainOptions {
     pub device: Device,
     /// GPU architecture when `device` is CUDA.
     pub gpu: String,
+    /// How the GPU's convolutions multiply.
+    pub precision: Precision,
     pub use_cache: bool,
     pub dataset: DatasetKind,
     pub data_root: PathBuf,
@@ -183,7 +186,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         None
     };
 
-    let codegen = CodegenOptions::new(&options.gpu, options.use_cache)
+    let codegen = CodegenOptions::new(&options.gpu, options.precision, options.use_cache)
         .for_device(matches!(options.device, Device::Cuda { .. }));
     let bundles = options.work_dir.join("bundles");
     let train_dir = bundles.join("train");

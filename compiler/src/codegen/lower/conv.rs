@@ -3,17 +3,18 @@
 //! (the fused prologue) and stores its results (the fused epilogue).
 
 use super::{dims4, Launch, LowerError, LoweredLaunch, BLOCK};
-use crate::codegen::gemm::{conv_kernel, ConvIo, ConvKind, ConvOperand, ConvProblem};
+use crate::codegen::gemm::{conv_kernel, ConvIo, ConvKind, ConvOperand, ConvProblem, Precision};
 use crate::codegen::kir::{Expr, KernelBuilder};
 use crate::ir::{Graph, NodeId, Op};
 use crate::passes::fusion::Kernel;
 
-/// A convolution or one of its gradients as an implicit GEMM.
+/// A convolution or one of its gradients as an implicit GEMM multiplying in `precision`.
 pub(super) fn lower(
     graph: &Graph,
     kernel: &Kernel,
     a: NodeId,
     name: &str,
+    precision: Precision,
 ) -> Result<LoweredLaunch, LowerError> {
     let (problem, operands) = conv_problem(graph, a)?;
     let mut io = ConvLaunch {
@@ -22,7 +23,7 @@ pub(super) fn lower(
         operands,
         result_dims: graph.node(a).ty.dims.clone(),
     };
-    let grid = conv_kernel(&mut io, &problem)?;
+    let grid = conv_kernel(&mut io, &problem, precision)?;
     io.launch.finish(grid)
 }
 

@@ -48,7 +48,7 @@ pub use host_conv::{HostStep, LoweredGemm, LoweredMatrix};
 use std::collections::HashMap;
 
 use super::check::CheckedKernel;
-use super::gemm::BLOCK;
+use super::gemm::{Precision, BLOCK};
 use super::kir::{Buf, Expr, KernelBuilder, Ty};
 use crate::ir::{broadcasts_to, DType, Graph, NodeId, Op, OpKind, Reduction};
 use crate::passes::fusion::Kernel;
@@ -80,8 +80,13 @@ impl std::fmt::Display for LowerError {
     }
 }
 
-/// Lowers one fused kernel of `graph` to its launches.
-pub fn lower_kernel(graph: &Graph, kernel: &Kernel) -> Result<Vec<LoweredLaunch>, LowerError> {
+/// Lowers one fused kernel of `graph` to its launches, convolutions multiplying in
+/// `precision`.
+pub fn lower_kernel(
+    graph: &Graph,
+    kernel: &Kernel,
+    precision: Precision,
+) -> Result<Vec<LoweredLaunch>, LowerError> {
     let name = kernel_ops(graph, kernel);
     let Some(a) = kernel.anchor else {
         return Ok(vec![elementwise::lower(
@@ -93,7 +98,7 @@ pub fn lower_kernel(graph: &Graph, kernel: &Kernel) -> Result<Vec<LoweredLaunch>
         )?]);
     };
     match graph.node(a).op.kind() {
-        OpKind::Conv(_) => Ok(vec![conv::lower(graph, kernel, a, &name)?]),
+        OpKind::Conv(_) => Ok(vec![conv::lower(graph, kernel, a, &name, precision)?]),
         OpKind::ChannelSum => Ok(vec![reduce::lower_channel_sum(graph, kernel, a, &name)?]),
         OpKind::Loss { .. } => Ok(vec![reduce::lower_loss(graph, kernel, a, &name)?]),
         OpKind::Reduce => Ok(vec![reduce::lower_sum(graph, kernel, a, &name)?]),
