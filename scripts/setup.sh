@@ -12,13 +12,15 @@
 #      only when something is missing; sudo only when not root.
 #   2. Rust (rustup, stable) when no `cargo` is on PATH.
 #   3. The PyPI wheel nvidia-cuda-nvcc-cu12 (`pip download --no-deps`, unzipped into
-#      .cache/cuda-nvcc/): `ptxas` and `libdevice.10.bc` without a CUDA toolkit or GPU.
+#      .cache/cuda-nvcc/): `ptxas` and `libdevice.10.bc` without a CUDA toolkit or GPU;
+#      and the wheel nvidia-cuda-nvdisasm (into .cache/cuda-nvdisasm/): `nvdisasm`, which
+#      shows the machine code ptxas made (the tests look for tensor-core instructions).
 #   4. The PyPI wheels onnx and onnxruntime (with numpy; versions pinned), installed with
 #      `pip install --target` into .cache/onnx-py/ for the tests of `rfnc export`
 #      (tools/onnx_check.py); reinstalled only when the pins or the Python change.
 #   5. .cache/env.sh exporting MLIR_SYS_220_PREFIX, TABLEGEN_220_PREFIX,
-#      LLVM_SYS_221_PREFIX, RFNC_PTXAS, RFNC_LIBDEVICE, RFNC_MLIR_OPT, RFNC_PYTHON,
-#      RFNC_ONNX_PYTHONPATH.
+#      LLVM_SYS_221_PREFIX, RFNC_PTXAS, RFNC_LIBDEVICE, RFNC_NVDISASM, RFNC_MLIR_OPT,
+#      RFNC_PYTHON, RFNC_ONNX_PYTHONPATH.
 set -euo pipefail
 
 QUIET=0
@@ -30,6 +32,9 @@ LLVM_PREFIX=/usr/lib/llvm-22
 # Pinned for reproducible tool versions; override with RFNC_NVCC_WHEEL_VERSION=X.Y.Z.
 NVCC_WHEEL_VERSION="${RFNC_NVCC_WHEEL_VERSION:-12.9.86}"
 NVCC_DIR="$CACHE/cuda-nvcc"
+# nvdisasm ships only in CUDA 13 wheels (no -cu12 name exists); it reads sm_80/sm_90 cubins.
+NVDISASM_WHEEL_VERSION="${RFNC_NVDISASM_WHEEL_VERSION:-13.5.37}"
+NVDISASM_DIR="$CACHE/cuda-nvdisasm"
 # onnx, onnxruntime and everything they import, pinned (override with RFNC_ONNX_PACKAGES).
 ONNX_PACKAGES="${RFNC_ONNX_PACKAGES:-onnx==1.23.2 onnxruntime==1.32.0 numpy==2.4.6 protobuf==7.36.2 ml_dtypes==0.7.0 flatbuffers==25.12.19 packaging==26.4 typing_extensions==4.16.0}"
 ONNX_DIR="$CACHE/onnx-py"
@@ -101,6 +106,24 @@ if [[ -z "$PTXAS" || -z "$LIBDEVICE" || ! -x "$PTXAS" ]]; then
 else
   note "ptxas and libdevice present in .cache/cuda-nvcc"
 fi
+NVDISASM="$( [[ -d "$NVDISASM_DIR" ]] && find "$NVDISASM_DIR" -path '*/bin/nvdisasm' -type f | head -n 1 || true)"
+if [[ -z "$NVDISASM" || ! -x "$NVDISASM" ]]; then
+  say "downloading nvidia-cuda-nvdisasm==$NVDISASM_WHEEL_VERSION (nvdisasm; ~5 MB)"
+  tmp="$(mktemp -d "$CACHE/cuda-nvdisasm.tmp.XXXXXX")"
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-input --no-deps --only-binary=:all: \
+    --dest "$tmp/wheel" "nvidia-cuda-nvdisasm==$NVDISASM_WHEEL_VERSION" >&2
+  unzip -q "$tmp"/wheel/*.whl -d "$tmp/tree"
+  rm -rf "$NVDISASM_DIR"
+  mv "$tmp/tree" "$NVDISASM_DIR"   # only a complete tree ever appears under the final name
+  rm -rf "$tmp"
+  trap - EXIT
+  NVDISASM="$(find "$NVDISASM_DIR" -path '*/bin/nvdisasm' -type f | head -n 1 || true)"
+  [[ -n "$NVDISASM" ]] || die "nvdisasm not found in the wheel"
+  chmod +x "$NVDISASM"
+else
+  note "nvdisasm present in .cache/cuda-nvdisasm"
+fi
 
 # --- 4. onnx and onnxruntime for the export tests -----------------------------------------
 PYTHON="$(python3 -c 'import sys; print(sys.executable)')" || die "python3 not found (package python3)"
@@ -134,6 +157,7 @@ export TABLEGEN_220_PREFIX=$LLVM_PREFIX
 export LLVM_SYS_221_PREFIX=$LLVM_PREFIX
 export RFNC_PTXAS=$PTXAS
 export RFNC_LIBDEVICE=$LIBDEVICE
+export RFNC_NVDISASM=$NVDISASM
 export RFNC_MLIR_OPT=$MLIR_OPT
 export RFNC_PYTHON=$PYTHON
 export RFNC_ONNX_PYTHONPATH=$ONNX_DIR

@@ -293,10 +293,17 @@ fn spilling(report: &str) -> usize {
         .unwrap_or_else(|| panic!("no spill summary in:\n{report}"))
 }
 
+/// Every PTX module of every example, inference and training step, assembles for sm_80 and
+/// sm_90 without spills; and the static proof of the tensor-core kernels (no GPU needed):
+/// in the machine code (SASS, by `nvdisasm`) every convolution kernel multiplies with
+/// `HMMA` instructions and keeps everything in registers (no `LDL`/`STL` local-memory
+/// traffic). With `--precision f32` no kernel uses tensor cores.
 #[test]
-fn every_ptx_module_assembles_without_spills_for_sm80_and_sm90() {
+fn every_ptx_module_assembles_without_spills_and_convolutions_use_tensor_cores() {
     // rfnc finds ptxas where the set-up put it; without one --ptx-report fails the test.
     let tmp = tempfile::tempdir().unwrap();
+    // Kernels are named by a hash of their code: each distinct one is disassembled once.
+    let mut convolutions = HashMap::new();
     for example in EXAMPLES {
         for train in [false, true] {
             for gpu in ["sm_80", "sm_90"] {
@@ -316,9 +323,89 @@ fn every_ptx_module_assembles_without_spills_for_sm80_and_sm90() {
                 let ptx = std::fs::read_dir(dir.join("kernels")).unwrap().count();
                 assert!(ptx > 0, "{example}: kernels written");
                 assert!(report.contains(&format!("ptxas report for {gpu} ({ptx} kernels)")));
+                for (name, path) in convolution_ptx(&dir) {
+                    convolutions.entry((name, gpu)).or_insert(path);
+                }
             }
         }
     }
+    let all: Vec<_> = convolutions.into_iter().collect();
+    for_each_in_parallel(&all, |((name, gpu), path)| {
+        let sass = sass_of(path, gpu);
+        assert!(
+            sass.contains("HMMA.1688.F32.TF32"),
+            "{name} on {gpu}: no HMMA in\n{sass}"
+        );
+        assert_eq!(local_memory(&sass), None, "{name} on {gpu}: local memory");
+    });
+    eprintln!(
+        "{} convolution kernels use tensor cores on sm_80 and sm_90",
+        all.len()
+    );
+    assert!(
+        all.len() > 100,
+        "too few convolution kernels checked: {}",
+        all.len()
+    );
+    // F32: the CUDA cores only.
+    let dir = tmp.path().join("f32");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    compile(
+        "tiny",
+        &["-o", dir_arg.as_str(), "--train", "--precision", "f32"],
+    );
+    assert_eq!(load_bundle(&dir).unwrap().bundle.precision, Precision::F32);
+    for (name, path) in convolution_ptx(&dir) {
+        let sass = sass_of(&path, "sm_80");
+        assert!(
+            !sass.contains("HMMA") && sass.contains("FFMA"),
+            "f32 {name}"
+        );
+        assert_eq!(local_memory(&sass), None, "f32 {name}: local memory");
+    }
+}
+
+/// The GPU convolution kernels of a bundle: name and PTX file.
+fn convolution_ptx(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let bundle = load_bundle(dir).unwrap_or_else(|e| panic!("{e}")).bundle;
+    bundle
+        .kernels
+        .iter()
+        .filter(|k| k.ops.contains("conv2d") && !k.host_only)
+        .map(|k| {
+            (
+                k.name.clone(),
+                dir.join("kernels").join(format!("{}.ptx", k.name)),
+            )
+        })
+        .collect()
+}
+
+/// The machine code of a PTX file assembled for `gpu`, as `nvdisasm -c` prints it.
+fn sass_of(ptx: &Path, gpu: &str) -> String {
+    let text = std::fs::read_to_string(ptx).unwrap();
+    rfnc_llvm::ptxas_sass(&text, gpu)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .1
+}
+
+/// The first SASS line that loads or stores local memory.
+fn local_memory(sass: &str) -> Option<&str> {
+    sass.lines().find(|l| {
+        l.split_whitespace()
+            .any(|w| w.starts_with("LDL") || w.starts_with("STL"))
+    })
+}
+
+/// Runs `f` on every item, on every core.
+fn for_each_in_parallel<T: Sync>(items: &[T], f: impl Fn(&T) + Sync) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = items.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for part in items.chunks(chunk) {
+            s.spawn(|| part.iter().for_each(&f));
+        }
+    });
 }
 
 /// The first kernel whose ops start with `ops` (exactly, up to the next space).

@@ -22,5 +22,5 @@ pub use cache::default_cache_dir;
 pub use error::CodegenError;
 pub use gpu::{compile_gpu, GpuArtifacts, GpuTarget};
 pub use host::{compile_host, link_host, link_host_cached};
-pub use ptxas::{ptxas_report, PtxasKernel};
-pub use tools::{find_libdevice, find_ptxas};
+pub use ptxas::{ptxas_report, ptxas_sass, PtxasKernel};
+pub use tools::{find_libdevice, find_nvdisasm, find_ptxas};

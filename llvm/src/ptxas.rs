@@ -1,5 +1,7 @@
 //! `ptxas -v`: NVIDIA's PTX assembler checks a module and reports, per kernel, registers,
-//! shared memory, stack frame and register spills.
+//! shared memory, stack frame and register spills; `nvdisasm` then shows the machine code
+//! (SASS) it assembled, where tensor-core instructions (`HMMA`) and local-memory traffic
+//! (`LDL`, `STL`) can be seen without a GPU.
 
 use std::process::Command;
 
@@ -18,10 +20,47 @@ pub struct PtxasKernel {
 
 /// Assembles `ptx` for `sm` and returns ptxas's report of each kernel.
 pub fn ptxas_report(ptx: &str, sm: &str) -> Result<Vec<PtxasKernel>, CodegenError> {
+    let dir = temp_dir()?;
+    assemble(ptx, sm, dir.path()).map(|(report, _)| report)
+}
+
+/// Assembles `ptx` for `sm` and returns ptxas's report of each kernel and the machine code
+/// (SASS) as `nvdisasm -c` prints it.
+pub fn ptxas_sass(ptx: &str, sm: &str) -> Result<(Vec<PtxasKernel>, String), CodegenError> {
+    let dir = temp_dir()?;
+    let (report, cubin) = assemble(ptx, sm, dir.path())?;
+    let nvdisasm = crate::tools::find_nvdisasm()?;
+    let out = Command::new(&nvdisasm)
+        .arg("-c")
+        .arg(&cubin)
+        .output()
+        .map_err(|e| {
+            CodegenError::new(
+                "nvdisasm",
+                format!("cannot run `{}`: {e}", nvdisasm.display()),
+            )
+        })?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        return Err(CodegenError::new(format!("nvdisasm for {sm}"), text));
+    }
+    Ok((report, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+fn temp_dir() -> Result<tempfile::TempDir, CodegenError> {
+    tempfile::tempdir()
+        .map_err(|e| CodegenError::new("ptxas", format!("no temporary directory: {e}")))
+}
+
+/// `ptxas -v` of `ptx` into `dir/kernel.cubin`: the report and the cubin's path.
+fn assemble(
+    ptx: &str,
+    sm: &str,
+    dir: &std::path::Path,
+) -> Result<(Vec<PtxasKernel>, std::path::PathBuf), CodegenError> {
     let ptxas = crate::tools::find_ptxas()?;
-    let dir = tempfile::tempdir()
-        .map_err(|e| CodegenError::new("ptxas", format!("no temporary directory: {e}")))?;
-    let input = dir.path().join("kernel.ptx");
+    let input = dir.join("kernel.ptx");
+    let cubin = dir.join("kernel.cubin");
     std::fs::write(&input, ptx)
         .map_err(|e| CodegenError::new("ptxas", format!("cannot write the PTX: {e}")))?;
     let out = Command::new(&ptxas)
@@ -29,7 +68,7 @@ pub fn ptxas_report(ptx: &str, sm: &str) -> Result<Vec<PtxasKernel>, CodegenErro
         .arg("--gpu-name")
         .arg(sm)
         .arg("-o")
-        .arg(dir.path().join("kernel.cubin"))
+        .arg(&cubin)
         .arg(&input)
         .output()
         .map_err(|e| {
@@ -39,7 +78,7 @@ pub fn ptxas_report(ptx: &str, sm: &str) -> Result<Vec<PtxasKernel>, CodegenErro
     if !out.status.success() {
         return Err(CodegenError::new(format!("ptxas for {sm}"), text));
     }
-    Ok(parse_report(&text))
+    Ok((parse_report(&text), cubin))
 }
 
 /// Reads the `ptxas info` lines of `ptxas -v`.
