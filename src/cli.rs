@@ -451,7 +451,8 @@ pub struct CompileArgs {
     #[arg(long, value_name = "sm_XX", default_value = DEFAULT_GPU, value_parser = parse_gpu)]
     pub gpu: String,
     /// How the GPU's convolutions multiply: `tf32` on tensor cores (operands rounded to 10
-    /// mantissa bits, sums in f32: PyTorch's default for convolutions on Ampere and Hopper)
+    /// mantissa bits, sums in f32: PyTorch's default for convolutions on Ampere and Hopper),
+    /// `bf16` on tensor cores (7 mantissa bits, sums in f32; weights and momentum stay f32)
     /// or `f32` on the CUDA cores; the CPU's own schedule always uses f32
     #[arg(long, value_enum, default_value_t = PrecisionArg::Tf32)]
     pub precision: PrecisionArg,
@@ -612,6 +613,8 @@ pub enum DeviceArg {
 pub enum PrecisionArg {
     /// Tensor cores, operands rounded to TF32, sums in f32
     Tf32,
+    /// Tensor cores, operands rounded to BF16, sums in f32 (weights stay f32)
+    Bf16,
     /// f32 fused multiply-adds on the CUDA cores
     F32,
 }
@@ -620,6 +623,7 @@ impl From<PrecisionArg> for rfnc_bundle::Precision {
     fn from(p: PrecisionArg) -> Self {
         match p {
             PrecisionArg::Tf32 => rfnc_bundle::Precision::Tf32,
+            PrecisionArg::Bf16 => rfnc_bundle::Precision::Bf16,
             PrecisionArg::F32 => rfnc_bundle::Precision::F32,
         }
     }

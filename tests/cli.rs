@@ -1048,6 +1048,11 @@ fn cpu_schedules_agree_and_profile_lists_launches() {
     }
     assert!(host.contains("profile of the last run:"), "{host}");
     assert!(host.lines().any(|l| l.contains(" gemm ")), "{host}");
+    let kinds = host
+        .lines()
+        .find(|l| l.starts_with("by kind: "))
+        .unwrap_or_else(|| panic!("no summary by kind:\n{host}"));
+    assert!(kinds.contains("GEMMs ") && kinds.contains("%)"), "{kinds}");
     assert!(
         host.lines()
             .any(|l| l.contains("host_im2col_") || l.contains("host_winograd_")),

@@ -180,7 +180,7 @@ fn variant_programs_compile_and_run_on_the_cpu() {
 #[test]
 fn every_conv_geometry_runs_in_both_cpu_schedules() {
     let path = Path::new("tests/programs/conv_geometry.rfn");
-    for precision in ["tf32", "f32"] {
+    for precision in ["tf32", "bf16", "f32"] {
         check_program(path, &[], "2x3x13x11", precision);
     }
 }
@@ -297,7 +297,8 @@ fn spilling(report: &str) -> usize {
 /// sm_90 without spills; and the static proof of the tensor-core kernels (no GPU needed):
 /// in the machine code (SASS, by `nvdisasm`) every convolution kernel multiplies with
 /// `HMMA` instructions and keeps everything in registers (no `LDL`/`STL` local-memory
-/// traffic). With `--precision f32` no kernel uses tensor cores.
+/// traffic). With `--precision bf16` they use the BF16 tensor-core instruction, with
+/// `--precision f32` none does.
 #[test]
 fn every_ptx_module_assembles_without_spills_and_convolutions_use_tensor_cores() {
     // rfnc finds ptxas where the set-up put it; without one --ptx-report fails the test.
@@ -347,21 +348,37 @@ fn every_ptx_module_assembles_without_spills_and_convolutions_use_tensor_cores()
         "too few convolution kernels checked: {}",
         all.len()
     );
-    // F32: the CUDA cores only.
-    let dir = tmp.path().join("f32");
-    let dir_arg = dir.to_string_lossy().into_owned();
-    compile(
-        "tiny",
-        &["-o", dir_arg.as_str(), "--train", "--precision", "f32"],
-    );
-    assert_eq!(load_bundle(&dir).unwrap().bundle.precision, Precision::F32);
-    for (name, path) in convolution_ptx(&dir) {
-        let sass = sass_of(&path, "sm_80");
-        assert!(
-            !sass.contains("HMMA") && sass.contains("FFMA"),
-            "f32 {name}"
-        );
-        assert_eq!(local_memory(&sass), None, "f32 {name}: local memory");
+    // BF16 on tensor cores too; F32 on the CUDA cores only.
+    for (precision, want) in [
+        (Precision::Bf16, "HMMA.16816.F32.BF16"),
+        (Precision::F32, "FFMA"),
+    ] {
+        let dir = tmp.path().join(precision.name());
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let args = [
+            "-o",
+            dir_arg.as_str(),
+            "--train",
+            "--precision",
+            precision.name(),
+        ];
+        compile("tiny", &args);
+        assert_eq!(load_bundle(&dir).unwrap().bundle.precision, precision);
+        for (name, path) in convolution_ptx(&dir) {
+            let sass = sass_of(&path, "sm_80");
+            assert!(sass.contains(want), "{precision:?} {name}: no {want}");
+            let tensor_cores = sass.contains("HMMA");
+            assert_eq!(
+                tensor_cores,
+                precision != Precision::F32,
+                "{precision:?} {name}"
+            );
+            assert_eq!(
+                local_memory(&sass),
+                None,
+                "{precision:?} {name}: local memory"
+            );
+        }
     }
 }
 

@@ -1,7 +1,9 @@
-//! The GPU executor on compiled networks: bundles of the examples (inference and the
-//! training step) run on CUDA and agree with the CPU executor, which `tests/codegen.rs`
-//! checks against the reference interpreter. `#[ignore]`d, so a machine without a GPU shows
-//! it as ignored; `./dev test` includes it where it finds an NVIDIA driver.
+//! The GPU executor on compiled networks: bundles of every example (inference and the
+//! training step), in both precisions, run on CUDA and agree with the CPU executor running
+//! the same kernels (`--device cpu-gpu-kernels`, tensor cores emulated), which
+//! `tests/codegen.rs` checks against the reference interpreter. `#[ignore]`d, so a machine
+//! without a GPU shows it as ignored; `./dev test` includes it where it finds an NVIDIA
+//! driver, and with `RFNC_REQUIRE_GPU=1` it fails rather than passes without one.
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::path::Path;
 use common::*;
 use rfnc_runtime::{load_bundle, Device, Session};
 
-fn compile(example: &str, input: &str, train: bool, dir: &Path) {
+fn compile(example: &str, input: &str, (train, precision): (bool, &str), dir: &Path) {
     let mut args = vec![
         "compile".to_string(),
         example_path(example).to_string_lossy().into_owned(),
@@ -18,6 +20,8 @@ fn compile(example: &str, input: &str, train: bool, dir: &Path) {
         input.into(),
         "-o".into(),
         dir.to_string_lossy().into_owned(),
+        "--precision".into(),
+        precision.into(),
     ];
     if example != "tiny" {
         for d in ["depth=50", "base_width=8", "refine_width=16"] {
@@ -78,16 +82,30 @@ fn outputs(session: &mut Session) -> Vec<(String, Vec<f32>)> {
 #[ignore = "needs a CUDA driver and GPU; ./dev test runs it where one is found"]
 fn gpu_executor_matches_the_cpu_executor() {
     let tmp = tempfile::tempdir().unwrap();
-    for (example, input) in [("tiny", "2x3x64x64"), ("refinenet2", "1x3x64x64")] {
-        for train in [false, true] {
-            let dir = tmp.path().join(format!("{example}-{train}"));
-            compile(example, input, train, &dir);
+    let cases = EXAMPLES.iter().map(|e| {
+        (
+            *e,
+            if *e == "tiny" {
+                "2x3x64x64"
+            } else {
+                "1x3x64x64"
+            },
+        )
+    });
+    for (example, input) in cases {
+        for (train, precision) in [false, true]
+            .into_iter()
+            .flat_map(|t| [(t, "tf32"), (t, "f32")])
+        {
+            let dir = tmp.path().join(format!("{example}-{train}-{precision}"));
+            compile(example, input, (train, precision), &dir);
             let loaded = load_bundle(&dir).unwrap();
             let mut gpu = Session::new(&loaded, Device::Cuda { ordinal: 0 })
                 .unwrap_or_else(|e| panic!("cannot open the GPU: {e}"));
-            let mut cpu = Session::new(&loaded, Device::Cpu { threads: 2 }).unwrap();
+            let mut cpu = Session::new(&loaded, Device::CpuGpuKernels { threads: 2 }).unwrap();
             fill(&mut gpu);
             fill(&mut cpu);
+            let bound = tolerance(loaded.bundle.mode, loaded.bundle.precision);
             // Two runs: the second replays the captured CUDA graph (and, for training,
             // starts from the parameters the first step updated).
             for run in 0..2 {
@@ -95,8 +113,8 @@ fn gpu_executor_matches_the_cpu_executor() {
                 for ((name, a), (_, b)) in g.iter().zip(&c) {
                     let error = relative_error(a, b, 1e-6);
                     assert!(
-                        error < 1e-4,
-                        "{example} (train: {train}) run {run}: `{name}` differs by {error:e}"
+                        error < bound,
+                        "{example} (train: {train}, {precision}) run {run}: `{name}` differs by {error:e}"
                     );
                 }
             }

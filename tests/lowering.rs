@@ -164,7 +164,7 @@ fn program_graphs(name: &str) -> (Graph, Graph) {
 /// Inference and the training step in both precisions, against the interpreter in the
 /// same precision.
 fn check_graphs(example: &str, forward: &Graph, step: &Graph) {
-    for precision in [Precision::F32, Precision::Tf32] {
+    for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
         // Inference, with batch norm folded by the prepare program.
         let main = plan_inference(forward).unwrap();
         let prepare = main.prepare.as_ref().map(|p| plan_program(p).unwrap());

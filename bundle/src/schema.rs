@@ -74,6 +74,9 @@ pub enum Precision {
     /// convolutions on Ampere and Hopper by default), products summed in f32.
     #[default]
     Tf32,
+    /// Tensor cores: the operands rounded to BF16 (7 mantissa bits), products summed in
+    /// f32; weights, momentum and everything else stay f32.
+    Bf16,
 }
 
 impl Precision {
@@ -82,6 +85,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
         }
     }
 }

@@ -18,7 +18,7 @@ use rfnc_compiler::codegen::gemm::{
 use rfnc_compiler::codegen::kir::{Buf, Expr, KernelBuilder, Ty};
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
 use rfnc_compiler::codegen::mlir_text::{gpu_module, GPU_PIPELINE};
-use rfnc_compiler::codegen::semantics::round_tf32;
+use rfnc_compiler::codegen::semantics::{round_bf16, round_tf32};
 use rfnc_compiler::interp::kernels::{conv2d, conv2d_grad_input, conv2d_grad_weight, ConvGeometry};
 use rfnc_compiler::interp::Tensor;
 use rfnc_compiler::rng::splitmix64;
@@ -220,6 +220,7 @@ fn check(name: &str, case: &Case, kind: ConvKind, bias: bool, precision: Precisi
     let operand = |v: &[f32]| match precision {
         Precision::F32 => to64(v),
         Precision::Tf32 => v.iter().map(|&x| round_tf32(x) as f64).collect(),
+        Precision::Bf16 => v.iter().map(|&x| round_bf16(x) as f64).collect(),
     };
     let data = [operand(&x), operand(&w), to64(&bv), operand(&dy)];
     let want = reference(case, kind, bias, [&data[0], &data[1], &data[2], &data[3]]);
@@ -252,8 +253,10 @@ fn check(name: &str, case: &Case, kind: ConvKind, bias: bool, precision: Precisi
     );
 }
 
+const PRECISIONS: [Precision; 3] = [Precision::F32, Precision::Tf32, Precision::Bf16];
+
 fn check_all(name: &str, case: Case) {
-    for precision in [Precision::F32, Precision::Tf32] {
+    for precision in PRECISIONS {
         check(name, &case, ConvKind::Forward, true, precision);
         check(name, &case, ConvKind::Forward, false, precision);
         check(name, &case, ConvKind::GradInput, false, precision);
@@ -370,7 +373,7 @@ fn large_k_weight_gradient() {
         pad: [1, 1, 1, 1],
         ..case([2, 3, 17, 17], [4, 3, 3, 3])
     };
-    for precision in [Precision::F32, Precision::Tf32] {
+    for precision in PRECISIONS {
         check("large K", &c, ConvKind::GradWeight, false, precision);
     }
 }
@@ -418,10 +421,7 @@ fn ptx_uses_no_local_memory() {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let kinds = [ConvKind::Forward, ConvKind::GradInput, ConvKind::GradWeight];
-    for (kind, precision) in kinds
-        .into_iter()
-        .flat_map(|k| [(k, Precision::F32), (k, Precision::Tf32)])
-    {
+    for (kind, precision) in kinds.into_iter().flat_map(|k| PRECISIONS.map(|p| (k, p))) {
         let (k, _) = build(&c.problem(kind, kind == ConvKind::Forward), precision);
         let name = format!("{kind:?}_{}", precision.name()).to_lowercase();
         let gpu = gpu_module(&k, &name);
@@ -492,22 +492,22 @@ fn ptx_uses_no_local_memory() {
                 !text.contains(".local") && !text.contains("__local_depot"),
                 "{name} {sm}: the PTX uses local memory:\n{text}"
             );
-            let tensor_cores = precision == Precision::Tf32;
-            for op in [
+            let tf32 = [
                 "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32",
                 "cvt.rna.tf32.f32",
-            ] {
-                assert_eq!(
-                    text.matches(op).count() > 0,
-                    tensor_cores,
-                    "{name} {sm}: `{op}` in the PTX"
-                );
+            ];
+            let bf16 = ["mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"];
+            for (op, wanted) in tf32
+                .iter()
+                .map(|op| (op, precision == Precision::Tf32))
+                .chain(bf16.iter().map(|op| (op, precision == Precision::Bf16)))
+            {
+                assert_eq!(text.contains(op), wanted, "{name} {sm}: `{op}` in the PTX");
             }
-            if tensor_cores {
-                // 8 mma per slice of 16 (LLVM may unroll the K loop).
-                let mma = text.matches("mma.sync").count();
-                assert!(mma.is_multiple_of(8), "{name} {sm}: {mma} mma.sync");
-            }
+            // 8 (BF16: 4) mma per slice of 16 (LLVM may unroll the K loop).
+            let mma = text.matches("mma.sync").count();
+            let per_slice = if precision == Precision::Bf16 { 4 } else { 8 };
+            assert!(mma.is_multiple_of(per_slice), "{name} {sm}: {mma} mma.sync");
         }
     }
 }

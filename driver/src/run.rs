@@ -277,8 +277,25 @@ pub fn summary(name: &str, t: &HostTensor) -> String {
 
 /// Runs the main program `steps` times (training: the step counter counts up) and
 /// describes the outputs; returns the text to print.
+/// The kind of a profiled launch, by its kernel's ops (the anchor comes first) or its GEMM.
+fn launch_kind(what: &str) -> &'static str {
+    if what.starts_with("gemm ") {
+        "GEMMs"
+    } else if what.starts_with("conv2d_grad_input") {
+        "conv data gradients"
+    } else if what.starts_with("conv2d_grad_weight") {
+        "conv weight gradients"
+    } else if what.starts_with("conv2d") {
+        "conv forward"
+    } else {
+        "other kernels"
+    }
+}
+
 /// The launches of the last run that took the most time, summed by what they ran (a
-/// kernel, or a GEMM's shape), at most `top` lines; `None` unless profiling was on.
+/// kernel, or a GEMM's shape), at most `top` lines, and all of them summed by kind
+/// (convolutions forward, data and weight gradients, the CPU's GEMMs, other kernels);
+/// `None` unless profiling was on.
 pub fn profile_report(session: &Session, top: usize) -> Option<String> {
     let launches = session.last_timings()?.launches.as_ref()?;
     let total: f64 = launches.iter().map(|l| l.time.as_secs_f64()).sum();
@@ -308,6 +325,26 @@ pub fn profile_report(session: &Session, top: usize) -> Option<String> {
             count
         );
     }
+    let mut kinds: Vec<(&str, f64)> = Vec::new();
+    for (what, time, _) in &by_what {
+        let kind = launch_kind(what);
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some(entry) => entry.1 += time,
+            None => kinds.push((kind, *time)),
+        }
+    }
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let kinds: Vec<String> = kinds
+        .iter()
+        .map(|(kind, time)| {
+            format!(
+                "{kind} {:.2} ms ({:.1}%)",
+                time * 1e3,
+                100.0 * time / total.max(f64::MIN_POSITIVE)
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "by kind: {}", kinds.join(", "));
     if by_what.len() > top {
         let rest: f64 = by_what[top..].iter().map(|e| e.1).sum();
         let _ = writeln!(

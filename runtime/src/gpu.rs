@@ -10,12 +10,12 @@
 //! CUDA graphs: the first run of the main program is captured into a CUDA graph (stream
 //! capture), which that run and every later one replays with a single `cuGraphLaunch`. If
 //! capture or instantiation fails, the executor falls back to plain launches for good. The
-//! prepare program (run once) and runs with per-launch timings use plain launches.
+//! prepare program (run once) and runs with per-launch timings use plain launches; the
+//! latter are timed by CUDA events recorded between them.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Instant;
 
 use cudarc::driver::{
     result as cu, sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr,
@@ -275,6 +275,41 @@ impl CudaExecutor {
         self.ctx.check_err().map_err(cuda(during.to_string()))
     }
 
+    /// Runs `launches` one by one with a CUDA event recorded before the first and after each,
+    /// and returns each launch's time between its two events (the GPU's own clock: no host
+    /// overhead between launches is counted). An error is reported after the last launch.
+    fn timed_launches(
+        &mut self,
+        launches: &[Launch],
+        what: &str,
+    ) -> Result<Vec<LaunchTime>, RuntimeError> {
+        let record = |stream: &Arc<CudaStream>| {
+            stream
+                .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(cuda("recording a timing event".to_string()))
+        };
+        let mut marks = Vec::with_capacity(launches.len() + 1);
+        marks.push(record(&self.stream)?);
+        for launch in launches {
+            self.enqueue(launch)?;
+            marks.push(record(&self.stream)?);
+        }
+        self.synchronize(what)?;
+        launches
+            .iter()
+            .zip(marks.windows(2))
+            .map(|(launch, pair)| {
+                let ms = pair[0]
+                    .elapsed_ms(&pair[1])
+                    .map_err(cuda("reading a timing event".to_string()))?;
+                Ok(LaunchTime {
+                    what: launch.kernel.clone(),
+                    time: std::time::Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3),
+                })
+            })
+            .collect()
+    }
+
     /// Captures the main program into a graph; `None` if capture is not possible (the stream
     /// is left out of capture mode either way).
     fn capture_main(&self) -> Option<CudaGraph> {
@@ -310,17 +345,7 @@ impl CudaExecutor {
             None => return Ok(per_launch.then(Vec::new)),
         };
         if per_launch {
-            let mut times = Vec::with_capacity(launches.len());
-            for launch in &launches {
-                let start = Instant::now();
-                self.enqueue(launch)?;
-                self.synchronize(&format!("running kernel `{}`", launch.kernel))?;
-                times.push(LaunchTime {
-                    what: launch.kernel.clone(),
-                    time: start.elapsed(),
-                });
-            }
-            return Ok(Some(times));
+            return self.timed_launches(&launches, what).map(Some);
         }
         if program == ProgramId::Main && !self.graph_failed && self.graph.is_none() {
             // Nothing from before must be pending while capturing.

@@ -37,14 +37,16 @@
 //! The multiply of a slice depends on the [`Precision`]:
 //! - `f32`: thread `t` owns a 4 x 4 register tile of `C` (above) and multiplies with f32
 //!   fused multiply-adds from the shared tiles.
-//! - `tf32`: tensor cores. The slice's elements are rounded to TF32 as they are stored to
-//!   shared memory; warp `w = t / 32` owns the 32 x 16 corner `(32 (w / 4), 16 (w % 4))`
-//!   of the block tile, four 16 x 8 tiles of `mma.m16n8k8` ([`Mma`]), so each thread
-//!   still holds 16 elements of `C` (4 rows x 4 columns, in the C fragment layout). Per slice
-//!   a thread loads its A and B fragments of both k-steps (16 and 8 elements, the layouts
-//!   of [`super::semantics::mma_a_element`] and [`super::semantics::mma_b_element`]) from
-//!   shared memory, then the warp issues 8 mma. The shared rows are 72 wide, so that the 32
-//!   elements of a fragment load (8 rows x 4 k) fall in 32 different banks.
+//! - `tf32` and `bf16`: tensor cores. The slice's elements are rounded to TF32 (BF16) as
+//!   they are stored to shared memory; warp `w = t / 32` owns the 32 x 16 corner
+//!   `(32 (w / 4), 16 (w % 4))` of the block tile, four 16 x 8 tiles of `mma.m16n8k8`
+//!   (`m16n8k16`) ([`Mma`]), so each thread still holds 16 elements of `C` (4 rows x 4
+//!   columns, in the C fragment layout). Per slice a thread loads its A and B fragments of
+//!   the slice (16 and 8 elements: two k-steps of 8 for TF32, one of 16 for BF16; the
+//!   layouts of [`super::semantics::mma_a_element`] and [`super::semantics::mma_b_element`])
+//!   from shared memory, then the warp issues 8 (BF16: 4) mma. The shared rows are 72 wide
+//!   for TF32 and 68 for BF16 (whose lanes step k by 2), so that the 32 elements of a
+//!   fragment load (8 rows x 4 lanes along k) fall in 32 different banks.
 
 use super::kir::{Buf, Expr, KernelBuilder, Mma, MmaShape, Ty};
 pub use rfnc_bundle::Precision;
@@ -180,6 +182,7 @@ impl Operand {
         // 4 k rows x 8 columns: rows 8 banks apart (72) make them conflict-free.
         let ld = match (precision, layout) {
             (Precision::Tf32, _) => TILE_M + 8,
+            (Precision::Bf16, _) => TILE_M + 4,
             (Precision::F32, Layout::KFast) => TILE_M + 4,
             (Precision::F32, Layout::MnFast) => TILE_M,
         };
@@ -640,8 +643,8 @@ struct Gemm {
     /// The staging registers of the next slice, `LOADS` per operand.
     stage: Buf,
     precision: Precision,
-    /// Tensor cores: the thread's A and B fragments of a slice.
-    frags: Option<[Buf; 2]>,
+    /// Tensor cores: the operation, and the thread's A and B fragments of a slice.
+    mma: Option<(MmaShape, [Buf; 2])>,
     /// The per-row values each operand decodes once per block.
     pre: [Option<Buf>; 2],
     /// The block's group.
@@ -668,13 +671,14 @@ impl Gemm {
         let shared = ops.each_ref().map(|op| b.shared(Ty::F32, TILE_K * op.ld));
         let acc = b.private(Ty::F32, REG * REG);
         let stage = b.private(Ty::F32, 2 * LOADS);
-        let frags = (precision == Precision::Tf32).then(|| {
-            let [la, lb, _] = MMA.fragment_lens();
-            let steps = TILE_K / MMA.mnk().2;
-            [
+        let mma = mma_shape(precision).map(|shape| {
+            let [la, lb, _] = shape.fragment_lens();
+            let steps = TILE_K / shape.mnk().2;
+            let frags = [
                 b.private(Ty::F32, steps * MMA_TILES * la),
                 b.private(Ty::F32, steps * MMA_TILES * lb),
-            ]
+            ];
+            (shape, frags)
         });
         let pre = ops
             .each_ref()
@@ -706,7 +710,7 @@ impl Gemm {
             acc,
             stage,
             precision,
-            frags,
+            mma,
             pre,
             g,
             m0,
@@ -828,8 +832,10 @@ impl Gemm {
             for r in 0..LOADS {
                 let at = b.let_(add(mul(op.k_local(r), op.ld as i64), op.mn_local(r)));
                 let mut v = Expr::load(self.stage, (s as u64 * LOADS + r) as i64);
-                if self.precision == Precision::Tf32 {
-                    v = v.round_tf32();
+                match self.precision {
+                    Precision::F32 => {}
+                    Precision::Tf32 => v = v.round_tf32(),
+                    Precision::Bf16 => v = v.round_bf16(),
                 }
                 b.store(self.shared[s], at, v);
             }
@@ -848,31 +854,31 @@ impl Gemm {
 
     /// The products of one slice from the shared tiles into the register tile.
     fn multiply(&self, b: &mut KernelBuilder) {
-        match self.frags {
-            Some(frags) => self.multiply_mma(b, frags),
+        match self.mma {
+            Some((shape, frags)) => self.multiply_mma(b, shape, frags),
             None => self.multiply_fma(b),
         }
     }
 
-    /// Tensor cores: the thread's fragments of both k-steps, then the warp's 8 mma.
-    fn multiply_mma(&self, b: &mut KernelBuilder, [fa, fb]: [Buf; 2]) {
+    /// Tensor cores: the thread's fragments of the slice's k-steps, then the warp's mma.
+    fn multiply_mma(&self, b: &mut KernelBuilder, shape: MmaShape, [fa, fb]: [Buf; 2]) {
         let ([a, bop], [sa, sb]) = (&self.ops, self.shared);
-        let (mm, nn, kk) = MMA.mnk();
-        let [la, lb, lc] = MMA.fragment_lens();
+        let (mm, nn, kk) = shape.mnk();
+        let [la, lb, lc] = shape.fragment_lens();
         let (wm, wn, g, q) = warp_coordinates(b);
-        // Element i of the A fragment: row g + 8 (i % 2), k q + 4 (i / 2); of B: k q + 4 i,
-        // column g.
+        let qk = b.let_(mul(q, shape.k_per_q() as i64));
         for ks in 0..TILE_K / kk {
             for t in 0..MMA_TILES {
                 for i in 0..la {
-                    let row = wm.clone() + (t * mm + 8 * (i % 2)) as i64 + g.clone();
-                    let k = q.clone() + (ks * kk + 4 * (i / 2)) as i64;
+                    let (dr, dk) = shape.a_offsets(i);
+                    let row = wm.clone() + (t * mm + dr) as i64 + g.clone();
+                    let k = qk.clone() + (ks * kk + dk) as i64;
                     let v = Expr::load(sa, add(mul(k, a.ld as i64), row));
                     b.store(fa, ((ks * MMA_TILES + t) * la + i) as i64, v);
                 }
                 for i in 0..lb {
                     let col = wn.clone() + (t * nn) as i64 + g.clone();
-                    let k = q.clone() + (ks * kk + 4 * i) as i64;
+                    let k = qk.clone() + (ks * kk + shape.b_offset(i)) as i64;
                     let v = Expr::load(sb, add(mul(k, bop.ld as i64), col));
                     b.store(fb, ((ks * MMA_TILES + t) * lb + i) as i64, v);
                 }
@@ -882,7 +888,7 @@ impl Gemm {
             for mi in 0..MMA_TILES {
                 for ni in 0..MMA_TILES {
                     b.mma(Mma {
-                        shape: MMA,
+                        shape,
                         a: (fa, (ks * MMA_TILES + mi) * la),
                         b: (fb, (ks * MMA_TILES + ni) * lb),
                         acc: (self.acc, (mi * MMA_TILES + ni) * lc),
@@ -917,7 +923,7 @@ impl Gemm {
     /// The rows and columns (in the block tile) of the thread's 4 x 4 elements of `C`, and
     /// where element `(i, j)` is in the register tile.
     fn c_elements(&self, b: &mut KernelBuilder) -> ([Expr; 4], [Expr; 4], fn(u64, u64) -> u64) {
-        if self.frags.is_none() {
+        if self.mma.is_none() {
             let ty = b.let_(Expr::ThreadId.shift_right(4) * REG as i64);
             let tx = b.let_(Expr::ThreadId.and(Expr::Int(15)) * REG as i64);
             let rows = [0, 1, 2, 3].map(|i| ty.clone() + i);
@@ -925,8 +931,8 @@ impl Gemm {
             return (rows, cols, |i, j| i * REG + j);
         }
         // Row i = 2 mi + h: m-tile mi, row g + 8h of it; column j = 2 ni + e: n-tile ni,
-        // column 2q + e of it (the C fragment layout, element 2h + e).
-        let (mm, nn, _) = MMA.mnk();
+        // column 2q + e of it (the C fragment layout of both shapes, element 2h + e).
+        let (mm, nn) = (16, 8);
         let (wm, wn, g, q) = warp_coordinates(b);
         let q2 = b.let_(q * 2);
         let rows = [0, 1, 2, 3].map(|i| wm.clone() + g.clone() + ((i / 2) * mm + 8 * (i % 2)));
@@ -986,15 +992,22 @@ impl Gemm {
     }
 }
 
-/// The tensor-core operation of `tf32` GEMMs.
-const MMA: MmaShape = MmaShape::Tf32M16N8K8;
+/// The tensor-core operation of a precision's GEMMs (`None`: f32 FMA).
+fn mma_shape(precision: Precision) -> Option<MmaShape> {
+    match precision {
+        Precision::F32 => None,
+        Precision::Tf32 => Some(MmaShape::Tf32M16N8K8),
+        Precision::Bf16 => Some(MmaShape::Bf16M16N8K16),
+    }
+}
+
 /// A warp's corner of the block tile is `MMA_TILES x MMA_TILES` mma tiles (32 x 16).
 const MMA_TILES: u64 = 2;
 
 /// The thread's warp corner in the block tile (row, column) and its lane's `g = lane / 4`
-/// and `q = lane % 4`.
+/// and `q = lane % 4` (both mma shapes are 16 x 8).
 fn warp_coordinates(b: &mut KernelBuilder) -> (Expr, Expr, Expr, Expr) {
-    let (mm, nn, _) = MMA.mnk();
+    let (mm, nn) = (16, 8);
     let warp = b.let_(Expr::ThreadId.shift_right(5));
     let wm = b.let_(warp.clone().shift_right(2) * (MMA_TILES * mm) as i64);
     let wn = b.let_(warp.and(Expr::Int(3)) * (MMA_TILES * nn) as i64);

@@ -99,6 +99,9 @@ pub enum UnOp {
     /// f32 rounded to TF32 (10 mantissa bits, to nearest with ties away from zero, as
     /// `cvt.rna.tf32.f32`); the low 13 bits of the result are zero.
     RoundTf32,
+    /// f32 rounded to BF16 (7 mantissa bits, to nearest with ties to even, as
+    /// `cvt.rn.bf16.f32`), still an f32; the low 16 bits of the result are zero.
+    RoundBf16,
 }
 
 /// An expression; integer literals take the type their context needs (index by default).
@@ -166,6 +169,10 @@ pub enum MmaShape {
     /// with `K = 8`, f32 operands read as TF32 (their low 13 bits ignored), f32
     /// accumulation.
     Tf32M16N8K8,
+    /// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`: `K = 16`, BF16 operands (each
+    /// fragment element an f32 whose low 16 bits are ignored; two of them travel in one
+    /// register), f32 accumulation.
+    Bf16M16N8K16,
 }
 
 impl MmaShape {
@@ -173,6 +180,7 @@ impl MmaShape {
     pub fn mnk(self) -> (u64, u64, u64) {
         match self {
             MmaShape::Tf32M16N8K8 => (16, 8, 8),
+            MmaShape::Bf16M16N8K16 => (16, 8, 16),
         }
     }
 
@@ -296,6 +304,9 @@ impl Expr {
     }
     pub fn round_tf32(self) -> Expr {
         Expr::Unary(UnOp::RoundTf32, Box::new(self))
+    }
+    pub fn round_bf16(self) -> Expr {
+        Expr::Unary(UnOp::RoundBf16, Box::new(self))
     }
     pub fn cast(self, ty: Ty) -> Expr {
         Expr::Cast(ty, Box::new(self))

@@ -28,7 +28,8 @@ use super::check::CheckedKernel;
 use super::fission::{split, Step};
 use super::kir::{BinOp, Buf, CmpOp, Expr, KirError, MmaShape, Stmt, Ty, UnOp, Var};
 use super::semantics::{
-    buf_elem, cast_source_ty, cast_steps, mma_element, operand_ty, round_tf32, ty_in, CastStep,
+    buf_elem, cast_source_ty, cast_steps, mma_element, operand_ty, round_bf16, round_tf32, ty_in,
+    CastStep,
 };
 
 /// The contents of one parameter buffer.
@@ -497,6 +498,7 @@ impl Compiler<'_> {
                 UnOp::Log => Box::new(move |m| x(m).ln()),
                 UnOp::Sqrt => Box::new(move |m| x(m).sqrt()),
                 UnOp::RoundTf32 => Box::new(move |m| round_tf32(x(m))),
+                UnOp::RoundBf16 => Box::new(move |m| round_bf16(x(m))),
                 UnOp::Not => unreachable!("checked: not of f32"),
             });
         }
@@ -506,7 +508,7 @@ impl Compiler<'_> {
             (UnOp::Neg, _) => Box::new(move |m| x(m).wrapping_neg()),
             (UnOp::Not, Ty::Bool) => Box::new(move |m| x(m) ^ 1),
             (UnOp::Not, _) => Box::new(move |m| !x(m)),
-            (UnOp::Exp | UnOp::Log | UnOp::Sqrt | UnOp::RoundTf32, _) => {
+            (UnOp::Exp | UnOp::Log | UnOp::Sqrt | UnOp::RoundTf32 | UnOp::RoundBf16, _) => {
                 unreachable!("checked: {op:?} of {t:?}")
             }
         })

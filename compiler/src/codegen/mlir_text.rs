@@ -29,7 +29,9 @@ use std::fmt::Write;
 use super::check::CheckedKernel;
 use super::fission::{split, Step, ThreadLoops};
 use super::kir::{ArrayDecl, BinOp, Buf, CmpOp, Expr, Mma, MmaShape, Stmt, Ty, UnOp, Var};
-use super::semantics::{buf_decl, cast_source_ty, cast_steps, operand_ty, ty_in, CastOp};
+use super::semantics::{
+    buf_decl, cast_source_ty, cast_steps, mma_a_element, mma_b_element, operand_ty, ty_in, CastOp,
+};
 
 /// The host lowering of [`host_module`]'s output (the CPU executor's code, through MLIR
 /// passes in the LLVM crate): structured control flow, math, arithmetic, memrefs and functions to
@@ -599,8 +601,10 @@ impl<'k> Printer<'k> {
     fn unary(&mut self, op: UnOp, a: &Expr, t: Ty, name: Option<String>) -> String {
         let ts = t.mlir();
         let a = self.val(a, t, None);
-        if op == UnOp::RoundTf32 {
-            return self.round_tf32(&a, name);
+        match op {
+            UnOp::RoundTf32 => return self.round_tf32(&a, name),
+            UnOp::RoundBf16 => return self.round_bf16(&a, name),
+            _ => {}
         }
         let line = match (op, t) {
             (UnOp::Neg, Ty::F32) => format!("arith.negf {a} : f32"),
@@ -615,7 +619,7 @@ impl<'k> Printer<'k> {
                 let ones = self.int_const(t, -1);
                 format!("arith.xori {a}, {ones} : {ts}")
             }
-            (UnOp::RoundTf32, _) => unreachable!("printed by round_tf32"),
+            (UnOp::RoundTf32 | UnOp::RoundBf16, _) => unreachable!("printed above"),
         };
         let r = name.unwrap_or_else(|| self.fresh());
         self.line(&format!("{r} = {line}"));
@@ -651,36 +655,43 @@ impl<'k> Printer<'k> {
         r
     }
 
+    /// `x` rounded to BF16 ([`super::semantics::round_bf16`]) by bit arithmetic: the bits
+    /// plus `0x7fff` and the lowest kept bit (ties to even), truncated; NaNs kept.
+    fn round_bf16(&mut self, x: &str, name: Option<String>) -> String {
+        let (c16, one, half, keep) = (
+            self.int_const(Ty::I32, 16),
+            self.int_const(Ty::I32, 1),
+            self.int_const(Ty::I32, 0x7fff),
+            self.int_const(Ty::I32, 0xffff_0000u32 as i32 as i64),
+        );
+        let [raw, shifted, odd, bias, up, rounded, nan, bits] = [(); 8].map(|_| self.fresh());
+        self.line(&format!("{raw} = arith.bitcast {x} : f32 to i32"));
+        self.line(&format!("{shifted} = arith.shrui {raw}, {c16} : i32"));
+        self.line(&format!("{odd} = arith.andi {shifted}, {one} : i32"));
+        self.line(&format!("{bias} = arith.addi {odd}, {half} : i32"));
+        self.line(&format!("{up} = arith.addi {raw}, {bias} : i32"));
+        self.line(&format!("{rounded} = arith.andi {up}, {keep} : i32"));
+        self.line(&format!("{nan} = arith.cmpf uno, {x}, {x} : f32"));
+        self.line(&format!(
+            "{bits} = arith.select {nan}, {raw}, {rounded} : i32"
+        ));
+        let r = name.unwrap_or_else(|| self.fresh());
+        self.line(&format!("{r} = arith.bitcast {bits} : i32 to f32"));
+        r
+    }
+
     /// GPU: an `Mma` as `nvvm.mma.sync` over the thread's fragments (private arrays at
-    /// constant subscripts, so they stay in registers).
+    /// constant subscripts, so they stay in registers). TF32 operands go as their bits;
+    /// BF16 ones two to a register, the element of the lower index in the low half.
     fn gpu_mma(&mut self, mma: &Mma) {
         let [la, lb, lc] = mma.shape.fragment_lens();
-        let frag = |p: &mut Self, (buf, at): (Buf, u64), len: u64, as_i32: bool| {
-            let ty = p.memref(buf);
-            (0..len)
-                .map(|i| {
-                    let sub = p.int_const(Ty::Index, (at + i) as i64);
-                    let v = p.fresh();
-                    p.line(&format!(
-                        "{v} = memref.load {}[{sub}] : {ty}",
-                        Self::buf_name(buf)
-                    ));
-                    if !as_i32 {
-                        return v;
-                    }
-                    let r = p.fresh();
-                    p.line(&format!("{r} = arith.bitcast {v} : f32 to i32"));
-                    r
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let a = frag(self, mma.a, la, true);
-        let b = frag(self, mma.b, lb, true);
-        let c = frag(self, mma.acc, lc, false);
+        let a = self.mma_operand(mma.shape, mma.a, la);
+        let b = self.mma_operand(mma.shape, mma.b, lb);
+        let c = self.fragment(mma.acc, lc).join(", ");
         let (m, n, k) = mma.shape.mnk();
         let (types, ptx) = match mma.shape {
             MmaShape::Tf32M16N8K8 => ("(i32, i32, f32)", "tf32"),
+            MmaShape::Bf16M16N8K16 => ("(i32, i32, f32)", "bf16"),
         };
         let result = format!("!llvm.struct<({})>", vec!["f32"; lc as usize].join(", "));
         let d = self.fresh();
@@ -703,13 +714,55 @@ impl<'k> Printer<'k> {
         }
     }
 
+    /// GPU: loads `len` elements of a private fragment.
+    fn fragment(&mut self, (buf, at): (Buf, u64), len: u64) -> Vec<String> {
+        let ty = self.memref(buf);
+        (0..len)
+            .map(|i| {
+                let sub = self.int_const(Ty::Index, (at + i) as i64);
+                let v = self.fresh();
+                let name = Self::buf_name(buf);
+                self.line(&format!("{v} = memref.load {name}[{sub}] : {ty}"));
+                v
+            })
+            .collect()
+    }
+
+    /// GPU: the i32 registers of an A or B fragment, comma-separated.
+    fn mma_operand(&mut self, shape: MmaShape, frag: (Buf, u64), len: u64) -> String {
+        let values = self.fragment(frag, len);
+        let bits = |p: &mut Self, v: &str| {
+            let r = p.fresh();
+            p.line(&format!("{r} = arith.bitcast {v} : f32 to i32"));
+            r
+        };
+        let regs: Vec<String> = match shape {
+            MmaShape::Tf32M16N8K8 => values.iter().map(|v| bits(self, v)).collect(),
+            MmaShape::Bf16M16N8K16 => values
+                .chunks(2)
+                .map(|pair| {
+                    let (lo, hi) = (bits(self, &pair[0]), bits(self, &pair[1]));
+                    let c16 = self.int_const(Ty::I32, 16);
+                    let top = self.int_const(Ty::I32, 0xffff_0000u32 as i32 as i64);
+                    let [low, high, packed] = [(); 3].map(|_| self.fresh());
+                    self.line(&format!("{low} = arith.shrui {lo}, {c16} : i32"));
+                    self.line(&format!("{high} = arith.andi {hi}, {top} : i32"));
+                    self.line(&format!("{packed} = arith.ori {low}, {high} : i32"));
+                    packed
+                })
+                .collect(),
+        };
+        regs.join(", ")
+    }
+
     /// Host: an `Mma` as a loop over the threads of the block, each computing its D
-    /// elements ([`super::semantics::mma_element`]) from its warp's fragments: for the
-    /// m16n8k8 layouts, element `j` of lane `l` (`g = l / 4`, `q = l % 4`) takes A from
-    /// lanes `4g + k % 4` (element `j / 2 + 2 (k / 4)`) and B from lanes `8q + 4 (j % 2) +
-    /// k % 4` (element `k / 4`).
+    /// elements ([`super::semantics::mma_element`]) from its warp's fragments. Element `j`
+    /// of lane `l` (`g = l / 4`, `q = l % 4`) is `(g + 8 (j / 2), 2q + j % 2)` of the tile;
+    /// the layouts place `A[g + r, k]` in lane `4g` plus the lane of `A[r, k]`, and
+    /// `B[k, 2q + e]` in lane `8q` plus the lane of `B[k, e]`, at the same element, so
+    /// the fragment subscripts are constants from the layouts at `g = q = 0`.
     fn host_mma(&mut self, mma: &Mma) {
-        let MmaShape::Tf32M16N8K8 = mma.shape;
+        let shape = mma.shape;
         let tid = format!("%tid{}", self.threads);
         self.threads += 1;
         let block = self.int_const(Ty::Index, self.k.block as i64);
@@ -729,16 +782,18 @@ impl<'k> Printer<'k> {
         self.line(&format!("{q8} = arith.muli {q}, {c8} : index"));
         self.line(&format!("{a_lane0} = arith.addi {warp}, {quad} : index"));
         self.line(&format!("{b_lane0} = arith.addi {warp}, {q8} : index"));
-        let keep = self.int_const(Ty::I32, !0x1fff);
-        let [_, _, lc] = mma.shape.fragment_lens();
-        let (_, _, kk) = mma.shape.mnk();
+        let keep = self.int_const(Ty::I32, shape.operand_mask() as i32 as i64);
+        let [_, _, lc] = shape.fragment_lens();
+        let (_, _, kk) = shape.mnk();
         for j in 0..lc {
             let mut acc = self.private_at(mma.acc, &tid, j);
             for k in 0..kk {
-                let a_thread = self.offset(&a_lane0, k % 4);
-                let a = self.private_at(mma.a, &a_thread, j / 2 + 2 * (k / 4));
-                let b_thread = self.offset(&b_lane0, 4 * (j % 2) + k % 4);
-                let b = self.private_at(mma.b, &b_thread, k / 4);
+                let (a_lane, ai) = mma_a_element(shape, 8 * (j / 2), k);
+                let (b_lane, bi) = mma_b_element(shape, k, j % 2);
+                let a_thread = self.offset(&a_lane0, a_lane);
+                let a = self.private_at(mma.a, &a_thread, ai);
+                let b_thread = self.offset(&b_lane0, b_lane);
+                let b = self.private_at(mma.b, &b_thread, bi);
                 let [a, b] = [a, b].map(|x| {
                     let [bits, kept, r] = [(); 3].map(|_| self.fresh());
                     self.line(&format!("{bits} = arith.bitcast {x} : f32 to i32"));

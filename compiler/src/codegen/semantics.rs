@@ -75,7 +75,7 @@ pub fn cmp_defined(op: CmpOp, t: Ty) -> bool {
 pub fn unary_defined(op: UnOp, t: Ty) -> bool {
     match op {
         UnOp::Neg => t != Ty::Bool,
-        UnOp::Exp | UnOp::Log | UnOp::Sqrt | UnOp::RoundTf32 => t == Ty::F32,
+        UnOp::Exp | UnOp::Log | UnOp::Sqrt | UnOp::RoundTf32 | UnOp::RoundBf16 => t == Ty::F32,
         UnOp::Not => t != Ty::F32,
     }
 }
@@ -195,35 +195,93 @@ pub fn round_tf32(x: f32) -> f32 {
     f32::from_bits(bits.wrapping_add(0x1000) & !0x1fff)
 }
 
+/// `x` rounded to BF16 as `cvt.rn.bf16.f32` does: to the nearest value with 7 mantissa
+/// bits, ties to even; infinities unchanged, NaNs stay NaNs.
+pub fn round_bf16(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let bits = x.to_bits();
+    let odd = (bits >> 16) & 1;
+    f32::from_bits(bits.wrapping_add(0x7fff + odd) & 0xffff_0000)
+}
+
 /// An f32 as a TF32 tensor-core operation reads it: the low 13 mantissa bits ignored.
 pub fn tf32_operand(x: f32) -> f32 {
     f32::from_bits(x.to_bits() & !0x1fff)
 }
 
+impl MmaShape {
+    /// The bits of an f32 fragment element that the operation reads (TF32: the top 19;
+    /// BF16: the top 16, the half that travels to the tensor core).
+    pub fn operand_mask(self) -> u32 {
+        match self {
+            MmaShape::Tf32M16N8K8 => !0x1fff,
+            MmaShape::Bf16M16N8K16 => 0xffff_0000,
+        }
+    }
+
+    /// How much `k` a lane's `q = lane % 4` steps (1 for TF32; 2 for BF16, whose lanes hold
+    /// pairs along k).
+    pub fn k_per_q(self) -> u64 {
+        match self {
+            MmaShape::Tf32M16N8K8 => 1,
+            MmaShape::Bf16M16N8K16 => 2,
+        }
+    }
+
+    /// Element `i` of a lane's A fragment lies at row `g + a.0`, depth `q * k_per_q + a.1`.
+    pub fn a_offsets(self, i: u64) -> (u64, u64) {
+        match self {
+            MmaShape::Tf32M16N8K8 => (8 * (i % 2), 4 * (i / 2)),
+            MmaShape::Bf16M16N8K16 => (8 * ((i / 2) % 2), i % 2 + 8 * (i / 4)),
+        }
+    }
+
+    /// Element `i` of a lane's B fragment lies at depth `q * k_per_q + b`, column `g`.
+    pub fn b_offset(self, i: u64) -> u64 {
+        match self {
+            MmaShape::Tf32M16N8K8 => 4 * i,
+            MmaShape::Bf16M16N8K16 => i % 2 + 8 * (i / 2),
+        }
+    }
+}
+
+/// An element as the operation reads it ([`MmaShape::operand_mask`]).
+pub fn mma_operand(shape: MmaShape, x: f32) -> f32 {
+    f32::from_bits(x.to_bits() & shape.operand_mask())
+}
+
 /// Where element `(row, k)` of the A tile of an [`MmaShape`] lives: `(lane, index)` of the
-/// thread's fragment. For m16n8k8 (PTX ISA, "Matrix Fragments for mma.m16n8k8"), with
-/// `g = lane / 4` and `q = lane % 4`: `a0 = (g, q)`, `a1 = (g + 8, q)`, `a2 = (g, q + 4)`,
-/// `a3 = (g + 8, q + 4)`.
+/// thread's fragment (PTX ISA, "Matrix Fragments for mma.m16n8k8 / m16n8k16"), with
+/// `g = lane / 4` and `q = lane % 4`. m16n8k8 (TF32): `a0 = (g, q)`, `a1 = (g + 8, q)`,
+/// `a2 = (g, q + 4)`, `a3 = (g + 8, q + 4)`. m16n8k16 (BF16, pairs along k): `a0, a1 =
+/// (g, 2q + {0, 1})`, `a2, a3 = (g + 8, 2q + {0, 1})`, `a4, a5 = (g, 2q + 8 + {0, 1})`,
+/// `a6, a7 = (g + 8, 2q + 8 + {0, 1})`.
 pub fn mma_a_element(shape: MmaShape, row: u64, k: u64) -> (u64, u64) {
     match shape {
         MmaShape::Tf32M16N8K8 => ((row % 8) * 4 + k % 4, row / 8 + 2 * (k / 4)),
+        MmaShape::Bf16M16N8K16 => (
+            (row % 8) * 4 + (k % 8) / 2,
+            k % 2 + 2 * (row / 8) + 4 * (k / 8),
+        ),
     }
 }
 
-/// Where element `(k, col)` of the B tile lives: `b0 = (k = q, n = g)`, `b1 = (k = q + 4,
-/// n = g)`.
+/// Where element `(k, col)` of the B tile lives. TF32: `b0 = (k = q, n = g)`, `b1 = (k =
+/// q + 4, n = g)`; BF16: `b0, b1 = (k = 2q + {0, 1}, n = g)`, `b2, b3 = (k = 2q + 8 +
+/// {0, 1}, n = g)`.
 pub fn mma_b_element(shape: MmaShape, k: u64, col: u64) -> (u64, u64) {
     match shape {
         MmaShape::Tf32M16N8K8 => (col * 4 + k % 4, k / 4),
+        MmaShape::Bf16M16N8K16 => (col * 4 + (k % 8) / 2, k % 2 + 2 * (k / 8)),
     }
 }
 
-/// The `(row, col)` of the C (and D) tile that element `j` of lane `lane` holds: `c0, c1 =
-/// (g, 2q + {0, 1})`, `c2, c3 = (g + 8, 2q + {0, 1})`.
-pub fn mma_c_element(shape: MmaShape, lane: u64, j: u64) -> (u64, u64) {
-    match shape {
-        MmaShape::Tf32M16N8K8 => (lane / 4 + 8 * (j / 2), 2 * (lane % 4) + j % 2),
-    }
+/// The `(row, col)` of the C (and D) tile that element `j` of lane `lane` holds (both
+/// shapes): `c0, c1 = (g, 2q + {0, 1})`, `c2, c3 = (g + 8, 2q + {0, 1})`.
+pub fn mma_c_element(_shape: MmaShape, lane: u64, j: u64) -> (u64, u64) {
+    (lane / 4 + 8 * (j / 2), 2 * (lane % 4) + j % 2)
 }
 
 /// How every implementation computes element `j` of lane `lane`'s D: `C` plus the products
@@ -242,6 +300,54 @@ pub fn mma_element(
     (0..kk).fold(c, |acc, k| {
         let (al, ai) = mma_a_element(shape, row, k);
         let (bl, bi) = mma_b_element(shape, k, col);
-        acc + tf32_operand(a(al, ai)) * tf32_operand(b(bl, bi))
+        acc + mma_operand(shape, a(al, ai)) * mma_operand(shape, b(bl, bi))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fragment offsets the GEMM generator uses are the inverse of the layouts.
+    #[test]
+    fn fragment_offsets_invert_the_layouts() {
+        for shape in [MmaShape::Tf32M16N8K8, MmaShape::Bf16M16N8K16] {
+            let [la, lb, _] = shape.fragment_lens();
+            for lane in 0..32 {
+                let (g, q) = (lane / 4, lane % 4);
+                for i in 0..la {
+                    let (dr, dk) = shape.a_offsets(i);
+                    let at = mma_a_element(shape, g + dr, q * shape.k_per_q() + dk);
+                    assert_eq!(at, (lane, i), "{shape:?} A lane {lane} element {i}");
+                }
+                for i in 0..lb {
+                    let k = q * shape.k_per_q() + shape.b_offset(i);
+                    assert_eq!(mma_b_element(shape, k, g), (lane, i), "{shape:?} B");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_matches_the_hardware_rules() {
+        // TF32: ties away from zero; BF16: ties to even.
+        let tie = f32::from_bits(0x3f80_1000);
+        assert_eq!(round_tf32(tie).to_bits(), 0x3f80_2000);
+        assert_eq!(round_tf32(-tie).to_bits(), 0xbf80_2000);
+        assert_eq!(
+            round_bf16(f32::from_bits(0x3f80_8000)).to_bits(),
+            0x3f80_0000
+        );
+        assert_eq!(
+            round_bf16(f32::from_bits(0x3f81_8000)).to_bits(),
+            0x3f82_0000
+        );
+        assert_eq!(
+            round_bf16(f32::from_bits(0x3f80_8001)).to_bits(),
+            0x3f81_0000
+        );
+        assert!(round_bf16(f32::from_bits(0x7f80_0001)).is_nan());
+        assert_eq!(round_bf16(f32::INFINITY), f32::INFINITY);
+        assert!(round_tf32(f32::NAN).is_nan());
+    }
 }

@@ -14,7 +14,7 @@ mod tensor;
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::codegen::semantics::round_tf32;
+use crate::codegen::semantics::{round_bf16, round_tf32};
 use crate::ir::{DType, Graph, NodeId, Op, OpKind};
 use kernels::{AvgPool, ConvGeometry};
 pub use planned::run_planned;
@@ -42,9 +42,10 @@ pub fn run<T: Real>(
     run_in(graph, feeds, Precision::F32)
 }
 
-/// [`run`] with the convolutions multiplying in `precision`: for TF32 both multiplicands of
-/// every convolution and convolution gradient (x and w, dy and w, x and dy) are rounded to
-/// TF32 first (the oracle of the GPU's tensor-core kernels); sums stay in `T`.
+/// [`run`] with the convolutions multiplying in `precision`: for TF32 (BF16) both
+/// multiplicands of every convolution and convolution gradient (x and w, dy and w, x and
+/// dy) are rounded to TF32 (BF16) first (the oracle of the GPU's tensor-core kernels); sums
+/// stay in `T`.
 pub fn run_in<T: Real>(
     graph: &Graph,
     feeds: &HashMap<String, Value<T>>,
@@ -70,8 +71,13 @@ pub fn run_in<T: Real>(
             Op::Input { name } | Op::Param { name, .. } => feed(graph, id, name, feeds)?,
             op => {
                 let args: Vec<&Value<T>> = operands.iter().map(|o| &values[o]).collect();
-                if precision == Precision::Tf32 && matches!(op.kind(), OpKind::Conv(_)) {
-                    let rounded = [args[0], args[1]].map(tf32_rounded);
+                let round = match precision {
+                    Precision::F32 => None,
+                    Precision::Tf32 => Some(round_tf32 as fn(f32) -> f32),
+                    Precision::Bf16 => Some(round_bf16 as fn(f32) -> f32),
+                };
+                if let (Some(round), OpKind::Conv(_)) = (round, op.kind()) {
+                    let rounded = [args[0], args[1]].map(|v| rounded_with(v, round));
                     let mut args = args;
                     args[0] = &rounded[0];
                     args[1] = &rounded[1];
@@ -131,10 +137,10 @@ pub(crate) fn feed<T: Real>(
     Ok(value.clone())
 }
 
-/// A real value with every element rounded to TF32 (through f32).
-fn tf32_rounded<T: Real>(v: &Value<T>) -> Value<T> {
+/// A real value with every element rounded by `round` (through f32).
+fn rounded_with<T: Real>(v: &Value<T>, round: fn(f32) -> f32) -> Value<T> {
     Value::Real(kernels::map(v.real(), |x| {
-        T::of(round_tf32(x.f64() as f32) as f64)
+        T::of(round(x.f64() as f32) as f64)
     }))
 }
 
