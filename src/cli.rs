@@ -498,8 +498,10 @@ pub struct RunArgs {
     /// With --train: write the trained parameters and momentum buffers here (atomically)
     #[arg(long, value_name = "W.safetensors", requires = "train")]
     pub save_weights: Option<PathBuf>,
-    /// Time every launch (the device waits after each one) and print the 25 that took the
-    /// most time in the last run, summed by kernel or GEMM shape
+    /// Time every launch of the last run (the CPU waits after each one; the GPU times each
+    /// between CUDA events, and reports an error only after the last launch) and print the
+    /// 25 that took the most time, summed by kernel or GEMM shape, then the total by kind
+    /// (convolutions forward, data and weight gradients, GEMMs, other kernels)
     #[arg(long)]
     pub profile: bool,
     /// Write the outputs of the last run as safetensors (atomically)

@@ -784,13 +784,15 @@ fn run_errors_are_clear() {
     let other_seed = rfnc(&["run", bundle.to_str().unwrap(), "--init-seed", "1"]);
     assert_ne!(outputs(&random), outputs(&other_seed));
     // Flags that shape compilation cannot apply to a compiled bundle.
-    let out = rfnc(&["run", bundle.to_str().unwrap(), "-D", "classes=5"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("-D shapes compilation"),
-        "{}",
-        stderr(&out)
-    );
+    for (flag, value) in [("-D", "classes=5"), ("--precision", "bf16")] {
+        let out = rfnc(&["run", bundle.to_str().unwrap(), flag, value]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains(&format!("{flag} shapes compilation")),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]
@@ -1058,4 +1060,34 @@ fn cpu_schedules_agree_and_profile_lists_launches() {
             .any(|l| l.contains("host_im2col_") || l.contains("host_winograd_")),
         "{host}"
     );
+}
+
+/// Tensor-core precisions need sm_80: an older GPU is refused with what to do instead;
+/// `--precision f32` compiles for it.
+#[test]
+fn tensor_core_precisions_need_sm80() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("b");
+    let out = out_dir.to_str().unwrap();
+    let file = "examples/tiny.rfn";
+    let refused = rfnc(&["compile", file, "--gpu", "sm_75", "-o", out]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("--precision tf32 needs tensor cores")
+            && stderr(&refused).contains("--precision f32"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!out_dir.exists(), "nothing is written");
+    let f32 = rfnc(&[
+        "compile",
+        file,
+        "--gpu",
+        "sm_75",
+        "--precision",
+        "f32",
+        "-o",
+        out,
+    ]);
+    assert!(f32.status.success(), "{}", stderr(&f32));
 }

@@ -1,5 +1,5 @@
 //! The GPU executor on compiled networks: bundles of every example (inference and the
-//! training step), in both precisions, run on CUDA and agree with the CPU executor running
+//! training step), in every precision, run on CUDA and agree with the CPU executor running
 //! the same kernels (`--device cpu-gpu-kernels`, tensor cores emulated), which
 //! `tests/codegen.rs` checks against the reference interpreter. `#[ignore]`d, so a machine
 //! without a GPU shows it as ignored; `./dev test` includes it where it finds an NVIDIA
@@ -95,7 +95,7 @@ fn gpu_executor_matches_the_cpu_executor() {
     for (example, input) in cases {
         for (train, precision) in [false, true]
             .into_iter()
-            .flat_map(|t| [(t, "tf32"), (t, "f32")])
+            .flat_map(|t| [(t, "tf32"), (t, "bf16"), (t, "f32")])
         {
             let dir = tmp.path().join(format!("{example}-{train}-{precision}"));
             compile(example, input, (train, precision), &dir);

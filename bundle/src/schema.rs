@@ -43,7 +43,9 @@ pub struct Bundle {
     /// Whether `host.bc` holds the kernels for the CPU executor.
     pub host_code: bool,
     /// How the GPU kernels' convolutions multiply (the CPU's own schedule always multiplies
-    /// in f32).
+    /// in f32). Absent in bundles of format 4 and older, which `validate` refuses by their
+    /// version (the default only lets them parse that far).
+    #[serde(default)]
     pub precision: Precision,
     /// Every leaf of both programs, each at its own offset in the leaves region.
     pub leaves: Vec<Leaf>,
@@ -80,7 +82,7 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The name on the command line and in messages: `f32`, `tf32`.
+    /// The name on the command line and in messages: `f32`, `tf32`, `bf16`.
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",

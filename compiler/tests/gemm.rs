@@ -1,8 +1,9 @@
-//! Convolutions as tiled implicit GEMMs (codegen::gemm), in both precisions (f32 FMA and
-//! TF32 tensor cores): the kernels run in the KIR interpreter and match the reference
-//! convolutions on odd shapes (for TF32, the reference on TF32-rounded operands), store
-//! every result element exactly once, pass the KIR checker, and compile to PTX that uses
-//! no local memory (and `mma.sync` for TF32).
+//! Convolutions as tiled implicit GEMMs (codegen::gemm), in every precision (f32 FMA, TF32
+//! and BF16 tensor cores, with and without asynchronous copies): the kernels run in the KIR
+//! interpreter and match the reference convolutions on odd shapes (for tensor cores, the
+//! reference on rounded operands), store every result element exactly once, pass the KIR
+//! checker, and compile to PTX that uses no local memory (and the precision's `mma.sync`,
+//! and `cp.async` for operands copied asynchronously).
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use rfnc_compiler::codegen::gemm::{
 use rfnc_compiler::codegen::kir::{Buf, Expr, KernelBuilder, Ty};
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
 use rfnc_compiler::codegen::mlir_text::{gpu_module, GPU_PIPELINE};
-use rfnc_compiler::codegen::semantics::{round_bf16, round_tf32};
+use rfnc_compiler::codegen::semantics::rounding;
 use rfnc_compiler::interp::kernels::{conv2d, conv2d_grad_input, conv2d_grad_weight, ConvGeometry};
 use rfnc_compiler::interp::Tensor;
 use rfnc_compiler::rng::splitmix64;
@@ -105,6 +106,19 @@ struct PlainIo {
     dy: Buf,
     out: Buf,
     count: Buf,
+    /// The operands tensor-core kernels may copy asynchronously.
+    plain: &'static [ConvOperand],
+}
+
+impl PlainIo {
+    fn buf(&self, op: ConvOperand) -> Buf {
+        match op {
+            ConvOperand::X => self.x,
+            ConvOperand::W => self.w,
+            ConvOperand::Dy => self.dy,
+            ConvOperand::Bias => self.bias,
+        }
+    }
 }
 
 impl ConvIo for PlainIo {
@@ -115,13 +129,12 @@ impl ConvIo for PlainIo {
     }
 
     fn load(&mut self, op: ConvOperand, idx: Expr) -> Result<Expr, Infallible> {
-        let buf = match op {
-            ConvOperand::X => self.x,
-            ConvOperand::W => self.w,
-            ConvOperand::Dy => self.dy,
-            ConvOperand::Bias => self.bias,
-        };
+        let buf = self.buf(op);
         Ok(self.b.let_(Expr::load(buf, idx)))
+    }
+
+    fn plain(&mut self, op: ConvOperand) -> Option<Buf> {
+        self.plain.contains(&op).then(|| self.buf(op))
     }
 
     fn store(&mut self, idx: Expr, v: Expr) -> Result<(), Infallible> {
@@ -132,9 +145,25 @@ impl ConvIo for PlainIo {
     }
 }
 
+/// How a kernel is built: its precision and the operands it may copy asynchronously.
+type Variant = (Precision, &'static [ConvOperand]);
+
+/// Every precision; tensor cores with every operand copied asynchronously, none, and each
+/// mix.
+const VARIANTS: [Variant; 5] = [
+    (Precision::F32, &[]),
+    (
+        Precision::Tf32,
+        &[ConvOperand::X, ConvOperand::W, ConvOperand::Dy],
+    ),
+    (Precision::Tf32, &[]),
+    (Precision::Bf16, &[ConvOperand::W, ConvOperand::Dy]),
+    (Precision::Bf16, &[ConvOperand::X]),
+];
+
 /// The kernel with params x, w, bias, dy, out (f32) and count (i32): plain loads, and a
 /// store that also counts the writes of each element.
-fn build(p: &ConvProblem, precision: Precision) -> (CheckedKernel, u64) {
+fn build(p: &ConvProblem, (precision, plain): Variant) -> (CheckedKernel, u64) {
     let result = match p.kind {
         ConvKind::Forward => p.y,
         ConvKind::GradInput => p.x,
@@ -155,6 +184,7 @@ fn build(p: &ConvProblem, precision: Precision) -> (CheckedKernel, u64) {
         dy,
         out,
         count,
+        plain,
     };
     let Ok(grid) = conv_kernel(&mut io, p, precision);
     let k = io.b.finish();
@@ -183,10 +213,11 @@ fn reference(case: &Case, kind: ConvKind, bias: bool, data: [&[f64]; 4]) -> Vec<
 
 /// Runs one kind on one case in the interpreter and checks it against the reference (on
 /// the operands rounded as the precision multiplies them).
-fn check(name: &str, case: &Case, kind: ConvKind, bias: bool, precision: Precision) {
-    let name = &format!("{name} {}", precision.name());
+fn check(name: &str, case: &Case, kind: ConvKind, bias: bool, variant: Variant) {
+    let precision = variant.0;
+    let name = &format!("{name} {} (async {:?})", precision.name(), variant.1);
     let p = case.problem(kind, bias);
-    let (k, grid) = build(&p, precision);
+    let (k, grid) = build(&p, variant);
     let seed = splitmix64(name.len() as u64 ^ (kind as u64) << 8);
     let x = numbers(len(case.x), seed);
     let w = numbers(len(case.w), seed ^ 1);
@@ -217,10 +248,9 @@ fn check(name: &str, case: &Case, kind: ConvKind, bias: bool, precision: Precisi
         count[bad[0]]
     );
 
-    let operand = |v: &[f32]| match precision {
-        Precision::F32 => to64(v),
-        Precision::Tf32 => v.iter().map(|&x| round_tf32(x) as f64).collect(),
-        Precision::Bf16 => v.iter().map(|&x| round_bf16(x) as f64).collect(),
+    let operand = |v: &[f32]| match rounding(precision) {
+        None => to64(v),
+        Some(round) => v.iter().map(|&x| round(x) as f64).collect(),
     };
     let data = [operand(&x), operand(&w), to64(&bv), operand(&dy)];
     let want = reference(case, kind, bias, [&data[0], &data[1], &data[2], &data[3]]);
@@ -253,14 +283,12 @@ fn check(name: &str, case: &Case, kind: ConvKind, bias: bool, precision: Precisi
     );
 }
 
-const PRECISIONS: [Precision; 3] = [Precision::F32, Precision::Tf32, Precision::Bf16];
-
 fn check_all(name: &str, case: Case) {
-    for precision in PRECISIONS {
-        check(name, &case, ConvKind::Forward, true, precision);
-        check(name, &case, ConvKind::Forward, false, precision);
-        check(name, &case, ConvKind::GradInput, false, precision);
-        check(name, &case, ConvKind::GradWeight, false, precision);
+    for variant in VARIANTS {
+        check(name, &case, ConvKind::Forward, true, variant);
+        check(name, &case, ConvKind::Forward, false, variant);
+        check(name, &case, ConvKind::GradInput, false, variant);
+        check(name, &case, ConvKind::GradWeight, false, variant);
     }
 }
 
@@ -373,8 +401,8 @@ fn large_k_weight_gradient() {
         pad: [1, 1, 1, 1],
         ..case([2, 3, 17, 17], [4, 3, 3, 3])
     };
-    for precision in PRECISIONS {
-        check("large K", &c, ConvKind::GradWeight, false, precision);
+    for variant in VARIANTS {
+        check("large K", &c, ConvKind::GradWeight, false, variant);
     }
 }
 
@@ -406,7 +434,8 @@ fn grid_and_problem_sizes() {
 /// The GPU form of each kind and precision lowers through NVVM and LLVM to PTX for sm_80
 /// and sm_90 whose register tiles, fragments, staging registers and decoded coordinates all
 /// stay in registers: no local memory (`.local`, a local depot) at all; TF32 kernels
-/// multiply with `mma.sync` on operands rounded by `cvt.rna.tf32.f32`, f32 ones never do.
+/// multiply with `mma.sync` on operands rounded by `cvt.rna.tf32.f32`, f32 ones never do;
+/// operands read plainly arrive by `cp.async`.
 #[test]
 fn ptx_uses_no_local_memory() {
     let mlir_opt = mlir_opt();
@@ -421,9 +450,13 @@ fn ptx_uses_no_local_memory() {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let kinds = [ConvKind::Forward, ConvKind::GradInput, ConvKind::GradWeight];
-    for (kind, precision) in kinds.into_iter().flat_map(|k| PRECISIONS.map(|p| (k, p))) {
-        let (k, _) = build(&c.problem(kind, kind == ConvKind::Forward), precision);
-        let name = format!("{kind:?}_{}", precision.name()).to_lowercase();
+    let all = kinds
+        .into_iter()
+        .flat_map(|k| VARIANTS.into_iter().enumerate().map(move |v| (k, v)));
+    for (kind, (i, variant)) in all {
+        let precision = variant.0;
+        let (k, _) = build(&c.problem(kind, kind == ConvKind::Forward), variant);
+        let name = format!("{kind:?}_{}_{i}", precision.name()).to_lowercase();
         let gpu = gpu_module(&k, &name);
         let path = |ext: &str| dir.path().join(format!("{name}.{ext}"));
         let p = |ext: &str| path(ext).to_string_lossy().into_owned();
@@ -508,6 +541,22 @@ fn ptx_uses_no_local_memory() {
             let mma = text.matches("mma.sync").count();
             let per_slice = if precision == Precision::Bf16 { 4 } else { 8 };
             assert!(mma.is_multiple_of(per_slice), "{name} {sm}: {mma} mma.sync");
+            // Operands the kernel reads plainly are copied by zero-filling cp.async, whose
+            // groups a tensor-core kernel commits and waits for in every iteration.
+            let operands = match kind {
+                ConvKind::Forward => [ConvOperand::W, ConvOperand::X],
+                ConvKind::GradInput => [ConvOperand::W, ConvOperand::Dy],
+                ConvKind::GradWeight => [ConvOperand::Dy, ConvOperand::X],
+            };
+            let copies =
+                precision != Precision::F32 && operands.iter().any(|o| variant.1.contains(o));
+            assert_eq!(
+                text.contains("cp.async.ca.shared.global"),
+                copies,
+                "{name} {sm}"
+            );
+            let groups = precision != Precision::F32;
+            assert_eq!(text.contains("cp.async.wait_group"), groups, "{name} {sm}");
         }
     }
 }

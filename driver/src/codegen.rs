@@ -125,11 +125,27 @@ impl CodegenOptions {
         }
     }
 
-    fn target(&self) -> GpuTarget {
-        GpuTarget {
+    /// The GPU target; refused where the precision needs tensor-core instructions the
+    /// architecture lacks (TF32 and BF16 `mma.sync`: sm_80 and later).
+    fn target(&self) -> Result<GpuTarget, String> {
+        let generation: u32 = self
+            .gpu
+            .trim_start_matches("sm_")
+            .trim_end_matches(char::is_alphabetic)
+            .parse()
+            .unwrap_or(0);
+        if self.ptx && self.precision != Precision::F32 && generation < 80 {
+            return Err(format!(
+                "--precision {} needs tensor cores with TF32 and BF16 (sm_80 and later); {} \
+                 has none: compile with --precision f32 or for a newer GPU (--gpu sm_80)",
+                self.precision.name(),
+                self.gpu
+            ));
+        }
+        Ok(GpuTarget {
             sm: self.gpu.clone(),
             libdevice: find_libdevice(),
-        }
+        })
     }
 }
 
@@ -206,7 +222,7 @@ fn source(k: &NamedKernel) -> KernelSource {
 /// Every kernel's optimised NVPTX LLVM IR.
 pub fn render_llvm(lowered: &Lowered, options: &CodegenOptions) -> Result<String, String> {
     let counts = launch_counts(&lowered.bundle);
-    let target = options.target();
+    let target = options.target()?;
     let mut out = String::new();
     for k in &lowered.kernels {
         header(
@@ -238,7 +254,7 @@ pub fn compile_all(
         &names,
         &render,
         &CompileOptions {
-            target: options.target(),
+            target: options.target()?,
             cache_dir: options.cache.clone(),
             generator: rfnc_compiler::CODEGEN_SOURCE_HASH.to_string(),
             threads: options.threads,

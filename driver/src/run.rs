@@ -275,8 +275,6 @@ pub fn summary(name: &str, t: &HostTensor) -> String {
     format!("{name:<24} {shape:<16} mean {mean:.6} min {min:.6} max {max:.6}")
 }
 
-/// Runs the main program `steps` times (training: the step counter counts up) and
-/// describes the outputs; returns the text to print.
 /// The kind of a profiled launch, by its kernel's ops (the anchor comes first) or its GEMM.
 fn launch_kind(what: &str) -> &'static str {
     if what.starts_with("gemm ") {
@@ -359,6 +357,8 @@ pub fn profile_report(session: &Session, top: usize) -> Option<String> {
     Some(out)
 }
 
+/// Runs the main program `steps` times (training: the step counter counts up) and
+/// describes the outputs; returns the text to print.
 pub fn run_steps(session: &mut Session, steps: u32, train: bool) -> Result<String, RuntimeError> {
     let mut out = String::new();
     // The training step's scalar outputs: the objective first, then a weighted objective's

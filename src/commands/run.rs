@@ -11,7 +11,7 @@ use rfnc_driver::{Error, Network};
 use rfnc_dsl::Diagnostic;
 use rfnc_runtime::{load_bundle, save_weights};
 
-use crate::cli::{DeviceArg, RunArgs};
+use crate::cli::{DeviceArg, PrecisionArg, RunArgs};
 use crate::print::print_stdout;
 
 pub fn run(args: &RunArgs) -> Result<(), Error> {
@@ -72,6 +72,7 @@ fn refuse_compile_flags(args: &RunArgs) -> Result<(), Error> {
         (!common.define.is_empty(), "-D"),
         (common.input != DEFAULT_INPUT, "--input"),
         (args.gpu != DEFAULT_GPU, "--gpu"),
+        (args.precision != PrecisionArg::Tf32, "--precision"),
         (args.no_cache, "--no-cache"),
         (args.train.step.memory_budget.is_some(), "--memory-budget"),
     ]

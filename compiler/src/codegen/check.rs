@@ -10,6 +10,7 @@
 //!   after the next barrier or `Mma` or inside a following construct that contains one;
 //! - an `Mma` only in a block of whole warps, its fragments inside private f32 arrays, C
 //!   (written) overlapping neither A nor B (read by other threads);
+//! - an async copy only from an f32 parameter to a shared f32 array;
 //! - every expression well typed in its context ([`super::semantics`]): operands of one
 //!   type, every operation defined on it, subscripts and loop bounds of index type,
 //!   conditions boolean, stored and bound values of the declared type;
@@ -18,7 +19,7 @@
 
 use std::ops::Deref;
 
-use super::kir::{Buf, Expr, KernelFn, KirError, Mma, Stmt, Ty};
+use super::kir::{AsyncCopy, Buf, Expr, KernelFn, KirError, Mma, Stmt, Ty};
 use super::semantics::{
     bin_defined, buf_decl, buf_elem, cmp_defined, operand_ty, ty_in, type_of, unary_defined,
 };
@@ -148,9 +149,29 @@ impl Checker<'_> {
                     self.mma(mma)?;
                     scope.kill_thread_values()
                 }
+                Stmt::AsyncCopy(copy) => self.async_copy(copy, scope)?,
+                Stmt::AsyncCommit | Stmt::AsyncWait(_) => {}
             }
         }
         Ok(())
+    }
+
+    fn async_copy(&self, copy: &AsyncCopy, scope: &Scope) -> Result<(), KirError> {
+        let (dst, src) = (copy.dst.0, copy.src.0);
+        let f32_of = |b: Buf| buf_elem(self.k, b) == Some(Ty::F32);
+        if !(matches!(dst, Buf::Shared(_)) && f32_of(dst)) {
+            return Err(KirError(format!(
+                "an async copy to {dst:?}: only to shared f32 arrays"
+            )));
+        }
+        if !(matches!(src, Buf::Param(_)) && f32_of(src)) {
+            return Err(KirError(format!(
+                "an async copy from {src:?}: only from f32 parameters"
+            )));
+        }
+        self.subscript(&copy.dst.1, scope)?;
+        self.subscript(&copy.src.1, scope)?;
+        self.typed(&copy.ok, Ty::Bool, "copy condition", scope)
     }
 
     fn mma(&self, mma: &Mma) -> Result<(), KirError> {

@@ -13,7 +13,7 @@
 //! Invariants of the result (checked once, by [`split`]): the bounds and conditions of
 //! split constructs are block-level values; every variable a stretch uses is block-level or
 //! bound earlier in the same stretch (in scope), so the host function is valid SSA; no
-//! stretch contains a barrier.
+//! stretch contains a barrier or an `Mma` (each "barrier" below means either).
 
 use super::check::CheckedKernel;
 use super::kir::{Buf, Expr, KernelFn, KirError, Mma, Stmt, Var};
@@ -205,6 +205,12 @@ fn validate(s: &Stmt, defined: &mut Vec<bool>) -> Result<(), KirError> {
             uses(i, defined)?;
             uses(v, defined)?;
         }
+        Stmt::AsyncCopy(copy) => {
+            uses(&copy.dst.1, defined)?;
+            uses(&copy.src.1, defined)?;
+            uses(&copy.ok, defined)?;
+        }
+        Stmt::AsyncCommit | Stmt::AsyncWait(_) => {}
         Stmt::For(l) => {
             uses(&l.lo, defined)?;
             uses(&l.hi, defined)?;
@@ -228,7 +234,7 @@ fn validate(s: &Stmt, defined: &mut Vec<bool>) -> Result<(), KirError> {
             }
         }
         // Stretches hold no barriers or mmas: `steps` ends a stretch at each one.
-        Stmt::Barrier | Stmt::Mma(_) => unreachable!("a barrier inside a barrier-free stretch"),
+        Stmt::Barrier | Stmt::Mma(_) => unreachable!("a barrier or mma inside a stretch"),
     }
     Ok(())
 }
@@ -254,6 +260,12 @@ fn stores_of(s: &Stmt, out: &mut Vec<usize>) {
         Stmt::If {
             then, otherwise, ..
         } => then.iter().chain(otherwise).for_each(|s| stores_of(s, out)),
-        Stmt::Let(..) | Stmt::Store(..) | Stmt::Barrier | Stmt::Mma(_) => {}
+        Stmt::Let(..)
+        | Stmt::Store(..)
+        | Stmt::Barrier
+        | Stmt::Mma(_)
+        | Stmt::AsyncCopy(_)
+        | Stmt::AsyncCommit
+        | Stmt::AsyncWait(_) => {}
     }
 }

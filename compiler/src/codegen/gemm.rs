@@ -16,7 +16,7 @@
 //! rows `4*(t/16) .. +4` and columns `4*(t%16) .. +4` of the block tile.
 //!
 //! The K loop runs over [`TILE_K`] = 16 wide slices. Each slice of A (64 x 16) and of B
-//! (16 x 64) is staged in a shared array stored k-major (`s[k][mn]`, rows padded to 68 where
+//! (16 x 64) is staged in a shared array stored k-major (`s[k][mn]`, rows padded to 68 (f32 kernels) where
 //! the stores would otherwise conflict), four elements per thread and operand, through a
 //! private staging array: the next slice is fetched from global memory into registers while
 //! the current one is multiplied (one barrier after the shared stores, one after the
@@ -594,6 +594,14 @@ pub trait ConvIo {
     /// The prologue: the value of `operand` at `flat`.
     fn load(&mut self, operand: ConvOperand, flat: Expr) -> Result<Expr, Self::Error>;
 
+    /// The parameter `operand` is read from, when [`Self::load`] would only read it (no
+    /// fused prologue): tensor-core kernels then copy it to shared memory asynchronously.
+    /// `None` (the default): every element goes through [`Self::load`].
+    fn plain(&mut self, operand: ConvOperand) -> Option<Buf> {
+        let _ = operand;
+        None
+    }
+
     /// The epilogue: writes `value` to the result element `flat`.
     fn store(&mut self, flat: Expr, value: Expr) -> Result<(), Self::Error>;
 }
@@ -611,17 +619,35 @@ pub fn conv_kernel<Io: ConvIo + ?Sized>(
         BLOCK,
         "GEMM kernels run {BLOCK} threads per block"
     );
-    let Some(gemm) = Gemm::new(io.builder(), p, precision) else {
+    let Some(mut gemm) = Gemm::new(io.builder(), p, precision) else {
         return Ok(0);
     };
+    if gemm.mma.is_some() {
+        gemm.plain = gemm.ops.each_ref().map(|op| io.plain(op.operand));
+        if gemm.k_tiles > 0 {
+            gemm.fetch(io, Expr::Int(0), Fetch::Async(Expr::Int(0)))?;
+            io.builder().async_commit();
+        }
+    }
     if gemm.k_tiles > 0 {
-        gemm.fetch(io, Expr::Int(0))?;
+        gemm.fetch(io, Expr::Int(0), Fetch::Registers)?;
     }
     let kt = io.builder().begin_for(0, gemm.k_tiles as i64, 1);
-    gemm.k_slice(io, kt)?;
+    match gemm.mma {
+        Some(_) => gemm.k_slice_pipelined(io, kt)?,
+        None => gemm.k_slice(io, kt)?,
+    }
     io.builder().end_for();
     gemm.epilogue(io)?;
     Ok(gemm.grid)
+}
+
+/// Which of a slice's elements a fetch reads: those staged through registers (operands
+/// with a fused prologue, and every operand of f32 kernels), or those copied asynchronously
+/// into the shared stage of the given parity (the plain operands of tensor-core kernels).
+enum Fetch {
+    Registers,
+    Async(Expr),
 }
 
 /// A GEMM kernel being emitted: its sizes, its two operands, the arrays it allocated and the
@@ -645,6 +671,9 @@ struct Gemm {
     precision: Precision,
     /// Tensor cores: the operation, and the thread's A and B fragments of a slice.
     mma: Option<(MmaShape, [Buf; 2])>,
+    /// Tensor cores: the buffer of each operand that is read plainly (copied to shared
+    /// memory asynchronously); the others are staged through registers.
+    plain: [Option<Buf>; 2],
     /// The per-row values each operand decodes once per block.
     pre: [Option<Buf>; 2],
     /// The block's group.
@@ -668,7 +697,11 @@ impl Gemm {
         }
         let (a, bop) = conv.operands(m_size, n_size, precision);
         let ops = [a, bop];
-        let shared = ops.each_ref().map(|op| b.shared(Ty::F32, TILE_K * op.ld));
+        // Tensor cores: two stages, the next slice landing while this one is multiplied.
+        let stages = if mma_shape(precision).is_some() { 2 } else { 1 };
+        let shared = ops
+            .each_ref()
+            .map(|op| b.shared(Ty::F32, stages * TILE_K * op.ld));
         let acc = b.private(Ty::F32, REG * REG);
         let stage = b.private(Ty::F32, 2 * LOADS);
         let mma = mma_shape(precision).map(|shape| {
@@ -711,6 +744,7 @@ impl Gemm {
             stage,
             precision,
             mma,
+            plain: [None, None],
             pre,
             g,
             m0,
@@ -745,20 +779,28 @@ impl Gemm {
         }
     }
 
-    /// Fetches the slice at depth `k0` into the staging registers.
-    fn fetch<Io: ConvIo + ?Sized>(&self, io: &mut Io, k0: Expr) -> Result<(), Io::Error> {
+    /// Fetches the slice at depth `k0`: the elements `which` says, into the staging
+    /// registers or (asynchronously) into the shared stage.
+    fn fetch<Io: ConvIo + ?Sized>(
+        &self,
+        io: &mut Io,
+        k0: Expr,
+        which: Fetch,
+    ) -> Result<(), Io::Error> {
+        let wanted = |s: usize| match which {
+            Fetch::Registers => self.plain[s].is_none(),
+            Fetch::Async(_) => self.plain[s].is_some(),
+        };
         // The one k of the k-fast loads, decoded once.
-        let kfast = self
-            .ops
-            .iter()
-            .any(|op| op.layout == Layout::KFast)
+        let kfast = (0..2)
+            .any(|s| wanted(s) && self.ops[s].layout == Layout::KFast)
             .then(|| {
                 let b = io.builder();
                 let k = b.let_(add(k0.clone(), Expr::ThreadId.and(Expr::Int(15))));
                 let kd = self.conv.decode_k(b, k.clone());
                 (k, kd)
             });
-        for (s, op) in self.ops.iter().enumerate() {
+        for (s, op) in self.ops.iter().enumerate().filter(|(s, _)| wanted(*s)) {
             for r in 0..LOADS {
                 let (k, kd) = match (op.layout, &kfast) {
                     (Layout::KFast, Some(kf)) => kf.clone(),
@@ -769,25 +811,44 @@ impl Gemm {
                         (k, kd)
                     }
                 };
-                let value = self.fetch_one(io, s, r, (k, &kd))?;
-                io.builder()
-                    .store(self.stage, (s as u64 * LOADS + r) as i64, value);
+                match (&which, self.plain[s]) {
+                    (Fetch::Async(parity), Some(buf)) => {
+                        let b = io.builder();
+                        let (ok, idx) = self.element(b, s, r, (k, &kd));
+                        let at = op.k_local(r) * op.ld as i64 + op.mn_local(r);
+                        let at = add(stage_offset(parity.clone(), op), at);
+                        let at = b.let_(at);
+                        let dst = (self.shared[s], at);
+                        match ok {
+                            Some(ok) => {
+                                let safe = b.let_(Expr::select(ok.clone(), idx, Expr::Int(0)));
+                                b.async_copy(dst, (buf, safe), ok);
+                            }
+                            None => b.async_copy(dst, (buf, idx), Expr::Int(1).ne(0)),
+                        }
+                    }
+                    _ => {
+                        let value = self.fetch_one(io, s, r, (k, &kd))?;
+                        io.builder()
+                            .store(self.stage, (s as u64 * LOADS + r) as i64, value);
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// The `r`-th element that the thread fetches of operand `s`, at depth `k` (with its
-    /// decoded values); zero out of range.
-    fn fetch_one<Io: ConvIo + ?Sized>(
+    /// Where the `r`-th element that the thread fetches of operand `s` lies, at depth `k`
+    /// (with its decoded values): the condition that it is not a zero (`None`: always) and
+    /// its flat index in the operand (valid only where the condition holds).
+    fn element(
         &self,
-        io: &mut Io,
+        b: &mut KernelBuilder,
         s: usize,
         r: u64,
         (k, kd): (Expr, &[Expr]),
-    ) -> Result<Expr, Io::Error> {
+    ) -> (Option<Expr>, Expr) {
         let op = &self.ops[s];
-        let b = io.builder();
         let mn = b.let_(add(self.origin(op), op.mn_local(r)));
         let row = match op.layout {
             Layout::KFast => r,
@@ -810,9 +871,23 @@ impl Gemm {
         if !self.k_size.is_multiple_of(TILE_K) {
             conds.insert(0, k.lt(self.k_size as i64));
         }
-        match all(conds) {
+        (all(conds).map(|ok| b.let_(ok)), idx)
+    }
+
+    /// The `r`-th element that the thread fetches of operand `s`, at depth `k` (with its
+    /// decoded values); zero out of range.
+    fn fetch_one<Io: ConvIo + ?Sized>(
+        &self,
+        io: &mut Io,
+        s: usize,
+        r: u64,
+        (k, kd): (Expr, &[Expr]),
+    ) -> Result<Expr, Io::Error> {
+        let op = &self.ops[s];
+        let b = io.builder();
+        let (ok, idx) = self.element(b, s, r, (k, kd));
+        match ok {
             Some(ok) => {
-                let ok = b.let_(ok);
                 let safe = b.let_(Expr::select(ok.clone(), idx, Expr::Int(0)));
                 let v = io.load(op.operand, safe)?;
                 Ok(Expr::select(ok, v, Expr::f32(0.0)))
@@ -831,41 +906,100 @@ impl Gemm {
         for (s, op) in self.ops.iter().enumerate() {
             for r in 0..LOADS {
                 let at = b.let_(add(mul(op.k_local(r), op.ld as i64), op.mn_local(r)));
-                let mut v = Expr::load(self.stage, (s as u64 * LOADS + r) as i64);
-                match self.precision {
-                    Precision::F32 => {}
-                    Precision::Tf32 => v = v.round_tf32(),
-                    Precision::Bf16 => v = v.round_bf16(),
-                }
+                let v = Expr::load(self.stage, (s as u64 * LOADS + r) as i64);
                 b.store(self.shared[s], at, v);
             }
         }
         b.barrier();
         if self.k_tiles > 1 {
             b.begin_if((kt.clone() + 1).lt(self.k_tiles as i64));
-            self.fetch(io, mul(kt + 1, TILE_K as i64))?;
+            self.fetch(io, mul(kt + 1, TILE_K as i64), Fetch::Registers)?;
             io.builder().end_if();
         }
         let b = io.builder();
-        self.multiply(b);
+        self.multiply_fma(b);
         b.barrier();
         Ok(())
     }
 
-    /// The products of one slice from the shared tiles into the register tile.
-    fn multiply(&self, b: &mut KernelBuilder) {
-        match self.mma {
-            Some((shape, frags)) => self.multiply_mma(b, shape, frags),
-            None => self.multiply_fma(b),
+    /// The body of the K loop of a tensor-core kernel at slice `kt`, with two shared
+    /// stages: the registers staged for slice `kt` go to its stage; the asynchronous copies
+    /// of slice `kt + 1` start into the other stage (multiplied from in the previous
+    /// iteration, which ended with a barrier); every thread waits until its copies of slice
+    /// `kt` (committed one iteration earlier) have landed, and the barrier makes them and
+    /// the stores visible; the registers of slice `kt + 1` are fetched while slice `kt` is
+    /// multiplied.
+    fn k_slice_pipelined<Io: ConvIo + ?Sized>(
+        &self,
+        io: &mut Io,
+        kt: Expr,
+    ) -> Result<(), Io::Error> {
+        let b = io.builder();
+        let parity = b.let_(kt.clone().and(Expr::Int(1)));
+        let here = self
+            .ops
+            .each_ref()
+            .map(|op| b.let_(stage_offset(parity.clone(), op)));
+        for (s, op) in self
+            .ops
+            .iter()
+            .enumerate()
+            .filter(|(s, _)| self.plain[*s].is_none())
+        {
+            for r in 0..LOADS {
+                let at = add(
+                    here[s].clone(),
+                    op.k_local(r) * op.ld as i64 + op.mn_local(r),
+                );
+                let at = b.let_(at);
+                let v = Expr::load(self.stage, (s as u64 * LOADS + r) as i64);
+                b.store(self.shared[s], at, v);
+            }
         }
+        let more = (kt.clone() + 1).lt(self.k_tiles as i64);
+        let next = mul(kt.clone() + 1, TILE_K as i64);
+        if self.k_tiles > 1 && self.plain.iter().any(Option::is_some) {
+            b.begin_if(more.clone());
+            let other = Expr::Int(1) - parity;
+            self.fetch(io, next.clone(), Fetch::Async(other))?;
+            io.builder().end_if();
+        }
+        let b = io.builder();
+        // A group per iteration (empty after the last slice): waiting for all but the
+        // newest completes slice `kt`.
+        b.async_commit();
+        b.async_wait(1);
+        b.barrier();
+        if self.k_tiles > 1 && self.plain.iter().any(Option::is_none) {
+            b.begin_if(more);
+            self.fetch(io, next, Fetch::Registers)?;
+            io.builder().end_if();
+        }
+        let b = io.builder();
+        let (shape, frags) = self.mma.expect("a tensor-core kernel");
+        self.multiply_mma(b, shape, frags, here);
+        b.barrier();
+        Ok(())
     }
 
-    /// Tensor cores: the thread's fragments of the slice's k-steps, then the warp's mma.
-    fn multiply_mma(&self, b: &mut KernelBuilder, shape: MmaShape, [fa, fb]: [Buf; 2]) {
+    /// Tensor cores: the thread's fragments of the slice's k-steps (from the shared stage
+    /// at `stage`, rounded as the precision multiplies), then the warp's mma.
+    fn multiply_mma(
+        &self,
+        b: &mut KernelBuilder,
+        shape: MmaShape,
+        [fa, fb]: [Buf; 2],
+        stage: [Expr; 2],
+    ) {
         let ([a, bop], [sa, sb]) = (&self.ops, self.shared);
+        let round = |v: Expr| match self.precision {
+            Precision::Tf32 => v.round_tf32(),
+            Precision::Bf16 => v.round_bf16(),
+            Precision::F32 => unreachable!("f32 kernels use no tensor cores"),
+        };
         let (mm, nn, kk) = shape.mnk();
         let [la, lb, lc] = shape.fragment_lens();
-        let (wm, wn, g, q) = warp_coordinates(b);
+        let (wm, wn, g, q) = warp_coordinates(b, shape);
         let qk = b.let_(mul(q, shape.k_per_q() as i64));
         for ks in 0..TILE_K / kk {
             for t in 0..MMA_TILES {
@@ -873,14 +1007,22 @@ impl Gemm {
                     let (dr, dk) = shape.a_offsets(i);
                     let row = wm.clone() + (t * mm + dr) as i64 + g.clone();
                     let k = qk.clone() + (ks * kk + dk) as i64;
-                    let v = Expr::load(sa, add(mul(k, a.ld as i64), row));
-                    b.store(fa, ((ks * MMA_TILES + t) * la + i) as i64, v);
+                    let at = add(stage[0].clone(), add(mul(k, a.ld as i64), row));
+                    b.store(
+                        fa,
+                        ((ks * MMA_TILES + t) * la + i) as i64,
+                        round(Expr::load(sa, at)),
+                    );
                 }
                 for i in 0..lb {
                     let col = wn.clone() + (t * nn) as i64 + g.clone();
                     let k = qk.clone() + (ks * kk + shape.b_offset(i)) as i64;
-                    let v = Expr::load(sb, add(mul(k, bop.ld as i64), col));
-                    b.store(fb, ((ks * MMA_TILES + t) * lb + i) as i64, v);
+                    let at = add(stage[1].clone(), add(mul(k, bop.ld as i64), col));
+                    b.store(
+                        fb,
+                        ((ks * MMA_TILES + t) * lb + i) as i64,
+                        round(Expr::load(sb, at)),
+                    );
                 }
             }
         }
@@ -923,17 +1065,17 @@ impl Gemm {
     /// The rows and columns (in the block tile) of the thread's 4 x 4 elements of `C`, and
     /// where element `(i, j)` is in the register tile.
     fn c_elements(&self, b: &mut KernelBuilder) -> ([Expr; 4], [Expr; 4], fn(u64, u64) -> u64) {
-        if self.mma.is_none() {
+        let Some((shape, _)) = self.mma else {
             let ty = b.let_(Expr::ThreadId.shift_right(4) * REG as i64);
             let tx = b.let_(Expr::ThreadId.and(Expr::Int(15)) * REG as i64);
             let rows = [0, 1, 2, 3].map(|i| ty.clone() + i);
             let cols = [0, 1, 2, 3].map(|j| tx.clone() + j);
             return (rows, cols, |i, j| i * REG + j);
-        }
+        };
         // Row i = 2 mi + h: m-tile mi, row g + 8h of it; column j = 2 ni + e: n-tile ni,
         // column 2q + e of it (the C fragment layout of both shapes, element 2h + e).
-        let (mm, nn) = (16, 8);
-        let (wm, wn, g, q) = warp_coordinates(b);
+        let (mm, nn, _) = shape.mnk();
+        let (wm, wn, g, q) = warp_coordinates(b, shape);
         let q2 = b.let_(q * 2);
         let rows = [0, 1, 2, 3].map(|i| wm.clone() + g.clone() + ((i / 2) * mm + 8 * (i % 2)));
         let cols = [0, 1, 2, 3].map(|j| wn.clone() + q2.clone() + ((j / 2) * nn + j % 2));
@@ -1001,13 +1143,18 @@ fn mma_shape(precision: Precision) -> Option<MmaShape> {
     }
 }
 
+/// The first element of an operand's shared stage of `parity` (0 or 1).
+fn stage_offset(parity: Expr, op: &Operand) -> Expr {
+    mul(parity, (TILE_K * op.ld) as i64)
+}
+
 /// A warp's corner of the block tile is `MMA_TILES x MMA_TILES` mma tiles (32 x 16).
 const MMA_TILES: u64 = 2;
 
 /// The thread's warp corner in the block tile (row, column) and its lane's `g = lane / 4`
-/// and `q = lane % 4` (both mma shapes are 16 x 8).
-fn warp_coordinates(b: &mut KernelBuilder) -> (Expr, Expr, Expr, Expr) {
-    let (mm, nn) = (16, 8);
+/// and `q = lane % 4`.
+fn warp_coordinates(b: &mut KernelBuilder, shape: MmaShape) -> (Expr, Expr, Expr, Expr) {
+    let (mm, nn, _) = shape.mnk();
     let warp = b.let_(Expr::ThreadId.shift_right(5));
     let wm = b.let_(warp.clone().shift_right(2) * (MMA_TILES * mm) as i64);
     let wn = b.let_(warp.and(Expr::Int(3)) * (MMA_TILES * nn) as i64);

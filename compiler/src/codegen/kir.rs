@@ -4,8 +4,10 @@
 //! typed expressions: `ThreadId` and `BlockId`, loads and stores of *parameters* (global
 //! buffers, one pointer each), *shared* arrays (one per block) and *private* arrays (one per
 //! thread: register tiles and mutable accumulators), structured `for` and `if`,
-//! `Barrier`, which synchronises the threads of a block, and `Mma`, a warp's tensor-core
-//! matrix multiply-accumulate over fragments in private arrays ([`Mma`]).
+//! `Barrier`, which synchronises the threads of a block, `Mma`, a warp's tensor-core
+//! matrix multiply-accumulate over fragments in private arrays ([`Mma`]), and asynchronous
+//! copies from a parameter to a shared array ([`AsyncCopy`], completed in groups by
+//! `AsyncCommit` and `AsyncWait`).
 //!
 //! This module holds the IR and [`KernelBuilder`]. The stages after it: [`KernelFn::check`]
 //! ([`super::check`]) makes a [`super::check::CheckedKernel`]; the GPU printer
@@ -160,6 +162,24 @@ pub enum Stmt {
     },
     Barrier,
     Mma(Mma),
+    /// Starts copying one element (`cp.async`): it lands in shared memory at some point
+    /// before the `AsyncWait` that completes its group.
+    AsyncCopy(AsyncCopy),
+    /// Closes the thread's group of the copies started since the last commit.
+    AsyncCommit,
+    /// Waits until at most this many of the thread's committed groups are still in flight
+    /// (the older ones have landed; other threads see them after the next `Barrier`).
+    AsyncWait(u32),
+}
+
+/// `shared[dst] = ok ? param[src] : 0`, asynchronously (`cp.async` of 4 bytes, the zero a
+/// zero-filling copy of 0 source bytes); `src` must be a valid subscript where `ok` is
+/// false too (use 0).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AsyncCopy {
+    pub dst: (Buf, Expr),
+    pub src: (Buf, Expr),
+    pub ok: Expr,
 }
 
 /// The tensor-core operations a kernel can issue.
@@ -486,6 +506,18 @@ impl KernelBuilder {
         self.push(Stmt::Mma(mma));
     }
 
+    pub fn async_copy(&mut self, dst: (Buf, Expr), src: (Buf, Expr), ok: Expr) {
+        self.push(Stmt::AsyncCopy(AsyncCopy { dst, src, ok }));
+    }
+
+    pub fn async_commit(&mut self) {
+        self.push(Stmt::AsyncCommit);
+    }
+
+    pub fn async_wait(&mut self, in_flight: u32) {
+        self.push(Stmt::AsyncWait(in_flight));
+    }
+
     /// `for i in (lo..hi).step_by(step) { body(i) }`.
     pub fn for_(
         &mut self,
@@ -614,18 +646,6 @@ impl KernelFn {
             Stmt::If {
                 then, otherwise, ..
             } => Self::has_sync(then) || Self::has_sync(otherwise),
-            _ => false,
-        })
-    }
-
-    /// Whether the body issues tensor-core operations.
-    pub fn has_mma(stmts: &[Stmt]) -> bool {
-        stmts.iter().any(|s| match s {
-            Stmt::Mma(_) => true,
-            Stmt::For(l) => Self::has_mma(&l.body),
-            Stmt::If {
-                then, otherwise, ..
-            } => Self::has_mma(then) || Self::has_mma(otherwise),
             _ => false,
         })
     }

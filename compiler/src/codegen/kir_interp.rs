@@ -3,7 +3,9 @@
 //! [`run_kernel`] executes a [`CheckedKernel`] exactly as the GPU would: blocks run one after
 //! the other, and the threads of a block run by *thread-loop fission* ([`split`]): each
 //! barrier-free stretch of the body runs for thread 0, then thread 1, ..., so a `Barrier`
-//! is the boundary between two stretches. A `for`/`if` that contains a barrier is uniform
+//! is the boundary between two stretches; an `Mma` is one too, and runs for every warp of
+//! the block at once ([`super::semantics::mma_element`]). A `for`/`if` that contains a
+//! barrier or an `Mma` is uniform
 //! (the same for every thread, see [`super::check`]), so it runs once per block with its
 //! body split the same way; a `Let` whose value cannot differ between threads is evaluated
 //! once per block, before the stretch it appears in. The host printer
@@ -12,7 +14,10 @@
 //!
 //! Shared arrays are fresh for every block and private arrays fresh for every thread of every
 //! block; both are filled with NaN (f32) or 0 (integers), so reading memory that was never
-//! written shows up in the results. Out-of-bounds accesses, division by zero and oversized
+//! written shows up in the results. An asynchronous copy reads its source when it is issued
+//! and lands in shared memory as late as the program allows: when an `AsyncWait` completes
+//! its group (copies never waited for never land), so a missing wait or barrier shows up
+//! as stale data. Out-of-bounds accesses, division by zero and oversized
 //! shifts are errors naming the buffer, the index and the thread.
 //!
 //! Values: index and i64 are 64-bit (index signed, i64 wrapping unsigned: division, min,
@@ -26,7 +31,7 @@
 
 use super::check::CheckedKernel;
 use super::fission::{split, Step};
-use super::kir::{BinOp, Buf, CmpOp, Expr, KirError, MmaShape, Stmt, Ty, UnOp, Var};
+use super::kir::{AsyncCopy, BinOp, Buf, CmpOp, Expr, KirError, MmaShape, Stmt, Ty, UnOp, Var};
 use super::semantics::{
     buf_elem, cast_source_ty, cast_steps, mma_element, operand_ty, round_bf16, round_tf32, ty_in,
     CastStep,
@@ -104,6 +109,24 @@ struct Machine {
     tid: i64,
     bid: i64,
     err: Option<KirError>,
+    /// Per thread: the asynchronous copies issued since its last commit, and its committed
+    /// groups in flight, oldest first; each copy is (fmem slot, position, value).
+    copies: Vec<(Vec<Copy>, std::collections::VecDeque<Vec<Copy>>)>,
+}
+
+type Copy = (usize, usize, f32);
+
+impl Machine {
+    /// Lands the thread's oldest groups until at most `in_flight` remain.
+    fn wait_copies(&mut self, in_flight: usize) {
+        let tid = self.tid as usize;
+        while self.copies[tid].1.len() > in_flight {
+            let group = self.copies[tid].1.pop_front().expect("a group in flight");
+            for (slot, at, v) in group {
+                self.fmem[slot][at] = v;
+            }
+        }
+    }
 }
 
 impl Machine {
@@ -295,11 +318,48 @@ impl Compiler<'_> {
                     }
                 })
             }
+            Stmt::AsyncCopy(copy) => self.async_copy(copy),
+            Stmt::AsyncCommit => Box::new(|m| {
+                let tid = m.tid as usize;
+                let group = std::mem::take(&mut m.copies[tid].0);
+                m.copies[tid].1.push_back(group);
+            }),
+            Stmt::AsyncWait(n) => {
+                let n = *n as usize;
+                Box::new(move |m| m.wait_copies(n))
+            }
             // Stretches hold no barriers or mmas (fission splits at them).
             Stmt::Barrier | Stmt::Mma(_) => {
-                unreachable!("a barrier inside a barrier-free stretch")
+                unreachable!("a barrier or mma inside a stretch")
             }
         }
+    }
+
+    /// Reads the source now (only where the copy is not a zero fill) and queues the value.
+    fn async_copy(&self, copy: &AsyncCopy) -> StmtFn {
+        let (dst, src) = (self.array(copy.dst.0), self.array(copy.src.0));
+        let (Storage::F(dst_slot), Storage::F(src_slot)) = (dst.loc, src.loc) else {
+            unreachable!("checked: async copies are between f32 arrays")
+        };
+        let (di, si) = (
+            self.int(&copy.dst.1, Ty::Index),
+            self.int(&copy.src.1, Ty::Index),
+        );
+        let ok = self.int(&copy.ok, Ty::Bool);
+        Box::new(move |m| {
+            let (d, s, ok) = (di(m), si(m), ok(m) != 0);
+            let value = match ok {
+                true => match m.at("async copy from", &src, s) {
+                    Some(p) => m.fmem[src_slot][p],
+                    None => return,
+                },
+                false => 0.0,
+            };
+            if let Some(p) = m.at("async copy to", &dst, d) {
+                let tid = m.tid as usize;
+                m.copies[tid].0.push((dst_slot, p, value));
+            }
+        })
     }
 
     fn store(&self, buf: Buf, i: &Expr, v: &Expr) -> StmtFn {
@@ -783,6 +843,7 @@ pub fn run_kernel(k: &CheckedKernel, grid: u64, params: &mut [KirBuffer]) -> Res
         tid: 0,
         bid: 0,
         err: None,
+        copies: vec![Default::default(); block],
     };
     for bid in 0..grid {
         m.bid = bid as i64;
@@ -793,6 +854,7 @@ pub fn run_kernel(k: &CheckedKernel, grid: u64, params: &mut [KirBuffer]) -> Res
         for v in &mut m.lmem {
             v.fill(0);
         }
+        m.copies.iter_mut().for_each(|c| *c = Default::default());
         run_steps(&program, &mut m, block as i64);
         if m.err.is_some() {
             break;

@@ -28,7 +28,9 @@ use std::fmt::Write;
 
 use super::check::CheckedKernel;
 use super::fission::{split, Step, ThreadLoops};
-use super::kir::{ArrayDecl, BinOp, Buf, CmpOp, Expr, Mma, MmaShape, Stmt, Ty, UnOp, Var};
+use super::kir::{
+    ArrayDecl, AsyncCopy, BinOp, Buf, CmpOp, Expr, Mma, MmaShape, Stmt, Ty, UnOp, Var,
+};
 use super::semantics::{
     buf_decl, cast_source_ty, cast_steps, mma_a_element, mma_b_element, operand_ty, ty_in, CastOp,
 };
@@ -42,10 +44,12 @@ pub const HOST_PIPELINE: &str = "builtin.module(convert-scf-to-cf, convert-math-
 
 /// The GPU lowering of [`gpu_module`]'s output: inside the `gpu.module`, scf to cf, then the GPU, math (to libdevice
 /// calls), arith and memref ops to the LLVM and NVVM dialects with bare-pointer kernel
-/// parameters (the NVVM ops the printer writes itself, `nvvm.mma.sync` and
-/// `nvvm.convert.float.to.tf32`, translate to LLVM intrinsics as they are); cf to LLVM at
-/// module level.
+/// parameters (the NVVM ops the printer writes itself, `nvvm.mma.sync`,
+/// `nvvm.convert.float.to.tf32` and the `cp.async` group ops, translate to LLVM intrinsics
+/// as they are; `nvgpu.device_async_copy` needs `convert-nvgpu-to-nvvm`, without which it
+/// would survive and fail translation); cf to LLVM at module level.
 pub const GPU_PIPELINE: &str = "builtin.module(gpu.module(convert-scf-to-cf, \
+     convert-nvgpu-to-nvvm, \
      convert-gpu-to-nvvm{use-bare-ptr-memref-call-conv=1 index-bitwidth=64}, \
      reconcile-unrealized-casts), convert-cf-to-llvm, reconcile-unrealized-casts)";
 
@@ -429,6 +433,11 @@ impl<'k> Printer<'k> {
                 assert!(!self.host, "an mma inside a barrier-free stretch");
                 self.gpu_mma(mma)
             }
+            Stmt::AsyncCopy(copy) => self.async_copy(copy),
+            // The host completes each copy at once: commits and waits have nothing to do.
+            Stmt::AsyncCommit if !self.host => self.line("nvvm.cp.async.commit.group"),
+            Stmt::AsyncWait(n) if !self.host => self.line(&format!("nvvm.cp.async.wait.group {n}")),
+            Stmt::AsyncCommit | Stmt::AsyncWait(_) => {}
         }
     }
 
@@ -689,6 +698,7 @@ impl<'k> Printer<'k> {
         let b = self.mma_operand(mma.shape, mma.b, lb);
         let c = self.fragment(mma.acc, lc).join(", ");
         let (m, n, k) = mma.shape.mnk();
+        // Both take their A and B registers as i32 and accumulate in f32.
         let (types, ptx) = match mma.shape {
             MmaShape::Tf32M16N8K8 => ("(i32, i32, f32)", "tf32"),
             MmaShape::Bf16M16N8K16 => ("(i32, i32, f32)", "bf16"),
@@ -712,6 +722,33 @@ impl<'k> Printer<'k> {
                 Self::buf_name(buf)
             ));
         }
+    }
+
+    /// An async copy: `nvgpu.device_async_copy` of one element (0 source elements: a zero
+    /// fill) on the GPU; on the host a plain copy, done at once (a schedule the asynchronous
+    /// copy allows; the interpreter lands it as late as allowed instead).
+    fn async_copy(&mut self, copy: &AsyncCopy) {
+        let ((dst, di), (src, si)) = (&copy.dst, &copy.src);
+        let ok = self.val(&copy.ok, Ty::Bool, None);
+        let si = self.subscript(*src, si);
+        let di = self.subscript(*dst, di);
+        let (dst_ty, src_ty) = (self.memref(*dst), self.memref(*src));
+        let (dst_name, src_name) = (Self::buf_name(*dst), Self::buf_name(*src));
+        if self.host {
+            let zero = self.f32_const(0.0);
+            let [v, x] = [(); 2].map(|_| self.fresh());
+            self.line(&format!("{v} = memref.load {src_name}[{si}] : {src_ty}"));
+            self.line(&format!("{x} = arith.select {ok}, {v}, {zero} : f32"));
+            self.line(&format!("memref.store {x}, {dst_name}[{di}] : {dst_ty}"));
+            return;
+        }
+        let (one, zero) = (self.int_const(Ty::Index, 1), self.int_const(Ty::Index, 0));
+        let [n, token] = [(); 2].map(|_| self.fresh());
+        self.line(&format!("{n} = arith.select {ok}, {one}, {zero} : index"));
+        self.line(&format!(
+            "{token} = nvgpu.device_async_copy {src_name}[{si}], {dst_name}[{di}], 1, {n} : \
+             {src_ty} to {dst_ty}"
+        ));
     }
 
     /// GPU: loads `len` elements of a private fragment.
@@ -925,6 +962,11 @@ fn privates_in_stmt(s: &Stmt, used: &mut [bool]) {
                 .chain(otherwise)
                 .for_each(|s| privates_in_stmt(s, used));
         }
-        Stmt::Barrier | Stmt::Mma(_) => {}
+        Stmt::AsyncCopy(copy) => {
+            privates_in_expr(&copy.dst.1, used);
+            privates_in_expr(&copy.src.1, used);
+            privates_in_expr(&copy.ok, used);
+        }
+        Stmt::Barrier | Stmt::Mma(_) | Stmt::AsyncCommit | Stmt::AsyncWait(_) => {}
     }
 }

@@ -7,6 +7,7 @@
 //! takes the type of whichever operand has one ([`operand_ty`], index when neither has).
 
 use super::kir::{ArrayDecl, BinOp, Buf, CmpOp, Expr, KernelFn, MmaShape, Ty, UnOp};
+use rfnc_bundle::Precision;
 
 /// The declaration of a buffer, if it is declared.
 pub fn buf_decl(k: &KernelFn, buf: Buf) -> Option<ArrayDecl> {
@@ -206,6 +207,15 @@ pub fn round_bf16(x: f32) -> f32 {
     f32::from_bits(bits.wrapping_add(0x7fff + odd) & 0xffff_0000)
 }
 
+/// How the convolutions of `precision` round their operands (`None`: not at all).
+pub fn rounding(precision: Precision) -> Option<fn(f32) -> f32> {
+    match precision {
+        Precision::F32 => None,
+        Precision::Tf32 => Some(round_tf32),
+        Precision::Bf16 => Some(round_bf16),
+    }
+}
+
 /// An f32 as a TF32 tensor-core operation reads it: the low 13 mantissa bits ignored.
 pub fn tf32_operand(x: f32) -> f32 {
     f32::from_bits(x.to_bits() & !0x1fff)
@@ -284,9 +294,10 @@ pub fn mma_c_element(_shape: MmaShape, lane: u64, j: u64) -> (u64, u64) {
     (lane / 4 + 8 * (j / 2), 2 * (lane % 4) + j % 2)
 }
 
-/// How every implementation computes element `j` of lane `lane`'s D: `C` plus the products
-/// over `k = 0, 1, ...` in order, each operand read as the tensor core reads it, summed in
-/// f32. `a(lane, i)` and `b(lane, i)` read the warp's fragments, `c` is the lane's C.
+/// The reference model of element `j` of lane `lane`'s D, which the interpreter and the
+/// host code compute: `C` plus the products over `k = 0, 1, ...` in order, each operand
+/// read as the tensor core reads it, summed in f32 (the hardware sums in an order and with
+/// internal precision of its own; the products of rounded operands are exact either way). `a(lane, i)` and `b(lane, i)` read the warp's fragments, `c` is the lane's C.
 pub fn mma_element(
     shape: MmaShape,
     lane: u64,

@@ -14,7 +14,7 @@ mod tensor;
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::codegen::semantics::{round_bf16, round_tf32};
+use crate::codegen::semantics::rounding;
 use crate::ir::{DType, Graph, NodeId, Op, OpKind};
 use kernels::{AvgPool, ConvGeometry};
 pub use planned::run_planned;
@@ -71,12 +71,7 @@ pub fn run_in<T: Real>(
             Op::Input { name } | Op::Param { name, .. } => feed(graph, id, name, feeds)?,
             op => {
                 let args: Vec<&Value<T>> = operands.iter().map(|o| &values[o]).collect();
-                let round = match precision {
-                    Precision::F32 => None,
-                    Precision::Tf32 => Some(round_tf32 as fn(f32) -> f32),
-                    Precision::Bf16 => Some(round_bf16 as fn(f32) -> f32),
-                };
-                if let (Some(round), OpKind::Conv(_)) = (round, op.kind()) {
+                if let (Some(round), OpKind::Conv(_)) = (rounding(precision), op.kind()) {
                     let rounded = [args[0], args[1]].map(|v| rounded_with(v, round));
                     let mut args = args;
                     args[0] = &rounded[0];

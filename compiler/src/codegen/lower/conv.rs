@@ -4,7 +4,7 @@
 
 use super::{dims4, Launch, LowerError, LoweredLaunch, BLOCK};
 use crate::codegen::gemm::{conv_kernel, ConvIo, ConvKind, ConvOperand, ConvProblem, Precision};
-use crate::codegen::kir::{Expr, KernelBuilder};
+use crate::codegen::kir::{Buf, Expr, KernelBuilder};
 use crate::ir::{Graph, NodeId, Op};
 use crate::passes::fusion::Kernel;
 
@@ -146,6 +146,17 @@ impl ConvIo for ConvLaunch<'_> {
                 self.launch.graph.node(self.anchor).op.mnemonic()
             ))),
         }
+    }
+
+    /// The buffer of an operand computed by an earlier kernel (or a leaf): read as it is.
+    fn plain(&mut self, operand: ConvOperand) -> Option<Buf> {
+        let node = match operand {
+            ConvOperand::X => self.operands.x,
+            ConvOperand::W => self.operands.w,
+            ConvOperand::Dy => self.operands.dy,
+            ConvOperand::Bias => self.operands.bias,
+        }?;
+        self.launch.plain_buf(node)
     }
 
     /// Stores every output of the kernel at result element `flat`, the anchor's value

@@ -261,6 +261,16 @@ impl<'g> Launch<'g> {
         self.kernel.nodes.contains(&n)
     }
 
+    /// The f32 buffer holding value `n` when the kernel reads it as it is (an input of the
+    /// kernel, not a value computed in it, nor a constant).
+    fn plain_buf(&mut self, n: NodeId) -> Option<Buf> {
+        let node = self.graph.node(n);
+        let plain = !self.member(n)
+            && !matches!(node.op, Op::Constant { .. })
+            && node.ty.dtype == DType::F32;
+        plain.then(|| self.buf(n))
+    }
+
     /// The buffer holding value `n` (an input or output of the kernel).
     fn buf(&mut self, n: NodeId) -> Buf {
         let arg = Arg::Value(n);
