@@ -296,8 +296,8 @@ fn spilling(report: &str) -> usize {
 /// Every PTX module of every example, inference and training step, assembles for sm_80 and
 /// sm_90 without spills; and the static proof of the tensor-core kernels (no GPU needed):
 /// in the machine code (SASS, by `nvdisasm`) every convolution kernel multiplies with
-/// `HMMA` instructions and keeps everything in registers (no `LDL`/`STL` local-memory
-/// traffic). With `--precision bf16` they use the BF16 tensor-core instruction, with
+/// `HMMA` instructions, receives its plain operands by `LDGSTS` (cp.async) and waits for
+/// them, and keeps everything in registers (no `LDL`/`STL` local-memory traffic). With `--precision bf16` they use the BF16 tensor-core instruction, with
 /// `--precision f32` none does.
 #[test]
 fn every_ptx_module_assembles_without_spills_and_convolutions_use_tensor_cores() {
@@ -331,6 +331,7 @@ fn every_ptx_module_assembles_without_spills_and_convolutions_use_tensor_cores()
         }
     }
     let all: Vec<_> = convolutions.into_iter().collect();
+    let asynchronous = std::sync::atomic::AtomicUsize::new(0);
     for_each_in_parallel(&all, |((name, gpu), path)| {
         let sass = sass_of(path, gpu);
         assert!(
@@ -338,7 +339,26 @@ fn every_ptx_module_assembles_without_spills_and_convolutions_use_tensor_cores()
             "{name} on {gpu}: no HMMA in\n{sass}"
         );
         assert_eq!(local_memory(&sass), None, "{name} on {gpu}: local memory");
+        // Operands read plainly arrive by cp.async: LDGSTS, and its waits.
+        let copies = std::fs::read_to_string(path)
+            .unwrap()
+            .contains("cp.async.ca.shared.global");
+        assert_eq!(sass.contains("LDGSTS"), copies, "{name} on {gpu}: LDGSTS");
+        if copies {
+            assert!(
+                sass.contains("DEPBAR"),
+                "{name} on {gpu}: no wait for the copies"
+            );
+            asynchronous.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     });
+    // Every convolution of the examples has a weight or a stored value among its operands.
+    let asynchronous = asynchronous.into_inner();
+    assert_eq!(
+        asynchronous,
+        all.len(),
+        "convolutions with asynchronous copies"
+    );
     eprintln!(
         "{} convolution kernels use tensor cores on sm_80 and sm_90",
         all.len()
