@@ -84,41 +84,40 @@ else
 fi
 
 # --- 3. ptxas and libdevice from the nvidia-cuda-nvcc-cu12 wheel --------------------------
-find_in_wheel() { [[ -d "$NVCC_DIR" ]] && find "$NVCC_DIR" -path "$1" -type f | head -n 1 || true; }
-PTXAS="$(find_in_wheel '*/bin/ptxas')"
-LIBDEVICE="$(find_in_wheel '*/libdevice.10.bc')"
+# fetch_wheel PACKAGE VERSION DIR: downloads the wheel (no dependencies) and unpacks it into
+# DIR, replacing it; only a complete tree ever appears under DIR.
+fetch_wheel() {
+  wheel_tmp="$(mktemp -d "$3.tmp.XXXXXX")"
+  trap 'rm -rf "$wheel_tmp"' EXIT
+  python3 -m pip download --quiet --no-input --no-deps --only-binary=:all: \
+    --dest "$wheel_tmp/wheel" "$1==$2" >&2
+  unzip -q "$wheel_tmp"/wheel/*.whl -d "$wheel_tmp/tree"
+  rm -rf "$3"
+  mv "$wheel_tmp/tree" "$3"
+  rm -rf "$wheel_tmp"
+  trap - EXIT
+}
+# find_in DIR PATTERN: the first file under DIR whose path matches PATTERN (empty if none).
+find_in() { [[ -d "$1" ]] && find "$1" -path "$2" -type f | head -n 1 || true; }
+
+PTXAS="$(find_in "$NVCC_DIR" '*/bin/ptxas')"
+LIBDEVICE="$(find_in "$NVCC_DIR" '*/libdevice.10.bc')"
 if [[ -z "$PTXAS" || -z "$LIBDEVICE" || ! -x "$PTXAS" ]]; then
   say "downloading nvidia-cuda-nvcc-cu12==$NVCC_WHEEL_VERSION (ptxas, libdevice; ~40 MB)"
-  tmp="$(mktemp -d "$CACHE/cuda-nvcc.tmp.XXXXXX")"
-  trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download --quiet --no-input --no-deps --only-binary=:all: \
-    --dest "$tmp/wheel" "nvidia-cuda-nvcc-cu12==$NVCC_WHEEL_VERSION" >&2
-  unzip -q "$tmp"/wheel/*.whl -d "$tmp/tree"
-  rm -rf "$NVCC_DIR"
-  mv "$tmp/tree" "$NVCC_DIR"   # only a complete tree ever appears under the final name
-  rm -rf "$tmp"
-  trap - EXIT
-  PTXAS="$(find_in_wheel '*/bin/ptxas')"
-  LIBDEVICE="$(find_in_wheel '*/libdevice.10.bc')"
+  fetch_wheel nvidia-cuda-nvcc-cu12 "$NVCC_WHEEL_VERSION" "$NVCC_DIR"
+  PTXAS="$(find_in "$NVCC_DIR" '*/bin/ptxas')"
+  LIBDEVICE="$(find_in "$NVCC_DIR" '*/libdevice.10.bc')"
   [[ -n "$PTXAS" && -n "$LIBDEVICE" ]] || die "ptxas or libdevice.10.bc not found in the wheel"
   chmod +x "$PTXAS"
   say "ptxas: $("$PTXAS" --version | grep -o "release.*" || true)"
 else
   note "ptxas and libdevice present in .cache/cuda-nvcc"
 fi
-NVDISASM="$( [[ -d "$NVDISASM_DIR" ]] && find "$NVDISASM_DIR" -path '*/bin/nvdisasm' -type f | head -n 1 || true)"
+NVDISASM="$(find_in "$NVDISASM_DIR" '*/bin/nvdisasm')"
 if [[ -z "$NVDISASM" || ! -x "$NVDISASM" ]]; then
   say "downloading nvidia-cuda-nvdisasm==$NVDISASM_WHEEL_VERSION (nvdisasm; ~5 MB)"
-  tmp="$(mktemp -d "$CACHE/cuda-nvdisasm.tmp.XXXXXX")"
-  trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download --quiet --no-input --no-deps --only-binary=:all: \
-    --dest "$tmp/wheel" "nvidia-cuda-nvdisasm==$NVDISASM_WHEEL_VERSION" >&2
-  unzip -q "$tmp"/wheel/*.whl -d "$tmp/tree"
-  rm -rf "$NVDISASM_DIR"
-  mv "$tmp/tree" "$NVDISASM_DIR"   # only a complete tree ever appears under the final name
-  rm -rf "$tmp"
-  trap - EXIT
-  NVDISASM="$(find "$NVDISASM_DIR" -path '*/bin/nvdisasm' -type f | head -n 1 || true)"
+  fetch_wheel nvidia-cuda-nvdisasm "$NVDISASM_WHEEL_VERSION" "$NVDISASM_DIR"
+  NVDISASM="$(find_in "$NVDISASM_DIR" '*/bin/nvdisasm')"
   [[ -n "$NVDISASM" ]] || die "nvdisasm not found in the wheel"
   chmod +x "$NVDISASM"
 else

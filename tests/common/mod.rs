@@ -375,7 +375,9 @@ pub fn assert_outputs_match(
 /// interpreter itself differs that much between f32 and f64. A wrong fragment layout,
 /// lane, rounding or wait shows as errors of 0.1 and more; single convolutions on the same
 /// rounded operands are held to 1e-4 (compiler/tests/gemm.rs), as is inference, so a
-/// missing rounding (5e-4) cannot hide behind this bound.
+/// missing rounding (5e-4) cannot hide behind this bound. Rerun the figures with
+/// `RFNC_TEST_PRINT_ERRORS=1 cargo test --release --test lowering --test codegen --
+/// --nocapture` (the f64 ones were measured once, with the interpreter run in both types).
 pub fn tolerance(mode: Mode, precision: Precision) -> f64 {
     match (mode, precision) {
         (Mode::Train, Precision::Tf32 | Precision::Bf16) => 1e-2,
@@ -397,6 +399,10 @@ pub fn assert_outputs_match_in(
         let got = &actual[name];
         assert_eq!(got.len(), want.len(), "{what}: `{name}` size");
         let error = relative_error(got, want, 1e-6);
+        // The figures quoted for `tolerance`: RFNC_TEST_PRINT_ERRORS=1 ... -- --nocapture.
+        if std::env::var_os("RFNC_TEST_PRINT_ERRORS").is_some() {
+            eprintln!("{what}: `{name}` relative error {error:e}");
+        }
         assert!(
             error < bound,
             "{what}: output `{name}` differs from the interpreter by {error:e} (relative)"

@@ -638,19 +638,20 @@ impl<'k> Printer<'k> {
     /// `x` rounded to TF32 ([`super::semantics::round_tf32`]): `cvt.rna.tf32.f32` on the
     /// GPU, its bit arithmetic on the host.
     fn round_tf32(&mut self, x: &str, name: Option<String>) -> String {
-        let bits = self.fresh();
-        if !self.host {
+        let bits = if !self.host {
+            let bits = self.fresh();
             self.line(&format!(
                 "{bits} = nvvm.convert.float.to.tf32 {x} {{rnd = #nvvm.fp_rnd_mode<rna>}}"
             ));
+            bits
         } else {
             let (exp, half, keep) = (
                 self.int_const(Ty::I32, 0x7f80_0000),
                 self.int_const(Ty::I32, 0x1000),
                 self.int_const(Ty::I32, !0x1fff),
             );
-            let [raw, e, special, up, rounded] = [(); 5].map(|_| self.fresh());
-            self.line(&format!("{raw} = arith.bitcast {x} : f32 to i32"));
+            let raw = self.to_bits(x);
+            let [e, special, up, rounded, bits] = [(); 5].map(|_| self.fresh());
             self.line(&format!("{e} = arith.andi {raw}, {exp} : i32"));
             self.line(&format!("{special} = arith.cmpi eq, {e}, {exp} : i32"));
             self.line(&format!("{up} = arith.addi {raw}, {half} : i32"));
@@ -658,10 +659,9 @@ impl<'k> Printer<'k> {
             self.line(&format!(
                 "{bits} = arith.select {special}, {raw}, {rounded} : i32"
             ));
-        }
-        let r = name.unwrap_or_else(|| self.fresh());
-        self.line(&format!("{r} = arith.bitcast {bits} : i32 to f32"));
-        r
+            bits
+        };
+        self.from_bits(&bits, name)
     }
 
     /// `x` rounded to BF16 ([`super::semantics::round_bf16`]) by bit arithmetic: the bits
@@ -673,8 +673,8 @@ impl<'k> Printer<'k> {
             self.int_const(Ty::I32, 0x7fff),
             self.int_const(Ty::I32, 0xffff_0000u32 as i32 as i64),
         );
-        let [raw, shifted, odd, bias, up, rounded, nan, bits] = [(); 8].map(|_| self.fresh());
-        self.line(&format!("{raw} = arith.bitcast {x} : f32 to i32"));
+        let raw = self.to_bits(x);
+        let [shifted, odd, bias, up, rounded, nan, bits] = [(); 7].map(|_| self.fresh());
         self.line(&format!("{shifted} = arith.shrui {raw}, {c16} : i32"));
         self.line(&format!("{odd} = arith.andi {shifted}, {one} : i32"));
         self.line(&format!("{bias} = arith.addi {odd}, {half} : i32"));
@@ -684,6 +684,18 @@ impl<'k> Printer<'k> {
         self.line(&format!(
             "{bits} = arith.select {nan}, {raw}, {rounded} : i32"
         ));
+        self.from_bits(&bits, name)
+    }
+
+    /// The bits of the f32 `x` as an i32.
+    fn to_bits(&mut self, x: &str) -> String {
+        let r = self.fresh();
+        self.line(&format!("{r} = arith.bitcast {x} : f32 to i32"));
+        r
+    }
+
+    /// The f32 whose bits are the i32 `bits` (named `name` where given).
+    fn from_bits(&mut self, bits: &str, name: Option<String>) -> String {
         let r = name.unwrap_or_else(|| self.fresh());
         self.line(&format!("{r} = arith.bitcast {bits} : i32 to f32"));
         r
@@ -768,17 +780,12 @@ impl<'k> Printer<'k> {
     /// GPU: the i32 registers of an A or B fragment, comma-separated.
     fn mma_operand(&mut self, shape: MmaShape, frag: (Buf, u64), len: u64) -> String {
         let values = self.fragment(frag, len);
-        let bits = |p: &mut Self, v: &str| {
-            let r = p.fresh();
-            p.line(&format!("{r} = arith.bitcast {v} : f32 to i32"));
-            r
-        };
         let regs: Vec<String> = match shape {
-            MmaShape::Tf32M16N8K8 => values.iter().map(|v| bits(self, v)).collect(),
+            MmaShape::Tf32M16N8K8 => values.iter().map(|v| self.to_bits(v)).collect(),
             MmaShape::Bf16M16N8K16 => values
                 .chunks(2)
                 .map(|pair| {
-                    let (lo, hi) = (bits(self, &pair[0]), bits(self, &pair[1]));
+                    let (lo, hi) = (self.to_bits(&pair[0]), self.to_bits(&pair[1]));
                     let c16 = self.int_const(Ty::I32, 16);
                     let top = self.int_const(Ty::I32, 0xffff_0000u32 as i32 as i64);
                     let [low, high, packed] = [(); 3].map(|_| self.fresh());
@@ -832,11 +839,10 @@ impl<'k> Printer<'k> {
                 let b_thread = self.offset(&b_lane0, b_lane);
                 let b = self.private_at(mma.b, &b_thread, bi);
                 let [a, b] = [a, b].map(|x| {
-                    let [bits, kept, r] = [(); 3].map(|_| self.fresh());
-                    self.line(&format!("{bits} = arith.bitcast {x} : f32 to i32"));
+                    let bits = self.to_bits(&x);
+                    let kept = self.fresh();
                     self.line(&format!("{kept} = arith.andi {bits}, {keep} : i32"));
-                    self.line(&format!("{r} = arith.bitcast {kept} : i32 to f32"));
-                    r
+                    self.from_bits(&kept, None)
                 });
                 let [p, sum] = [(); 2].map(|_| self.fresh());
                 self.line(&format!("{p} = arith.mulf {a}, {b} : f32"));
