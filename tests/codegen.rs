@@ -402,6 +402,57 @@ fn every_ptx_module_assembles_without_spills_and_convolutions_use_tensor_cores()
     }
 }
 
+/// At a realistic size each convolution gets its own tile (`Tile::choose`): 128 x 128
+/// where the grid fills the GPU, smaller ones down to 32 x 32 where it would not, and
+/// 16-byte copies of the operands that are contiguous. Every kernel assembles without
+/// spills (the 128 x 128 tiles hold 64 accumulators per thread), and every distinct
+/// convolution's machine code multiplies with HMMA, copies with LDGSTS and uses no local
+/// memory.
+#[test]
+fn realistic_sizes_choose_tiles_that_assemble_without_spills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("refinenet4");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let args = ["-o", &dir_arg, "--train", "--gpu", "sm_80", "--ptx-report"];
+    let out = compile_file(
+        &example_path("refinenet4"),
+        &[("depth", "50")],
+        "4x3x256x256",
+        &args,
+    );
+    let report = stdout(&out);
+    assert_eq!(spilling(&report), 0, "{report}");
+    let bundle = load_bundle(&dir).unwrap().bundle;
+    let convolutions: Vec<_> = bundle
+        .kernels
+        .iter()
+        .filter(|k| k.ops.contains("conv2d") && !k.host_only)
+        .collect();
+    let tiles: std::collections::BTreeSet<&str> = convolutions
+        .iter()
+        .map(|k| k.schedule.split(" (").next().unwrap_or_default())
+        .collect();
+    eprintln!("tiles: {tiles:?}");
+    for tile in ["tile 128x128x16", "tile 64x64x16", "tile 32x32x16"] {
+        assert!(tiles.contains(tile), "no {tile} among {tiles:?}");
+    }
+    let wide = convolutions
+        .iter()
+        .filter(|k| k.schedule.contains("16 B"))
+        .count();
+    assert!(
+        wide * 2 > convolutions.len(),
+        "16-byte copies in {wide} kernels"
+    );
+    let ptx: Vec<_> = convolution_ptx(&dir);
+    for_each_in_parallel(&ptx, |(name, path)| {
+        let sass = sass_of(path, "sm_80");
+        assert!(sass.contains("HMMA.1688.F32.TF32"), "{name}: no HMMA");
+        assert!(sass.contains("LDGSTS"), "{name}: no LDGSTS");
+        assert_eq!(local_memory(&sass), None, "{name}: local memory");
+    });
+}
+
 /// The GPU convolution kernels of a bundle: name and PTX file.
 fn convolution_ptx(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
     let bundle = load_bundle(dir).unwrap_or_else(|e| panic!("{e}")).bundle;

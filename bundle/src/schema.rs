@@ -186,6 +186,10 @@ pub struct KernelInfo {
     pub shared_bytes: u64,
     /// The ops it computes, e.g. `conv2d+add+relu`.
     pub ops: String,
+    /// How it computes them where there is a choice (a convolution's GEMM tile, its
+    /// stages and copies); empty for most kernels (and omitted from the file).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub schedule: String,
     /// Only the CPU's launches call it (a step of a host schedule): it has host code and
     /// no PTX.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -553,6 +557,7 @@ mod tests {
                 params: 1,
                 shared_bytes: 0,
                 ops: "relu".into(),
+                schedule: String::new(),
                 host_only: false,
             }],
             prepare: None,

@@ -14,7 +14,8 @@ use common::{llvm_tool, mlir_opt, run_tool};
 
 use rfnc_compiler::codegen::check::CheckedKernel;
 use rfnc_compiler::codegen::gemm::{
-    conv_kernel, ConvIo, ConvKind, ConvOperand, ConvProblem, Precision, BLOCK,
+    conv_kernel_tiled, ConvIo, ConvKind, ConvOperand, ConvProblem, Precision, Tile, BLOCK,
+    FILL_BLOCKS,
 };
 use rfnc_compiler::codegen::kir::{Buf, Expr, KernelBuilder, Ty};
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
@@ -145,25 +146,46 @@ impl ConvIo for PlainIo {
     }
 }
 
-/// How a kernel is built: its precision and the operands it may copy asynchronously.
-type Variant = (Precision, &'static [ConvOperand]);
+/// How a kernel is built: its precision, the operands it may copy asynchronously, and its
+/// tile.
+type Variant = (Precision, &'static [ConvOperand], Tile);
+
+const fn tile(m: u64, n: u64, stages: u64) -> Tile {
+    Tile {
+        m,
+        n,
+        k: 16,
+        stages,
+    }
+}
 
 /// Every precision; tensor cores with every operand copied asynchronously, none, and each
-/// mix.
-const VARIANTS: [Variant; 5] = [
-    (Precision::F32, &[]),
+/// mix, on the largest and smaller tiles (32 wide: half the threads copy 16 bytes each),
+/// 2, 3 and 4 stages.
+const VARIANTS: [Variant; 6] = [
+    (Precision::F32, &[], Tile::F32),
     (
         Precision::Tf32,
         &[ConvOperand::X, ConvOperand::W, ConvOperand::Dy],
+        tile(128, 128, 2),
     ),
-    (Precision::Tf32, &[]),
-    (Precision::Bf16, &[ConvOperand::W, ConvOperand::Dy]),
-    (Precision::Bf16, &[ConvOperand::X]),
+    (Precision::Tf32, &[], tile(64, 64, 3)),
+    (
+        Precision::Bf16,
+        &[ConvOperand::W, ConvOperand::Dy],
+        tile(32, 64, 3),
+    ),
+    (Precision::Bf16, &[ConvOperand::X], tile(64, 32, 4)),
+    (
+        Precision::Tf32,
+        &[ConvOperand::W, ConvOperand::Dy],
+        tile(32, 32, 3),
+    ),
 ];
 
 /// The kernel with params x, w, bias, dy, out (f32) and count (i32): plain loads, and a
 /// store that also counts the writes of each element.
-fn build(p: &ConvProblem, (precision, plain): Variant) -> (CheckedKernel, u64) {
+fn build(p: &ConvProblem, (precision, plain, tile): Variant) -> (CheckedKernel, u64) {
     let result = match p.kind {
         ConvKind::Forward => p.y,
         ConvKind::GradInput => p.x,
@@ -186,11 +208,11 @@ fn build(p: &ConvProblem, (precision, plain): Variant) -> (CheckedKernel, u64) {
         count,
         plain,
     };
-    let Ok(grid) = conv_kernel(&mut io, p, precision);
+    let Ok(grid) = conv_kernel_tiled(&mut io, p, precision, tile);
     let k = io.b.finish();
     assert_eq!(k.check().map(|_| ()), Ok(()), "{:?}", p);
     let k = k.into_checked().expect("checked");
-    assert_eq!(grid, p.grid());
+    assert_eq!(grid, p.grid(tile));
     (k, grid)
 }
 
@@ -215,7 +237,14 @@ fn reference(case: &Case, kind: ConvKind, bias: bool, data: [&[f64]; 4]) -> Vec<
 /// the operands rounded as the precision multiplies them).
 fn check(name: &str, case: &Case, kind: ConvKind, bias: bool, variant: Variant) {
     let precision = variant.0;
-    let name = &format!("{name} {} (async {:?})", precision.name(), variant.1);
+    let name = &format!(
+        "{name} {} (async {:?}, {}x{}, {} stages)",
+        precision.name(),
+        variant.1,
+        variant.2.m,
+        variant.2.n,
+        variant.2.stages
+    );
     let p = case.problem(kind, bias);
     let (k, grid) = build(&p, variant);
     let seed = splitmix64(name.len() as u64 ^ (kind as u64) << 8);
@@ -408,7 +437,8 @@ fn large_k_weight_gradient() {
 
 #[test]
 fn exact_tiles() {
-    // M, N and K multiples of the tiles in every kind: no bounds checks are emitted.
+    // M, N and K multiples of the 64 x 64 tiles in every kind: no bounds checks are emitted
+    // there.
     check_all("exact", case([2, 16, 8, 8], [64, 16, 1, 1]));
 }
 
@@ -421,12 +451,90 @@ fn grid_and_problem_sizes() {
     };
     let p = c.problem(ConvKind::Forward, true);
     assert_eq!(p.gemm(), (65, 2 * 9 * 11, 27));
-    assert_eq!(p.grid(), 2 * 2 * 4);
+    assert_eq!(p.grid(Tile::F32), 2 * 2 * 4);
+    assert_eq!(p.grid(tile(32, 64, 3)), 2 * 3 * 4);
     let p = c.problem(ConvKind::GradInput, false);
     assert_eq!(p.gemm(), (3, 2 * 9 * 11, 65 * 9));
     let p = c.problem(ConvKind::GradWeight, false);
     assert_eq!(p.gemm(), (65, 27, 2 * 9 * 11));
-    assert_eq!(p.grid(), 2 * 2);
+    assert_eq!(p.grid(Tile::F32), 2 * 2);
+}
+
+#[test]
+fn contiguous_operands() {
+    // 16-byte copies (where copied asynchronously): the weights of the forward conv
+    // (K = 12, 36: multiples of 4 but not of the slice) and dy of the weight gradient (36
+    // and 60 pixels per image) along k; x and dy of the 1x1 conv along n; with edge tiles.
+    check_all("wide 1x1", case([2, 12, 6, 6], [70, 12, 1, 1]));
+    let c = Case {
+        pad: [1, 1, 1, 1],
+        ..case([2, 4, 6, 10], [40, 4, 3, 3])
+    };
+    check_all("wide 3x3", c);
+    // Grouped 1x1: 8 input channels per group (the data gradient's M, along which its
+    // weights are copied), 4 output channels per group.
+    let c = Case {
+        groups: 2,
+        ..case([1, 16, 4, 4], [8, 8, 1, 1])
+    };
+    check_all("wide grouped", c);
+}
+
+#[test]
+fn every_tensor_core_tile() {
+    // Each tile of both precisions, every operand copied asynchronously, on a shape with
+    // edge tiles in M, N and K.
+    let c = Case {
+        pad: [1, 1, 1, 1],
+        ..case([2, 5, 9, 11], [70, 5, 3, 3])
+    };
+    let all: &'static [ConvOperand] = &[ConvOperand::X, ConvOperand::W, ConvOperand::Dy];
+    for precision in [Precision::Tf32, Precision::Bf16] {
+        for t in Tile::tensor_core(precision) {
+            for kind in [ConvKind::Forward, ConvKind::GradInput, ConvKind::GradWeight] {
+                check("tile", &c, kind, true, (precision, all, t));
+            }
+        }
+    }
+}
+
+#[test]
+fn tile_choice() {
+    let conv = |x: [u64; 4], w: [u64; 4]| case(x, w).problem(ConvKind::Forward, false);
+    for precision in [Precision::Tf32, Precision::Bf16] {
+        let tiles = Tile::tensor_core(precision);
+        // Shared memory within the static limit; as many stages as fit, at most 3.
+        for t in &tiles {
+            // k-major (pitch m + 8) or mn-major (pitch k + 4) shared tiles.
+            let side = |e: u64| (t.k * (e + 8)).max(e * (t.k + 4));
+            let bytes = t.stages * (side(t.m) + side(t.n)) * 4;
+            assert!(bytes <= 48 * 1024 && t.stages >= 2, "{t:?}: {bytes} bytes");
+        }
+        assert_eq!(tiles[0], tile(128, 128, 2));
+        assert!(tiles.contains(&tile(64, 64, 3)));
+        let choose = |p: &ConvProblem| Tile::choose(p, precision);
+        // A large layer (ResNet layer 1 at batch 8, 512x512: M = 256, N = 8 * 128 * 128).
+        let big = conv([8, 64, 128, 128], [256, 64, 1, 1]);
+        assert_eq!(choose(&big), tiles[0]);
+        // M = 21 classes: 32 rows, the widest tile that still fills the GPU.
+        let classes = conv([1, 256, 128, 128], [21, 256, 3, 3]);
+        let t = choose(&classes);
+        assert_eq!((t.m, t.n), (32, 64));
+        assert!(classes.grid(t) >= FILL_BLOCKS);
+        // Batch 1 at 1/32 of 512 (16 x 16 pixels), 512 channels: no tile fills the GPU,
+        // the one with the most blocks is chosen.
+        let small = conv([1, 2048, 16, 16], [512, 2048, 1, 1]);
+        let t = choose(&small);
+        assert_eq!((t.m, t.n), (32, 32));
+        assert!(small.grid(t) < FILL_BLOCKS);
+        // M = 512, N = 4096: 128 x 128 tiles make 128 blocks, too few; 128 x 64 fill it.
+        let mid = conv([1, 512, 64, 64], [512, 512, 1, 1]);
+        let t = choose(&mid);
+        assert_eq!((t.m, t.n), (128, 64));
+        assert!(mid.grid(t) >= FILL_BLOCKS && mid.grid(tiles[0]) < FILL_BLOCKS);
+    }
+    let any = conv([8, 64, 128, 128], [256, 64, 1, 1]);
+    assert_eq!(Tile::choose(&any, Precision::F32), Tile::F32);
 }
 
 // ----- PTX --------------------------------------------------------------------------------
@@ -442,21 +550,25 @@ fn ptx_uses_no_local_memory() {
     let translate = llvm_tool("mlir-translate", None);
     let opt = llvm_tool("opt", None);
     let llc = llvm_tool("llc", None);
-    let c = Case {
+    // No operand of any kind is contiguous here (4-byte copies); every operand of every
+    // kind is in the 1x1 convolution (16-byte copies).
+    let strided = Case {
         stride: [2, 2],
         pad: [1, 1, 1, 1],
         groups: 2,
         ..case([2, 6, 13, 11], [70, 3, 3, 3])
     };
+    let pointwise = case([2, 16, 8, 8], [64, 16, 1, 1]);
     let dir = tempfile::tempdir().expect("temp dir");
     let kinds = [ConvKind::Forward, ConvKind::GradInput, ConvKind::GradWeight];
-    let all = kinds
+    let all = [(strided, false), (pointwise, true)]
         .into_iter()
-        .flat_map(|k| VARIANTS.into_iter().enumerate().map(move |v| (k, v)));
-    for (kind, (i, variant)) in all {
+        .flat_map(|c| kinds.into_iter().map(move |k| (c, k)))
+        .flat_map(|ck| VARIANTS.into_iter().enumerate().map(move |v| (ck, v)));
+    for (((c, wide), kind), (i, variant)) in all {
         let precision = variant.0;
         let (k, _) = build(&c.problem(kind, kind == ConvKind::Forward), variant);
-        let name = format!("{kind:?}_{}_{i}", precision.name()).to_lowercase();
+        let name = format!("{kind:?}_{}_{i}_{}", precision.name(), c.w[2]).to_lowercase();
         let gpu = gpu_module(&k, &name);
         let path = |ext: &str| dir.path().join(format!("{name}.{ext}"));
         let p = |ext: &str| path(ext).to_string_lossy().into_owned();
@@ -521,6 +633,13 @@ fn ptx_uses_no_local_memory() {
                 text.contains("bar.sync"),
                 "{name} {sm}: no barrier in the PTX"
             );
+            // Every shared array 16-byte aligned (16-byte copies land there).
+            assert!(
+                text.lines()
+                    .filter(|l| l.contains(".shared .align"))
+                    .all(|l| l.contains(".shared .align 16 ")),
+                "{name} {sm}: shared arrays not 16-byte aligned"
+            );
             assert!(
                 !text.contains(".local") && !text.contains("__local_depot"),
                 "{name} {sm}: the PTX uses local memory:\n{text}"
@@ -537,9 +656,12 @@ fn ptx_uses_no_local_memory() {
             {
                 assert_eq!(text.contains(op), wanted, "{name} {sm}: `{op}` in the PTX");
             }
-            // 8 (BF16: 4) mma per slice of 16 (LLVM may unroll the K loop).
+            // (m/32) x (n/32) mma per k-step, 2 (BF16: 1) k-steps per slice of 16 (LLVM
+            // may unroll the K loop).
             let mma = text.matches("mma.sync").count();
-            let per_slice = if precision == Precision::Bf16 { 4 } else { 8 };
+            let t = variant.2;
+            let steps = if precision == Precision::Bf16 { 1 } else { 2 };
+            let per_slice = ((t.m / 32) * (t.n / 32) * steps) as usize;
             assert!(mma.is_multiple_of(per_slice), "{name} {sm}: {mma} mma.sync");
             // Operands the kernel reads plainly are copied by zero-filling cp.async, whose
             // groups a tensor-core kernel commits and waits for in every iteration.
@@ -548,13 +670,36 @@ fn ptx_uses_no_local_memory() {
                 ConvKind::GradInput => [ConvOperand::W, ConvOperand::Dy],
                 ConvKind::GradWeight => [ConvOperand::Dy, ConvOperand::X],
             };
-            let copies =
-                precision != Precision::F32 && operands.iter().any(|o| variant.1.contains(o));
-            assert_eq!(
-                text.contains("cp.async.ca.shared.global"),
-                copies,
-                "{name} {sm}"
-            );
+            let copied: Vec<usize> = (0..2)
+                .filter(|&s| precision != Precision::F32 && variant.1.contains(&operands[s]))
+                .collect();
+            // 16 bytes at a time where the operands are contiguous, else 4; in the 1x1
+            // conv the forward weights and both operands of the weight gradient are
+            // contiguous along k, which BF16 kernels copy 4 bytes at a time (they keep
+            // their shared tiles k-major).
+            let along_k = |s: usize| match kind {
+                ConvKind::Forward => s == 0,
+                ConvKind::GradInput => false,
+                ConvKind::GradWeight => true,
+            };
+            let width = |s: usize| {
+                if wide && !(along_k(s) && precision == Precision::Bf16) {
+                    16
+                } else {
+                    4
+                }
+            };
+            let sized = |bytes: usize| {
+                text.lines()
+                    .any(|l| l.contains("cp.async.") && l.contains(&format!("], {bytes},")))
+            };
+            for bytes in [4, 16] {
+                assert_eq!(
+                    sized(bytes),
+                    copied.iter().any(|&s| width(s) == bytes),
+                    "{name} {sm}: {bytes}-byte copies"
+                );
+            }
             let groups = precision != Precision::F32;
             assert_eq!(text.contains("cp.async.wait_group"), groups, "{name} {sm}");
         }

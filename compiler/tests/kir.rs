@@ -457,6 +457,55 @@ fn out_of_bounds_is_an_error() {
     assert!(err.0.contains("buffers"), "{err}");
 }
 
+/// Four threads each copy 4 elements (16 bytes) at `4t + offset` into shared memory
+/// asynchronously (zeros on thread 2), wait, and write them out.
+fn wide_copy(offset: i64, width: u32) -> rfnc_compiler::codegen::kir::KernelFn {
+    let mut b = KernelBuilder::new("wide", 4);
+    let src = b.param(Ty::F32, 20);
+    let out = b.param(Ty::F32, 20);
+    let s = b.shared(Ty::F32, 20);
+    let at = b.let_(Expr::ThreadId * 4 + offset);
+    b.async_copy((s, at.clone()), (src, at), Expr::ThreadId.ne(2), width);
+    b.async_commit();
+    b.async_wait(0);
+    b.barrier();
+    for i in 0..4 {
+        let at = Expr::ThreadId * 4 + i;
+        b.store(out, at.clone(), Expr::load(s, at));
+    }
+    b.finish()
+}
+
+#[test]
+fn wide_async_copies() {
+    let k = wide_copy(0, 4).into_checked().unwrap();
+    check_mlir(&k, "wide");
+    let src: Vec<f32> = (0..20).map(|i| i as f32).collect();
+    let mut bufs = vec![KirBuffer::F32(src.clone()), KirBuffer::F32(vec![-1.0; 20])];
+    run_kernel(&k, 1, &mut bufs).unwrap();
+    let want: Vec<f32> = (0..20)
+        .map(|i| match i {
+            8..12 => 0.0,
+            16.. => -1.0,
+            _ => i as f32,
+        })
+        .collect();
+    assert_eq!(f32s(&bufs[1]), want.as_slice());
+    assert!(
+        gpu_module(&k, "wide").contains("nvgpu.device_async_copy %arg0[%v0], %shared0[%v0], 4,")
+    );
+    // 16 bytes at a subscript that is not a multiple of 4: the hardware would fault.
+    let k = wide_copy(1, 4).into_checked().unwrap();
+    let err = run_kernel(&k, 1, &mut bufs).unwrap_err();
+    assert!(
+        err.0.contains("16-byte async copy") && err.0.contains("not aligned"),
+        "{err}"
+    );
+    // Only 4- and 16-byte copies exist.
+    let err = wide_copy(0, 3).check().map(|_| ()).unwrap_err();
+    assert!(err.0.contains("only 1 or 4"), "{err}");
+}
+
 #[test]
 fn unwritten_shared_memory_reads_nan() {
     let mut b = KernelBuilder::new("uninit", 4);

@@ -178,12 +178,16 @@ fn launch_counts(bundle: &Bundle) -> HashMap<&str, usize> {
 fn header(out: &mut String, k: &NamedKernel, launches: usize) {
     let _ = writeln!(
         out,
-        "// kernel {}: {} ({} threads per block, launched {} time{})",
+        "// kernel {}: {} ({} threads per block, launched {} time{}){}",
         k.name,
         k.kernel.ops,
         k.kernel.block,
         launches,
-        if launches == 1 { "" } else { "s" }
+        if launches == 1 { "" } else { "s" },
+        match k.kernel.schedule.as_str() {
+            "" => String::new(),
+            s => format!("; {s}"),
+        }
     );
 }
 

@@ -169,6 +169,12 @@ impl Checker<'_> {
                 "an async copy from {src:?}: only from f32 parameters"
             )));
         }
+        if ![1, 4].contains(&copy.width) {
+            return Err(KirError(format!(
+                "an async copy of {} elements: only 1 or 4 (4 or 16 bytes)",
+                copy.width
+            )));
+        }
         self.subscript(&copy.dst.1, scope)?;
         self.subscript(&copy.src.1, scope)?;
         self.typed(&copy.ok, Ty::Bool, "copy condition", scope)

@@ -162,8 +162,8 @@ pub enum Stmt {
     },
     Barrier,
     Mma(Mma),
-    /// Starts copying one element (`cp.async`): it lands in shared memory at some point
-    /// before the `AsyncWait` that completes its group.
+    /// Starts copying 1 or 4 elements (`cp.async`): they land in shared memory at some
+    /// point before the `AsyncWait` that completes their group.
     AsyncCopy(AsyncCopy),
     /// Closes the thread's group of the copies started since the last commit.
     AsyncCommit,
@@ -172,14 +172,18 @@ pub enum Stmt {
     AsyncWait(u32),
 }
 
-/// `shared[dst] = ok ? param[src] : 0`, asynchronously (`cp.async` of 4 bytes, the zero a
-/// zero-filling copy of 0 source bytes); `src` must be a valid subscript where `ok` is
-/// false too (use 0).
+/// `shared[dst + i] = ok ? param[src + i] : 0` for `i < width`, asynchronously (`cp.async`
+/// of 4 or 16 bytes, the zeros a zero-filling copy of 0 source bytes); `src .. src + width`
+/// must be valid subscripts where `ok` is false too (use 0: the host code reads them). A
+/// copy of 4 elements (16 bytes) needs both subscripts to be multiples of 4 (the arrays
+/// start 16-byte aligned).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AsyncCopy {
     pub dst: (Buf, Expr),
     pub src: (Buf, Expr),
     pub ok: Expr,
+    /// Elements copied: 1 or 4.
+    pub width: u32,
 }
 
 /// The tensor-core operations a kernel can issue.
@@ -247,6 +251,9 @@ pub struct ArrayDecl {
 pub struct KernelFn {
     /// What it computes, e.g. `conv2d+add+relu` (the stem of its name).
     pub ops: String,
+    /// How it computes it, where there is a choice worth showing (a GEMM's tile, e.g.
+    /// `tile 128x128x16 (tf32 mma, 2 stages); cp.async: W 16 B, X 4 B`); else empty.
+    pub schedule: String,
     pub block: u32,
     pub params: Vec<ArrayDecl>,
     pub shared: Vec<ArrayDecl>,
@@ -438,6 +445,7 @@ impl KernelBuilder {
         KernelBuilder {
             kernel: KernelFn {
                 ops: ops.into(),
+                schedule: String::new(),
                 block,
                 params: Vec::new(),
                 shared: Vec::new(),
@@ -506,8 +514,13 @@ impl KernelBuilder {
         self.push(Stmt::Mma(mma));
     }
 
-    pub fn async_copy(&mut self, dst: (Buf, Expr), src: (Buf, Expr), ok: Expr) {
-        self.push(Stmt::AsyncCopy(AsyncCopy { dst, src, ok }));
+    pub fn async_copy(&mut self, dst: (Buf, Expr), src: (Buf, Expr), ok: Expr, width: u32) {
+        self.push(Stmt::AsyncCopy(AsyncCopy {
+            dst,
+            src,
+            ok,
+            width,
+        }));
     }
 
     pub fn async_commit(&mut self) {
@@ -614,6 +627,11 @@ impl KernelBuilder {
     /// How many bodies are open (1 at the top level).
     pub fn depth(&self) -> usize {
         self.stack.len()
+    }
+
+    /// Records how the kernel computes ([`KernelFn::schedule`]).
+    pub fn set_schedule(&mut self, schedule: impl Into<String>) {
+        self.kernel.schedule = schedule.into();
     }
 
     pub fn finish(mut self) -> KernelFn {

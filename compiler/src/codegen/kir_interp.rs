@@ -335,7 +335,9 @@ impl Compiler<'_> {
         }
     }
 
-    /// Reads the source now (only where the copy is not a zero fill) and queues the value.
+    /// Reads the source now (only where the copy is not a zero fill) and queues the values;
+    /// a wide copy at subscripts that are not multiples of its width is an error (the
+    /// hardware would fault).
     fn async_copy(&self, copy: &AsyncCopy) -> StmtFn {
         let (dst, src) = (self.array(copy.dst.0), self.array(copy.src.0));
         let (Storage::F(dst_slot), Storage::F(src_slot)) = (dst.loc, src.loc) else {
@@ -346,18 +348,28 @@ impl Compiler<'_> {
             self.int(&copy.src.1, Ty::Index),
         );
         let ok = self.int(&copy.ok, Ty::Bool);
+        let width = i64::from(copy.width);
         Box::new(move |m| {
             let (d, s, ok) = (di(m), si(m), ok(m) != 0);
-            let value = match ok {
-                true => match m.at("async copy from", &src, s) {
-                    Some(p) => m.fmem[src_slot][p],
-                    None => return,
-                },
-                false => 0.0,
-            };
-            if let Some(p) = m.at("async copy to", &dst, d) {
-                let tid = m.tid as usize;
-                m.copies[tid].0.push((dst_slot, p, value));
+            if d % width != 0 || (ok && s % width != 0) {
+                m.fail(format!(
+                    "a {}-byte async copy from element {s} to element {d}: not aligned",
+                    4 * width
+                ));
+                return;
+            }
+            for i in 0..width {
+                let value = match ok {
+                    true => match m.at("async copy from", &src, s + i) {
+                        Some(p) => m.fmem[src_slot][p],
+                        None => return,
+                    },
+                    false => 0.0,
+                };
+                if let Some(p) = m.at("async copy to", &dst, d + i) {
+                    let tid = m.tid as usize;
+                    m.copies[tid].0.push((dst_slot, p, value));
+                }
             }
         })
     }

@@ -31,9 +31,7 @@ use super::fission::{split, Step, ThreadLoops};
 use super::kir::{
     ArrayDecl, AsyncCopy, BinOp, Buf, CmpOp, Expr, Mma, MmaShape, Stmt, Ty, UnOp, Var,
 };
-use super::semantics::{
-    buf_decl, cast_source_ty, cast_steps, mma_a_element, mma_b_element, operand_ty, ty_in, CastOp,
-};
+use super::semantics::{buf_decl, cast_source_ty, cast_steps, operand_ty, ty_in, CastOp};
 
 /// The host lowering of [`host_module`]'s output (the CPU executor's code, through MLIR
 /// passes in the LLVM crate): structured control flow, math, arithmetic, memrefs and functions to
@@ -66,8 +64,12 @@ pub fn gpu_module(k: &CheckedKernel, name: &str) -> String {
     let workgroup = if k.shared.is_empty() {
         String::new()
     } else {
+        // 16-byte aligned: the destination of 16-byte async copies.
         let shared: Vec<String> = (0..k.shared.len())
-            .map(|i| format!("%shared{i}: {}", p.memref(Buf::Shared(i))))
+            .map(|i| {
+                let ty = p.memref(Buf::Shared(i));
+                format!("%shared{i}: {ty} {{llvm.align = 16 : i64}}")
+            })
             .collect();
         format!(" workgroup({})", shared.join(", "))
     };
@@ -736,9 +738,9 @@ impl<'k> Printer<'k> {
         }
     }
 
-    /// An async copy: `nvgpu.device_async_copy` of one element (0 source elements: a zero
-    /// fill) on the GPU; on the host a plain copy, done at once (a schedule the asynchronous
-    /// copy allows; the interpreter lands it as late as allowed instead).
+    /// An async copy: `nvgpu.device_async_copy` of `width` elements (0 source elements: a
+    /// zero fill) on the GPU; on the host plain copies, done at once (a schedule the
+    /// asynchronous copy allows; the interpreter lands it as late as allowed instead).
     fn async_copy(&mut self, copy: &AsyncCopy) {
         let ((dst, di), (src, si)) = (&copy.dst, &copy.src);
         let ok = self.val(&copy.ok, Ty::Bool, None);
@@ -746,20 +748,34 @@ impl<'k> Printer<'k> {
         let di = self.subscript(*dst, di);
         let (dst_ty, src_ty) = (self.memref(*dst), self.memref(*src));
         let (dst_name, src_name) = (Self::buf_name(*dst), Self::buf_name(*src));
+        let width = copy.width;
         if self.host {
             let zero = self.f32_const(0.0);
-            let [v, x] = [(); 2].map(|_| self.fresh());
-            self.line(&format!("{v} = memref.load {src_name}[{si}] : {src_ty}"));
-            self.line(&format!("{x} = arith.select {ok}, {v}, {zero} : f32"));
-            self.line(&format!("memref.store {x}, {dst_name}[{di}] : {dst_ty}"));
+            for i in 0..width {
+                let (s, d) = match i {
+                    0 => (si.clone(), di.clone()),
+                    _ => {
+                        let step = self.int_const(Ty::Index, i64::from(i));
+                        let [s, d] = [(); 2].map(|_| self.fresh());
+                        self.line(&format!("{s} = arith.addi {si}, {step} : index"));
+                        self.line(&format!("{d} = arith.addi {di}, {step} : index"));
+                        (s, d)
+                    }
+                };
+                let [v, x] = [(); 2].map(|_| self.fresh());
+                self.line(&format!("{v} = memref.load {src_name}[{s}] : {src_ty}"));
+                self.line(&format!("{x} = arith.select {ok}, {v}, {zero} : f32"));
+                self.line(&format!("memref.store {x}, {dst_name}[{d}] : {dst_ty}"));
+            }
             return;
         }
-        let (one, zero) = (self.int_const(Ty::Index, 1), self.int_const(Ty::Index, 0));
+        let all = self.int_const(Ty::Index, i64::from(width));
+        let zero = self.int_const(Ty::Index, 0);
         let [n, token] = [(); 2].map(|_| self.fresh());
-        self.line(&format!("{n} = arith.select {ok}, {one}, {zero} : index"));
+        self.line(&format!("{n} = arith.select {ok}, {all}, {zero} : index"));
         self.line(&format!(
-            "{token} = nvgpu.device_async_copy {src_name}[{si}], {dst_name}[{di}], 1, {n} : \
-             {src_ty} to {dst_ty}"
+            "{token} = nvgpu.device_async_copy {src_name}[{si}], {dst_name}[{di}], {width}, \
+             {n} : {src_ty} to {dst_ty}"
         ));
     }
 
@@ -803,8 +819,9 @@ impl<'k> Printer<'k> {
     /// elements ([`super::semantics::mma_element`]) from its warp's fragments. Element `j`
     /// of lane `l` (`g = l / 4`, `q = l % 4`) is `(g + 8 (j / 2), 2q + j % 2)` of the tile;
     /// the layouts place `A[g + r, k]` in lane `4g` plus the lane of `A[r, k]`, and
-    /// `B[k, 2q + e]` in lane `8q` plus the lane of `B[k, e]`, at the same element, so
-    /// the fragment subscripts are constants from the layouts at `g = q = 0`.
+    /// `B[k, 2q + e]` in lane `8q` plus the lane of `B[k, e]`, at the same element. The
+    /// sum over `k` is a loop (the code of a kernel with many mma stays small), whose
+    /// lanes and elements are [`MmaShape::a_at`] and [`MmaShape::b_at`] in closed form.
     fn host_mma(&mut self, mma: &Mma) {
         let shape = mma.shape;
         let tid = format!("%tid{}", self.threads);
@@ -812,11 +829,12 @@ impl<'k> Printer<'k> {
         let block = self.int_const(Ty::Index, self.k.block as i64);
         self.line(&format!("scf.for {tid} = %c0 to {block} step %c1 {{"));
         self.indent += 1;
+        let c = |p: &mut Self, v: u64| p.int_const(Ty::Index, v as i64);
         let (c31, c3, cm4, c8) = (
-            self.int_const(Ty::Index, 31),
-            self.int_const(Ty::Index, 3),
+            c(self, 31),
+            c(self, 3),
             self.int_const(Ty::Index, -4),
-            self.int_const(Ty::Index, 8),
+            c(self, 8),
         );
         let [lane, warp, quad, q, q8, a_lane0, b_lane0] = [(); 7].map(|_| self.fresh());
         self.line(&format!("{lane} = arith.andi {tid}, {c31} : index"));
@@ -829,35 +847,79 @@ impl<'k> Printer<'k> {
         let keep = self.int_const(Ty::I32, shape.operand_mask() as i32 as i64);
         let [_, _, lc] = shape.fragment_lens();
         let (_, _, kk) = shape.mnk();
+        let kq = shape.k_per_q();
         for j in 0..lc {
-            let mut acc = self.private_at(mma.acc, &tid, j);
-            for k in 0..kk {
-                let (a_lane, ai) = mma_a_element(shape, 8 * (j / 2), k);
-                let (b_lane, bi) = mma_b_element(shape, k, j % 2);
-                let a_thread = self.offset(&a_lane0, a_lane);
-                let a = self.private_at(mma.a, &a_thread, ai);
-                let b_thread = self.offset(&b_lane0, b_lane);
-                let b = self.private_at(mma.b, &b_thread, bi);
-                let [a, b] = [a, b].map(|x| {
-                    let bits = self.to_bits(&x);
-                    let kept = self.fresh();
-                    self.line(&format!("{kept} = arith.andi {bits}, {keep} : i32"));
-                    self.from_bits(&kept, None)
-                });
-                let [p, sum] = [(); 2].map(|_| self.fresh());
-                self.line(&format!("{p} = arith.mulf {a}, {b} : f32"));
-                self.line(&format!("{sum} = arith.addf {acc}, {p} : f32"));
-                acc = sum;
-            }
+            let acc = self.private_at(mma.acc, &tid, j);
+            // Lane, element and value of A[g + 8 (j / 2), k] and B[k, 2q + j % 2], per k.
+            let [k, sum] = [(); 2].map(|_| self.fresh());
+            let (zero, end, one) = (c(self, 0), c(self, kk), c(self, 1));
+            self.line(&format!(
+                "{sum} = scf.for {k} = {zero} to {end} step {one} iter_args(%acc{j}_{} = {acc}) -> (f32) {{",
+                self.threads
+            ));
+            let carried = format!("%acc{j}_{}", self.threads);
+            self.indent += 1;
+            let [lane_k, within, half, t0, t1, a_idx, b_idx] = [(); 7].map(|_| self.fresh());
+            let (mask, shift) = (c(self, 4 * kq - 1), c(self, kq.trailing_zeros() as u64));
+            let (low, shift4) = (c(self, kq - 1), c(self, (4 * kq).trailing_zeros() as u64));
+            let [lk0, a_lane, b_lane] = [(); 3].map(|_| self.fresh());
+            self.line(&format!("{lk0} = arith.andi {k}, {mask} : index"));
+            self.line(&format!("{lane_k} = arith.shrui {lk0}, {shift} : index"));
+            self.line(&format!("{within} = arith.andi {k}, {low} : index"));
+            self.line(&format!("{half} = arith.shrui {k}, {shift4} : index"));
+            // A: element within + kq h + 2 kq half (h = j / 2); B: within + kq half.
+            let (kq_c, kq2) = (c(self, kq), c(self, 2 * kq));
+            self.line(&format!("{t0} = arith.muli {half}, {kq2} : index"));
+            let a_base = self.offset(&within, mma.a.1 + kq * (j / 2));
+            self.line(&format!("{a_idx} = arith.addi {a_base}, {t0} : index"));
+            self.line(&format!("{t1} = arith.muli {half}, {kq_c} : index"));
+            let b_base = self.offset(&within, mma.b.1);
+            self.line(&format!("{b_idx} = arith.addi {b_base}, {t1} : index"));
+            self.line(&format!(
+                "{a_lane} = arith.addi {a_lane0}, {lane_k} : index"
+            ));
+            let b_lane_e = self.offset(&b_lane0, 4 * (j % 2));
+            self.line(&format!(
+                "{b_lane} = arith.addi {b_lane_e}, {lane_k} : index"
+            ));
+            let a = self.private_at_dynamic(mma.a.0, &a_lane, &a_idx);
+            let b = self.private_at_dynamic(mma.b.0, &b_lane, &b_idx);
+            let [a, b] = [a, b].map(|x| {
+                let bits = self.to_bits(&x);
+                let kept = self.fresh();
+                self.line(&format!("{kept} = arith.andi {bits}, {keep} : i32"));
+                self.from_bits(&kept, None)
+            });
+            let [p, next] = [(); 2].map(|_| self.fresh());
+            self.line(&format!("{p} = arith.mulf {a}, {b} : f32"));
+            self.line(&format!("{next} = arith.addf {carried}, {p} : f32"));
+            self.line(&format!("scf.yield {next} : f32"));
+            self.indent -= 1;
+            self.line("}");
             let (buf, at) = mma.acc;
             let sub = self.private_sub(buf, &tid, at + j);
             self.line(&format!(
-                "memref.store {acc}, {}[{sub}] : {}",
+                "memref.store {sum}, {}[{sub}] : {}",
                 Self::buf_name(buf),
                 self.memref(buf)
             ));
         }
         self.close();
+    }
+
+    /// Host: loads element `i` (an index value) of thread `thread`'s part of private `buf`.
+    fn private_at_dynamic(&mut self, buf: Buf, thread: &str, i: &str) -> String {
+        let len = self.decl(buf).len;
+        let len = self.int_const(Ty::Index, len as i64);
+        let [base, sub, v] = [(); 3].map(|_| self.fresh());
+        self.line(&format!("{base} = arith.muli {thread}, {len} : index"));
+        self.line(&format!("{sub} = arith.addi {base}, {i} : index"));
+        self.line(&format!(
+            "{v} = memref.load {}[{sub}] : {}",
+            Self::buf_name(buf),
+            self.memref(buf)
+        ));
+        v
     }
 
     /// `base + delta` (an index).

@@ -316,6 +316,7 @@ pub fn lower_programs(
             params: k.kernel.params.len() as u32,
             shared_bytes: k.kernel.shared.iter().map(|s| s.len * 4).sum(),
             ops: k.kernel.ops.clone(),
+            schedule: k.kernel.schedule.clone(),
             host_only: k.host_only,
         })
         .collect();

@@ -231,6 +231,22 @@ impl MmaShape {
         }
     }
 
+    /// Where `A[8 h, k]` lies (`h` 0 or 1): lane and element, in closed form (the host
+    /// printer's loop over `k` computes exactly this; equal to [`mma_a_element`]).
+    pub fn a_at(self, h: u64, k: u64) -> (u64, u64) {
+        let kq = self.k_per_q();
+        let (lane, within, half) = ((k % (4 * kq)) / kq, k % kq, k / (4 * kq));
+        (lane, within + kq * h + 2 * kq * half)
+    }
+
+    /// Where `B[k, e]` lies (`e` < 8): lane and element, in closed form (as
+    /// [`Self::a_at`]; equal to [`mma_b_element`]).
+    pub fn b_at(self, k: u64, e: u64) -> (u64, u64) {
+        let kq = self.k_per_q();
+        let (lane, within, half) = ((k % (4 * kq)) / kq, k % kq, k / (4 * kq));
+        (4 * e + lane, within + kq * half)
+    }
+
     /// How much `k` a lane's `q = lane % 4` steps (1 for TF32; 2 for BF16, whose lanes hold
     /// pairs along k).
     pub fn k_per_q(self) -> u64 {
@@ -318,6 +334,26 @@ pub fn mma_element(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The closed forms the host printer computes are the layouts.
+    #[test]
+    fn closed_forms_are_the_layouts() {
+        for shape in [MmaShape::Tf32M16N8K8, MmaShape::Bf16M16N8K16] {
+            let (_, n, k_len) = shape.mnk();
+            for k in 0..k_len {
+                for h in 0..2 {
+                    assert_eq!(
+                        shape.a_at(h, k),
+                        mma_a_element(shape, 8 * h, k),
+                        "{shape:?}"
+                    );
+                }
+                for e in 0..n {
+                    assert_eq!(shape.b_at(k, e), mma_b_element(shape, k, e), "{shape:?}");
+                }
+            }
+        }
+    }
 
     /// The fragment offsets the GEMM generator uses are the inverse of the layouts.
     #[test]

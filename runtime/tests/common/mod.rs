@@ -173,6 +173,7 @@ pub fn write_kernels(dir: &Path, kernels: &[&Elementwise]) -> Vec<KernelInfo> {
                 params: k.inputs as u32 + 1,
                 shared_bytes: 0,
                 ops: k.name.to_string(),
+                schedule: String::new(),
                 host_only: false,
             }
         })
