@@ -50,7 +50,7 @@
 //!   [`super::semantics::mma_b_element`]) from shared memory, rounded to TF32 (BF16) as
 //!   they are read, then the warp issues its mma. The plain operands arrive by `cp.async`
 //!   through `stages` shared stages (`Gemm::k_slice_pipelined`); operands with a fused
-//!   prologue are staged through registers one slice ahead.
+//!   prologue are staged through registers one slice ahead, into two shared stages.
 
 use super::kir::{Buf, Expr, KernelBuilder, Mma, MmaShape, Ty};
 pub use rfnc_bundle::Precision;
@@ -865,11 +865,12 @@ pub fn conv_kernel_tiled<Io: ConvIo + ?Sized>(
     let Some(gemm) = Gemm::new(io.builder(), p, (precision, tile), plain) else {
         return Ok(0);
     };
-    let shared: u64 = gemm.ops.iter().map(|op| op.stage_len() * 4).sum();
+    let shared: u64 = (0..2)
+        .map(|s| gemm.stages[s] * gemm.ops[s].stage_len() * 4)
+        .sum();
     assert!(
-        shared * tile.stages <= SHARED_BYTES,
-        "{tile:?} needs {} bytes of shared memory",
-        shared * tile.stages
+        shared <= SHARED_BYTES,
+        "{tile:?} needs {shared} bytes of shared memory"
     );
     io.builder().set_schedule(gemm.schedule());
     if gemm.mma.is_some() {
@@ -925,8 +926,11 @@ struct Gemm {
     grid: u64,
     /// A and B.
     ops: [Operand; 2],
-    /// The shared tile of each operand (`tile.stages` stages of a slice).
+    /// The shared tile of each operand (`stages` stages of a slice).
     shared: [Buf; 2],
+    /// The stages of each operand's shared tile: `tile.stages` for operands copied
+    /// asynchronously, at most 2 for those staged through registers.
+    stages: [u64; 2],
     /// The thread's elements of `C`.
     acc: Buf,
     /// The staging registers of the next slice, `A.loads` then `B.loads`.
@@ -967,9 +971,12 @@ impl Gemm {
             (precision, tile),
             plain.map(|p| p.is_some()),
         );
-        let shared = ops
-            .each_ref()
-            .map(|op| b.shared(Ty::F32, tile.stages * op.stage_len()));
+        // Operands staged through registers are stored one slice ahead: two stages do.
+        let stages = [0, 1].map(|s| match plain[s] {
+            Some(_) => tile.stages,
+            None => tile.stages.min(2),
+        });
+        let shared = [0, 1].map(|s| b.shared(Ty::F32, stages[s] * ops[s].stage_len()));
         let shape = mma_shape(precision);
         let acc_len = match shape {
             Some(shape) => {
@@ -1014,6 +1021,7 @@ impl Gemm {
             grid,
             ops,
             shared,
+            stages,
             acc,
             stage,
             precision,
@@ -1256,7 +1264,8 @@ impl Gemm {
     }
 
     /// The body of the K loop of a tensor-core kernel at slice `kt`, with `S` shared
-    /// stages, slice `j` in stage `j % S`. On entry the copies of slices `kt .. kt + S - 1`
+    /// stages, slice `j` in stage `j % S` (operands staged through registers: 2 stages,
+    /// slice `j` in stage `j % 2`, last read by the multiply of slice `kt - 2`). On entry the copies of slices `kt .. kt + S - 1`
     /// are in flight (a group each, committed in order) and the registers hold slice `kt`'s
     /// other elements. The registers go to stage `kt % S`; every thread waits until at
     /// most `S - 2` of its groups are in flight (so slice `kt`'s have landed); the barrier
@@ -1273,11 +1282,15 @@ impl Gemm {
     ) -> Result<(), Io::Error> {
         let stages = self.tile.stages;
         let b = io.builder();
-        let index = b.let_(rem(kt.clone(), stages as i64));
-        let here = self
-            .ops
-            .each_ref()
-            .map(|op| b.let_(self.stage_offset(index.clone(), op)));
+        // Each operand's stage of slice `kt` (one index per distinct stage count).
+        let index = |b: &mut KernelBuilder, n: u64| b.let_(rem(kt.clone(), n as i64));
+        let first = index(b, self.stages[0]);
+        let second = match self.stages[1] == self.stages[0] {
+            true => first.clone(),
+            false => index(b, self.stages[1]),
+        };
+        let here = [(0, first), (1, second)]
+            .map(|(s, index)| b.let_(self.stage_offset(index, &self.ops[s])));
         self.store_staged(b, &here);
         b.async_wait((stages - 2) as u32);
         b.barrier();
