@@ -820,8 +820,9 @@ impl<'k> Printer<'k> {
     /// of lane `l` (`g = l / 4`, `q = l % 4`) is `(g + 8 (j / 2), 2q + j % 2)` of the tile;
     /// the layouts place `A[g + r, k]` in lane `4g` plus the lane of `A[r, k]`, and
     /// `B[k, 2q + e]` in lane `8q` plus the lane of `B[k, e]`, at the same element. The
-    /// sum over `k` is a loop (the code of a kernel with many mma stays small), whose
-    /// lanes and elements are [`MmaShape::a_at`] and [`MmaShape::b_at`] in closed form.
+    /// elements and the sum over `k` are loops (the code of a kernel with many mma stays
+    /// small), whose lanes and elements are [`MmaShape::a_at`] and [`MmaShape::b_at`] in
+    /// closed form.
     fn host_mma(&mut self, mma: &Mma) {
         let shape = mma.shape;
         let tid = format!("%tid{}", self.threads);
@@ -848,72 +849,91 @@ impl<'k> Printer<'k> {
         let [_, _, lc] = shape.fragment_lens();
         let (_, _, kk) = shape.mnk();
         let kq = shape.k_per_q();
-        for j in 0..lc {
-            let acc = self.private_at(mma.acc, &tid, j);
-            // Lane, element and value of A[g + 8 (j / 2), k] and B[k, 2q + j % 2], per k.
-            let [k, sum] = [(); 2].map(|_| self.fresh());
-            let (zero, end, one) = (c(self, 0), c(self, kk), c(self, 1));
-            self.line(&format!(
-                "{sum} = scf.for {k} = {zero} to {end} step {one} iter_args(%acc{j}_{} = {acc}) -> (f32) {{",
-                self.threads
-            ));
-            let carried = format!("%acc{j}_{}", self.threads);
-            self.indent += 1;
-            let [lane_k, within, half, t0, t1, a_idx, b_idx] = [(); 7].map(|_| self.fresh());
-            let (mask, shift) = (c(self, 4 * kq - 1), c(self, kq.trailing_zeros() as u64));
-            let (low, shift4) = (c(self, kq - 1), c(self, (4 * kq).trailing_zeros() as u64));
-            let [lk0, a_lane, b_lane] = [(); 3].map(|_| self.fresh());
-            self.line(&format!("{lk0} = arith.andi {k}, {mask} : index"));
-            self.line(&format!("{lane_k} = arith.shrui {lk0}, {shift} : index"));
-            self.line(&format!("{within} = arith.andi {k}, {low} : index"));
-            self.line(&format!("{half} = arith.shrui {k}, {shift4} : index"));
-            // A: element within + kq h + 2 kq half (h = j / 2); B: within + kq half.
-            let (kq_c, kq2) = (c(self, kq), c(self, 2 * kq));
-            self.line(&format!("{t0} = arith.muli {half}, {kq2} : index"));
-            let a_base = self.offset(&within, mma.a.1 + kq * (j / 2));
-            self.line(&format!("{a_idx} = arith.addi {a_base}, {t0} : index"));
-            self.line(&format!("{t1} = arith.muli {half}, {kq_c} : index"));
-            let b_base = self.offset(&within, mma.b.1);
-            self.line(&format!("{b_idx} = arith.addi {b_base}, {t1} : index"));
-            self.line(&format!(
-                "{a_lane} = arith.addi {a_lane0}, {lane_k} : index"
-            ));
-            let b_lane_e = self.offset(&b_lane0, 4 * (j % 2));
-            self.line(&format!(
-                "{b_lane} = arith.addi {b_lane_e}, {lane_k} : index"
-            ));
-            let a = self.private_at_dynamic(mma.a.0, &a_lane, &a_idx);
-            let b = self.private_at_dynamic(mma.b.0, &b_lane, &b_idx);
-            let [a, b] = [a, b].map(|x| {
-                let bits = self.to_bits(&x);
-                let kept = self.fresh();
-                self.line(&format!("{kept} = arith.andi {bits}, {keep} : i32"));
-                self.from_bits(&kept, None)
-            });
-            let [p, next] = [(); 2].map(|_| self.fresh());
-            self.line(&format!("{p} = arith.mulf {a}, {b} : f32"));
-            self.line(&format!("{next} = arith.addf {carried}, {p} : f32"));
-            self.line(&format!("scf.yield {next} : f32"));
-            self.indent -= 1;
-            self.line("}");
-            let (buf, at) = mma.acc;
-            let sub = self.private_sub(buf, &tid, at + j);
-            self.line(&format!(
-                "memref.store {sum}, {}[{sub}] : {}",
-                Self::buf_name(buf),
-                self.memref(buf)
-            ));
-        }
+        // Element j of D: A's rows g + 8h (h = j / 2), B's column 2q + e (e = j % 2).
+        let j = format!("%j{}", self.threads);
+        let (zero, one, lc_c) = (c(self, 0), c(self, 1), c(self, lc));
+        self.line(&format!("scf.for {j} = {zero} to {lc_c} step {one} {{"));
+        self.indent += 1;
+        let [h, e, e4, b_lane_e, acc_at] = [(); 5].map(|_| self.fresh());
+        self.line(&format!("{h} = arith.shrui {j}, {one} : index"));
+        self.line(&format!("{e} = arith.andi {j}, {one} : index"));
+        let c4 = c(self, 4);
+        self.line(&format!("{e4} = arith.muli {e}, {c4} : index"));
+        self.line(&format!("{b_lane_e} = arith.addi {b_lane0}, {e4} : index"));
+        let acc_first = c(self, mma.acc.1);
+        self.line(&format!("{acc_at} = arith.addi {j}, {acc_first} : index"));
+        let acc = self.private_at(mma.acc.0, &tid, &acc_at);
+        // A's element within + kq h + 2 kq half + its first; B's within + kq half + its first.
+        let (kq_c, kq2) = (c(self, kq), c(self, 2 * kq));
+        let hk = self.fresh();
+        self.line(&format!("{hk} = arith.muli {h}, {kq_c} : index"));
+        let a_base = self.offset(&hk, mma.a.1);
+        let b_base = c(self, mma.b.1);
+        let [k, sum] = [(); 2].map(|_| self.fresh());
+        let end = c(self, kk);
+        let carried = format!("%acc{}", self.threads);
+        self.line(&format!(
+            "{sum} = scf.for {k} = {zero} to {end} step {one} iter_args({carried} = {acc}) -> (f32) {{"
+        ));
+        self.indent += 1;
+        let (mask, shift) = (c(self, 4 * kq - 1), c(self, kq.trailing_zeros() as u64));
+        let (low, shift4) = (c(self, kq - 1), c(self, (4 * kq).trailing_zeros() as u64));
+        let [lk0, lane_k, within, half, t0, t1, a0, b0] = [(); 8].map(|_| self.fresh());
+        let [a_idx, b_idx, a_lane, b_lane] = [(); 4].map(|_| self.fresh());
+        self.line(&format!("{lk0} = arith.andi {k}, {mask} : index"));
+        self.line(&format!("{lane_k} = arith.shrui {lk0}, {shift} : index"));
+        self.line(&format!("{within} = arith.andi {k}, {low} : index"));
+        self.line(&format!("{half} = arith.shrui {k}, {shift4} : index"));
+        self.line(&format!("{t0} = arith.muli {half}, {kq2} : index"));
+        self.line(&format!("{a0} = arith.addi {a_base}, {within} : index"));
+        self.line(&format!("{a_idx} = arith.addi {a0}, {t0} : index"));
+        self.line(&format!("{t1} = arith.muli {half}, {kq_c} : index"));
+        self.line(&format!("{b0} = arith.addi {b_base}, {within} : index"));
+        self.line(&format!("{b_idx} = arith.addi {b0}, {t1} : index"));
+        self.line(&format!(
+            "{a_lane} = arith.addi {a_lane0}, {lane_k} : index"
+        ));
+        self.line(&format!(
+            "{b_lane} = arith.addi {b_lane_e}, {lane_k} : index"
+        ));
+        let a = self.private_at(mma.a.0, &a_lane, &a_idx);
+        let b = self.private_at(mma.b.0, &b_lane, &b_idx);
+        let [a, b] = [a, b].map(|x| {
+            let bits = self.to_bits(&x);
+            let kept = self.fresh();
+            self.line(&format!("{kept} = arith.andi {bits}, {keep} : i32"));
+            self.from_bits(&kept, None)
+        });
+        let [p, next] = [(); 2].map(|_| self.fresh());
+        self.line(&format!("{p} = arith.mulf {a}, {b} : f32"));
+        self.line(&format!("{next} = arith.addf {carried}, {p} : f32"));
+        self.line(&format!("scf.yield {next} : f32"));
+        self.close();
+        let sub = self.private_sub(mma.acc.0, &tid, &acc_at);
+        self.line(&format!(
+            "memref.store {sum}, {}[{sub}] : {}",
+            Self::buf_name(mma.acc.0),
+            self.memref(mma.acc.0)
+        ));
+        self.close();
         self.close();
     }
 
-    /// Host: loads element `i` (an index value) of thread `thread`'s part of private `buf`.
-    fn private_at_dynamic(&mut self, buf: Buf, thread: &str, i: &str) -> String {
+    /// Host: the subscript of element `i` (an index value) of thread `thread`'s part of
+    /// private `buf`.
+    fn private_sub(&mut self, buf: Buf, thread: &str, i: &str) -> String {
         let len = self.decl(buf).len;
         let len = self.int_const(Ty::Index, len as i64);
-        let [base, sub, v] = [(); 3].map(|_| self.fresh());
+        let [base, sub] = [(); 2].map(|_| self.fresh());
         self.line(&format!("{base} = arith.muli {thread}, {len} : index"));
         self.line(&format!("{sub} = arith.addi {base}, {i} : index"));
+        sub
+    }
+
+    /// Host: loads element `i` (an index value) of thread `thread`'s part of private `buf`.
+    fn private_at(&mut self, buf: Buf, thread: &str, i: &str) -> String {
+        let sub = self.private_sub(buf, thread, i);
+        let v = self.fresh();
         self.line(&format!(
             "{v} = memref.load {}[{sub}] : {}",
             Self::buf_name(buf),
@@ -931,27 +951,6 @@ impl<'k> Printer<'k> {
         let r = self.fresh();
         self.line(&format!("{r} = arith.addi {base}, {d} : index"));
         r
-    }
-
-    /// Host: the subscript of element `i` of thread `thread`'s part of a private array.
-    fn private_sub(&mut self, buf: Buf, thread: &str, i: u64) -> String {
-        let len = self.decl(buf).len;
-        let len = self.int_const(Ty::Index, len as i64);
-        let base = self.fresh();
-        self.line(&format!("{base} = arith.muli {thread}, {len} : index"));
-        self.offset(&base, i)
-    }
-
-    /// Host: loads element `i` of fragment `(buf, at)` of thread `thread`.
-    fn private_at(&mut self, (buf, at): (Buf, u64), thread: &str, i: u64) -> String {
-        let sub = self.private_sub(buf, thread, at + i);
-        let v = self.fresh();
-        self.line(&format!(
-            "{v} = memref.load {}[{sub}] : {}",
-            Self::buf_name(buf),
-            self.memref(buf)
-        ));
-        v
     }
 
     /// A conversion: the primitive steps of [`cast_steps`], one op each.
