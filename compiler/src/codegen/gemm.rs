@@ -1265,16 +1265,15 @@ impl Gemm {
 
     /// The body of the K loop of a tensor-core kernel at slice `kt`, with `S` shared
     /// stages, slice `j` in stage `j % S` (operands staged through registers: 2 stages,
-    /// slice `j` in stage `j % 2`, last read by the multiply of slice `kt - 2`). On entry the copies of slices `kt .. kt + S - 1`
-    /// are in flight (a group each, committed in order) and the registers hold slice `kt`'s
-    /// other elements. The registers go to stage `kt % S`; every thread waits until at
-    /// most `S - 2` of its groups are in flight (so slice `kt`'s have landed); the barrier
-    /// makes the copies and stores visible and ends every thread's multiply of slice
-    /// `kt - 1`, so its stage `(kt + S - 1) % S` is free for the copies of slice
-    /// `kt + S - 1`, which start now (a group, empty past the end); the registers of slice
-    /// `kt + 1` are fetched while slice `kt` is multiplied. One barrier per slice: stage
-    /// `kt % S` was last read by the multiply of slice `kt - S`, before the barrier of
-    /// slice `kt - S + 1 <= kt - 1`.
+    /// slice `j` in stage `j % 2`). On entry the copies of slices `kt .. kt + S - 2` are in
+    /// flight (a group each, committed in order) and the registers hold slice `kt`'s other
+    /// elements, which go to their stage first; every thread waits until at most `S - 2`
+    /// of its groups are in flight (so slice `kt`'s have landed); the barrier makes the
+    /// copies and stores visible and ends every thread's multiply of slice `kt - 1`, so its
+    /// stage `(kt + S - 1) % S` is free for the copies of slice `kt + S - 1`, which start
+    /// now (a group, empty past the end); the registers of slice `kt + 1` are fetched while
+    /// slice `kt` is multiplied. One barrier per slice: a stage of `S` (2) was last read by
+    /// the multiply of slice `kt - S` (`kt - 2`), before the barrier of slice `kt - 1`.
     fn k_slice_pipelined<Io: ConvIo + ?Sized>(
         &self,
         io: &mut Io,

@@ -827,86 +827,53 @@ impl<'k> Printer<'k> {
         let shape = mma.shape;
         let tid = format!("%tid{}", self.threads);
         self.threads += 1;
-        let block = self.int_const(Ty::Index, self.k.block as i64);
+        let block = self.index_const(u64::from(self.k.block));
         self.line(&format!("scf.for {tid} = %c0 to {block} step %c1 {{"));
         self.indent += 1;
-        let c = |p: &mut Self, v: u64| p.int_const(Ty::Index, v as i64);
-        let (c31, c3, cm4, c8) = (
-            c(self, 31),
-            c(self, 3),
-            self.int_const(Ty::Index, -4),
-            c(self, 8),
+        let (c31, c3, c8) = (
+            self.index_const(31),
+            self.index_const(3),
+            self.index_const(8),
         );
-        let [lane, warp, quad, q, q8, a_lane0, b_lane0] = [(); 7].map(|_| self.fresh());
-        self.line(&format!("{lane} = arith.andi {tid}, {c31} : index"));
-        self.line(&format!("{warp} = arith.subi {tid}, {lane} : index"));
-        self.line(&format!("{quad} = arith.andi {lane}, {cm4} : index"));
-        self.line(&format!("{q} = arith.andi {lane}, {c3} : index"));
-        self.line(&format!("{q8} = arith.muli {q}, {c8} : index"));
-        self.line(&format!("{a_lane0} = arith.addi {warp}, {quad} : index"));
-        self.line(&format!("{b_lane0} = arith.addi {warp}, {q8} : index"));
-        let keep = self.int_const(Ty::I32, shape.operand_mask() as i32 as i64);
-        let [_, _, lc] = shape.fragment_lens();
-        let (_, _, kk) = shape.mnk();
-        let kq = shape.k_per_q();
+        let cm4 = self.int_const(Ty::Index, -4);
+        let lane = self.arith("andi", &tid, &c31, "index");
+        let warp = self.arith("subi", &tid, &lane, "index");
+        let quad = self.arith("andi", &lane, &cm4, "index");
+        let q = self.arith("andi", &lane, &c3, "index");
+        let q8 = self.arith("muli", &q, &c8, "index");
+        let a_lane0 = self.arith("addi", &warp, &quad, "index");
+        let b_lane0 = self.arith("addi", &warp, &q8, "index");
         // Element j of D: A's rows g + 8h (h = j / 2), B's column 2q + e (e = j % 2).
         let j = format!("%j{}", self.threads);
-        let (zero, one, lc_c) = (c(self, 0), c(self, 1), c(self, lc));
-        self.line(&format!("scf.for {j} = {zero} to {lc_c} step {one} {{"));
+        let (zero, one) = (self.index_const(0), self.index_const(1));
+        let elements = self.index_const(shape.fragment_lens()[2]);
+        self.line(&format!("scf.for {j} = {zero} to {elements} step {one} {{"));
         self.indent += 1;
-        let [h, e, e4, b_lane_e, acc_at] = [(); 5].map(|_| self.fresh());
-        self.line(&format!("{h} = arith.shrui {j}, {one} : index"));
-        self.line(&format!("{e} = arith.andi {j}, {one} : index"));
-        let c4 = c(self, 4);
-        self.line(&format!("{e4} = arith.muli {e}, {c4} : index"));
-        self.line(&format!("{b_lane_e} = arith.addi {b_lane0}, {e4} : index"));
-        let acc_first = c(self, mma.acc.1);
-        self.line(&format!("{acc_at} = arith.addi {j}, {acc_first} : index"));
+        let h = self.arith("shrui", &j, &one, "index");
+        let e = self.arith("andi", &j, &one, "index");
+        let c4 = self.index_const(4);
+        let e4 = self.arith("muli", &e, &c4, "index");
+        let b_lane = self.arith("addi", &b_lane0, &e4, "index");
+        let acc_first = self.index_const(mma.acc.1);
+        let acc_at = self.arith("addi", &j, &acc_first, "index");
         let acc = self.private_at(mma.acc.0, &tid, &acc_at);
-        // A's element within + kq h + 2 kq half + its first; B's within + kq half + its first.
-        let (kq_c, kq2) = (c(self, kq), c(self, 2 * kq));
-        let hk = self.fresh();
-        self.line(&format!("{hk} = arith.muli {h}, {kq_c} : index"));
-        let a_base = self.offset(&hk, mma.a.1);
-        let b_base = c(self, mma.b.1);
+        let kq = self.index_const(shape.k_per_q());
+        let hk = self.arith("muli", &h, &kq, "index");
+        let a_first = self.offset(&hk, mma.a.1);
+        let b_first = self.index_const(mma.b.1);
         let [k, sum] = [(); 2].map(|_| self.fresh());
-        let end = c(self, kk);
+        let end = self.index_const(shape.mnk().2);
         let carried = format!("%acc{}", self.threads);
         self.line(&format!(
             "{sum} = scf.for {k} = {zero} to {end} step {one} iter_args({carried} = {acc}) -> (f32) {{"
         ));
         self.indent += 1;
-        let (mask, shift) = (c(self, 4 * kq - 1), c(self, kq.trailing_zeros() as u64));
-        let (low, shift4) = (c(self, kq - 1), c(self, (4 * kq).trailing_zeros() as u64));
-        let [lk0, lane_k, within, half, t0, t1, a0, b0] = [(); 8].map(|_| self.fresh());
-        let [a_idx, b_idx, a_lane, b_lane] = [(); 4].map(|_| self.fresh());
-        self.line(&format!("{lk0} = arith.andi {k}, {mask} : index"));
-        self.line(&format!("{lane_k} = arith.shrui {lk0}, {shift} : index"));
-        self.line(&format!("{within} = arith.andi {k}, {low} : index"));
-        self.line(&format!("{half} = arith.shrui {k}, {shift4} : index"));
-        self.line(&format!("{t0} = arith.muli {half}, {kq2} : index"));
-        self.line(&format!("{a0} = arith.addi {a_base}, {within} : index"));
-        self.line(&format!("{a_idx} = arith.addi {a0}, {t0} : index"));
-        self.line(&format!("{t1} = arith.muli {half}, {kq_c} : index"));
-        self.line(&format!("{b0} = arith.addi {b_base}, {within} : index"));
-        self.line(&format!("{b_idx} = arith.addi {b0}, {t1} : index"));
-        self.line(&format!(
-            "{a_lane} = arith.addi {a_lane0}, {lane_k} : index"
-        ));
-        self.line(&format!(
-            "{b_lane} = arith.addi {b_lane_e}, {lane_k} : index"
-        ));
-        let a = self.private_at(mma.a.0, &a_lane, &a_idx);
-        let b = self.private_at(mma.b.0, &b_lane, &b_idx);
-        let [a, b] = [a, b].map(|x| {
-            let bits = self.to_bits(&x);
-            let kept = self.fresh();
-            self.line(&format!("{kept} = arith.andi {bits}, {keep} : i32"));
-            self.from_bits(&kept, None)
-        });
-        let [p, next] = [(); 2].map(|_| self.fresh());
-        self.line(&format!("{p} = arith.mulf {a}, {b} : f32"));
-        self.line(&format!("{next} = arith.addf {carried}, {p} : f32"));
+        let next = self.host_mma_step(
+            mma,
+            &k,
+            &carried,
+            [(&a_lane0, &a_first), (&b_lane, &b_first)],
+        );
         self.line(&format!("scf.yield {next} : f32"));
         self.close();
         let sub = self.private_sub(mma.acc.0, &tid, &acc_at);
@@ -919,15 +886,63 @@ impl<'k> Printer<'k> {
         self.close();
     }
 
+    /// Host: one `k` of an mma's element: `carried + A[.., k] * B[k, ..]` where A's lane and
+    /// element at `k = 0` are `a` (lane, first element) and B's `b`, the closed forms of
+    /// [`MmaShape::a_at`] / [`MmaShape::b_at`] adding `(k % 4kq) / kq` to both lanes,
+    /// `k % kq + 2 kq (k / 4kq)` to A's element and `k % kq + kq (k / 4kq)` to B's.
+    fn host_mma_step(
+        &mut self,
+        mma: &Mma,
+        k: &str,
+        carried: &str,
+        [a, b]: [(&str, &str); 2],
+    ) -> String {
+        let kq = mma.shape.k_per_q();
+        let (mask, shift) = (
+            self.index_const(4 * kq - 1),
+            self.index_const(kq.trailing_zeros().into()),
+        );
+        let low = self.index_const(kq - 1);
+        let shift4 = self.index_const((4 * kq).trailing_zeros().into());
+        let (kq, kq2) = (self.index_const(kq), self.index_const(2 * kq));
+        let in_quad = self.arith("andi", k, &mask, "index");
+        let lane_k = self.arith("shrui", &in_quad, &shift, "index");
+        let within = self.arith("andi", k, &low, "index");
+        let half = self.arith("shrui", k, &shift4, "index");
+        let keep = self.int_const(Ty::I32, mma.shape.operand_mask() as i32 as i64);
+        let operand = |p: &mut Self, buf: Buf, (lane0, first): (&str, &str), per_half: &str| {
+            let step = p.arith("muli", &half, per_half, "index");
+            let at = p.arith("addi", first, &within, "index");
+            let at = p.arith("addi", &at, &step, "index");
+            let lane = p.arith("addi", lane0, &lane_k, "index");
+            let x = p.private_at(buf, &lane, &at);
+            let bits = p.to_bits(&x);
+            let kept = p.arith("andi", &bits, &keep, "i32");
+            p.from_bits(&kept, None)
+        };
+        let a = operand(self, mma.a.0, a, &kq2);
+        let b = operand(self, mma.b.0, b, &kq);
+        let product = self.arith("mulf", &a, &b, "f32");
+        self.arith("addf", carried, &product, "f32")
+    }
+
+    /// `%r = arith.OP a, b : ty`, returning `%r`.
+    fn arith(&mut self, op: &str, a: &str, b: &str, ty: &str) -> String {
+        let r = self.fresh();
+        self.line(&format!("{r} = arith.{op} {a}, {b} : {ty}"));
+        r
+    }
+
+    fn index_const(&mut self, v: u64) -> String {
+        self.int_const(Ty::Index, v as i64)
+    }
+
     /// Host: the subscript of element `i` (an index value) of thread `thread`'s part of
     /// private `buf`.
     fn private_sub(&mut self, buf: Buf, thread: &str, i: &str) -> String {
-        let len = self.decl(buf).len;
-        let len = self.int_const(Ty::Index, len as i64);
-        let [base, sub] = [(); 2].map(|_| self.fresh());
-        self.line(&format!("{base} = arith.muli {thread}, {len} : index"));
-        self.line(&format!("{sub} = arith.addi {base}, {i} : index"));
-        sub
+        let len = self.index_const(self.decl(buf).len);
+        let base = self.arith("muli", thread, &len, "index");
+        self.arith("addi", &base, i, "index")
     }
 
     /// Host: loads element `i` (an index value) of thread `thread`'s part of private `buf`.
@@ -947,10 +962,8 @@ impl<'k> Printer<'k> {
         if delta == 0 {
             return base.to_string();
         }
-        let d = self.int_const(Ty::Index, delta as i64);
-        let r = self.fresh();
-        self.line(&format!("{r} = arith.addi {base}, {d} : index"));
-        r
+        let d = self.index_const(delta);
+        self.arith("addi", base, &d, "index")
     }
 
     /// A conversion: the primitive steps of [`cast_steps`], one op each.

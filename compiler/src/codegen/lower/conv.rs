@@ -36,6 +36,18 @@ pub(super) struct ConvOperands {
     bias: Option<NodeId>,
 }
 
+impl ConvOperands {
+    /// The node behind `operand`.
+    fn node(&self, operand: ConvOperand) -> Option<NodeId> {
+        match operand {
+            ConvOperand::X => self.x,
+            ConvOperand::W => self.w,
+            ConvOperand::Dy => self.dy,
+            ConvOperand::Bias => self.bias,
+        }
+    }
+}
+
 /// The GEMM problem of conv anchor `a`, and the nodes behind its operands.
 pub(super) fn conv_problem(
     graph: &Graph,
@@ -133,13 +145,7 @@ impl ConvIo for ConvLaunch<'_> {
 
     /// The operand's value at `flat`, computing fused producers (the prologue) in place.
     fn load(&mut self, operand: ConvOperand, flat: Expr) -> Result<Expr, LowerError> {
-        let node = match operand {
-            ConvOperand::X => self.operands.x,
-            ConvOperand::W => self.operands.w,
-            ConvOperand::Dy => self.operands.dy,
-            ConvOperand::Bias => self.operands.bias,
-        };
-        match node {
+        match self.operands.node(operand) {
             Some(node) => self.launch.value_at(node, &flat),
             None => Err(LowerError(format!(
                 "the GEMM asked for {operand:?}, which rfn.{} does not have",
@@ -150,12 +156,7 @@ impl ConvIo for ConvLaunch<'_> {
 
     /// The buffer of an operand computed by an earlier kernel (or a leaf): read as it is.
     fn plain(&mut self, operand: ConvOperand) -> Option<Buf> {
-        let node = match operand {
-            ConvOperand::X => self.operands.x,
-            ConvOperand::W => self.operands.w,
-            ConvOperand::Dy => self.operands.dy,
-            ConvOperand::Bias => self.operands.bias,
-        }?;
+        let node = self.operands.node(operand)?;
         self.launch.plain_buf(node)
     }
 
