@@ -1091,3 +1091,80 @@ fn tensor_core_precisions_need_sm80() {
     ]);
     assert!(f32.status.success(), "{}", stderr(&f32));
 }
+
+/// Each CPU schedule compiles only the kernels it launches: the CPU's schedule leaves out
+/// the host forms of the GPU's convolutions (most of the host code), `cpu-gpu-kernels`
+/// the CPU's own kernels, and each is cached as a library of its own.
+#[test]
+fn each_cpu_schedule_compiles_only_its_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("b");
+    let bundle_arg = bundle.to_str().unwrap();
+    let out = rfnc(&[
+        "compile",
+        "examples/tiny.rfn",
+        "--input",
+        "1x3x32x32",
+        "-o",
+        bundle_arg,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("bundle.json")).unwrap()).unwrap();
+    let names = |launches: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        let launches = launches.as_array().unwrap().iter();
+        launches
+            .filter_map(|l| l.get("kernel").map(|k| k.get("kernel").unwrap_or(k)))
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect()
+    };
+    let gpu = names(&json["main"]["launches"]);
+    let host = names(&json["main"]["host"]["launches"]);
+    let gpu_only: Vec<_> = gpu.difference(&host).collect();
+    let host_only: Vec<_> = host.difference(&gpu).collect();
+    assert!(
+        gpu_only.iter().any(|k| k.starts_with("conv2d")),
+        "{gpu_only:?}"
+    );
+    assert!(
+        host_only.iter().any(|k| k.starts_with("host_")),
+        "{host_only:?}"
+    );
+
+    let cache = tempfile::tempdir().unwrap();
+    let libraries = || -> Vec<Vec<u8>> {
+        let mut found: Vec<_> = std::fs::read_dir(cache.path().join("host"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "so"))
+            .collect();
+        found.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+        found.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    };
+    let has = |library: &[u8], name: &str| {
+        library
+            .windows(name.len() + 1)
+            .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0)
+    };
+    let cache_dir = cache.path().to_str().unwrap();
+    for (device, count) in [("cpu", 1), ("cpu-gpu-kernels", 2)] {
+        let out = rfnc_with_env(
+            &["run", bundle_arg, "--device", device],
+            &[("RFNC_CACHE_DIR", cache_dir)],
+        );
+        assert!(out.status.success(), "{device}: {}", stderr(&out));
+        let all = libraries();
+        assert_eq!(all.len(), count, "{device}: one library per schedule");
+        let (wanted, left_out) = match device {
+            "cpu" => (&host, &gpu_only),
+            _ => (&gpu, &host_only),
+        };
+        let library = all.last().unwrap();
+        for name in wanted {
+            assert!(has(library, name), "{device}: `{name}` is missing");
+        }
+        for name in left_out {
+            assert!(!has(library, name), "{device}: `{name}` was compiled");
+        }
+    }
+}

@@ -71,7 +71,7 @@ impl CpuExecutor {
                 )));
             }
         }
-        let names: Vec<&str> = bundle.kernels.iter().map(|k| k.name.as_str()).collect();
+        let names = scheduled_kernels(&bundle, schedule);
         let (kernels, origin) = load_host(&loaded.host_bitcode(), &names)?;
         let alloc = |(region, bytes): (Region, u64)| {
             HostBuffer::zeroed(bytes).ok_or_else(|| {
@@ -226,6 +226,34 @@ impl CpuExecutor {
         }
         Ok(())
     }
+}
+
+/// The kernels `schedule` launches, each once, in bundle order: only these are compiled
+/// (the CPU's schedule leaves out the host forms of the GPU's convolutions, most of the
+/// host code; the GPU's schedule leaves out the CPU's own kernels).
+fn scheduled_kernels(bundle: &Bundle, schedule: CpuSchedule) -> Vec<&str> {
+    let mut used = std::collections::HashSet::new();
+    for program in [bundle.prepare.as_ref(), Some(&bundle.main)]
+        .into_iter()
+        .flatten()
+    {
+        match (&program.host, schedule) {
+            (Some(host), CpuSchedule::Host) => {
+                for launch in &host.launches {
+                    if let HostLaunch::Kernel(l) = launch {
+                        used.insert(l.kernel.as_str());
+                    }
+                }
+            }
+            _ => used.extend(program.launches.iter().map(|l| l.kernel.as_str())),
+        }
+    }
+    bundle
+        .kernels
+        .iter()
+        .map(|k| k.name.as_str())
+        .filter(|name| used.contains(name))
+        .collect()
 }
 
 /// One step of a schedule.

@@ -26,6 +26,7 @@ use inkwell::memory_buffer::MemoryBuffer;
 use inkwell::module::{Linkage, Module};
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{CodeModel, InitializationConfig, RelocMode, Target, TargetMachine};
+use inkwell::values::BasicValue;
 use inkwell::OptimizationLevel;
 
 use crate::error::RuntimeError;
@@ -73,7 +74,7 @@ impl HostKernels {
                 .map_err(|e| jit_error(format!("not valid LLVM bitcode: {e}")))?;
             let machine =
                 host_machine(RelocMode::Default, CodeModel::JITDefault).map_err(jit_error)?;
-            optimise_for_host(ctx, &module, &machine).map_err(jit_error)?;
+            optimise_for_host(ctx, &module, &machine, kernels).map_err(jit_error)?;
             let math = declare_math(ctx, &module);
             let engine = module
                 .create_jit_execution_engine(OptimizationLevel::Aggressive)
@@ -152,14 +153,32 @@ pub(crate) fn host_machine(reloc: RelocMode, model: CodeModel) -> Result<TargetM
         .ok_or_else(|| format!("LLVM cannot target this CPU ({cpu})"))
 }
 
-/// Tunes every defined function for the host CPU and runs the `default<O3>` pipeline.
+/// Deletes every defined function of `module` but `kernels` that nothing calls (a
+/// kernel calls no other kernel), tunes the rest for the host CPU and runs the
+/// `default<O3>` pipeline.
 pub(crate) fn optimise_for_host(
     ctx: &Context,
     module: &Module,
     machine: &TargetMachine,
+    kernels: &[&str],
 ) -> Result<(), String> {
     let triple = TargetMachine::get_default_triple();
     let (cpu, features) = host_cpu();
+    let unused: Vec<_> = module
+        .get_functions()
+        .filter(|f| {
+            f.count_basic_blocks() > 0
+                && f.as_global_value()
+                    .as_pointer_value()
+                    .get_first_use()
+                    .is_none()
+        })
+        .filter(|f| !kernels.contains(&f.get_name().to_string_lossy().as_ref()))
+        .collect();
+    for function in unused {
+        // SAFETY: the function has no uses, and no handle to it is kept.
+        unsafe { function.delete() };
+    }
     for function in module.get_functions() {
         if function.count_basic_blocks() > 0 {
             let attribute = |k, v| ctx.create_string_attribute(k, v);

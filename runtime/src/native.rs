@@ -54,8 +54,8 @@ impl HostCode {
     }
 }
 
-/// The host kernels of the bundle whose host code is `path`, with every name of `kernels`
-/// looked up.
+/// The host kernels `kernels` of the bundle whose host code is `path` (its other
+/// functions are left out), each looked up.
 pub(crate) fn load_host(
     path: &Path,
     kernels: &[&str],
@@ -82,6 +82,7 @@ pub(crate) fn load_host(
         cpu.as_bytes(),
         features.as_bytes(),
         &bitcode,
+        kernels.join(" ").as_bytes(),
     ]);
     let library = dir.join(format!("{key}.so"));
     let sum = format!("{key}.so.sha256");
@@ -94,7 +95,7 @@ pub(crate) fn load_host(
         path: path.to_path_buf(),
         message,
     };
-    let Some(linked) = compile(path, &bitcode).map_err(error)? else {
+    let Some(linked) = compile(path, &bitcode, kernels).map_err(error)? else {
         return jit();
     };
     rfnc_bundle::atomic::write_atomically(&library, &linked).map_err(|e| {
@@ -135,9 +136,9 @@ fn open(library: &Path, kernels: &[&str]) -> Result<HostCode, String> {
     })
 }
 
-/// The shared library of `path`'s host code for this CPU; `None` when no C compiler links
-/// it (the caller falls back to the JIT).
-fn compile(path: &Path, bitcode: &[u8]) -> Result<Option<Vec<u8>>, String> {
+/// The shared library of `path`'s host code (its functions `kernels`) for this CPU;
+/// `None` when no C compiler links it (the caller falls back to the JIT).
+fn compile(path: &Path, bitcode: &[u8], kernels: &[&str]) -> Result<Option<Vec<u8>>, String> {
     let work =
         tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let object = work.path().join("host.o");
@@ -147,7 +148,7 @@ fn compile(path: &Path, bitcode: &[u8]) -> Result<Option<Vec<u8>>, String> {
         let module = Module::parse_bitcode_from_buffer(&buffer, &ctx)
             .map_err(|e| format!("not valid LLVM bitcode: {e}"))?;
         let machine = host_machine(RelocMode::PIC, CodeModel::Default)?;
-        optimise_for_host(&ctx, &module, &machine)?;
+        optimise_for_host(&ctx, &module, &machine, kernels)?;
         machine
             .write_to_file(&module, FileType::Object, &object)
             .map_err(|e| format!("cannot emit the host object of `{}`: {e}", path.display()))?;

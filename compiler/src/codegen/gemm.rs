@@ -851,9 +851,9 @@ pub fn conv_kernel_tiled<Io: ConvIo + ?Sized>(
         None => assert_eq!(tile, Tile::F32, "f32 kernels use Tile::F32"),
         Some(shape) => assert!(
             tile.stages >= 2
-                && tile.m % (WARPS_M * 16) == 0
-                && tile.n % (WARPS_N * 8) == 0
-                && tile.k % shape.mnk().2 == 0,
+                && tile.m.is_multiple_of(WARPS_M * 16)
+                && tile.n.is_multiple_of(WARPS_N * 8)
+                && tile.k.is_multiple_of(shape.mnk().2),
             "a tensor-core tile: {tile:?}"
         ),
     }

@@ -16,6 +16,9 @@
 //! | data gradient | `K x P x Co/G` | `w` transposed | `dy` | `col` of `dx`, summed back onto pixels |
 //! | weight gradient | `Co/G x K x B*P` | `dy` | `col` transposed | `dw` (summed over `b`) |
 //!
+//! 3x3, stride-1, undilated, ungrouped convolutions (forward, data and weight gradients)
+//! run Winograd's F(2x2, 3x3) instead ([`super::winograd`]).
+//!
 //! Invariants: the steps read only the kernel's inputs and scratch they wrote, and write
 //! exactly the kernel's outputs (each element once), so they stand in for the GPU's one
 //! launch; scratch slots of one kernel's steps do not overlap.
@@ -347,6 +350,9 @@ impl<'g> HostConv<'g> {
     }
 
     fn grad_weight(&mut self, x: NodeId, dy: NodeId) -> Result<(), LowerError> {
+        if super::winograd::applies(self) {
+            return self.winograd(x, dy, None);
+        }
         let g = self.g;
         let dy = self.stored(dy)?;
         let (col, [ck, cp, cb, cg]) = self.col(x)?;

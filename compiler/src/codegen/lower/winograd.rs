@@ -1,6 +1,7 @@
 //! Winograd's minimal filtering F(2x2, 3x3) for the CPU's schedule of a 3x3, stride-1,
-//! undilated, ungrouped forward convolution: 16 multiplies per 2x2 output tile and input
-//! channel instead of 36 (2.25x fewer), as 16 GEMMs of `[Co, Ci] x [Ci, tiles]`.
+//! undilated, ungrouped convolution and its data and weight gradients: 16 multiplies per
+//! 2x2 output tile and input channel instead of 36 (2.25x fewer), as 16 GEMMs of
+//! `[Co, Ci] x [Ci, tiles]` (the weight gradient: `[Co, tiles] x [tiles, Ci]`).
 //!
 //! With `d` a 4x4 input tile (rows `2*ty - top ..`, columns `2*tx - left ..`, 0 outside the
 //! input) and `g` a 3x3 filter: `V = B^T d B`, `U = G g G^T` and `Y = A^T (U . V) A`, where
@@ -16,6 +17,13 @@
 //! The output transform is the epilogue: one thread per tile reads its 16 values, adds the
 //! bias and computes the kernel's fused consumers for its four outputs.
 //!
+//! The weight gradient is the adjoint of the same algorithm. `Y = A^T (U . V) A` is linear
+//! in `U`, and `U` in `g`, so per tile `dL/dU = (A dY A^T) . V` and `dL/dg = G^T (dL/dU) G`.
+//! Summed over tiles and batch: `D = A dY A^T` per 2x2 tile of `dy` (0 outside it), `V` as
+//! above, 16 GEMMs `M[xi][co][ci] = sum_{b,t} D[xi][b][co][t] * V[xi][b][ci][t]` (the
+//! batch summed into one `C`), and `dw = G^T M G` per filter. Exact in exact arithmetic for
+//! any size: the forward algorithm equals the direct convolution for every `g`.
+//!
 //! Accuracy: the transforms only add, subtract and halve, so in f32 the result differs from
 //! the direct convolution by a few units in the last place of the tile's partial sums
 //! (tests/codegen.rs compares with the reference interpreter at 1e-4 relative).
@@ -26,8 +34,8 @@ use crate::codegen::gemm::ConvKind;
 use crate::codegen::kir::Expr;
 use crate::ir::NodeId;
 
-/// Whether a convolution (or its data gradient) is one F(2x2, 3x3) computes: 3x3, stride
-/// 1, undilated, ungrouped (and for the data gradient, padding at most 2).
+/// Whether a convolution (or its data or weight gradient) is one F(2x2, 3x3) computes:
+/// 3x3, stride 1, undilated, ungrouped (and for the data gradient, padding at most 2).
 pub(super) fn applies(conv: &HostConv) -> bool {
     let p = &conv.p;
     let square = p.w[2] == 3 && p.w[3] == 3 && p.stride == [1, 1] && p.dilation == [1, 1];
@@ -35,7 +43,7 @@ pub(super) fn applies(conv: &HostConv) -> bool {
         ConvKind::GradInput => p.pad[0] <= 2 && p.pad[1] <= 2,
         _ => true,
     };
-    square && padded && p.groups == 1 && p.kind != ConvKind::GradWeight
+    square && padded && p.groups == 1
 }
 
 /// The convolution F(2x2, 3x3) computes: `out[b, o] = sum_i conv(input[b, i], filter[o, i])`
@@ -56,6 +64,13 @@ struct Geometry {
     top: i64,
     left: i64,
     rotated: bool,
+}
+
+impl Geometry {
+    /// 2x2 output tiles per plane.
+    fn tiles(&self) -> u64 {
+        self.ho.div_ceil(2) * self.wo.div_ceil(2)
+    }
 }
 
 fn f(v: f32) -> Expr {
@@ -113,16 +128,58 @@ fn filter_transform(g: &[[Expr; 3]; 3]) -> [[Expr; 4]; 4] {
 /// Row `i` (0 or 1) of `A^T`.
 const AT: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
 
+/// Column `r` (0 to 2) of `G`, as `G^T`'s rows.
+const GT: [[f32; 4]; 3] = [
+    [1.0, 0.5, 0.5, 0.0],
+    [0.0, 0.5, -0.5, 0.0],
+    [0.0, 0.5, 0.5, 1.0],
+];
+
+/// `sum_r row[r] * x[r]` over the nonzero coefficients.
+fn combine(row: &[f32], x: &[Expr]) -> Expr {
+    row.iter()
+        .zip(x)
+        .filter(|(c, _)| **c != 0.0)
+        .map(|(&c, v)| {
+            if c == 1.0 {
+                v.clone()
+            } else {
+                f(c) * v.clone()
+            }
+        })
+        .reduce(|a, b| a + b)
+        .unwrap_or_else(|| f(0.0))
+}
+
+/// `P X P^T` for an `R x C` coefficient matrix `P` and a `C x C` array `X`: `R x R`.
+fn sandwich<const R: usize, const C: usize>(
+    p: &[[f32; C]; R],
+    x: &[[Expr; C]; C],
+) -> [[Expr; R]; R] {
+    // Rows of P X, then each against the rows of P.
+    let rows: [[Expr; C]; R] = std::array::from_fn(|i| {
+        std::array::from_fn(|c| combine(&p[i], &x.clone().map(|row| row[c].clone())))
+    });
+    std::array::from_fn(|i| std::array::from_fn(|j| combine(&p[j], &rows[i])))
+}
+
+/// `A = (A^T)^T`, for the output gradient's transform `A dY A^T`.
+const A: [[f32; 2]; 4] = [[1.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, -1.0]];
+
 impl HostConv<'_> {
     /// The forward convolution `y = conv(input, w) [+ bias]`, or the data gradient
     /// `dx = conv2d_grad_input(input = dy, w)` (the forward convolution of `dy` with the
     /// rotated, transposed filter, padded by `2 - pad`), by F(2x2, 3x3).
+    /// The weight gradient `dw = conv2d_grad_weight(input = x, w = dy)` by the adjoint.
     pub(super) fn winograd(
         &mut self,
         input: NodeId,
         w: NodeId,
         bias: Option<NodeId>,
     ) -> Result<(), LowerError> {
+        if self.p.kind == ConvKind::GradWeight {
+            return self.winograd_grad_weight(input, w);
+        }
         let rotated = self.p.kind == ConvKind::GradInput;
         let (from, to) = match rotated {
             false => (self.p.x, self.p.y),
@@ -146,14 +203,11 @@ impl HostConv<'_> {
         self.winograd_steps(&geometry, w, bias)
     }
 
-    fn winograd_steps(
-        &mut self,
-        geometry: &Geometry,
-        w: Arg,
-        bias: Option<NodeId>,
-    ) -> Result<(), LowerError> {
-        let &Geometry {
-            input: x,
+    fn winograd_grad_weight(&mut self, x: NodeId, dy: NodeId) -> Result<(), LowerError> {
+        let [nb, ci, h, wd] = self.p.x;
+        let [_, co, ho, wo] = self.p.y;
+        let geometry = Geometry {
+            input: self.stored(x)?,
             batch: nb,
             c_in: ci,
             h,
@@ -161,12 +215,89 @@ impl HostConv<'_> {
             c_out: co,
             ho,
             wo,
+            top: self.p.pad[0] as i64,
+            left: self.p.pad[1] as i64,
+            rotated: false,
+        };
+        let (tiles, tw) = (geometry.tiles(), wo.div_ceil(2));
+        let v = self.winograd_input(&geometry)?;
+        // D[xi][b][co][t] = A dY A^T, one thread per 2x2 tile of dy.
+        let dy = self.stored(dy)?;
+        let d = self.alloc(16 * nb * co * tiles);
+        self.elementwise("host_winograd_grad_output", nb * co * tiles, |l, flat| {
+            let at = |l: &mut Launch, e: Expr| l.b.let_(e);
+            let t = at(l, flat.clone() % tiles as i64);
+            let plane = at(l, flat.clone() / tiles as i64);
+            let oy = at(l, t.clone() / tw as i64 * 2);
+            let ox = at(l, t % tw as i64 * 2);
+            let grads = Self::scratch_buf(l, dy);
+            let mut g: [[Expr; 2]; 2] = zeros();
+            for (i, row) in g.iter_mut().enumerate() {
+                for (j, cell) in row.iter_mut().enumerate() {
+                    let (yy, xx) = (oy.clone() + i as i64, ox.clone() + j as i64);
+                    let ok = yy.clone().lt(ho).and(xx.clone().lt(wo));
+                    let index = (plane.clone() * ho as i64 + yy) * wo as i64 + xx;
+                    *cell = at(l, Expr::load_if(grads, ok, index, 0.0f32));
+                }
+            }
+            let out = Self::scratch_buf(l, d);
+            for (xi, value) in sandwich(&A, &g).into_iter().flatten().enumerate() {
+                let value = at(l, value);
+                let index = flat.clone() + (xi as u64 * nb * co * tiles) as i64;
+                l.b.store(out, index, value);
+            }
+            Ok(())
+        })?;
+        // M[xi][co][ci], summed over the batch (C's batch stride 0).
+        let m = self.alloc(16 * co * ci);
+        let matrix = |arg: Arg, rows: u64, cols: u64, batch: [u64; 2]| LoweredMatrix {
+            arg,
+            rows,
+            cols,
+            batch,
+        };
+        self.steps.push(HostStep::Gemm(LoweredGemm {
+            m: co,
+            n: ci,
+            k: tiles,
+            batch: [16, nb],
+            a: matrix(d, tiles, 1, [nb * co * tiles, co * tiles]),
+            // V[xi][b] transposed: rows are tiles, columns input channels.
+            b: matrix(v, 1, tiles, [nb * ci * tiles, ci * tiles]),
+            c: matrix(m, ci, 1, [co * ci, 0]),
+        }));
+        // dw = G^T M G and the epilogue, one thread per filter (co, ci).
+        let anchor = self.anchor;
+        let dims = vec![co, ci, 3, 3];
+        self.elementwise("host_winograd_grad_filter", co * ci, |l, flat| {
+            let products = Self::scratch_buf(l, m);
+            let mut mm: [[Expr; 4]; 4] = zeros();
+            for (xi, cell) in mm.iter_mut().flatten().enumerate() {
+                let index = flat.clone() + (xi as u64 * co * ci) as i64;
+                *cell = l.b.let_(Expr::load(products, index));
+            }
+            for (tap, value) in sandwich(&GT, &mm).into_iter().flatten().enumerate() {
+                let value = l.b.let_(value);
+                let element = l.b.let_(flat.clone() * 9 + tap as i64);
+                l.emit_outputs(&element, &dims, Some((anchor, value)))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// `V[xi][b][ci][t] = B^T d B` of every 4x4 input tile, in scratch.
+    fn winograd_input(&mut self, geometry: &Geometry) -> Result<Arg, LowerError> {
+        let &Geometry {
+            input: x,
+            batch: nb,
+            c_in: ci,
+            h,
+            w: wd,
             top,
             left,
-            rotated,
+            ..
         } = geometry;
-        let (th, tw) = (ho.div_ceil(2), wo.div_ceil(2));
-        let tiles = th * tw;
+        let (tiles, tw) = (geometry.tiles(), geometry.wo.div_ceil(2));
         // V[xi][b][ci][t]
         let v = self.alloc(16 * nb * ci * tiles);
         self.elementwise("host_winograd_input", nb * ci * tiles, |l, flat| {
@@ -195,6 +326,26 @@ impl HostConv<'_> {
             }
             Ok(())
         })?;
+        Ok(v)
+    }
+
+    fn winograd_steps(
+        &mut self,
+        geometry: &Geometry,
+        w: Arg,
+        bias: Option<NodeId>,
+    ) -> Result<(), LowerError> {
+        let &Geometry {
+            batch: nb,
+            c_in: ci,
+            c_out: co,
+            ho,
+            wo,
+            rotated,
+            ..
+        } = geometry;
+        let (tiles, tw) = (geometry.tiles(), wo.div_ceil(2));
+        let v = self.winograd_input(geometry)?;
         // U[xi][co][ci]
         let u = self.alloc(16 * co * ci);
         self.elementwise("host_winograd_filter", co * ci, |l, flat| {
