@@ -501,7 +501,8 @@ pub struct RunArgs {
     /// Time every launch of the last run (the CPU waits after each one; the GPU times each
     /// between CUDA events, and reports an error only after the last launch) and print the
     /// 25 that took the most time, summed by kernel or GEMM shape, then the total by kind
-    /// (convolutions forward, data and weight gradients, GEMMs, other kernels)
+    /// (convolutions forward, data and weight gradients; in the CPU's schedule its GEMMs,
+    /// Winograd transforms, im2col, epilogues and other steps; other kernels)
     #[arg(long)]
     pub profile: bool,
     /// Write the outputs of the last run as safetensors (atomically)

@@ -1056,6 +1056,10 @@ fn cpu_schedules_agree_and_profile_lists_launches() {
         .unwrap_or_else(|| panic!("no summary by kind:\n{host}"));
     assert!(kinds.contains("GEMMs ") && kinds.contains("%)"), "{kinds}");
     assert!(
+        kinds.contains("im2col ") || kinds.contains("Winograd transforms "),
+        "the CPU's steps by kind: {kinds}"
+    );
+    assert!(
         host.lines()
             .any(|l| l.contains("host_im2col_") || l.contains("host_winograd_")),
         "{host}"

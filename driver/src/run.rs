@@ -275,10 +275,24 @@ pub fn summary(name: &str, t: &HostTensor) -> String {
     format!("{name:<24} {shape:<16} mean {mean:.6} min {min:.6} max {max:.6}")
 }
 
-/// The kind of a profiled launch, by its kernel's ops (the anchor comes first) or its GEMM.
+/// The steps of the CPU's schedule (`host_<step>_<kernel>`), as the profile groups them.
+const HOST_STEPS: [(&str, &str); 7] = [
+    ("host_winograd_", "Winograd transforms"),
+    ("host_im2col_", "im2col"),
+    ("host_epilogue_", "conv epilogues"),
+    ("host_operand_", "fused operands stored"),
+    ("host_pool_winners_", "pool winners"),
+    ("host_softmax_stats_", "softmax statistics"),
+    ("host_", "other CPU steps"),
+];
+
+/// The kind of a profiled launch: its GEMM, the step of the CPU's schedule it is, or its
+/// kernel's ops (the anchor comes first).
 fn launch_kind(what: &str) -> &'static str {
     if what.starts_with("gemm ") {
         "GEMMs"
+    } else if let Some((_, kind)) = HOST_STEPS.iter().find(|(p, _)| what.starts_with(p)) {
+        kind
     } else if what.starts_with("conv2d_grad_input") {
         "conv data gradients"
     } else if what.starts_with("conv2d_grad_weight") {
@@ -292,7 +306,8 @@ fn launch_kind(what: &str) -> &'static str {
 
 /// The launches of the last run that took the most time, summed by what they ran (a
 /// kernel, or a GEMM's shape), at most `top` lines, and all of them summed by kind
-/// (convolutions forward, data and weight gradients, the CPU's GEMMs, other kernels);
+/// (convolutions forward, data and weight gradients, the CPU's GEMMs and other steps,
+/// other kernels);
 /// `None` unless profiling was on.
 pub fn profile_report(session: &Session, top: usize) -> Option<String> {
     let launches = session.last_timings()?.launches.as_ref()?;
