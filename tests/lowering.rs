@@ -1,7 +1,8 @@
 //! Kernel generation without LLVM: every example's bundle (inference with its prepare
 //! program, and the training step), and that of `tests/programs/attention.rfn` (the
 //! attention and pooling ops), is executed launch by launch by the KIR interpreter over
-//! the three memory regions, and matches the reference interpreter on the unplanned graph.
+//! the three memory regions, in the GPU's schedule and in the CPU's (its GEMMs by a plain
+//! loop), and matches the reference interpreter on the unplanned graph.
 //! This checks the lowering of every fused kernel (GEMM convolutions with their prologues
 //! and epilogues, gathers, reductions) and the bundle's slots, independently of MLIR.
 
@@ -10,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use rfnc_bundle::{Bundle, LeafRole, Program, Region, Slot};
+use rfnc_bundle::{Bundle, Gemm, HostLaunch, Launch, LeafRole, Matrix, Program, Region, Slot};
 use rfnc_bundle::{Mode, Precision};
 use rfnc_compiler::codegen::kir::Ty;
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
@@ -41,13 +42,74 @@ impl Memory {
     }
 }
 
-fn run_program(lowered: &Lowered, program: &Program, memory: &mut Memory) {
+/// Which launches of a program run: the GPU's, or the CPU's schedule where it has one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Schedule {
+    Gpu,
+    Cpu,
+}
+
+fn run_program(lowered: &Lowered, program: &Program, memory: &mut Memory, schedule: Schedule) {
+    match (&program.host, schedule) {
+        (Some(host), Schedule::Cpu) => {
+            for (i, launch) in host.launches.iter().enumerate() {
+                match launch {
+                    HostLaunch::Kernel(l) => run_launch(lowered, i, l, memory),
+                    HostLaunch::Gemm(g) => run_gemm(i, g, memory),
+                }
+            }
+        }
+        _ => {
+            for (i, launch) in program.launches.iter().enumerate() {
+                run_launch(lowered, i, launch, memory);
+            }
+        }
+    }
+}
+
+/// A GEMM of the CPU's schedule, in f32 in order of k, every element it touches checked
+/// to lie in its slot.
+fn run_gemm(i: usize, g: &Gemm, memory: &mut Memory) {
+    let at = |x: &Matrix, p: u64, q: u64, r: u64, c: u64| -> usize {
+        let index = p * x.batch[0] + q * x.batch[1] + r * x.rows + c * x.cols;
+        assert!(index < x.slot.bytes / 4, "gemm {i}: outside its slot");
+        index as usize
+    };
+    let a: Vec<f32> = memory
+        .words(&g.a.slot)
+        .iter()
+        .map(|&w| f32::from_bits(w))
+        .collect();
+    let b: Vec<f32> = memory
+        .words(&g.b.slot)
+        .iter()
+        .map(|&w| f32::from_bits(w))
+        .collect();
+    for p in 0..g.batch[0] {
+        for q in 0..g.batch[1] {
+            let sum = (g.c.batch[0] == 0 && p > 0) || (g.c.batch[1] == 0 && q > 0);
+            for r in 0..g.m {
+                for c in 0..g.n {
+                    let mut acc = 0.0f32;
+                    for k in 0..g.k {
+                        acc += a[at(&g.a, p, q, r, k)] * b[at(&g.b, p, q, k, c)];
+                    }
+                    let out = &mut memory.words(&g.c.slot)[at(&g.c, p, q, r, c)];
+                    let old = if sum { f32::from_bits(*out) } else { 0.0 };
+                    *out = (old + acc).to_bits();
+                }
+            }
+        }
+    }
+}
+
+fn run_launch(lowered: &Lowered, i: usize, launch: &Launch, memory: &mut Memory) {
     let kernels: HashMap<&str, _> = lowered
         .kernels
         .iter()
         .map(|k| (k.name.as_str(), &k.kernel))
         .collect();
-    for (i, launch) in program.launches.iter().enumerate() {
+    {
         let kernel = kernels[launch.kernel.as_str()];
         let mut buffers: Vec<KirBuffer> = launch
             .args
@@ -81,17 +143,29 @@ fn bits(b: &KirBuffer) -> Vec<u32> {
     }
 }
 
-/// Runs a lowered bundle with the KIR interpreter: leaves from `feeds`, prepare, main.
-fn execute(lowered: &Lowered, feeds: &HashMap<String, Value<f64>>) -> HashMap<String, Vec<f64>> {
+/// Runs a lowered bundle with the KIR interpreter in `schedule`: leaves from `feeds`,
+/// prepare, main.
+fn execute(
+    lowered: &Lowered,
+    feeds: &HashMap<String, Value<f64>>,
+    schedule: Schedule,
+) -> HashMap<String, Vec<f64>> {
     let b: &Bundle = &lowered.bundle;
     let arena = b
         .main
         .arena_bytes
         .max(b.prepare.as_ref().map_or(0, |p| p.arena_bytes));
-    let scratch = b
-        .main
-        .scratch_bytes
-        .max(b.prepare.as_ref().map_or(0, |p| p.scratch_bytes));
+    let scratch = [b.prepare.as_ref(), Some(&b.main)]
+        .into_iter()
+        .flatten()
+        .flat_map(|p| {
+            [
+                p.scratch_bytes,
+                p.host.as_ref().map_or(0, |h| h.scratch_bytes),
+            ]
+        })
+        .max()
+        .unwrap_or(0);
     let mut memory = Memory {
         arena: vec![f32::NAN.to_bits(); (arena / 4) as usize],
         scratch: vec![f32::NAN.to_bits(); (scratch / 4) as usize],
@@ -112,7 +186,7 @@ fn execute(lowered: &Lowered, feeds: &HashMap<String, Value<f64>>) -> HashMap<St
         memory.words(&slot).copy_from_slice(&words);
     }
     if let Some(prepare) = &b.prepare {
-        run_program(lowered, prepare, &mut memory);
+        run_program(lowered, prepare, &mut memory, schedule);
         for output in &prepare.outputs {
             let leaf = b.leaves.iter().find(|l| l.name == output.name).unwrap();
             let value = memory.words(&output.slot).to_vec();
@@ -124,7 +198,7 @@ fn execute(lowered: &Lowered, feeds: &HashMap<String, Value<f64>>) -> HashMap<St
             memory.words(&slot).copy_from_slice(&value);
         }
     }
-    run_program(lowered, &b.main, &mut memory);
+    run_program(lowered, &b.main, &mut memory, schedule);
     b.main
         .outputs
         .iter()
@@ -144,12 +218,12 @@ fn check_example(example: &str) {
     check_graphs(example, &forward, &step);
 }
 
-/// The forward graph and training step of `tests/programs/NAME.rfn` at the small input,
-/// exactly as `rfnc compile --train` builds them.
-fn program_graphs(name: &str) -> (Graph, Graph) {
+/// The forward graph and training step of `tests/programs/NAME.rfn` at `input`, exactly
+/// as `rfnc compile --train` builds them.
+fn program_graphs(name: &str, input: &str) -> (Graph, Graph) {
     let source = rfnc_driver::Source {
         file: std::path::PathBuf::from(format!("tests/programs/{name}.rfn")),
-        input: "1x3x32x32".into(),
+        input: input.into(),
         defines: Vec::new(),
     };
     let log = rfnc_driver::Log::default();
@@ -173,16 +247,29 @@ fn check_graphs(example: &str, forward: &Graph, step: &Graph) {
         let what = format!("{example} inference in {}", precision.name());
         let graph = inference(forward);
         assert_matches_interpreter_in(&what, &graph, (Mode::Inference, precision), |f| {
-            execute(&lowered, f)
+            execute(&lowered, f, Schedule::Gpu)
         });
+        if precision == Precision::F32 {
+            let what = format!("{example} inference, the CPU's schedule");
+            assert_matches_interpreter_in(&what, &graph, (Mode::Inference, precision), |f| {
+                execute(&lowered, f, Schedule::Cpu)
+            });
+        }
         // The training step.
         let main = plan_training(step).unwrap();
         let lowered = lower_programs(example, Mode::Train, precision, &main, None)
             .unwrap_or_else(|e| panic!("{example} train: {e}"));
         let what = format!("{example} training step in {}", precision.name());
         assert_matches_interpreter_in(&what, step, (Mode::Train, precision), |f| {
-            execute(&lowered, f)
+            execute(&lowered, f, Schedule::Gpu)
         });
+        // The CPU's schedule multiplies in f32 whatever the GPU's precision.
+        if precision == Precision::F32 {
+            let what = format!("{example} training step, the CPU's schedule");
+            assert_matches_interpreter_in(&what, step, (Mode::Train, precision), |f| {
+                execute(&lowered, f, Schedule::Cpu)
+            });
+        }
     }
 }
 
@@ -195,7 +282,7 @@ fn tiny_lowers_and_runs() {
 /// gradients, through fusion, the memory plan and the kernels.
 #[test]
 fn attention_program_lowers_and_runs() {
-    let (forward, step) = program_graphs("attention");
+    let (forward, step) = program_graphs("attention", "1x3x32x32");
     let ops: Vec<&str> = step
         .node_ids()
         .map(|id| step.node(id).op.mnemonic())
@@ -222,4 +309,13 @@ fn every_example_lowers_and_runs() {
     for example in EXAMPLES.iter().filter(|e| **e != "tiny") {
         check_example(example);
     }
+}
+
+/// Convolutions at every awkward geometry (odd sizes, batch 2), whose CPU schedule splits
+/// them into gathers, GEMMs, Winograd transforms and epilogues: each step's every access
+/// checked to lie in its slot.
+#[test]
+fn conv_geometry_lowers_and_runs_in_both_schedules() {
+    let (forward, step) = program_graphs("conv_geometry", "2x3x17x11");
+    check_graphs("conv_geometry", &forward, &step);
 }

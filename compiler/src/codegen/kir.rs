@@ -229,13 +229,18 @@ pub struct Mma {
     pub acc: (Buf, u64),
 }
 
-/// `for var in (lo..hi).step_by(step) { body }`, index-typed.
+/// `for var in (lo..hi).step_by(step) { body }`, index-typed. `vectorize` asks the host
+/// code's compiler to vectorise the loop whatever its cost model thinks (LLVM's
+/// `llvm.loop.vectorize.enable`): for loops whose iterations are independent and whose
+/// strided loads the cost model underrates; it changes no result and means nothing on a
+/// GPU.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Loop {
     pub var: Var,
     pub lo: Expr,
     pub hi: Expr,
     pub step: i64,
+    pub vectorize: bool,
     pub body: Vec<Stmt>,
 }
 
@@ -430,6 +435,7 @@ enum Open {
         lo: Expr,
         hi: Expr,
         step: i64,
+        vectorize: bool,
     },
     Then {
         cond: Expr,
@@ -565,12 +571,23 @@ impl KernelBuilder {
 
     /// Opens a loop (closed by [`Self::end_for`]) and returns its variable.
     pub fn begin_for(&mut self, lo: impl Into<Expr>, hi: impl Into<Expr>, step: i64) -> Expr {
+        self.open_for(lo.into(), hi.into(), step, false)
+    }
+
+    /// [`Self::begin_for`] with step 1 and the host compiler asked to vectorise it (see
+    /// [`Loop::vectorize`]).
+    pub fn begin_vectorized_for(&mut self, lo: impl Into<Expr>, hi: impl Into<Expr>) -> Expr {
+        self.open_for(lo.into(), hi.into(), 1, true)
+    }
+
+    fn open_for(&mut self, lo: Expr, hi: Expr, step: i64, vectorize: bool) -> Expr {
         let var = self.new_var(Ty::Index);
         self.open.push(Open::For {
             var,
-            lo: lo.into(),
-            hi: hi.into(),
+            lo,
+            hi,
             step,
+            vectorize,
         });
         self.stack.push(Vec::new());
         Expr::Var(var)
@@ -579,11 +596,18 @@ impl KernelBuilder {
     pub fn end_for(&mut self) {
         let body = self.stack.pop().expect("loop body");
         match self.open.pop() {
-            Some(Open::For { var, lo, hi, step }) => self.push(Stmt::For(Loop {
+            Some(Open::For {
                 var,
                 lo,
                 hi,
                 step,
+                vectorize,
+            }) => self.push(Stmt::For(Loop {
+                var,
+                lo,
+                hi,
+                step,
+                vectorize,
                 body,
             })),
             _ => panic!("end_for without begin_for"),

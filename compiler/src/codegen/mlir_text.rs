@@ -411,7 +411,15 @@ impl<'k> Printer<'k> {
             Stmt::For(l) => {
                 self.open_for(l.var, &l.lo, &l.hi, l.step);
                 self.stmts(&l.body);
-                self.close();
+                if l.vectorize && self.host {
+                    // convert-scf-to-cf puts it on the latch branch: `!llvm.loop` metadata.
+                    self.indent -= 1;
+                    self.line(
+                        "} {loop_annotation = #llvm.loop_annotation<vectorize = <disable = false>>}",
+                    );
+                } else {
+                    self.close();
+                }
             }
             Stmt::If {
                 cond,
