@@ -185,6 +185,44 @@ fn every_conv_geometry_runs_in_both_cpu_schedules() {
     }
 }
 
+/// The Winograd transforms' loops over tiles inside the plane carry the hint that makes
+/// LLVM vectorise them (`llvm.loop.vectorize.enable` once lowered); the edge tiles'
+/// loops do not.
+#[test]
+fn winograd_transforms_ask_for_vectorised_loops() {
+    let path = Path::new("tests/programs/conv_geometry.rfn");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("host.mlir");
+    let file_arg = file.to_string_lossy().into_owned();
+    compile_file(
+        path,
+        &[],
+        "2x3x17x11",
+        &["--emit", "mlir-host", "--train", "-o", &file_arg],
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let hint = "} {loop_annotation = #llvm.loop_annotation<vectorize = <disable = false>>}";
+    for step in [
+        "host_winograd_input",
+        "host_winograd_output",
+        "host_winograd_grad_output",
+    ] {
+        let kernels: Vec<&str> = text
+            .split("// kernel ")
+            .filter(|k| k.starts_with(step))
+            .collect();
+        assert!(!kernels.is_empty(), "no {step} kernel");
+        for kernel in kernels {
+            let hinted = kernel.matches(hint).count();
+            let loops = kernel.matches("scf.for").count();
+            assert!(
+                hinted >= 1 && hinted < loops,
+                "{step}: {hinted} of {loops} loops hinted"
+            );
+        }
+    }
+}
+
 /// Compiles a program (inference and training step, the GPU's convolutions in `precision`),
 /// checks its bundles against the interpreter in both CPU schedules, that ptxas reports no
 /// spills, and its MLIR with mlir-opt.
