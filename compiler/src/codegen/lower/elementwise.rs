@@ -31,6 +31,7 @@ pub(super) fn lower(
         let buf = l.scratch(offset, len);
         l.argmax.insert(n, buf);
     }
+    stored.attach_rows(&mut l);
     for &(n, offset, pixels) in &stored.softmax {
         let buf = l.scratch(offset, 2 * pixels);
         l.softmax.insert(n, (buf, pixels));

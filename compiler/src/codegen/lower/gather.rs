@@ -4,7 +4,7 @@
 
 use rfnc_bundle::SLOT_ALIGN;
 
-use super::{dims4, elementwise, HostStep, Launch, LowerError, BLOCK};
+use super::{dims4, elementwise, Arg, HostStep, Launch, LowerError, BLOCK};
 use crate::codegen::kir::{Buf, Expr, KernelBuilder, Ty};
 use crate::ir::{Graph, NodeId, Op, Reduction};
 use crate::passes::fusion::Kernel;
@@ -19,6 +19,60 @@ pub(super) struct Stored {
     /// (gradient node, offset, pixels): the maximum logit, then the sum of `exp(logit -
     /// max)`, per pixel.
     pub softmax: Vec<(NodeId, u64, u64)>,
+    /// (max pool node, scratch): its windows' row maxima (see [`pool_rows`]).
+    pub rows: Vec<(NodeId, Arg)>,
+    /// Max pool gradient node -> its windows' row maxima, then their columns.
+    grad_rows: std::collections::HashMap<NodeId, Arg>,
+}
+
+impl Stored {
+    /// Lets `l` read what earlier launches stored for the kernel's max pools.
+    pub(super) fn attach_rows(&self, l: &mut Launch) {
+        for &(n, arg) in &self.rows {
+            let buf = scratch_buf(l, arg);
+            l.pool_rows.insert(n, buf);
+        }
+    }
+}
+
+fn scratch_buf(l: &mut Launch, arg: Arg) -> Buf {
+    match arg {
+        Arg::Scratch { offset, bytes } => l.scratch(offset, bytes / 4),
+        Arg::Value(n) => l.buf(n),
+    }
+}
+
+/// Elements of the row pass of max pool (or max pool gradient) `n`: one per input row
+/// and output column, `[planes, H, Wo]`.
+pub(super) fn pool_rows(graph: &Graph, n: NodeId) -> Result<u64, LowerError> {
+    let (x, y) = pool_io(graph, n)?;
+    Ok(x[0] * x[1] * x[2] * y[3])
+}
+
+/// The input and output dims of max pool (or max pool gradient) `n`.
+fn pool_io(graph: &Graph, n: NodeId) -> Result<([u64; 4], [u64; 4]), LowerError> {
+    let dims = |m: NodeId| dims4(&graph.node(m).ty.dims);
+    match graph.node(n).op {
+        Op::MaxPool2dGrad { .. } => Ok((dims(graph.operands(n)[1])?, dims(graph.operands(n)[0])?)),
+        _ => Ok((dims(graph.operands(n)[0])?, dims(n)?)),
+    }
+}
+
+/// The window of max pool (or max pool gradient) `n`, if it is one.
+pub(super) fn pool_window(graph: &Graph, n: NodeId) -> Option<Window> {
+    match graph.node(n).op {
+        Op::MaxPool2d {
+            kernel,
+            stride,
+            pad,
+        }
+        | Op::MaxPool2dGrad {
+            kernel,
+            stride,
+            pad,
+        } => Some(Window::new(kernel, stride, pad)),
+        _ => None,
+    }
 }
 
 /// The CPU's schedule of a one-thread-per-element kernel that computes max pool gradients
@@ -48,6 +102,37 @@ pub(super) fn lower_with_stored(
     };
     let elements = |n: NodeId| -> u64 { graph.node(n).ty.dims.iter().product() };
     for &n in &kernel.nodes {
+        // A max pool's (or its gradient's) window in two passes: the row maxima (with the
+        // first maximum's column for a gradient) of each input row and output column,
+        // then the maximum over the window's rows of them: 2k instead of k^2 taps, and a
+        // fused input computed k instead of k^2 times per output.
+        if let Some(w) = pool_window(graph, n) {
+            let len = pool_rows(graph, n)?;
+            let grad = matches!(graph.node(n).op, Op::MaxPool2dGrad { .. });
+            let width = if grad { 2 } else { 1 };
+            let at = take(width * len);
+            let rows = Arg::Scratch {
+                offset: at,
+                bytes: width * len * 4,
+            };
+            let mut l = Launch::new(graph, kernel, &format!("host_pool_rows+{name}"), BLOCK);
+            stored.attach_rows(&mut l);
+            let out = l.scratch(at, width * len);
+            let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
+            l.b.begin_if(flat.clone().lt(len));
+            let (max, arg) = l.pool_row(n, &flat, w)?;
+            l.b.store(out, flat.clone(), max);
+            if grad {
+                l.b.store(out, flat + len as i64, arg);
+            }
+            l.b.end_if();
+            steps.push(HostStep::Kernel(l.finish(len.div_ceil(BLOCK as u64))?));
+            if !grad {
+                stored.rows.push((n, rows));
+                continue;
+            }
+            stored.grad_rows.insert(n, rows);
+        }
         let (step, len) = match graph.node(n).op {
             Op::MaxPool2dGrad { .. } => ("host_pool_winners", elements(graph.operands(n)[0])),
             Op::SoftmaxCrossEntropyGrad { .. } => {
@@ -58,6 +143,11 @@ pub(super) fn lower_with_stored(
         let is_pool = step == "host_pool_winners";
         let at = take(if is_pool { len } else { 2 * len });
         let mut l = Launch::new(graph, kernel, &format!("{step}+{name}"), BLOCK);
+        stored.attach_rows(&mut l);
+        if let Some(&rows) = stored.grad_rows.get(&n) {
+            let buf = scratch_buf(&mut l, rows);
+            l.pool_rows.insert(n, buf);
+        }
         let out = l.scratch(at, if is_pool { len } else { 2 * len });
         let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
         l.b.begin_if(flat.clone().lt(len));
@@ -81,7 +171,7 @@ pub(super) fn lower_with_stored(
         l.b.end_if();
         steps.push(HostStep::Kernel(l.finish(len.div_ceil(BLOCK as u64))?));
     }
-    if stored.winners.is_empty() && stored.softmax.is_empty() {
+    if stored.winners.is_empty() && stored.softmax.is_empty() && stored.rows.is_empty() {
         return Ok(None);
     }
     steps.push(HostStep::Kernel(elementwise::lower(
@@ -130,6 +220,20 @@ impl Launch<'_> {
         let (plane, oy, ox) = self.plane_yx(flat, yd);
         let best = self.b.private(Ty::F32, 1);
         self.b.store(best, 0, f32::NEG_INFINITY);
+        if let Some(&rows) = self.pool_rows.get(&n) {
+            // The maximum over the window's rows of their stored maxima.
+            let ky = self.b.begin_for(0, w.kernel[0], 1);
+            let iy = self.b.let_(oy * w.stride[0] + ky - w.pad[0]);
+            let ok = self.b.let_(inside(&iy, xd[2]));
+            let index = Expr::select(ok.clone(), (plane * xd[2] + iy) * yd[3] + ox, 0);
+            let v = self.b.let_(Expr::load(rows, index));
+            let current = self.b.let_(Expr::load(best, 0));
+            self.b.begin_if(ok.and(v.clone().gt(current)));
+            self.b.store(best, 0, v);
+            self.b.end_if();
+            self.b.end_for();
+            return Ok(Expr::load(best, 0));
+        }
         let ky = self.b.begin_for(0, w.kernel[0], 1);
         let iy = self.b.let_(oy * w.stride[0] + ky - w.pad[0]);
         let kx = self.b.begin_for(0, w.kernel[1], 1);
@@ -211,8 +315,88 @@ impl Launch<'_> {
         let (plane, oy, ox) = self.plane_yx(flat, yd);
         let best = self.b.private(Ty::F32, 1);
         let arg = self.b.private(Ty::Index, 1);
-        let winner = self.window_argmax(x, xd, &plane, (&oy, &ox), w, (best, arg))?;
-        Ok((winner - plane * (xd[2] * xd[3]) as i64).cast(Ty::F32))
+        let Some(&rows) = self.pool_rows.get(&n) else {
+            let winner = self.window_argmax(x, xd, &plane, (&oy, &ox), w, (best, arg))?;
+            return Ok((winner - plane * (xd[2] * xd[3]) as i64).cast(Ty::F32));
+        };
+        // The first of the window's rows whose stored maximum is the largest (the first
+        // maximum in raster order, as `window_argmax` finds it), and its stored winner.
+        let len = (xd[0] * xd[1] * xd[2] * yd[3]) as i64;
+        let winner = self.b.private(Ty::F32, 1);
+        self.b.store(best, 0, f32::NEG_INFINITY);
+        self.b.store(arg, 0, -1);
+        self.b.store(winner, 0, -1.0f32);
+        let ky = self.b.begin_for(0, w.kernel[0], 1);
+        let iy = self.b.let_(oy * w.stride[0] + ky - w.pad[0]);
+        let ok = self.b.let_(inside(&iy, xd[2]));
+        let index = self.b.let_(Expr::select(
+            ok.clone(),
+            (plane * xd[2] + iy) * yd[3] + ox,
+            0,
+        ));
+        let v = self.b.let_(Expr::load(rows, index.clone()));
+        let column = self.b.let_(Expr::load(rows, index + len));
+        let (current, found) = (
+            self.b.let_(Expr::load(best, 0)),
+            self.b.let_(Expr::load(arg, 0)),
+        );
+        let first = found.lt(0).or(v.clone().gt(current));
+        self.b
+            .begin_if(ok.and(column.clone().ge(0.0f32)).and(first));
+        self.b.store(best, 0, v);
+        self.b.store(arg, 0, 0);
+        self.b.store(winner, 0, column);
+        self.b.end_if();
+        self.b.end_for();
+        Ok(Expr::load(winner, 0))
+    }
+
+    /// The row pass of max pool (or max pool gradient) `n` at element `flat` of its rows
+    /// `[planes, H, Wo]`: the maximum over the window's columns inside the input (as
+    /// [`Self::max_pool`] compares, or for a gradient as [`Self::window_argmax`] does:
+    /// the first inside column, then any larger), and that column's element index in its
+    /// plane (as f32; -1 when no column is inside). Both passes together find what one
+    /// pass over the window finds for inputs without NaN.
+    pub(super) fn pool_row(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+        w: Window,
+    ) -> Result<(Expr, Expr), LowerError> {
+        let (xd, yd) = pool_io(self.graph, n)?;
+        let x = match self.graph.node(n).op {
+            Op::MaxPool2dGrad { .. } => self.operand(n, 1),
+            _ => self.operand(n, 0),
+        };
+        let ox = self.b.let_(flat.clone() % yd[3] as i64);
+        let row = self.b.let_(flat.clone() / yd[3] as i64);
+        let iy = self.b.let_(row.clone() % xd[2] as i64);
+        let best = self.b.private(Ty::F32, 1);
+        let arg = self.b.private(Ty::F32, 1);
+        self.b.store(best, 0, f32::NEG_INFINITY);
+        self.b.store(arg, 0, -1.0f32);
+        let kx = self.b.begin_for(0, w.kernel[1], 1);
+        let ix = self.b.let_(ox * w.stride[1] + kx - w.pad[1]);
+        let ok = self.b.let_(inside(&ix, xd[3]));
+        let index = self
+            .b
+            .let_(Expr::select(ok.clone(), row * xd[3] as i64 + ix.clone(), 0));
+        let v = self.value_at(x, &index)?;
+        let (current, found) = (
+            self.b.let_(Expr::load(best, 0)),
+            self.b.let_(Expr::load(arg, 0)),
+        );
+        let wins = match self.graph.node(n).op {
+            Op::MaxPool2dGrad { .. } => found.lt(0.0f32).or(v.clone().gt(current)),
+            _ => v.clone().gt(current),
+        };
+        self.b.begin_if(ok.and(wins));
+        self.b.store(best, 0, v);
+        let column = (iy * xd[3] as i64 + ix).cast(Ty::F32);
+        self.b.store(arg, 0, column);
+        self.b.end_if();
+        self.b.end_for();
+        Ok((Expr::load(best, 0), Expr::load(arg, 0)))
     }
 
     /// The average over the window of output element `flat`: the sum of its cells inside

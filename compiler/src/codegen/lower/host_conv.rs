@@ -26,10 +26,11 @@
 use rfnc_bundle::SLOT_ALIGN;
 
 use super::conv::conv_problem;
+use super::gather::{pool_rows, pool_window, Stored};
 use super::{Arg, Launch, LowerError, LoweredLaunch, BLOCK};
 use crate::codegen::gemm::{ConvKind, ConvProblem};
 use crate::codegen::kir::{Buf, Expr};
-use crate::ir::{Graph, NodeId};
+use crate::ir::{Graph, NodeId, Op};
 use crate::passes::fusion::Kernel;
 
 /// A matrix of a host GEMM: its storage and element strides (see `rfnc_bundle::Matrix`).
@@ -78,7 +79,9 @@ pub(super) fn lower(
         p: problem,
         scratch: 0,
         steps: Vec::new(),
+        pools: Stored::default(),
     };
+    conv.pool_rows()?;
     match conv.p.kind {
         ConvKind::Forward => conv.forward(ops[0], ops[1], ops.get(2).copied())?,
         ConvKind::GradInput => conv.grad_input(ops[0], ops[1])?,
@@ -136,6 +139,8 @@ pub(super) struct HostConv<'g> {
     /// Scratch bytes taken by the steps so far.
     scratch: u64,
     pub(super) steps: Vec<HostStep>,
+    /// The row maxima of the kernel's max pools, stored by its first steps.
+    pools: Stored,
 }
 
 fn matrix(arg: Arg, rows: u64, cols: u64, batch: [u64; 2]) -> LoweredMatrix {
@@ -149,12 +154,37 @@ fn matrix(arg: Arg, rows: u64, cols: u64, batch: [u64; 2]) -> LoweredMatrix {
 
 impl<'g> HostConv<'g> {
     fn launch(&self, step: &str) -> Launch<'g> {
-        Launch::new(
+        let mut l = Launch::new(
             self.graph,
             self.kernel,
             &format!("{step}+{}", self.name),
             BLOCK,
-        )
+        );
+        self.pools.attach_rows(&mut l);
+        l
+    }
+
+    /// The row pass of each max pool the kernel computes (a prologue of the convolution,
+    /// such as the CRP's pools), so that every later step's pool reads its row maxima.
+    fn pool_rows(&mut self) -> Result<(), LowerError> {
+        for &n in &self.kernel.nodes {
+            let Some(w) = pool_window(self.graph, n) else {
+                continue;
+            };
+            if !matches!(self.graph.node(n).op, Op::MaxPool2d { .. }) {
+                continue;
+            }
+            let len = pool_rows(self.graph, n)?;
+            let rows = self.alloc(len);
+            self.elementwise("host_pool_rows", len, |l, flat| {
+                let (max, _) = l.pool_row(n, flat, w)?;
+                let out = Self::scratch_buf(l, rows);
+                l.b.store(out, flat.clone(), max);
+                Ok(())
+            })?;
+            self.pools.rows.push((n, rows));
+        }
+        Ok(())
     }
 
     /// A fresh scratch slot of `len` f32.

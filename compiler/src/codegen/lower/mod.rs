@@ -180,6 +180,9 @@ struct Launch<'g> {
     /// Max pool gradients whose windows' winners an earlier launch stored (the CPU's
     /// schedule), and where.
     argmax: HashMap<NodeId, Buf>,
+    /// Max pools whose windows' row maxima an earlier launch stored (the CPU's schedule),
+    /// and where: the pool takes the maximum over its window's rows of them.
+    pool_rows: HashMap<NodeId, Buf>,
     /// Softmax cross-entropy gradients whose per-pixel maximum and sum an earlier launch
     /// stored: where, and the number of pixels (the sums follow the maxima).
     softmax: HashMap<NodeId, (Buf, u64)>,
@@ -231,6 +234,7 @@ impl<'g> Launch<'g> {
             count: None,
             element: None,
             argmax: HashMap::new(),
+            pool_rows: HashMap::new(),
             softmax: HashMap::new(),
         }
     }
