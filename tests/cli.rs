@@ -1172,3 +1172,25 @@ fn each_cpu_schedule_compiles_only_its_kernels() {
         }
     }
 }
+
+/// Compiling the host code prints nothing a user cannot act on: a loop the kernels ask
+/// LLVM to vectorise that it cannot (tiny's batch-norm epilogues at 128x128 are such) runs
+/// scalar without LLVM's warning.
+#[test]
+fn host_compilation_prints_no_llvm_warnings() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = rfnc_with_env(
+        &[
+            "run",
+            "examples/tiny.rfn",
+            "--input",
+            "1x3x128x128",
+            "--train",
+        ],
+        &[("RFNC_CACHE_DIR", cache.path().to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("compiled the host code"), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}

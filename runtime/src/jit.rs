@@ -162,6 +162,7 @@ pub(crate) fn optimise_for_host(
     machine: &TargetMachine,
     kernels: &[&str],
 ) -> Result<(), String> {
+    quiet_diagnostics(ctx);
     let triple = TargetMachine::get_default_triple();
     let (cpu, features) = host_cpu();
     let unused: Vec<_> = module
@@ -194,6 +195,35 @@ pub(crate) fn optimise_for_host(
     module
         .run_passes("default<O3>", machine, PassBuilderOptions::create())
         .map_err(|e| format!("optimising: {e}"))
+}
+
+/// Keeps LLVM's warnings and remarks about `ctx`'s modules off standard error: a loop the
+/// kernels ask to vectorise that LLVM cannot (a fused epilogue's gather, say) stays scalar,
+/// which is nothing a user can act on. Errors are still printed.
+fn quiet_diagnostics(ctx: &Context) {
+    use inkwell::context::AsContextRef;
+    use inkwell::llvm_sys::core::{
+        LLVMContextSetDiagnosticHandler, LLVMDisposeMessage, LLVMGetDiagInfoDescription,
+        LLVMGetDiagInfoSeverity,
+    };
+    use inkwell::llvm_sys::prelude::LLVMDiagnosticInfoRef;
+    use inkwell::llvm_sys::LLVMDiagnosticSeverity;
+
+    extern "C" fn handler(info: LLVMDiagnosticInfoRef, _: *mut std::ffi::c_void) {
+        // SAFETY: LLVM passes a valid diagnostic for the duration of the call; the
+        // description is a message this function owns and disposes of.
+        unsafe {
+            if LLVMGetDiagInfoSeverity(info) == LLVMDiagnosticSeverity::LLVMDSError {
+                let text = LLVMGetDiagInfoDescription(info);
+                eprintln!("LLVM: {}", std::ffi::CStr::from_ptr(text).to_string_lossy());
+                LLVMDisposeMessage(text);
+            }
+        }
+    }
+    // SAFETY: the handler is a plain function that outlives the context.
+    unsafe {
+        LLVMContextSetDiagnosticHandler(ctx.as_ctx_ref(), Some(handler), std::ptr::null_mut())
+    };
 }
 
 /// Calls a host kernel over blocks `first..end`.

@@ -415,7 +415,7 @@ impl<'k> Printer<'k> {
                     // convert-scf-to-cf puts it on the latch branch: `!llvm.loop` metadata.
                     self.indent -= 1;
                     self.line(
-                        "} {loop_annotation = #llvm.loop_annotation<vectorize = <disable = false>>}",
+                        "} {loop_annotation = #llvm.loop_annotation<vectorize = <disable = false, width = 8 : i32>>}",
                     );
                 } else {
                     self.close();

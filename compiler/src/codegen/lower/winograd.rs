@@ -125,6 +125,10 @@ fn filter_transform(g: &[[Expr; 3]; 3]) -> [[Expr; 4]; 4] {
     u
 }
 
+/// The fewest tiles a loop must have to be vectorised: two vectors of 8 (a shorter loop
+/// stays scalar; LLVM would refuse to vectorise it by 8 and say so).
+const MIN_VECTORISED: u64 = 16;
+
 /// Row `i` (0 or 1) of `A^T`.
 const AT: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
 
@@ -338,7 +342,7 @@ impl HostConv<'_> {
                 if from >= to {
                     continue;
                 }
-                let tx = match inside {
+                let tx = match inside && to - from >= MIN_VECTORISED {
                     true => l.b.begin_vectorized_for(from as i64, to as i64),
                     false => l.b.begin_for(from as i64, to as i64, 1),
                 };
@@ -460,7 +464,9 @@ impl HostConv<'_> {
             // Tiles [from, to), with tests of the second row and of the second column.
             let tiles_of = |l: &mut Launch, from: u64, to: u64, test: [bool; 2]| {
                 let tx = match test {
-                    [false, false] => l.b.begin_vectorized_for(from as i64, to as i64),
+                    [false, false] if to - from >= MIN_VECTORISED => {
+                        l.b.begin_vectorized_for(from as i64, to as i64)
+                    }
                     _ => l.b.begin_for(from as i64, to as i64, 1),
                 };
                 let mut mm: [[Expr; 4]; 4] = zeros();
