@@ -230,10 +230,10 @@ pub struct Mma {
 }
 
 /// `for var in (lo..hi).step_by(step) { body }`, index-typed. `vectorize` asks the host
-/// code's compiler to vectorise the loop whatever its cost model thinks (LLVM's
-/// `llvm.loop.vectorize.enable`): for loops whose iterations are independent and whose
-/// strided loads the cost model underrates; it changes no result and means nothing on a
-/// GPU.
+/// code's compiler to vectorise the loop by 8 whatever its cost model thinks (LLVM's
+/// `llvm.loop.vectorize.enable` and `.width`): for loops whose iterations are
+/// independent and whose strided loads the cost model overrates; it changes no result
+/// (a loop LLVM cannot vectorise stays scalar) and means nothing on a GPU.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Loop {
     pub var: Var,

@@ -295,9 +295,9 @@ impl HostConv<'_> {
     /// `2 * tx - left`; 0 outside), in scratch. One thread per row of tiles, looping over
     /// its tiles. Tiles whose columns all lie inside the plane load without a column
     /// test (rows outside it are clamped and zeroed by a test that holds for the whole
-    /// row), so every address is affine in the tile and their loop is vectorised (its
-    /// stride-2 loads are cheaper than LLVM's cost model thinks: 1.9x faster than the
-    /// scalar loop, measured, and the transforms 3x faster in refinenet4).
+    /// row), so every address is affine in the tile and their loop (when it has at least
+    /// [`MIN_VECTORISED`] tiles) is vectorised: its stride-2 loads are cheaper than LLVM's
+    /// cost model thinks (forced, 1.9x faster than the scalar loop, measured).
     #[allow(clippy::too_many_arguments)]
     fn transform_tiles<const S: usize>(
         &mut self,
