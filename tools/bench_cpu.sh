@@ -110,8 +110,9 @@ rows = []
 for ms, count, m, n, k, b in re.findall(
         r"^\s*([0-9.]+)\s+[0-9.]+%\s+([0-9]+)\s+gemm (\d+)x(\d+)x(\d+) x(\d+)", text, re.M):
     flops = 2 * int(m) * int(n) * int(k) * int(b) * int(count)
-    rows.append((flops, m, n, k, int(count), float(ms)))
-for flops, m, n, k, count, ms in sorted(rows, reverse=True)[:6]:
+    rows.append((flops, m, n, k, b, int(count), float(ms)))
+for flops, m, n, k, b, count, ms in sorted(rows, reverse=True)[:6]:
     gflops = flops / ms / 1e6
-    print(f"| {m} x {n} x {k} | {count} | {ms:.1f} | {gflops:.0f} | {100 * gflops / peak:.0f}% |")
+    batch = f" (x{b})" if b != "1" else ""
+    print(f"| {m} x {n} x {k}{batch} | {count} | {ms:.1f} | {gflops:.0f} | {100 * gflops / peak:.0f}% |")
 PY

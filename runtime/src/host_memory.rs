@@ -9,7 +9,15 @@ use rfnc_bundle::SLOT_ALIGN;
 /// raw pointers from [`HostBuffer::as_mut_ptr`]; the slice accessors are used only while no
 /// kernel runs.
 pub(crate) struct HostBuffer {
+    /// The first byte of the buffer, `SLOT_ALIGN`-aligned, inside the allocation.
     ptr: NonNull<u8>,
+    len: usize,
+    /// The allocation: `len + SLOT_ALIGN` bytes at `base`, with the allocator's own
+    /// alignment. (Asking the allocator for `SLOT_ALIGN` itself would make it zero every
+    /// page up front: `alloc_zeroed` only passes small alignments on to `calloc`, whose
+    /// large blocks are fresh zero pages the kernel maps when first touched, so a load
+    /// does not pay for the whole arena.)
+    base: NonNull<u8>,
     layout: Layout,
 }
 
@@ -22,14 +30,23 @@ impl HostBuffer {
     /// A zeroed buffer of `len` bytes (at least 1), or `None` if it cannot be allocated.
     pub(crate) fn zeroed(len: u64) -> Option<HostBuffer> {
         let len = usize::try_from(len.max(1)).ok()?;
-        let layout = Layout::from_size_align(len, SLOT_ALIGN as usize).ok()?;
+        let align = SLOT_ALIGN as usize;
+        let layout = Layout::from_size_align(len.checked_add(align)?, 8).ok()?;
         // SAFETY: the layout has a non-zero size.
-        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) })?;
-        Some(HostBuffer { ptr, layout })
+        let base = NonNull::new(unsafe { alloc_zeroed(layout) })?;
+        let skip = base.as_ptr().align_offset(align);
+        // SAFETY: `skip < align`, so `len` bytes from `base + skip` lie in the allocation.
+        let ptr = unsafe { base.add(skip) };
+        Some(HostBuffer {
+            ptr,
+            len,
+            base,
+            layout,
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.layout.size()
+        self.len
     }
 
     pub(crate) fn as_mut_ptr(&self) -> *mut u8 {
@@ -50,6 +67,24 @@ impl HostBuffer {
 impl Drop for HostBuffer {
     fn drop(&mut self) {
         // SAFETY: allocated in `zeroed` with this layout.
-        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+        unsafe { dealloc(self.base.as_ptr(), self.layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_aligned_zeroed_and_their_own_length() {
+        for len in [1, 255, 256, 1000, 64 << 20] {
+            let mut b = HostBuffer::zeroed(len).unwrap();
+            assert_eq!(b.as_mut_ptr() as usize % SLOT_ALIGN as usize, 0, "{len}");
+            assert_eq!(b.len(), len as usize);
+            assert!(b.as_slice().iter().all(|&x| x == 0), "{len}");
+            b.as_mut_slice().fill(7);
+            assert!(b.as_slice().iter().all(|&x| x == 7));
+        }
+        assert_eq!(HostBuffer::zeroed(0).unwrap().len(), 1);
     }
 }
