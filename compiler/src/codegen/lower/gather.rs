@@ -29,16 +29,9 @@ impl Stored {
     /// Lets `l` read what earlier launches stored for the kernel's max pools.
     pub(super) fn attach_rows(&self, l: &mut Launch) {
         for &(n, arg) in &self.rows {
-            let buf = scratch_buf(l, arg);
+            let buf = l.arg_buf(arg);
             l.pool_rows.insert(n, buf);
         }
-    }
-}
-
-fn scratch_buf(l: &mut Launch, arg: Arg) -> Buf {
-    match arg {
-        Arg::Scratch { offset, bytes } => l.scratch(offset, bytes / 4),
-        Arg::Value(n) => l.buf(n),
     }
 }
 
@@ -145,7 +138,7 @@ pub(super) fn lower_with_stored(
         let mut l = Launch::new(graph, kernel, &format!("{step}+{name}"), BLOCK);
         stored.attach_rows(&mut l);
         if let Some(&rows) = stored.grad_rows.get(&n) {
-            let buf = scratch_buf(&mut l, rows);
+            let buf = l.arg_buf(rows);
             l.pool_rows.insert(n, buf);
         }
         let out = l.scratch(at, if is_pool { len } else { 2 * len });

@@ -198,10 +198,7 @@ impl<'g> HostConv<'g> {
     }
 
     pub(super) fn scratch_buf(l: &mut Launch, arg: Arg) -> Buf {
-        match arg {
-            Arg::Scratch { offset, bytes } => l.scratch(offset, bytes / 4),
-            Arg::Value(n) => l.buf(n),
-        }
+        l.arg_buf(arg)
     }
 
     /// A one-thread-per-element kernel over `total` elements: `body` emits element `flat`.

@@ -292,6 +292,14 @@ impl<'g> Launch<'g> {
         buf
     }
 
+    /// The buffer of `arg`: a value's own storage or an f32 scratch slot.
+    fn arg_buf(&mut self, arg: Arg) -> Buf {
+        match arg {
+            Arg::Scratch { offset, bytes } => self.scratch(offset, bytes / 4),
+            Arg::Value(n) => self.buf(n),
+        }
+    }
+
     fn scratch(&mut self, offset: u64, len: u64) -> Buf {
         let arg = Arg::Scratch {
             offset,
