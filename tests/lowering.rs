@@ -104,13 +104,13 @@ fn run_gemm(i: usize, g: &Gemm, memory: &mut Memory) {
 }
 
 fn run_launch(lowered: &Lowered, i: usize, launch: &Launch, memory: &mut Memory) {
-    let kernels: HashMap<&str, _> = lowered
-        .kernels
-        .iter()
-        .map(|k| (k.name.as_str(), &k.kernel))
-        .collect();
     {
-        let kernel = kernels[launch.kernel.as_str()];
+        let kernel = lowered
+            .kernels
+            .iter()
+            .find(|k| k.name == launch.kernel)
+            .map(|k| &k.kernel)
+            .unwrap_or_else(|| panic!("launch {i}: no kernel `{}`", launch.kernel));
         let mut buffers: Vec<KirBuffer> = launch
             .args
             .iter()

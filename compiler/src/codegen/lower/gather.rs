@@ -307,8 +307,8 @@ impl Launch<'_> {
         let (xd, yd) = (dims4(self.dims(x))?, dims4(self.dims(dy))?);
         let (plane, oy, ox) = self.plane_yx(flat, yd);
         let best = self.b.private(Ty::F32, 1);
-        let arg = self.b.private(Ty::Index, 1);
         let Some(&rows) = self.pool_rows.get(&n) else {
+            let arg = self.b.private(Ty::Index, 1);
             let winner = self.window_argmax(x, xd, &plane, (&oy, &ox), w, (best, arg))?;
             return Ok((winner - plane * (xd[2] * xd[3]) as i64).cast(Ty::F32));
         };
@@ -317,7 +317,6 @@ impl Launch<'_> {
         let len = (xd[0] * xd[1] * xd[2] * yd[3]) as i64;
         let winner = self.b.private(Ty::F32, 1);
         self.b.store(best, 0, f32::NEG_INFINITY);
-        self.b.store(arg, 0, -1);
         self.b.store(winner, 0, -1.0f32);
         let ky = self.b.begin_for(0, w.kernel[0], 1);
         let iy = self.b.let_(oy * w.stride[0] + ky - w.pad[0]);
@@ -331,13 +330,13 @@ impl Launch<'_> {
         let column = self.b.let_(Expr::load(rows, index + len));
         let (current, found) = (
             self.b.let_(Expr::load(best, 0)),
-            self.b.let_(Expr::load(arg, 0)),
+            self.b.let_(Expr::load(winner, 0)),
         );
-        let first = found.lt(0).or(v.clone().gt(current));
+        // No winner yet (-1), or a larger maximum.
+        let first = found.lt(0.0f32).or(v.clone().gt(current));
         self.b
             .begin_if(ok.and(column.clone().ge(0.0f32)).and(first));
         self.b.store(best, 0, v);
-        self.b.store(arg, 0, 0);
         self.b.store(winner, 0, column);
         self.b.end_if();
         self.b.end_for();

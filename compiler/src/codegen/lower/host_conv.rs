@@ -143,7 +143,8 @@ pub(super) struct HostConv<'g> {
     pools: Stored,
 }
 
-fn matrix(arg: Arg, rows: u64, cols: u64, batch: [u64; 2]) -> LoweredMatrix {
+/// A GEMM operand: `arg` with element strides `rows`, `cols` and its two batch strides.
+pub(super) fn matrix(arg: Arg, rows: u64, cols: u64, batch: [u64; 2]) -> LoweredMatrix {
     LoweredMatrix {
         arg,
         rows,

@@ -28,7 +28,7 @@
 //! the direct convolution by a few units in the last place of the tile's partial sums
 //! (tests/codegen.rs compares with the reference interpreter at 1e-4 relative).
 
-use super::host_conv::{HostConv, LoweredGemm, LoweredMatrix};
+use super::host_conv::{matrix, HostConv, LoweredGemm};
 use super::{Arg, HostStep, Launch, LowerError};
 use crate::codegen::gemm::ConvKind;
 use crate::codegen::kir::Expr;
@@ -239,12 +239,6 @@ impl HostConv<'_> {
         )?;
         // M[xi][co][ci], summed over the batch (C's batch stride 0).
         let m = self.alloc(16 * co * ci);
-        let matrix = |arg: Arg, rows: u64, cols: u64, batch: [u64; 2]| LoweredMatrix {
-            arg,
-            rows,
-            cols,
-            batch,
-        };
         self.steps.push(HostStep::Gemm(LoweredGemm {
             m: co,
             n: ci,
@@ -422,20 +416,14 @@ impl HostConv<'_> {
         })?;
         // M[xi][b][co][t]
         let m = self.alloc(16 * nb * co * tiles);
-        let matrix = |arg: Arg, rows: u64, batch: [u64; 2]| LoweredMatrix {
-            arg,
-            rows,
-            cols: 1,
-            batch,
-        };
         self.steps.push(HostStep::Gemm(LoweredGemm {
             m: co,
             n: tiles,
             k: ci,
             batch: [16, nb],
-            a: matrix(u, ci, [co * ci, 0]),
-            b: matrix(v, tiles, [nb * ci * tiles, ci * tiles]),
-            c: matrix(m, tiles, [nb * co * tiles, co * tiles]),
+            a: matrix(u, ci, 1, [co * ci, 0]),
+            b: matrix(v, tiles, 1, [nb * ci * tiles, ci * tiles]),
+            c: matrix(m, tiles, 1, [nb * co * tiles, co * tiles]),
         }));
         // The output transform and the epilogue, one thread per row of tiles looping over
         // its tiles: each tile's 16 products read once, its four outputs (those inside y)
