@@ -247,17 +247,6 @@ fn run<T: Real>(graph: &Graph, weights: &Weights, image: &[f32]) -> HashMap<Stri
         .collect()
 }
 
-/// max |a - b| / max |b|.
-fn relative_error(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    diff / b.iter().map(|y| y.abs()).fold(0.0, f64::max)
-}
-
 // ----- ResNet-50 against torchvision --------------------------------------------------------
 
 #[test]
@@ -287,8 +276,8 @@ fn resnet50_taps_match_torchvision() {
     for tap in TAPS {
         let want = &fixture[tap].1;
         let (e64, e32) = (
-            relative_error(&f64_taps[tap], want),
-            relative_error(&f32_taps[tap], want),
+            common::relative_error(&f64_taps[tap], want, 0.0),
+            common::relative_error(&f32_taps[tap], want, 0.0),
         );
         eprintln!("{tap}: max relative error f64 {e64:.2e}, f32 {e32:.2e}");
         assert!(e64 < 1e-12, "{tap}: f64 relative error {e64}");
@@ -317,7 +306,7 @@ fn the_fixture_tells_the_stride_styles_apart() {
     let fixture = read_f64_safetensors(&root_path(FIXTURE));
     let image: Vec<f32> = fixture["input"].1.iter().map(|&v| v as f32).collect();
     let taps = run::<f32>(&graph, &weights, &image);
-    let e = relative_error(&taps["layer2"], &fixture["layer2"].1);
+    let e = common::relative_error(&taps["layer2"], &fixture["layer2"].1, 0.0);
     eprintln!("msra-style layer2: relative error {e:.2}");
     assert!(e > 0.1, "msra-style layer2 differs by only {e}");
 }

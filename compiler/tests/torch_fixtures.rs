@@ -7,6 +7,8 @@
 //! output shape too. Gradients are the vector-Jacobian product with `grad_y` fed as the
 //! output's adjoint.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -134,11 +136,13 @@ fn relative_error<T: Real>(actual: &Tensor<T>, expected: &Tensor<f64>) -> f64 {
         .iter()
         .fold(0.0f64, |m, v| m.max(v.abs()))
         .max(1e-30);
-    let worst = actual
-        .data
-        .iter()
-        .zip(&expected.data)
-        .fold(0.0f64, |m, (a, b)| m.max((a.f64() - b).abs()));
+    let worst = common::max_abs_diff(
+        actual
+            .data
+            .iter()
+            .map(|a| a.f64())
+            .zip(expected.data.iter().copied()),
+    );
     if expected.data.iter().all(|v| *v == 0.0) {
         worst
     } else {

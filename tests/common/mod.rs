@@ -273,16 +273,20 @@ pub fn perturbed_feeds(graph: &Graph) -> HashMap<String, Value<f64>> {
     feeds
 }
 
-/// Every output of a compiled run agrees with the interpreter's to `1e-4` of the largest
-/// magnitude of that output.
 /// The largest difference between `got` and `want`, relative to the largest magnitude of
-/// `want` (at least `floor`).
+/// `want` (at least `floor`); infinite where one holds a NaN or infinity the other does not
+/// (`f64::max` would skip a NaN and let it pass).
 pub fn relative_error<T: Into<f64> + Copy>(got: &[T], want: &[T], floor: f64) -> f64 {
     let scale = want.iter().fold(floor, |m, &v| m.max(v.into().abs()));
-    let worst = got
-        .iter()
-        .zip(want)
-        .fold(0.0f64, |m, (&a, &b)| m.max((a.into() - b.into()).abs()));
+    let worst = got.iter().zip(want).fold(0.0f64, |m, (&a, &b)| {
+        let (a, b): (f64, f64) = (a.into(), b.into());
+        let same = a == b || (a.is_nan() && b.is_nan());
+        match (a - b).abs() {
+            _ if same => m,
+            d if d.is_nan() => f64::INFINITY,
+            d => m.max(d),
+        }
+    });
     worst / scale
 }
 

@@ -1,6 +1,7 @@
 //! The LLVM 22 tools the kernel tests run (`mlir-opt`, `mlir-translate`, `opt`, `llc`):
 //! looked up in the variable the set-up writes, the Debian location, then the PATH. The
-//! set-up installs them, so a missing one fails the test (never a silent pass).
+//! set-up installs them, so a missing one fails the test (never a silent pass). And the
+//! NaN-safe difference the numeric tests compare with.
 
 #![allow(dead_code)] // each test file uses part of it
 
@@ -43,4 +44,17 @@ pub fn run_tool(tool: &Path, args: &[&str], what: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The largest `|a - b|` over the pairs; infinite where one side holds a NaN or infinity
+/// the other does not (`f64::max` would skip a NaN and let it pass).
+pub fn max_abs_diff(pairs: impl IntoIterator<Item = (f64, f64)>) -> f64 {
+    pairs.into_iter().fold(0.0f64, |m, (a, b)| {
+        let same = a == b || (a.is_nan() && b.is_nan());
+        match (a - b).abs() {
+            _ if same => m,
+            d if d.is_nan() => f64::INFINITY,
+            d => m.max(d),
+        }
+    })
 }
