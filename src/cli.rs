@@ -502,7 +502,7 @@ pub struct RunArgs {
     /// between CUDA events, and reports an error only after the last launch) and print the
     /// 25 that took the most time, summed by kernel or GEMM shape, then the total by kind
     /// (convolutions forward, data and weight gradients; in the CPU's schedule its GEMMs,
-    /// Winograd transforms, im2col, epilogues and other steps; other kernels)
+    /// Winograd filter and data transforms, im2col, epilogues and other steps; other kernels)
     #[arg(long)]
     pub profile: bool,
     /// Write the outputs of the last run as safetensors (atomically)

@@ -1056,7 +1056,7 @@ fn cpu_schedules_agree_and_profile_lists_launches() {
         .unwrap_or_else(|| panic!("no summary by kind:\n{host}"));
     assert!(kinds.contains("GEMMs ") && kinds.contains("%)"), "{kinds}");
     assert!(
-        kinds.contains("im2col ") || kinds.contains("Winograd transforms "),
+        kinds.contains("im2col ") || kinds.contains("Winograd data transforms "),
         "the CPU's steps by kind: {kinds}"
     );
     assert!(

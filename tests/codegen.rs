@@ -98,7 +98,15 @@ fn run_bundle(
 ) -> HashMap<String, Vec<f64>> {
     let loaded = load_bundle(dir).unwrap_or_else(|e| panic!("{e}"));
     let mut session = Session::new(&loaded, device).unwrap();
-    for leaf in &loaded.bundle.leaves {
+    set_feeds(&mut session, feeds);
+    session.prepare().unwrap();
+    session.run().unwrap();
+    outputs_of(&session)
+}
+
+/// Sets every leaf of the session's bundle that `feeds` has.
+fn set_feeds(session: &mut Session, feeds: &HashMap<String, Value<f64>>) {
+    for leaf in session.bundle().leaves.clone() {
         match feeds.get(&leaf.name) {
             Some(Value::Real(t)) => {
                 let data: Vec<f32> = t.data.iter().map(|&v| v as f32).collect();
@@ -108,10 +116,12 @@ fn run_bundle(
             None => {}
         }
     }
-    session.prepare().unwrap();
-    session.run().unwrap();
-    loaded
-        .bundle
+}
+
+/// Every output of the session's last run.
+fn outputs_of(session: &Session) -> HashMap<String, Vec<f64>> {
+    session
+        .bundle()
         .main
         .outputs
         .iter()
@@ -182,6 +192,64 @@ fn every_conv_geometry_runs_in_both_cpu_schedules() {
     let path = Path::new("tests/programs/conv_geometry.rfn");
     for precision in ["tf32", "bf16", "f32"] {
         check_program(path, &[], "2x3x17x11", precision);
+    }
+}
+
+/// The CPU's packed weights (Winograd filters transformed once, when the weights change)
+/// follow the parameters: a session given new weights between two runs matches the
+/// interpreter on the new weights (stale packed filters would give the old ones' output).
+#[test]
+fn packed_weights_follow_new_weights() {
+    let path = Path::new("tests/programs/conv_geometry.rfn");
+    let input = "2x3x17x11";
+    let source = rfnc_driver::Source {
+        file: path.to_path_buf(),
+        input: input.into(),
+        defines: Vec::new(),
+    };
+    let log = rfnc_driver::Log::default();
+    let graph = inference(
+        &rfnc_driver::Network::elaborate(&source, &log)
+            .unwrap()
+            .forward,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bundle");
+    compile_file(path, &[], input, &["-o", dir.to_str().unwrap()]);
+    let loaded = load_bundle(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let host = loaded.bundle.main.host.as_ref().unwrap();
+    assert!(
+        !host.pack.is_empty(),
+        "conv_geometry's 3x3 filters are packed"
+    );
+    let first = perturbed_feeds(&graph);
+    // Other weights: every parameter negated, halved and shifted; the same inputs.
+    let params: Vec<&str> = loaded
+        .bundle
+        .leaves
+        .iter()
+        .filter(|l| l.role == rfnc_bundle::LeafRole::Param)
+        .map(|l| l.name.as_str())
+        .collect();
+    let mut second = first.clone();
+    for (name, value) in second.iter_mut() {
+        if let (true, Value::Real(t)) = (params.contains(&name.as_str()), value) {
+            t.data.iter_mut().for_each(|v| *v = 0.01 - 0.5 * *v);
+        }
+    }
+    let mut session = Session::new(&loaded, Device::Cpu { threads: 2 }).unwrap();
+    for feeds in [&first, &second] {
+        // `run` prepares (folds, packs) first whenever a parameter changed.
+        set_feeds(&mut session, feeds);
+        session.run().unwrap();
+        let expected =
+            reference_outputs(&graph, feeds, rfnc_bundle::Mode::Inference, Precision::F32);
+        assert_outputs_match_in(
+            "conv_geometry with new weights",
+            (rfnc_bundle::Mode::Inference, Precision::F32),
+            &outputs_of(&session),
+            &expected,
+        );
     }
 }
 

@@ -1,7 +1,7 @@
 //! Kernel generation without LLVM: every example's bundle (inference with its prepare
 //! program, and the training step), and that of `tests/programs/attention.rfn` (the
 //! attention and pooling ops), is executed launch by launch by the KIR interpreter over
-//! the three memory regions, in the GPU's schedule and in the CPU's (its GEMMs by a plain
+//! the four memory regions, in the GPU's schedule and in the CPU's (its GEMMs by a plain
 //! loop), and matches the reference interpreter on the unplanned graph.
 //! This checks the lowering of every fused kernel (GEMM convolutions with their prologues
 //! and epilogues, gathers, reductions) and the bundle's slots, independently of MLIR.
@@ -21,11 +21,12 @@ use rfnc_compiler::ir::Graph;
 use rfnc_compiler::passes::canonical::inference;
 use rfnc_compiler::passes::pipeline::{plan_inference, plan_program, plan_training};
 
-/// The three regions as 32-bit words (f32 and i32 alike).
+/// The four regions as 32-bit words (f32 and i32 alike).
 struct Memory {
     arena: Vec<u32>,
     scratch: Vec<u32>,
     leaves: Vec<u32>,
+    packed: Vec<u32>,
 }
 
 impl Memory {
@@ -34,6 +35,7 @@ impl Memory {
             Region::Arena => &mut self.arena,
             Region::Scratch => &mut self.scratch,
             Region::Leaves => &mut self.leaves,
+            Region::Packed => &mut self.packed,
         }
     }
     fn words(&mut self, slot: &Slot) -> &mut [u32] {
@@ -49,10 +51,18 @@ enum Schedule {
     Cpu,
 }
 
-fn run_program(lowered: &Lowered, program: &Program, memory: &mut Memory, schedule: Schedule) {
+/// Runs a program's launches; in the CPU's schedule, its pack launches first with `pack`.
+fn run_program(
+    lowered: &Lowered,
+    program: &Program,
+    memory: &mut Memory,
+    schedule: Schedule,
+    pack: bool,
+) {
     match (&program.host, schedule) {
         (Some(host), Schedule::Cpu) => {
-            for (i, launch) in host.launches.iter().enumerate() {
+            let packing = host.pack.iter().filter(|_| pack);
+            for (i, launch) in packing.chain(&host.launches).enumerate() {
                 match launch {
                     HostLaunch::Kernel(l) => run_launch(lowered, i, l, memory),
                     HostLaunch::Gemm(g) => run_gemm(i, g, memory),
@@ -166,10 +176,12 @@ fn execute(
         })
         .max()
         .unwrap_or(0);
+    let packed = b.main.host.as_ref().map_or(0, |h| h.packed_bytes);
     let mut memory = Memory {
         arena: vec![f32::NAN.to_bits(); (arena / 4) as usize],
         scratch: vec![f32::NAN.to_bits(); (scratch / 4) as usize],
         leaves: vec![0; (b.leaves_bytes / 4) as usize],
+        packed: vec![f32::NAN.to_bits(); (packed / 4) as usize],
     };
     for leaf in &b.leaves {
         let slot = Slot {
@@ -186,7 +198,7 @@ fn execute(
         memory.words(&slot).copy_from_slice(&words);
     }
     if let Some(prepare) = &b.prepare {
-        run_program(lowered, prepare, &mut memory, schedule);
+        run_program(lowered, prepare, &mut memory, schedule, false);
         for output in &prepare.outputs {
             let leaf = b.leaves.iter().find(|l| l.name == output.name).unwrap();
             let value = memory.words(&output.slot).to_vec();
@@ -198,7 +210,8 @@ fn execute(
             memory.words(&slot).copy_from_slice(&value);
         }
     }
-    run_program(lowered, &b.main, &mut memory, schedule);
+    // The weights are packed once, after the prepare program (which folds them).
+    run_program(lowered, &b.main, &mut memory, schedule, true);
     b.main
         .outputs
         .iter()
@@ -250,6 +263,7 @@ fn check_graphs(example: &str, forward: &Graph, step: &Graph) {
             execute(&lowered, f, Schedule::Gpu)
         });
         if precision == Precision::F32 {
+            assert_filters_packed(example, &lowered, true);
             let what = format!("{example} inference, the CPU's schedule");
             assert_matches_interpreter_in(&what, &graph, (Mode::Inference, precision), |f| {
                 execute(&lowered, f, Schedule::Cpu)
@@ -265,11 +279,49 @@ fn check_graphs(example: &str, forward: &Graph, step: &Graph) {
         });
         // The CPU's schedule multiplies in f32 whatever the GPU's precision.
         if precision == Precision::F32 {
+            assert_filters_packed(example, &lowered, false);
             let what = format!("{example} training step, the CPU's schedule");
             assert_matches_interpreter_in(&what, step, (Mode::Train, precision), |f| {
                 execute(&lowered, f, Schedule::Cpu)
             });
         }
+    }
+}
+
+/// Inference transforms its Winograd filters once, in pack launches, and never in a run;
+/// the training step (whose weights change every step) every run, and packs nothing.
+fn assert_filters_packed(example: &str, lowered: &Lowered, inference: bool) {
+    let Some(host) = &lowered.bundle.main.host else {
+        return;
+    };
+    let filters = |launches: &[HostLaunch]| {
+        launches
+            .iter()
+            .filter(|l| matches!(l, HostLaunch::Kernel(k) if k.kernel.starts_with("host_winograd_filter_")))
+            .count()
+    };
+    let (packed, per_run) = (filters(&host.pack), filters(&host.launches));
+    assert_eq!(
+        packed,
+        host.pack.len(),
+        "{example}: only filters are packed"
+    );
+    if inference {
+        assert_eq!(
+            per_run, 0,
+            "{example}: inference transforms filters every run"
+        );
+        assert_eq!(
+            host.packed_bytes > 0,
+            packed > 0,
+            "{example}: packed region"
+        );
+    } else {
+        assert_eq!(
+            (packed, host.packed_bytes),
+            (0, 0),
+            "{example}: training packs"
+        );
     }
 }
 
@@ -317,5 +369,16 @@ fn every_example_lowers_and_runs() {
 #[test]
 fn conv_geometry_lowers_and_runs_in_both_schedules() {
     let (forward, step) = program_graphs("conv_geometry", "2x3x17x11");
+    let main = plan_inference(&forward).unwrap();
+    let lowered = lower_programs(
+        "conv_geometry",
+        Mode::Inference,
+        Precision::F32,
+        &main,
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let host = lowered.bundle.main.host.as_ref().unwrap();
+    assert!(!host.pack.is_empty(), "the 3x3 filters are packed");
     check_graphs("conv_geometry", &forward, &step);
 }

@@ -12,6 +12,9 @@
 //! region (small per-launch temporaries such as partial sums, reused by every launch) and
 //! the *leaves* region (inputs, parameters, optimizer state, folded parameters, each at its
 //! own offset). A kernel argument is a pointer into one of them: region base + offset.
+//! The CPU's schedule of an inference program adds a fourth, the *packed* region: weights
+//! transformed once (Winograd filters) by the program's `pack` launches, each at its own
+//! offset, run whenever the parameters change and read by every run.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +23,7 @@ use crate::init::Init;
 /// `format` of every bundle.
 pub const BUNDLE_FORMAT: &str = "rfnc-bundle";
 /// Bumped whenever the format changes incompatibly.
-pub const BUNDLE_VERSION: u32 = 5;
+pub const BUNDLE_VERSION: u32 = 6;
 /// The training step's step counter (i32 scalar input): keys the dropout masks.
 pub const STEP_INPUT: &str = "step";
 /// The training step's learning-rate schedule (f32 scalar input): every update is scaled
@@ -216,7 +219,20 @@ pub struct Program {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostProgram {
     pub scratch_bytes: u64,
+    /// Bytes of the packed region (0 without `pack` launches).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub packed_bytes: u64,
+    /// Launches that transform the parameters into the packed region, each value at its own
+    /// offset: run once before the first run and again whenever a parameter changes (after
+    /// the prepare program). Only inference programs have them: training changes the
+    /// parameters every step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pack: Vec<HostLaunch>,
     pub launches: Vec<HostLaunch>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// One step of the CPU's schedule.
@@ -299,6 +315,8 @@ pub enum Region {
     Arena,
     Scratch,
     Leaves,
+    /// The CPU schedule's packed weights (see [`HostProgram::pack`]).
+    Packed,
 }
 
 /// A byte range in one region.
@@ -408,6 +426,7 @@ impl Bundle {
                 program: name,
                 arena: program.arena_bytes,
                 scratch: program.scratch_bytes,
+                packed: None,
                 device: "GPU",
             };
             for (i, launch) in program.launches.iter().enumerate() {
@@ -416,10 +435,12 @@ impl Bundle {
             if let Some(host) = &program.host {
                 let cpu = Schedule {
                     scratch: host.scratch_bytes,
+                    packed: Some(host.packed_bytes),
                     device: "CPU",
                     ..gpu
                 };
-                for (i, launch) in host.launches.iter().enumerate() {
+                let launches = host.pack.iter().chain(&host.launches);
+                for (i, launch) in launches.enumerate() {
                     match launch {
                         HostLaunch::Kernel(launch) => self.check_launch(&cpu, i, launch)?,
                         HostLaunch::Gemm(gemm) => {
@@ -462,6 +483,8 @@ struct Schedule<'a> {
     program: &'a str,
     arena: u64,
     scratch: u64,
+    /// The packed region (the CPU's schedule only).
+    packed: Option<u64>,
     device: &'a str,
 }
 
@@ -471,6 +494,12 @@ impl Schedule<'_> {
             Region::Arena => self.arena,
             Region::Scratch => self.scratch,
             Region::Leaves => leaves,
+            Region::Packed => self.packed.ok_or_else(|| {
+                format!(
+                    "{} program: {what} lies in the packed region, which only the CPU's schedule has",
+                    self.program
+                )
+            })?,
         };
         if !inside(slot.offset, slot.bytes, size) {
             return Err(format!(
@@ -637,6 +666,8 @@ mod tests {
         };
         b.main.host = Some(HostProgram {
             scratch_bytes: 0,
+            packed_bytes: 0,
+            pack: Vec::new(),
             launches: vec![
                 HostLaunch::Kernel(b.main.launches[0].clone()),
                 HostLaunch::Gemm(Gemm {
@@ -694,5 +725,33 @@ mod tests {
             },
             "GPU launch 0 calls `k`, which runs only on the CPU",
         );
+    }
+
+    #[test]
+    fn the_packed_region_is_the_cpus_alone() {
+        let packed = Slot {
+            region: Region::Packed,
+            offset: 0,
+            bytes: 16,
+        };
+        // A pack launch writing 16 bytes of a 256-byte packed region, read by the GEMM.
+        let mut b = with_gemm();
+        let host = b.main.host.as_mut().unwrap();
+        host.packed_bytes = 256;
+        let mut pack = b.main.launches[0].clone();
+        pack.args = vec![packed];
+        host.pack.push(HostLaunch::Kernel(pack));
+        if let HostLaunch::Gemm(g) = &mut host.launches[1] {
+            g.a.slot = packed;
+        }
+        assert_eq!(b.validate(), Ok(()));
+        let mut small = b.clone();
+        small.main.host.as_mut().unwrap().packed_bytes = 8;
+        let e = small.validate().unwrap_err();
+        assert!(e.contains("outside the Packed region"), "{e}");
+        let mut gpu = b;
+        gpu.main.launches[0].args = vec![packed];
+        let e = gpu.validate().unwrap_err();
+        assert!(e.contains("which only the CPU's schedule has"), "{e}");
     }
 }

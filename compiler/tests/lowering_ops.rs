@@ -3,6 +3,8 @@
 //! kernel is lowered to KIR and run by the KIR interpreter (values kept per node, no memory
 //! plan), and the results match the reference interpreter; fusion classifies the new ops.
 
+mod common;
+
 use std::collections::HashMap;
 
 use rfnc_compiler::codegen::gemm::Precision;
@@ -37,6 +39,7 @@ fn run_kernels(graph: &Graph, feeds: &HashMap<String, Value<f64>>) -> Vec<(Strin
                     Arg::Scratch { offset, bytes } => KirBuffer::F32(
                         scratch[(offset / 4) as usize..((offset + bytes) / 4) as usize].to_vec(),
                     ),
+                    Arg::Packed { .. } => panic!("a GPU launch reads the CPU's packed region"),
                 })
                 .collect();
             run_kernel(&launch.kernel, launch.grid, &mut buffers)
@@ -145,10 +148,7 @@ fn assert_kernels_match(graph: &Graph, feeds: &HashMap<String, Value<f64>>) {
     for ((name, expected), (_, actual)) in want.iter().zip(&got) {
         let expected = &expected.real().data;
         let scale = expected.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-        let worst = actual
-            .iter()
-            .zip(expected)
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        let worst = common::max_abs_diff(actual.iter().copied().zip(expected.iter().copied()));
         assert!(
             worst / scale < 1e-5,
             "output `{name}` differs by {:e} (relative)",

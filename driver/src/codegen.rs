@@ -409,8 +409,13 @@ pub fn bundle_summary(dir: &Path, bundle: &Bundle) -> String {
         (Some(gpu), false) => format!("PTX for {gpu}"),
         (None, _) => "host code".to_string(),
     };
+    // The CPU's weights transformed once (Winograd filters), beside the leaves.
+    let packed = match bundle.main.host.as_ref().map_or(0, |h| h.packed_bytes) {
+        0 => String::new(),
+        bytes => format!(" (+ {} packed on the CPU)", crate::plan::mib(bytes)),
+    };
     format!(
-        "wrote {}: {} ({mode}), {launches} launches of {} kernels, arena {}, leaves {}, {code}\n",
+        "wrote {}: {} ({mode}), {launches} launches of {} kernels, arena {}, leaves {}{packed}, {code}\n",
         dir.display(),
         bundle.network,
         bundle.kernels.len(),

@@ -118,7 +118,7 @@ pub fn start_session(
     }
     let start = Instant::now();
     session.prepare().map_err(runtime_failure)?;
-    log.since("prepare (fold batch norm)", start);
+    log.since("prepare (fold batch norm, pack weights)", start);
     Ok((session, unused))
 }
 
@@ -276,8 +276,9 @@ pub fn summary(name: &str, t: &HostTensor) -> String {
 }
 
 /// The steps of the CPU's schedule (`host_<step>_<kernel>`), as the profile groups them.
-const HOST_STEPS: [(&str, &str); 7] = [
-    ("host_winograd_", "Winograd transforms"),
+const HOST_STEPS: [(&str, &str); 8] = [
+    ("host_winograd_filter_", "Winograd filter transforms"),
+    ("host_winograd_", "Winograd data transforms"),
     ("host_im2col_", "im2col"),
     ("host_epilogue_", "conv epilogues"),
     ("host_operand_", "fused operands stored"),

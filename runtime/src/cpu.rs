@@ -24,8 +24,8 @@ pub(crate) struct CpuExecutor {
     bundle: Bundle,
     kernels: HostCode,
     origin: HostOrigin,
-    /// Arena, scratch, leaves.
-    regions: [HostBuffer; 3],
+    /// Arena, scratch, leaves, packed weights.
+    regions: [HostBuffer; 4],
     threads: usize,
     pool: rayon::ThreadPool,
     schedule: CpuSchedule,
@@ -81,7 +81,16 @@ impl CpuExecutor {
             })
         };
         let [a, s, l] = region_sizes(&bundle, schedule == CpuSchedule::Host);
-        let regions = [alloc(a)?, alloc(s)?, alloc(l)?];
+        let packed = match (&bundle.main.host, schedule) {
+            (Some(host), CpuSchedule::Host) => host.packed_bytes,
+            _ => 0,
+        };
+        let regions = [
+            alloc(a)?,
+            alloc(s)?,
+            alloc(l)?,
+            alloc((Region::Packed, packed.max(1)))?,
+        ];
         let threads = threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -203,28 +212,43 @@ impl CpuExecutor {
         Ok(())
     }
 
-    /// Runs `f` over the launches of the schedule this executor runs for `program`.
-    fn each_launch(
-        &self,
-        program: &rfnc_bundle::Program,
-        mut f: impl FnMut(&Self, Step) -> Result<(), RuntimeError>,
-    ) -> Result<(), RuntimeError> {
+    /// The steps of the schedule this executor runs for `program`.
+    fn steps<'p>(&self, program: &'p rfnc_bundle::Program) -> Vec<Step<'p>> {
         match (&program.host, self.schedule) {
-            (Some(host), CpuSchedule::Host) => {
-                for launch in &host.launches {
-                    match launch {
-                        HostLaunch::Kernel(l) => f(self, Step::Kernel(l))?,
-                        HostLaunch::Gemm(g) => f(self, Step::Gemm(g))?,
-                    }
+            (Some(host), CpuSchedule::Host) => host.launches.iter().map(Step::of).collect(),
+            _ => program.launches.iter().map(Step::Kernel).collect(),
+        }
+    }
+
+    /// Runs `steps` in order; with `per_launch`, returns the time of each.
+    fn run_steps(
+        &self,
+        steps: &[Step],
+        per_launch: bool,
+    ) -> Result<Option<Vec<LaunchTime>>, RuntimeError> {
+        let mut times = Vec::new();
+        for &step in steps {
+            let start = Instant::now();
+            let what = match step {
+                Step::Kernel(l) => {
+                    self.launch(l)?;
+                    per_launch.then(|| l.kernel.clone())
                 }
-            }
-            _ => {
-                for l in &program.launches {
-                    f(self, Step::Kernel(l))?;
+                Step::Gemm(g) => {
+                    self.gemm(g)?;
+                    per_launch.then(|| {
+                        format!("gemm {}x{}x{} x{}", g.m, g.n, g.k, g.batch[0] * g.batch[1])
+                    })
                 }
+            };
+            if let Some(what) = what {
+                times.push(LaunchTime {
+                    what,
+                    time: start.elapsed(),
+                });
             }
         }
-        Ok(())
+        Ok(per_launch.then_some(times))
     }
 }
 
@@ -239,7 +263,7 @@ fn scheduled_kernels(bundle: &Bundle, schedule: CpuSchedule) -> Vec<&str> {
     {
         match (&program.host, schedule) {
             (Some(host), CpuSchedule::Host) => {
-                for launch in &host.launches {
+                for launch in host.pack.iter().chain(&host.launches) {
                     if let HostLaunch::Kernel(l) = launch {
                         used.insert(l.kernel.as_str());
                     }
@@ -261,6 +285,15 @@ fn scheduled_kernels(bundle: &Bundle, schedule: CpuSchedule) -> Vec<&str> {
 enum Step<'a> {
     Kernel(&'a Launch),
     Gemm(&'a Gemm),
+}
+
+impl<'a> Step<'a> {
+    fn of(launch: &'a HostLaunch) -> Self {
+        match launch {
+            HostLaunch::Kernel(l) => Step::Kernel(l),
+            HostLaunch::Gemm(g) => Step::Gemm(g),
+        }
+    }
 }
 
 impl Executor for CpuExecutor {
@@ -294,29 +327,14 @@ impl Executor for CpuExecutor {
         let Some(p) = program.of(&self.bundle) else {
             return Ok(per_launch.then(Vec::new));
         };
-        let mut times = Vec::new();
-        self.each_launch(p, |this, step| {
-            let start = Instant::now();
-            let what = match step {
-                Step::Kernel(l) => {
-                    this.launch(l)?;
-                    per_launch.then(|| l.kernel.clone())
-                }
-                Step::Gemm(g) => {
-                    this.gemm(g)?;
-                    per_launch.then(|| {
-                        format!("gemm {}x{}x{} x{}", g.m, g.n, g.k, g.batch[0] * g.batch[1])
-                    })
-                }
-            };
-            if let Some(what) = what {
-                times.push(LaunchTime {
-                    what,
-                    time: start.elapsed(),
-                });
-            }
-            Ok(())
-        })?;
-        Ok(per_launch.then_some(times))
+        self.run_steps(&self.steps(p), per_launch)
+    }
+
+    fn pack(&mut self, per_launch: bool) -> Result<Option<Vec<LaunchTime>>, RuntimeError> {
+        let steps: Vec<Step> = match (&self.bundle.main.host, self.schedule) {
+            (Some(host), CpuSchedule::Host) => host.pack.iter().map(Step::of).collect(),
+            _ => Vec::new(),
+        };
+        self.run_steps(&steps, per_launch)
     }
 }

@@ -1,4 +1,4 @@
-//! What a device must do to run a bundle: hold the three regions, copy bytes in and out of
+//! What a device must do to run a bundle: hold the regions, copy bytes in and out of
 //! them, and run a program's launches in order. The CPU and CUDA executors implement it;
 //! [`crate::Session`] does everything else (leaves, weights, outputs) once for both.
 
@@ -48,6 +48,12 @@ pub(crate) trait Executor: Send {
         program: ProgramId,
         per_launch: bool,
     ) -> Result<Option<Vec<LaunchTime>>, RuntimeError>;
+    /// Runs the main program's `pack` launches, which transform the parameters into the
+    /// packed region (the CPU's schedule of an inference bundle; elsewhere nothing). With
+    /// `per_launch`, returns the time of each launch.
+    fn pack(&mut self, per_launch: bool) -> Result<Option<Vec<LaunchTime>>, RuntimeError> {
+        Ok(per_launch.then(Vec::new))
+    }
     /// Where the host kernels came from (the CPU executor only).
     fn host_origin(&self) -> Option<crate::native::HostOrigin> {
         None
@@ -75,12 +81,14 @@ pub(crate) fn region_sizes(bundle: &Bundle, host: bool) -> [(Region, u64); 3] {
     ]
 }
 
-/// Index of a region in `[arena, scratch, leaves]`.
+/// Index of a region in `[arena, scratch, leaves, packed]` (a GPU has no packed region:
+/// its size there is 0).
 pub(crate) fn region_index(region: Region) -> usize {
     match region {
         Region::Arena => 0,
         Region::Scratch => 1,
         Region::Leaves => 2,
+        Region::Packed => 3,
     }
 }
 

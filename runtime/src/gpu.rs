@@ -134,10 +134,11 @@ pub(crate) struct CudaExecutor {
     /// Capture failed once: plain launches from now on.
     graph_failed: bool,
     functions: HashMap<String, (CudaFunction, u32)>,
-    /// Arena, scratch, leaves (kept alive; launches use `bases`).
+    /// Arena, scratch, leaves (kept alive; launches use `bases`, which adds an empty packed
+    /// region).
     regions: [CudaSlice<u8>; 3],
     /// Device address and size of each region.
-    bases: [(u64, u64); 3],
+    bases: [(u64, u64); 4],
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
 }
@@ -210,6 +211,8 @@ impl CudaExecutor {
             (base(&regions[0]), a.1),
             (base(&regions[1]), s.1),
             (base(&regions[2]), l.1),
+            // The packed region is the CPU's alone: no bytes of it lie on the GPU.
+            (0, 0),
         ];
         stream
             .synchronize()

@@ -90,7 +90,8 @@ pub struct Session {
     executor: Box<dyn Executor>,
     /// Per leaf (same index as `bundle.leaves`): holds data given by the caller or computed.
     set: Vec<bool>,
-    /// The folded leaves are out of date (parameters changed since prepare ran).
+    /// The folded leaves or packed weights are out of date (parameters changed since
+    /// prepare ran).
     prepare_due: bool,
     profiling: bool,
     timings: Option<Timings>,
@@ -121,7 +122,7 @@ impl Session {
             .map(|l| l.role == LeafRole::Momentum || l.elements() == 0)
             .collect();
         Ok(Session {
-            prepare_due: bundle.prepare.is_some(),
+            prepare_due: derives_from_parameters(&bundle),
             bundle,
             device,
             executor,
@@ -211,7 +212,7 @@ impl Session {
         let leaf = &self.bundle.leaves[index];
         self.executor.write(Region::Leaves, leaf.offset, bytes)?;
         if leaf.role == LeafRole::Param {
-            self.prepare_due = self.bundle.prepare.is_some();
+            self.prepare_due = derives_from_parameters(&self.bundle);
         }
         self.set[index] = true;
         Ok(())
@@ -335,15 +336,36 @@ impl Session {
         Ok(())
     }
 
-    /// Runs the prepare program, if the bundle has one, and copies each of its outputs into
-    /// the leaf of the same name. Every parameter must be set.
+    /// Computes what derives from the parameters alone, once per change of them: runs the
+    /// prepare program, if the bundle has one, and copies each of its outputs into the leaf
+    /// of the same name; then, on the CPU, the pack launches (weights transformed once).
+    /// Every parameter must be set.
     pub fn prepare(&mut self) -> Result<(), RuntimeError> {
+        if !derives_from_parameters(&self.bundle) {
+            return Ok(());
+        }
+        self.check_set(|role| role == LeafRole::Param)?;
+        let start = Instant::now();
+        let mut launches = self.executor.run(ProgramId::Prepare, self.profiling)?;
+        self.copy_folded()?;
+        let packing = self.executor.pack(self.profiling)?;
+        if let (Some(all), Some(packing)) = (&mut launches, packing) {
+            all.extend(packing);
+        }
+        self.timings = Some(Timings {
+            program: ProgramId::Prepare,
+            total: start.elapsed(),
+            launches,
+        });
+        self.prepare_due = false;
+        Ok(())
+    }
+
+    /// Copies each output of the prepare program (which just ran) into its folded leaf.
+    fn copy_folded(&mut self) -> Result<(), RuntimeError> {
         let Some(prepare) = self.bundle.prepare.clone() else {
             return Ok(());
         };
-        self.check_set(|role| role == LeafRole::Param)?;
-        let start = Instant::now();
-        let launches = self.executor.run(ProgramId::Prepare, self.profiling)?;
         for output in &prepare.outputs {
             let index = self
                 .bundle
@@ -376,12 +398,6 @@ impl Session {
             self.executor.copy(output.slot, to)?;
             self.set[index] = true;
         }
-        self.timings = Some(Timings {
-            program: ProgramId::Prepare,
-            total: start.elapsed(),
-            launches,
-        });
-        self.prepare_due = false;
         Ok(())
     }
 
@@ -516,4 +532,15 @@ fn role_name(role: LeafRole) -> &'static str {
 /// `[1, 3, 8, 8]`.
 fn shape_text(shape: &[u64]) -> String {
     format!("{shape:?}")
+}
+
+/// Whether anything is computed from the parameters alone before a run: the prepare
+/// program (folded batch norm) or the CPU schedule's packed weights.
+fn derives_from_parameters(bundle: &Bundle) -> bool {
+    bundle.prepare.is_some()
+        || bundle
+            .main
+            .host
+            .as_ref()
+            .is_some_and(|h| !h.pack.is_empty())
 }

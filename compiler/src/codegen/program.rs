@@ -136,12 +136,15 @@ fn layout_leaves(main: &Graph, prepare: Option<&Graph>) -> (Vec<Leaf>, u64) {
     (ordered, offset)
 }
 
-/// Lowers one planned program; new kernels are added to `kernels`.
+/// Lowers one planned program; new kernels are added to `kernels`. With `pack` (the main
+/// program of an inference bundle: the parameters do not change between runs), the CPU's
+/// schedule transforms weights once, into the packed region, in its `pack` launches.
 fn lower_program(
     compiled: &Planned,
     leaves: &[Leaf],
     precision: Precision,
     kernels: &mut Kernels,
+    pack: bool,
 ) -> Result<Program, LowerError> {
     let graph = &compiled.graph;
     let plan = &compiled.plan;
@@ -191,6 +194,12 @@ fn lower_program(
                     bytes,
                 }
             }
+            // Its size is the end of the last packed slot handed out (`packed` below).
+            Arg::Packed { offset, bytes } => Slot {
+                region: Region::Packed,
+                offset,
+                bytes,
+            },
         })
     };
     let mut launch = |lowered: LoweredLaunch,
@@ -215,9 +224,12 @@ fn lower_program(
     let mut host = Vec::new();
     let mut host_scratch = 0;
     let mut host_differs = false;
+    let mut host_pack = Vec::new();
+    let pack = pack && plan.leaf_updates.is_empty();
+    let mut packed = 0;
     for &k in &plan.order {
         let kernel = &compiled.fused.kernels[k];
-        let steps = lower_kernel_host(graph, kernel)?;
+        let steps = lower_kernel_host(graph, kernel, pack.then_some(&mut packed))?;
         for lowered in lower_kernel(graph, kernel, precision)? {
             let gpu = launch(lowered, false, &mut scratch_bytes)?;
             if let (None, Some(l)) = (&steps, &gpu) {
@@ -234,6 +246,10 @@ fn lower_program(
             match step {
                 HostStep::Kernel(lowered) => {
                     host.extend(launch(lowered, true, &mut host_scratch)?.map(HostLaunch::Kernel));
+                }
+                HostStep::Pack(lowered) => {
+                    let l = launch(lowered, true, &mut host_scratch)?;
+                    host_pack.extend(l.map(HostLaunch::Kernel));
                 }
                 HostStep::Gemm(g) => {
                     let mut matrix = |m: LoweredMatrix| -> Result<Matrix, LowerError> {
@@ -279,6 +295,8 @@ fn lower_program(
         outputs,
         host: host_differs.then_some(HostProgram {
             scratch_bytes: host_scratch,
+            packed_bytes: packed,
+            pack: host_pack,
             launches: host,
         }),
     })
@@ -303,9 +321,10 @@ pub fn lower_programs(
     let (leaves, leaves_bytes) = layout_leaves(&main.graph, prepare.map(|p| &p.graph));
     let mut kernels = Kernels::default();
     let prepare = prepare
-        .map(|p| lower_program(p, &leaves, precision, &mut kernels))
+        .map(|p| lower_program(p, &leaves, precision, &mut kernels, false))
         .transpose()?;
-    let main = lower_program(main, &leaves, precision, &mut kernels)?;
+    let pack = mode == Mode::Inference;
+    let main = lower_program(main, &leaves, precision, &mut kernels, pack)?;
     let kernels = kernels.list;
     let infos = kernels
         .iter()

@@ -59,6 +59,9 @@ pub struct LoweredGemm {
 pub enum HostStep {
     Kernel(LoweredLaunch),
     Gemm(LoweredGemm),
+    /// A launch that transforms parameters into the packed region: run once per change of
+    /// the parameters, not every run.
+    Pack(LoweredLaunch),
 }
 
 /// The CPU's steps for the conv kernel anchored at `a`.
@@ -67,6 +70,7 @@ pub(super) fn lower(
     kernel: &Kernel,
     a: NodeId,
     name: &str,
+    packed: Option<&mut u64>,
 ) -> Result<Vec<HostStep>, LowerError> {
     let (problem, _) = conv_problem(graph, a)?;
     let ops = graph.operands(a).to_vec();
@@ -78,6 +82,7 @@ pub(super) fn lower(
         g: Geometry::of(&problem),
         p: problem,
         scratch: 0,
+        packed: packed.as_deref().copied(),
         steps: Vec::new(),
         pools: Stored::default(),
     };
@@ -86,6 +91,9 @@ pub(super) fn lower(
         ConvKind::Forward => conv.forward(ops[0], ops[1], ops.get(2).copied())?,
         ConvKind::GradInput => conv.grad_input(ops[0], ops[1])?,
         ConvKind::GradWeight => conv.grad_weight(ops[0], ops[1])?,
+    }
+    if let (Some(end), Some(next)) = (packed, conv.packed) {
+        *end = next;
     }
     Ok(conv.steps)
 }
@@ -138,6 +146,8 @@ pub(super) struct HostConv<'g> {
     g: Geometry,
     /// Scratch bytes taken by the steps so far.
     scratch: u64,
+    /// Where the next packed weight goes (`None`: the parameters change between runs).
+    packed: Option<u64>,
     pub(super) steps: Vec<HostStep>,
     /// The row maxima of the kernel's max pools, stored by its first steps.
     pools: Stored,
@@ -198,6 +208,21 @@ impl<'g> HostConv<'g> {
         }
     }
 
+    /// A packed slot of `len` f32 for a transform of the parameter `w` (an input of the
+    /// kernel), when parameters do not change between runs; `None` otherwise.
+    pub(super) fn alloc_packed(&mut self, w: Arg, len: u64) -> Option<Arg> {
+        let offset = self.packed?;
+        let Arg::Value(n) = w else { return None };
+        if !matches!(self.graph.node(n).op, Op::Param { .. }) {
+            return None;
+        }
+        self.packed = Some(offset + (len * 4).div_ceil(SLOT_ALIGN) * SLOT_ALIGN);
+        Some(Arg::Packed {
+            offset,
+            bytes: len * 4,
+        })
+    }
+
     pub(super) fn scratch_buf(l: &mut Launch, arg: Arg) -> Buf {
         l.arg_buf(arg)
     }
@@ -209,14 +234,24 @@ impl<'g> HostConv<'g> {
         total: u64,
         body: impl FnOnce(&mut Launch<'g>, &Expr) -> Result<(), LowerError>,
     ) -> Result<(), LowerError> {
+        let launch = self.elementwise_launch(step, total, body)?;
+        self.steps.push(HostStep::Kernel(launch));
+        Ok(())
+    }
+
+    /// The launch [`Self::elementwise`] adds, not added.
+    pub(super) fn elementwise_launch(
+        &mut self,
+        step: &str,
+        total: u64,
+        body: impl FnOnce(&mut Launch<'g>, &Expr) -> Result<(), LowerError>,
+    ) -> Result<LoweredLaunch, LowerError> {
         let mut l = self.launch(step);
         let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
         l.b.begin_if(flat.clone().lt(total));
         body(&mut l, &flat)?;
         l.b.end_if();
-        let launch = l.finish(total.div_ceil(BLOCK as u64))?;
-        self.steps.push(HostStep::Kernel(launch));
-        Ok(())
+        l.finish(total.div_ceil(BLOCK as u64))
     }
 
     /// Where operand `n` is stored: its own storage, or scratch when the kernel computes it.

@@ -60,6 +60,8 @@ pub enum Arg {
     Value(NodeId),
     /// Bytes of the scratch region.
     Scratch { offset: u64, bytes: u64 },
+    /// Bytes of the packed region (weights the CPU's schedule transforms once).
+    Packed { offset: u64, bytes: u64 },
 }
 
 /// One launch of a lowered kernel.
@@ -130,17 +132,21 @@ pub fn lower_kernel(
 
 /// The CPU's steps for one fused kernel where they differ from the GPU's launches
 /// (convolutions; kernels with max pool or softmax cross-entropy gradients); `None` where
-/// the CPU runs [`lower_kernel`]'s launches.
+/// the CPU runs [`lower_kernel`]'s launches. With `packed` (the parameters do not change
+/// between runs: inference), weights a convolution transforms (Winograd filters) go to the
+/// packed region from offset `*packed` on, transformed by [`HostStep::Pack`] steps, and
+/// `*packed` moves past them.
 pub fn lower_kernel_host(
     graph: &Graph,
     kernel: &Kernel,
+    packed: Option<&mut u64>,
 ) -> Result<Option<Vec<HostStep>>, LowerError> {
     let name = kernel_ops(graph, kernel);
     let Some(a) = kernel.anchor else {
         return gather::lower_with_stored(graph, kernel, &name, None);
     };
     match graph.node(a).op.kind() {
-        OpKind::Conv(_) => host_conv::lower(graph, kernel, a, &name).map(Some),
+        OpKind::Conv(_) => host_conv::lower(graph, kernel, a, &name, packed).map(Some),
         OpKind::ChannelSum | OpKind::Loss { .. } | OpKind::Reduce => Ok(None),
         OpKind::LossGrad {
             reduction: Reduction::Mean,
@@ -292,10 +298,10 @@ impl<'g> Launch<'g> {
         buf
     }
 
-    /// The buffer of `arg`: a value's own storage or an f32 scratch slot.
+    /// The buffer of `arg`: a value's own storage or an f32 scratch or packed slot.
     fn arg_buf(&mut self, arg: Arg) -> Buf {
         match arg {
-            Arg::Scratch { offset, bytes } => self.scratch(offset, bytes / 4),
+            Arg::Scratch { bytes, .. } | Arg::Packed { bytes, .. } => self.f32_slot(arg, bytes / 4),
             Arg::Value(n) => self.buf(n),
         }
     }
@@ -305,6 +311,11 @@ impl<'g> Launch<'g> {
             offset,
             bytes: len * 4,
         };
+        self.f32_slot(arg, len)
+    }
+
+    /// The buffer of `len` f32 at a scratch or packed slot.
+    fn f32_slot(&mut self, arg: Arg, len: u64) -> Buf {
         if let Some(&b) = self.bufs.get(&arg) {
             return b;
         }

@@ -385,9 +385,11 @@ impl HostConv<'_> {
         } = geometry;
         let (tiles, tw) = (geometry.tiles(), wo.div_ceil(2));
         let v = self.winograd_input(geometry)?;
-        // U[xi][co][ci]
-        let u = self.alloc(16 * co * ci);
-        self.elementwise("host_winograd_filter", co * ci, |l, flat| {
+        // U[xi][co][ci]: transformed once per change of the weights into the packed region
+        // where they do not change between runs, else every run into scratch.
+        let packed = self.alloc_packed(w, 16 * co * ci);
+        let u = packed.unwrap_or_else(|| self.alloc(16 * co * ci));
+        let filter = self.elementwise_launch("host_winograd_filter", co * ci, |l, flat| {
             let weights = Self::scratch_buf(l, w);
             // flat = o * ci + i; the rotated filter reads w[i, o] (w is [ci, co, 3, 3]).
             let first = match rotated {
@@ -414,6 +416,10 @@ impl HostConv<'_> {
             }
             Ok(())
         })?;
+        self.steps.push(match packed {
+            Some(_) => HostStep::Pack(filter),
+            None => HostStep::Kernel(filter),
+        });
         // M[xi][b][co][t]
         let m = self.alloc(16 * nb * co * tiles);
         self.steps.push(HostStep::Gemm(LoweredGemm {
