@@ -186,13 +186,21 @@ fn variant_programs_compile_and_run_on_the_cpu() {
 
 /// `tests/programs/conv_geometry.rfn` at batch 2 and odd sizes: strided, dilated, grouped,
 /// padded and pointwise convolutions (with prologues and bias) and their gradients, in both
-/// CPU schedules.
+/// CPU schedules; and `tests/programs/winograd.rfn`'s 3x3 convolutions on planes large
+/// enough for F(4x4, 3x3).
 #[test]
 fn every_conv_geometry_runs_in_both_cpu_schedules() {
     let path = Path::new("tests/programs/conv_geometry.rfn");
     for precision in ["tf32", "bf16", "f32"] {
         check_program(path, &[], "2x3x17x11", precision);
     }
+    // Planes large enough for F(4x4, 3x3), with partial tiles.
+    check_program(
+        Path::new("tests/programs/winograd.rfn"),
+        &[],
+        "2x3x67x61",
+        "f32",
+    );
 }
 
 /// The CPU's packed weights (Winograd filters transformed once, when the weights change)

@@ -366,6 +366,24 @@ fn every_example_lowers_and_runs() {
 /// Convolutions at every awkward geometry (odd sizes, batch 2), whose CPU schedule splits
 /// them into gathers, GEMMs, Winograd transforms and epilogues: each step's every access
 /// checked to lie in its slot.
+/// 3x3 convolutions on planes large enough for F(4x4, 3x3) (36 products per tile), at
+/// sizes that leave partial tiles in the last row and column.
+#[test]
+fn winograd_program_lowers_and_runs_in_both_schedules() {
+    let (forward, step) = program_graphs("winograd", "2x3x67x61");
+    let main = plan_inference(&forward).unwrap();
+    let lowered = lower_programs("winograd", Mode::Inference, Precision::F32, &main, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let host = lowered.bundle.main.host.as_ref().unwrap();
+    let f4 = host
+        .launches
+        .iter()
+        .filter(|l| matches!(l, HostLaunch::Gemm(g) if g.batch[0] == 36))
+        .count();
+    assert_eq!(f4, 4, "every convolution runs F(4x4, 3x3)");
+    check_graphs("winograd", &forward, &step);
+}
+
 #[test]
 fn conv_geometry_lowers_and_runs_in_both_schedules() {
     let (forward, step) = program_graphs("conv_geometry", "2x3x17x11");

@@ -1,10 +1,14 @@
-//! Winograd's minimal filtering F(2x2, 3x3) for the CPU's schedule of a 3x3, stride-1,
-//! undilated, ungrouped convolution and its data and weight gradients: 16 multiplies per
-//! 2x2 output tile and input channel instead of 36 (2.25x fewer), as 16 GEMMs of
-//! `[Co, Ci] x [Ci, tiles]` (the weight gradient: `[Co, tiles] x [tiles, Ci]`).
+//! Winograd's minimal filtering F(m x m, 3x3) for the CPU's schedule of a 3x3, stride-1,
+//! undilated, ungrouped convolution and its data and weight gradients, as `(m + 2)^2`
+//! GEMMs of `[Co, Ci] x [Ci, tiles]` (the weight gradient: `[Co, tiles] x [tiles, Ci]`).
+//! Forward convolutions and data gradients run F(4x4, 3x3) (36 multiplies per 4x4 output
+//! tile and input channel instead of 144: 4x fewer) where a plane has at least
+//! [`MIN_F4_TILES`] tiles, else F(2x2, 3x3) (16 per 2x2 tile instead of 36: 2.25x fewer);
+//! weight gradients run F(2x2, 3x3)'s adjoint.
 //!
-//! With `d` a 4x4 input tile (rows `2*ty - top ..`, columns `2*tx - left ..`, 0 outside the
-//! input) and `g` a 3x3 filter: `V = B^T d B`, `U = G g G^T` and `Y = A^T (U . V) A`, where
+//! With `d` an `(m + 2) x (m + 2)` input tile (rows `m*ty - top ..`, columns
+//! `m*tx - left ..`, 0 outside the input) and `g` a 3x3 filter: `V = B^T d B`,
+//! `U = G g G^T` and `Y = A^T (U . V) A`, where for F(2x2, 3x3)
 //!
 //! ```text
 //! B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
@@ -12,10 +16,11 @@
 //! A^T = [1 1 1 0; 0 1 -1 -1]
 //! ```
 //!
-//! and the product `U . V` at each of the 16 positions `xi` is summed over input channels:
+//! (F(4x4, 3x3)'s are [`F4`]), and the product `U . V` at each of the `(m + 2)^2`
+//! positions `xi` is summed over input channels:
 //! `M[xi][b][co][t] = sum_ci U[xi][co][ci] * V[xi][b][ci][t]`, one GEMM per `xi` and batch.
-//! The output transform is the epilogue: one thread per tile reads its 16 values, adds the
-//! bias and computes the kernel's fused consumers for its four outputs.
+//! The output transform is the epilogue: one thread per row of tiles reads each tile's
+//! values, adds the bias and computes the kernel's fused consumers for its outputs.
 //!
 //! The weight gradient is the adjoint of the same algorithm. `Y = A^T (U . V) A` is linear
 //! in `U`, and `U` in `g`, so per tile `dL/dU = (A dY A^T) . V` and `dL/dg = G^T (dL/dU) G`.
@@ -24,9 +29,11 @@
 //! batch summed into one `C`), and `dw = G^T M G` per filter. Exact in exact arithmetic for
 //! any size: the forward algorithm equals the direct convolution for every `g`.
 //!
-//! Accuracy: the transforms only add, subtract and halve, so in f32 the result differs from
-//! the direct convolution by a few units in the last place of the tile's partial sums
-//! (tests/codegen.rs compares with the reference interpreter at 1e-4 relative).
+//! Accuracy: F(2x2, 3x3)'s transforms only add, subtract and halve, so in f32 the result
+//! differs from the direct convolution by a few units in the last place of the tile's
+//! partial sums; F(4x4, 3x3)'s coefficients (up to 8, and 1/6, 1/24) cost about ten times
+//! that, still far inside the 1e-4 relative tests/codegen.rs and tests/lowering.rs hold
+//! every program to against the reference interpreter.
 
 use super::host_conv::{matrix, HostConv, LoweredGemm};
 use super::{Arg, HostStep, Launch, LowerError};
@@ -34,7 +41,7 @@ use crate::codegen::gemm::ConvKind;
 use crate::codegen::kir::Expr;
 use crate::ir::NodeId;
 
-/// Whether a convolution (or its data or weight gradient) is one F(2x2, 3x3) computes:
+/// Whether a convolution (or its data or weight gradient) is one Winograd computes:
 /// 3x3, stride 1, undilated, ungrouped (and for the data gradient, padding at most 2).
 pub(super) fn applies(conv: &HostConv) -> bool {
     let p = &conv.p;
@@ -46,7 +53,7 @@ pub(super) fn applies(conv: &HostConv) -> bool {
     square && padded && p.groups == 1
 }
 
-/// The convolution F(2x2, 3x3) computes: `out[b, o] = sum_i conv(input[b, i], filter[o, i])`
+/// The convolution Winograd computes: `out[b, o] = sum_i conv(input[b, i], filter[o, i])`
 /// with `top`/`left` padding, the filter read from the weights `w[co, ci, kh, kw]` as is
 /// (forward) or transposed and rotated by 180 degrees (`filter[o, i, kh, kw] =
 /// w[i, o, 2 - kh, 2 - kw]`: the data gradient is the forward convolution of `dy` with
@@ -67,9 +74,96 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// 2x2 output tiles per plane.
-    fn tiles(&self) -> u64 {
-        self.ho.div_ceil(2) * self.wo.div_ceil(2)
+    /// `m x m` output tiles per plane.
+    fn tiles(&self, m: u64) -> u64 {
+        self.ho.div_ceil(m) * self.wo.div_ceil(m)
+    }
+}
+
+/// Winograd's F(m x m, 3 x 3): the `m x m` outputs of a tile from its `(m + 2) x (m + 2)`
+/// inputs, given by three coefficient matrices: `V = B^T d B`, `U = G g G^T`,
+/// `Y = A^T (U . V) A`.
+struct Algorithm {
+    /// Outputs per tile side.
+    m: u64,
+    /// `B^T`, `(m + 2) x (m + 2)`.
+    bt: &'static [&'static [f32]],
+    /// `G`, `(m + 2) x 3`.
+    g: &'static [&'static [f32]],
+    /// `A^T`, `m x (m + 2)`.
+    at: &'static [&'static [f32]],
+}
+
+impl Algorithm {
+    /// The input tile's side, `m + 2`.
+    fn t(&self) -> u64 {
+        self.m + 2
+    }
+
+    /// Products per tile and channel pair, `(m + 2)^2`: one GEMM each.
+    fn products(&self) -> u64 {
+        self.t() * self.t()
+    }
+}
+
+/// F(2x2, 3x3): 16 products per 4 outputs; its transforms only add, subtract and halve.
+const F2: Algorithm = Algorithm {
+    m: 2,
+    bt: &[
+        &[1.0, 0.0, -1.0, 0.0],
+        &[0.0, 1.0, 1.0, 0.0],
+        &[0.0, -1.0, 1.0, 0.0],
+        &[0.0, 1.0, 0.0, -1.0],
+    ],
+    g: &[
+        &[1.0, 0.0, 0.0],
+        &[0.5, 0.5, 0.5],
+        &[0.5, -0.5, 0.5],
+        &[0.0, 0.0, 1.0],
+    ],
+    at: &[&[1.0, 1.0, 1.0, 0.0], &[0.0, 1.0, -1.0, -1.0]],
+};
+
+/// F(4x4, 3x3) (Lavin and Gray's points 0, +-1, +-2): 36 products per 16 outputs, 1.78x
+/// fewer than F(2x2, 3x3); its coefficients up to 8 and 1/24 cost a few more units in the
+/// last place.
+const F4: Algorithm = Algorithm {
+    m: 4,
+    bt: &[
+        &[4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        &[0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        &[0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        &[0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        &[0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        &[0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ],
+    g: &[
+        &[0.25, 0.0, 0.0],
+        &[-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        &[-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        &[1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        &[1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        &[0.0, 0.0, 1.0],
+    ],
+    at: &[
+        &[1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        &[0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        &[0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        &[0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ],
+};
+
+/// The fewest 4x4 tiles per plane for F(4x4, 3x3) (planes of about 64x64 outputs and
+/// more); smaller planes run F(2x2, 3x3), whose GEMMs are 4x wider. On refinenet4 at
+/// 512x512 (2 cores, AVX2), moving the 32x32 planes (ResNet's layer3) to F(4x4, 3x3) too
+/// gained nothing measurable: their GEMMs of 64 columns run at about half the speed.
+const MIN_F4_TILES: u64 = 256;
+
+/// The algorithm of a forward (or data gradient) convolution with `ho x wo` outputs.
+fn algorithm(ho: u64, wo: u64) -> &'static Algorithm {
+    match ho.div_ceil(4) * wo.div_ceil(4) >= MIN_F4_TILES {
+        true => &F4,
+        false => &F2,
     }
 }
 
@@ -77,67 +171,9 @@ fn f(v: f32) -> Expr {
     Expr::F32(v)
 }
 
-/// An `R x C` array of expressions to fill in.
-fn zeros<const R: usize, const C: usize>() -> [[Expr; C]; R] {
-    std::array::from_fn(|_| std::array::from_fn(|_| f(0.0)))
-}
-
-/// `B^T d B` of a 4x4 tile.
-fn input_transform(d: &[[Expr; 4]; 4]) -> [[Expr; 4]; 4] {
-    let bt = |c: [Expr; 4]| -> [Expr; 4] {
-        let [c0, c1, c2, c3] = c;
-        [
-            c0 - c2.clone(),
-            c1.clone() + c2.clone(),
-            c2 - c1.clone(),
-            c1 - c3,
-        ]
-    };
-    // Columns of d through B^T, then rows through B (the same combination).
-    let cols: Vec<[Expr; 4]> = (0..4)
-        .map(|j| bt([0, 1, 2, 3].map(|i| d[i][j].clone())))
-        .collect();
-    let mut v: [[Expr; 4]; 4] = zeros();
-    for (i, row) in v.iter_mut().enumerate() {
-        *row = bt([0, 1, 2, 3].map(|j| cols[j][i].clone()));
-    }
-    v
-}
-
-/// `G g G^T` of a 3x3 filter.
-fn filter_transform(g: &[[Expr; 3]; 3]) -> [[Expr; 4]; 4] {
-    let gt = |c: [Expr; 3]| -> [Expr; 4] {
-        let [c0, c1, c2] = c;
-        [
-            c0.clone(),
-            f(0.5) * (c0.clone() + c1.clone() + c2.clone()),
-            f(0.5) * (c0 - c1 + c2.clone()),
-            c2,
-        ]
-    };
-    let cols: Vec<[Expr; 4]> = (0..3)
-        .map(|j| gt([0, 1, 2].map(|i| g[i][j].clone())))
-        .collect();
-    let mut u: [[Expr; 4]; 4] = zeros();
-    for (i, row) in u.iter_mut().enumerate() {
-        *row = gt([0, 1, 2].map(|j| cols[j][i].clone()));
-    }
-    u
-}
-
 /// The fewest tiles a loop must have to be vectorised: two vectors of 8 (a shorter loop
 /// stays scalar; LLVM would refuse to vectorise it by 8 and say so).
 const MIN_VECTORISED: u64 = 16;
-
-/// Row `i` (0 or 1) of `A^T`.
-const AT: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
-
-/// Column `r` (0 to 2) of `G`, as `G^T`'s rows.
-const GT: [[f32; 4]; 3] = [
-    [1.0, 0.5, 0.5, 0.0],
-    [0.0, 0.5, -0.5, 0.0],
-    [0.0, 0.5, 0.5, 1.0],
-];
 
 /// `sum_r row[r] * x[r]` over the nonzero coefficients.
 fn combine(row: &[f32], x: &[Expr]) -> Expr {
@@ -155,25 +191,53 @@ fn combine(row: &[f32], x: &[Expr]) -> Expr {
         .unwrap_or_else(|| f(0.0))
 }
 
-/// `P X P^T` for an `R x C` coefficient matrix `P` and a `C x C` array `X`: `R x R`.
-fn sandwich<const R: usize, const C: usize>(
-    p: &[[f32; C]; R],
-    x: &[[Expr; C]; C],
-) -> [[Expr; R]; R] {
+/// `P X P^T` for an `R x C` coefficient matrix `P` (its rows) and a `C x C` array `X`:
+/// `R x R`.
+fn sandwich<P: AsRef<[f32]>>(p: &[P], x: &[Vec<Expr>]) -> Vec<Vec<Expr>> {
     // Rows of P X, then each against the rows of P.
-    let rows: [[Expr; C]; R] = std::array::from_fn(|i| {
-        std::array::from_fn(|c| combine(&p[i], &x.clone().map(|row| row[c].clone())))
-    });
-    std::array::from_fn(|i| std::array::from_fn(|j| combine(&p[j], &rows[i])))
+    let columns: Vec<Vec<Expr>> = (0..x.len())
+        .map(|c| x.iter().map(|row| row[c].clone()).collect())
+        .collect();
+    let rows: Vec<Vec<Expr>> = p
+        .iter()
+        .map(|pi| {
+            columns
+                .iter()
+                .map(|col| combine(pi.as_ref(), col))
+                .collect()
+        })
+        .collect();
+    rows.iter()
+        .map(|row| p.iter().map(|pj| combine(pj.as_ref(), row)).collect())
+        .collect()
 }
 
-/// `A = (A^T)^T`, for the output gradient's transform `A dY A^T`.
-const A: [[f32; 2]; 4] = [[1.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, -1.0]];
+/// The rows of `M^T`.
+fn transpose(m: &[&[f32]]) -> Vec<Vec<f32>> {
+    (0..m[0].len())
+        .map(|c| m.iter().map(|row| row[c]).collect())
+        .collect()
+}
+
+/// The distance between the blocks of the `xi` products (`[xi][...]`, `n` elements each):
+/// `n` rounded up to a cache line and one more line, so that the blocks a transform reads or
+/// writes side by side (16 or 36 of them, one per `xi`) never start at addresses equal
+/// modulo 4 KiB, which would make them evict each other from the same cache sets.
+fn apart(n: u64) -> u64 {
+    n.div_ceil(16) * 16 + 16
+}
+
+/// How a tile transform reads a plane: `size x size` tiles, `stride` apart.
+#[derive(Clone, Copy)]
+struct Tiling {
+    size: usize,
+    stride: u64,
+}
 
 impl HostConv<'_> {
     /// The forward convolution `y = conv(input, w) [+ bias]`, or the data gradient
     /// `dx = conv2d_grad_input(input = dy, w)` (the forward convolution of `dy` with the
-    /// rotated, transposed filter, padded by `2 - pad`), by F(2x2, 3x3).
+    /// rotated, transposed filter, padded by `2 - pad`), by F(4x4, 3x3) or F(2x2, 3x3).
     /// The weight gradient `dw = conv2d_grad_weight(input = x, w = dy)` by the adjoint.
     pub(super) fn winograd(
         &mut self,
@@ -207,6 +271,8 @@ impl HostConv<'_> {
         self.winograd_steps(&geometry, w, bias)
     }
 
+    /// The weight gradient by the adjoint of F(2x2, 3x3) (its transforms are exact in
+    /// binary, and the sums over tiles long).
     fn winograd_grad_weight(&mut self, x: NodeId, dy: NodeId) -> Result<(), LowerError> {
         let [nb, ci, h, wd] = self.p.x;
         let [_, co, ho, wo] = self.p.y;
@@ -223,43 +289,45 @@ impl HostConv<'_> {
             left: self.p.pad[1] as i64,
             rotated: false,
         };
-        let (tiles, tw) = (geometry.tiles(), wo.div_ceil(2));
-        let v = self.winograd_input(&geometry)?;
+        let (alg, tiles) = (&F2, geometry.tiles(2));
+        let products = alg.products();
+        let v = self.winograd_input(&geometry, alg)?;
         // D[xi][b][co][t] = A dY A^T of each 2x2 tile of dy.
         let dy = self.stored(dy)?;
-        let grad_transform = |g: &[[Expr; 2]; 2]| sandwich(&A, g);
+        let a = transpose(alg.at);
         let d = self.transform_tiles(
             "host_winograd_grad_output",
             dy,
             nb * co,
             [ho, wo],
             [0, 0],
-            [ho.div_ceil(2), tw],
-            grad_transform,
+            [ho.div_ceil(2), wo.div_ceil(2)],
+            Tiling { size: 2, stride: 2 },
+            |tile| sandwich(&a, tile),
         )?;
         // M[xi][co][ci], summed over the batch (C's batch stride 0).
-        let m = self.alloc(16 * co * ci);
+        let m = self.alloc(products * apart(co * ci));
         self.steps.push(HostStep::Gemm(LoweredGemm {
             m: co,
             n: ci,
             k: tiles,
-            batch: [16, nb],
-            a: matrix(d, tiles, 1, [nb * co * tiles, co * tiles]),
+            batch: [products, nb],
+            a: matrix(d, tiles, 1, [apart(nb * co * tiles), co * tiles]),
             // V[xi][b] transposed: rows are tiles, columns input channels.
-            b: matrix(v, 1, tiles, [nb * ci * tiles, ci * tiles]),
-            c: matrix(m, ci, 1, [co * ci, 0]),
+            b: matrix(v, 1, tiles, [apart(nb * ci * tiles), ci * tiles]),
+            c: matrix(m, ci, 1, [apart(co * ci), 0]),
         }));
         // dw = G^T M G and the epilogue, one thread per filter (co, ci).
         let anchor = self.anchor;
         let dims = vec![co, ci, 3, 3];
+        let gt = transpose(alg.g);
         self.elementwise("host_winograd_grad_filter", co * ci, |l, flat| {
             let products = Self::scratch_buf(l, m);
-            let mut mm: [[Expr; 4]; 4] = zeros();
-            for (xi, cell) in mm.iter_mut().flatten().enumerate() {
-                let index = flat.clone() + (xi as u64 * co * ci) as i64;
-                *cell = l.b.let_(Expr::load(products, index));
-            }
-            for (tap, value) in sandwich(&GT, &mm).into_iter().flatten().enumerate() {
+            let mm = tile_of(alg.t(), |xi| {
+                let index = flat.clone() + (xi * apart(co * ci)) as i64;
+                l.b.let_(Expr::load(products, index))
+            });
+            for (tap, value) in sandwich(&gt, &mm).into_iter().flatten().enumerate() {
                 let value = l.b.let_(value);
                 let element = l.b.let_(flat.clone() * 9 + tap as i64);
                 l.emit_outputs(&element, &dims, Some((anchor, value)))?;
@@ -268,11 +336,15 @@ impl HostConv<'_> {
         })
     }
 
-    /// `V[xi][b][ci][t] = B^T d B` of every 4x4 input tile, in scratch.
-    fn winograd_input(&mut self, g: &Geometry) -> Result<Arg, LowerError> {
-        let tiles = [g.ho.div_ceil(2), g.wo.div_ceil(2)];
+    /// `V[xi][b][ci][t] = B^T d B` of every input tile, in scratch.
+    fn winograd_input(&mut self, g: &Geometry, alg: &Algorithm) -> Result<Arg, LowerError> {
+        let tiles = [g.ho.div_ceil(alg.m), g.wo.div_ceil(alg.m)];
         let planes = g.batch * g.c_in;
         let (hw, corner) = ([g.h, g.w], [g.top, g.left]);
+        let tiling = Tiling {
+            size: alg.t() as usize,
+            stride: alg.m,
+        };
         self.transform_tiles(
             "host_winograd_input",
             g.input,
@@ -280,20 +352,21 @@ impl HostConv<'_> {
             hw,
             corner,
             tiles,
-            input_transform,
+            tiling,
+            |d| sandwich(alg.bt, d),
         )
     }
 
-    /// `out[xi][plane][t]`: `transform` of the `S x S` tile `t` of each plane of `src`
-    /// (`[planes, h, w]`; tile `(ty, tx)` starts at row `2 * ty - top`, column
-    /// `2 * tx - left`; 0 outside), in scratch. One thread per row of tiles, looping over
-    /// its tiles. Tiles whose columns all lie inside the plane load without a column
+    /// `out[xi][plane][t]`: `transform` of the tile `t` of each plane of `src`
+    /// (`[planes, h, w]`; tile `(ty, tx)` starts at row `stride * ty - top`, column
+    /// `stride * tx - left`; 0 outside), in scratch. One thread per row of tiles, looping
+    /// over its tiles. Tiles whose columns all lie inside the plane load without a column
     /// test (rows outside it are clamped and zeroed by a test that holds for the whole
     /// row), so every address is affine in the tile and their loop (when it has at least
-    /// [`MIN_VECTORISED`] tiles) is vectorised: its stride-2 loads are cheaper than LLVM's
+    /// [`MIN_VECTORISED`] tiles) is vectorised: its strided loads are cheaper than LLVM's
     /// cost model thinks (forced, 1.9x faster than the scalar loop, measured).
     #[allow(clippy::too_many_arguments)]
-    fn transform_tiles<const S: usize>(
+    fn transform_tiles(
         &mut self,
         step: &str,
         src: Arg,
@@ -301,20 +374,26 @@ impl HostConv<'_> {
         [h, w]: [u64; 2],
         [top, left]: [i64; 2],
         [th, tw]: [u64; 2],
-        transform: fn(&[[Expr; S]; S]) -> [[Expr; 4]; 4],
+        Tiling { size, stride }: Tiling,
+        transform: impl Fn(&[Vec<Expr>]) -> Vec<Vec<Expr>>,
     ) -> Result<Arg, LowerError> {
         let tiles = th * tw;
-        // Tiles [lo, hi) read columns 2 * tx - left .. + S, all inside [0, w).
-        let lo = (left.max(0) as u64).div_ceil(2).min(tw);
-        let hi = match w as i64 + left - S as i64 {
-            end if end >= 0 => (end as u64 / 2 + 1).clamp(lo, tw),
+        // Tiles [lo, hi) read columns stride * tx - left .. + size, all inside [0, w).
+        let lo = (left.max(0) as u64).div_ceil(stride).min(tw);
+        let hi = match w as i64 + left - size as i64 {
+            end if end >= 0 => (end as u64 / stride + 1).clamp(lo, tw),
             _ => lo,
         };
-        let out = self.alloc(16 * planes * tiles);
+        // The transform's values per tile (the square of its side).
+        let values = {
+            let probe = vec![vec![f(0.0); size]; size];
+            transform(&probe).len().pow(2) as u64
+        };
+        let out = self.alloc(values * apart(planes * tiles));
         self.elementwise(step, planes * th, |l, row| {
             let at = |l: &mut Launch, e: Expr| l.b.let_(e);
             let plane = at(l, row.clone() / th as i64);
-            let y0 = at(l, row.clone() % th as i64 * 2 - top);
+            let y0 = at(l, row.clone() % th as i64 * stride as i64 - top);
             let first = at(
                 l,
                 plane.clone() * tiles as i64 + row.clone() % th as i64 * tw as i64,
@@ -323,7 +402,7 @@ impl HostConv<'_> {
             let output = Self::scratch_buf(l, out);
             // Per tile row i: whether it lies inside the plane, and where its (clamped)
             // row starts.
-            let rows: Vec<(Expr, Expr)> = (0..S)
+            let rows: Vec<(Expr, Expr)> = (0..size)
                 .map(|i| {
                     let yy = at(l, y0.clone() + i as i64);
                     let ok = at(l, yy.clone().ge(0).and(yy.clone().lt(h)));
@@ -340,11 +419,11 @@ impl HostConv<'_> {
                     true => l.b.begin_vectorized_for(from as i64, to as i64),
                     false => l.b.begin_for(from as i64, to as i64, 1),
                 };
-                let x0 = at(l, tx.clone() * 2 - left);
-                let mut d: [[Expr; S]; S] = zeros();
-                for (i, cells) in d.iter_mut().enumerate() {
-                    let (row_ok, start) = rows[i].clone();
-                    for (j, cell) in cells.iter_mut().enumerate() {
+                let x0 = at(l, tx.clone() * stride as i64 - left);
+                let mut d = Vec::with_capacity(size);
+                for (row_ok, start) in &rows {
+                    let mut cells = Vec::with_capacity(size);
+                    for j in 0..size {
                         let xx = at(l, x0.clone() + j as i64);
                         let v = if inside {
                             Expr::load(input, start.clone() + xx)
@@ -353,12 +432,14 @@ impl HostConv<'_> {
                             let index = Expr::select(ok.clone(), start.clone() + xx, 0);
                             Expr::select(ok, Expr::load(input, index), 0.0f32)
                         };
-                        *cell = at(l, Expr::select(row_ok.clone(), v, 0.0f32));
+                        cells.push(at(l, Expr::select(row_ok.clone(), v, 0.0f32)));
                     }
+                    d.push(cells);
                 }
                 for (xi, value) in transform(&d).into_iter().flatten().enumerate() {
                     let value = at(l, value);
-                    let index = first.clone() + tx.clone() + (xi as u64 * planes * tiles) as i64;
+                    let index =
+                        first.clone() + tx.clone() + (xi as u64 * apart(planes * tiles)) as i64;
                     l.b.store(output, index, value);
                 }
                 l.b.end_for();
@@ -383,12 +464,13 @@ impl HostConv<'_> {
             rotated,
             ..
         } = geometry;
-        let (tiles, tw) = (geometry.tiles(), wo.div_ceil(2));
-        let v = self.winograd_input(geometry)?;
+        let alg = algorithm(ho, wo);
+        let (tiles, products) = (geometry.tiles(alg.m), alg.products());
+        let v = self.winograd_input(geometry, alg)?;
         // U[xi][co][ci]: transformed once per change of the weights into the packed region
         // where they do not change between runs, else every run into scratch.
-        let packed = self.alloc_packed(w, 16 * co * ci);
-        let u = packed.unwrap_or_else(|| self.alloc(16 * co * ci));
+        let packed = self.alloc_packed(w, products * apart(co * ci));
+        let u = packed.unwrap_or_else(|| self.alloc(products * apart(co * ci)));
         let filter = self.elementwise_launch("host_winograd_filter", co * ci, |l, flat| {
             let weights = Self::scratch_buf(l, w);
             // flat = o * ci + i; the rotated filter reads w[i, o] (w is [ci, co, 3, 3]).
@@ -399,20 +481,22 @@ impl HostConv<'_> {
                     l.b.let_((i * co as i64 + o) * 9)
                 }
             };
-            let mut g: [[Expr; 3]; 3] = zeros();
-            for (i, row) in g.iter_mut().enumerate() {
-                for (j, cell) in row.iter_mut().enumerate() {
-                    let tap = match rotated {
-                        false => i * 3 + j,
-                        true => (2 - i) * 3 + (2 - j),
-                    };
-                    *cell = l.b.let_(Expr::load(weights, first.clone() + tap as i64));
-                }
-            }
+            let g = tile_of(3, |tap| {
+                let (i, j) = (tap / 3, tap % 3);
+                let tap = match rotated {
+                    false => i * 3 + j,
+                    true => (2 - i) * 3 + (2 - j),
+                };
+                l.b.let_(Expr::load(weights, first.clone() + tap as i64))
+            });
             let out = Self::scratch_buf(l, u);
-            for (xi, value) in filter_transform(&g).into_iter().flatten().enumerate() {
+            for (xi, value) in sandwich(alg.g, &g).into_iter().flatten().enumerate() {
                 let value = l.b.let_(value);
-                l.b.store(out, flat.clone() + (xi as u64 * co * ci) as i64, value);
+                l.b.store(
+                    out,
+                    flat.clone() + (xi as u64 * apart(co * ci)) as i64,
+                    value,
+                );
             }
             Ok(())
         })?;
@@ -421,27 +505,46 @@ impl HostConv<'_> {
             None => HostStep::Kernel(filter),
         });
         // M[xi][b][co][t]
-        let m = self.alloc(16 * nb * co * tiles);
+        let m = self.alloc(products * apart(nb * co * tiles));
         self.steps.push(HostStep::Gemm(LoweredGemm {
             m: co,
             n: tiles,
             k: ci,
-            batch: [16, nb],
-            a: matrix(u, ci, 1, [co * ci, 0]),
-            b: matrix(v, tiles, 1, [nb * ci * tiles, ci * tiles]),
-            c: matrix(m, tiles, 1, [nb * co * tiles, co * tiles]),
+            batch: [products, nb],
+            a: matrix(u, ci, 1, [apart(co * ci), 0]),
+            b: matrix(v, tiles, 1, [apart(nb * ci * tiles), ci * tiles]),
+            c: matrix(m, tiles, 1, [apart(nb * co * tiles), co * tiles]),
         }));
-        // The output transform and the epilogue, one thread per row of tiles looping over
-        // its tiles: each tile's 16 products read once, its four outputs (those inside y)
-        // stored. Where all four are inside (both rows, and the tiles before an odd last
-        // column), the loop stores without tests and is vectorised.
+        self.winograd_output(geometry, alg, m, bias)
+    }
+
+    /// The output transform and the epilogue, one thread per row of tiles looping over its
+    /// tiles: each tile's products `m` read once, its `m x m` outputs (those inside y)
+    /// stored. Where all are inside (every row of the tile, and the tiles before a partial
+    /// last column), the loop stores without tests and is vectorised.
+    fn winograd_output(
+        &mut self,
+        geometry: &Geometry,
+        alg: &Algorithm,
+        m: Arg,
+        bias: Option<NodeId>,
+    ) -> Result<(), LowerError> {
+        let &Geometry {
+            batch: nb,
+            c_out: co,
+            ho,
+            wo,
+            ..
+        } = geometry;
         let anchor = self.anchor;
         let dims = vec![nb, co, ho, wo];
-        let (th, full) = (ho.div_ceil(2), wo / 2);
+        let side = alg.m;
+        let (tiles, th, tw) = (geometry.tiles(side), ho.div_ceil(side), wo.div_ceil(side));
+        let full = wo / side;
         self.elementwise("host_winograd_output", nb * co * th, |l, row| {
             let at = |l: &mut Launch, e: Expr| l.b.let_(e);
             let plane = at(l, row.clone() / th as i64);
-            let oy = at(l, row.clone() % th as i64 * 2);
+            let oy = at(l, row.clone() % th as i64 * side as i64);
             let first = at(
                 l,
                 plane.clone() * tiles as i64 + row.clone() % th as i64 * tw as i64,
@@ -455,7 +558,7 @@ impl HostConv<'_> {
                 None => None,
             };
             let products = Self::scratch_buf(l, m);
-            // Tiles [from, to), with tests of the second row and of the second column.
+            // Tiles [from, to), with tests of the rows and of the columns after the first.
             let tiles_of = |l: &mut Launch, from: u64, to: u64, test: [bool; 2]| {
                 let tx = match test {
                     [false, false] if to - from >= MIN_VECTORISED => {
@@ -463,12 +566,11 @@ impl HostConv<'_> {
                     }
                     _ => l.b.begin_for(from as i64, to as i64, 1),
                 };
-                let mut mm: [[Expr; 4]; 4] = zeros();
-                for (xi, cell) in mm.iter_mut().flatten().enumerate() {
-                    let index = first.clone() + tx.clone() + (xi as u64 * nb * co * tiles) as i64;
-                    *cell = at(l, Expr::load(products, index));
-                }
-                for (i, outputs) in sandwich(&AT, &mm).into_iter().enumerate() {
+                let mm = tile_of(alg.t(), |xi| {
+                    let index = first.clone() + tx.clone() + (xi * apart(nb * co * tiles)) as i64;
+                    at(l, Expr::load(products, index))
+                });
+                for (i, outputs) in sandwich(alg.at, &mm).into_iter().enumerate() {
                     for (j, y) in outputs.into_iter().enumerate() {
                         let y = match &bias {
                             Some(bias) => at(l, y + bias.clone()),
@@ -476,11 +578,11 @@ impl HostConv<'_> {
                         };
                         let (oh, ow) = (
                             at(l, oy.clone() + i as i64),
-                            at(l, tx.clone() * 2 + j as i64),
+                            at(l, tx.clone() * side as i64 + j as i64),
                         );
                         let tested = [
-                            (i == 1 && test[0], oh.clone().lt(ho)),
-                            (j == 1 && test[1], ow.clone().lt(wo)),
+                            (i > 0 && test[0], oh.clone().lt(ho)),
+                            (j > 0 && test[1], ow.clone().lt(wo)),
                         ];
                         let tests: Vec<Expr> = tested
                             .into_iter()
@@ -501,21 +603,30 @@ impl HostConv<'_> {
                 l.b.end_for();
                 Ok::<(), LowerError>(())
             };
+            // Rows of a partial last row of tiles are tested.
+            let partial = ho % side != 0;
             if full > 0 {
-                if ho % 2 == 0 {
-                    tiles_of(l, 0, full, [false, false])?;
-                } else {
-                    l.b.begin_if((oy.clone() + 1).lt(ho));
+                if partial {
+                    l.b.begin_if((oy.clone() + (side - 1) as i64).lt(ho));
                     tiles_of(l, 0, full, [false, false])?;
                     l.b.begin_else();
                     tiles_of(l, 0, full, [true, false])?;
                     l.b.end_if();
+                } else {
+                    tiles_of(l, 0, full, [false, false])?;
                 }
             }
             if full < tw {
-                tiles_of(l, full, tw, [ho % 2 == 1, true])?;
+                tiles_of(l, full, tw, [partial, true])?;
             }
             Ok(())
         })
     }
+}
+
+/// A `side x side` tile whose element `k` (row-major) is `cell(k)`.
+fn tile_of(side: u64, mut cell: impl FnMut(u64) -> Expr) -> Vec<Vec<Expr>> {
+    (0..side)
+        .map(|i| (0..side).map(|j| cell(i * side + j)).collect())
+        .collect()
 }
