@@ -1,7 +1,9 @@
 //! The CPU executor: the bundle's host kernels (`host.bc`, as a native library for this CPU
 //! or JIT-compiled) over host regions, in the CPU's schedule (convolutions as packed GEMMs
 //! run by the `gemm` crate between gather and epilogue kernels) or, to prove the GPU
-//! kernels, in the GPU's.
+//! kernels, in the GPU's. The CPU's schedule of an inference bundle also holds the packed
+//! region, which its pack launches fill when the session asks ([`Executor::pack`]: after the
+//! weights change), and every run reads.
 //!
 //! Parallelism: one persistent rayon pool of `threads` workers per executor. A kernel
 //! launch's grid is split into `threads` contiguous block ranges run as tasks of the pool
