@@ -227,11 +227,13 @@ fn apart(n: u64) -> u64 {
     n.div_ceil(16) * 16 + 16
 }
 
-/// How a tile transform reads a plane: `size x size` tiles, `stride` apart.
+/// How a tile transform reads a plane: `size x size` tiles, `stride` apart, each turned
+/// into `side x side` values.
 #[derive(Clone, Copy)]
 struct Tiling {
     size: usize,
     stride: u64,
+    side: usize,
 }
 
 impl HostConv<'_> {
@@ -302,7 +304,11 @@ impl HostConv<'_> {
             [ho, wo],
             [0, 0],
             [ho.div_ceil(2), wo.div_ceil(2)],
-            Tiling { size: 2, stride: 2 },
+            Tiling {
+                size: 2,
+                stride: 2,
+                side: alg.t() as usize,
+            },
             |tile| sandwich(&a, tile),
         )?;
         // M[xi][co][ci], summed over the batch (C's batch stride 0).
@@ -344,6 +350,7 @@ impl HostConv<'_> {
         let tiling = Tiling {
             size: alg.t() as usize,
             stride: alg.m,
+            side: alg.t() as usize,
         };
         self.transform_tiles(
             "host_winograd_input",
@@ -374,7 +381,7 @@ impl HostConv<'_> {
         [h, w]: [u64; 2],
         [top, left]: [i64; 2],
         [th, tw]: [u64; 2],
-        Tiling { size, stride }: Tiling,
+        Tiling { size, stride, side }: Tiling,
         transform: impl Fn(&[Vec<Expr>]) -> Vec<Vec<Expr>>,
     ) -> Result<Arg, LowerError> {
         let tiles = th * tw;
@@ -384,12 +391,7 @@ impl HostConv<'_> {
             end if end >= 0 => (end as u64 / stride + 1).clamp(lo, tw),
             _ => lo,
         };
-        // The transform's values per tile (the square of its side).
-        let values = {
-            let probe = vec![vec![f(0.0); size]; size];
-            transform(&probe).len().pow(2) as u64
-        };
-        let out = self.alloc(values * apart(planes * tiles));
+        let out = self.alloc((side * side) as u64 * apart(planes * tiles));
         self.elementwise(step, planes * th, |l, row| {
             let at = |l: &mut Launch, e: Expr| l.b.let_(e);
             let plane = at(l, row.clone() / th as i64);
@@ -436,7 +438,11 @@ impl HostConv<'_> {
                     }
                     d.push(cells);
                 }
-                for (xi, value) in transform(&d).into_iter().flatten().enumerate() {
+                let values = transform(&d);
+                if values.len() != side || values.iter().any(|r| r.len() != side) {
+                    return Err(LowerError(format!("{step}: a transform of the wrong size")));
+                }
+                for (xi, value) in values.into_iter().flatten().enumerate() {
                     let value = at(l, value);
                     let index =
                         first.clone() + tx.clone() + (xi as u64 * apart(planes * tiles)) as i64;
