@@ -19,9 +19,11 @@
 //! 3x3, stride-1, undilated, ungrouped convolutions (forward, data and weight gradients)
 //! run Winograd's F(2x2, 3x3) instead ([`super::winograd`]).
 //!
-//! Invariants: the steps read only the kernel's inputs and scratch they wrote, and write
-//! exactly the kernel's outputs (each element once), so they stand in for the GPU's one
-//! launch; scratch slots of one kernel's steps do not overlap.
+//! Invariants: the steps read only the kernel's inputs and scratch (or packed slots) they
+//! wrote, and write exactly the kernel's outputs (each element once), so they stand in for
+//! the GPU's one launch; scratch slots of one kernel's steps do not overlap. A pack step
+//! reads only parameters and writes only its own packed slot, which no other step of any
+//! kernel writes.
 
 use rfnc_bundle::SLOT_ALIGN;
 
