@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use rfnc_bundle::{Bundle, Gemm, HostLaunch, Launch, Matrix, Region, Slot};
+use rfnc_bundle::{Bundle, Gemm, HostLaunch, HostProgram, Launch, Matrix, Program, Region, Slot};
 
 use crate::bundle_io::LoadedBundle;
 use crate::error::RuntimeError;
@@ -82,17 +82,8 @@ impl CpuExecutor {
                 ))
             })
         };
-        let [a, s, l] = region_sizes(&bundle, schedule == CpuSchedule::Host);
-        let packed = match (&bundle.main.host, schedule) {
-            (Some(host), CpuSchedule::Host) => host.packed_bytes,
-            _ => 0,
-        };
-        let regions = [
-            alloc(a)?,
-            alloc(s)?,
-            alloc(l)?,
-            alloc((Region::Packed, packed.max(1)))?,
-        ];
+        let [a, s, l, p] = region_sizes(&bundle, schedule == CpuSchedule::Host);
+        let regions = [alloc(a)?, alloc(s)?, alloc(l)?, alloc(p)?];
         let threads = threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -215,10 +206,10 @@ impl CpuExecutor {
     }
 
     /// The steps of the schedule this executor runs for `program`.
-    fn steps<'p>(&self, program: &'p rfnc_bundle::Program) -> Vec<Step<'p>> {
-        match (&program.host, self.schedule) {
-            (Some(host), CpuSchedule::Host) => host.launches.iter().map(Step::of).collect(),
-            _ => program.launches.iter().map(Step::Kernel).collect(),
+    fn steps<'p>(&self, program: &'p Program) -> Vec<Step<'p>> {
+        match host_of(program, self.schedule) {
+            Some(host) => host.launches.iter().map(Step::of).collect(),
+            None => program.launches.iter().map(Step::Kernel).collect(),
         }
     }
 
@@ -263,15 +254,15 @@ fn scheduled_kernels(bundle: &Bundle, schedule: CpuSchedule) -> Vec<&str> {
         .into_iter()
         .flatten()
     {
-        match (&program.host, schedule) {
-            (Some(host), CpuSchedule::Host) => {
+        match host_of(program, schedule) {
+            Some(host) => {
                 for launch in host.pack.iter().chain(&host.launches) {
                     if let HostLaunch::Kernel(l) = launch {
                         used.insert(l.kernel.as_str());
                     }
                 }
             }
-            _ => used.extend(program.launches.iter().map(|l| l.kernel.as_str())),
+            None => used.extend(program.launches.iter().map(|l| l.kernel.as_str())),
         }
     }
     bundle
@@ -280,6 +271,14 @@ fn scheduled_kernels(bundle: &Bundle, schedule: CpuSchedule) -> Vec<&str> {
         .map(|k| k.name.as_str())
         .filter(|name| used.contains(name))
         .collect()
+}
+
+/// The CPU's own schedule of `program`, where it has one and `schedule` runs it.
+fn host_of(program: &Program, schedule: CpuSchedule) -> Option<&HostProgram> {
+    program
+        .host
+        .as_ref()
+        .filter(|_| schedule == CpuSchedule::Host)
 }
 
 /// One step of a schedule.
@@ -333,9 +332,9 @@ impl Executor for CpuExecutor {
     }
 
     fn pack(&mut self, per_launch: bool) -> Result<Option<Vec<LaunchTime>>, RuntimeError> {
-        let steps: Vec<Step> = match (&self.bundle.main.host, self.schedule) {
-            (Some(host), CpuSchedule::Host) => host.pack.iter().map(Step::of).collect(),
-            _ => Vec::new(),
+        let steps: Vec<Step> = match host_of(&self.bundle.main, self.schedule) {
+            Some(host) => host.pack.iter().map(Step::of).collect(),
+            None => Vec::new(),
         };
         self.run_steps(&steps, per_launch)
     }

@@ -60,10 +60,11 @@ pub(crate) trait Executor: Send {
     }
 }
 
-/// The sizes of the three regions: the arena and scratch region serve both programs, so each
-/// is the larger of the two (the scratch of the CPU's schedules with `host`); never 0 (some
-/// allocators refuse empty allocations), and rounded up to [`SLOT_ALIGN`].
-pub(crate) fn region_sizes(bundle: &Bundle, host: bool) -> [(Region, u64); 3] {
+/// The sizes of the four regions: the arena and scratch region serve both programs, so each
+/// is the larger of the two (the scratch of the CPU's schedules with `host`); the packed
+/// region is the CPU's schedules' alone (empty without `host`); never 0 (some allocators
+/// refuse empty allocations), and rounded up to [`SLOT_ALIGN`].
+pub(crate) fn region_sizes(bundle: &Bundle, host: bool) -> [(Region, u64); 4] {
     let programs = || bundle.prepare.iter().chain([&bundle.main]);
     let arena = programs().map(|p| p.arena_bytes).max().unwrap_or(0);
     let scratch = programs()
@@ -73,11 +74,17 @@ pub(crate) fn region_sizes(bundle: &Bundle, host: bool) -> [(Region, u64); 3] {
         })
         .max()
         .unwrap_or(0);
+    let packed = programs()
+        .filter_map(|p| p.host.as_ref().filter(|_| host))
+        .map(|h| h.packed_bytes)
+        .max()
+        .unwrap_or(0);
     let round = |b: u64| b.max(1).div_ceil(SLOT_ALIGN) * SLOT_ALIGN;
     [
         (Region::Arena, round(arena)),
         (Region::Scratch, round(scratch)),
         (Region::Leaves, round(bundle.leaves_bytes)),
+        (Region::Packed, round(packed)),
     ]
 }
 

@@ -204,7 +204,7 @@ impl CudaExecutor {
                     "allocating the {region:?} region ({bytes} bytes)"
                 )))
         };
-        let [a, s, l] = region_sizes(&bundle, false);
+        let [a, s, l, _] = region_sizes(&bundle, false);
         let regions = [alloc(a)?, alloc(s)?, alloc(l)?];
         let base = |slice: &CudaSlice<u8>| slice.device_ptr(&stream).0;
         let bases = [

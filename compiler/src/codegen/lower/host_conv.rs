@@ -241,7 +241,7 @@ impl<'g> HostConv<'g> {
         Ok(())
     }
 
-    /// The launch [`Self::elementwise`] adds, not added.
+    /// The launch that [`Self::elementwise`] adds, returned instead of added.
     pub(super) fn elementwise_launch(
         &mut self,
         step: &str,
