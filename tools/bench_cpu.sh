@@ -100,9 +100,10 @@ import re, sys
 text = open(sys.argv[1]).read()
 threads, ghz = int(sys.argv[2]), float(sys.argv[3])
 flags = open("/proc/cpuinfo").read()
-lanes = 8  # the gemm crate's AVX2 + FMA kernels (its AVX-512 ones need a nightly compiler)
+# The gemm crate picks its AVX-512 kernels where the CPU has AVX-512F, else AVX2 + FMA.
+isa, lanes = ("AVX-512", 16) if re.search(r"\bavx512f\b", flags) else ("AVX2", 8)
 peak = threads * lanes * 2 * 2 * ghz
-print(f"FMA peak: {threads} cores x {lanes} f32 lanes (AVX2) x 2 FMA units x 2 flops x "
+print(f"FMA peak: {threads} cores x {lanes} f32 lanes ({isa}) x 2 FMA units x 2 flops x "
       f"{ghz:.2f} GHz (measured: dependent adds, one per cycle) = {peak:.0f} GFLOP/s")
 print("| GEMM (m x n x k) | launches | ms | GFLOP/s | of peak |")
 print("|---|---|---|---|---|")
