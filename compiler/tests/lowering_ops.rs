@@ -1,7 +1,8 @@
-//! The kernels of concat, mul (every broadcast), sigmoid, average and global average
-//! pooling and of their gradient ops: a forward graph and its gradients are fused, every
-//! kernel is lowered to KIR and run by the KIR interpreter (values kept per node, no memory
-//! plan), and the results match the reference interpreter; fusion classifies the new ops.
+//! The kernels of concat, mul (every broadcast), sigmoid, average, global average and max
+//! pooling, bilinear resize and of their gradient ops: a forward graph and its gradients
+//! are fused, every kernel is lowered to KIR, in the GPU's launches and in the CPU's
+//! schedule, and run by the KIR interpreter (values kept per node, no memory plan), and
+//! the results match the reference interpreter; fusion classifies the new ops.
 
 mod common;
 
@@ -9,15 +10,47 @@ use std::collections::HashMap;
 
 use rfnc_compiler::codegen::gemm::Precision;
 use rfnc_compiler::codegen::kir_interp::{run_kernel, KirBuffer};
-use rfnc_compiler::codegen::lower::{lower_kernel, Arg};
+use rfnc_compiler::codegen::lower::{
+    lower_kernel, lower_kernel_host, Arg, HostStep, LoweredLaunch,
+};
 use rfnc_compiler::interp::{run, Tensor, Value};
 use rfnc_compiler::ir::{Graph, Loc, NodeId, Op, Output, Reduction, TensorType};
 use rfnc_compiler::passes::autodiff::gradients;
-use rfnc_compiler::passes::fusion::fuse;
+use rfnc_compiler::passes::fusion::{fuse, Kernel};
 use rfnc_compiler::rng::splitmix64;
 
-/// Runs every fused kernel of `graph` with the KIR interpreter; the graph's outputs.
-fn run_kernels(graph: &Graph, feeds: &HashMap<String, Value<f64>>) -> Vec<(String, Vec<f64>)> {
+/// Which launches run: the GPU's, or the CPU's schedule where a kernel has one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Schedule {
+    Gpu,
+    Cpu,
+}
+
+/// The launches of `kernel` in `schedule` (no convolutions here: no GEMMs, nothing packed).
+fn launches(graph: &Graph, kernel: &Kernel, schedule: Schedule) -> Vec<LoweredLaunch> {
+    let host = match schedule {
+        Schedule::Cpu => lower_kernel_host(graph, kernel, None).unwrap_or_else(|e| panic!("{e}")),
+        Schedule::Gpu => None,
+    };
+    match host {
+        Some(steps) => steps
+            .into_iter()
+            .map(|step| match step {
+                HostStep::Kernel(l) => l,
+                HostStep::Gemm(_) | HostStep::Pack(_) => panic!("a convolution's step"),
+            })
+            .collect(),
+        None => lower_kernel(graph, kernel, Precision::F32).unwrap_or_else(|e| panic!("{e}")),
+    }
+}
+
+/// Runs every fused kernel of `graph` in `schedule` with the KIR interpreter; the graph's
+/// outputs.
+fn run_kernels(
+    graph: &Graph,
+    feeds: &HashMap<String, Value<f64>>,
+    schedule: Schedule,
+) -> Vec<(String, Vec<f64>)> {
     let mut values: HashMap<NodeId, KirBuffer> = HashMap::new();
     for id in graph.node_ids() {
         if let Op::Input { name } = &graph.node(id).op {
@@ -25,10 +58,9 @@ fn run_kernels(graph: &Graph, feeds: &HashMap<String, Value<f64>>) -> Vec<(Strin
             values.insert(id, KirBuffer::F32(data));
         }
     }
-    let mut scratch = [0.0f32; 16];
+    let mut scratch: Vec<f32> = Vec::new();
     for kernel in &fuse(graph).kernels {
-        for launch in lower_kernel(graph, kernel, Precision::F32).unwrap_or_else(|e| panic!("{e}"))
-        {
+        for launch in launches(graph, kernel, schedule) {
             let mut buffers: Vec<KirBuffer> = launch
                 .args
                 .iter()
@@ -36,10 +68,14 @@ fn run_kernels(graph: &Graph, feeds: &HashMap<String, Value<f64>>) -> Vec<(Strin
                     Arg::Value(n) => values.get(&n).cloned().unwrap_or_else(|| {
                         KirBuffer::F32(vec![f32::NAN; graph.node(n).ty.elements() as usize])
                     }),
-                    Arg::Scratch { offset, bytes } => KirBuffer::F32(
-                        scratch[(offset / 4) as usize..((offset + bytes) / 4) as usize].to_vec(),
-                    ),
-                    Arg::Packed { .. } => panic!("a GPU launch reads the CPU's packed region"),
+                    Arg::Scratch { offset, bytes } => {
+                        let end = ((offset + bytes) / 4) as usize;
+                        if scratch.len() < end {
+                            scratch.resize(end, f32::NAN);
+                        }
+                        KirBuffer::F32(scratch[(offset / 4) as usize..end].to_vec())
+                    }
+                    Arg::Packed { .. } => panic!("nothing is packed here"),
                 })
                 .collect();
             run_kernel(&launch.kernel, launch.grid, &mut buffers)
@@ -142,18 +178,21 @@ impl Builder {
     }
 }
 
+/// The kernels, in both schedules, match the reference interpreter.
 fn assert_kernels_match(graph: &Graph, feeds: &HashMap<String, Value<f64>>) {
     let want = run(graph, feeds).expect("the interpreter runs");
-    let got = run_kernels(graph, feeds);
-    for ((name, expected), (_, actual)) in want.iter().zip(&got) {
-        let expected = &expected.real().data;
-        let scale = expected.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-        let worst = common::max_abs_diff(actual.iter().copied().zip(expected.iter().copied()));
-        assert!(
-            worst / scale < 1e-5,
-            "output `{name}` differs by {:e} (relative)",
-            worst / scale
-        );
+    for schedule in [Schedule::Gpu, Schedule::Cpu] {
+        let got = run_kernels(graph, feeds, schedule);
+        for ((name, expected), (_, actual)) in want.iter().zip(&got) {
+            let expected = &expected.real().data;
+            let scale = expected.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+            let worst = common::max_abs_diff(actual.iter().copied().zip(expected.iter().copied()));
+            assert!(
+                worst / scale < 1e-5,
+                "{schedule:?} schedule: output `{name}` differs by {:e} (relative)",
+                worst / scale
+            );
+        }
     }
 }
 
@@ -226,4 +265,55 @@ fn fusion_classifies_the_new_ops() {
     assert_eq!(fused.kernels[kernel_of(joined)].anchor, Some(joined));
     assert_eq!(fused.kernels[kernel_of(pooled)].anchor, Some(pooled));
     assert_eq!(fused.kernels[kernel_of(product)].anchor, None);
+}
+
+fn max_pool(k: u64, stride: u64, pad: u64) -> Op {
+    Op::MaxPool2d {
+        kernel: [k; 2],
+        stride: [stride; 2],
+        pad: [pad; 4],
+    }
+}
+
+/// Max pools (the stem's 3x3 stride 2, the CRP's 5x5 stride 1, a 2x2 without padding) on
+/// inputs with many ties (five levels), fed through a sigmoid so that the gradient's
+/// values differ by position: the gradient goes to each window's first maximum in raster
+/// order, in the GPU's one-pass search and in the CPU's two passes (row maxima, then the
+/// first largest row) with its scattered sum alike.
+#[test]
+fn max_pool_gradients_break_ties_as_the_interpreter_does() {
+    for (k, stride, pad) in [(3, 2, 1), (5, 1, 2), (2, 2, 0)] {
+        let mut b = Builder::new();
+        let x = b.input("x", &[2, 3, 9, 8]);
+        let Value::Real(t) = b.feeds.get_mut("x").unwrap() else {
+            unreachable!("a real input")
+        };
+        for v in &mut t.data {
+            *v = (*v * 2.0).round() / 2.0;
+        }
+        let pooled = b.op(max_pool(k, stride, pad), &[x]);
+        let y = b.op(Op::Sigmoid, &[pooled]);
+        let (graph, feeds) = b.with_gradients(y);
+        assert_kernels_match(&graph, &feeds);
+    }
+}
+
+/// Bilinear resizes up by whole and fractional factors and down, both corner conventions,
+/// and their adjoints: the CPU's gradient sums a stored column pass over rows.
+#[test]
+fn resize_gradients_match_the_interpreter() {
+    for (size, align_corners) in [([20, 28], false), ([13, 9], true), ([3, 5], false)] {
+        let mut b = Builder::new();
+        let x = b.input("x", &[2, 3, 5, 7]);
+        let up = b.op(
+            Op::ResizeBilinear {
+                size,
+                align_corners,
+            },
+            &[x],
+        );
+        let y = b.op(Op::Sigmoid, &[up]);
+        let (graph, feeds) = b.with_gradients(y);
+        assert_kernels_match(&graph, &feeds);
+    }
 }

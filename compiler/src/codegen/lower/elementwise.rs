@@ -27,15 +27,7 @@ pub(super) fn lower(
     if counted.is_some() {
         l.count = Some(l.scratch(0, 1));
     }
-    for &(n, offset, len) in &stored.winners {
-        let buf = l.scratch(offset, len);
-        l.argmax.insert(n, buf);
-    }
-    stored.attach_rows(&mut l);
-    for &(n, offset, pixels) in &stored.softmax {
-        let buf = l.scratch(offset, 2 * pixels);
-        l.softmax.insert(n, (buf, pixels));
-    }
+    stored.attach(&mut l);
     let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
     l.b.begin_if(flat.clone().lt(total));
     l.emit_outputs(&flat, &dims, None)?;

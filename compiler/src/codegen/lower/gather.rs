@@ -10,30 +10,58 @@ use crate::ir::{Graph, NodeId, Op, Reduction};
 use crate::passes::fusion::Kernel;
 
 /// Values a one-thread-per-element kernel would otherwise recompute for every element,
-/// stored to scratch by earlier launches in the CPU's schedule: a max pool gradient's
-/// window winners, a softmax cross-entropy gradient's per-pixel maximum and sum.
+/// stored to scratch by earlier launches in the CPU's schedule: a max pool gradient
+/// scattered from its windows' winners, a softmax cross-entropy gradient's per-pixel
+/// maximum and sum, a resize gradient's column pass, a max pool's row maxima.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Stored {
-    /// (gradient node, offset, elements): each window's winner.
-    pub winners: Vec<(NodeId, u64, u64)>,
+    /// (max pool gradient node, scratch): the gradient itself, `dy` added at each
+    /// window's winner (see [`scatter_pool_grad`]).
+    pub pool_grads: Vec<(NodeId, Arg)>,
     /// (gradient node, offset, pixels): the maximum logit, then the sum of `exp(logit -
     /// max)`, per pixel.
     pub softmax: Vec<(NodeId, u64, u64)>,
     /// (max pool node, scratch): its windows' row maxima (see [`pool_rows`]).
     pub rows: Vec<(NodeId, Arg)>,
+    /// (resize gradient node, scratch): `dy` summed along rows into the input's columns,
+    /// `[planes, Ho, Wi]` (see [`Launch::resize_grad_cols`]).
+    pub resize_cols: Vec<(NodeId, Arg)>,
     /// Max pool gradient node -> its windows' row maxima, then their columns.
     grad_rows: std::collections::HashMap<NodeId, Arg>,
 }
 
 impl Stored {
-    /// Lets `l` read what earlier launches stored for the kernel's max pools.
-    pub(super) fn attach_rows(&self, l: &mut Launch) {
+    /// Lets `l` read everything earlier launches stored.
+    pub(super) fn attach(&self, l: &mut Launch) {
         for &(n, arg) in &self.rows {
             let buf = l.arg_buf(arg);
             l.pool_rows.insert(n, buf);
         }
+        for &(n, arg) in &self.pool_grads {
+            let buf = l.arg_buf(arg);
+            l.pool_grads.insert(n, buf);
+        }
+        for &(n, arg) in &self.resize_cols {
+            let buf = l.arg_buf(arg);
+            l.resize_cols.insert(n, buf);
+        }
+        for &(n, offset, pixels) in &self.softmax {
+            let buf = l.scratch(offset, 2 * pixels);
+            l.softmax.insert(n, (buf, pixels));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pool_grads.is_empty()
+            && self.softmax.is_empty()
+            && self.rows.is_empty()
+            && self.resize_cols.is_empty()
     }
 }
+
+/// Planes per block of a launch with one thread per plane: small, so that a launch of a
+/// few hundred planes still splits over every core.
+const PLANES_PER_BLOCK: u32 = 4;
 
 /// Elements of the row pass of max pool (or max pool gradient) `n`: one per input row
 /// and output column, `[planes, H, Wo]`.
@@ -68,13 +96,20 @@ pub(super) fn pool_window(graph: &Graph, n: NodeId) -> Option<Window> {
     }
 }
 
-/// The CPU's schedule of a one-thread-per-element kernel that computes max pool gradients
-/// or softmax cross-entropy gradients: one launch per gradient stores what every element
-/// of it would search again (a pool window's winner: `k*k` times less work for the CRP's
-/// 5x5 pools; a pixel's softmax maximum and sum: `2*classes` times fewer reads of the
-/// logits, which are often a fused bilinear resize), then the kernel reads them. `counted`
-/// is a mean-reduced loss gradient (its count launch runs first, as on the GPU). `None`
-/// for a kernel with neither (the CPU runs the GPU's launches).
+/// The CPU's schedule of a one-thread-per-element kernel that computes max pools, max
+/// pool gradients, resize gradients or softmax cross-entropy gradients: launches first
+/// store, per such op, what every element of it would otherwise search again, then the
+/// kernel reads them:
+/// - a max pool's (or its gradient's) row maxima ([`pool_rows`]);
+/// - a max pool gradient, whole: `dy` added at each window's winner, one thread per plane
+///   (one winner search per window instead of `k*k` per input element);
+/// - a resize gradient's column pass ([`Launch::resize_grad_cols`]): the kernel's row
+///   pass then sums `r` instead of `r*r` taps (`r` about 3x the scale factor);
+/// - a pixel's softmax maximum and sum: `2*classes` times fewer reads of the logits,
+///   which are often a fused bilinear resize.
+///
+/// `counted` is a mean-reduced loss gradient (its count launch runs first, as on the
+/// GPU). `None` for a kernel with none of them (the CPU runs the GPU's launches).
 pub(super) fn lower_with_stored(
     graph: &Graph,
     kernel: &Kernel,
@@ -91,26 +126,24 @@ pub(super) fn lower_with_stored(
     let mut take = |len: u64| {
         let at = offset;
         offset += (len * 4).div_ceil(SLOT_ALIGN) * SLOT_ALIGN;
-        at
+        Arg::Scratch {
+            offset: at,
+            bytes: len * 4,
+        }
     };
     let elements = |n: NodeId| -> u64 { graph.node(n).ty.dims.iter().product() };
     for &n in &kernel.nodes {
         // A max pool's (or its gradient's) window in two passes: the row maxima (with the
         // first maximum's column for a gradient) of each input row and output column,
         // then the maximum over the window's rows of them: 2k instead of k^2 taps, and a
-        // fused input computed k instead of k^2 times per output.
+        // fused input computed k instead of k^2 times.
         if let Some(w) = pool_window(graph, n) {
             let len = pool_rows(graph, n)?;
             let grad = matches!(graph.node(n).op, Op::MaxPool2dGrad { .. });
-            let width = if grad { 2 } else { 1 };
-            let at = take(width * len);
-            let rows = Arg::Scratch {
-                offset: at,
-                bytes: width * len * 4,
-            };
+            let rows = take(if grad { 2 * len } else { len });
             let mut l = Launch::new(graph, kernel, &format!("host_pool_rows+{name}"), BLOCK);
-            stored.attach_rows(&mut l);
-            let out = l.scratch(at, width * len);
+            stored.attach(&mut l);
+            let out = l.arg_buf(rows);
             let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
             l.b.begin_if(flat.clone().lt(len));
             let (max, arg) = l.pool_row(n, &flat, w)?;
@@ -126,51 +159,110 @@ pub(super) fn lower_with_stored(
             }
             stored.grad_rows.insert(n, rows);
         }
-        let (step, len) = match graph.node(n).op {
-            Op::MaxPool2dGrad { .. } => ("host_pool_winners", elements(graph.operands(n)[0])),
-            Op::SoftmaxCrossEntropyGrad { .. } => {
-                ("host_softmax_stats", elements(graph.operands(n)[1]))
-            }
-            _ => continue,
-        };
-        let is_pool = step == "host_pool_winners";
-        let at = take(if is_pool { len } else { 2 * len });
-        let mut l = Launch::new(graph, kernel, &format!("{step}+{name}"), BLOCK);
-        stored.attach_rows(&mut l);
-        if let Some(&rows) = stored.grad_rows.get(&n) {
-            let buf = l.arg_buf(rows);
-            l.pool_rows.insert(n, buf);
-        }
-        let out = l.scratch(at, if is_pool { len } else { 2 * len });
-        let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
-        l.b.begin_if(flat.clone().lt(len));
         match graph.node(n).op {
             Op::MaxPool2dGrad {
                 kernel: k,
                 stride,
                 pad,
             } => {
-                let v = l.max_pool_winner(n, &flat, Window::new(k, stride, pad))?;
-                l.b.store(out, flat, v);
-                stored.winners.push((n, at, len));
+                let grad = take(elements(n));
+                let mut l = Launch::new(
+                    graph,
+                    kernel,
+                    &format!("host_pool_scatter+{name}"),
+                    PLANES_PER_BLOCK,
+                );
+                stored.attach(&mut l);
+                let rows = l.arg_buf(stored.grad_rows[&n]);
+                l.pool_rows.insert(n, rows);
+                let out = l.arg_buf(grad);
+                let planes = scatter_pool_grad(&mut l, n, out, Window::new(k, stride, pad))?;
+                let grid = planes.div_ceil(PLANES_PER_BLOCK as u64);
+                steps.push(HostStep::Kernel(l.finish(grid)?));
+                stored.pool_grads.push((n, grad));
             }
-            _ => {
+            Op::ResizeBilinearGrad { align_corners, .. } => {
+                let len = resize_cols(graph, n)?;
+                let cols = take(len);
+                let mut l = Launch::new(graph, kernel, &format!("host_resize_cols+{name}"), BLOCK);
+                stored.attach(&mut l);
+                let out = l.arg_buf(cols);
+                let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
+                l.b.begin_if(flat.clone().lt(len));
+                let v = l.resize_grad_cols(n, &flat, align_corners)?;
+                l.b.store(out, flat, v);
+                l.b.end_if();
+                steps.push(HostStep::Kernel(l.finish(len.div_ceil(BLOCK as u64))?));
+                stored.resize_cols.push((n, cols));
+            }
+            Op::SoftmaxCrossEntropyGrad { .. } => {
+                let pixels = elements(graph.operands(n)[1]);
+                let stats = take(2 * pixels);
+                let mut l =
+                    Launch::new(graph, kernel, &format!("host_softmax_stats+{name}"), BLOCK);
+                stored.attach(&mut l);
+                let out = l.arg_buf(stats);
+                let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
+                l.b.begin_if(flat.clone().lt(pixels));
                 let (max, sum) = l.softmax_pixel_stats(n, &flat)?;
                 l.b.store(out, flat.clone(), max);
-                l.b.store(out, flat + len as i64, sum);
-                stored.softmax.push((n, at, len));
+                l.b.store(out, flat + pixels as i64, sum);
+                l.b.end_if();
+                steps.push(HostStep::Kernel(l.finish(pixels.div_ceil(BLOCK as u64))?));
+                let Arg::Scratch { offset, .. } = stats else {
+                    unreachable!("taken from scratch")
+                };
+                stored.softmax.push((n, offset, pixels));
             }
+            _ => {}
         }
-        l.b.end_if();
-        steps.push(HostStep::Kernel(l.finish(len.div_ceil(BLOCK as u64))?));
     }
-    if stored.winners.is_empty() && stored.softmax.is_empty() && stored.rows.is_empty() {
+    if stored.is_empty() {
         return Ok(None);
     }
     steps.push(HostStep::Kernel(elementwise::lower(
         graph, kernel, name, counted, &stored,
     )?));
     Ok(Some(steps))
+}
+
+/// Max pool gradient `n`, whole, into `out` (its shape): one thread per plane zeroes the
+/// plane, then adds each window's `dy` at the window's winner (the first maximum in
+/// raster order, from the stored row maxima). Each window is searched once, where the
+/// GPU's gather searches every window containing an element for each element. The
+/// number of planes (threads).
+fn scatter_pool_grad(l: &mut Launch, n: NodeId, out: Buf, w: Window) -> Result<u64, LowerError> {
+    let (xd, yd) = pool_io(l.graph, n)?;
+    let dy = l.operand(n, 0);
+    let planes = xd[0] * xd[1];
+    let (plane_in, plane_out) = (xd[2] * xd[3], yd[2] * yd[3]);
+    let plane =
+        l.b.let_(Expr::BlockId * PLANES_PER_BLOCK as i64 + Expr::ThreadId);
+    l.b.begin_if(plane.clone().lt(planes));
+    let base = l.b.let_(plane.clone() * plane_in as i64);
+    let i = l.b.begin_for(0, plane_in, 1);
+    l.b.store(out, base.clone() + i, 0.0f32);
+    l.b.end_for();
+    let j = l.b.begin_for(0, plane_out, 1);
+    let window = l.b.let_(plane * plane_out as i64 + j);
+    let winner = l.max_pool_winner(n, &window, w)?;
+    let winner = l.b.let_(winner);
+    l.b.begin_if(winner.clone().ge(0.0f32));
+    let at = l.b.let_(base + winner.cast(Ty::Index));
+    let g = l.value_at(dy, &window)?;
+    let sum = l.b.let_(Expr::load(out, at.clone()) + g);
+    l.b.store(out, at, sum);
+    l.b.end_if();
+    l.b.end_for();
+    l.b.end_if();
+    Ok(planes)
+}
+
+/// Elements of the column pass of resize gradient `n`: `[planes, Ho, Wi]`.
+fn resize_cols(graph: &Graph, n: NodeId) -> Result<u64, LowerError> {
+    let x = dims4(&graph.node(n).ty.dims)?;
+    let y = dims4(&graph.node(graph.operands(n)[0]).ty.dims)?;
+    Ok(x[0] * x[1] * y[2] * x[3])
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -248,13 +340,16 @@ impl Launch<'_> {
     }
 
     /// The gradient at input element `flat`: the sum of `dy` over the windows whose first
-    /// maximal element it is.
+    /// maximal element it is (in the CPU's schedule, scattered by an earlier launch).
     pub(super) fn max_pool_grad(
         &mut self,
         n: NodeId,
         flat: &Expr,
         w: Window,
     ) -> Result<Expr, LowerError> {
+        if let Some(&grad) = self.pool_grads.get(&n) {
+            return Ok(Expr::load(grad, flat.clone()));
+        }
         let (dy, x) = (self.operand(n, 0), self.operand(n, 1));
         let (xd, yd) = (dims4(self.dims(x))?, dims4(self.dims(dy))?);
         let (plane, iy, ix) = self.plane_yx(flat, xd);
@@ -268,22 +363,8 @@ impl Launch<'_> {
         let kx = self.b.begin_for(0, w.kernel[1], 1);
         let (ok_x, ox) = containing_window(&mut self.b, &ix, kx, w, 1, yd[3]);
         self.b.begin_if(ok_y.and(ok_x));
-        let wins = match self.argmax.get(&n) {
-            // The CPU's schedule stored each window's winner (its index in the plane).
-            Some(&winners) => {
-                let stored = Expr::load(
-                    winners,
-                    (plane.clone() * yd[2] + oy.clone()) * yd[3] + ox.clone(),
-                );
-                let me = (iy.clone() * xd[3] as i64 + ix.clone()).cast(Ty::F32);
-                self.b.let_(stored.eq(me))
-            }
-            None => {
-                let winner = self.window_argmax(x, xd, &plane, (&oy, &ox), w, (best, arg))?;
-                winner.eq(flat.clone())
-            }
-        };
-        self.b.begin_if(wins);
+        let winner = self.window_argmax(x, xd, &plane, (&oy, &ox), w, (best, arg))?;
+        self.b.begin_if(winner.eq(flat.clone()));
         let g = self.value_at(dy, &((plane.clone() * yd[2] + oy) * yd[3] + ox))?;
         self.accumulate(acc, g);
         self.b.end_if();
@@ -546,7 +627,8 @@ impl Launch<'_> {
     }
 
     /// The adjoint of the resize at input element `flat`: `dy` over the output rows and
-    /// columns whose taps can reach it, times the tap weights.
+    /// columns whose taps can reach it, times the tap weights (in the CPU's schedule, over
+    /// the rows of the stored column pass).
     pub(super) fn resize_grad(
         &mut self,
         n: NodeId,
@@ -558,22 +640,46 @@ impl Launch<'_> {
         let (plane, iy, ix) = self.plane_yx(flat, xd);
         let acc = self.b.private(Ty::F32, 1);
         self.b.store(acc, 0, 0.0f32);
-        // Output rows whose taps can reach input row i: a superset, weights decide.
-        let range = |b: &mut KernelBuilder, i: &Expr, input: u64, output: u64| {
-            let (num, den) = ratio(input, output, align);
-            let lo = b.let_(((i.clone() - 1) * num / den - 2).max(0));
-            let hi = b.let_(((i.clone() + 2) * num / den + 2).min(output));
-            (lo, hi)
-        };
-        let (lo_y, hi_y) = range(&mut self.b, &iy, xd[2], yd[2]);
-        let (lo_x, hi_x) = range(&mut self.b, &ix, xd[3], yd[3]);
+        let (lo_y, hi_y) = reach(&mut self.b, &iy, xd[2], yd[2], align);
         let oy = self.b.begin_for(lo_y, hi_y, 1);
         let wy = tap_weight(&mut self.b, &oy, &iy, xd[2], yd[2], align);
+        let row = self.b.let_(plane.clone() * yd[2] + oy);
+        if let Some(&cols) = self.resize_cols.get(&n) {
+            let g = Expr::load(cols, row * xd[3] as i64 + ix);
+            self.accumulate(acc, g * wy);
+        } else {
+            let (lo_x, hi_x) = reach(&mut self.b, &ix, xd[3], yd[3], align);
+            let ox = self.b.begin_for(lo_x, hi_x, 1);
+            let wx = tap_weight(&mut self.b, &ox, &ix, xd[3], yd[3], align);
+            let g = self.value_at(dy, &(row * yd[3] as i64 + ox))?;
+            self.accumulate(acc, g * (wy * wx));
+            self.b.end_for();
+        }
+        self.b.end_for();
+        Ok(Expr::load(acc, 0))
+    }
+
+    /// The column pass of resize gradient `n` at element `flat` of `[planes, Ho, Wi]`:
+    /// `dy` of that output row over the output columns whose taps can reach input column
+    /// `ix`, times the tap weights. The row pass ([`Self::resize_grad`]) sums these over
+    /// output rows; together they sum what the one-pass adjoint sums.
+    pub(super) fn resize_grad_cols(
+        &mut self,
+        n: NodeId,
+        flat: &Expr,
+        align: bool,
+    ) -> Result<Expr, LowerError> {
+        let dy = self.operand(n, 0);
+        let (xd, yd) = (dims4(self.dims(n))?, dims4(self.dims(dy))?);
+        let ix = self.b.let_(flat.clone() % xd[3] as i64);
+        let row = self.b.let_(flat.clone() / xd[3] as i64);
+        let acc = self.b.private(Ty::F32, 1);
+        self.b.store(acc, 0, 0.0f32);
+        let (lo_x, hi_x) = reach(&mut self.b, &ix, xd[3], yd[3], align);
         let ox = self.b.begin_for(lo_x, hi_x, 1);
         let wx = tap_weight(&mut self.b, &ox, &ix, xd[3], yd[3], align);
-        let g = self.value_at(dy, &((plane.clone() * yd[2] + oy) * yd[3] + ox))?;
-        self.accumulate(acc, g * (wy * wx));
-        self.b.end_for();
+        let g = self.value_at(dy, &(row * yd[3] as i64 + ox))?;
+        self.accumulate(acc, g * wx);
         self.b.end_for();
         Ok(Expr::load(acc, 0))
     }
@@ -687,6 +793,15 @@ fn containing_window(
 /// Whether index `i` is inside `0..size`.
 pub(super) fn inside(i: &Expr, size: u64) -> Expr {
     i.clone().ge(0).and(i.clone().lt(size))
+}
+
+/// The output positions `lo..hi` whose bilinear taps can reach input position `i` along
+/// one axis: a superset (the tap weights decide).
+fn reach(b: &mut KernelBuilder, i: &Expr, input: u64, output: u64, align: bool) -> (Expr, Expr) {
+    let (num, den) = ratio(input, output, align);
+    let lo = b.let_(((i.clone() - 1) * num / den - 2).max(0));
+    let hi = b.let_(((i.clone() + 2) * num / den + 2).min(output));
+    (lo, hi)
 }
 
 /// `src / dst` positions ratio of a bilinear resize as a fraction.

@@ -173,7 +173,7 @@ impl<'g> HostConv<'g> {
             &format!("{step}+{}", self.name),
             BLOCK,
         );
-        self.pools.attach_rows(&mut l);
+        self.pools.attach(&mut l);
         l
     }
 

@@ -22,15 +22,16 @@
 //!
 //! - `elementwise`: the per-element formulas and the one-thread-per-element launch;
 //! - `gather`: max- and average pooling, bilinear resize, softmax and their gradients
-//!   (loops and taps);
+//!   (loops and taps), and the CPU's schedule of kernels that compute them (passes that
+//!   store what every element would search again);
 //! - `channels`: concatenation along the channels and its adjoint, the channel slice;
 //! - `reduce`: tree sums, the channel-sum, loss, count and broadcast-sum (global pooling,
 //!   `sum_to`) launches, the loss scale;
 //! - `dropout`: dropout's keep mask (the SplitMix64 chain of `crate::rng`);
 //! - `conv`: the glue to the implicit GEMMs of [`super::gemm`];
 //! - `host_conv`: the CPU's schedule of a convolution kernel (gather, packed GEMM in the
-//!   runtime, epilogue), [`lower_kernel_host`]; `winograd`: its F(2x2, 3x3) form for 3x3
-//!   stride-1 convolutions.
+//!   runtime, epilogue), [`lower_kernel_host`]; `winograd`: its F(2x2, 3x3) and F(4x4, 3x3)
+//!   forms for 3x3 stride-1 convolutions.
 //!
 //! [`KernelFn::check`]: super::kir::KernelFn::check
 
@@ -131,7 +132,8 @@ pub fn lower_kernel(
 }
 
 /// The CPU's steps for one fused kernel where they differ from the GPU's launches
-/// (convolutions; kernels with max pool or softmax cross-entropy gradients); `None` where
+/// (convolutions; kernels with max pools or with max pool, resize or softmax
+/// cross-entropy gradients); `None` where
 /// the CPU runs [`lower_kernel`]'s launches. With `packed` (the parameters do not change
 /// between runs: inference), weights a convolution transforms (Winograd filters) go to the
 /// packed region from offset `*packed` on, transformed by [`HostStep::Pack`] steps, and
@@ -183,9 +185,12 @@ struct Launch<'g> {
     count: Option<Buf>,
     /// The element index and nesting depth at which `memo` is valid.
     element: Option<(Expr, usize)>,
-    /// Max pool gradients whose windows' winners an earlier launch stored (the CPU's
-    /// schedule), and where.
-    argmax: HashMap<NodeId, Buf>,
+    /// Max pool gradients an earlier launch scattered whole (the CPU's schedule), and
+    /// where.
+    pool_grads: HashMap<NodeId, Buf>,
+    /// Resize gradients whose column pass an earlier launch stored (the CPU's schedule),
+    /// and where: the gradient sums its rows.
+    resize_cols: HashMap<NodeId, Buf>,
     /// Max pools whose windows' row maxima an earlier launch stored (the CPU's schedule),
     /// and where: the pool takes the maximum over its window's rows of them.
     pool_rows: HashMap<NodeId, Buf>,
@@ -239,7 +244,8 @@ impl<'g> Launch<'g> {
             memo: HashMap::new(),
             count: None,
             element: None,
-            argmax: HashMap::new(),
+            pool_grads: HashMap::new(),
+            resize_cols: HashMap::new(),
             pool_rows: HashMap::new(),
             softmax: HashMap::new(),
         }
