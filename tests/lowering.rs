@@ -366,8 +366,9 @@ fn every_example_lowers_and_runs() {
 /// Convolutions at every awkward geometry (odd sizes, batch 2), whose CPU schedule splits
 /// them into gathers, GEMMs, Winograd transforms and epilogues: each step's every access
 /// checked to lie in its slot.
-/// 3x3 convolutions on planes large enough for F(4x4, 3x3) (36 products per tile), at
-/// sizes that leave partial tiles in the last row and column.
+/// 3x3 convolutions on planes large enough for F(4x4, 3x3) (36 products per tile), and
+/// their data and weight gradients, at sizes that leave partial tiles in the last row and
+/// column.
 #[test]
 fn winograd_program_lowers_and_runs_in_both_schedules() {
     let (forward, step) = program_graphs("winograd", "2x3x67x61");
@@ -381,6 +382,24 @@ fn winograd_program_lowers_and_runs_in_both_schedules() {
         .filter(|l| matches!(l, HostLaunch::Gemm(g) if g.batch[0] == 36))
         .count();
     assert_eq!(f4, 4, "every convolution runs F(4x4, 3x3)");
+    // The weight gradients (the GEMMs that sum the batch into one C) by F(4x4, 3x3)'s
+    // adjoint.
+    let train = plan_training(&step).unwrap();
+    let lowered = lower_programs("winograd", Mode::Train, Precision::F32, &train, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let host = lowered.bundle.main.host.as_ref().unwrap();
+    let adjoint: Vec<u64> = host
+        .launches
+        .iter()
+        .filter_map(|l| match l {
+            HostLaunch::Gemm(g) if g.c.batch[1] == 0 => Some(g.batch[0]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        adjoint, [36; 4],
+        "every weight gradient runs F(4x4, 3x3)'s adjoint"
+    );
     check_graphs("winograd", &forward, &step);
 }
 

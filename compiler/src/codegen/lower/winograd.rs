@@ -4,7 +4,7 @@
 //! Forward convolutions and data gradients run F(4x4, 3x3) (36 multiplies per 4x4 output
 //! tile and input channel instead of 144: 4x fewer) where a plane has at least
 //! [`MIN_F4_TILES`] tiles, else F(2x2, 3x3) (16 per 2x2 tile instead of 36: 2.25x fewer);
-//! weight gradients run F(2x2, 3x3)'s adjoint.
+//! weight gradients run the same algorithm's adjoint.
 //!
 //! With `d` an `(m + 2) x (m + 2)` input tile (rows `m*ty - top ..`, columns
 //! `m*tx - left ..`, 0 outside the input) and `g` a 3x3 filter: `V = B^T d B`,
@@ -24,8 +24,8 @@
 //!
 //! The weight gradient is the adjoint of the same algorithm. `Y = A^T (U . V) A` is linear
 //! in `U`, and `U` in `g`, so per tile `dL/dU = (A dY A^T) . V` and `dL/dg = G^T (dL/dU) G`.
-//! Summed over tiles and batch: `D = A dY A^T` per 2x2 tile of `dy` (0 outside it), `V` as
-//! above, 16 GEMMs `M[xi][co][ci] = sum_{b,t} D[xi][b][co][t] * V[xi][b][ci][t]` (the
+//! Summed over tiles and batch: `D = A dY A^T` per m x m tile of `dy` (0 outside it), `V`
+//! as above, `(m + 2)^2` GEMMs `M[xi][co][ci] = sum_{b,t} D[xi][b][co][t] * V[xi][b][ci][t]` (the
 //! batch summed into one `C`), and `dw = G^T M G` per filter. Exact in exact arithmetic for
 //! any size: the forward algorithm equals the direct convolution for every `g`.
 //!
@@ -33,7 +33,8 @@
 //! differs from the direct convolution by a few units in the last place of the tile's
 //! partial sums; F(4x4, 3x3)'s coefficients (up to 8, and 1/6, 1/24) cost about ten times
 //! that, still far inside the 1e-4 relative tests/codegen.rs and tests/lowering.rs hold
-//! every program to against the reference interpreter.
+//! every program to against the reference interpreter (F(4x4, 3x3)'s weight gradients of
+//! `tests/programs/winograd.rfn`, summed over 2 x 272 tiles: 3.5e-6).
 
 use super::host_conv::{matrix, HostConv, LoweredGemm};
 use super::{Arg, HostStep, Launch, LowerError};
@@ -273,8 +274,8 @@ impl HostConv<'_> {
         self.winograd_steps(&geometry, w, bias)
     }
 
-    /// The weight gradient by the adjoint of F(2x2, 3x3) (its transforms are exact in
-    /// binary, and the sums over tiles long).
+    /// The weight gradient by the adjoint of F(4x4, 3x3) or F(2x2, 3x3) (as the forward
+    /// convolution of the same size chooses).
     fn winograd_grad_weight(&mut self, x: NodeId, dy: NodeId) -> Result<(), LowerError> {
         let [nb, ci, h, wd] = self.p.x;
         let [_, co, ho, wo] = self.p.y;
@@ -291,10 +292,11 @@ impl HostConv<'_> {
             left: self.p.pad[1] as i64,
             rotated: false,
         };
-        let (alg, tiles) = (&F2, geometry.tiles(2));
+        let alg = algorithm(ho, wo);
+        let tiles = geometry.tiles(alg.m);
         let products = alg.products();
         let v = self.winograd_input(&geometry, alg)?;
-        // D[xi][b][co][t] = A dY A^T of each 2x2 tile of dy.
+        // D[xi][b][co][t] = A dY A^T of each m x m tile of dy.
         let dy = self.stored(dy)?;
         let a = transpose(alg.at);
         let d = self.transform_tiles(
@@ -303,10 +305,10 @@ impl HostConv<'_> {
             nb * co,
             [ho, wo],
             [0, 0],
-            [ho.div_ceil(2), wo.div_ceil(2)],
+            [ho.div_ceil(alg.m), wo.div_ceil(alg.m)],
             Tiling {
-                size: 2,
-                stride: 2,
+                size: alg.m as usize,
+                stride: alg.m,
                 side: alg.t() as usize,
             },
             |tile| sandwich(&a, tile),
