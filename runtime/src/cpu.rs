@@ -7,8 +7,9 @@
 //!
 //! Parallelism: one persistent rayon pool of `threads` workers per executor. A kernel
 //! launch's grid is split into `threads` contiguous block ranges run as tasks of the pool
-//! (blocks are independent, so any split gives the same result); a GEMM splits its own
-//! work over the same pool.
+//! (blocks are independent, so any split gives the same result); a batch of GEMMs with
+//! apart results and at least `threads` of them (Winograd's) is split by GEMM, one whole
+//! product per task; any other GEMM splits its own work over the same pool.
 
 use std::time::Instant;
 
@@ -156,49 +157,68 @@ impl CpuExecutor {
         Ok(unsafe { buffer.as_mut_ptr().add(start) }.cast::<f32>())
     }
 
-    /// Runs one GEMM of the CPU's schedule on the pool.
+    /// Runs one GEMM of the CPU's schedule on the pool. A batch of at least as many
+    /// products as workers, each with its own C (the Winograd GEMMs), is split over the
+    /// workers by product, each multiplied whole on one worker (no synchronisation
+    /// inside a product); otherwise each product splits its own work over the pool.
     fn gemm(&self, g: &Gemm) -> Result<(), RuntimeError> {
         // The bundle was validated: every element each batch touches lies in its slot.
         // Addresses (not pointers) cross into the pool.
         let [a, b, c] = [&g.a, &g.b, &g.c].map(|m| self.matrix_base(m).map(|p| p as usize));
         let (a, b, c) = (a?, b?, c?);
-        let parallelism = match self.threads {
-            1 => gemm::Parallelism::None,
-            n => gemm::Parallelism::Rayon(n),
-        };
         let at = |base: usize, m: &Matrix, p: u64, q: u64| {
             (base as *mut f32).wrapping_add((p * m.batch[0] + q * m.batch[1]) as usize)
         };
+        // Product (p, q); at a level whose C stride is 0 the products sum into one C.
+        let product = |p: u64, q: u64, parallelism: gemm::Parallelism| {
+            let sum = (g.c.batch[0] == 0 && p > 0) || (g.c.batch[1] == 0 && q > 0);
+            // SAFETY: in bounds (validated), A and B are only read, and C's elements are
+            // written by this product alone: products run one after the other unless
+            // their Cs are apart (p's C stride is not 0), and no other launch runs
+            // meanwhile.
+            unsafe {
+                gemm::gemm(
+                    g.m as usize,
+                    g.n as usize,
+                    g.k as usize,
+                    at(c, &g.c, p, q),
+                    g.c.cols as isize,
+                    g.c.rows as isize,
+                    sum,
+                    at(a, &g.a, p, q),
+                    g.a.cols as isize,
+                    g.a.rows as isize,
+                    at(b, &g.b, p, q),
+                    g.b.cols as isize,
+                    g.b.rows as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        };
+        let threads = self.threads;
+        let by_product = threads > 1 && g.c.batch[0] != 0 && g.batch[0] >= threads as u64;
         self.pool.install(|| {
+            if by_product {
+                use rayon::prelude::*;
+                (0..g.batch[0]).into_par_iter().for_each(|p| {
+                    for q in 0..g.batch[1] {
+                        product(p, q, gemm::Parallelism::None);
+                    }
+                });
+                return;
+            }
+            let parallelism = match threads {
+                1 => gemm::Parallelism::None,
+                n => gemm::Parallelism::Rayon(n),
+            };
             for p in 0..g.batch[0] {
                 for q in 0..g.batch[1] {
-                    // Batches at a level whose C stride is 0 sum into one C.
-                    let sum = (g.c.batch[0] == 0 && p > 0) || (g.c.batch[1] == 0 && q > 0);
-                    // SAFETY: in bounds (validated), A and B are only read, C's elements are
-                    // written by this call alone, and no other launch runs meanwhile.
-                    unsafe {
-                        gemm::gemm(
-                            g.m as usize,
-                            g.n as usize,
-                            g.k as usize,
-                            at(c, &g.c, p, q),
-                            g.c.cols as isize,
-                            g.c.rows as isize,
-                            sum,
-                            at(a, &g.a, p, q),
-                            g.a.cols as isize,
-                            g.a.rows as isize,
-                            at(b, &g.b, p, q),
-                            g.b.cols as isize,
-                            g.b.rows as isize,
-                            1.0f32,
-                            1.0f32,
-                            false,
-                            false,
-                            false,
-                            parallelism,
-                        );
-                    }
+                    product(p, q, parallelism);
                 }
             }
         });
