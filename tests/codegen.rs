@@ -261,11 +261,12 @@ fn packed_weights_follow_new_weights() {
     }
 }
 
-/// The Winograd transforms' loops over at least 16 tiles inside the plane carry the hint
-/// that makes LLVM vectorise them (`llvm.loop.vectorize.enable` once lowered); the edge
-/// tiles' loops do not.
+/// The Winograd transforms' loops over at least 16 tiles inside the plane, and the max
+/// pool row passes' loops over at least 16 columns whose windows lie inside the row, carry
+/// the hint that makes LLVM vectorise them (`llvm.loop.vectorize.enable` once lowered);
+/// the edges' loops do not.
 #[test]
-fn winograd_transforms_ask_for_vectorised_loops() {
+fn host_transforms_and_pool_rows_ask_for_vectorised_loops() {
     let path = Path::new("tests/programs/conv_geometry.rfn");
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("host.mlir");
@@ -280,6 +281,7 @@ fn winograd_transforms_ask_for_vectorised_loops() {
         "host_winograd_input",
         "host_winograd_output",
         "host_winograd_grad_output",
+        "host_pool_rows",
     ] {
         let kernels: Vec<&str> = text
             .split("// kernel ")

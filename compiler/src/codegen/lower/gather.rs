@@ -59,6 +59,9 @@ impl Stored {
     }
 }
 
+/// The fewest output columns of a row pass whose loop asks LLVM to vectorise it.
+const MIN_VECTORISED_COLUMNS: u64 = 16;
+
 /// Planes per block of a launch with one thread per plane: small, so that a launch of a
 /// few hundred planes still splits over every core.
 const PLANES_PER_BLOCK: u32 = 4;
@@ -144,15 +147,8 @@ pub(super) fn lower_with_stored(
             let mut l = Launch::new(graph, kernel, &format!("host_pool_rows+{name}"), BLOCK);
             stored.attach(&mut l);
             let out = l.arg_buf(rows);
-            let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
-            l.b.begin_if(flat.clone().lt(len));
-            let (max, arg) = l.pool_row(n, &flat, w)?;
-            l.b.store(out, flat.clone(), max);
-            if grad {
-                l.b.store(out, flat + len as i64, arg);
-            }
-            l.b.end_if();
-            steps.push(HostStep::Kernel(l.finish(len.div_ceil(BLOCK as u64))?));
+            let threads = l.pool_rows_into(n, out, w)?;
+            steps.push(HostStep::Kernel(l.finish(threads.div_ceil(BLOCK as u64))?));
             if !grad {
                 stored.rows.push((n, rows));
                 continue;
@@ -424,52 +420,83 @@ impl Launch<'_> {
         Ok(Expr::load(winner, 0))
     }
 
-    /// The row pass of max pool (or max pool gradient) `n` at element `flat` of its rows
-    /// `[planes, H, Wo]`: the maximum over the window's columns inside the input (as
-    /// [`Self::max_pool`] compares, or for a gradient as [`Self::window_argmax`] does:
-    /// the first inside column, then any larger), and that column's element index in its
+    /// The row pass of max pool (or max pool gradient) `n` into `out` (`[planes, H, Wo]`,
+    /// then for a gradient as many winning columns): per input row and output column, the
+    /// maximum over the window's columns inside the input (as [`Self::max_pool`]
+    /// compares, or for a gradient as [`Self::window_argmax`] does: the first inside
+    /// column, then any larger), and for a gradient that column's element index in its
     /// plane (as f32; -1 when no column is inside). Both passes together find what one
-    /// pass over the window finds for inputs without NaN.
-    pub(super) fn pool_row(
+    /// pass over the window finds for inputs without NaN. One thread per input row, with
+    /// the window's taps unrolled; the output columns whose windows lie inside the row
+    /// loop without bounds tests, vectorised when there are at least
+    /// [`MIN_VECTORISED_COLUMNS`]. The number of threads.
+    pub(super) fn pool_rows_into(
         &mut self,
         n: NodeId,
-        flat: &Expr,
+        out: Buf,
         w: Window,
-    ) -> Result<(Expr, Expr), LowerError> {
+    ) -> Result<u64, LowerError> {
         let (xd, yd) = pool_io(self.graph, n)?;
-        let x = match self.graph.node(n).op {
-            Op::MaxPool2dGrad { .. } => self.operand(n, 1),
-            _ => self.operand(n, 0),
+        let grad = matches!(self.graph.node(n).op, Op::MaxPool2dGrad { .. });
+        let x = self.operand(n, if grad { 1 } else { 0 });
+        let rows = xd[0] * xd[1] * xd[2];
+        let (width, wo) = (xd[3], yd[3]);
+        let (k, stride, pad) = (w.kernel[1], w.stride[1], w.pad[1]);
+        let row = self.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
+        self.b.begin_if(row.clone().lt(rows));
+        let start = self.b.let_(row.clone() * width as i64);
+        // The plane's element index of the row's first column.
+        let column0 = self.b.let_(row.clone() % xd[2] as i64 * width as i64);
+        // Output columns [lo, hi) read columns ox * stride - pad .. + k, all in the row.
+        let lo = pad.div_ceil(stride).min(wo);
+        let hi = match (width + pad).checked_sub(k) {
+            Some(end) => (end / stride + 1).clamp(lo, wo),
+            None => lo,
         };
-        let ox = self.b.let_(flat.clone() % yd[3] as i64);
-        let row = self.b.let_(flat.clone() / yd[3] as i64);
-        let iy = self.b.let_(row.clone() % xd[2] as i64);
-        let best = self.b.private(Ty::F32, 1);
-        let arg = self.b.private(Ty::F32, 1);
-        self.b.store(best, 0, f32::NEG_INFINITY);
-        self.b.store(arg, 0, -1.0f32);
-        let kx = self.b.begin_for(0, w.kernel[1], 1);
-        let ix = self.b.let_(ox * w.stride[1] + kx - w.pad[1]);
-        let ok = self.b.let_(inside(&ix, xd[3]));
-        let index = self
-            .b
-            .let_(Expr::select(ok.clone(), row * xd[3] as i64 + ix.clone(), 0));
-        let v = self.value_at(x, &index)?;
-        let (current, found) = (
-            self.b.let_(Expr::load(best, 0)),
-            self.b.let_(Expr::load(arg, 0)),
-        );
-        let wins = match self.graph.node(n).op {
-            Op::MaxPool2dGrad { .. } => found.lt(0.0f32).or(v.clone().gt(current)),
-            _ => v.clone().gt(current),
-        };
-        self.b.begin_if(ok.and(wins));
-        self.b.store(best, 0, v);
-        let column = (iy * xd[3] as i64 + ix).cast(Ty::F32);
-        self.b.store(arg, 0, column);
+        for (from, to, clear) in [(0, lo, false), (lo, hi, true), (hi, wo, false)] {
+            if from >= to {
+                continue;
+            }
+            let ox = match clear && to - from >= MIN_VECTORISED_COLUMNS {
+                true => self.b.begin_vectorized_for(from as i64, to as i64),
+                false => self.b.begin_for(from as i64, to as i64, 1),
+            };
+            let first = self.b.let_(ox.clone() * stride as i64 - pad as i64);
+            let (mut best, mut arg) = (Expr::F32(f32::NEG_INFINITY), Expr::F32(-1.0));
+            for kx in 0..k as i64 {
+                let ix = self.b.let_(first.clone() + kx);
+                // Outside the fully inside columns: whether the tap is in the row (a tap
+                // outside reads the row's first element and never wins).
+                let ok = (!clear).then(|| self.b.let_(inside(&ix, width)));
+                let index = match &ok {
+                    None => start.clone() + ix.clone(),
+                    Some(ok) => Expr::select(ok.clone(), start.clone() + ix.clone(), start.clone()),
+                };
+                let index = self.b.let_(index);
+                let v = self.value_at(x, &index)?;
+                let wins = match grad {
+                    true => arg.clone().lt(0.0f32).or(v.clone().gt(best.clone())),
+                    false => v.clone().gt(best.clone()),
+                };
+                let wins = self.b.let_(match ok {
+                    None => wins,
+                    Some(ok) => ok.and(wins),
+                });
+                best = self.b.let_(Expr::select(wins.clone(), v, best));
+                if grad {
+                    let column = (column0.clone() + ix).cast(Ty::F32);
+                    arg = self.b.let_(Expr::select(wins, column, arg));
+                }
+            }
+            let at = self.b.let_(row.clone() * wo as i64 + ox);
+            self.b.store(out, at.clone(), best);
+            if grad {
+                self.b.store(out, at + (rows * wo) as i64, arg);
+            }
+            self.b.end_for();
+        }
         self.b.end_if();
-        self.b.end_for();
-        Ok((Expr::load(best, 0), Expr::load(arg, 0)))
+        Ok(rows)
     }
 
     /// The average over the window of output element `flat`: the sum of its cells inside

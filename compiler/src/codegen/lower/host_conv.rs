@@ -187,14 +187,12 @@ impl<'g> HostConv<'g> {
             if !matches!(self.graph.node(n).op, Op::MaxPool2d { .. }) {
                 continue;
             }
-            let len = pool_rows(self.graph, n)?;
-            let rows = self.alloc(len);
-            self.elementwise("host_pool_rows", len, |l, flat| {
-                let (max, _) = l.pool_row(n, flat, w)?;
-                let out = Self::scratch_buf(l, rows);
-                l.b.store(out, flat.clone(), max);
-                Ok(())
-            })?;
+            let rows = self.alloc(pool_rows(self.graph, n)?);
+            let mut l = self.launch("host_pool_rows");
+            let out = Self::scratch_buf(&mut l, rows);
+            let threads = l.pool_rows_into(n, out, w)?;
+            let launch = l.finish(threads.div_ceil(BLOCK as u64))?;
+            self.steps.push(HostStep::Kernel(launch));
             self.pools.rows.push((n, rows));
         }
         Ok(())
