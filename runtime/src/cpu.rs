@@ -174,8 +174,7 @@ impl CpuExecutor {
             let sum = (g.c.batch[0] == 0 && p > 0) || (g.c.batch[1] == 0 && q > 0);
             // SAFETY: in bounds (validated), A and B are only read, and C's elements are
             // written by this product alone: products run one after the other unless
-            // their Cs are apart (p's C stride is not 0), and no other launch runs
-            // meanwhile.
+            // their Cs do not overlap (`by_product`), and no other launch runs meanwhile.
             unsafe {
                 gemm::gemm(
                     g.m as usize,
@@ -201,7 +200,7 @@ impl CpuExecutor {
             }
         };
         let threads = self.threads;
-        let by_product = threads > 1 && g.c.batch[0] != 0 && g.batch[0] >= threads as u64;
+        let by_product = split_by_product(g, threads);
         self.pool.install(|| {
             if by_product {
                 use rayon::prelude::*;
@@ -357,5 +356,60 @@ impl Executor for CpuExecutor {
             None => Vec::new(),
         };
         self.run_steps(&steps, per_launch)
+    }
+}
+
+/// Whether `threads` workers run GEMM `g`'s batch one whole product (one `p`, all its
+/// `q`) per task: at least as many `p` as workers, and their Cs apart. The elements one
+/// `p`'s products write lie within `span` of its C's start, so Cs `span` or more apart
+/// never overlap, whatever the bundle says.
+fn split_by_product(g: &Gemm, threads: usize) -> bool {
+    let last = |count: u64, stride: u64| count.saturating_sub(1).saturating_mul(stride);
+    let span = [(g.m, g.c.rows), (g.n, g.c.cols), (g.batch[1], g.c.batch[1])]
+        .into_iter()
+        .fold(1u64, |sum, (count, stride)| {
+            sum.saturating_add(last(count, stride))
+        });
+    threads > 1 && g.c.batch[0] >= span && g.batch[0] >= threads as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rfnc_bundle::Slot;
+
+    fn matrix(rows: u64, cols: u64, batch: [u64; 2]) -> Matrix {
+        Matrix {
+            slot: Slot {
+                region: Region::Scratch,
+                offset: 0,
+                bytes: 1 << 30,
+            },
+            rows,
+            cols,
+            batch,
+        }
+    }
+
+    /// Winograd's products (16 of `[Co, tiles]` per image, blocks apart) split by
+    /// product; Cs that overlap, a summed C, or fewer products than workers do not.
+    #[test]
+    fn only_products_with_apart_results_split_by_product() {
+        let (co, ci, tiles, nb) = (8, 4, 10, 2);
+        let forward = |c_apart: u64| Gemm {
+            m: co,
+            n: tiles,
+            k: ci,
+            batch: [16, nb],
+            a: matrix(ci, 1, [co * ci, 0]),
+            b: matrix(tiles, 1, [nb * ci * tiles, ci * tiles]),
+            c: matrix(tiles, 1, [c_apart, co * tiles]),
+        };
+        assert!(split_by_product(&forward(nb * co * tiles), 2));
+        assert!(split_by_product(&forward(nb * co * tiles + 16), 16));
+        assert!(!split_by_product(&forward(nb * co * tiles), 1));
+        assert!(!split_by_product(&forward(nb * co * tiles), 17));
+        assert!(!split_by_product(&forward(nb * co * tiles - 1), 2));
+        assert!(!split_by_product(&forward(0), 2));
     }
 }
