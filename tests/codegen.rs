@@ -264,7 +264,8 @@ fn packed_weights_follow_new_weights() {
 /// The Winograd transforms' loops over at least 16 tiles inside the plane, and the max
 /// pool row passes' loops over at least 16 columns whose windows lie inside the row, carry
 /// the hint that makes LLVM vectorise them (`llvm.loop.vectorize.enable` once lowered);
-/// the edges' loops do not.
+/// the edges' loops do not. The max pool gradients' winner searches (no edges) are hinted
+/// whole.
 #[test]
 fn host_transforms_and_pool_rows_ask_for_vectorised_loops() {
     let path = Path::new("tests/programs/conv_geometry.rfn");
@@ -298,6 +299,16 @@ fn host_transforms_and_pool_rows_ask_for_vectorised_loops() {
             hinted += hints;
         }
         assert!(hinted > 0, "no {step} loop hinted");
+    }
+    // The max pool gradients' winner searches have no edges: their one loop over output
+    // columns is hinted (the others are the host's loops over blocks and threads).
+    let winners: Vec<&str> = text
+        .split("// kernel ")
+        .filter(|k| k.starts_with("host_pool_winners"))
+        .collect();
+    assert!(!winners.is_empty(), "no host_pool_winners kernel");
+    for kernel in winners {
+        assert_eq!(kernel.matches(hint).count(), 1, "host_pool_winners: hints");
     }
 }
 

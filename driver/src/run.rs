@@ -276,13 +276,14 @@ pub fn summary(name: &str, t: &HostTensor) -> String {
 }
 
 /// The steps of the CPU's schedule (`host_<step>_<kernel>`), as the profile groups them.
-const HOST_STEPS: [(&str, &str); 10] = [
+const HOST_STEPS: [(&str, &str); 11] = [
     ("host_winograd_filter_", "Winograd filter transforms"),
     ("host_winograd_", "Winograd data transforms"),
     ("host_im2col_", "im2col"),
     ("host_epilogue_", "conv epilogues"),
     ("host_operand_", "fused operands stored"),
     ("host_pool_rows_", "pool row maxima"),
+    ("host_pool_winners_", "pool winners"),
     ("host_pool_scatter_", "pool gradients scattered"),
     ("host_resize_cols_", "resize gradient columns"),
     ("host_softmax_stats_", "softmax statistics"),

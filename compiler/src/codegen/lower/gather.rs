@@ -104,8 +104,9 @@ pub(super) fn pool_window(graph: &Graph, n: NodeId) -> Option<Window> {
 /// store, per such op, what every element of it would otherwise search again, then the
 /// kernel reads them:
 /// - a max pool's (or its gradient's) row maxima ([`pool_rows`]);
-/// - a max pool gradient, whole: `dy` added at each window's winner, one thread per plane
-///   (one winner search per window instead of `k*k` per input element);
+/// - a max pool gradient's window winners ([`Launch::pool_winners_into`]), then the
+///   gradient whole: `dy` added at each window's winner, one thread per plane (one
+///   winner search per window instead of `k*k` per input element);
 /// - a resize gradient's column pass ([`Launch::resize_grad_cols`]): the kernel's row
 ///   pass then sums `r` instead of `r*r` taps (`r` about 3x the scale factor);
 /// - a pixel's softmax maximum and sum: `2*classes` times fewer reads of the logits,
@@ -161,6 +162,12 @@ pub(super) fn lower_with_stored(
                 stride,
                 pad,
             } => {
+                let winners = take(elements(graph.operands(n)[0]));
+                let mut l = Launch::new(graph, kernel, &format!("host_pool_winners+{name}"), BLOCK);
+                let rows = l.arg_buf(stored.grad_rows[&n]);
+                let out = l.arg_buf(winners);
+                let lines = l.pool_winners_into(n, rows, out, Window::new(k, stride, pad))?;
+                steps.push(HostStep::Kernel(l.finish(lines.div_ceil(BLOCK as u64))?));
                 let grad = take(elements(n));
                 let mut l = Launch::new(
                     graph,
@@ -169,10 +176,9 @@ pub(super) fn lower_with_stored(
                     PLANES_PER_BLOCK,
                 );
                 stored.attach(&mut l);
-                let rows = l.arg_buf(stored.grad_rows[&n]);
-                l.pool_rows.insert(n, rows);
+                let winners = l.arg_buf(winners);
                 let out = l.arg_buf(grad);
-                let planes = scatter_pool_grad(&mut l, n, out, Window::new(k, stride, pad))?;
+                let planes = scatter_pool_grad(&mut l, n, winners, out)?;
                 let grid = planes.div_ceil(PLANES_PER_BLOCK as u64);
                 steps.push(HostStep::Kernel(l.finish(grid)?));
                 stored.pool_grads.push((n, grad));
@@ -223,11 +229,11 @@ pub(super) fn lower_with_stored(
 }
 
 /// Max pool gradient `n`, whole, into `out` (its shape): one thread per plane zeroes the
-/// plane, then adds each window's `dy` at the window's winner (the first maximum in
-/// raster order, from the stored row maxima). Each window is searched once, where the
-/// GPU's gather searches every window containing an element for each element. The
-/// number of planes (threads).
-fn scatter_pool_grad(l: &mut Launch, n: NodeId, out: Buf, w: Window) -> Result<u64, LowerError> {
+/// plane, then adds each window's `dy` at the window's stored winner
+/// ([`Launch::pool_winners_into`]). Each window is searched once, where the GPU's gather
+/// searches every window containing an element for each element. The number of planes
+/// (threads).
+fn scatter_pool_grad(l: &mut Launch, n: NodeId, winners: Buf, out: Buf) -> Result<u64, LowerError> {
     let (xd, yd) = pool_io(l.graph, n)?;
     let dy = l.operand(n, 0);
     let planes = xd[0] * xd[1];
@@ -241,8 +247,7 @@ fn scatter_pool_grad(l: &mut Launch, n: NodeId, out: Buf, w: Window) -> Result<u
     l.b.end_for();
     let j = l.b.begin_for(0, plane_out, 1);
     let window = l.b.let_(plane * plane_out as i64 + j);
-    let winner = l.max_pool_winner(n, &window, w)?;
-    let winner = l.b.let_(winner);
+    let winner = l.b.let_(Expr::load(winners, window.clone()));
     l.b.begin_if(winner.clone().ge(0.0f32));
     let at = l.b.let_(base + winner.cast(Ty::Index));
     let g = l.value_at(dy, &window)?;
@@ -370,54 +375,62 @@ impl Launch<'_> {
         Ok(Expr::load(acc, 0))
     }
 
-    /// The winner of max pool gradient `n`'s window at output element `flat` (of `dy`), as
-    /// its index in its plane of `x` (exact in f32 for planes under 2^24 elements): what
-    /// the CPU's schedule stores before the gradient, so that the gradient reads one value
-    /// per window instead of searching the window again.
-    pub(super) fn max_pool_winner(
+    /// The winners of max pool gradient `n`'s windows into `out` (`dy`'s shape), each as
+    /// its index in its plane of `x` (as f32, exact for planes under 2^24 elements; -1 for
+    /// a window with no cell inside): the first of the window's rows whose stored maximum
+    /// (`rows`, the row pass's) is the largest, and that row's stored winning column: the
+    /// first maximum in raster order, as [`Self::window_argmax`] finds it. One thread per
+    /// output row, the window's rows unrolled into selects, the loop over output columns
+    /// vectorised when there are at least [`MIN_VECTORISED_COLUMNS`] (every load in it
+    /// is contiguous). The number of threads.
+    pub(super) fn pool_winners_into(
         &mut self,
         n: NodeId,
-        flat: &Expr,
+        rows: Buf,
+        out: Buf,
         w: Window,
-    ) -> Result<Expr, LowerError> {
-        let (dy, x) = (self.operand(n, 0), self.operand(n, 1));
-        let (xd, yd) = (dims4(self.dims(x))?, dims4(self.dims(dy))?);
-        let (plane, oy, ox) = self.plane_yx(flat, yd);
-        let best = self.b.private(Ty::F32, 1);
-        let Some(&rows) = self.pool_rows.get(&n) else {
-            let arg = self.b.private(Ty::Index, 1);
-            let winner = self.window_argmax(x, xd, &plane, (&oy, &ox), w, (best, arg))?;
-            return Ok((winner - plane * (xd[2] * xd[3]) as i64).cast(Ty::F32));
+    ) -> Result<u64, LowerError> {
+        let (xd, yd) = pool_io(self.graph, n)?;
+        let (h, ho, wo) = (xd[2], yd[2], yd[3]);
+        let lines = xd[0] * xd[1] * ho;
+        // The row pass's columns follow its maxima.
+        let columns = (xd[0] * xd[1] * h * wo) as i64;
+        let line = self.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
+        self.b.begin_if(line.clone().lt(lines));
+        let plane = self.b.let_(line.clone() / ho as i64);
+        let oy = self.b.let_(line.clone() % ho as i64);
+        // Per window row: whether it is inside the plane, and where its row maxima start
+        // (a row outside reads the plane's first and never wins).
+        let taps: Vec<(Expr, Expr)> = (0..w.kernel[0] as i64)
+            .map(|ky| {
+                let iy = self
+                    .b
+                    .let_(oy.clone() * w.stride[0] as i64 + ky - w.pad[0] as i64);
+                let ok = self.b.let_(inside(&iy, h));
+                let iy = Expr::select(ok.clone(), iy, 0);
+                let start = self.b.let_((plane.clone() * h as i64 + iy) * wo as i64);
+                (ok, start)
+            })
+            .collect();
+        let ox = match wo >= MIN_VECTORISED_COLUMNS {
+            true => self.b.begin_vectorized_for(0, wo as i64),
+            false => self.b.begin_for(0, wo as i64, 1),
         };
-        // The first of the window's rows whose stored maximum is the largest (the first
-        // maximum in raster order, as `window_argmax` finds it), and its stored winner.
-        let len = (xd[0] * xd[1] * xd[2] * yd[3]) as i64;
-        let winner = self.b.private(Ty::F32, 1);
-        self.b.store(best, 0, f32::NEG_INFINITY);
-        self.b.store(winner, 0, -1.0f32);
-        let ky = self.b.begin_for(0, w.kernel[0], 1);
-        let iy = self.b.let_(oy * w.stride[0] + ky - w.pad[0]);
-        let ok = self.b.let_(inside(&iy, xd[2]));
-        let index = self.b.let_(Expr::select(
-            ok.clone(),
-            (plane * xd[2] + iy) * yd[3] + ox,
-            0,
-        ));
-        let v = self.b.let_(Expr::load(rows, index.clone()));
-        let column = self.b.let_(Expr::load(rows, index + len));
-        let (current, found) = (
-            self.b.let_(Expr::load(best, 0)),
-            self.b.let_(Expr::load(winner, 0)),
-        );
-        // No winner yet (-1), or a larger maximum.
-        let first = found.lt(0.0f32).or(v.clone().gt(current));
-        self.b
-            .begin_if(ok.and(column.clone().ge(0.0f32)).and(first));
-        self.b.store(best, 0, v);
-        self.b.store(winner, 0, column);
-        self.b.end_if();
+        let (mut best, mut winner) = (Expr::F32(f32::NEG_INFINITY), Expr::F32(-1.0));
+        for (ok, start) in taps {
+            let index = self.b.let_(start + ox.clone());
+            let v = self.b.let_(Expr::load(rows, index.clone()));
+            let column = self.b.let_(Expr::load(rows, index + columns));
+            // No winner yet (-1), or a larger maximum.
+            let first = winner.clone().lt(0.0f32).or(v.clone().gt(best.clone()));
+            let wins = self.b.let_(ok.and(column.clone().ge(0.0f32)).and(first));
+            best = self.b.let_(Expr::select(wins.clone(), v, best));
+            winner = self.b.let_(Expr::select(wins, column, winner));
+        }
+        self.b.store(out, line * wo as i64 + ox, winner);
         self.b.end_for();
-        Ok(Expr::load(winner, 0))
+        self.b.end_if();
+        Ok(lines)
     }
 
     /// The row pass of max pool (or max pool gradient) `n` into `out` (`[planes, H, Wo]`,
