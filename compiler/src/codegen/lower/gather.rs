@@ -4,63 +4,37 @@
 
 use rfnc_bundle::SLOT_ALIGN;
 
-use super::{dims4, elementwise, Arg, HostStep, Launch, LowerError, BLOCK};
+use super::{dims4, elementwise, inside_windows, spans, Arg, HostStep, Launch, LowerError, BLOCK};
 use crate::codegen::kir::{Buf, Expr, KernelBuilder, Ty};
 use crate::ir::{Graph, NodeId, Op, Reduction};
 use crate::passes::fusion::Kernel;
 
 /// Values a one-thread-per-element kernel would otherwise recompute for every element,
-/// stored to scratch by earlier launches in the CPU's schedule: a max pool gradient
-/// scattered from its windows' winners, a softmax cross-entropy gradient's per-pixel
-/// maximum and sum, a resize gradient's column pass, a max pool's row maxima.
+/// stored to scratch by earlier launches in the CPU's schedule, by the node they stand
+/// for: a max pool's row maxima (see [`pool_rows`]), a max pool gradient whole (see
+/// [`scatter_pool_grad`]), a resize gradient's column pass `[planes, Ho, Wi]` (see
+/// [`Launch::resize_grad_cols`]), a softmax cross-entropy gradient's per-pixel maximum
+/// logit, then sum of `exp(logit - max)`. A node is one op, so it has one stored value.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Stored {
-    /// (max pool gradient node, scratch): the gradient itself, `dy` added at each
-    /// window's winner (see [`scatter_pool_grad`]).
-    pub pool_grads: Vec<(NodeId, Arg)>,
-    /// (gradient node, offset, pixels): the maximum logit, then the sum of `exp(logit -
-    /// max)`, per pixel.
-    pub softmax: Vec<(NodeId, u64, u64)>,
-    /// (max pool node, scratch): its windows' row maxima (see [`pool_rows`]).
-    pub rows: Vec<(NodeId, Arg)>,
-    /// (resize gradient node, scratch): `dy` summed along rows into the input's columns,
-    /// `[planes, Ho, Wi]` (see [`Launch::resize_grad_cols`]).
-    pub resize_cols: Vec<(NodeId, Arg)>,
-    /// Max pool gradient node -> its windows' row maxima, then their columns.
+    values: Vec<(NodeId, Arg)>,
+    /// Max pool gradient node -> its windows' row maxima, then their columns (read by
+    /// its winner pass only).
     grad_rows: std::collections::HashMap<NodeId, Arg>,
 }
 
 impl Stored {
-    /// Lets `l` read everything earlier launches stored.
+    /// Lets `l` read everything earlier launches stored (a value becomes a parameter of
+    /// the launch only where the launch reads it).
     pub(super) fn attach(&self, l: &mut Launch) {
-        for &(n, arg) in &self.rows {
-            let buf = l.arg_buf(arg);
-            l.pool_rows.insert(n, buf);
-        }
-        for &(n, arg) in &self.pool_grads {
-            let buf = l.arg_buf(arg);
-            l.pool_grads.insert(n, buf);
-        }
-        for &(n, arg) in &self.resize_cols {
-            let buf = l.arg_buf(arg);
-            l.resize_cols.insert(n, buf);
-        }
-        for &(n, offset, pixels) in &self.softmax {
-            let buf = l.scratch(offset, 2 * pixels);
-            l.softmax.insert(n, (buf, pixels));
-        }
+        l.stored.extend(self.values.iter().copied());
     }
 
-    fn is_empty(&self) -> bool {
-        self.pool_grads.is_empty()
-            && self.softmax.is_empty()
-            && self.rows.is_empty()
-            && self.resize_cols.is_empty()
+    /// Records that node `n`'s stored value is at `arg`.
+    pub(super) fn push(&mut self, n: NodeId, arg: Arg) {
+        self.values.push((n, arg));
     }
 }
-
-/// The fewest output columns of a row pass whose loop asks LLVM to vectorise it.
-const MIN_VECTORISED_COLUMNS: u64 = 16;
 
 /// Planes per block of a launch with one thread per plane: small, so that a launch of a
 /// few hundred planes still splits over every core.
@@ -151,7 +125,7 @@ pub(super) fn lower_with_stored(
             let threads = l.pool_rows_into(n, out, w)?;
             steps.push(HostStep::Kernel(l.finish(threads.div_ceil(BLOCK as u64))?));
             if !grad {
-                stored.rows.push((n, rows));
+                stored.push(n, rows);
                 continue;
             }
             stored.grad_rows.insert(n, rows);
@@ -181,7 +155,7 @@ pub(super) fn lower_with_stored(
                 let planes = scatter_pool_grad(&mut l, n, winners, out)?;
                 let grid = planes.div_ceil(PLANES_PER_BLOCK as u64);
                 steps.push(HostStep::Kernel(l.finish(grid)?));
-                stored.pool_grads.push((n, grad));
+                stored.push(n, grad);
             }
             Op::ResizeBilinearGrad { align_corners, .. } => {
                 let len = resize_cols(graph, n)?;
@@ -195,7 +169,7 @@ pub(super) fn lower_with_stored(
                 l.b.store(out, flat, v);
                 l.b.end_if();
                 steps.push(HostStep::Kernel(l.finish(len.div_ceil(BLOCK as u64))?));
-                stored.resize_cols.push((n, cols));
+                stored.push(n, cols);
             }
             Op::SoftmaxCrossEntropyGrad { .. } => {
                 let pixels = elements(graph.operands(n)[1]);
@@ -211,15 +185,12 @@ pub(super) fn lower_with_stored(
                 l.b.store(out, flat + pixels as i64, sum);
                 l.b.end_if();
                 steps.push(HostStep::Kernel(l.finish(pixels.div_ceil(BLOCK as u64))?));
-                let Arg::Scratch { offset, .. } = stats else {
-                    unreachable!("taken from scratch")
-                };
-                stored.softmax.push((n, offset, pixels));
+                stored.push(n, stats);
             }
             _ => {}
         }
     }
-    if stored.is_empty() {
+    if stored.values.is_empty() {
         return Ok(None);
     }
     steps.push(HostStep::Kernel(elementwise::lower(
@@ -306,7 +277,7 @@ impl Launch<'_> {
         let (plane, oy, ox) = self.plane_yx(flat, yd);
         let best = self.b.private(Ty::F32, 1);
         self.b.store(best, 0, f32::NEG_INFINITY);
-        if let Some(&rows) = self.pool_rows.get(&n) {
+        if let Some(rows) = self.stored_buf(n) {
             // The maximum over the window's rows of their stored maxima.
             let ky = self.b.begin_for(0, w.kernel[0], 1);
             let iy = self.b.let_(oy * w.stride[0] + ky - w.pad[0]);
@@ -348,7 +319,7 @@ impl Launch<'_> {
         flat: &Expr,
         w: Window,
     ) -> Result<Expr, LowerError> {
-        if let Some(&grad) = self.pool_grads.get(&n) {
+        if let Some(grad) = self.stored_buf(n) {
             return Ok(Expr::load(grad, flat.clone()));
         }
         let (dy, x) = (self.operand(n, 0), self.operand(n, 1));
@@ -381,7 +352,7 @@ impl Launch<'_> {
     /// (`rows`, the row pass's) is the largest, and that row's stored winning column: the
     /// first maximum in raster order, as [`Self::window_argmax`] finds it. One thread per
     /// output row, the window's rows unrolled into selects, the loop over output columns
-    /// vectorised when there are at least [`MIN_VECTORISED_COLUMNS`] (every load in it
+    /// vectorised when there are at least `MIN_VECTORISED` (16) (every load in it
     /// is contiguous). The number of threads.
     pub(super) fn pool_winners_into(
         &mut self,
@@ -412,10 +383,7 @@ impl Launch<'_> {
                 (ok, start)
             })
             .collect();
-        let ox = match wo >= MIN_VECTORISED_COLUMNS {
-            true => self.b.begin_vectorized_for(0, wo as i64),
-            false => self.b.begin_for(0, wo as i64, 1),
-        };
+        let ox = self.begin_span(0, wo, true);
         let (mut best, mut winner) = (Expr::F32(f32::NEG_INFINITY), Expr::F32(-1.0));
         for (ok, start) in taps {
             let index = self.b.let_(start + ox.clone());
@@ -442,7 +410,7 @@ impl Launch<'_> {
     /// pass over the window finds for inputs without NaN. One thread per input row, with
     /// the window's taps unrolled; the output columns whose windows lie inside the row
     /// loop without bounds tests, vectorised when there are at least
-    /// [`MIN_VECTORISED_COLUMNS`]. The number of threads.
+    /// `MIN_VECTORISED` (16). The number of threads.
     pub(super) fn pool_rows_into(
         &mut self,
         n: NodeId,
@@ -461,19 +429,9 @@ impl Launch<'_> {
         // The plane's element index of the row's first column.
         let column0 = self.b.let_(row.clone() % xd[2] as i64 * width as i64);
         // Output columns [lo, hi) read columns ox * stride - pad .. + k, all in the row.
-        let lo = pad.div_ceil(stride).min(wo);
-        let hi = match (width + pad).checked_sub(k) {
-            Some(end) => (end / stride + 1).clamp(lo, wo),
-            None => lo,
-        };
-        for (from, to, clear) in [(0, lo, false), (lo, hi, true), (hi, wo, false)] {
-            if from >= to {
-                continue;
-            }
-            let ox = match clear && to - from >= MIN_VECTORISED_COLUMNS {
-                true => self.b.begin_vectorized_for(from as i64, to as i64),
-                false => self.b.begin_for(from as i64, to as i64, 1),
-            };
+        let (lo, hi) = inside_windows(wo, width, k, stride, pad as i64);
+        for (from, to, clear) in spans(lo, hi, wo) {
+            let ox = self.begin_span(from, to, clear);
             let first = self.b.let_(ox.clone() * stride as i64 - pad as i64);
             let (mut best, mut arg) = (Expr::F32(f32::NEG_INFINITY), Expr::F32(-1.0));
             for kx in 0..k as i64 {
@@ -684,7 +642,7 @@ impl Launch<'_> {
         let oy = self.b.begin_for(lo_y, hi_y, 1);
         let wy = tap_weight(&mut self.b, &oy, &iy, xd[2], yd[2], align);
         let row = self.b.let_(plane.clone() * yd[2] + oy);
-        if let Some(&cols) = self.resize_cols.get(&n) {
+        if let Some(cols) = self.stored_buf(n) {
             let g = Expr::load(cols, row * xd[3] as i64 + ix);
             self.accumulate(acc, g * wy);
         } else {
@@ -744,8 +702,9 @@ impl Launch<'_> {
         let pixel = self.b.let_(batch.clone() * plane + p.clone());
         let label = self.value_at(labels, &pixel)?;
         let label = self.b.let_(label.cast(Ty::Index));
-        let (max, sum) = match self.softmax.get(&n) {
-            Some(&(stats, pixels)) => (
+        let pixels = d[0] * plane;
+        let (max, sum) = match self.stored_buf(n) {
+            Some(stats) => (
                 self.b.let_(Expr::load(stats, pixel.clone())),
                 self.b
                     .let_(Expr::load(stats, pixel.clone() + pixels as i64)),

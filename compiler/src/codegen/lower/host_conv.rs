@@ -193,7 +193,7 @@ impl<'g> HostConv<'g> {
             let threads = l.pool_rows_into(n, out, w)?;
             let launch = l.finish(threads.div_ceil(BLOCK as u64))?;
             self.steps.push(HostStep::Kernel(launch));
-            self.pools.rows.push((n, rows));
+            self.pools.push(n, rows);
         }
         Ok(())
     }

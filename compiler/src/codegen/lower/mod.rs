@@ -185,18 +185,32 @@ struct Launch<'g> {
     count: Option<Buf>,
     /// The element index and nesting depth at which `memo` is valid.
     element: Option<(Expr, usize)>,
-    /// Max pool gradients an earlier launch scattered whole (the CPU's schedule), and
-    /// where.
-    pool_grads: HashMap<NodeId, Buf>,
-    /// Resize gradients whose column pass an earlier launch stored (the CPU's schedule),
-    /// and where: the gradient sums its rows.
-    resize_cols: HashMap<NodeId, Buf>,
-    /// Max pools whose windows' row maxima an earlier launch stored (the CPU's schedule),
-    /// and where: the pool takes the maximum over its window's rows of them.
-    pool_rows: HashMap<NodeId, Buf>,
-    /// Softmax cross-entropy gradients whose per-pixel maximum and sum an earlier launch
-    /// stored: where, and the number of pixels (the sums follow the maxima).
-    softmax: HashMap<NodeId, (Buf, u64)>,
+    /// Values earlier launches stored for nodes of the kernel (the CPU's schedule; see
+    /// `gather::Stored`), read instead of computing them.
+    stored: HashMap<NodeId, Arg>,
+}
+
+/// The fewest iterations a loop must have to ask LLVM to vectorise it: two vectors of 8
+/// (a shorter loop stays scalar; LLVM would refuse to vectorise it by 8 and say so).
+const MIN_VECTORISED: u64 = 16;
+
+/// Of `count` windows of `size` cells, window `i` starting at `i * stride - pad`, those
+/// `lo..hi` that lie wholly inside `0..extent` (empty at `lo` when none does).
+fn inside_windows(count: u64, extent: u64, size: u64, stride: u64, pad: i64) -> (u64, u64) {
+    let lo = (pad.max(0) as u64).div_ceil(stride).min(count);
+    let hi = match extent as i64 + pad - size as i64 {
+        end if end >= 0 => (end as u64 / stride + 1).clamp(lo, count),
+        _ => lo,
+    };
+    (lo, hi)
+}
+
+/// `0..count` cut at the windows `lo..hi` wholly inside: `(from, to, inside)` for each
+/// part that is not empty.
+fn spans(lo: u64, hi: u64, count: u64) -> impl Iterator<Item = (u64, u64, bool)> {
+    [(0, lo, false), (lo, hi, true), (hi, count, false)]
+        .into_iter()
+        .filter(|(from, to, _)| from < to)
 }
 
 fn dims4(dims: &[u64]) -> Result<[u64; 4], LowerError> {
@@ -244,10 +258,7 @@ impl<'g> Launch<'g> {
             memo: HashMap::new(),
             count: None,
             element: None,
-            pool_grads: HashMap::new(),
-            resize_cols: HashMap::new(),
-            pool_rows: HashMap::new(),
-            softmax: HashMap::new(),
+            stored: HashMap::new(),
         }
     }
 
@@ -310,6 +321,22 @@ impl<'g> Launch<'g> {
             Arg::Scratch { bytes, .. } | Arg::Packed { bytes, .. } => self.f32_slot(arg, bytes / 4),
             Arg::Value(n) => self.buf(n),
         }
+    }
+
+    /// Opens a loop over `from..to` that asks LLVM to vectorise it when `vectorise` and it
+    /// has at least [`MIN_VECTORISED`] iterations.
+    fn begin_span(&mut self, from: u64, to: u64, vectorise: bool) -> Expr {
+        match vectorise && to - from >= MIN_VECTORISED {
+            true => self.b.begin_vectorized_for(from as i64, to as i64),
+            false => self.b.begin_for(from as i64, to as i64, 1),
+        }
+    }
+
+    /// The buffer of the value an earlier launch stored for node `n`, if one did (a
+    /// parameter of this launch from the first read on).
+    fn stored_buf(&mut self, n: NodeId) -> Option<Buf> {
+        let arg = *self.stored.get(&n)?;
+        Some(self.arg_buf(arg))
     }
 
     fn scratch(&mut self, offset: u64, len: u64) -> Buf {

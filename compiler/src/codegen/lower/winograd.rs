@@ -37,7 +37,7 @@
 //! `tests/programs/winograd.rfn`, summed over 2 x 272 tiles: 3.5e-6).
 
 use super::host_conv::{matrix, HostConv, LoweredGemm};
-use super::{Arg, HostStep, Launch, LowerError};
+use super::{inside_windows, spans, Arg, HostStep, Launch, LowerError};
 use crate::codegen::gemm::ConvKind;
 use crate::codegen::kir::Expr;
 use crate::ir::NodeId;
@@ -171,10 +171,6 @@ fn algorithm(ho: u64, wo: u64) -> &'static Algorithm {
 fn f(v: f32) -> Expr {
     Expr::F32(v)
 }
-
-/// The fewest tiles a loop must have to be vectorised: two vectors of 8 (a shorter loop
-/// stays scalar; LLVM would refuse to vectorise it by 8 and say so).
-const MIN_VECTORISED: u64 = 16;
 
 /// `sum_r row[r] * x[r]` over the nonzero coefficients.
 fn combine(row: &[f32], x: &[Expr]) -> Expr {
@@ -372,7 +368,7 @@ impl HostConv<'_> {
     /// over its tiles. Tiles whose columns all lie inside the plane load without a column
     /// test (rows outside it are clamped and zeroed by a test that holds for the whole
     /// row), so every address is affine in the tile and their loop (when it has at least
-    /// [`MIN_VECTORISED`] tiles) is vectorised: its strided loads are cheaper than LLVM's
+    /// `MIN_VECTORISED` (16) tiles) is vectorised: its strided loads are cheaper than LLVM's
     /// cost model thinks (forced, 1.9x faster than the scalar loop, measured).
     #[allow(clippy::too_many_arguments)]
     fn transform_tiles(
@@ -388,11 +384,7 @@ impl HostConv<'_> {
     ) -> Result<Arg, LowerError> {
         let tiles = th * tw;
         // Tiles [lo, hi) read columns stride * tx - left .. + size, all inside [0, w).
-        let lo = (left.max(0) as u64).div_ceil(stride).min(tw);
-        let hi = match w as i64 + left - size as i64 {
-            end if end >= 0 => (end as u64 / stride + 1).clamp(lo, tw),
-            _ => lo,
-        };
+        let (lo, hi) = inside_windows(tw, w, size as u64, stride, left);
         let out = self.alloc((side * side) as u64 * apart(planes * tiles));
         self.elementwise(step, planes * th, |l, row| {
             let at = |l: &mut Launch, e: Expr| l.b.let_(e);
@@ -415,14 +407,8 @@ impl HostConv<'_> {
                     (ok, start)
                 })
                 .collect();
-            for (from, to, inside) in [(0, lo, false), (lo, hi, true), (hi, tw, false)] {
-                if from >= to {
-                    continue;
-                }
-                let tx = match inside && to - from >= MIN_VECTORISED {
-                    true => l.b.begin_vectorized_for(from as i64, to as i64),
-                    false => l.b.begin_for(from as i64, to as i64, 1),
-                };
+            for (from, to, inside) in spans(lo, hi, tw) {
+                let tx = l.begin_span(from, to, inside);
                 let x0 = at(l, tx.clone() * stride as i64 - left);
                 let mut d = Vec::with_capacity(size);
                 for (row_ok, start) in &rows {
@@ -568,12 +554,7 @@ impl HostConv<'_> {
             let products = Self::scratch_buf(l, m);
             // Tiles [from, to), with tests of the rows and of the columns after the first.
             let tiles_of = |l: &mut Launch, from: u64, to: u64, test: [bool; 2]| {
-                let tx = match test {
-                    [false, false] if to - from >= MIN_VECTORISED => {
-                        l.b.begin_vectorized_for(from as i64, to as i64)
-                    }
-                    _ => l.b.begin_for(from as i64, to as i64, 1),
-                };
+                let tx = l.begin_span(from, to, test == [false, false]);
                 let mm = tile_of(alg.t(), |xi| {
                     let index = first.clone() + tx.clone() + (xi * apart(nb * co * tiles)) as i64;
                     at(l, Expr::load(products, index))
