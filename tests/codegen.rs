@@ -265,17 +265,23 @@ fn packed_weights_follow_new_weights() {
 /// pool row passes' loops over at least 16 columns whose windows lie inside the row, carry
 /// the hint that makes LLVM vectorise them (`llvm.loop.vectorize.enable` once lowered);
 /// the edges' loops do not. The max pool gradients' winner searches (no edges) are hinted
-/// whole.
+/// whole, and so are the loops over rows of the epilogues, stored operands and elementwise
+/// kernels.
 #[test]
 fn host_transforms_and_pool_rows_ask_for_vectorised_loops() {
     let path = Path::new("tests/programs/conv_geometry.rfn");
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("host.mlir");
     let file_arg = file.to_string_lossy().into_owned();
-    // Wide enough that some loops have the 16 tiles a vectorised loop needs.
-    let emit = ["--emit", "mlir-host", "--train", "-o", &file_arg];
-    compile_file(path, &[], "1x3x40x160", &emit);
-    let text = std::fs::read_to_string(&file).unwrap();
+    // Wide enough that some loops have the 16 tiles a vectorised loop needs; the training
+    // step and inference (whose convolutions store their pooled operands).
+    let mut text = String::new();
+    for mode in [&["--train"][..], &[]] {
+        let mut emit = vec!["--emit", "mlir-host", "-o", &file_arg];
+        emit.extend(mode);
+        compile_file(path, &[], "1x3x40x160", &emit);
+        text += &std::fs::read_to_string(&file).unwrap();
+    }
     let hint = "} {loop_annotation = #llvm.loop_annotation<vectorize = <disable = false, \
                 width = 8 : i32>>}";
     for step in [
@@ -310,6 +316,23 @@ fn host_transforms_and_pool_rows_ask_for_vectorised_loops() {
     for kernel in winners {
         assert_eq!(kernel.matches(hint).count(), 1, "host_pool_winners: hints");
     }
+    // The convolutions' epilogues and stored operands, and the CPU's own elementwise
+    // kernels, run one thread per row of at least 16 columns looping over it, hinted (a
+    // weight gradient's rows of 3 stay one thread per element, unhinted).
+    for step in ["host_epilogue", "host_operand"] {
+        let hints: Vec<usize> = text
+            .split("// kernel ")
+            .filter(|k| k.starts_with(step))
+            .map(|k| k.matches(hint).count())
+            .collect();
+        assert!(hints.iter().all(|&h| h <= 1), "{step}: hints {hints:?}");
+        assert!(hints.contains(&1), "{step}: no kernel loops over rows");
+    }
+    let rows = text
+        .split("// kernel ")
+        .filter(|k| !k.starts_with("host_") && !k.starts_with("conv2d") && k.contains(hint))
+        .count();
+    assert!(rows > 0, "no elementwise kernel loops over rows");
 }
 
 /// Compiles a program (inference and training step, the GPU's convolutions in `precision`),

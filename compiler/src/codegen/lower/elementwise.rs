@@ -8,31 +8,45 @@ use crate::ir::{Graph, NodeId, Op, Reduction};
 use crate::passes::fusion::Kernel;
 
 /// One thread per element of the kernel's domain (its anchor's shape, else its first
-/// output's); `counted` is a mean-reduced loss gradient whose count is in scratch;
-/// `stored` what earlier launches stored for it (the CPU's schedule).
+/// output's), or with `rows` (the CPU's schedule) one per row of it looping over the row
+/// ([`Launch::begin_rows`]); `counted` is a mean-reduced loss gradient whose count is in
+/// scratch; `stored` what earlier launches stored for it (the CPU's schedule).
 pub(super) fn lower(
     graph: &Graph,
     kernel: &Kernel,
     name: &str,
     counted: Option<NodeId>,
     stored: &Stored,
+    rows: bool,
 ) -> Result<LoweredLaunch, LowerError> {
-    let domain_node = kernel
-        .anchor
-        .or(kernel.outputs.first().copied())
-        .ok_or_else(|| LowerError("a kernel without outputs".into()))?;
-    let dims = graph.node(domain_node).ty.dims.clone();
+    let dims = domain(graph, kernel)?;
     let total: u64 = dims.iter().product();
     let mut l = Launch::new(graph, kernel, name, BLOCK);
     if counted.is_some() {
         l.count = Some(l.scratch(0, 1));
     }
     stored.attach(&mut l);
+    if rows {
+        let (flat, threads) = l.begin_rows(&dims);
+        l.emit_outputs(&flat, &dims, None)?;
+        l.end_rows();
+        return l.finish(threads.div_ceil(BLOCK as u64));
+    }
     let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
     l.b.begin_if(flat.clone().lt(total));
     l.emit_outputs(&flat, &dims, None)?;
     l.b.end_if();
     l.finish(total.div_ceil(BLOCK as u64))
+}
+
+/// The shape a one-thread-per-element kernel runs over: its anchor's, else its first
+/// output's.
+pub(super) fn domain(graph: &Graph, kernel: &Kernel) -> Result<Vec<u64>, LowerError> {
+    let node = kernel
+        .anchor
+        .or(kernel.outputs.first().copied())
+        .ok_or_else(|| LowerError("a kernel without outputs".into()))?;
+    Ok(graph.node(node).ty.dims.clone())
 }
 
 impl Launch<'_> {
@@ -204,8 +218,9 @@ impl Launch<'_> {
     /// The folded weight: the frozen scale of the weight's output channel applied.
     fn fold_bn_weight(&mut self, n: NodeId, flat: &Expr, eps: f64) -> Result<Expr, LowerError> {
         let dims = self.dims(n);
-        let per_out = dims[1..].iter().product::<u64>() as i64;
-        let c = self.b.let_(flat.clone() / per_out);
+        let per_out = dims[1..].iter().product::<u64>();
+        let c = self.quotient(flat, per_out);
+        let c = self.b.let_(c);
         let w = self.operand_at(n, 0, flat)?;
         let var = self.value_at(self.operand(n, 1), &c)?;
         let gamma = self.value_at(self.operand(n, 2), &c)?;

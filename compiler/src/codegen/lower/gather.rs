@@ -4,7 +4,10 @@
 
 use rfnc_bundle::SLOT_ALIGN;
 
-use super::{dims4, elementwise, inside_windows, spans, Arg, HostStep, Launch, LowerError, BLOCK};
+use super::{
+    dims4, elementwise, inside_windows, spans, Arg, HostStep, Launch, LowerError, BLOCK,
+    MIN_VECTORISED,
+};
 use crate::codegen::kir::{Buf, Expr, KernelBuilder, Ty};
 use crate::ir::{Graph, NodeId, Op, Reduction};
 use crate::passes::fusion::Kernel;
@@ -190,11 +193,18 @@ pub(super) fn lower_with_stored(
             _ => {}
         }
     }
-    if stored.values.is_empty() {
+    // Rows long enough to vectorise are the CPU's own loops; else the GPU's launch
+    // serves, unless something was stored.
+    let width = elementwise::domain(graph, kernel)?
+        .last()
+        .copied()
+        .unwrap_or(1);
+    let rows = width >= MIN_VECTORISED;
+    if stored.values.is_empty() && !rows {
         return Ok(None);
     }
     steps.push(HostStep::Kernel(elementwise::lower(
-        graph, kernel, name, counted, &stored,
+        graph, kernel, name, counted, &stored, rows,
     )?));
     Ok(Some(steps))
 }
@@ -257,9 +267,11 @@ impl Window {
 impl Launch<'_> {
     /// Splits an NCHW flat index into (plane = n * C + c, y, x).
     fn plane_yx(&mut self, flat: &Expr, dims: [u64; 4]) -> (Expr, Expr, Expr) {
-        let (h, w) = (dims[2] as i64, dims[3] as i64);
-        let x = self.b.let_(flat.clone() % w);
-        let rest = self.b.let_(flat.clone() / w);
+        let (h, w) = (dims[2] as i64, dims[3]);
+        let x = self.remainder(flat, w);
+        let x = self.b.let_(x);
+        let rest = self.quotient(flat, w);
+        let rest = self.b.let_(rest);
         let y = self.b.let_(rest.clone() % h);
         let plane = self.b.let_(rest / h);
         (plane, y, x)
@@ -275,22 +287,30 @@ impl Launch<'_> {
         let input = self.operand(n, 0);
         let (xd, yd) = (dims4(self.dims(input))?, dims4(self.dims(n))?);
         let (plane, oy, ox) = self.plane_yx(flat, yd);
+        if let Some(rows) = self.stored_buf(n) {
+            // The first maximum over the window's rows of their stored maxima, the rows
+            // unrolled into selects (as the row pass does its columns): no private
+            // accumulator, so a loop over a row's columns vectorises.
+            let mut best = Expr::F32(f32::NEG_INFINITY);
+            for ky in 0..w.kernel[0] as i64 {
+                let iy = self
+                    .b
+                    .let_(oy.clone() * w.stride[0] as i64 + ky - w.pad[0] as i64);
+                let ok = self.b.let_(inside(&iy, xd[2]));
+                let index = Expr::select(
+                    ok.clone(),
+                    (plane.clone() * xd[2] + iy) * yd[3] + ox.clone(),
+                    0,
+                );
+                let v = self.b.let_(Expr::load(rows, index));
+                best = self
+                    .b
+                    .let_(Expr::select(ok.and(v.clone().gt(best.clone())), v, best));
+            }
+            return Ok(best);
+        }
         let best = self.b.private(Ty::F32, 1);
         self.b.store(best, 0, f32::NEG_INFINITY);
-        if let Some(rows) = self.stored_buf(n) {
-            // The maximum over the window's rows of their stored maxima.
-            let ky = self.b.begin_for(0, w.kernel[0], 1);
-            let iy = self.b.let_(oy * w.stride[0] + ky - w.pad[0]);
-            let ok = self.b.let_(inside(&iy, xd[2]));
-            let index = Expr::select(ok.clone(), (plane * xd[2] + iy) * yd[3] + ox, 0);
-            let v = self.b.let_(Expr::load(rows, index));
-            let current = self.b.let_(Expr::load(best, 0));
-            self.b.begin_if(ok.and(v.clone().gt(current)));
-            self.b.store(best, 0, v);
-            self.b.end_if();
-            self.b.end_for();
-            return Ok(Expr::load(best, 0));
-        }
         let ky = self.b.begin_for(0, w.kernel[0], 1);
         let iy = self.b.let_(oy * w.stride[0] + ky - w.pad[0]);
         let kx = self.b.begin_for(0, w.kernel[1], 1);
@@ -669,8 +689,10 @@ impl Launch<'_> {
     ) -> Result<Expr, LowerError> {
         let dy = self.operand(n, 0);
         let (xd, yd) = (dims4(self.dims(n))?, dims4(self.dims(dy))?);
-        let ix = self.b.let_(flat.clone() % xd[3] as i64);
-        let row = self.b.let_(flat.clone() / xd[3] as i64);
+        let ix = self.remainder(flat, xd[3]);
+        let ix = self.b.let_(ix);
+        let row = self.quotient(flat, xd[3]);
+        let row = self.b.let_(row);
         let acc = self.b.private(Ty::F32, 1);
         self.b.store(acc, 0, 0.0f32);
         let (lo_x, hi_x) = reach(&mut self.b, &ix, xd[3], yd[3], align);
@@ -695,8 +717,10 @@ impl Launch<'_> {
         let (logits, labels, dloss) = (ops[0], ops[1], ops[2]);
         let d = dims4(self.dims(logits))?;
         let (classes, plane) = (d[1], d[2] * d[3]);
-        let p = self.b.let_(flat.clone() % plane);
-        let rest = self.b.let_(flat.clone() / plane);
+        let p = self.remainder(flat, plane);
+        let p = self.b.let_(p);
+        let rest = self.quotient(flat, plane);
+        let rest = self.b.let_(rest);
         let ch = self.b.let_(rest.clone() % classes);
         let batch = self.b.let_(rest / classes);
         let pixel = self.b.let_(batch.clone() * plane + p.clone());
@@ -733,8 +757,10 @@ impl Launch<'_> {
         let logits = self.graph.operands(n)[0];
         let d = dims4(self.dims(logits))?;
         let (classes, plane) = (d[1], d[2] * d[3]);
-        let p = self.b.let_(flat.clone() % plane);
-        let batch = self.b.let_(flat.clone() / plane);
+        let p = self.remainder(flat, plane);
+        let p = self.b.let_(p);
+        let batch = self.quotient(flat, plane);
+        let batch = self.b.let_(batch);
         self.softmax_stats(logits, &batch, &p, classes, plane)
     }
 

@@ -239,6 +239,23 @@ impl<'g> HostConv<'g> {
         Ok(())
     }
 
+    /// A kernel over the elements of a tensor of `dims`, one thread per row looping over
+    /// its columns (vectorised; [`Launch::begin_rows`]): `body` emits element `flat`.
+    pub(super) fn elementwise_rows(
+        &mut self,
+        step: &str,
+        dims: &[u64],
+        body: impl FnOnce(&mut Launch<'g>, &Expr) -> Result<(), LowerError>,
+    ) -> Result<(), LowerError> {
+        let mut l = self.launch(step);
+        let (flat, rows) = l.begin_rows(dims);
+        body(&mut l, &flat)?;
+        l.end_rows();
+        let launch = l.finish(rows.div_ceil(BLOCK as u64))?;
+        self.steps.push(HostStep::Kernel(launch));
+        Ok(())
+    }
+
     /// The launch that [`Self::elementwise`] adds, returned instead of added.
     pub(super) fn elementwise_launch(
         &mut self,
@@ -259,9 +276,9 @@ impl<'g> HostConv<'g> {
         if !self.kernel.nodes.contains(&n) {
             return Ok(Arg::Value(n));
         }
-        let total: u64 = self.graph.node(n).ty.dims.iter().product();
-        let out = self.alloc(total);
-        self.elementwise("host_operand", total, |l, flat| {
+        let dims = self.graph.node(n).ty.dims.clone();
+        let out = self.alloc(dims.iter().product());
+        self.elementwise_rows("host_operand", &dims, |l, flat| {
             let v = l.value_at(n, flat)?;
             let buf = Self::scratch_buf(l, out);
             l.b.store(buf, flat.clone(), v);
@@ -341,9 +358,8 @@ impl<'g> HostConv<'g> {
         value: impl FnOnce(&mut Launch<'g>, &Expr) -> Result<Expr, LowerError>,
     ) -> Result<(), LowerError> {
         let dims = self.graph.node(self.anchor).ty.dims.clone();
-        let total = dims.iter().product();
         let anchor = self.anchor;
-        self.elementwise("host_epilogue", total, |l, flat| {
+        self.elementwise_rows("host_epilogue", &dims.clone(), |l, flat| {
             let v = value(l, flat)?;
             let v = l.b.let_(v);
             l.emit_outputs(flat, &dims, Some((anchor, v)))
@@ -375,7 +391,8 @@ impl<'g> HostConv<'g> {
             let t = Self::scratch_buf(l, y);
             let mut v = Expr::load(t, flat.clone());
             if let Some(bias) = bias {
-                let c = l.b.let_(flat.clone() / g.p as i64 % channels as i64);
+                let c = l.coordinate(flat, g.p, channels);
+                let c = l.b.let_(c);
                 v = v + l.value_at(bias, &c)?;
             }
             Ok(v)
@@ -448,10 +465,14 @@ fn col2im(l: &mut Launch, p: &ConvProblem, g: &Geometry, col: Arg, flat: &Expr) 
     let [_, _, ho, wo] = p.y;
     let t = HostConv::scratch_buf(l, col);
     let at = |l: &mut Launch, e: Expr| l.b.let_(e);
-    let iw = at(l, flat.clone() % w as i64);
-    let ih = at(l, flat.clone() / w as i64 % h as i64);
-    let channel = at(l, flat.clone() / (h * w) as i64 % c as i64);
-    let b = at(l, flat.clone() / (c * h * w) as i64);
+    let iw = l.remainder(flat, w);
+    let iw = at(l, iw);
+    let ih = l.coordinate(flat, w, h);
+    let ih = at(l, ih);
+    let channel = l.coordinate(flat, h * w, c);
+    let channel = at(l, channel);
+    let b = l.quotient(flat, c * h * w);
+    let b = at(l, b);
     let group = at(l, channel.clone() / g.ci as i64);
     let ci = at(l, channel % g.ci as i64);
     // The start of col[b, group, (ci, 0, 0), 0].

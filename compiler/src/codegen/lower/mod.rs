@@ -98,6 +98,7 @@ pub fn lower_kernel(
             &name,
             None,
             &Default::default(),
+            false,
         )?]);
     };
     match graph.node(a).op.kind() {
@@ -110,7 +111,7 @@ pub fn lower_kernel(
         } => {
             let count = reduce::lower_count(graph, a)?;
             let elementwise =
-                elementwise::lower(graph, kernel, &name, Some(a), &Default::default())?;
+                elementwise::lower(graph, kernel, &name, Some(a), &Default::default(), false)?;
             Ok(vec![count, elementwise])
         }
         OpKind::LossGrad {
@@ -127,6 +128,7 @@ pub fn lower_kernel(
             &name,
             None,
             &Default::default(),
+            false,
         )?]),
     }
 }
@@ -188,6 +190,20 @@ struct Launch<'g> {
     /// Values earlier launches stored for nodes of the kernel (the CPU's schedule; see
     /// `gather::Stored`), read instead of computing them.
     stored: HashMap<NodeId, Arg>,
+    /// Where the element index is a row and a column (the CPU's one-thread-per-row
+    /// kernels), so that coordinates come from them without dividing the index.
+    rows: Option<Rows>,
+}
+
+/// An element index `flat = row * width + col` with `col` in `0..width`: the row's
+/// coordinates come from `row` alone and the last one is `col`, so that the loop over
+/// `col` reads consecutive elements at addresses LLVM sees are consecutive.
+#[derive(Clone, Debug)]
+struct Rows {
+    flat: Expr,
+    row: Expr,
+    col: Expr,
+    width: u64,
 }
 
 /// The fewest iterations a loop must have to ask LLVM to vectorise it: two vectors of 8
@@ -234,17 +250,17 @@ fn strides(dims: &[u64]) -> Vec<u64> {
 /// `flat`, a row-major index over `dims`, taken apart into coordinates that are put back
 /// together with `strides` (a stride of 0 drops that coordinate): the index of the same
 /// element in another layout, such as the operand a broadcast element reads.
-fn reindex(b: &mut KernelBuilder, flat: &Expr, dims: &[u64], strides: &[u64]) -> Expr {
+fn reindex(l: &mut Launch, flat: &Expr, dims: &[u64], strides: &[u64]) -> Expr {
     let mut index = Expr::Int(0);
     let mut inner = 1u64;
     for (&d, &s) in dims.iter().zip(strides).rev() {
         if d != 1 && s != 0 {
-            let coordinate = (flat.clone() / inner as i64) % d as i64;
+            let coordinate = l.coordinate(flat, inner, d);
             index = index + coordinate * s as i64;
         }
         inner = inner.saturating_mul(d);
     }
-    b.let_(index)
+    l.b.let_(index)
 }
 
 impl<'g> Launch<'g> {
@@ -259,7 +275,80 @@ impl<'g> Launch<'g> {
             count: None,
             element: None,
             stored: HashMap::new(),
+            rows: None,
         }
+    }
+
+    /// `flat / d` (`flat` a non-negative index), from the row alone where `flat` is
+    /// [`Rows`]' index and `d` a multiple of its width.
+    fn quotient(&self, flat: &Expr, d: u64) -> Expr {
+        match &self.rows {
+            Some(r) if r.flat == *flat && d.is_multiple_of(r.width) => match d / r.width {
+                1 => r.row.clone(),
+                q => r.row.clone() / q as i64,
+            },
+            _ => flat.clone() / d as i64,
+        }
+    }
+
+    /// `flat % d` (`flat` a non-negative index): `col` plus a multiple of the width where
+    /// `flat` is [`Rows`]' index and `d` a multiple of its width.
+    fn remainder(&self, flat: &Expr, d: u64) -> Expr {
+        match &self.rows {
+            Some(r) if r.flat == *flat && d.is_multiple_of(r.width) => match d / r.width {
+                1 => r.col.clone(),
+                q => r.row.clone() % q as i64 * r.width as i64 + r.col.clone(),
+            },
+            _ => flat.clone() % d as i64,
+        }
+    }
+
+    /// The coordinate `(flat / inner) % d` of a row-major index.
+    fn coordinate(&self, flat: &Expr, inner: u64, d: u64) -> Expr {
+        match &self.rows {
+            Some(r) if r.flat == *flat && inner == 1 => self.remainder(flat, d),
+            Some(r) if r.flat == *flat && inner.is_multiple_of(r.width) => {
+                self.quotient(flat, inner) % d as i64
+            }
+            _ => flat.clone() / inner as i64 % d as i64,
+        }
+    }
+
+    /// Opens the CPU's loop over the elements `flat` of a row-major tensor of `dims`, one
+    /// row (all dims but the last) per thread, looping over its columns (vectorised):
+    /// returns `flat`, whose coordinates ([`Self::coordinate`]) come from the row and the
+    /// column without dividing it, and the number of threads. Rows shorter than
+    /// [`MIN_VECTORISED`] (a 3x3 filter's) are one thread per element instead. Close it
+    /// with [`Self::end_rows`].
+    fn begin_rows(&mut self, dims: &[u64]) -> (Expr, u64) {
+        let width = dims.last().copied().unwrap_or(1).max(1);
+        let total = dims.iter().product::<u64>();
+        let thread = self
+            .b
+            .let_(Expr::BlockId * self.b.block() as i64 + Expr::ThreadId);
+        if width < MIN_VECTORISED {
+            self.b.begin_if(thread.clone().lt(total));
+            return (thread, total);
+        }
+        let (row, count) = (thread, total / width);
+        self.b.begin_if(row.clone().lt(count));
+        let col = self.b.begin_vectorized_for(0, width as i64);
+        let flat = self.b.let_(row.clone() * width as i64 + col.clone());
+        self.rows = Some(Rows {
+            flat: flat.clone(),
+            row,
+            col,
+            width,
+        });
+        (flat, count)
+    }
+
+    /// Closes [`Self::begin_rows`]' loops.
+    fn end_rows(&mut self) {
+        if self.rows.take().is_some() {
+            self.b.end_for();
+        }
+        self.b.end_if();
     }
 
     fn finish(self, grid: u64) -> Result<LoweredLaunch, LowerError> {
@@ -375,15 +464,15 @@ impl<'g> Launch<'g> {
         } else if theirs.iter().product::<u64>() == 1 {
             Expr::Int(0)
         } else if theirs.len() == 1 && own.len() == 4 && theirs[0] == own[1] {
-            self.b
-                .let_((flat.clone() / (own[2] * own[3]) as i64) % own[1] as i64)
+            let channel = self.coordinate(flat, own[2] * own[3], own[1]);
+            self.b.let_(channel)
         } else if broadcasts_to(theirs, own) {
             let kept: Vec<u64> = strides(theirs)
                 .iter()
                 .zip(theirs)
                 .map(|(&s, &d)| if d == 1 { 0 } else { s })
                 .collect();
-            reindex(&mut self.b, flat, own, &kept)
+            reindex(self, flat, own, &kept)
         } else {
             return Err(LowerError(format!(
                 "operand {i} of rfn.{} has shape {theirs:?}, which does not broadcast to {own:?}",

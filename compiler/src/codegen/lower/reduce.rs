@@ -65,11 +65,11 @@ pub(super) fn lower_sum(
     let base_strides: Vec<u64> = (0..yd.len())
         .map(|d| if kept(d) { x_strides[d] } else { 0 })
         .collect();
-    let base = reindex(&mut l.b, &out, yd, &base_strides);
+    let base = reindex(&mut l, &out, yd, &base_strides);
     let acc = l.b.private(Ty::F32, 1);
     l.b.store(acc, 0, 0.0f32);
     let i = l.b.begin_for(Expr::ThreadId, count, BLOCK as i64);
-    let offset = reindex(&mut l.b, &i, &summed_dims, &summed_strides);
+    let offset = reindex(&mut l, &i, &summed_dims, &summed_strides);
     let v = l.value_at(x, &(base.clone() + offset))?;
     l.accumulate(acc, v);
     l.b.end_for();
