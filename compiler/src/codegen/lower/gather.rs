@@ -290,18 +290,17 @@ impl Launch<'_> {
         if let Some(rows) = self.stored_buf(n) {
             // The first maximum over the window's rows of their stored maxima, the rows
             // unrolled into selects (as the row pass does its columns): no private
-            // accumulator, so a loop over a row's columns vectorises.
+            // accumulator, and rows outside the plane clamped (their value unused), so a
+            // loop over a row's columns vectorises.
             let mut best = Expr::F32(f32::NEG_INFINITY);
             for ky in 0..w.kernel[0] as i64 {
                 let iy = self
                     .b
                     .let_(oy.clone() * w.stride[0] as i64 + ky - w.pad[0] as i64);
                 let ok = self.b.let_(inside(&iy, xd[2]));
-                let index = Expr::select(
-                    ok.clone(),
-                    (plane.clone() * xd[2] + iy) * yd[3] + ox.clone(),
-                    0,
-                );
+                // Clamped, not selected: the address stays affine in the column.
+                let clamped = iy.max(0).min(xd[2] as i64 - 1);
+                let index = (plane.clone() * xd[2] + clamped) * yd[3] + ox.clone();
                 let v = self.b.let_(Expr::load(rows, index));
                 best = self
                     .b
