@@ -76,10 +76,11 @@ pub(super) fn pool_window(graph: &Graph, n: NodeId) -> Option<Window> {
     }
 }
 
-/// The CPU's schedule of a one-thread-per-element kernel that computes max pools, max
-/// pool gradients, resize gradients or softmax cross-entropy gradients: launches first
-/// store, per such op, what every element of it would otherwise search again, then the
-/// kernel reads them:
+/// The CPU's schedule of a one-thread-per-element kernel: one thread per row of its
+/// domain where rows have at least `MIN_VECTORISED` (16) columns ([`Launch::begin_rows`]).
+/// Where it computes max pools, max pool gradients, resize gradients or softmax
+/// cross-entropy gradients, launches first store, per such op, what every element of it
+/// would otherwise search again, then the kernel reads them:
 /// - a max pool's (or its gradient's) row maxima ([`pool_rows`]);
 /// - a max pool gradient's window winners ([`Launch::pool_winners_into`]), then the
 ///   gradient whole: `dy` added at each window's winner, one thread per plane (one
@@ -90,7 +91,8 @@ pub(super) fn pool_window(graph: &Graph, n: NodeId) -> Option<Window> {
 ///   which are often a fused bilinear resize.
 ///
 /// `counted` is a mean-reduced loss gradient (its count launch runs first, as on the
-/// GPU). `None` for a kernel with none of them (the CPU runs the GPU's launches).
+/// GPU). `None` for a kernel with none of them and short rows (the CPU runs the GPU's
+/// launches).
 pub(super) fn lower_with_stored(
     graph: &Graph,
     kernel: &Kernel,

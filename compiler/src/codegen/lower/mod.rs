@@ -135,8 +135,8 @@ pub fn lower_kernel(
 
 /// The CPU's steps for one fused kernel where they differ from the GPU's launches
 /// (convolutions; kernels with max pools or with max pool, resize or softmax
-/// cross-entropy gradients); `None` where
-/// the CPU runs [`lower_kernel`]'s launches. With `packed` (the parameters do not change
+/// cross-entropy gradients; one-thread-per-element kernels over rows of at least 16);
+/// `None` where the CPU runs [`lower_kernel`]'s launches. With `packed` (the parameters do not change
 /// between runs: inference), weights a convolution transforms (Winograd filters) go to the
 /// packed region from offset `*packed` on, transformed by [`HostStep::Pack`] steps, and
 /// `*packed` moves past them.
