@@ -9,10 +9,8 @@ impl Launch<'_> {
     /// Splits an NCHW flat index of `dims` into (batch, channel, pixel within the plane).
     fn batch_channel_pixel(&mut self, flat: &Expr, dims: [u64; 4]) -> (Expr, Expr, Expr) {
         let plane = dims[2] * dims[3];
-        let pixel = self.remainder(flat, plane);
-        let pixel = self.b.let_(pixel);
-        let rest = self.quotient(flat, plane);
-        let rest = self.b.let_(rest);
+        let pixel = self.b.let_(self.remainder(flat, plane));
+        let rest = self.b.let_(self.quotient(flat, plane));
         let channel = self.b.let_(rest.clone() % dims[1] as i64);
         let batch = self.b.let_(rest / dims[1] as i64);
         (batch, channel, pixel)

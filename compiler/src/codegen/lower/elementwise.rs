@@ -9,7 +9,7 @@ use crate::passes::fusion::Kernel;
 
 /// One thread per element of the kernel's domain (its anchor's shape, else its first
 /// output's), or with `rows` (the CPU's schedule) one per row of it looping over the row
-/// ([`Launch::begin_rows`]); `counted` is a mean-reduced loss gradient whose count is in
+/// ([`Launch::begin_elements`]); `counted` is a mean-reduced loss gradient whose count is in
 /// scratch; `stored` what earlier launches stored for it (the CPU's schedule).
 pub(super) fn lower(
     graph: &Graph,
@@ -20,23 +20,15 @@ pub(super) fn lower(
     rows: bool,
 ) -> Result<LoweredLaunch, LowerError> {
     let dims = domain(graph, kernel)?;
-    let total: u64 = dims.iter().product();
     let mut l = Launch::new(graph, kernel, name, BLOCK);
     if counted.is_some() {
         l.count = Some(l.scratch(0, 1));
     }
     stored.attach(&mut l);
-    if rows {
-        let (flat, threads) = l.begin_rows(&dims);
-        l.emit_outputs(&flat, &dims, None)?;
-        l.end_rows();
-        return l.finish(threads.div_ceil(BLOCK as u64));
-    }
-    let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
-    l.b.begin_if(flat.clone().lt(total));
+    let (flat, threads) = l.begin_elements(&dims, rows);
     l.emit_outputs(&flat, &dims, None)?;
-    l.b.end_if();
-    l.finish(total.div_ceil(BLOCK as u64))
+    l.end_elements();
+    l.finish(threads.div_ceil(BLOCK as u64))
 }
 
 /// The shape a one-thread-per-element kernel runs over: its anchor's, else its first
@@ -219,8 +211,7 @@ impl Launch<'_> {
     fn fold_bn_weight(&mut self, n: NodeId, flat: &Expr, eps: f64) -> Result<Expr, LowerError> {
         let dims = self.dims(n);
         let per_out = dims[1..].iter().product::<u64>();
-        let c = self.quotient(flat, per_out);
-        let c = self.b.let_(c);
+        let c = self.b.let_(self.quotient(flat, per_out));
         let w = self.operand_at(n, 0, flat)?;
         let var = self.value_at(self.operand(n, 1), &c)?;
         let gamma = self.value_at(self.operand(n, 2), &c)?;

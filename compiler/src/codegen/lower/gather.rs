@@ -77,7 +77,7 @@ pub(super) fn pool_window(graph: &Graph, n: NodeId) -> Option<Window> {
 }
 
 /// The CPU's schedule of a one-thread-per-element kernel: one thread per row of its
-/// domain where rows have at least `MIN_VECTORISED` (16) columns ([`Launch::begin_rows`]).
+/// domain where rows have at least `MIN_VECTORISED` (16) columns ([`Launch::begin_elements`]).
 /// Where it computes max pools, max pool gradients, resize gradients or softmax
 /// cross-entropy gradients, launches first store, per such op, what every element of it
 /// would otherwise search again, then the kernel reads them:
@@ -270,10 +270,8 @@ impl Launch<'_> {
     /// Splits an NCHW flat index into (plane = n * C + c, y, x).
     fn plane_yx(&mut self, flat: &Expr, dims: [u64; 4]) -> (Expr, Expr, Expr) {
         let (h, w) = (dims[2] as i64, dims[3]);
-        let x = self.remainder(flat, w);
-        let x = self.b.let_(x);
-        let rest = self.quotient(flat, w);
-        let rest = self.b.let_(rest);
+        let x = self.b.let_(self.remainder(flat, w));
+        let rest = self.b.let_(self.quotient(flat, w));
         let y = self.b.let_(rest.clone() % h);
         let plane = self.b.let_(rest / h);
         (plane, y, x)
@@ -690,10 +688,8 @@ impl Launch<'_> {
     ) -> Result<Expr, LowerError> {
         let dy = self.operand(n, 0);
         let (xd, yd) = (dims4(self.dims(n))?, dims4(self.dims(dy))?);
-        let ix = self.remainder(flat, xd[3]);
-        let ix = self.b.let_(ix);
-        let row = self.quotient(flat, xd[3]);
-        let row = self.b.let_(row);
+        let ix = self.b.let_(self.remainder(flat, xd[3]));
+        let row = self.b.let_(self.quotient(flat, xd[3]));
         let acc = self.b.private(Ty::F32, 1);
         self.b.store(acc, 0, 0.0f32);
         let (lo_x, hi_x) = reach(&mut self.b, &ix, xd[3], yd[3], align);
@@ -718,10 +714,8 @@ impl Launch<'_> {
         let (logits, labels, dloss) = (ops[0], ops[1], ops[2]);
         let d = dims4(self.dims(logits))?;
         let (classes, plane) = (d[1], d[2] * d[3]);
-        let p = self.remainder(flat, plane);
-        let p = self.b.let_(p);
-        let rest = self.quotient(flat, plane);
-        let rest = self.b.let_(rest);
+        let p = self.b.let_(self.remainder(flat, plane));
+        let rest = self.b.let_(self.quotient(flat, plane));
         let ch = self.b.let_(rest.clone() % classes);
         let batch = self.b.let_(rest / classes);
         let pixel = self.b.let_(batch.clone() * plane + p.clone());
@@ -758,10 +752,8 @@ impl Launch<'_> {
         let logits = self.graph.operands(n)[0];
         let d = dims4(self.dims(logits))?;
         let (classes, plane) = (d[1], d[2] * d[3]);
-        let p = self.remainder(flat, plane);
-        let p = self.b.let_(p);
-        let batch = self.quotient(flat, plane);
-        let batch = self.b.let_(batch);
+        let p = self.b.let_(self.remainder(flat, plane));
+        let batch = self.b.let_(self.quotient(flat, plane));
         self.softmax_stats(logits, &batch, &p, classes, plane)
     }
 

@@ -240,18 +240,14 @@ impl<'g> HostConv<'g> {
     }
 
     /// A kernel over the elements of a tensor of `dims`, one thread per row looping over
-    /// its columns (vectorised; [`Launch::begin_rows`]): `body` emits element `flat`.
+    /// its columns (vectorised; [`Launch::begin_elements`]): `body` emits element `flat`.
     pub(super) fn elementwise_rows(
         &mut self,
         step: &str,
         dims: &[u64],
         body: impl FnOnce(&mut Launch<'g>, &Expr) -> Result<(), LowerError>,
     ) -> Result<(), LowerError> {
-        let mut l = self.launch(step);
-        let (flat, rows) = l.begin_rows(dims);
-        body(&mut l, &flat)?;
-        l.end_rows();
-        let launch = l.finish(rows.div_ceil(BLOCK as u64))?;
+        let launch = self.elements_launch(step, dims, true, body)?;
         self.steps.push(HostStep::Kernel(launch));
         Ok(())
     }
@@ -263,12 +259,22 @@ impl<'g> HostConv<'g> {
         total: u64,
         body: impl FnOnce(&mut Launch<'g>, &Expr) -> Result<(), LowerError>,
     ) -> Result<LoweredLaunch, LowerError> {
+        self.elements_launch(step, &[total], false, body)
+    }
+
+    /// A launch over the elements of a tensor of `dims` ([`Launch::begin_elements`]).
+    fn elements_launch(
+        &mut self,
+        step: &str,
+        dims: &[u64],
+        rows: bool,
+        body: impl FnOnce(&mut Launch<'g>, &Expr) -> Result<(), LowerError>,
+    ) -> Result<LoweredLaunch, LowerError> {
         let mut l = self.launch(step);
-        let flat = l.b.let_(Expr::BlockId * BLOCK as i64 + Expr::ThreadId);
-        l.b.begin_if(flat.clone().lt(total));
+        let (flat, threads) = l.begin_elements(dims, rows);
         body(&mut l, &flat)?;
-        l.b.end_if();
-        l.finish(total.div_ceil(BLOCK as u64))
+        l.end_elements();
+        l.finish(threads.div_ceil(BLOCK as u64))
     }
 
     /// Where operand `n` is stored: its own storage, or scratch when the kernel computes it.
@@ -391,8 +397,7 @@ impl<'g> HostConv<'g> {
             let t = Self::scratch_buf(l, y);
             let mut v = Expr::load(t, flat.clone());
             if let Some(bias) = bias {
-                let c = l.coordinate(flat, g.p, channels);
-                let c = l.b.let_(c);
+                let c = l.b.let_(l.coordinate(flat, g.p, channels));
                 v = v + l.value_at(bias, &c)?;
             }
             Ok(v)
@@ -465,14 +470,10 @@ fn col2im(l: &mut Launch, p: &ConvProblem, g: &Geometry, col: Arg, flat: &Expr) 
     let [_, _, ho, wo] = p.y;
     let t = HostConv::scratch_buf(l, col);
     let at = |l: &mut Launch, e: Expr| l.b.let_(e);
-    let iw = l.remainder(flat, w);
-    let iw = at(l, iw);
-    let ih = l.coordinate(flat, w, h);
-    let ih = at(l, ih);
-    let channel = l.coordinate(flat, h * w, c);
-    let channel = at(l, channel);
-    let b = l.quotient(flat, c * h * w);
-    let b = at(l, b);
+    let iw = l.b.let_(l.remainder(flat, w));
+    let ih = l.b.let_(l.coordinate(flat, w, h));
+    let channel = l.b.let_(l.coordinate(flat, h * w, c));
+    let b = l.b.let_(l.quotient(flat, c * h * w));
     let group = at(l, channel.clone() / g.ci as i64);
     let ci = at(l, channel % g.ci as i64);
     // The start of col[b, group, (ci, 0, 0), 0].

@@ -314,19 +314,19 @@ impl<'g> Launch<'g> {
         }
     }
 
-    /// Opens the CPU's loop over the elements `flat` of a row-major tensor of `dims`, one
-    /// row (all dims but the last) per thread, looping over its columns (vectorised):
-    /// returns `flat`, whose coordinates ([`Self::coordinate`]) come from the row and the
-    /// column without dividing it, and the number of threads. Rows shorter than
-    /// [`MIN_VECTORISED`] (a 3x3 filter's) are one thread per element instead. Close it
-    /// with [`Self::end_rows`].
-    fn begin_rows(&mut self, dims: &[u64]) -> (Expr, u64) {
+    /// Opens the loop over the elements `flat` of a row-major tensor of `dims`: one thread
+    /// per element, or with `rows` (the CPU's schedule) one per row (all dims but the
+    /// last) looping over its columns, vectorised, `flat`'s coordinates
+    /// ([`Self::coordinate`]) then coming from the row and the column without dividing it.
+    /// Rows shorter than [`MIN_VECTORISED`] (a 3x3 filter's) are one thread per element.
+    /// Returns `flat` and the number of threads; close it with [`Self::end_elements`].
+    fn begin_elements(&mut self, dims: &[u64], rows: bool) -> (Expr, u64) {
         let width = dims.last().copied().unwrap_or(1).max(1);
         let total = dims.iter().product::<u64>();
         let thread = self
             .b
             .let_(Expr::BlockId * self.b.block() as i64 + Expr::ThreadId);
-        if width < MIN_VECTORISED {
+        if !rows || width < MIN_VECTORISED {
             self.b.begin_if(thread.clone().lt(total));
             return (thread, total);
         }
@@ -343,8 +343,8 @@ impl<'g> Launch<'g> {
         (flat, count)
     }
 
-    /// Closes [`Self::begin_rows`]' loops.
-    fn end_rows(&mut self) {
+    /// Closes [`Self::begin_elements`]' loops.
+    fn end_elements(&mut self) {
         if self.rows.take().is_some() {
             self.b.end_for();
         }
@@ -464,8 +464,7 @@ impl<'g> Launch<'g> {
         } else if theirs.iter().product::<u64>() == 1 {
             Expr::Int(0)
         } else if theirs.len() == 1 && own.len() == 4 && theirs[0] == own[1] {
-            let channel = self.coordinate(flat, own[2] * own[3], own[1]);
-            self.b.let_(channel)
+            self.b.let_(self.coordinate(flat, own[2] * own[3], own[1]))
         } else if broadcasts_to(theirs, own) {
             let kept: Vec<u64> = strides(theirs)
                 .iter()
