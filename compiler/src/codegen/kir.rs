@@ -468,6 +468,11 @@ impl KernelBuilder {
         self.kernel.block
     }
 
+    /// Changes the threads per block, before any statement reads `ThreadId` or `BlockId`.
+    pub fn set_block(&mut self, block: u32) {
+        self.kernel.block = block;
+    }
+
     pub fn param(&mut self, elem: Ty, len: u64) -> Buf {
         self.kernel.params.push(ArrayDecl { elem, len });
         Buf::Param(self.kernel.params.len() - 1)

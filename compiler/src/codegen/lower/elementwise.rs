@@ -25,10 +25,10 @@ pub(super) fn lower(
         l.count = Some(l.scratch(0, 1));
     }
     stored.attach(&mut l);
-    let (flat, threads) = l.begin_elements(&dims, rows);
+    let (flat, blocks) = l.begin_elements(&dims, rows);
     l.emit_outputs(&flat, &dims, None)?;
     l.end_elements();
-    l.finish(threads.div_ceil(BLOCK as u64))
+    l.finish(blocks)
 }
 
 /// The shape a one-thread-per-element kernel runs over: its anchor's, else its first

@@ -6,7 +6,7 @@ use rfnc_bundle::SLOT_ALIGN;
 
 use super::{
     dims4, elementwise, inside_windows, spans, Arg, HostStep, Launch, LowerError, BLOCK,
-    MIN_VECTORISED,
+    LOOPING_BLOCK, MIN_VECTORISED,
 };
 use crate::codegen::kir::{Buf, Expr, KernelBuilder, Ty};
 use crate::ir::{Graph, NodeId, Op, Reduction};
@@ -38,10 +38,6 @@ impl Stored {
         self.values.push((n, arg));
     }
 }
-
-/// Planes per block of a launch with one thread per plane: small, so that a launch of a
-/// few hundred planes still splits over every core.
-const PLANES_PER_BLOCK: u32 = 4;
 
 /// Elements of the row pass of max pool (or max pool gradient) `n`: one per input row
 /// and output column, `[planes, H, Wo]`.
@@ -152,13 +148,13 @@ pub(super) fn lower_with_stored(
                     graph,
                     kernel,
                     &format!("host_pool_scatter+{name}"),
-                    PLANES_PER_BLOCK,
+                    LOOPING_BLOCK,
                 );
                 stored.attach(&mut l);
                 let winners = l.arg_buf(winners);
                 let out = l.arg_buf(grad);
                 let planes = scatter_pool_grad(&mut l, n, winners, out)?;
-                let grid = planes.div_ceil(PLANES_PER_BLOCK as u64);
+                let grid = planes.div_ceil(LOOPING_BLOCK as u64);
                 steps.push(HostStep::Kernel(l.finish(grid)?));
                 stored.push(n, grad);
             }
@@ -222,7 +218,7 @@ fn scatter_pool_grad(l: &mut Launch, n: NodeId, winners: Buf, out: Buf) -> Resul
     let planes = xd[0] * xd[1];
     let (plane_in, plane_out) = (xd[2] * xd[3], yd[2] * yd[3]);
     let plane =
-        l.b.let_(Expr::BlockId * PLANES_PER_BLOCK as i64 + Expr::ThreadId);
+        l.b.let_(Expr::BlockId * LOOPING_BLOCK as i64 + Expr::ThreadId);
     l.b.begin_if(plane.clone().lt(planes));
     let base = l.b.let_(plane.clone() * plane_in as i64);
     let i = l.b.begin_for(0, plane_in, 1);

@@ -166,12 +166,13 @@ pub(super) fn matrix(arg: Arg, rows: u64, cols: u64, batch: [u64; 2]) -> Lowered
 }
 
 impl<'g> HostConv<'g> {
-    fn launch(&self, step: &str) -> Launch<'g> {
+    /// A launch of blocks of `block` threads.
+    pub(super) fn launch(&self, step: &str, block: u32) -> Launch<'g> {
         let mut l = Launch::new(
             self.graph,
             self.kernel,
             &format!("{step}+{}", self.name),
-            BLOCK,
+            block,
         );
         self.pools.attach(&mut l);
         l
@@ -188,7 +189,7 @@ impl<'g> HostConv<'g> {
                 continue;
             }
             let rows = self.alloc(pool_rows(self.graph, n)?);
-            let mut l = self.launch("host_pool_rows");
+            let mut l = self.launch("host_pool_rows", BLOCK);
             let out = Self::scratch_buf(&mut l, rows);
             let threads = l.pool_rows_into(n, out, w)?;
             let launch = l.finish(threads.div_ceil(BLOCK as u64))?;
@@ -234,7 +235,7 @@ impl<'g> HostConv<'g> {
         total: u64,
         body: impl FnOnce(&mut Launch<'g>, &Expr) -> Result<(), LowerError>,
     ) -> Result<(), LowerError> {
-        let launch = self.elementwise_launch(step, total, body)?;
+        let launch = self.elements_launch(step, &[total], false, body)?;
         self.steps.push(HostStep::Kernel(launch));
         Ok(())
     }
@@ -252,29 +253,19 @@ impl<'g> HostConv<'g> {
         Ok(())
     }
 
-    /// The launch that [`Self::elementwise`] adds, returned instead of added.
-    pub(super) fn elementwise_launch(
-        &mut self,
-        step: &str,
-        total: u64,
-        body: impl FnOnce(&mut Launch<'g>, &Expr) -> Result<(), LowerError>,
-    ) -> Result<LoweredLaunch, LowerError> {
-        self.elements_launch(step, &[total], false, body)
-    }
-
     /// A launch over the elements of a tensor of `dims` ([`Launch::begin_elements`]).
-    fn elements_launch(
+    pub(super) fn elements_launch(
         &mut self,
         step: &str,
         dims: &[u64],
         rows: bool,
         body: impl FnOnce(&mut Launch<'g>, &Expr) -> Result<(), LowerError>,
     ) -> Result<LoweredLaunch, LowerError> {
-        let mut l = self.launch(step);
-        let (flat, threads) = l.begin_elements(dims, rows);
+        let mut l = self.launch(step, BLOCK);
+        let (flat, blocks) = l.begin_elements(dims, rows);
         body(&mut l, &flat)?;
         l.end_elements();
-        l.finish(threads.div_ceil(BLOCK as u64))
+        l.finish(blocks)
     }
 
     /// Where operand `n` is stored: its own storage, or scratch when the kernel computes it.

@@ -210,6 +210,11 @@ struct Rows {
 /// (a shorter loop stays scalar; LLVM would refuse to vectorise it by 8 and say so).
 const MIN_VECTORISED: u64 = 16;
 
+/// Threads per block of the CPU's launches whose threads each loop over a row or a plane:
+/// few, so that a launch of a few hundred rows or planes still splits over every worker
+/// (the CPU splits a launch by blocks).
+const LOOPING_BLOCK: u32 = 4;
+
 /// Of `count` windows of `size` cells, window `i` starting at `i * stride - pad`, those
 /// `lo..hi` that lie wholly inside `0..extent` (empty at `lo` when none does).
 fn inside_windows(count: u64, extent: u64, size: u64, stride: u64, pad: i64) -> (u64, u64) {
@@ -317,18 +322,23 @@ impl<'g> Launch<'g> {
     /// Opens the loop over the elements `flat` of a row-major tensor of `dims`: one thread
     /// per element, or with `rows` (the CPU's schedule) one per row (all dims but the
     /// last) looping over its columns, vectorised, `flat`'s coordinates
-    /// ([`Self::coordinate`]) then coming from the row and the column without dividing it.
-    /// Rows shorter than [`MIN_VECTORISED`] (a 3x3 filter's) are one thread per element.
-    /// Returns `flat` and the number of threads; close it with [`Self::end_elements`].
+    /// ([`Self::coordinate`]) then coming from the row and the column without dividing it,
+    /// in blocks of [`LOOPING_BLOCK`] rows. Rows shorter than [`MIN_VECTORISED`] (a 3x3
+    /// filter's) are one thread per element. Call it first (it may change the launch's
+    /// block); returns `flat` and the number of blocks; close it with
+    /// [`Self::end_elements`].
     fn begin_elements(&mut self, dims: &[u64], rows: bool) -> (Expr, u64) {
         let width = dims.last().copied().unwrap_or(1).max(1);
         let total = dims.iter().product::<u64>();
-        let thread = self
-            .b
-            .let_(Expr::BlockId * self.b.block() as i64 + Expr::ThreadId);
-        if !rows || width < MIN_VECTORISED {
+        let rows = rows && width >= MIN_VECTORISED;
+        if rows {
+            self.b.set_block(LOOPING_BLOCK);
+        }
+        let block = self.b.block();
+        let thread = self.b.let_(Expr::BlockId * block as i64 + Expr::ThreadId);
+        if !rows {
             self.b.begin_if(thread.clone().lt(total));
-            return (thread, total);
+            return (thread, total.div_ceil(block as u64));
         }
         let (row, count) = (thread, total / width);
         self.b.begin_if(row.clone().lt(count));
@@ -340,7 +350,7 @@ impl<'g> Launch<'g> {
             col,
             width,
         });
-        (flat, count)
+        (flat, count.div_ceil(block as u64))
     }
 
     /// Closes [`Self::begin_elements`]' loops.

@@ -37,7 +37,7 @@
 //! `tests/programs/winograd.rfn`, summed over 2 x 272 tiles: 3.5e-6).
 
 use super::host_conv::{matrix, HostConv, LoweredGemm};
-use super::{inside_windows, spans, Arg, HostStep, Launch, LowerError};
+use super::{Arg, HostStep, Launch, LowerError, LOOPING_BLOCK};
 use crate::codegen::gemm::ConvKind;
 use crate::codegen::kir::Expr;
 use crate::ir::NodeId;
@@ -224,15 +224,6 @@ fn apart(n: u64) -> u64 {
     n.div_ceil(16) * 16 + 16
 }
 
-/// How a tile transform reads a plane: `size x size` tiles, `stride` apart, each turned
-/// into `side x side` values.
-#[derive(Clone, Copy)]
-struct Tiling {
-    size: usize,
-    stride: u64,
-    side: usize,
-}
-
 impl HostConv<'_> {
     /// The forward convolution `y = conv(input, w) [+ bias]`, or the data gradient
     /// `dx = conv2d_grad_input(input = dy, w)` (the forward convolution of `dy` with the
@@ -302,12 +293,8 @@ impl HostConv<'_> {
             [ho, wo],
             [0, 0],
             [ho.div_ceil(alg.m), wo.div_ceil(alg.m)],
-            Tiling {
-                size: alg.m as usize,
-                stride: alg.m,
-                side: alg.t() as usize,
-            },
-            |tile| sandwich(&a, tile),
+            alg.m,
+            &a,
         )?;
         // M[xi][co][ci], summed over the batch (C's batch stride 0).
         let m = self.alloc(products * apart(co * ci));
@@ -321,11 +308,12 @@ impl HostConv<'_> {
             b: matrix(v, 1, tiles, [apart(nb * ci * tiles), ci * tiles]),
             c: matrix(m, ci, 1, [apart(co * ci), 0]),
         }));
-        // dw = G^T M G and the epilogue, one thread per filter (co, ci).
+        // dw = G^T M G and the epilogue, one thread per output channel co looping over the
+        // input channels (vectorised).
         let anchor = self.anchor;
         let dims = vec![co, ci, 3, 3];
         let gt = transpose(alg.g);
-        self.elementwise("host_winograd_grad_filter", co * ci, |l, flat| {
+        self.elementwise_rows("host_winograd_grad_filter", &[co, ci], |l, flat| {
             let products = Self::scratch_buf(l, m);
             let mm = tile_of(alg.t(), |xi| {
                 let index = flat.clone() + (xi * apart(co * ci)) as i64;
@@ -342,36 +330,34 @@ impl HostConv<'_> {
 
     /// `V[xi][b][ci][t] = B^T d B` of every input tile, in scratch.
     fn winograd_input(&mut self, g: &Geometry, alg: &Algorithm) -> Result<Arg, LowerError> {
-        let tiles = [g.ho.div_ceil(alg.m), g.wo.div_ceil(alg.m)];
-        let planes = g.batch * g.c_in;
-        let (hw, corner) = ([g.h, g.w], [g.top, g.left]);
-        let tiling = Tiling {
-            size: alg.t() as usize,
-            stride: alg.m,
-            side: alg.t() as usize,
-        };
         self.transform_tiles(
             "host_winograd_input",
             g.input,
-            planes,
-            hw,
-            corner,
-            tiles,
-            tiling,
-            |d| sandwich(alg.bt, d),
+            g.batch * g.c_in,
+            [g.h, g.w],
+            [g.top, g.left],
+            [g.ho.div_ceil(alg.m), g.wo.div_ceil(alg.m)],
+            alg.m,
+            alg.bt,
         )
     }
 
-    /// `out[xi][plane][t]`: `transform` of the tile `t` of each plane of `src`
+    /// `out[xi][plane][t] = P d P^T` of each `size x size` tile `d` of each plane of `src`
     /// (`[planes, h, w]`; tile `(ty, tx)` starts at row `stride * ty - top`, column
-    /// `stride * tx - left`; 0 outside), in scratch. One thread per row of tiles, looping
-    /// over its tiles. Tiles whose columns all lie inside the plane load without a column
-    /// test (rows outside it are clamped and zeroed by a test that holds for the whole
-    /// row), so every address is affine in the tile and their loop (when it has at least
-    /// `MIN_VECTORISED` (16) tiles) is vectorised: its strided loads are cheaper than LLVM's
-    /// cost model thinks (forced, 1.9x faster than the scalar loop, measured).
+    /// `stride * tx - left`; 0 outside), for the `side x size` coefficients `P`, in
+    /// scratch.
+    ///
+    /// One thread per plane, walking its rows of tiles; each row of tiles in two passes
+    /// through a scratch row block of the plane's own (`side` rows of the padded width,
+    /// cache-resident): the column transform `R = P d` of every column (`side` outputs
+    /// from `size` input rows, contiguous in the column, so vectorised without shuffles),
+    /// then the row transform `R P^T` of each tile (`size` values of each of `side` rows,
+    /// a stride apart). Each pass keeps a dozen values live; the one-pass transform kept a
+    /// whole tile's `size^2` inputs and `side^2` outputs live, more than the 16 vector
+    /// registers, and spent most of its time spilling them (measured: see
+    /// docs/benchmarks.md).
     #[allow(clippy::too_many_arguments)]
-    fn transform_tiles(
+    fn transform_tiles<P: AsRef<[f32]>>(
         &mut self,
         step: &str,
         src: Arg,
@@ -379,67 +365,92 @@ impl HostConv<'_> {
         [h, w]: [u64; 2],
         [top, left]: [i64; 2],
         [th, tw]: [u64; 2],
-        Tiling { size, stride, side }: Tiling,
-        transform: impl Fn(&[Vec<Expr>]) -> Vec<Vec<Expr>>,
+        stride: u64,
+        p: &[P],
     ) -> Result<Arg, LowerError> {
+        let (side, size) = (p.len(), p[0].as_ref().len());
         let tiles = th * tw;
-        // Tiles [lo, hi) read columns stride * tx - left .. + size, all inside [0, w).
-        let (lo, hi) = inside_windows(tw, w, size as u64, stride, left);
+        // The columns the tiles read: padded column c is input column c - left.
+        let width = stride * (tw - 1) + size as u64;
+        let inside_from = (left.max(0) as u64).min(width);
+        let inside_to = ((left + w as i64).max(0) as u64).clamp(inside_from, width);
+        let rows = self.alloc(planes * side as u64 * width);
         let out = self.alloc((side * side) as u64 * apart(planes * tiles));
-        self.elementwise(step, planes * th, |l, row| {
-            let at = |l: &mut Launch, e: Expr| l.b.let_(e);
-            let plane = at(l, row.clone() / th as i64);
-            let y0 = at(l, row.clone() % th as i64 * stride as i64 - top);
-            let first = at(
-                l,
-                plane.clone() * tiles as i64 + row.clone() % th as i64 * tw as i64,
-            );
-            let input = Self::scratch_buf(l, src);
-            let output = Self::scratch_buf(l, out);
-            // Per tile row i: whether it lies inside the plane, and where its (clamped)
-            // row starts.
-            let rows: Vec<(Expr, Expr)> = (0..size)
-                .map(|i| {
-                    let yy = at(l, y0.clone() + i as i64);
-                    let ok = at(l, yy.clone().ge(0).and(yy.clone().lt(h)));
-                    let clamped = yy.max(0).min(h as i64 - 1);
-                    let start = at(l, (plane.clone() * h as i64 + clamped) * w as i64);
-                    (ok, start)
+        let mut l = self.launch(step, LOOPING_BLOCK);
+        let plane =
+            l.b.let_(Expr::BlockId * LOOPING_BLOCK as i64 + Expr::ThreadId);
+        l.b.begin_if(plane.clone().lt(planes));
+        let input = Self::scratch_buf(&mut l, src);
+        let block = Self::scratch_buf(&mut l, rows);
+        let output = Self::scratch_buf(&mut l, out);
+        let at = |l: &mut Launch, e: Expr| l.b.let_(e);
+        let row_block = at(&mut l, plane.clone() * (side as u64 * width) as i64);
+        let ty = l.b.begin_for(0, th as i64, 1);
+        // Column transform: R[i][c] = sum_k P[i][k] d[k][c] over the tile row's input
+        // rows k (rows outside the plane are 0: clamped and zeroed for the whole row).
+        let y0 = at(&mut l, ty.clone() * stride as i64 - top);
+        let input_rows: Vec<(Expr, Expr)> = (0..size)
+            .map(|k| {
+                let y = at(&mut l, y0.clone() + k as i64);
+                let ok = at(&mut l, y.clone().ge(0).and(y.clone().lt(h)));
+                let clamped = y.max(0).min(h as i64 - 1);
+                let start = at(
+                    &mut l,
+                    (plane.clone() * h as i64 + clamped) * w as i64 - left,
+                );
+                (ok, start)
+            })
+            .collect();
+        let columns = [
+            (0, inside_from, false),
+            (inside_from, inside_to, true),
+            (inside_to, width, false),
+        ];
+        for (from, to, inside) in columns.into_iter().filter(|(f, t, _)| f < t) {
+            let c = l.begin_span(from, to, inside);
+            let d: Vec<Expr> = match inside {
+                true => input_rows
+                    .iter()
+                    .map(|(ok, start)| {
+                        let v = Expr::load(input, start.clone() + c.clone());
+                        at(&mut l, Expr::select(ok.clone(), v, 0.0f32))
+                    })
+                    .collect(),
+                false => vec![f(0.0); size],
+            };
+            for (i, pi) in p.iter().enumerate() {
+                let value = at(&mut l, combine(pi.as_ref(), &d));
+                let index = row_block.clone() + (i as u64 * width) as i64 + c.clone();
+                l.b.store(block, index, value);
+            }
+            l.b.end_for();
+        }
+        // Row transform of each tile: out[i * side + j] = sum_k R[i][stride * tx + k] P[j][k].
+        let first = at(
+            &mut l,
+            plane.clone() * tiles as i64 + ty.clone() * tw as i64,
+        );
+        let tx = l.begin_span(0, tw, true);
+        let x0 = at(&mut l, row_block.clone() + tx.clone() * stride as i64);
+        for i in 0..side {
+            let r: Vec<Expr> = (0..size)
+                .map(|k| {
+                    let index = x0.clone() + (i as u64 * width + k as u64) as i64;
+                    at(&mut l, Expr::load(block, index))
                 })
                 .collect();
-            for (from, to, inside) in spans(lo, hi, tw) {
-                let tx = l.begin_span(from, to, inside);
-                let x0 = at(l, tx.clone() * stride as i64 - left);
-                let mut d = Vec::with_capacity(size);
-                for (row_ok, start) in &rows {
-                    let mut cells = Vec::with_capacity(size);
-                    for j in 0..size {
-                        let xx = at(l, x0.clone() + j as i64);
-                        let v = if inside {
-                            Expr::load(input, start.clone() + xx)
-                        } else {
-                            let ok = xx.clone().ge(0).and(xx.clone().lt(w));
-                            let index = Expr::select(ok.clone(), start.clone() + xx, 0);
-                            Expr::select(ok, Expr::load(input, index), 0.0f32)
-                        };
-                        cells.push(at(l, Expr::select(row_ok.clone(), v, 0.0f32)));
-                    }
-                    d.push(cells);
-                }
-                let values = transform(&d);
-                if values.len() != side || values.iter().any(|r| r.len() != side) {
-                    return Err(LowerError(format!("{step}: a transform of the wrong size")));
-                }
-                for (xi, value) in values.into_iter().flatten().enumerate() {
-                    let value = at(l, value);
-                    let index =
-                        first.clone() + tx.clone() + (xi as u64 * apart(planes * tiles)) as i64;
-                    l.b.store(output, index, value);
-                }
-                l.b.end_for();
+            for (j, pj) in p.iter().enumerate() {
+                let value = at(&mut l, combine(pj.as_ref(), &r));
+                let xi = (i * side + j) as u64;
+                let index = first.clone() + tx.clone() + (xi * apart(planes * tiles)) as i64;
+                l.b.store(output, index, value);
             }
-            Ok(())
-        })?;
+        }
+        l.b.end_for();
+        l.b.end_for();
+        l.b.end_if();
+        let launch = l.finish(planes.div_ceil(LOOPING_BLOCK as u64))?;
+        self.steps.push(HostStep::Kernel(launch));
         Ok(out)
     }
 
@@ -461,20 +472,22 @@ impl HostConv<'_> {
         let alg = algorithm(ho, wo);
         let (tiles, products) = (geometry.tiles(alg.m), alg.products());
         let v = self.winograd_input(geometry, alg)?;
-        // U[xi][co][ci]: transformed once per change of the weights into the packed region
-        // where they do not change between runs, else every run into scratch.
+        // U[xi]: transformed once per change of the weights into the packed region where
+        // they do not change between runs, else every run into scratch. Each filter's
+        // transform lies where the filter lies in w: U[xi][co][ci], and for the rotated
+        // filter, which reads w[i, o] (w is [ci, co, 3, 3]), U[xi][ci][co] (the GEMM reads
+        // it transposed), so that the filters a thread loops over are read one after the
+        // other.
         let packed = self.alloc_packed(w, products * apart(co * ci));
         let u = packed.unwrap_or_else(|| self.alloc(products * apart(co * ci)));
-        let filter = self.elementwise_launch("host_winograd_filter", co * ci, |l, flat| {
+        let dims = match rotated {
+            false => [co, ci],
+            true => [ci, co],
+        };
+        // One thread per row of filters, looping over the row (vectorised).
+        let filter = self.elements_launch("host_winograd_filter", &dims, true, |l, flat| {
             let weights = Self::scratch_buf(l, w);
-            // flat = o * ci + i; the rotated filter reads w[i, o] (w is [ci, co, 3, 3]).
-            let first = match rotated {
-                false => flat.clone() * 9,
-                true => {
-                    let (o, i) = (flat.clone() / ci as i64, flat.clone() % ci as i64);
-                    l.b.let_((i * co as i64 + o) * 9)
-                }
-            };
+            let first = l.b.let_(flat.clone() * 9);
             let g = tile_of(3, |tap| {
                 let (i, j) = (tap / 3, tap % 3);
                 let tap = match rotated {
@@ -498,6 +511,10 @@ impl HostConv<'_> {
             Some(_) => HostStep::Pack(filter),
             None => HostStep::Kernel(filter),
         });
+        let a = match rotated {
+            false => matrix(u, ci, 1, [apart(co * ci), 0]),
+            true => matrix(u, 1, co, [apart(co * ci), 0]),
+        };
         // M[xi][b][co][t]
         let m = self.alloc(products * apart(nb * co * tiles));
         self.steps.push(HostStep::Gemm(LoweredGemm {
@@ -505,17 +522,22 @@ impl HostConv<'_> {
             n: tiles,
             k: ci,
             batch: [products, nb],
-            a: matrix(u, ci, 1, [apart(co * ci), 0]),
+            a,
             b: matrix(v, tiles, 1, [apart(nb * ci * tiles), ci * tiles]),
             c: matrix(m, tiles, 1, [apart(nb * co * tiles), co * tiles]),
         }));
         self.winograd_output(geometry, alg, m, bias)
     }
 
-    /// The output transform and the epilogue, one thread per row of tiles looping over its
-    /// tiles: each tile's products `m` read once, its `m x m` outputs (those inside y)
-    /// stored. Where all are inside (every row of the tile, and the tiles before a partial
-    /// last column), the loop stores without tests and is vectorised.
+    /// The output transform `Y = A^T M A` and the epilogue. One thread per output plane,
+    /// walking its rows of tiles; each row of tiles in two passes through a scratch row
+    /// block of the plane's own, as [`Self::transform_tiles`] (and for the same reason:
+    /// few values live at once): the column transform `R = A^T M` of every tile (the
+    /// tile's products read from their `(m + 2)^2` blocks, contiguous in the tile), then,
+    /// output row by output row, the row transform `R A` of every tile with the bias and
+    /// the kernel's fused consumers of each output. Output rows past the plane (the last
+    /// row of tiles of a plane of `ho` not a multiple of `m`) are skipped; the tiles before
+    /// a partial last column store without tests, and their loop is vectorised.
     fn winograd_output(
         &mut self,
         geometry: &Geometry,
@@ -532,84 +554,101 @@ impl HostConv<'_> {
         } = geometry;
         let anchor = self.anchor;
         let dims = vec![nb, co, ho, wo];
-        let side = alg.m;
+        let (side, t) = (alg.m, alg.t());
         let (tiles, th, tw) = (geometry.tiles(side), ho.div_ceil(side), wo.div_ceil(side));
         let full = wo / side;
-        self.elementwise("host_winograd_output", nb * co * th, |l, row| {
-            let at = |l: &mut Launch, e: Expr| l.b.let_(e);
-            let plane = at(l, row.clone() / th as i64);
-            let oy = at(l, row.clone() % th as i64 * side as i64);
-            let first = at(
-                l,
-                plane.clone() * tiles as i64 + row.clone() % th as i64 * tw as i64,
-            );
-            let bias = match bias {
-                Some(bias) => {
-                    let c = at(l, plane.clone() % co as i64);
-                    let value = l.value_at(bias, &c)?;
-                    Some(at(l, value))
+        let planes = nb * co;
+        // R[a][j][tx] of the plane's current row of tiles.
+        let block_len = side * t * tw;
+        let rows = self.alloc(planes * block_len);
+        let mut l = self.launch("host_winograd_output", LOOPING_BLOCK);
+        let at = |l: &mut Launch, e: Expr| l.b.let_(e);
+        let plane = at(
+            &mut l,
+            Expr::BlockId * LOOPING_BLOCK as i64 + Expr::ThreadId,
+        );
+        l.b.begin_if(plane.clone().lt(planes));
+        let products = Self::scratch_buf(&mut l, m);
+        let block = Self::scratch_buf(&mut l, rows);
+        let base = at(&mut l, plane.clone() * block_len as i64);
+        let r_at =
+            |a: u64, j: u64, tx: &Expr| base.clone() + ((a * t + j) * tw) as i64 + tx.clone();
+        let bias = match bias {
+            Some(bias) => {
+                let c = at(&mut l, plane.clone() % co as i64);
+                let value = l.value_at(bias, &c)?;
+                Some(at(&mut l, value))
+            }
+            None => None,
+        };
+        let ty = l.b.begin_for(0, th as i64, 1);
+        let first = at(
+            &mut l,
+            plane.clone() * tiles as i64 + ty.clone() * tw as i64,
+        );
+        // Column transform: R[a][j] = sum_i A^T[a][i] M[i][j].
+        let tx = l.begin_span(0, tw, true);
+        for j in 0..t {
+            let column: Vec<Expr> = (0..t)
+                .map(|i| {
+                    let xi = i * t + j;
+                    let index = first.clone() + tx.clone() + (xi * apart(planes * tiles)) as i64;
+                    at(&mut l, Expr::load(products, index))
+                })
+                .collect();
+            for (a, at_a) in alg.at.iter().enumerate() {
+                let value = at(&mut l, combine(at_a, &column));
+                l.b.store(block, r_at(a as u64, j, &tx), value);
+            }
+        }
+        l.b.end_for();
+        // Row transform and epilogue of output row oy + a.
+        let oy = at(&mut l, ty.clone() * side as i64);
+        for a in 0..side {
+            let row_tested = ho % side != 0 && a > 0;
+            if row_tested {
+                l.b.begin_if((oy.clone() + a as i64).lt(ho));
+            }
+            let oh = at(&mut l, oy.clone() + a as i64);
+            for (from, to, column_tested) in [(0, full, false), (full, tw, true)] {
+                if from >= to {
+                    continue;
                 }
-                None => None,
-            };
-            let products = Self::scratch_buf(l, m);
-            // Tiles [from, to), with tests of the rows and of the columns after the first.
-            let tiles_of = |l: &mut Launch, from: u64, to: u64, test: [bool; 2]| {
-                let tx = l.begin_span(from, to, test == [false, false]);
-                let mm = tile_of(alg.t(), |xi| {
-                    let index = first.clone() + tx.clone() + (xi * apart(nb * co * tiles)) as i64;
-                    at(l, Expr::load(products, index))
-                });
-                for (i, outputs) in sandwich(alg.at, &mm).into_iter().enumerate() {
-                    for (j, y) in outputs.into_iter().enumerate() {
-                        let y = match &bias {
-                            Some(bias) => at(l, y + bias.clone()),
-                            None => at(l, y),
-                        };
-                        let (oh, ow) = (
-                            at(l, oy.clone() + i as i64),
-                            at(l, tx.clone() * side as i64 + j as i64),
-                        );
-                        let tested = [
-                            (i > 0 && test[0], oh.clone().lt(ho)),
-                            (j > 0 && test[1], ow.clone().lt(wo)),
-                        ];
-                        let tests: Vec<Expr> = tested
-                            .into_iter()
-                            .filter(|(t, _)| *t)
-                            .map(|(_, c)| c)
-                            .collect();
-                        let guard = tests.into_iter().reduce(|a, b| a.and(b));
-                        if let Some(guard) = &guard {
-                            l.b.begin_if(guard.clone());
-                        }
-                        let element = at(l, (plane.clone() * ho as i64 + oh) * wo as i64 + ow);
-                        l.emit_outputs(&element, &dims, Some((anchor, y)))?;
-                        if guard.is_some() {
-                            l.b.end_if();
-                        }
+                let tx = l.begin_span(from, to, !column_tested);
+                let r: Vec<Expr> = (0..t)
+                    .map(|j| at(&mut l, Expr::load(block, r_at(a, j, &tx))))
+                    .collect();
+                for (b, at_b) in alg.at.iter().enumerate() {
+                    let y = combine(at_b, &r);
+                    let y = match &bias {
+                        Some(bias) => at(&mut l, y + bias.clone()),
+                        None => at(&mut l, y),
+                    };
+                    let ow = at(&mut l, tx.clone() * side as i64 + b as i64);
+                    let guard = column_tested && b > 0;
+                    if guard {
+                        l.b.begin_if(ow.clone().lt(wo));
+                    }
+                    let element = at(
+                        &mut l,
+                        (plane.clone() * ho as i64 + oh.clone()) * wo as i64 + ow,
+                    );
+                    l.emit_outputs(&element, &dims, Some((anchor, y)))?;
+                    if guard {
+                        l.b.end_if();
                     }
                 }
                 l.b.end_for();
-                Ok::<(), LowerError>(())
-            };
-            // Rows of a partial last row of tiles are tested.
-            let partial = ho % side != 0;
-            if full > 0 {
-                if partial {
-                    l.b.begin_if((oy.clone() + (side - 1) as i64).lt(ho));
-                    tiles_of(l, 0, full, [false, false])?;
-                    l.b.begin_else();
-                    tiles_of(l, 0, full, [true, false])?;
-                    l.b.end_if();
-                } else {
-                    tiles_of(l, 0, full, [false, false])?;
-                }
             }
-            if full < tw {
-                tiles_of(l, full, tw, [partial, true])?;
+            if row_tested {
+                l.b.end_if();
             }
-            Ok(())
-        })
+        }
+        l.b.end_for();
+        l.b.end_if();
+        let launch = l.finish(planes.div_ceil(LOOPING_BLOCK as u64))?;
+        self.steps.push(HostStep::Kernel(launch));
+        Ok(())
     }
 }
 
