@@ -282,13 +282,31 @@ fn host_transforms_and_pool_rows_ask_for_vectorised_loops() {
         compile_file(path, &[], "1x3x40x160", &emit);
         text += &std::fs::read_to_string(&file).unwrap();
     }
+    // 16 channels: rows of filters long enough for the filter transforms' loops.
+    let wide = tmp.path().join("wide.rfn");
+    std::fs::write(
+        &wide,
+        "network wide {\n    input image: f32[N, 16, H, W];\n    input labels: i32[N, H, W];\n    \
+         let a = relu(conv(image, 16, k = 3, pad = 1) as a);\n    \
+         output scores = conv(a, 16, k = 3, pad = 1) as b;\n    \
+         objective loss = softmax_cross_entropy(scores, labels);\n}\n",
+    )
+    .unwrap();
+    let emit = ["--emit", "mlir-host", "-o", &file_arg, "--train"];
+    compile_file(&wide, &[], "1x16x40x40", &emit);
+    text += &std::fs::read_to_string(&file).unwrap();
     let hint = "} {loop_annotation = #llvm.loop_annotation<vectorize = <disable = false, \
                 width = 8 : i32>>}";
-    for step in [
-        "host_winograd_input",
-        "host_winograd_output",
-        "host_winograd_grad_output",
-        "host_pool_rows",
+    // The data transforms: one thread per plane, its column and row passes hinted (every
+    // plane here is wide enough); the filter transforms: a loop per row of filters (the
+    // wide program's; conv_geometry's rows are too short); the pool rows: a loop per row.
+    for (step, fewest) in [
+        ("host_winograd_input", 2),
+        ("host_winograd_output", 2),
+        ("host_winograd_grad_output", 2),
+        ("host_winograd_filter", 0),
+        ("host_winograd_grad_filter", 0),
+        ("host_pool_rows", 0),
     ] {
         let kernels: Vec<&str> = text
             .split("// kernel ")
@@ -302,6 +320,7 @@ fn host_transforms_and_pool_rows_ask_for_vectorised_loops() {
                 kernel.matches("scf.for").count(),
             );
             assert!(hints < loops, "{step}: {hints} of {loops} loops hinted");
+            assert!(hints >= fewest, "{step}: {hints} loops hinted, not {fewest}");
             hinted += hints;
         }
         assert!(hinted > 0, "no {step} loop hinted");
