@@ -299,7 +299,8 @@ fn host_transforms_and_pool_rows_ask_for_vectorised_loops() {
                 width = 8 : i32>>}";
     // The data transforms: one thread per plane, its column and row passes hinted (every
     // plane here is wide enough); the filter transforms: a loop per row of filters (the
-    // wide program's; conv_geometry's rows are too short); the pool rows: a loop per row.
+    // wide program's; conv_geometry's rows are too short); the pool rows: a loop per row;
+    // the channel sums: their runs of 16 partial sums.
     for (step, fewest) in [
         ("host_winograd_input", 2),
         ("host_winograd_output", 2),
@@ -307,6 +308,7 @@ fn host_transforms_and_pool_rows_ask_for_vectorised_loops() {
         ("host_winograd_filter", 0),
         ("host_winograd_grad_filter", 0),
         ("host_pool_rows", 0),
+        ("host_channel_sum", 1),
     ] {
         let kernels: Vec<&str> = text
             .split("// kernel ")
@@ -320,10 +322,20 @@ fn host_transforms_and_pool_rows_ask_for_vectorised_loops() {
                 kernel.matches("scf.for").count(),
             );
             assert!(hints < loops, "{step}: {hints} of {loops} loops hinted");
-            assert!(hints >= fewest, "{step}: {hints} loops hinted, not {fewest}");
+            assert!(
+                hints >= fewest,
+                "{step}: {hints} loops hinted, not {fewest}"
+            );
             hinted += hints;
         }
         assert!(hinted > 0, "no {step} loop hinted");
+    }
+    // The losses sum rows on every worker, then the rows' sums.
+    for step in ["host_loss_rows", "host_loss_sum"] {
+        assert!(
+            text.contains(&format!("// kernel {step}")),
+            "no {step} kernel"
+        );
     }
     // The max pool gradients' winner searches have no edges: their one loop over output
     // columns is hinted (the others are the host's loops over blocks and threads).

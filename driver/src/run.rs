@@ -276,7 +276,7 @@ pub fn summary(name: &str, t: &HostTensor) -> String {
 }
 
 /// The steps of the CPU's schedule (`host_<step>_<kernel>`), as the profile groups them.
-const HOST_STEPS: [(&str, &str); 11] = [
+const HOST_STEPS: [(&str, &str); 13] = [
     ("host_winograd_filter_", "Winograd filter transforms"),
     ("host_winograd_", "Winograd data transforms"),
     ("host_im2col_", "im2col"),
@@ -287,6 +287,8 @@ const HOST_STEPS: [(&str, &str); 11] = [
     ("host_pool_scatter_", "pool gradients scattered"),
     ("host_resize_cols_", "resize gradient columns"),
     ("host_softmax_stats_", "softmax statistics"),
+    ("host_loss_", "losses"),
+    ("host_channel_sum_", "channel sums"),
     ("host_", "other CPU steps"),
 ];
 

@@ -134,7 +134,8 @@ pub fn lower_kernel(
 }
 
 /// The CPU's steps for one fused kernel where they differ from the GPU's launches
-/// (convolutions; kernels with max pools or with max pool, resize or softmax
+/// (convolutions; losses and per-channel sums, whose GPU launches reduce in one block per
+/// result; kernels with max pools or with max pool, resize or softmax
 /// cross-entropy gradients; one-thread-per-element kernels over rows of at least 16);
 /// `None` where the CPU runs [`lower_kernel`]'s launches. With `packed` (the parameters do not change
 /// between runs: inference), weights a convolution transforms (Winograd filters) go to the
@@ -151,7 +152,11 @@ pub fn lower_kernel_host(
     };
     match graph.node(a).op.kind() {
         OpKind::Conv(_) => host_conv::lower(graph, kernel, a, &name, packed).map(Some),
-        OpKind::ChannelSum | OpKind::Loss { .. } | OpKind::Reduce => Ok(None),
+        OpKind::Loss { .. } => reduce::lower_loss_host(graph, kernel, a, &name).map(Some),
+        OpKind::ChannelSum => Ok(Some(vec![HostStep::Kernel(
+            reduce::lower_channel_sum_host(graph, kernel, a, &name)?,
+        )])),
+        OpKind::Reduce => Ok(None),
         OpKind::LossGrad {
             reduction: Reduction::Mean,
         } => gather::lower_with_stored(graph, kernel, &name, Some(a)),
