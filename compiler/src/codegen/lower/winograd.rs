@@ -19,8 +19,11 @@
 //! (F(4x4, 3x3)'s are [`F4`]), and the product `U . V` at each of the `(m + 2)^2`
 //! positions `xi` is summed over input channels:
 //! `M[xi][b][co][t] = sum_ci U[xi][co][ci] * V[xi][b][ci][t]`, one GEMM per `xi` and batch.
-//! The output transform is the epilogue: one thread per row of tiles reads each tile's
-//! values, adds the bias and computes the kernel's fused consumers for its outputs.
+//! The output transform is the epilogue: it reads each tile's values, adds the bias and
+//! computes the kernel's fused consumers for its outputs. The data transforms (input,
+//! output, `dy`'s) run one thread per plane, each row of tiles in two passes (columns,
+//! then rows: [`HostConv::transform_tiles`]); the filter transforms one thread per row
+//! of filters.
 //!
 //! The weight gradient is the adjoint of the same algorithm. `Y = A^T (U . V) A` is linear
 //! in `U`, and `U` in `g`, so per tile `dL/dU = (A dY A^T) . V` and `dL/dg = G^T (dL/dU) G`.
