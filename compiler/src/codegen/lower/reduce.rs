@@ -308,9 +308,7 @@ impl Launch<'_> {
         ));
         let x = self.value_at(pred, &index)?;
         // A label outside the classes makes the loss NaN (the interpreter refuses it).
-        Ok(self
-            .b
-            .let_(Expr::select(in_range, sum.log() + max - x, f32::NAN)))
+        Ok(Expr::select(in_range, sum.log() + max - x, f32::NAN))
     }
 
     /// Opens the test that element `i` of least-squares loss `a` counts (its target is
@@ -326,7 +324,7 @@ impl Launch<'_> {
         let (p, t) = (self.value_at(pred, i)?, self.value_at(target, i)?);
         self.b.begin_if(t.clone().ne(f(ignore_value)));
         let diff = self.b.let_(p - t);
-        Ok(self.b.let_(diff.clone() * diff))
+        Ok(diff.clone() * diff)
     }
 
     /// Opens the test that element `i` of loss `a` counts and returns its term inside it
