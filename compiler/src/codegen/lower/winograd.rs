@@ -42,7 +42,7 @@
 use super::host_conv::{matrix, HostConv, LoweredGemm};
 use super::{Arg, HostStep, Launch, LowerError, LOOPING_BLOCK};
 use crate::codegen::gemm::ConvKind;
-use crate::codegen::kir::Expr;
+use crate::codegen::kir::{Buf, Expr};
 use crate::ir::NodeId;
 
 /// Whether a convolution (or its data or weight gradient) is one Winograd computes:
@@ -377,17 +377,21 @@ impl HostConv<'_> {
         let width = stride * (tw - 1) + size as u64;
         let inside_from = (left.max(0) as u64).min(width);
         let inside_to = ((left + w as i64).max(0) as u64).clamp(inside_from, width);
-        let rows = self.alloc(planes * side as u64 * width);
+        let block_arg = self.alloc(planes * side as u64 * width);
         let out = self.alloc((side * side) as u64 * apart(planes * tiles));
         let mut l = self.launch(step, LOOPING_BLOCK);
         let plane =
             l.b.let_(Expr::BlockId * LOOPING_BLOCK as i64 + Expr::ThreadId);
         l.b.begin_if(plane.clone().lt(planes));
         let input = Self::scratch_buf(&mut l, src);
-        let block = Self::scratch_buf(&mut l, rows);
+        let block = Self::scratch_buf(&mut l, block_arg);
         let output = Self::scratch_buf(&mut l, out);
         let at = |l: &mut Launch, e: Expr| l.b.let_(e);
-        let row_block = at(&mut l, plane.clone() * (side as u64 * width) as i64);
+        let rows = RowBlock {
+            buf: block,
+            base: at(&mut l, plane.clone() * (side as u64 * width) as i64),
+            width,
+        };
         let ty = l.b.begin_for(0, th as i64, 1);
         // Column transform: R[i][c] = sum_k P[i][k] d[k][c] over the tile row's input
         // rows k (rows outside the plane are 0: clamped and zeroed for the whole row).
@@ -404,51 +408,17 @@ impl HostConv<'_> {
                 (ok, start)
             })
             .collect();
-        let columns = [
-            (0, inside_from, false),
-            (inside_from, inside_to, true),
-            (inside_to, width, false),
-        ];
-        for (from, to, inside) in columns.into_iter().filter(|(f, t, _)| f < t) {
-            let c = l.begin_span(from, to, inside);
-            let d: Vec<Expr> = match inside {
-                true => input_rows
-                    .iter()
-                    .map(|(ok, start)| {
-                        let v = Expr::load(input, start.clone() + c.clone());
-                        at(&mut l, Expr::select(ok.clone(), v, 0.0f32))
-                    })
-                    .collect(),
-                false => vec![f(0.0); size],
-            };
-            for (i, pi) in p.iter().enumerate() {
-                let value = at(&mut l, combine(pi.as_ref(), &d));
-                let index = row_block.clone() + (i as u64 * width) as i64 + c.clone();
-                l.b.store(block, index, value);
-            }
-            l.b.end_for();
-        }
+        rows.columns_from(&mut l, p, input, &input_rows, [inside_from, inside_to]);
         // Row transform of each tile: out[i * side + j] = sum_k R[i][stride * tx + k] P[j][k].
         let first = at(
             &mut l,
             plane.clone() * tiles as i64 + ty.clone() * tw as i64,
         );
         let tx = l.begin_span(0, tw, true);
-        let x0 = at(&mut l, row_block.clone() + tx.clone() * stride as i64);
-        for i in 0..side {
-            let r: Vec<Expr> = (0..size)
-                .map(|k| {
-                    let index = x0.clone() + (i as u64 * width + k as u64) as i64;
-                    at(&mut l, Expr::load(block, index))
-                })
-                .collect();
-            for (j, pj) in p.iter().enumerate() {
-                let value = at(&mut l, combine(pj.as_ref(), &r));
-                let xi = (i * side + j) as u64;
-                let index = first.clone() + tx.clone() + (xi * apart(planes * tiles)) as i64;
-                l.b.store(output, index, value);
-            }
-        }
+        rows.tile(&mut l, p, &tx, stride, |l, xi, value| {
+            let index = first.clone() + tx.clone() + (xi * apart(planes * tiles)) as i64;
+            l.b.store(output, index, value);
+        });
         l.b.end_for();
         l.b.end_for();
         l.b.end_if();
@@ -652,6 +622,81 @@ impl HostConv<'_> {
         let launch = l.finish(planes.div_ceil(LOOPING_BLOCK as u64))?;
         self.steps.push(HostStep::Kernel(launch));
         Ok(())
+    }
+}
+
+/// A plane's row block in scratch: the column transform `R` of its current row of tiles,
+/// `side` rows of `width` columns from `base` on.
+struct RowBlock {
+    buf: Buf,
+    base: Expr,
+    width: u64,
+}
+
+impl RowBlock {
+    /// Stores `R[i][c] = sum_k P[i][k] d[k][c]` of every column `c`: `d[k]` the tile row's
+    /// input row `k` (`(whether it lies inside the plane, where column 0 would start)`),
+    /// read at columns `inside` and 0 elsewhere (the padding).
+    fn columns_from<P: AsRef<[f32]>>(
+        &self,
+        l: &mut Launch,
+        p: &[P],
+        input: Buf,
+        input_rows: &[(Expr, Expr)],
+        [inside_from, inside_to]: [u64; 2],
+    ) {
+        let size = input_rows.len();
+        let columns = [
+            (0, inside_from, false),
+            (inside_from, inside_to, true),
+            (inside_to, self.width, false),
+        ];
+        for (from, to, inside) in columns.into_iter().filter(|(f, t, _)| f < t) {
+            let c = l.begin_span(from, to, inside);
+            let d: Vec<Expr> = match inside {
+                true => input_rows
+                    .iter()
+                    .map(|(ok, start)| {
+                        let v = Expr::load(input, start.clone() + c.clone());
+                        l.b.let_(Expr::select(ok.clone(), v, 0.0f32))
+                    })
+                    .collect(),
+                false => vec![f(0.0); size],
+            };
+            for (i, pi) in p.iter().enumerate() {
+                let value = l.b.let_(combine(pi.as_ref(), &d));
+                let index = self.base.clone() + (i as u64 * self.width) as i64 + c.clone();
+                l.b.store(self.buf, index, value);
+            }
+            l.b.end_for();
+        }
+    }
+
+    /// The row transform of tile `tx` (columns `stride * tx ..`): `store(xi, value)` with
+    /// `sum_k R[i][stride * tx + k] P[j][k]` at `xi = i * side + j`, row by row (each
+    /// value stored as soon as it is computed: a dozen values live).
+    fn tile<P: AsRef<[f32]>>(
+        &self,
+        l: &mut Launch,
+        p: &[P],
+        tx: &Expr,
+        stride: u64,
+        mut store: impl FnMut(&mut Launch, u64, Expr),
+    ) {
+        let (side, size) = (p.len(), p[0].as_ref().len());
+        let x0 = l.b.let_(self.base.clone() + tx.clone() * stride as i64);
+        for i in 0..side {
+            let r: Vec<Expr> = (0..size)
+                .map(|k| {
+                    let index = x0.clone() + (i as u64 * self.width + k as u64) as i64;
+                    l.b.let_(Expr::load(self.buf, index))
+                })
+                .collect();
+            for (j, pj) in p.iter().enumerate() {
+                let value = l.b.let_(combine(pj.as_ref(), &r));
+                store(l, (i * side + j) as u64, value);
+            }
+        }
     }
 }
 
